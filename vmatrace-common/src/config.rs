@@ -1,0 +1,100 @@
+//! Load-time configuration of the eBPF programs.
+//!
+//! Rust eBPF has no CO-RE, so every struct field offset the programs read comes from the
+//! running kernel's BTF and is written into these globals before load
+//! (`EbpfLoader::override_global`). The globals live in `.rodata`, which aya freezes before
+//! the programs load, so the verifier sees them as constants: a branch on
+//! [`OFFSET_ABSENT`] is pruned and the offsets count as known scalars.
+
+/// Marks an offset the running kernel does not have (e.g. `vma_exclude_readers_state` on
+/// 6.x). Programs never read a field whose offset is absent.
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+
+/// Byte offsets of every kernel field the programs read. Names follow the kernel's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    /// `vm_area_struct.vm_start`
+    pub vma_vm_start: u32,
+    /// `vm_area_struct.vm_end`
+    pub vma_vm_end: u32,
+    /// `vm_area_struct.vm_mm`
+    pub vma_vm_mm: u32,
+    /// `vm_area_struct.vm_flags`
+    pub vma_vm_flags: u32,
+    /// `vm_area_struct.vm_lock_seq`
+    pub vma_vm_lock_seq: u32,
+    /// `vm_area_struct.vm_refcnt` (`refcount_t` → `atomic_t` → `int counter`)
+    pub vma_vm_refcnt: u32,
+    /// `mm_struct.mm_lock_seq` (`seqcount_t`; `.sequence` is its first member)
+    pub mm_mm_lock_seq: u32,
+    /// `mm_struct.vma_writer_wait` (`struct rcuwait`; `.task` is its first member)
+    pub mm_vma_writer_wait: u32,
+    /// `vma_exclude_readers_state.vma` (7.0+)
+    pub ves_vma: u32,
+    /// `vma_exclude_readers_state.state` (7.0+)
+    pub ves_state: u32,
+    /// `vma_exclude_readers_state.detaching` (7.0+)
+    pub ves_detaching: u32,
+    /// `vma_exclude_readers_state.detached` (7.0+)
+    pub ves_detached: u32,
+    /// `vma_exclude_readers_state.exclusive` (7.0+)
+    pub ves_exclusive: u32,
+}
+
+impl Offsets {
+    /// Every field absent: a program reading with these offsets reads nothing.
+    pub const ABSENT: Self = Self {
+        vma_vm_start: OFFSET_ABSENT,
+        vma_vm_end: OFFSET_ABSENT,
+        vma_vm_mm: OFFSET_ABSENT,
+        vma_vm_flags: OFFSET_ABSENT,
+        vma_vm_lock_seq: OFFSET_ABSENT,
+        vma_vm_refcnt: OFFSET_ABSENT,
+        mm_mm_lock_seq: OFFSET_ABSENT,
+        mm_vma_writer_wait: OFFSET_ABSENT,
+        ves_vma: OFFSET_ABSENT,
+        ves_state: OFFSET_ABSENT,
+        ves_detaching: OFFSET_ABSENT,
+        ves_detached: OFFSET_ABSENT,
+        ves_exclusive: OFFSET_ABSENT,
+    };
+}
+
+/// Filters and knobs, also a load-time global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The tracer's own tgid: its events are dropped in the kernel (the kernel itself
+    /// calls `lock_vma_under_rcu` for BPF stack maps and task-VMA iterators).
+    pub self_tgid: u32,
+    /// Only trace this tgid (0 = all).
+    pub filter_tgid: u32,
+    /// Only trace tasks whose comm starts with `filter_comm` (`filter_comm_len` = 0: all).
+    pub filter_comm: [u8; 16],
+    pub filter_comm_len: u32,
+    /// Stream one in N reader-acquire results (0 = never stream, count only). Failed
+    /// acquires under an exclusion are always counted per outcome.
+    pub reader_sample_every: u32,
+    /// Only trace tasks in this cgroup v2 id (0 = all).
+    pub filter_cgroup: u64,
+}
+
+impl Config {
+    pub const DEFAULT: Self = Self {
+        self_tgid: 0,
+        filter_tgid: 0,
+        filter_comm: [0; 16],
+        filter_comm_len: 0,
+        reader_sample_every: 0,
+        filter_cgroup: 0,
+    };
+}
+
+#[cfg(feature = "user")]
+// SAFETY: both are `repr(C)`, `Copy`, and contain only integers with no padding holes
+// that matter to the kernel (the layout is asserted in tests).
+unsafe impl aya::Pod for Offsets {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for Config {}

@@ -1,0 +1,48 @@
+//! Per-CPU counters kept by the eBPF programs (`COUNTERS`, a `PerCpuArray<u64>`).
+//!
+//! Hot paths count instead of streaming; every loss is a counter, never silent.
+
+macro_rules! counters {
+    ($($(#[$m:meta])* $name:ident = $idx:literal, $key:literal;)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Counter { $($(#[$m])* $name = $idx,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+            /// Stable snake_case name used in summaries and logs.
+            pub const fn key(self) -> &'static str {
+                match self { $(Counter::$name => $key,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// `bpf_ringbuf_reserve` failed: the ring buffer was full, an event was lost.
+    RingbufReserveFailed = 0, "ringbuf_reserve_failed";
+    /// A return probe found no matching entry (kretprobe pool exhausted, entry before attach).
+    UnmatchedReturn = 1, "unmatched_return";
+    /// The in-flight map was full; an entry could not be remembered.
+    InflightMapFull = 2, "inflight_map_full";
+    /// A `bpf_probe_read_kernel` failed; the affected fields read as 0.
+    ProbeReadFailed = 3, "probe_read_failed";
+    /// `lock_vma_under_rcu` returned a locked VMA.
+    ReaderAcquireOk = 4, "reader_acquire_ok";
+    /// `lock_vma_under_rcu` returned NULL.
+    ReaderAcquireFail = 5, "reader_acquire_fail";
+    /// `lock_vma_under_rcu` returned NULL while the VMA's refcount had the exclusion flag set.
+    ReaderFailExcluded = 6, "reader_fail_excluded";
+    /// Reader-acquire results streamed (sampled).
+    ReaderSampled = 7, "reader_sampled";
+    /// `vma_refcount_put` calls seen (reader release, fault-retry sites only).
+    ReaderRelease = 8, "reader_release";
+    /// Events filtered out in the kernel (tgid/comm/cgroup filter or the tracer itself).
+    Filtered = 9, "filtered";
+    /// `rcuwait_wake_up` calls on an mm's `vma_writer_wait` that woke a task.
+    WriterWake = 10, "writer_wake";
+    /// `lock_next_vma` results.
+    ReaderNextVma = 11, "reader_next_vma";
+}
+
+pub const COUNTER_SLOTS: u32 = 16;

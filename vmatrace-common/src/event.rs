@@ -1,0 +1,326 @@
+//! The one event record the eBPF programs stream through the `EVENTS` ring buffer.
+//!
+//! A single fixed-size `repr(C)` record keeps the kernel side simple (one reserve, one
+//! submit) and makes userspace decode a bounds check plus an unaligned read. Which fields
+//! are meaningful is said by [`Event::flags`]; what the kernel function was is said by
+//! [`Event::probe`], the logical meaning by [`Event::kind`].
+
+/// What happened, in the kernel's terms. The discriminants are part of the trace file
+/// format: never renumber, only append.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// Entry of `__vma_start_write` (the slow path of `vma_start_write[_killable]`).
+    /// `arg` = `state` (7.x, 6.19) or the `mm_lock_seq` argument (6.15–6.18).
+    WriteLockEnter = 1,
+    /// Return of `__vma_start_write`: `ret` = 0 / -EINTR (void before 6.19 → 0);
+    /// refcount, `vm_lock_seq` and `mm_lock_seq` read after the write lock was taken.
+    /// On 6.x and 7.x this also closes the exclusion (end-exclude is inlined).
+    WriteLockExit = 2,
+    /// Entry of start-exclude: `__vma_start_exclude_readers(ves)` (7.x) or
+    /// `__vma_enter_locked(vma, detaching, state)` (6.19). `ves_*` fields valid.
+    ExcludeEnter = 3,
+    /// Return of start-exclude: `ret` (7.x 0/-EINTR; 6.19 1/0/-EINTR), `ves_detached`,
+    /// `ves_exclusive` (7.x), `wait_ns` = time spent waiting for readers.
+    ExcludeExit = 4,
+    /// Entry of a detach: `vma_mark_detached` (6.15–6.19, every detach) or
+    /// `__vma_exclude_readers_for_detach` (7.x, slow path only: a spurious reader).
+    DetachEnter = 5,
+    /// Return of the detach function: refcount must be 0.
+    DetachExit = 6,
+    /// Return of `lock_vma_under_rcu` (sampled): `arg` = address, `ret` = VMA or 0.
+    ReaderAcquire = 7,
+    /// `vma_refcount_put` entry (only its out-of-line copy, fault-retry sites).
+    ReaderRelease = 8,
+    /// `rcuwait_wake_up(&mm->vma_writer_wait)` woke the excluding task. `arg` = rcuwait*.
+    WriterWake = 9,
+    /// All VMA write locks of `mm` end: `mmap_lock_released(write=true)` or a downgrade.
+    MmWriteUnlock = 10,
+    /// A VMA object starts a new life: return of `vm_area_alloc` / `vm_area_dup`.
+    VmaAlloc = 11,
+    /// `vm_area_free` entry: the object leaves; the refcount must be 0.
+    VmaFree = 12,
+}
+
+impl EventKind {
+    pub const ALL: &'static [EventKind] = &[
+        EventKind::WriteLockEnter,
+        EventKind::WriteLockExit,
+        EventKind::ExcludeEnter,
+        EventKind::ExcludeExit,
+        EventKind::DetachEnter,
+        EventKind::DetachExit,
+        EventKind::ReaderAcquire,
+        EventKind::ReaderRelease,
+        EventKind::WriterWake,
+        EventKind::MmWriteUnlock,
+        EventKind::VmaAlloc,
+        EventKind::VmaFree,
+    ];
+
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => EventKind::WriteLockEnter,
+            2 => EventKind::WriteLockExit,
+            3 => EventKind::ExcludeEnter,
+            4 => EventKind::ExcludeExit,
+            5 => EventKind::DetachEnter,
+            6 => EventKind::DetachExit,
+            7 => EventKind::ReaderAcquire,
+            8 => EventKind::ReaderRelease,
+            9 => EventKind::WriterWake,
+            10 => EventKind::MmWriteUnlock,
+            11 => EventKind::VmaAlloc,
+            12 => EventKind::VmaFree,
+            _ => return None,
+        })
+    }
+
+    /// Stable snake_case name (logs, JSON, the TUI).
+    pub const fn key(self) -> &'static str {
+        match self {
+            EventKind::WriteLockEnter => "write_lock_enter",
+            EventKind::WriteLockExit => "write_lock_exit",
+            EventKind::ExcludeEnter => "exclude_enter",
+            EventKind::ExcludeExit => "exclude_exit",
+            EventKind::DetachEnter => "detach_enter",
+            EventKind::DetachExit => "detach_exit",
+            EventKind::ReaderAcquire => "reader_acquire",
+            EventKind::ReaderRelease => "reader_release",
+            EventKind::WriterWake => "writer_wake",
+            EventKind::MmWriteUnlock => "mm_write_unlock",
+            EventKind::VmaAlloc => "vma_alloc",
+            EventKind::VmaFree => "vma_free",
+        }
+    }
+}
+
+/// Which kernel function (attach point) produced an event. Part of the trace format.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeId {
+    Unknown = 0,
+    VmaStartWrite = 1,
+    VmaStartExcludeReaders = 2,
+    VmaEnterLocked = 3,
+    VmaMarkDetached = 4,
+    VmaExcludeReadersForDetach = 5,
+    LockVmaUnderRcu = 6,
+    LockNextVma = 7,
+    VmaRefcountPut = 8,
+    RcuwaitWakeUp = 9,
+    MmapLockReleased = 10,
+    MmapLockAcquireReturned = 11,
+    VmAreaAlloc = 12,
+    VmAreaDup = 13,
+    VmAreaFree = 14,
+}
+
+impl ProbeId {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ProbeId::VmaStartWrite,
+            2 => ProbeId::VmaStartExcludeReaders,
+            3 => ProbeId::VmaEnterLocked,
+            4 => ProbeId::VmaMarkDetached,
+            5 => ProbeId::VmaExcludeReadersForDetach,
+            6 => ProbeId::LockVmaUnderRcu,
+            7 => ProbeId::LockNextVma,
+            8 => ProbeId::VmaRefcountPut,
+            9 => ProbeId::RcuwaitWakeUp,
+            10 => ProbeId::MmapLockReleased,
+            11 => ProbeId::MmapLockAcquireReturned,
+            12 => ProbeId::VmAreaAlloc,
+            13 => ProbeId::VmAreaDup,
+            14 => ProbeId::VmAreaFree,
+            _ => ProbeId::Unknown,
+        }
+    }
+
+    /// The kernel function or tracepoint name.
+    pub const fn kernel_name(self) -> &'static str {
+        match self {
+            ProbeId::Unknown => "?",
+            ProbeId::VmaStartWrite => "__vma_start_write",
+            ProbeId::VmaStartExcludeReaders => "__vma_start_exclude_readers",
+            ProbeId::VmaEnterLocked => "__vma_enter_locked",
+            ProbeId::VmaMarkDetached => "vma_mark_detached",
+            ProbeId::VmaExcludeReadersForDetach => "__vma_exclude_readers_for_detach",
+            ProbeId::LockVmaUnderRcu => "lock_vma_under_rcu",
+            ProbeId::LockNextVma => "lock_next_vma",
+            ProbeId::VmaRefcountPut => "vma_refcount_put",
+            ProbeId::RcuwaitWakeUp => "rcuwait_wake_up",
+            ProbeId::MmapLockReleased => "mmap_lock:mmap_lock_released",
+            ProbeId::MmapLockAcquireReturned => "mmap_lock:mmap_lock_acquire_returned",
+            ProbeId::VmAreaAlloc => "vm_area_alloc",
+            ProbeId::VmAreaDup => "vm_area_dup",
+            ProbeId::VmAreaFree => "vm_area_free",
+        }
+    }
+}
+
+/// [`Event::flags`] bits: which groups of fields were read.
+pub mod flags {
+    /// `vma`, `vm_start`, `vm_end`, `vm_flags`, `refcnt`, `vm_lock_seq` were read.
+    pub const VMA_FIELDS: u16 = 1 << 0;
+    /// `mm` and `mm_lock_seq` were read.
+    pub const MM_SEQ: u16 = 1 << 1;
+    /// `ves_state`, `ves_detaching` (and at exit `ves_detached`, `ves_exclusive`) valid.
+    pub const VES: u16 = 1 << 2;
+    /// `ret` valid.
+    pub const RET: u16 = 1 << 3;
+    /// This return event was paired with its entry in the kernel: `wait_ns` and
+    /// `entry_refcnt` are valid.
+    pub const PAIRED: u16 = 1 << 4;
+    /// A `bpf_probe_read_kernel` failed while filling this event.
+    pub const READ_FAILED: u16 = 1 << 5;
+}
+
+/// One observed sample. 128 bytes, 8-aligned, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid << 32 | tid.
+    pub pid_tgid: u64,
+    /// `struct vm_area_struct *` (0 when none).
+    pub vma: u64,
+    /// `struct mm_struct *` (`vma->vm_mm`, or the tracepoint's mm).
+    pub mm: u64,
+    pub vm_start: u64,
+    pub vm_end: u64,
+    pub vm_flags: u64,
+    /// Per-kind argument (see [`EventKind`]).
+    pub arg: u64,
+    /// Return value, sign-extended (pointers as their bits).
+    pub ret: i64,
+    /// For paired return events: ns between entry and return.
+    pub wait_ns: u64,
+    /// `vma->vm_refcnt` at the probe.
+    pub refcnt: u32,
+    /// `vma->vm_lock_seq` at the probe.
+    pub vm_lock_seq: u32,
+    /// `vma->vm_mm->mm_lock_seq.sequence` at the probe.
+    pub mm_lock_seq: u32,
+    /// `ves->state` (7.x) / `state` argument (6.19).
+    pub ves_state: u32,
+    /// [`EventKind`] as u16.
+    pub kind: u16,
+    /// [`flags`] bits.
+    pub flags: u16,
+    pub ves_detaching: u8,
+    pub ves_detached: u8,
+    pub ves_exclusive: u8,
+    /// [`ProbeId`] as u8.
+    pub probe: u8,
+    /// `bpf_get_smp_processor_id()`.
+    pub cpu: u32,
+    /// For paired return events: `vm_refcnt` read at entry.
+    pub entry_refcnt: u32,
+    /// `bpf_get_current_comm()`.
+    pub comm: [u8; 16],
+}
+
+pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
+
+impl Event {
+    pub const ZERO: Self = Self {
+        ts_ns: 0,
+        pid_tgid: 0,
+        vma: 0,
+        mm: 0,
+        vm_start: 0,
+        vm_end: 0,
+        vm_flags: 0,
+        arg: 0,
+        ret: 0,
+        wait_ns: 0,
+        refcnt: 0,
+        vm_lock_seq: 0,
+        mm_lock_seq: 0,
+        ves_state: 0,
+        kind: 0,
+        flags: 0,
+        ves_detaching: 0,
+        ves_detached: 0,
+        ves_exclusive: 0,
+        probe: 0,
+        cpu: 0,
+        entry_refcnt: 0,
+        comm: [0; 16],
+    };
+
+    pub const fn kind(&self) -> Option<EventKind> {
+        EventKind::from_u16(self.kind)
+    }
+    pub const fn probe(&self) -> ProbeId {
+        ProbeId::from_u8(self.probe)
+    }
+    pub const fn tgid(&self) -> u32 {
+        (self.pid_tgid >> 32) as u32
+    }
+    pub const fn tid(&self) -> u32 {
+        self.pid_tgid as u32
+    }
+    pub const fn has(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Decode one record from a byte slice (ring-buffer item or trace file).
+    /// Returns `None` if the slice is too short; never panics.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < EVENT_SIZE {
+            return None;
+        }
+        // SAFETY: length checked above; `Event` is `repr(C)` made only of integers, so
+        // every bit pattern is a valid value; `read_unaligned` has no alignment demand.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    }
+
+    /// The record's bytes, as the kernel wrote them.
+    pub fn as_bytes(&self) -> &[u8; EVENT_SIZE] {
+        // SAFETY: `Event` has no padding (asserted by `const _` below) and is
+        // plain-old-data, so viewing it as bytes is sound.
+        unsafe { &*(self as *const Event).cast::<[u8; EVENT_SIZE]>() }
+    }
+}
+
+// The record is part of the kernel↔userspace ABI and of the trace file format.
+const _: () = assert!(EVENT_SIZE == 128);
+const _: () = assert!(core::mem::align_of::<Event>() == 8);
+const _: () = assert!(core::mem::offset_of!(Event, refcnt) == 80);
+const _: () = assert!(core::mem::offset_of!(Event, kind) == 96);
+const _: () = assert!(core::mem::offset_of!(Event, comm) == 112);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), Copy, integers only, no padding.
+unsafe impl aya::Pod for Event {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_bytes() {
+        let mut e = Event::ZERO;
+        e.kind = EventKind::ExcludeExit as u16;
+        e.refcnt = 0x4000_0001;
+        e.pid_tgid = (7u64 << 32) | 9;
+        let b = *e.as_bytes();
+        let d = Event::from_bytes(&b).unwrap();
+        assert_eq!(d, e);
+        assert_eq!(d.kind(), Some(EventKind::ExcludeExit));
+        assert_eq!((d.tgid(), d.tid()), (7, 9));
+        assert!(Event::from_bytes(&b[..127]).is_none());
+    }
+
+    #[test]
+    fn kinds_roundtrip() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::from_u16(*k as u16), Some(*k));
+        }
+        assert_eq!(EventKind::from_u16(0), None);
+        assert_eq!(EventKind::from_u16(999), None);
+    }
+}

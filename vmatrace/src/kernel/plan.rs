@@ -1,0 +1,136 @@
+//! The probe plan: per running kernel, which function is attached how, and through
+//! which attach point each logical event is observed.
+//!
+//! These are the data types shared by the planner (`kernel::planner`), the loader
+//! (`live::attach`), the trace file header and the dashboard. Producing a plan is pure:
+//! it only needs the kernel's symbols and BTF (see `kernel::KernelInfo`).
+
+use vmatrace_common::{Offsets, event::ProbeId, model::Generation};
+
+/// How a program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttachMode {
+    FEntry,
+    FExit,
+    KProbe,
+    KRetProbe,
+    /// A classic tracepoint, `category:name`.
+    Tracepoint,
+}
+
+impl AttachMode {
+    pub const fn key(self) -> &'static str {
+        match self {
+            AttachMode::FEntry => "fentry",
+            AttachMode::FExit => "fexit",
+            AttachMode::KProbe => "kprobe",
+            AttachMode::KRetProbe => "kretprobe",
+            AttachMode::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// One program to attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachPoint {
+    /// What kernel function (or tracepoint) this is.
+    pub probe: ProbeId,
+    /// The exact name to attach to: a kallsyms/BTF function name (possibly with a
+    /// `.isra.N`/`.constprop.N` suffix for kprobes) or `category:name` for tracepoints.
+    pub target: String,
+    pub mode: AttachMode,
+    /// The program's name in the eBPF object (see `vmatrace-ebpf`).
+    pub program: String,
+}
+
+/// The logical events vmatrace reports, independent of kernel version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LogicalEvent {
+    WriteLockRequest,
+    WriteLockResult,
+    StartExcludeEntry,
+    StartExcludeReturn,
+    EndExclude,
+    MarkDetachedFast,
+    MarkDetachedSlow,
+    ReaderAcquire,
+    ReaderRelease,
+    WriterWakeup,
+    MmWriteUnlock,
+    VmaAlloc,
+    VmaFree,
+}
+
+impl LogicalEvent {
+    pub const ALL: &'static [LogicalEvent] = &[
+        LogicalEvent::WriteLockRequest,
+        LogicalEvent::WriteLockResult,
+        LogicalEvent::StartExcludeEntry,
+        LogicalEvent::StartExcludeReturn,
+        LogicalEvent::EndExclude,
+        LogicalEvent::MarkDetachedFast,
+        LogicalEvent::MarkDetachedSlow,
+        LogicalEvent::ReaderAcquire,
+        LogicalEvent::ReaderRelease,
+        LogicalEvent::WriterWakeup,
+        LogicalEvent::MmWriteUnlock,
+        LogicalEvent::VmaAlloc,
+        LogicalEvent::VmaFree,
+    ];
+
+    pub const fn key(self) -> &'static str {
+        match self {
+            LogicalEvent::WriteLockRequest => "write_lock_request",
+            LogicalEvent::WriteLockResult => "write_lock_result",
+            LogicalEvent::StartExcludeEntry => "start_exclude_entry",
+            LogicalEvent::StartExcludeReturn => "start_exclude_return",
+            LogicalEvent::EndExclude => "end_exclude",
+            LogicalEvent::MarkDetachedFast => "mark_detached_fast",
+            LogicalEvent::MarkDetachedSlow => "mark_detached_slow",
+            LogicalEvent::ReaderAcquire => "reader_acquire",
+            LogicalEvent::ReaderRelease => "reader_release",
+            LogicalEvent::WriterWakeup => "writer_wakeup",
+            LogicalEvent::MmWriteUnlock => "mm_write_unlock",
+            LogicalEvent::VmaAlloc => "vma_alloc",
+            LogicalEvent::VmaFree => "vma_free",
+        }
+    }
+}
+
+/// How (whether) a logical event can be seen on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observability {
+    /// Seen at its own function: indices into [`ProbePlan::points`].
+    Direct { points: Vec<usize> },
+    /// Inferred from another attach point (`via` says which and why).
+    Proxy { via: String, points: Vec<usize> },
+    /// Not observable here, with the reason (inlined, notrace, blacklisted, ambiguous
+    /// name, missing capability...).
+    Unobservable { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventCoverage {
+    pub event: LogicalEvent,
+    pub status: Observability,
+}
+
+/// Identity of the kernel a plan was made for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelId {
+    /// `uname -r` (or "offline" when planned from files).
+    pub release: String,
+}
+
+/// The plan for one kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbePlan {
+    pub kernel: KernelId,
+    pub generation: Generation,
+    /// Field offsets for the programs (absent fields = `OFFSET_ABSENT`).
+    pub offsets: Offsets,
+    pub points: Vec<AttachPoint>,
+    pub coverage: Vec<EventCoverage>,
+    /// Free-form remarks for the operator (e.g. "tracing programs cannot load: using kprobes").
+    pub notes: Vec<String>,
+}

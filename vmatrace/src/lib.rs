@@ -1,0 +1,12 @@
+//! vmatrace: live tracer and validator for the Linux kernel's per-VMA lock
+//! (`vm_area_struct.vm_refcnt`, `vm_lock_seq` vs `mm->mm_lock_seq`).
+//!
+//! Layout: kernel-facing code (`kernel`: symbols/BTF/plan; `live`: load and attach) is
+//! kept apart from pure logic (`validate`, `stats`, `trace`, `export`, `tui` renderers),
+//! which is testable without root.
+
+pub mod kernel;
+pub mod pipeline;
+
+/// The eBPF object built by build.rs from `vmatrace-ebpf`, embedded 8-byte aligned.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VMATRACE_EBPF_OBJ"));

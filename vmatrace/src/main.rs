@@ -1,0 +1,3 @@
+fn main() {
+    println!("vmatrace: {} byte eBPF object", vmatrace::EBPF_OBJECT.len());
+}

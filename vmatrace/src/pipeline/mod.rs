@@ -1,0 +1,3 @@
+//! The daemon pipeline: source → decode → validator → statistics → sinks.
+
+pub mod source;

@@ -1,0 +1,28 @@
+//! Where events come from: the live ring buffer, a trace file, a follow stream, or the
+//! simulator. Every source yields the same items.
+
+use vmatrace_common::Event;
+
+/// Loss and count totals from the kernel (per-CPU counters summed) at one instant.
+/// Indexed by `vmatrace_common::Counter as usize`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub values: Vec<u64>,
+}
+
+impl CounterSnapshot {
+    pub fn get(&self, c: vmatrace_common::Counter) -> u64 {
+        self.values.get(c as usize).copied().unwrap_or(0)
+    }
+}
+
+/// One item from a source.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceItem {
+    /// Decoded events in the order the ring buffer delivered them.
+    Events(Vec<Event>),
+    /// Cumulative kernel counters (replaces the previous snapshot).
+    Counters(CounterSnapshot),
+    /// Records userspace could not decode (short or unknown kind): counted, not dropped silently.
+    Undecodable(u64),
+}
