@@ -5,8 +5,11 @@
 //! kept apart from pure logic (`validate`, `stats`, `trace`, `export`, `tui` renderers),
 //! which is testable without root.
 
+pub mod cli;
 pub mod kernel;
 pub mod pipeline;
+pub mod serde_compat;
+pub mod validate;
 
 /// The eBPF object built by build.rs from `vmatrace-ebpf`, embedded 8-byte aligned.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VMATRACE_EBPF_OBJ"));

@@ -1,3 +1,14 @@
-fn main() {
-    println!("vmatrace: {} byte eBPF object", vmatrace::EBPF_OBJECT.len());
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = vmatrace::cli::Cli::parse();
+    match vmatrace::cli::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmatrace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

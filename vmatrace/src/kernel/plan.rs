@@ -5,10 +5,12 @@
 //! (`live::attach`), the trace file header and the dashboard. Producing a plan is pure:
 //! it only needs the kernel's symbols and BTF (see `kernel::KernelInfo`).
 
+use serde::{Deserialize, Serialize};
 use vmatrace_common::{Offsets, event::ProbeId, model::Generation};
 
 /// How a program is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AttachMode {
     FEntry,
     FExit,
@@ -31,9 +33,10 @@ impl AttachMode {
 }
 
 /// One program to attach.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachPoint {
     /// What kernel function (or tracepoint) this is.
+    #[serde(with = "crate::serde_compat::probe_id")]
     pub probe: ProbeId,
     /// The exact name to attach to: a kallsyms/BTF function name (possibly with a
     /// `.isra.N`/`.constprop.N` suffix for kprobes) or `category:name` for tracepoints.
@@ -44,7 +47,8 @@ pub struct AttachPoint {
 }
 
 /// The logical events vmatrace reports, independent of kernel version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LogicalEvent {
     WriteLockRequest,
     WriteLockResult,
@@ -98,7 +102,8 @@ impl LogicalEvent {
 }
 
 /// How (whether) a logical event can be seen on this kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
 pub enum Observability {
     /// Seen at its own function: indices into [`ProbePlan::points`].
     Direct { points: Vec<usize> },
@@ -109,25 +114,27 @@ pub enum Observability {
     Unobservable { reason: String },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventCoverage {
     pub event: LogicalEvent,
     pub status: Observability,
 }
 
 /// Identity of the kernel a plan was made for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelId {
     /// `uname -r` (or "offline" when planned from files).
     pub release: String,
 }
 
 /// The plan for one kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbePlan {
     pub kernel: KernelId,
+    #[serde(with = "crate::serde_compat::generation")]
     pub generation: Generation,
     /// Field offsets for the programs (absent fields = `OFFSET_ABSENT`).
+    #[serde(with = "crate::serde_compat::offsets")]
     pub offsets: Offsets,
     pub points: Vec<AttachPoint>,
     pub coverage: Vec<EventCoverage>,

@@ -1,0 +1,5 @@
+//! The validator: replays observed events per VMA through the refcount model and
+//! reports every transition the model does not allow.
+
+pub mod anomaly;
+pub use anomaly::{Anomaly, AnomalyKind, Severity};
