@@ -29,14 +29,17 @@ fn main() {
 }
 
 fn bpf_linker() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
+    let mut dirs: Vec<PathBuf> =
+        env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
     if let Some(home) = env::var_os("CARGO_HOME") {
         dirs.push(PathBuf::from(home).join("bin"));
     }
     if let Some(home) = env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
-    dirs.into_iter().map(|d| d.join("bpf-linker")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("bpf-linker"))
+        .find(|p| p.is_file())
 }
 
 fn run() -> anyhow::Result<()> {
@@ -46,7 +49,10 @@ fn run() -> anyhow::Result<()> {
     for d in [&ebpf_dir, &common_dir] {
         println!("cargo::rerun-if-changed={}", d.display());
     }
-    println!("cargo::rerun-if-changed={}", manifest_dir.join("../Cargo.lock").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        manifest_dir.join("../Cargo.lock").display()
+    );
     println!("cargo::rerun-if-env-changed=VMATRACE_BPF_RUSTC");
 
     let rustc = env::var("VMATRACE_BPF_RUSTC").unwrap_or_else(|_| DEFAULT_RUSTC.to_string());
@@ -54,14 +60,21 @@ fn run() -> anyhow::Result<()> {
         anyhow::bail!("eBPF toolchain missing: no Debian rustc at {rustc}; {SETUP_HINT}");
     }
     // build-std needs the library sources next to that compiler's sysroot.
-    let sysroot = Command::new(&rustc).arg("--print").arg("sysroot").output()?;
+    let sysroot = Command::new(&rustc)
+        .arg("--print")
+        .arg("sysroot")
+        .output()?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     let src = sysroot.join("lib/rustlib/src/rust/library/core");
     if !src.is_dir() && !Path::new(DEFAULT_RUST_SRC).is_dir() {
-        anyhow::bail!("eBPF toolchain missing: no rust-src for {rustc} (Debian rust-web-src); {SETUP_HINT}");
+        anyhow::bail!(
+            "eBPF toolchain missing: no rust-src for {rustc} (Debian rust-web-src); {SETUP_HINT}"
+        );
     }
     let Some(linker) = bpf_linker() else {
-        anyhow::bail!("eBPF toolchain missing: bpf-linker not found in PATH or ~/.cargo/bin; {SETUP_HINT}");
+        anyhow::bail!(
+            "eBPF toolchain missing: bpf-linker not found in PATH or ~/.cargo/bin; {SETUP_HINT}"
+        );
     };
 
     // OUT_DIR is <target>[/<triple>]/<profile>/build/vmatrace-<hash>/out. Share one eBPF
@@ -92,7 +105,11 @@ fn run() -> anyhow::Result<()> {
     // Strip what the outer build set for *this* crate; it must not leak into the BPF one.
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k.starts_with("RUSTC") || k == "RUSTFLAGS" || k == "RUSTDOCFLAGS" {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME"
+            || k.starts_with("RUSTC")
+            || k == "RUSTFLAGS"
+            || k == "RUSTDOCFLAGS"
+        {
             cmd.env_remove(&k);
         }
     }
@@ -106,7 +123,12 @@ fn run() -> anyhow::Result<()> {
         // kernel needs it for fentry/fexit programs' BTF func info.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+            [
+                "--cfg=bpf_target_arch=\"x86_64\"",
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
         );
     let out = cmd.output()?;
     if !out.status.success() {
@@ -115,7 +137,9 @@ fn run() -> anyhow::Result<()> {
         for line in stderr.lines() {
             eprintln!("{line}");
         }
-        anyhow::bail!("building the eBPF object (vmatrace-ebpf) failed; see the cargo output above");
+        anyhow::bail!(
+            "building the eBPF object (vmatrace-ebpf) failed; see the cargo output above"
+        );
     }
     let obj = target_dir.join("bpfel-unknown-none/release/vmatrace");
     let len = std::fs::metadata(&obj).map(|m| m.len()).unwrap_or(0);

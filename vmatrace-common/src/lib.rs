@@ -13,6 +13,6 @@ pub mod counters;
 pub mod event;
 pub mod model;
 
-pub use config::{Config, Offsets, OFFSET_ABSENT};
+pub use config::{Config, OFFSET_ABSENT, Offsets};
 pub use counters::Counter;
 pub use event::{Event, EventKind};

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod kernel;
 pub mod pipeline;
 pub mod serde_compat;
+pub mod testing;
 pub mod validate;
 
 /// The eBPF object built by build.rs from `vmatrace-ebpf`, embedded 8-byte aligned.

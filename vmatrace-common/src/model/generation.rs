@@ -18,7 +18,8 @@ pub enum Generation {
 }
 
 impl Generation {
-    pub const ALL: &'static [Generation] = &[Generation::V6_15, Generation::V6_19, Generation::V7_0];
+    pub const ALL: &'static [Generation] =
+        &[Generation::V6_15, Generation::V6_19, Generation::V7_0];
 
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
