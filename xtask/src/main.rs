@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod run;
 mod setup;
 mod test;
 mod util;
@@ -24,6 +25,8 @@ enum Cmd {
     /// Install the eBPF toolchain (Debian rustc-web, rust-web-src, LLVM 22, bpf-linker
     /// 0.13.0) and the VM-test tools (qemu-system-x86, busybox-static). Idempotent.
     Setup,
+    /// Build everything and start tracing (live as root; in QEMU when this kernel cannot attach).
+    Run(run::RunArgs),
     /// Run every test: setup, lints, unit and integration tests (incl. the eBPF verifier
     /// test), and the real-kernel VM matrix.
     Test(test::TestArgs),
@@ -35,10 +38,16 @@ fn vm_matrix(_totals: &mut test::Totals) -> anyhow::Result<bool> {
     Ok(false)
 }
 
+/// Live tracing of a Debian kernel in QEMU; wired to the VM rig once it lands.
+fn run_vm(_args: &[String]) -> anyhow::Result<()> {
+    anyhow::bail!("`cargo xtask run --vm` needs the VM rig, which is not built yet")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Cmd::Setup => setup::setup(),
+        Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
     };
     match r {
