@@ -100,11 +100,11 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     crate::setup::setup()?;
     let mut failures = Vec::new();
-    if !args.no_lint {
-        if let Err(e) = lint() {
-            eprintln!("xtask test: lint failed: {e:#}");
-            failures.push("lint".to_string());
-        }
+    if !args.no_lint
+        && let Err(e) = lint()
+    {
+        eprintln!("xtask test: lint failed: {e:#}");
+        failures.push("lint".to_string());
     }
     let skip_log = std::env::temp_dir().join(format!("vmatrace-skips-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&skip_log);

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod model;
 pub mod probes;
+pub mod signals;
 pub mod stress;
 
 /// vmatrace — trace and validate the kernel's per-VMA lock (vm_refcnt) live.

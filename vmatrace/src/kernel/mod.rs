@@ -2,3 +2,4 @@
 //! Everything here parses files; nothing needs root except reading the real /proc files.
 
 pub mod plan;
+pub mod programs;

@@ -1,3 +1,129 @@
 //! The daemon pipeline: source → decode → validator → statistics → sinks.
+//!
+//! Sources (live ring buffer, trace file, follow stream, simulator) all produce
+//! [`SourceItem`]s on a bounded channel. One task owns the [`Pipeline`]: it validates each
+//! event against the refcount model, keeps [`Totals`], and hands batches and anomalies to
+//! the sinks (dashboard state, anomaly log, trace recorder). Keeping all of that on one
+//! task avoids locks on the per-event path.
 
 pub mod source;
+pub mod totals;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use vmatrace_common::{Event, model::Generation};
+
+pub use source::{CounterSnapshot, SourceItem};
+pub use totals::Totals;
+
+use crate::validate::{Anomaly, Validator};
+
+/// A consumer of the validated stream. Implementations must not block for long: they run
+/// on the pipeline task.
+pub trait Sink: Send {
+    fn events(&mut self, _events: &[Event]) {}
+    fn anomaly(&mut self, _a: &Anomaly) {}
+    fn counters(&mut self, _c: &CounterSnapshot, _totals: &Totals) {}
+    /// Called after each drained burst and at shutdown.
+    fn flush(&mut self, _validator: &Validator, _totals: &Totals) {}
+}
+
+pub struct Pipeline {
+    pub validator: Validator,
+    pub totals: Totals,
+    sinks: Vec<Box<dyn Sink>>,
+    scratch: Vec<Anomaly>,
+    last_losses: u64,
+}
+
+impl Pipeline {
+    pub fn new(generation: Generation) -> Self {
+        Self {
+            validator: Validator::new(generation),
+            totals: Totals::default(),
+            sinks: Vec::new(),
+            scratch: Vec::new(),
+            last_losses: 0,
+        }
+    }
+
+    pub fn add_sink(&mut self, s: Box<dyn Sink>) {
+        self.sinks.push(s);
+    }
+
+    /// Process one item. Never panics on any input.
+    pub fn handle(&mut self, item: SourceItem) {
+        match item {
+            SourceItem::Events(evs) => self.handle_events(&evs),
+            SourceItem::Counters(c) => {
+                // A loss means the per-VMA histories have gaps: the validator must not
+                // judge the next samples against stale state.
+                let losses = Totals::kernel_losses(&c);
+                if losses > self.last_losses {
+                    self.validator.note_loss();
+                }
+                self.last_losses = losses;
+                for s in &mut self.sinks {
+                    s.counters(&c, &self.totals);
+                }
+                self.totals.counters = c;
+            }
+            SourceItem::Undecodable(n) => {
+                self.totals.undecodable += n;
+                self.validator.note_loss();
+            }
+        }
+    }
+
+    pub fn handle_events(&mut self, evs: &[Event]) {
+        for ev in evs {
+            self.totals.count_event(ev);
+            self.validator.observe(ev, &mut self.scratch);
+        }
+        for s in &mut self.sinks {
+            s.events(evs);
+        }
+        for a in self.scratch.drain(..) {
+            self.totals.count_anomaly(&a);
+            for s in &mut self.sinks {
+                s.anomaly(&a);
+            }
+        }
+    }
+
+    pub fn flush(&mut self) {
+        for s in &mut self.sinks {
+            s.flush(&self.validator, &self.totals);
+        }
+    }
+
+    /// Drive the pipeline until the channel closes. Sources close it when they end: at
+    /// EOF, or on shutdown after detaching and draining the ring buffer, so nothing that
+    /// was captured is left unprocessed. Flushes the sinks every `flush_every` and at the end.
+    pub async fn drive(
+        mut self,
+        mut rx: mpsc::Receiver<SourceItem>,
+        flush_every: Duration,
+    ) -> Self {
+        let mut tick = tokio::time::interval(flush_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => {
+                        self.handle(item);
+                        // Drain what is already queued before yielding: batches, not wakeups.
+                        while let Ok(item) = rx.try_recv() {
+                            self.handle(item);
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => self.flush(),
+            }
+        }
+        self.flush();
+        self
+    }
+}

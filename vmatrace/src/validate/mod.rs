@@ -2,4 +2,7 @@
 //! reports every transition the model does not allow.
 
 pub mod anomaly;
+pub mod validator;
+
 pub use anomaly::{Anomaly, AnomalyKind, Severity};
+pub use validator::Validator;
