@@ -19,6 +19,8 @@
 //!
 //! `no_std`, no allocation: the explorer (std) and the eBPF-free tests drive it.
 
+use crate::event::EventKind;
+
 use super::{
     Generation,
     refcnt::{self, F, VM_LOCK_SEQ_INIT, VM_REFCNT_LIMIT},
@@ -279,8 +281,10 @@ pub enum Op {
     ExcludeInterrupted {
         now: u32,
     },
+    /// `excluded`: readers were excluded first (end-exclude follows).
     StoreVmLockSeq {
         seq: u32,
+        excluded: bool,
     },
     /// End-exclude's sub; `detached`: it reached 0.
     EndExclude {
@@ -333,6 +337,42 @@ impl Op {
             Op::MmapWriteUnlock { .. } => "mmap_write_unlock",
             Op::FatalSignal => "signal (SIGKILL)",
         }
+    }
+
+    /// The event the tracer records for this step on `generation`, if the step is
+    /// observable there (kernel-vma-lock-protocol.md §5.2). Most reader puts are inlined
+    /// and invisible; the wake-up they make is not.
+    pub const fn observed_as(&self, generation: Generation) -> Option<EventKind> {
+        // 6.15–6.18 inline start/end-exclude; 7.x inlines the fast detach.
+        let excl_visible = !matches!(generation, Generation::V6_15);
+        let fast_detach_visible = !matches!(generation, Generation::V7_0);
+        Some(match self {
+            Op::IncNotZeroLimited { .. } => EventKind::ReaderAcquire,
+            Op::RefcountPut { .. } => EventKind::ReaderRelease,
+            Op::RcuwaitWakeUp { .. } => EventKind::WriterWake,
+            Op::StartWrite { already: false } => EventKind::WriteLockEnter,
+            Op::AddExcludeFlag {
+                detaching: true,
+                detached: true,
+            } => EventKind::DetachExit,
+            Op::AddExcludeFlag { .. } if excl_visible => EventKind::ExcludeEnter,
+            Op::WaitCheck { reached: true, .. } | Op::ExcludeInterrupted { .. } if excl_visible => {
+                EventKind::ExcludeExit
+            }
+            Op::StoreVmLockSeq {
+                excluded: false, ..
+            }
+            | Op::EndExclude {
+                detaching: false, ..
+            } => EventKind::WriteLockExit,
+            Op::DetachDec { zero: true } if fast_detach_visible => EventKind::DetachExit,
+            Op::DetachDec { zero: false } => EventKind::DetachEnter,
+            Op::EndExclude {
+                detaching: true, ..
+            } => EventKind::DetachExit,
+            Op::MmapWriteUnlock { .. } => EventKind::MmWriteUnlock,
+            _ => return None,
+        })
     }
 
     /// A short label for the automaton's edges: function plus the step's meaning.
@@ -696,7 +736,10 @@ impl World {
             }
             Pc::StoreSeq { excluded } => {
                 self.vm_lock_seq = task.seq;
-                let op = Op::StoreVmLockSeq { seq: task.seq };
+                let op = Op::StoreVmLockSeq {
+                    seq: task.seq,
+                    excluded,
+                };
                 if excluded {
                     (Pc::EndExclude { detaching: false }, op)
                 } else {
