@@ -1,7 +1,9 @@
 //! The automaton of one VMA's lock state, generated from the step machine.
 //!
-//! Every reachable world of a representative scenario (two readers, a writer, a detacher
-//! and, where the generation has it, a killable writer with a fatal signal) is projected
+//! Every reachable world of two representative scenarios (a new VMA attached and
+//! unmapped under the mmap write lock while readers try it; an attached VMA with two
+//! readers, a writer, a detacher and, where the generation has it, a killable writer
+//! with a fatal signal) is projected
 //! onto the VMA's abstract state (what `vm_refcnt` and the seqs say), and every step that
 //! changes that state becomes a labelled edge. Nothing here is written by hand: change the
 //! machine and the picture changes with it.
@@ -101,9 +103,13 @@ pub fn automaton(generation: Generation) -> Automaton {
             detach: false,
         });
     }
-    let initial = World::new(&roles);
+    // A VMA is born detached (vm_area_alloc): one world follows a new VMA through
+    // attach and munmap with readers around, the other an attached VMA through writers,
+    // a detach and (where it exists) a killed fork.
+    let born = World::new_detached(&[Role::Attacher { detach: true }, Role::Reader, Role::Reader]);
+    let attached = World::new(&roles);
     let mut seen: HashSet<World> = HashSet::new();
-    let mut stack = vec![initial];
+    let mut stack = vec![born, attached];
     let mut edges: BTreeSet<Transition> = BTreeSet::new();
     let mut states: BTreeMap<&'static str, ()> = BTreeMap::new();
     while let Some(w) = stack.pop() {
@@ -129,7 +135,7 @@ pub fn automaton(generation: Generation) -> Automaton {
     }
     Automaton {
         generation,
-        initial: abstract_state(&initial),
+        initial: abstract_state(&born),
         states: states.into_keys().collect(),
         transitions: edges.into_iter().collect(),
         worlds: seen.len(),

@@ -40,6 +40,10 @@ pub enum Role {
     /// `killable`, 6.19+ `dup_mmap`); `vma_mark_detached` when `detach`;
     /// `mmap_write_unlock`.
     Writer { killable: bool, detach: bool },
+    /// A new VMA's life under one `mmap_write_lock`: `vma_start_write` on the detached
+    /// VMA (no exclusion, §4.5 race 8), `vma_mark_attached`, then `vma_mark_detached`
+    /// when `detach` (a failed mmap / munmap), `mmap_write_unlock`.
+    Attacher { detach: bool },
 }
 
 /// Deliberately broken variants, to show that the checks can fail.
@@ -129,6 +133,8 @@ pub enum Pc {
     EndExclude {
         detaching: bool,
     },
+    /// `vma_mark_attached`: `refcount_set_release(&vm_refcnt, 1)`.
+    MarkAttached,
     /// `vma_mark_detached` fast path: the plain decrement.
     DetachDec,
     MmapWriteUnlock,
@@ -181,7 +187,7 @@ impl Task {
         let pc = match role {
             Role::Idle => Pc::Done,
             Role::Reader => Pc::ReadEarlyCheck,
-            Role::Writer { .. } => Pc::MmapWriteLock,
+            Role::Writer { .. } | Role::Attacher { .. } => Pc::MmapWriteLock,
         };
         Task {
             role,
@@ -291,6 +297,10 @@ pub enum Op {
         detaching: bool,
         detached: bool,
     },
+    /// `vma_mark_attached`; `was`: the count it overwrote (the kernel WARNs unless 0).
+    MarkAttached {
+        was: u32,
+    },
     /// `vma_mark_detached` fast path; `zero`: no spurious reader, done.
     DetachDec {
         zero: bool,
@@ -333,6 +343,7 @@ impl Op {
                     "__vma_exit_locked"
                 }
             }
+            Op::MarkAttached { .. } => "vma_mark_attached",
             Op::DetachDec { .. } => "vma_mark_detached",
             Op::MmapWriteUnlock { .. } => "mmap_write_unlock",
             Op::FatalSignal => "signal (SIGKILL)",
@@ -415,6 +426,7 @@ impl Op {
             Op::EndExclude {
                 detaching: false, ..
             } => "sub F",
+            Op::MarkAttached { .. } => "set 1",
             Op::DetachDec { zero: true } => "dec 1 → 0",
             Op::DetachDec { zero: false } => "dec leaves a spurious reader",
             Op::MmapWriteUnlock { .. } => "mm_lock_seq++ (even): write locks end",
@@ -468,6 +480,14 @@ impl World {
     /// `vm_lock_seq == mm_lock_seq`.
     pub const fn write_locked(&self) -> bool {
         refcnt::is_write_locked(self.vm_lock_seq, self.mm_lock_seq)
+    }
+
+    /// A new VMA as `vm_area_alloc` returns it: detached, `vm_lock_seq` at its init.
+    pub fn new_detached(roles: &[Role]) -> Self {
+        World {
+            vm_refcnt: 0,
+            ..World::new(roles)
+        }
     }
 
     pub fn all_done(&self) -> bool {
@@ -761,6 +781,15 @@ impl World {
                     (after_write_lock(task.role), op)
                 }
             }
+            Pc::MarkAttached => {
+                let was = self.vm_refcnt;
+                self.vma_mark_attached();
+                let pc = match task.role {
+                    Role::Attacher { detach: true } => Pc::DetachDec,
+                    _ => Pc::MmapWriteUnlock,
+                };
+                (pc, Op::MarkAttached { was })
+            }
             Pc::DetachDec => {
                 let zero = self.refcount_sub_and_test(1);
                 if zero {
@@ -798,6 +827,7 @@ const fn read_outcome(locked: bool) -> Outcome {
 const fn after_write_lock(role: Role) -> Pc {
     match role {
         Role::Writer { detach: true, .. } => Pc::DetachDec,
+        Role::Attacher { .. } => Pc::MarkAttached,
         _ => Pc::MmapWriteUnlock,
     }
 }

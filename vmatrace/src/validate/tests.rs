@@ -910,3 +910,14 @@ fn reader_admitted_during_a_detach_window() {
     k.sort_unstable();
     assert_eq!(k, ["detach_not_zero", "reader_while_excluded"]);
 }
+
+#[test]
+fn lock_next_vma_error_pointer_is_not_a_reader_success() {
+    let mut s = Stream::new();
+    s.write_lock_7(0);
+    let seq = s.seq;
+    let e = s.push(EventKind::ReaderAcquire, READER, 1, seq);
+    e.probe = ProbeId::LockNextVma as u8;
+    e.ret = -4; // ERR_PTR(-EINTR)
+    assert_clean(Generation::V7_0, &s);
+}

@@ -622,7 +622,8 @@ impl Validator {
     }
 
     fn on_reader_acquire(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
-        let success = ev.ret != 0;
+        // `lock_next_vma` may return ERR_PTR(-EINTR / -EAGAIN): no reference held.
+        let success = ev.ret != 0 && !is_err_value(ev.ret);
         if success && let Some(s) = sample {
             if s.write_locked() == Some(true) && s.l != VM_LOCK_SEQ_INIT {
                 let state = self.state_of(ev.vma);
@@ -968,6 +969,11 @@ impl Validator {
         });
         self.evicted += (before - self.vmas.len()) as u64;
     }
+}
+
+/// `IS_ERR_VALUE`: the top 4095 values are errnos, not pointers.
+const fn is_err_value(ret: i64) -> bool {
+    ret < 0 && ret >= -4095
 }
 
 fn set_phase(counts: &mut [u64; Phase::ALL.len()], t: &mut VmaTrack, phase: Phase) {
