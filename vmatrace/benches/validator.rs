@@ -3,7 +3,8 @@
 //! `cargo bench -p vmatrace --bench validator` (release). Prints numbers, asserts
 //! nothing about time. The stream: 1000 mms × 1000 VMAs (1M live VMAs), then a steady
 //! mix of page faults (`lock_vma_under_rcu`, some retried with an out-of-line
-//! `vma_refcount_put`), write-lock cycles (`__vma_start_write` with start/end-exclude on
+//! `vma_refcount_put`; uniform over all VMAs, the worst case for caches, or with 90% of
+//! faults on 1% of the VMAs), write-lock cycles (`__vma_start_write` with start/end-exclude on
 //! 7.x, ephemeral readers, `mmap_write_unlock`) and munmap-like churn (slow-path detach,
 //! `vm_area_free`, reuse by `vm_area_alloc`). Generated in chunks; only `observe` is timed.
 
@@ -23,6 +24,8 @@ const MM_BASE: u64 = 0xffff_8882_0000_0000;
 const CHUNK: usize = 1 << 16;
 
 struct Gen {
+    /// Faults with locality: this share (in %) of them hit 1% of the VMAs.
+    hot_pct: u64,
     rng: u64,
     ts: u64,
     seqs: Vec<u32>,
@@ -30,8 +33,9 @@ struct Gen {
 }
 
 impl Gen {
-    fn new() -> Self {
+    fn new(hot_pct: u64) -> Self {
         Self {
+            hot_pct,
             rng: 0x9E37_79B9_7F4A_7C15,
             ts: 1,
             seqs: vec![0; MMS as usize],
@@ -109,6 +113,12 @@ impl Gen {
             let x = self.next();
             let mm = x % MMS;
             let i = (x >> 16) % VMAS_PER_MM;
+            // Hot VMAs: the first 1% of every mm's VMAs (stack, heap, text).
+            let i = if (x >> 24) % 100 < self.hot_pct {
+                i % (VMAS_PER_MM / 100)
+            } else {
+                i
+            };
             let vma = Self::vma(mm, i);
             let tid = 1000 + (mm as u32) * 4 + ((x >> 40) as u32 & 3);
             let writer = 900_000 + mm as u32;
@@ -397,10 +407,10 @@ fn rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn run(label: &str, cap: usize, steady_events: u64) {
+fn run(label: &str, cap: usize, hot_pct: u64, steady_events: u64) {
     let rss0 = rss_kib().unwrap_or(0);
     let mut v = Validator::with_capacity(Generation::V7_0, cap);
-    let mut g = Gen::new();
+    let mut g = Gen::new(hot_pct);
     let mut anomalies = Vec::new();
 
     // Populate 1M live VMAs.
@@ -474,6 +484,7 @@ fn main() {
     // `cargo bench` passes `--bench`; a quick smoke run under `cargo test --benches`.
     let quick = !std::env::args().any(|a| a == "--bench");
     let steady = if quick { 200_000 } else { 20_000_000 };
-    run("cap 1M", 1 << 20, steady);
-    run("cap 256K (eviction)", 1 << 18, steady);
+    run("cap 1M, uniform", 1 << 20, 0, steady);
+    run("cap 1M, 90% of faults on 1% of VMAs", 1 << 20, 90, steady);
+    run("cap 256K (eviction), uniform", 1 << 18, 0, steady);
 }

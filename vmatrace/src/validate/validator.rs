@@ -959,8 +959,13 @@ impl Validator {
         if ev.vma == 0 {
             return None;
         }
-        if !self.vmas.contains_key(&ev.vma) {
+        if self.vmas.len() >= self.max_vmas && !self.vmas.contains_key(&ev.vma) {
             self.make_room();
+        }
+        let counts = &mut self.counts;
+        let observed = self.observed;
+        // One probe: the entry API finds or inserts.
+        let t = self.vmas.entry(ev.vma).or_insert_with(|| {
             let phase = sample.map_or(Phase::Unknown, |s| Phase::of_refcnt(s.r));
             // Tracing that starts mid-flight: a flag seen without its start-exclude gives
             // no excluder to check against, so the phase stays unknown.
@@ -969,12 +974,10 @@ impl Validator {
             } else {
                 phase
             };
-            self.counts[phase.index()] += 1;
-            self.vmas
-                .insert(ev.vma, VmaTrack::new(ev.mm, phase, 0, self.observed));
-        }
-        let t = self.vmas.get_mut(&ev.vma)?;
-        t.last_touch = self.observed;
+            counts[phase.index()] += 1;
+            VmaTrack::new(ev.mm, phase, 0, observed)
+        });
+        t.last_touch = observed;
         if ev.mm != 0 {
             t.mm = ev.mm;
         }
