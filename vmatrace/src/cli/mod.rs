@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 pub mod model;
 pub mod probes;
 pub mod signals;
+pub mod simulate;
 pub mod stress;
 
 /// vmatrace — trace and validate the kernel's per-VMA lock (vm_refcnt) live.
@@ -23,6 +24,8 @@ pub enum Command {
     Model(model::ModelArgs),
     /// Run a workload that exercises every per-VMA lock path.
     Stress(stress::StressArgs),
+    /// Run the simulated kernel (real atomics and threads) through the validator.
+    Simulate(simulate::SimulateArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
@@ -30,5 +33,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Probes(a) => probes::run(a),
         Command::Model(a) => model::run(a),
         Command::Stress(a) => stress::run(a),
+        Command::Simulate(a) => simulate::run(a),
     }
 }
