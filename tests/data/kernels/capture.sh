@@ -7,7 +7,7 @@
 #
 # e.g. capture.sh deb linux-binary-unsigned-7.2.13+deb14-cloud-amd64 debian-7.2.13-cloud
 #
-# Debian kernels come from the suites sid, experimental and trixie-backports next to the
+# Debian kernels come from the suites sid, experimental, trixie-backports and trixie next to the
 # mirror already configured in /etc/apt/sources.list.d/debian.sources, with a private apt
 # state under ~/.cache/vmatrace/plan-fixtures (the host's apt state is not touched). The
 # kernel is booted under QEMU TCG with a busybox-static initramfs whose init dumps
@@ -77,7 +77,7 @@ deb)
 	mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/etc" "$cache/debs"
 	mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
 	key=/usr/share/keyrings/debian-archive-keyring.gpg
-	for s in sid experimental trixie-backports; do echo "deb [signed-by=$key] $mirror $s main"; done >"$apt/etc/sources.list"
+	for s in sid experimental trixie-backports trixie; do echo "deb [signed-by=$key] $mirror $s main"; done >"$apt/etc/sources.list"
 	set -- -o Dir::State::Lists="$apt/lists" -o Dir::Etc::sourcelist="$apt/etc/sources.list" \
 		-o Dir::Etc::sourceparts=/nonexistent -o Dir::State::status=/dev/null -o Dir::Cache="$apt/cache"
 	[ -n "$(ls "$apt/lists" | grep -v partial)" ] || apt-get "$@" update

@@ -14,6 +14,7 @@
 //! Which function serves which logical event depends on the generation (see
 //! `kernel-vma-lock-protocol.md` §5.2).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use vmatrace_common::event::ProbeId;
@@ -74,6 +75,9 @@ struct Planner<'a> {
     generation: Generation,
     points: Vec<AttachPoint>,
     notes: Vec<String>,
+    /// Functions that could not be attached, with the reason (reported as notes even
+    /// when another attach point covers their event).
+    failed: BTreeMap<ProbeId, String>,
 }
 
 impl Planner<'_> {
@@ -196,7 +200,10 @@ impl Planner<'_> {
                     Some(self.points.len() - 1)
                 })
                 .collect()),
-            Hook::Unattachable { reason } => Err(reason),
+            Hook::Unattachable { reason } => {
+                self.failed.insert(probe, reason.clone());
+                Err(reason)
+            }
         }
     }
 
@@ -320,6 +327,7 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
         generation,
         points: Vec::new(),
         notes: Vec::new(),
+        failed: BTreeMap::new(),
     };
     p.notes.push(format!(
         "generation {} ({}); readers-excluded flag 0x{:x}",
@@ -344,14 +352,7 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
                 p.exit(P::LockVmaUnderRcu),
                 p.exit(P::LockNextVma),
             ])),
-            E::ReaderRelease => proxy(
-                "vma_refcount_put (only its out-of-line copy, called from fault retry \
-                 sites) and rcuwait_wake_up when the last reader leaves under a waiting \
-                 writer; other releases are inlined"
-                    .into(),
-                any_of(vec![p.entry(P::VmaRefcountPut), p.exit(P::RcuwaitWakeUp)]),
-                "vma_end_read/vma_refcount_put are inline",
-            ),
+            E::ReaderRelease => reader_release(&mut p),
             E::WriterWakeup => direct(p.exit(P::RcuwaitWakeUp)),
             E::MmWriteUnlock => direct(any_of(vec![
                 p.tracepoint(P::MmapLockReleased).map(|i| vec![i]),
@@ -363,6 +364,17 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
         coverage.push(EventCoverage { event, status });
     }
 
+    // Each reason starts with the function's name.
+    for reason in std::mem::take(&mut p.failed).into_values() {
+        p.notes.push(format!("not attached: {reason}"));
+    }
+    if generation == Generation::V7_0 {
+        p.notes.push(
+            "start-exclude reads struct vma_exclude_readers_state: vma, state, detaching at \
+             entry; exclusive, detached at return (through the saved ves pointer)"
+                .into(),
+        );
+    }
     capability_notes(&mut p);
     p.notes.extend(info.remarks.iter().cloned());
     // Signatures of the hooked functions, so the operator sees what the programs assume.
@@ -377,7 +389,11 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
             let params: Vec<String> = f
                 .params
                 .iter()
-                .map(|a| format!("{} {}", info.btf.type_name(a.type_id), a.name))
+                .map(|a| {
+                    let t = info.btf.type_name(a.type_id);
+                    let sep = if t.ends_with('*') { "" } else { " " };
+                    format!("{t}{sep}{}", a.name)
+                })
                 .collect();
             let ret = f.ret.map_or("void".into(), |r| info.btf.type_name(r));
             p.notes
@@ -395,6 +411,23 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
         coverage,
         notes: p.notes,
     })
+}
+
+fn reader_release(p: &mut Planner<'_>) -> Observability {
+    let put = p.entry(ProbeId::VmaRefcountPut);
+    let wake = p.exit(ProbeId::RcuwaitWakeUp);
+    let mut via = Vec::new();
+    if put.is_ok() {
+        via.push("vma_refcount_put (its out-of-line copy only, called from fault retry sites)");
+    }
+    if wake.is_ok() {
+        via.push("rcuwait_wake_up when the last reader leaves under a waiting writer");
+    }
+    proxy(
+        format!("{}; other releases are inlined", via.join(" and ")),
+        any_of(vec![put, wake]),
+        "vma_end_read/vma_refcount_put are inline",
+    )
 }
 
 fn start_exclude(p: &mut Planner<'_>, entry: bool) -> Observability {
