@@ -316,3 +316,126 @@ fn pre_refcount_kernel_is_unsupported() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
 }
+
+/// The 7.2.13 fixture with its kallsyms/ftrace excerpts rewritten, to check each rule
+/// against an otherwise real kernel.
+fn edited_7_2(
+    edit_kallsyms: impl Fn(&str) -> String,
+    edit_ftrace: impl Fn(&str) -> String,
+) -> KernelInfo {
+    use vmatrace::kernel::ftrace::FilterFunctions;
+    use vmatrace::kernel::symbols::Kallsyms;
+    let d = dir("debian-7.2.13-cloud");
+    let mut info = load("debian-7.2.13-cloud");
+    let k = std::fs::read_to_string(d.join("kallsyms")).unwrap();
+    info.kallsyms = Kallsyms::parse(&edit_kallsyms(&k)).unwrap();
+    let f = std::fs::read_to_string(d.join("available_filter_functions")).unwrap();
+    info.filter_functions = Some(FilterFunctions::parse(&edit_ftrace(&f)).unwrap());
+    info
+}
+
+#[test]
+fn duplicate_name_makes_a_function_unattachable() {
+    let info = edited_7_2(
+        |k| format!("{k}ffffffffb3000000 t __vma_start_exclude_readers\n"),
+        |f| format!("{f}__vma_start_exclude_readers\n"),
+    );
+    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let r = reason(&plan, "start_exclude_entry");
+    assert!(
+        r.contains("__vma_start_exclude_readers is ambiguous: 2 kallsyms entries"),
+        "{r}"
+    );
+    assert!(
+        plan.points
+            .iter()
+            .all(|p| p.target != "__vma_start_exclude_readers")
+    );
+    // Everything else is unaffected.
+    assert_eq!(
+        report::coverage_summary(&plan),
+        "11 of 13 logical events observable, 3 via proxy"
+    );
+}
+
+#[test]
+fn clone_only_function_falls_back_to_kprobe_on_the_clone() {
+    // The compiler emitted only `vm_area_free.isra.0` (and a .cold fragment, which must
+    // not count): fentry needs the exact BTF name, so the clone is kprobed.
+    let info = edited_7_2(
+        |k| {
+            k.replace("T vm_area_free\n", "t vm_area_free.isra.0\n")
+                + "ffffffffb3000100 t vm_area_free.cold\n"
+        },
+        |f| f.replace("vm_area_free\n", "vm_area_free.isra.0\n"),
+    );
+    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let c = compact(&plan);
+    assert!(
+        c.contains("vma_free direct: kprobe vm_area_free.isra.0 vaf_kprobe"),
+        "{c}"
+    );
+}
+
+#[test]
+fn blacklisted_notrace_function_is_unobservable() {
+    use vmatrace::kernel::ftrace::KprobeBlacklist;
+    let mut info = load("debian-7.2.13-cloud");
+    info.kprobe_blacklist = Some(
+        KprobeBlacklist::parse("0xffffffffb2700ef0-0xffffffffb2700f40\tvma_refcount_put\n")
+            .unwrap(),
+    );
+    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    assert!(plan.points.iter().all(|p| p.target != "vma_refcount_put"));
+    let notes = plan.notes.join("\n");
+    assert!(
+        notes.contains("not attached: vma_refcount_put: fentry/fexit impossible (vmatrace has no fentry/fexit program for it, notrace (not in available_filter_functions)); kprobe impossible (in the kprobe blacklist)"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn untraceable_function_uses_kprobes() {
+    // __vma_start_write missing from the ftrace list (as if notrace): kprobe + kretprobe.
+    let info = edited_7_2(|k| k.to_string(), |f| f.replace("__vma_start_write\n", ""));
+    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let c = compact(&plan);
+    assert!(
+        c.contains("write_lock_request direct: kprobe __vma_start_write vsw_kprobe\n"),
+        "{c}"
+    );
+    assert!(
+        c.contains("write_lock_result direct: kprobe __vma_start_write vsw_kprobe, kretprobe __vma_start_write vsw_kretprobe\n"),
+        "{c}"
+    );
+}
+
+#[test]
+fn missing_tracepoints_are_reported() {
+    let mut info = load("debian-7.2.13-cloud");
+    info.mmap_lock_tracepoints = Some(vec!["mmap_lock_start_locking".into()]);
+    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let r = reason(&plan, "mm_write_unlock");
+    assert!(
+        r.contains("tracepoint mmap_lock:mmap_lock_released does not exist here"),
+        "{r}"
+    );
+}
+
+#[test]
+fn every_point_names_a_program_of_the_table() {
+    use vmatrace::kernel::programs::program_for;
+    for name in ["debian-7.2.13-cloud", "debian-6.19.14-cloud", "host-6.18"] {
+        let info = load(name);
+        for caps in [Capabilities::assume_all(), host_caps()] {
+            let plan = plan(&info, &caps).unwrap();
+            for p in &plan.points {
+                assert_eq!(
+                    program_for(p.probe, p.mode),
+                    Some(p.program.as_str()),
+                    "{p:?}"
+                );
+            }
+        }
+    }
+}

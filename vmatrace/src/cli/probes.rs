@@ -1,11 +1,13 @@
 //! `vmatrace probes`: print the probe plan for the running kernel, or for another kernel
 //! from its BTF and kallsyms dump (offline: check a fleet's kernel before deploying).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::kernel::caps::TracingProbe;
 use crate::kernel::{Capabilities, KernelInfo, plan, report};
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +34,7 @@ pub struct ProbesArgs {
 }
 
 pub fn run(args: ProbesArgs) -> anyhow::Result<ExitCode> {
+    let mut tracing = None;
     let (info, caps, offline) = match (&args.btf, &args.kallsyms) {
         (Some(btf), Some(kallsyms)) => (
             KernelInfo::from_files(
@@ -45,11 +48,15 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<ExitCode> {
             Capabilities::assume_all(),
             true,
         ),
-        _ => (
-            KernelInfo::from_running_kernel().context("cannot introspect the running kernel")?,
-            Capabilities::detect(),
-            false,
-        ),
+        _ => {
+            let info = KernelInfo::from_running_kernel()
+                .context("cannot introspect the running kernel")?;
+            let mut caps = Capabilities::detect();
+            // A two-instruction fentry load (no attach) settles whether tracing programs
+            // work here; without privileges it stays unknown.
+            tracing = Some(caps.probe_tracing_programs(&info));
+            (info, caps, false)
+        }
     };
     let here = plan(&info, &caps)?;
     // When this machine's capabilities rule hooks out, also show what the same kernel
@@ -60,52 +67,57 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<ExitCode> {
         None
     };
 
+    let mut out = String::new();
     if args.json {
-        let out = match &ideal {
-            Some(ideal) => serde_json::json!({ "plan": here, "with_all_capabilities": ideal }),
-            None => serde_json::json!({ "plan": here }),
-        };
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    if offline {
-        println!("offline plan (assuming root, kprobes and tracing programs work there)");
+        let v = serde_json::json!({
+            "plan": here,
+            "capabilities": if offline { None } else { Some(caps) },
+            "with_all_capabilities": ideal,
+        });
+        out = serde_json::to_string_pretty(&v)? + "\n";
     } else {
-        println!("plan for the running kernel");
-        println!("{}", attach_summary(&caps));
+        if offline {
+            out += "offline plan (assuming root, kprobes and tracing programs work there)\n";
+        } else {
+            out += "plan for the running kernel\n";
+            out += &attach_summary(&caps, tracing.as_ref());
+            out += "\n";
+        }
+        out += "\n";
+        out += &report::render_table(&here);
+        if let Some(ideal) = ideal {
+            out += &format!(
+                "\nwith kprobes and tracing programs available, this kernel would give: {}\n\n",
+                report::coverage_summary(&ideal)
+            );
+            out += &report::render_table(&ideal);
+        }
     }
-    println!();
-    print!("{}", report::render_table(&here));
-    if let Some(ideal) = ideal {
-        println!();
-        println!(
-            "with kprobes and tracing programs available, this kernel would give: {}",
-            report::coverage_summary(&ideal)
-        );
-        println!();
-        print!("{}", report::render_table(&ideal));
+    // A closed pipe (`vmatrace probes | head`) is not an error worth a panic.
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// One paragraph on what can attach on this machine.
-fn attach_summary(caps: &Capabilities) -> String {
+fn attach_summary(caps: &Capabilities, tracing: Option<&TracingProbe>) -> String {
     let kprobes = if caps.kprobes {
         "kprobes: available (kprobe PMU present)".to_string()
     } else {
         "kprobes: CANNOT attach here (no kprobe PMU at /sys/bus/event_source/devices/kprobe)"
             .to_string()
     };
-    let fentry = match caps.tracing_programs {
-        Some(true) => "fentry/fexit: tracing programs load".to_string(),
-        Some(false) => {
-            "fentry/fexit: CANNOT attach here (loading a tracing program fails with EPERM)"
-                .to_string()
+    let fentry = match (caps.tracing_programs, tracing) {
+        (Some(true), _) => "fentry/fexit: a test tracing program loads".to_string(),
+        (Some(false), Some(TracingProbe::Refused(e))) => {
+            format!("fentry/fexit: CANNOT attach here (loading a tracing program fails: {e})")
         }
-        None => "fentry/fexit: not verified yet (checked when programs load; sandboxed kernels \
-                 refuse tracing programs with EPERM)"
-            .to_string(),
+        (Some(false), _) => "fentry/fexit: CANNOT attach here (tracing programs refused)".into(),
+        (None, Some(TracingProbe::Unknown(why))) => {
+            format!("fentry/fexit: unknown ({why}); checked again when the programs load")
+        }
+        (None, _) => "fentry/fexit: not verified yet (checked when the programs load)".into(),
     };
     let privs = if caps.can_bpf() {
         "privileges: enough to load BPF programs"
