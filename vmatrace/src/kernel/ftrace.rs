@@ -148,6 +148,19 @@ fn is_hex(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "[0-9a-fx .\\[\\]_\\-\n\t]{0,300}") {
+            if let Ok(f) = FilterFunctions::parse(&text) {
+                for name in text.split_whitespace() {
+                    let _ = (f.contains(name), f.count(name));
+                }
+            }
+            let _ = KprobeBlacklist::parse(&text);
+        }
+    }
 
     #[test]
     fn filter_functions_with_modules_and_clones() {

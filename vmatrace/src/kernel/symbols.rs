@@ -174,6 +174,19 @@ impl Kallsyms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "[0-9a-fA-FtTwWdD .\\[\\]_\n\t]{0,300}") {
+            if let Ok(k) = Kallsyms::parse(&text) {
+                for name in text.split_whitespace() {
+                    let _ = k.resolve(name);
+                }
+            }
+            let _ = clone_base(&text);
+        }
+    }
 
     #[test]
     fn clone_suffixes() {
