@@ -73,9 +73,17 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
     for h in session.hooks() {
         assert!(h.attached, "{} not attached: {:?}", h.point.target, h.error);
     }
-    let names: Vec<String> = session.program_stats().into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"mmap_lock_released".to_string()), "{names:?}");
+    let names: Vec<String> = session
+        .program_stats()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(
+        names.contains(&"mmap_lock_released".to_string()),
+        "{names:?}"
+    );
 
+    let stats = session.stats_handle();
     let (tx, mut rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let streamer = tokio::spawn(session.stream(tx, async {
@@ -86,6 +94,7 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
         .expect("workload ran");
     // Give the reader one counter period, then stop: it must still drain everything.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = stats.program_stats();
     stop_tx.send(()).expect("streamer alive");
 
     let mut events: Vec<Event> = Vec::new();
@@ -109,10 +118,18 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
         .expect("stream returns Ok");
 
     assert_eq!(undecodable, 0);
-    assert_eq!(counters.get(Counter::RingbufReserveFailed), 0, "{counters:?}");
+    assert_eq!(
+        counters.get(Counter::RingbufReserveFailed),
+        0,
+        "{counters:?}"
+    );
     assert_eq!(counters.get(Counter::ProbeReadFailed), 0, "{counters:?}");
     let ours: Vec<&Event> = events.iter().filter(|e| e.tgid() == pid).collect();
-    assert_eq!(ours.len(), events.len(), "the tgid filter let others through");
+    assert_eq!(
+        ours.len(),
+        events.len(),
+        "the tgid filter let others through"
+    );
     let released = ours
         .iter()
         .filter(|e| e.probe() == ProbeId::MmapLockReleased)
@@ -127,7 +144,20 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
         counters.values
     );
     assert!(released >= 2 * ROUNDS, "only {released} write unlocks");
-    assert!(downgrades >= ROUNDS, "only {downgrades} downgrades (munmap)");
+    assert!(
+        downgrades >= ROUNDS,
+        "only {downgrades} downgrades (munmap)"
+    );
+    // BPF_ENABLE_STATS was on: the program ran at least once per write unlock (it also
+    // runs for read unlocks, which it filters out).
+    let rel = during
+        .iter()
+        .find(|s| s.name == "mmap_lock_released")
+        .expect("stats of mmap_lock_released");
+    println!("{during:?}");
+    assert!(rel.run_cnt >= released as u64, "{rel:?}");
+    assert!(rel.run_time_ns > 0, "{rel:?}");
+    assert!(rel.verified_insns.is_some_and(|n| n > 0), "{rel:?}");
     let mm = ours[0].mm;
     assert_ne!(mm, 0);
     let mut last_seq = None;

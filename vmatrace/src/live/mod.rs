@@ -28,7 +28,7 @@ use crate::{
 pub use load::{names, ring_size};
 pub use privileges::{check_privileges, raise_memlock_limit};
 pub use ring::decode;
-pub use stats::ProgramStat;
+pub use stats::{ProgramStat, StatsHandle};
 
 /// Default size of the `EVENTS` ring buffer (bytes; a power of two, multiple of the page size).
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
@@ -63,6 +63,7 @@ pub struct HookStatus {
 pub struct LiveSession {
     inner: load::Loaded,
     hooks: Vec<HookStatus>,
+    stats: StatsHandle,
 }
 
 impl LiveSession {
@@ -72,7 +73,12 @@ impl LiveSession {
     /// the object cannot be loaded at all or nothing attached.
     pub fn start(opts: LiveOptions) -> anyhow::Result<LiveSession> {
         let (inner, hooks) = load::start(opts)?;
-        Ok(LiveSession { inner, hooks })
+        let stats = StatsHandle::new(&inner);
+        Ok(LiveSession {
+            inner,
+            hooks,
+            stats,
+        })
     }
 
     /// Per point of the plan, in plan order: attached or why not.
@@ -83,7 +89,13 @@ impl LiveSession {
     /// Run count and run time of every loaded program (zero unless
     /// `LiveOptions::enable_stats` or the `kernel.bpf_stats_enabled` sysctl is on).
     pub fn program_stats(&self) -> Vec<ProgramStat> {
-        stats::program_stats(&self.inner)
+        self.stats.program_stats()
+    }
+
+    /// A handle that keeps reporting [`ProgramStat`]s while [`LiveSession::stream`] owns
+    /// the session (for the dashboard and the exit summary).
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.stats.clone()
     }
 
     /// The current kernel counters (per-CPU values summed).

@@ -1,4 +1,12 @@
 //! BPF run-time statistics per program (`BPF_ENABLE_STATS` / `kernel.bpf_stats_enabled`).
+//!
+//! Programs are found again by their kernel id through `BPF_PROG_GET_NEXT_ID`
+//! (`aya::programs::loaded_programs`), so a [`StatsHandle`] works from any task while the
+//! session itself is busy streaming.
+
+use std::collections::HashMap;
+
+use aya::programs::loaded_programs;
 
 use super::load::Loaded;
 
@@ -22,20 +30,49 @@ impl ProgramStat {
     }
 }
 
-pub(super) fn program_stats(loaded: &Loaded) -> Vec<ProgramStat> {
-    loaded
-        .programs
-        .iter()
-        .filter_map(|name| {
-            let info = loaded.ebpf.program(name)?.info().ok()?;
-            Some(ProgramStat {
-                name: name.clone(),
-                run_cnt: info.run_count(),
-                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-                verified_insns: info.verified_instruction_count(),
+/// Reads the statistics of a session's programs; cheap to clone, usable from any task
+/// while [`super::LiveSession::stream`] runs. After the session ends the programs are
+/// gone and the list is empty.
+#[derive(Clone, Debug, Default)]
+pub struct StatsHandle {
+    /// Kernel program id → object name, in load order.
+    ids: Vec<(u32, String)>,
+}
+
+impl StatsHandle {
+    pub(super) fn new(loaded: &Loaded) -> Self {
+        let ids = loaded
+            .programs
+            .iter()
+            .filter_map(|name| {
+                let id = loaded.ebpf.program(name)?.info().ok()?.id();
+                Some((id, name.clone()))
             })
-        })
-        .collect()
+            .collect();
+        Self { ids }
+    }
+
+    /// Current run count and run time of every program of the session, in load order.
+    pub fn program_stats(&self) -> Vec<ProgramStat> {
+        let mut found: HashMap<u32, ProgramStat> = HashMap::new();
+        for info in loaded_programs().flatten() {
+            if let Some((id, name)) = self.ids.iter().find(|(id, _)| *id == info.id()) {
+                found.insert(
+                    *id,
+                    ProgramStat {
+                        name: name.clone(),
+                        run_cnt: info.run_count(),
+                        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                        verified_insns: info.verified_instruction_count(),
+                    },
+                );
+            }
+        }
+        self.ids
+            .iter()
+            .filter_map(|(id, _)| found.remove(id))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -53,5 +90,10 @@ mod tests {
         assert_eq!(s.ns_per_run(), Some(250.0));
         s.run_cnt = 0;
         assert_eq!(s.ns_per_run(), None);
+    }
+
+    #[test]
+    fn an_empty_handle_reports_nothing() {
+        assert!(StatsHandle::default().program_stats().is_empty());
     }
 }
