@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod kernel;
+pub mod live;
 pub mod pipeline;
 pub mod serde_compat;
 pub mod sim;

@@ -1,0 +1,2 @@
+//! Shared by the integration tests (each declares `pub mod common;` so nothing is dead).
+pub mod plans;
