@@ -6,10 +6,12 @@
 //! which is testable without root.
 
 pub mod cli;
+pub mod export;
 pub mod kernel;
 pub mod pipeline;
 pub mod serde_compat;
 pub mod testing;
+pub mod trace;
 pub mod validate;
 
 /// The eBPF object built by build.rs from `vmatrace-ebpf`, embedded 8-byte aligned.
