@@ -4,8 +4,17 @@ use clap::{Parser, Subcommand};
 
 pub mod model;
 pub mod probes;
+pub mod replay;
+pub mod session;
 pub mod signals;
 pub mod stress;
+
+/// Exit status: the kernel offers nothing to attach to, or this process may not attach
+/// (not root / missing capabilities, no BTF, unsupported kernel, every hook failed).
+/// `cargo xtask run` relies on it to fall back to a VM.
+pub const EXIT_CANNOT_ATTACH: u8 = 3;
+/// Exit status: the trace given to `replay` is not a trace, or is corrupt or truncated.
+pub const EXIT_BAD_TRACE: u8 = 4;
 
 /// vmatrace — trace and validate the kernel's per-VMA lock (vm_refcnt) live.
 #[derive(Debug, Parser)]
@@ -23,6 +32,8 @@ pub enum Command {
     Model(model::ModelArgs),
     /// Run a workload that exercises every per-VMA lock path.
     Stress(stress::StressArgs),
+    /// Replay a recorded trace offline through the validator (no root needed).
+    Replay(replay::ReplayArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
@@ -30,5 +41,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Probes(a) => probes::run(a),
         Command::Model(a) => model::run(a),
         Command::Stress(a) => stress::run(a),
+        Command::Replay(a) => replay::run(a),
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod source;
 pub mod totals;
+pub mod wait;
 
 use std::time::Duration;
 

@@ -20,17 +20,25 @@ use super::{
 };
 use crate::pipeline::{CounterSnapshot, SourceItem};
 
-#[derive(Clone, Copy, Debug, Default)]
+/// Keeps an event when it returns true.
+pub type EventFilter = Arc<dyn Fn(&vmatrace_common::Event) -> bool + Send + Sync>;
+
+#[derive(Clone, Default)]
 pub struct ReplayOptions {
     /// `None`: as fast as possible. `Some(1.0)`: recorded pace; `Some(2.0)`: twice as fast.
     pub speed: Option<f64>,
+    /// Userspace version of the kernel's task filters (`--pid`, `--comm`).
+    pub filter: Option<EventFilter>,
 }
 
 /// How a replay ended.
 #[derive(Debug, Default)]
 pub struct ReplayOutcome {
     pub records: u64,
+    /// Events read from the trace (before the filter).
     pub events: u64,
+    /// Events the filter dropped.
+    pub filtered: u64,
     /// Monotonic timestamps of the first and last record (recorded duration).
     pub first_mono_ns: Option<u64>,
     pub last_mono_ns: Option<u64>,
@@ -94,8 +102,16 @@ pub fn spawn(
                     }
                 }
                 let item = match rec {
-                    Record::Events { events, .. } => {
+                    Record::Events { mut events, .. } => {
                         out.events += events.len() as u64;
+                        if let Some(f) = &opts.filter {
+                            let before = events.len();
+                            events.retain(|e| f(e));
+                            out.filtered += (before - events.len()) as u64;
+                            if events.is_empty() {
+                                continue;
+                            }
+                        }
                         SourceItem::Events(events)
                     }
                     Record::Counters { values, .. } => {
