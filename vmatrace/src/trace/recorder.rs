@@ -37,6 +37,9 @@ pub struct RecordingStatus {
 pub struct Recorder {
     writer: Option<TraceWriter>,
     status: Arc<Mutex<RecordingStatus>>,
+    /// Events known to have reached the file (at the last successful flush): on a
+    /// failure, everything after them may be lost with the writer's buffer.
+    flushed_events: u64,
 }
 
 impl Recorder {
@@ -49,6 +52,7 @@ impl Recorder {
         Self {
             writer: Some(writer),
             status: Arc::new(Mutex::new(status)),
+            flushed_events: 0,
         }
     }
 
@@ -63,11 +67,16 @@ impl Recorder {
     }
 
     fn fail(&mut self, e: std::io::Error) {
-        let bytes = self.writer.as_ref().map_or(0, TraceWriter::bytes);
+        let (bytes, buffered) = self.writer.as_ref().map_or((0, 0), |w| {
+            (w.bytes(), w.events().saturating_sub(self.flushed_events))
+        });
         self.writer = None;
+        let durable = self.flushed_events;
         log::error!("recording stopped after {bytes} bytes: {e}; tracing continues");
         self.with_status(|s| {
             s.bytes = bytes;
+            s.events_recorded = durable;
+            s.events_not_recorded += buffered;
             s.error = Some(format!("write failed after {bytes} bytes: {e}"));
         });
     }
@@ -115,10 +124,11 @@ impl Sink for Recorder {
     }
 
     fn flush(&mut self, _validator: &Validator, _totals: &Totals) {
-        if let Some(w) = &mut self.writer
-            && let Err(e) = w.flush()
-        {
-            self.fail(e);
+        if let Some(w) = &mut self.writer {
+            match w.flush() {
+                Ok(()) => self.flushed_events = w.events(),
+                Err(e) => self.fail(e),
+            }
         }
         self.sync_status();
     }
@@ -136,7 +146,11 @@ impl Sink for Recorder {
             }),
             Err(e) => {
                 log::error!("finishing the trace failed: {e}");
+                let lost = events.saturating_sub(self.flushed_events);
+                let durable = self.flushed_events;
                 self.with_status(|s| {
+                    s.events_recorded = durable;
+                    s.events_not_recorded += lost;
                     s.error = Some(format!("finishing the trace failed: {e}"));
                 });
             }

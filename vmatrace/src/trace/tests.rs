@@ -320,3 +320,134 @@ proptest! {
         let _ = read_all(b, ReadOptions::default()).map(|_| ()).map_err(|e| e.to_string());
     }
 }
+
+mod through_the_pipeline {
+    use std::sync::{Arc, atomic::AtomicBool};
+
+    use tokio::sync::mpsc;
+    use vmatrace_common::{Counter, event::flags};
+
+    use super::*;
+    use crate::pipeline::{CounterSnapshot, Pipeline, SourceItem};
+
+    fn items() -> Vec<SourceItem> {
+        let mut v = Vec::new();
+        for b in 0..20u64 {
+            let evs: Vec<Event> = (0..50)
+                .map(|i| {
+                    let mut e = ev(b * 50 + i, EventKind::ExcludeExit);
+                    e.flags = flags::PAIRED;
+                    e.wait_ns = 100 * (i + 1);
+                    e
+                })
+                .collect();
+            v.push(SourceItem::Events(evs));
+            if b % 5 == 4 {
+                let mut c = vec![0u64; 12];
+                c[Counter::RingbufReserveFailed as usize] = b;
+                c[Counter::ReaderAcquireOk as usize] = 10 * b;
+                v.push(SourceItem::Counters(CounterSnapshot { values: c }));
+            }
+        }
+        v.push(SourceItem::Undecodable(2));
+        v
+    }
+
+    fn run_pipeline(p: Pipeline, items: Vec<SourceItem>) -> Pipeline {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let (tx, rx) = mpsc::channel(4);
+            let feeder = tokio::spawn(async move {
+                for it in items {
+                    if tx.send(it).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let p = p.drive(rx, std::time::Duration::from_millis(5)).await;
+            let _ = feeder.await;
+            p
+        })
+    }
+
+    #[test]
+    fn record_then_replay_gives_the_same_totals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for compress in [false, true] {
+            let path = dir.path().join(format!("rt-{compress}.vmatrace"));
+            let w = TraceWriter::create(&path, &header(), compress).expect("create");
+            let rec = Recorder::new(w, &path.display().to_string(), compress);
+            let status = rec.status();
+            let mut live = Pipeline::new(Generation::V7_0);
+            live.add_sink(Box::new(rec));
+            let live = run_pipeline(live, items());
+            let st = status.lock().expect("status").clone();
+            assert!(st.complete && st.error.is_none(), "{st:?}");
+            assert_eq!(st.events_recorded, 1000);
+            assert_eq!(st.bytes, std::fs::metadata(&path).expect("stat").len());
+
+            let reader =
+                TraceReader::new(std::fs::File::open(&path).expect("open")).expect("valid trace");
+            let (tx, rx) = mpsc::channel(4);
+            let stop = Arc::new(AtomicBool::new(false));
+            let h = replay::spawn(reader, tx, ReplayOptions::default(), stop).expect("thread");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let replayed = rt.block_on(
+                Pipeline::new(Generation::V7_0).drive(rx, std::time::Duration::from_millis(5)),
+            );
+            let outcome = h.join().expect("reader thread");
+            assert!(outcome.complete && outcome.error.is_none(), "{outcome:?}");
+            assert_eq!(outcome.events, 1000);
+
+            let (a, b) = (&live.totals, &replayed.totals);
+            assert_eq!(a.events, b.events);
+            assert_eq!(a.undecodable, b.undecodable);
+            assert_eq!(a.counters, b.counters);
+            assert_eq!(a.anomalies, b.anomalies);
+            assert_eq!(a.wait.start_exclude, b.wait.start_exclude);
+            assert_eq!(b.wait.start_exclude.count(), 1000);
+            assert_eq!(b.counters.get(Counter::RingbufReserveFailed), 19);
+            assert_eq!(
+                live.validator.losses_noted(),
+                replayed.validator.losses_noted()
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_disk_stops_recording_not_the_pipeline() {
+        let path = std::path::Path::new("/dev/full");
+        if !path.exists() {
+            crate::testing::skip(
+                "a_full_disk_stops_recording_not_the_pipeline",
+                "no /dev/full",
+            );
+            return;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open /dev/full");
+        // The header fits in the writer's buffer; the failure shows at the first flush.
+        let w = TraceWriter::new(f, &header(), false).expect("buffered header");
+        let rec = Recorder::new(w, "/dev/full", false);
+        let status = rec.status();
+        let mut p = Pipeline::new(Generation::V7_0);
+        p.add_sink(Box::new(rec));
+        let p = run_pipeline(p, items());
+        assert_eq!(p.totals.total_events(), 1000, "tracing went on");
+        let st = status.lock().expect("status").clone();
+        assert!(!st.complete);
+        let err = st.error.expect("the error is kept");
+        assert!(err.contains("No space left"), "{err}");
+        // Nothing ever reached the device: every event is accounted as not recorded.
+        assert_eq!(st.events_not_recorded, 1000);
+        assert_eq!(st.events_recorded, 0);
+    }
+}
