@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod serde_compat;
 pub mod stats;
 pub mod testing;
+pub mod tui;
 pub mod validate;
 
 /// The eBPF object built by build.rs from `vmatrace-ebpf`, embedded 8-byte aligned.
