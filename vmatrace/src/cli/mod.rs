@@ -23,6 +23,9 @@ pub enum Command {
     Model(model::ModelArgs),
     /// Run a workload that exercises every per-VMA lock path.
     Stress(stress::StressArgs),
+    /// The dashboard over synthetic events (for the tmux end-to-end test).
+    #[command(hide = true)]
+    DashboardDemo(crate::tui::demo::DemoArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
@@ -30,5 +33,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Probes(a) => probes::run(a),
         Command::Model(a) => model::run(a),
         Command::Stress(a) => stress::run(a),
+        Command::DashboardDemo(a) => crate::tui::demo::run(a),
     }
 }

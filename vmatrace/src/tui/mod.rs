@@ -11,6 +11,7 @@
 //! let exit = tui::run(shared.clone(), stop_future).await?;
 //! ```
 
+pub mod demo;
 pub mod render;
 pub mod sink;
 pub mod state;

@@ -79,13 +79,19 @@ fn lock(shared: &Mutex<AppState>) -> std::sync::MutexGuard<'_, AppState> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Set by the panic hook: the terminal was restored, the loop must not draw again.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
 /// Restore fd 2 before anything else in a panic, so the message reaches the terminal,
-/// then let ratatui's hook (installed by `ratatui::try_init`) restore the terminal.
+/// then let ratatui's hook (installed by `ratatui::try_init`) restore the terminal. A
+/// panic on any thread counts: tokio catches task panics and the process would go on
+/// drawing on a restored (cooked, main-screen) terminal, so the loop stops too.
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, Ordering::SeqCst);
             StderrCapture::restore();
             ratatui::restore();
             prev(info);
@@ -111,6 +117,9 @@ fn run_blocking(
     let started = Instant::now();
     let result = (|| -> anyhow::Result<DashboardExit> {
         loop {
+            if PANICKED.load(Ordering::SeqCst) {
+                anyhow::bail!("a thread panicked; the dashboard stopped (message above)");
+            }
             if signalled.load(Ordering::SeqCst) {
                 return Ok(DashboardExit::Signal);
             }

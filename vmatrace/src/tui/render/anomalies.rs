@@ -200,9 +200,9 @@ fn render_events(
         Constraint::Length(7),
         Constraint::Length(6),
         Constraint::Length(6),
-        Constraint::Min(9),
+        Constraint::Length(12),
         Constraint::Length(6),
-        Constraint::Length(8),
+        Constraint::Min(8),
     ]);
     let t = Table::new(rows, widths)
         .header(Row::new(head).style(title_style()))
