@@ -12,8 +12,10 @@ pub mod live;
 pub mod pipeline;
 pub mod serde_compat;
 pub mod sim;
+pub mod stats;
 pub mod testing;
 pub mod trace;
+pub mod tui;
 pub mod validate;
 
 /// The eBPF object built by build.rs from `vmatrace-ebpf`, embedded 8-byte aligned.
