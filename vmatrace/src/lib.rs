@@ -9,6 +9,7 @@ pub mod cli;
 pub mod kernel;
 pub mod pipeline;
 pub mod serde_compat;
+pub mod stress;
 pub mod testing;
 pub mod validate;
 
