@@ -11,6 +11,7 @@ mod kernels;
 pub mod qemu;
 mod results;
 mod scenario;
+pub mod stream;
 
 use std::{
     fs,

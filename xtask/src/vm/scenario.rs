@@ -135,23 +135,11 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
     v
 }
 
-/// Single-quote a word for sh.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn sh_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|w| sh_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The guest's `/init`: mount what vmatrace needs, report the boot, run every step with
-/// a timeout and send its output back on ttyS1, then power off.
-pub fn init_script(steps: &[Step]) -> String {
-    let mut s = String::from(
-        r#"#!/bin/busybox sh
+/// The start of every guest `/init`: busybox applets, the filesystems vmatrace needs
+/// (proc, sys, dev, tracefs, debugfs, bpffs), and fd 3 = ttyS1 in raw mode (the host's
+/// channel: results, or the event stream), binary-safe because raw mode disables the
+/// newline translation.
+pub const GUEST_PRELUDE: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
 mount -t proc proc /proc
@@ -164,8 +152,24 @@ mount -t bpf bpf /sys/fs/bpf
 R=/dev/ttyS1
 stty -F $R raw -echo 2>/dev/null
 exec 3>$R
-"#,
-    );
+"#;
+
+/// Single-quote a word for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+pub fn sh_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| sh_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The guest's `/init`: mount what vmatrace needs, report the boot, run every step with
+/// a timeout and send its output back on ttyS1, then power off.
+pub fn init_script(steps: &[Step]) -> String {
+    let mut s = String::from(GUEST_PRELUDE);
     let mark = |what: &str| format!("echo \"{MARK}{what}{MARK_END}\" >&3\n");
     s.push_str(&mark("booted $(uname -r)"));
     for st in steps {
