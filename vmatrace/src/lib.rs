@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod serde_compat;
 pub mod sim;
 pub mod stats;
+pub mod stress;
 pub mod testing;
 pub mod trace;
 pub mod tui;
