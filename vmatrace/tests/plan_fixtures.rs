@@ -448,3 +448,23 @@ fn every_point_names_a_program_of_the_table() {
         }
     }
 }
+
+#[test]
+fn no_tracefs_means_no_tracepoints() {
+    let info = load("debian-7.2.13-cloud");
+    let caps = Capabilities {
+        tracefs: false,
+        ..Capabilities::assume_all()
+    };
+    let plan = plan(&info, &caps).unwrap();
+    assert!(matches!(
+        plan.status(vmatrace::kernel::plan::LogicalEvent::MmWriteUnlock),
+        Some(Observability::Unobservable { reason }) if reason.contains("tracefs is not mounted or not readable")
+    ));
+    assert_eq!(
+        plan.points_for(vmatrace_common::event::ProbeId::MmapLockReleased)
+            .count(),
+        0
+    );
+    assert_eq!(plan.exclude_readers_flag(), 0x4000_0000);
+}

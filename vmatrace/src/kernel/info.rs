@@ -148,8 +148,8 @@ impl KernelInfo {
                 });
             }
             None => remarks.push(
-                "tracefs is not mounted (/sys/kernel/tracing): ftrace-ability and the \
-                 mmap_lock tracepoints are not verified"
+                "tracefs is not mounted or not readable by this user (/sys/kernel/tracing): \
+                 ftrace-ability and the mmap_lock tracepoints are not verified"
                     .to_string(),
             ),
         }

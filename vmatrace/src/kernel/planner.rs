@@ -255,6 +255,12 @@ impl Planner<'_> {
         }
         let full = probe.kernel_name();
         let event = full.split_once(':').map_or(full, |(_, e)| e);
+        if !self.caps.tracefs {
+            return Err(format!(
+                "tracepoint {full}: tracefs is not mounted or not readable (tracepoints attach through \
+                 <tracefs>/events)"
+            ));
+        }
         if let Some(tps) = &self.info.mmap_lock_tracepoints
             && !tps.iter().any(|t| t == event)
         {
@@ -490,9 +496,16 @@ fn end_exclude(p: &mut Planner<'_>) -> Observability {
     } else {
         format!("{name} is out of line here but vmatrace has no program for it")
     };
+    // On the -EINTR path (6.19+, killable writers) start-exclude removes the flag itself
+    // before returning: that end is seen at start-exclude's return.
+    let eintr = if p.generation.has_killable_writers() {
+        "; after a fatal signal (-EINTR) at the return of start-exclude"
+    } else {
+        ""
+    };
     proxy(
         format!(
-            "the return of __vma_start_write (write path) and {} (detach); {why}",
+            "the return of __vma_start_write (write path) and {} (detach){eintr}; {why}",
             detach.kernel_name()
         ),
         any_of(vec![p.exit(ProbeId::VmaStartWrite), p.exit(detach)]),
