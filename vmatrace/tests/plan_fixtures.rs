@@ -246,6 +246,42 @@ vma_free direct: fentry vm_area_free vaf_fentry"
     );
 }
 
+/// Debian's 6.16–6.18 builds: the global `vma_mark_detached` sees every detach; the
+/// exclusion helpers are inlined.
+const EXPECTED_6_16: &str = "\
+write_lock_request direct: fentry __vma_start_write vsw_fentry
+write_lock_result direct: fexit __vma_start_write vsw_fexit
+start_exclude_entry unobservable: __vma_enter_locked is static inline here: inlined into __vma_start_write and vma_mark_detached
+start_exclude_return proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vmd_fexit
+end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vmd_fexit
+mark_detached_fast direct: fexit vma_mark_detached vmd_fexit
+mark_detached_slow direct: fexit vma_mark_detached vmd_fexit
+reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit
+reader_release proxy: kprobe vma_refcount_put vrp_kprobe, fexit rcuwait_wake_up rww_fexit
+writer_wakeup direct: fexit rcuwait_wake_up rww_fexit
+mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
+vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
+vma_free direct: fentry vm_area_free vaf_fentry";
+
+#[test]
+fn debian_6_16_12_cloud() {
+    let info = load("debian-6.16.12-cloud");
+    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    assert_eq!(plan.generation, Generation::V6_15);
+    // lock_next_vma (per-VMA-locked /proc/pid/maps) arrived in 6.17.
+    assert_eq!(compact(&plan), EXPECTED_6_16);
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n == "not attached: lock_next_vma is not in kallsyms or BTF (inlined, or not in this kernel version)"),
+        "{:#?}",
+        plan.notes
+    );
+    let o = plan.offsets;
+    assert_eq!([o.vma_vm_lock_seq, o.vma_vm_refcnt], [0x28, 0x80]);
+    assert_eq!([o.mm_mm_lock_seq, o.mm_vma_writer_wait], [0xf8, 0xf0]);
+}
+
 #[test]
 fn host_6_18() {
     let info = load("host-6.18");

@@ -94,9 +94,17 @@ impl Planner<'_> {
         let sym = match self.info.kallsyms.resolve(name) {
             Resolved::Unique(s) => s,
             Resolved::Absent => {
-                return Hook::Unattachable {
-                    reason: format!("{name} has no out-of-line copy in kallsyms (inlined)"),
+                // Inlined functions usually leave no BTF FUNC either, so the two cases
+                // cannot always be told apart; say which one the evidence supports.
+                let in_btf = self.info.btf.functions(name).is_ok_and(|f| !f.is_empty());
+                let reason = if in_btf {
+                    format!("{name} has no out-of-line copy in kallsyms (inlined)")
+                } else {
+                    format!(
+                        "{name} is not in kallsyms or BTF (inlined, or not in this kernel version)"
+                    )
                 };
+                return Hook::Unattachable { reason };
             }
             Resolved::Ambiguous(v) => {
                 return Hook::Unattachable {
