@@ -16,8 +16,22 @@ fn dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Load a fixture the way an operator would pass it to `vmatrace probes --btf ...`.
+/// A fixture, parsed once per test binary (BTF is ~5 MB) and cloned for each test.
 fn load(name: &str) -> KernelInfo {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, KernelInfo>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(info) = cache.lock().unwrap().get(name) {
+        return info.clone();
+    }
+    let info = load_uncached(name);
+    cache.lock().unwrap().insert(name.to_string(), info.clone());
+    info
+}
+
+/// Load a fixture the way an operator would pass it to `vmatrace probes --btf ...`.
+fn load_uncached(name: &str) -> KernelInfo {
     let d = dir(name);
     let opt = |f: &str| {
         let p = d.join(f);

@@ -132,6 +132,7 @@ pub struct MemberLoc {
 }
 
 /// Parsed BTF: types (id 0 is `void`) and a name index.
+#[derive(Clone)]
 pub struct Btf {
     types: Vec<Type>,
     by_name: HashMap<String, Vec<u32>>,

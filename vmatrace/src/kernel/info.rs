@@ -17,7 +17,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub const KALLSYMS: &str = "/proc/kallsyms";
 
 /// The introspected kernel.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct KernelInfo {
     /// `uname -r`, or what the operator passed (`"offline"` when unknown).
     pub release: String,
