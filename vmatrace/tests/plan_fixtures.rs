@@ -518,3 +518,20 @@ fn no_tracefs_means_no_tracepoints() {
     );
     assert_eq!(plan.exclude_readers_flag(), 0x4000_0000);
 }
+
+#[test]
+fn debian_6_18_15_cloud_matches_the_host_plan() {
+    let deb = plan(&load("debian-6.18.15-cloud"), &Capabilities::assume_all()).unwrap();
+    assert_eq!(deb.generation, Generation::V6_15);
+    // Same as 6.16 plus lock_next_vma (6.17+).
+    let expected = EXPECTED_6_16.replace(
+        "reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit",
+        "reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit, fexit lock_next_vma lnv_fexit",
+    );
+    assert_eq!(compact(&deb), expected);
+    // The host's ftrace list is unreadable, so its plan relies on the kernel-source list
+    // of notrace functions; Debian's 6.18 has a real list. Both must agree.
+    let host = plan(&load("host-6.18"), &Capabilities::assume_all()).unwrap();
+    assert_eq!(compact(&host), compact(&deb));
+    assert_eq!(host.offsets, deb.offsets);
+}
