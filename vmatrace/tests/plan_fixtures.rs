@@ -244,6 +244,13 @@ vma_free direct: fentry vm_area_free vaf_fentry"
     assert_eq!([o.vma_vm_lock_seq, o.vma_vm_refcnt], [0x28, 0x80]);
     assert_eq!([o.mm_mm_lock_seq, o.mm_vma_writer_wait], [0x1d0, 0x1c8]);
     assert_eq!(o.ves_exclusive, OFFSET_ABSENT);
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.starts_with("kretprobes on sleeping functions (__vma_enter_locked)")),
+        "{:#?}",
+        plan.notes
+    );
     // Without kprobes, the notrace __vma_enter_locked is gone: entry unobservable, its
     // outcome inferred at the parents' return.
     let plan = vmatrace::kernel::plan(&info, &host_caps()).unwrap();

@@ -382,6 +382,31 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
     for reason in std::mem::take(&mut p.failed).into_values() {
         p.notes.push(format!("not attached: {reason}"));
     }
+    // These can sleep while waiting for readers: a kretprobe instance is held for the
+    // whole wait, and the kernel drops returns beyond `maxactive` (counted as nmissed).
+    let sleepers: Vec<&str> = p
+        .points
+        .iter()
+        .filter(|a| {
+            a.mode == AttachMode::KRetProbe
+                && matches!(
+                    a.probe,
+                    ProbeId::VmaStartWrite
+                        | ProbeId::VmaEnterLocked
+                        | ProbeId::VmaStartExcludeReaders
+                        | ProbeId::VmaExcludeReadersForDetach
+                        | ProbeId::VmaMarkDetached
+                )
+        })
+        .map(|a| a.target.as_str())
+        .collect();
+    if !sleepers.is_empty() {
+        let list = sleepers.join(", ");
+        p.notes.push(format!(
+            "kretprobes on sleeping functions ({list}): returns beyond the kretprobe's \
+             maxactive instances are missed by the kernel (nmissed), not by vmatrace"
+        ));
+    }
     if generation == Generation::V7_0 {
         p.notes.push(
             "start-exclude reads struct vma_exclude_readers_state: vma, state, detaching at \
