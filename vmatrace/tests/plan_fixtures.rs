@@ -121,8 +121,8 @@ end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit __vma_exclude_reader
 mark_detached_fast proxy: fentry vm_area_free vaf_fentry
 mark_detached_slow direct: fexit __vma_exclude_readers_for_detach verd_fexit
 reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit, fexit lock_next_vma lnv_fexit
-reader_release proxy: kprobe vma_refcount_put vrp_kprobe, fexit rcuwait_wake_up rww_fexit
-writer_wakeup direct: fexit rcuwait_wake_up rww_fexit
+reader_release proxy: kprobe vma_refcount_put vrp_kprobe, kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
 vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
 vma_free direct: fentry vm_area_free vaf_fentry";
@@ -234,8 +234,8 @@ end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vm
 mark_detached_fast direct: fexit vma_mark_detached vmd_fexit
 mark_detached_slow direct: fexit vma_mark_detached vmd_fexit
 reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit, fexit lock_next_vma lnv_fexit
-reader_release proxy: kprobe vma_refcount_put vrp_kprobe, fexit rcuwait_wake_up rww_fexit
-writer_wakeup direct: fexit rcuwait_wake_up rww_fexit
+reader_release proxy: kprobe vma_refcount_put vrp_kprobe, kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
 vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
 vma_free direct: fentry vm_area_free vaf_fentry"
@@ -278,8 +278,8 @@ end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vm
 mark_detached_fast direct: fexit vma_mark_detached vmd_fexit
 mark_detached_slow direct: fexit vma_mark_detached vmd_fexit
 reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit
-reader_release proxy: kprobe vma_refcount_put vrp_kprobe, fexit rcuwait_wake_up rww_fexit
-writer_wakeup direct: fexit rcuwait_wake_up rww_fexit
+reader_release proxy: kprobe vma_refcount_put vrp_kprobe, kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
 vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
 vma_free direct: fentry vm_area_free vaf_fentry";

@@ -2,7 +2,7 @@
 //! event, where (and whether) it can be seen on this kernel, and which program attaches
 //! where in which mode.
 //!
-//! Rules, per kernel function:
+//! Rules, per kernel function (`PREFER_KPROBE` functions try kprobes first):
 //! - fentry/fexit when the function has exactly one whole out-of-line copy under its own
 //!   name, a BTF `FUNC` of that name, is ftrace-able (listed in
 //!   `available_filter_functions`, or, when the list is unreadable, not known from the
@@ -54,6 +54,11 @@ impl std::error::Error for PlanError {}
 /// `include/linux/compiler_types.h`), used only when `available_filter_functions` is not
 /// readable. Their out-of-line copies have no `__fentry__` call, so fentry cannot attach.
 const KNOWN_NOTRACE: &[&str] = &["vma_refcount_put", "__vma_enter_locked"];
+
+/// Functions where a kprobe beats fentry/fexit when both work. `rcuwait_wake_up`: the
+/// kprobe emits the wake-up before it happens, so it is ordered before the woken writer's
+/// return; an fexit record can land after it (see `vmatrace-ebpf/src/wake.rs`).
+const PREFER_KPROBE: &[ProbeId] = &[ProbeId::RcuwaitWakeUp];
 
 /// How one kernel function can be attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,7 +156,8 @@ impl Planner<'_> {
         if !self.caps.fentry_usable() {
             why_not_fentry.push("tracing programs cannot load here".to_string());
         }
-        if why_not_fentry.is_empty() {
+        let fentry_ok = why_not_fentry.is_empty();
+        if fentry_ok && !PREFER_KPROBE.contains(&probe) {
             return Hook::Attach {
                 target,
                 modes: tracing_modes,
@@ -177,6 +183,12 @@ impl Planner<'_> {
             return Hook::Attach {
                 target,
                 modes: kprobe_modes,
+            };
+        }
+        if fentry_ok {
+            return Hook::Attach {
+                target,
+                modes: tracing_modes,
             };
         }
         Hook::Unattachable {
