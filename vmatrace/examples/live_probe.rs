@@ -11,7 +11,10 @@
 //! (`--workload N` is the child's mode: N seconds of readers, writers and forks.)
 
 #[path = "../tests/common/plans.rs"]
-#[expect(dead_code, reason = "shared with the tests; this example uses the 7.x plan only")]
+#[expect(
+    dead_code,
+    reason = "shared with the tests; this example uses the 7.x plan only"
+)]
 mod plans;
 
 use std::{
