@@ -7,6 +7,7 @@ pub mod probes;
 pub mod replay;
 pub mod session;
 pub mod signals;
+pub mod simulate;
 pub mod stress;
 
 /// Exit status: the kernel offers nothing to attach to, or this process may not attach
@@ -32,8 +33,13 @@ pub enum Command {
     Model(model::ModelArgs),
     /// Run a workload that exercises every per-VMA lock path.
     Stress(stress::StressArgs),
+    /// Run the simulated kernel (real atomics and threads) through the validator.
+    Simulate(simulate::SimulateArgs),
     /// Replay a recorded trace offline through the validator (no root needed).
     Replay(replay::ReplayArgs),
+    /// The dashboard over synthetic events (for the tmux end-to-end test).
+    #[command(hide = true)]
+    DashboardDemo(crate::tui::demo::DemoArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
@@ -41,6 +47,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Probes(a) => probes::run(a),
         Command::Model(a) => model::run(a),
         Command::Stress(a) => stress::run(a),
+        Command::Simulate(a) => simulate::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::DashboardDemo(a) => crate::tui::demo::run(a),
     }
 }

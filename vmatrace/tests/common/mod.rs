@@ -10,6 +10,8 @@ use std::{
 use vmatrace::trace::{ClockBase, TraceHeader, TraceWriter};
 use vmatrace_common::{Counter, Event, EventKind, event::flags, model::Generation};
 
+pub mod plans;
+
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vmatrace"))
 }
