@@ -41,7 +41,7 @@ fn events(n: usize, procs: u32, vmas: u64) -> Vec<Event> {
             e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::RET | flags::PAIRED | flags::VES;
             e.wait_ns = (x >> 20) % 100_000;
             e.ves_exclusive = 1;
-            e.ret = if kind == EventKind::ReaderAcquire && x % 5 == 0 {
+            e.ret = if kind == EventKind::ReaderAcquire && x.is_multiple_of(5) {
                 0
             } else {
                 1
