@@ -141,6 +141,15 @@ fn run() -> anyhow::Result<()> {
             "building the eBPF object (vmatrace-ebpf) failed; see the cargo output above"
         );
     }
+    // The eBPF crate is not a workspace default member, so its warnings would otherwise
+    // never be seen: surface them as build-script warnings.
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if let Some(w) = line.strip_prefix("warning: ")
+            && !w.starts_with('`')
+        {
+            println!("cargo::warning=vmatrace-ebpf: {w}");
+        }
+    }
     let obj = target_dir.join("bpfel-unknown-none/release/vmatrace");
     let len = std::fs::metadata(&obj).map(|m| m.len()).unwrap_or(0);
     if len == 0 {

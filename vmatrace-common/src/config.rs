@@ -91,6 +91,32 @@ impl Config {
     };
 }
 
+/// Byte offsets of the fields the programs read in the `mmap_lock` tracepoint records
+/// (`/sys/kernel/tracing/events/mmap_lock/*/format`). Load-time global `MMAP_LOCK_TP`.
+/// Added next to [`Offsets`] (not inside it) so the shared `Offsets` layout stays as is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmapLockTpOffsets {
+    /// `struct mm_struct *mm` (both tracepoints)
+    pub mm: u32,
+    /// `bool write` (both tracepoints)
+    pub write: u32,
+    /// `bool success` (`mmap_lock_acquire_returned` only)
+    pub success: u32,
+    /// Keeps the size a multiple of 8; always 0.
+    pub reserved: u32,
+}
+
+impl MmapLockTpOffsets {
+    /// The layout of every kernel from 6.0 on (after `memcg_path` became `memcg_id`).
+    pub const DEFAULT: Self = Self {
+        mm: 8,
+        write: 24,
+        success: 25,
+        reserved: 0,
+    };
+}
+
 #[cfg(feature = "user")]
 // SAFETY: both are `repr(C)`, `Copy`, and contain only integers with no padding holes
 // that matter to the kernel (the layout is asserted in tests).
@@ -98,3 +124,6 @@ unsafe impl aya::Pod for Offsets {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for Config {}
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)`, `Copy`, four `u32`s, no padding.
+unsafe impl aya::Pod for MmapLockTpOffsets {}

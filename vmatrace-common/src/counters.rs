@@ -43,6 +43,9 @@ counters! {
     WriterWake = 10, "writer_wake";
     /// `lock_next_vma` results.
     ReaderNextVma = 11, "reader_next_vma";
+    /// `rcuwait_wake_up` on a waiting writer returned 0: the writer was already running
+    /// (it had not gone to sleep yet), so the wake-up changed nothing. kretprobe mode only.
+    WriterWakeNoop = 12, "writer_wake_noop";
 }
 
 pub const COUNTER_SLOTS: u32 = 16;

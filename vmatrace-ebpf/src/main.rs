@@ -1,15 +1,33 @@
+//! vmatrace's eBPF programs: probes on the per-VMA lock functions of the running kernel.
+//!
+//! One program per (kernel function, attach mode) listed in
+//! `vmatrace/src/kernel/programs.rs`; the fentry/fexit and kprobe/kretprobe variants of a
+//! function share the inline helpers of their module, so both modes emit identical
+//! events. Programs only read kernel memory (`bpf_probe_read_kernel`), at offsets the
+//! loader resolved from this kernel's BTF (`OFFSETS`, a frozen `.rodata` global the
+//! verifier treats as constants).
+//!
+//! Modules: `globals` (load-time configuration), `maps`, `kernel` (field readers),
+//! `filter` (who is traced), `emit` (event records and counters), then one module per
+//! group of kernel functions: `writer`, `reader`, `wake`, `lifetime`, `mmap_lock`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::kprobe, programs::ProbeContext};
-
-#[kprobe]
-pub fn vsw_enter(_ctx: ProbeContext) -> u32 {
-    0
-}
+mod emit;
+mod filter;
+mod globals;
+mod kernel;
+mod lifetime;
+mod maps;
+mod mmap_lock;
+mod reader;
+mod wake;
+mod writer;
 
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects any reachable loop like this
+    // one, so a panic path that survives optimisation fails the load instead of running.
     loop {}
 }

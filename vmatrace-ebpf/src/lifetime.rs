@@ -1,0 +1,83 @@
+//! VMA object lifetime: `vm_area_alloc(mm)` / `vm_area_dup(orig)` returns start a new
+//! life of a (possibly reused, `SLAB_TYPESAFE_BY_RCU`) object; `vm_area_free(vma)` ends it.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use vmatrace_common::{EventKind, event::ProbeId};
+
+use crate::{
+    emit::{header, now, send},
+    filter::traced,
+    kernel::{Reads, fill_vma},
+};
+
+/// `arg` = the `mm` (alloc) or the original VMA (dup), 0 from a kretprobe.
+#[inline(always)]
+fn alloc_exit(probe: ProbeId, arg: u64, vma: u64) {
+    // A failed allocation starts no life.
+    if vma == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return;
+    }
+    let mut r = Reads::new();
+    let mut ev = header(EventKind::VmaAlloc, probe, pid_tgid, now());
+    fill_vma(&mut ev, vma, &mut r);
+    ev.arg = arg;
+    send(&mut ev, r);
+}
+
+#[inline(always)]
+fn free_enter(vma: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return;
+    }
+    let mut r = Reads::new();
+    let mut ev = header(EventKind::VmaFree, ProbeId::VmAreaFree, pid_tgid, now());
+    fill_vma(&mut ev, vma, &mut r);
+    send(&mut ev, r);
+}
+
+#[fexit]
+pub fn vaa_fexit(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().unwrap_or(0);
+    alloc_exit(ProbeId::VmAreaAlloc, ctx.arg::<u64>(0), ret);
+    0
+}
+
+#[kretprobe]
+pub fn vaa_kretprobe(ctx: RetProbeContext) -> u32 {
+    alloc_exit(ProbeId::VmAreaAlloc, 0, ctx.ret::<u64>());
+    0
+}
+
+#[fexit]
+pub fn vad_fexit(ctx: FExitContext) -> u32 {
+    let ret = ctx.ret::<u64>().unwrap_or(0);
+    alloc_exit(ProbeId::VmAreaDup, ctx.arg::<u64>(0), ret);
+    0
+}
+
+#[kretprobe]
+pub fn vad_kretprobe(ctx: RetProbeContext) -> u32 {
+    alloc_exit(ProbeId::VmAreaDup, 0, ctx.ret::<u64>());
+    0
+}
+
+#[fentry]
+pub fn vaf_fentry(ctx: FEntryContext) -> u32 {
+    free_enter(ctx.arg::<u64>(0));
+    0
+}
+
+#[kprobe]
+pub fn vaf_kprobe(ctx: ProbeContext) -> u32 {
+    free_enter(ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}

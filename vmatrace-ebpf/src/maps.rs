@@ -1,0 +1,80 @@
+//! Maps shared by the programs. Names are part of the userspace contract
+//! (`vmatrace::live::names`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use vmatrace_common::{Event, counters::COUNTER_SLOTS};
+
+/// Every streamed [`Event`]. Resized at load time (`map_max_entries`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// `vmatrace_common::Counter`-indexed per-CPU counters (plain increments, no atomics).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Saved at a function's entry, consumed at its return (per thread, keyed by
+/// `pid_tgid`). A thread that sleeps in the rcuwait may return on another CPU, so these
+/// are not per-CPU; LRU, so entries whose return was missed age out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    /// `bpf_ktime_get_ns()` at entry.
+    pub ts: u64,
+    /// The pointer argument: the VMA, `ves` (7.x start-exclude), or the mm (readers).
+    pub ptr: u64,
+    /// The VMA when `ptr` is not the VMA (start-exclude), else `ptr`.
+    pub vma: u64,
+    /// Second / third argument as needed (state, detaching, address).
+    pub arg1: u64,
+    pub arg2: u64,
+    /// `vm_refcnt` at entry.
+    pub refcnt: u32,
+    pub pad: u32,
+}
+
+const INFLIGHT_ENTRIES: u32 = 16384;
+
+/// `__vma_start_write`.
+#[map]
+pub static INFLIGHT_WRITE: LruHashMap<u64, Inflight> =
+    LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+/// Start-exclude: `__vma_start_exclude_readers` (7.x) or `__vma_enter_locked` (6.19).
+/// Separate from `INFLIGHT_WRITE` because one thread is inside both at once.
+#[map]
+pub static INFLIGHT_EXCLUDE: LruHashMap<u64, Inflight> =
+    LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+/// `vma_mark_detached` (6.x) / `__vma_exclude_readers_for_detach` (7.x).
+#[map]
+pub static INFLIGHT_DETACH: LruHashMap<u64, Inflight> =
+    LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+/// `lock_vma_under_rcu` arguments for its kretprobe (the hot path: kept apart so page
+/// faults never evict a sleeping writer's entry).
+#[map]
+pub static INFLIGHT_READER: LruHashMap<u64, Inflight> =
+    LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+/// `rcuwait_wake_up` calls that woke a writer (kprobe → kretprobe).
+#[map]
+pub static INFLIGHT_WAKE: LruHashMap<u64, Inflight> =
+    LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+
+/// A task excluding readers from a VMA of some mm.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Excluder {
+    pub vma: u64,
+    pub pid_tgid: u64,
+    /// 1 from the writer's/detacher's entry to its return: it may be waiting.
+    pub active: u32,
+    pub pad: u32,
+}
+
+/// Keyed by `&mm->vma_writer_wait` (mm + offset). Only excluders wait on that rcuwait,
+/// so a key hit tells `rcuwait_wake_up(w)` that `w` is a writer wait, and which VMA.
+#[map]
+pub static EXCLUDERS: LruHashMap<u64, Excluder> = LruHashMap::with_max_entries(4096, 0);
+
+/// Ring-buffer record size check (the reserve/output size is this constant).
+const _: () = assert!(core::mem::size_of::<Event>() == 128);

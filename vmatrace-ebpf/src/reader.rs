@@ -1,0 +1,225 @@
+//! The reader side: `lock_vma_under_rcu` (every page fault: counted per outcome, streamed
+//! only 1 in `CONFIG.reader_sample_every`), `lock_next_vma` (/proc/pid/maps readers) and
+//! the out-of-line `vma_refcount_put` (fault-retry release sites only).
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fexit, kprobe, kretprobe},
+    programs::{FExitContext, ProbeContext, RetProbeContext},
+};
+use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
+
+use crate::{
+    emit::{count, counter_value, header, now, paired, send},
+    filter::traced,
+    globals::global,
+    kernel::{EXCLUDE_READERS_FLAG, Reads, fill_mm, fill_vma, is_err_ptr, writer_wait_of},
+    maps::{EXCLUDERS, INFLIGHT_READER, Inflight},
+};
+
+/// Whether to stream this call: 1 in N by this CPU's running count of `c`.
+#[inline(always)]
+fn sampled(c: Counter) -> bool {
+    let every = global!(CONFIG.reader_sample_every);
+    every != 0 && counter_value(c) % every as u64 == 0
+}
+
+/// A NULL result while a writer of this mm excludes readers from the VMA that covers
+/// `addr`: the reader failed because of the exclusion (`ReaderFailExcluded`).
+#[inline(always)]
+fn failed_under_exclusion(mm: u64, addr: u64) -> bool {
+    let w = writer_wait_of(mm);
+    if w == 0 {
+        return false;
+    }
+    let Some(x) = EXCLUDERS.get_ptr(w) else {
+        return false;
+    };
+    // SAFETY: a value pointer from the lookup, read once.
+    let x = unsafe { *x };
+    if x.active == 0 || x.vma == 0 {
+        return false;
+    }
+    let mut r = Reads::new();
+    let refcnt = r.at::<u32>(x.vma, global!(OFFSETS.vma_vm_refcnt));
+    let start = r.at::<u64>(x.vma, global!(OFFSETS.vma_vm_start));
+    let end = r.at::<u64>(x.vma, global!(OFFSETS.vma_vm_end));
+    !r.failed && refcnt & EXCLUDE_READERS_FLAG != 0 && start <= addr && addr < end
+}
+
+/// Return half of `lock_vma_under_rcu(mm, addr)`. `entry` carries the kretprobe's saved
+/// arguments and entry time.
+#[inline(always)]
+fn reader_exit(pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Option<Inflight>) {
+    if ret != 0 {
+        count(Counter::ReaderAcquireOk);
+    } else {
+        count(Counter::ReaderAcquireFail);
+        if failed_under_exclusion(mm, addr) {
+            count(Counter::ReaderFailExcluded);
+        }
+    }
+    // Sample by the combined per-CPU count of both outcomes.
+    let every = global!(CONFIG.reader_sample_every);
+    if every == 0 {
+        return;
+    }
+    let n = counter_value(Counter::ReaderAcquireOk) + counter_value(Counter::ReaderAcquireFail);
+    if n % every as u64 != 0 {
+        return;
+    }
+    count(Counter::ReaderSampled);
+    let mut r = Reads::new();
+    let mut ev = header(
+        EventKind::ReaderAcquire,
+        ProbeId::LockVmaUnderRcu,
+        pid_tgid,
+        now(),
+    );
+    if ret != 0 {
+        fill_vma(&mut ev, ret, &mut r);
+    } else {
+        fill_mm(&mut ev, mm, &mut r);
+    }
+    if ev.mm == 0 {
+        ev.mm = mm;
+    }
+    ev.arg = addr;
+    ev.ret = ret as i64;
+    ev.flags |= flags::RET;
+    if let Some(e) = entry {
+        paired(&mut ev, e.ts, 0);
+    }
+    send(&mut ev, r);
+}
+
+#[fexit]
+pub fn lvur_fexit(ctx: FExitContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return 0;
+    }
+    let ret = ctx.ret::<u64>().unwrap_or(0);
+    reader_exit(pid_tgid, ctx.arg::<u64>(0), ctx.arg::<u64>(1), ret, None);
+    0
+}
+
+/// Saves `mm` and `addr` for the kretprobe.
+#[kprobe]
+pub fn lvur_kprobe(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return 0;
+    }
+    let mm = ctx.arg::<u64>(0).unwrap_or(0);
+    let e = Inflight {
+        ts: now(),
+        ptr: mm,
+        vma: 0,
+        arg1: ctx.arg::<u64>(1).unwrap_or(0),
+        arg2: 0,
+        refcnt: 0,
+        pad: 0,
+    };
+    if INFLIGHT_READER.insert(pid_tgid, e, 0).is_err() {
+        count(Counter::InflightMapFull);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn lvur_kretprobe(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return 0;
+    }
+    let ret = ctx.ret::<u64>();
+    let entry = match INFLIGHT_READER.get_ptr(pid_tgid) {
+        Some(p) => {
+            // SAFETY: a value pointer from the lookup, read once.
+            let e = unsafe { *p };
+            let _ = INFLIGHT_READER.remove(pid_tgid);
+            Some(e)
+        }
+        None => {
+            // Still counted by outcome; only the arguments are unknown.
+            count(Counter::UnmatchedReturn);
+            None
+        }
+    };
+    let (mm, addr) = match &entry {
+        Some(e) => (e.ptr, e.arg1),
+        None => (0, 0),
+    };
+    reader_exit(pid_tgid, mm, addr, ret, entry);
+    0
+}
+
+/// Return half of `lock_next_vma(mm, vmi, from_addr)`: a locked VMA, NULL (end of the
+/// address space) or an `ERR_PTR`.
+#[inline(always)]
+fn next_vma_exit(pid_tgid: u64, mm: u64, from_addr: u64, ret: u64) {
+    count(Counter::ReaderNextVma);
+    if !sampled(Counter::ReaderNextVma) {
+        return;
+    }
+    count(Counter::ReaderSampled);
+    let mut r = Reads::new();
+    let mut ev = header(
+        EventKind::ReaderAcquire,
+        ProbeId::LockNextVma,
+        pid_tgid,
+        now(),
+    );
+    if ret != 0 && !is_err_ptr(ret) {
+        fill_vma(&mut ev, ret, &mut r);
+    } else if mm != 0 {
+        fill_mm(&mut ev, mm, &mut r);
+    }
+    ev.arg = from_addr;
+    ev.ret = ret as i64;
+    ev.flags |= flags::RET;
+    send(&mut ev, r);
+}
+
+#[fexit]
+pub fn lnv_fexit(ctx: FExitContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return 0;
+    }
+    let ret = ctx.ret::<u64>().unwrap_or(0);
+    next_vma_exit(pid_tgid, ctx.arg::<u64>(0), ctx.arg::<u64>(2), ret);
+    0
+}
+
+#[kretprobe]
+pub fn lnv_kretprobe(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return 0;
+    }
+    next_vma_exit(pid_tgid, 0, 0, ctx.ret::<u64>());
+    0
+}
+
+/// `vma_refcount_put(vma)` entry: a reader drops its reference. `refcnt` is the value
+/// before the decrement.
+#[kprobe]
+pub fn vrp_kprobe(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return 0;
+    }
+    count(Counter::ReaderRelease);
+    let mut r = Reads::new();
+    let mut ev = header(
+        EventKind::ReaderRelease,
+        ProbeId::VmaRefcountPut,
+        pid_tgid,
+        now(),
+    );
+    fill_vma(&mut ev, ctx.arg::<u64>(0).unwrap_or(0), &mut r);
+    send(&mut ev, r);
+    0
+}

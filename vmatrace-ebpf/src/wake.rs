@@ -1,0 +1,111 @@
+//! Writer wake-ups: `rcuwait_wake_up(w)` where `w` is some mm's `vma_writer_wait`.
+//!
+//! `rcuwait_wake_up` serves every rcuwait in the kernel; `EXCLUDERS` (filled by the
+//! writer/detach entries) tells which `w` belong to an excluding task. The event is not
+//! subject to the task filters: the waker is usually a reader of another filter
+//! identity, and the entry exists only because the excluding task passed them.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fexit, kprobe, kretprobe},
+    programs::{FExitContext, ProbeContext, RetProbeContext},
+};
+use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
+
+use crate::{
+    emit::{count, header, now, send},
+    kernel::{Reads, fill_vma, int_ret},
+    maps::{EXCLUDERS, Excluder, INFLIGHT_WAKE, Inflight},
+};
+
+#[inline(always)]
+fn excluder(w: u64) -> Option<Excluder> {
+    if w == 0 {
+        return None;
+    }
+    // SAFETY: a value pointer from the lookup, read once.
+    EXCLUDERS.get_ptr(w).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn emit_wake(pid_tgid: u64, ts: u64, w: u64, x: &Excluder, ret: Option<i64>) {
+    count(Counter::WriterWake);
+    let mut r = Reads::new();
+    let mut ev = header(EventKind::WriterWake, ProbeId::RcuwaitWakeUp, pid_tgid, ts);
+    // refcnt here is the value the waker's put left: F or F+1 for a real wake-up.
+    fill_vma(&mut ev, x.vma, &mut r);
+    ev.arg = w;
+    if let Some(ret) = ret {
+        ev.ret = ret;
+        ev.flags |= flags::RET;
+    }
+    send(&mut ev, r);
+}
+
+/// Entry: emitted before the wake-up happens, so the record is ordered before the woken
+/// writer's return. Only when the writer is (still) excluding and `w->task` is set, i.e.
+/// somebody sleeps there.
+#[kprobe]
+pub fn rww_kprobe(ctx: ProbeContext) -> u32 {
+    let w = ctx.arg::<u64>(0).unwrap_or(0);
+    let Some(x) = excluder(w) else {
+        return 0;
+    };
+    if x.active == 0 {
+        return 0;
+    }
+    let mut r = Reads::new();
+    // `struct rcuwait { struct task_struct *task; }`
+    let task = r.at::<u64>(w, 0);
+    if task == 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let ts = now();
+    emit_wake(pid_tgid, ts, w, &x, None);
+    let e = Inflight {
+        ts,
+        ptr: w,
+        vma: x.vma,
+        arg1: task,
+        arg2: 0,
+        refcnt: 0,
+        pad: 0,
+    };
+    if INFLIGHT_WAKE.insert(pid_tgid, e, 0).is_err() {
+        count(Counter::InflightMapFull);
+    }
+    0
+}
+
+/// Return, paired with a wake the kprobe emitted: 0 means the writer was already
+/// running (`WriterWakeNoop`). Calls on other rcuwaits have no entry and are ignored.
+#[kretprobe]
+pub fn rww_kretprobe(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if INFLIGHT_WAKE.get_ptr(pid_tgid).is_none() {
+        return 0;
+    }
+    let _ = INFLIGHT_WAKE.remove(pid_tgid);
+    if int_ret(ctx.ret::<u64>()) == 0 {
+        count(Counter::WriterWakeNoop);
+    }
+    0
+}
+
+/// fexit variant: `ret` = 1 means a task was woken. The writer may already have returned
+/// (its excluder entry is then inactive but still present), so only the return value
+/// decides. Records can be ordered after the woken writer's return: prefer the kprobe.
+#[fexit]
+pub fn rww_fexit(ctx: FExitContext) -> u32 {
+    let w = ctx.arg::<u64>(0);
+    let Some(x) = excluder(w) else {
+        return 0;
+    };
+    let ret = int_ret(ctx.ret::<u64>().unwrap_or(0));
+    if ret == 0 {
+        return 0;
+    }
+    emit_wake(bpf_get_current_pid_tgid(), now(), w, &x, Some(ret));
+    0
+}

@@ -1,0 +1,157 @@
+//! The ring-buffer reader: `EVENTS` via `AsyncFd` → decoded batches on the pipeline channel.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+};
+use vmatrace_common::{Event, event::EVENT_SIZE};
+
+use super::{counters, load::Loaded};
+use crate::pipeline::SourceItem;
+
+/// Events per `SourceItem::Events` batch: large enough to amortise channel wake-ups,
+/// small enough that the pipeline sees a steady flow.
+const MAX_BATCH: usize = 4096;
+/// How often the kernel counters are sent.
+const COUNTER_PERIOD: Duration = Duration::from_millis(250);
+
+/// Decode one ring-buffer record. `None`: too short, or an unknown kind.
+pub fn decode(record: &[u8]) -> Option<Event> {
+    if record.len() < EVENT_SIZE {
+        return None;
+    }
+    Event::from_bytes(record).filter(|e| e.kind().is_some())
+}
+
+/// What one pass over the ring produced.
+struct Batch {
+    events: Vec<Event>,
+    undecodable: u64,
+    /// The ring was emptied (as opposed to stopping at `MAX_BATCH`).
+    exhausted: bool,
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> Batch {
+    let mut b = Batch {
+        events: Vec::with_capacity(256),
+        undecodable: 0,
+        exhausted: false,
+    };
+    while b.events.len() < MAX_BATCH {
+        let Some(item) = ring.next() else {
+            b.exhausted = true;
+            break;
+        };
+        match decode(&item) {
+            Some(e) => b.events.push(e),
+            None => b.undecodable += 1,
+        }
+    }
+    b
+}
+
+/// Send a batch; `false` when the receiver is gone.
+async fn send(tx: &mpsc::Sender<SourceItem>, b: Batch) -> bool {
+    if b.undecodable > 0
+        && tx
+            .send(SourceItem::Undecodable(b.undecodable))
+            .await
+            .is_err()
+    {
+        return false;
+    }
+    b.events.is_empty() || tx.send(SourceItem::Events(b.events)).await.is_ok()
+}
+
+pub(super) async fn stream(
+    loaded: Loaded,
+    tx: mpsc::Sender<SourceItem>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Loaded {
+        links,
+        ring,
+        counters: counter_map,
+        ebpf,
+        programs: _,
+        _stats,
+    } = loaded;
+    let mut links = Some(links);
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
+    // RingBuf (inside the AsyncFd) is dropped; we never swap the inner value.
+    let mut afd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("registering the EVENTS ring buffer with the runtime")?;
+    let mut tick = tokio::time::interval(COUNTER_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            guard = afd.readable_mut() => {
+                let mut guard = guard.context("waiting on the EVENTS ring buffer")?;
+                let batch = drain(guard.get_inner_mut());
+                if batch.exhausted {
+                    guard.clear_ready();
+                }
+                drop(guard);
+                if !send(&tx, batch).await {
+                    return Ok(());
+                }
+            }
+            _ = tick.tick() => {
+                let snap = counters::snapshot(&counter_map)?;
+                if tx.send(SourceItem::Counters(snap)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    // Detach first so nothing new arrives, then drain what the programs already wrote.
+    drop(links.take());
+    loop {
+        let batch = drain(afd.get_mut());
+        let exhausted = batch.exhausted;
+        if !send(&tx, batch).await {
+            return Ok(());
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let snap = counters::snapshot(&counter_map)?;
+    let _ = tx.send(SourceItem::Counters(snap)).await;
+    drop(ebpf);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmatrace_common::EventKind;
+
+    #[test]
+    fn decode_checks_length_and_kind() {
+        let mut e = Event::ZERO;
+        e.kind = EventKind::VmaFree as u16;
+        let bytes = *e.as_bytes();
+        assert_eq!(decode(&bytes), Some(e));
+        assert_eq!(decode(&bytes[..EVENT_SIZE - 1]), None);
+        e.kind = 0;
+        assert_eq!(decode(e.as_bytes()), None);
+        e.kind = 200;
+        assert_eq!(decode(e.as_bytes()), None);
+        // Longer records (ring-buffer padding) decode from their first 128 bytes.
+        let mut long = bytes.to_vec();
+        long.extend_from_slice(&[0xff; 8]);
+        assert_eq!(
+            decode(&long).map(|e| e.kind),
+            Some(EventKind::VmaFree as u16)
+        );
+    }
+}
