@@ -127,7 +127,7 @@ impl SimReport {
         let o = &self.ops;
         let _ = writeln!(
             s,
-            "ops {} in {:.2}s ({:.0} ops/s): faults {} (locked {}, fallback {}), mprotect {}, munmap {}, mmap {}, fork {} (interrupted {})",
+            "ops {} in {:.2}s ({:.0} ops/s): faults {} (locked {}, fallback {}), mprotect {}, munmap {} (downgraded {}), mmap {}, fork {} (interrupted {})",
             o.ops,
             self.elapsed_s,
             self.ops_per_s,
@@ -136,6 +136,7 @@ impl SimReport {
             o.faults_fallback,
             o.mprotects,
             o.munmaps,
+            o.downgrades,
             o.mmaps,
             o.forks,
             o.forks_interrupted

@@ -272,11 +272,9 @@ pub fn vma_start_write_slow(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, stat
     let exit_event = |t: &Task, w: &mut super::ring::RingWriter<'_>, ret: i64| -> u64 {
         let mut ev: Event = k.event(t, EventKind::WriteLockExit, ProbeId::VmaStartWrite);
         k.read_vma(&mut ev, idx);
+        // void before 6.19: reported as success, as the eBPF side does.
         ev.ret = ret;
-        if k.generation != Generation::V6_15 {
-            ev.flags |= flags::RET;
-        }
-        ev.flags |= flags::PAIRED;
+        ev.flags |= flags::RET | flags::PAIRED;
         ev.entry_refcnt = entry_refcnt;
         ev.wait_ns = w.now_ns().saturating_sub(entry_ts);
         if ret == 0 {
