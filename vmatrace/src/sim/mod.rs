@@ -73,6 +73,9 @@ pub struct SimConfig {
     pub inject_rate: f64,
     pub seed: u64,
     pub releases: ReleaseVisibility,
+    /// Stream 1 in N reader-acquire results, like the eBPF side's
+    /// `reader_sample_every` (1 = all, 0 = count only).
+    pub reader_sample_every: u32,
     /// Number of mms; default one per four tasks.
     pub mms: Option<usize>,
     /// Initial `mm_lock_seq` of every mm (even; near `u32::MAX` to exercise wraparound,
@@ -94,6 +97,7 @@ impl Default for SimConfig {
             inject_rate: 0.02,
             seed: 1,
             releases: ReleaseVisibility::All,
+            reader_sample_every: 1,
             mms: None,
             seq_start: 0,
             stop: Arc::new(AtomicBool::new(false)),
@@ -277,6 +281,7 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
         sites: Mutex::new(Vec::new()),
         benign: Mutex::new(Vec::new()),
         releases: cfg.releases,
+        reader_sample_every: cfg.reader_sample_every,
         // Without lost wake-ups a waiter only re-checks as a safety net; with them the
         // re-check is how the writer recovers, so keep it short.
         wait_recheck: if lost_wakeups {

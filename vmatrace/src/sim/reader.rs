@@ -83,6 +83,7 @@ pub fn lock_vma_under_rcu(
                 break Ok(idx);
             }
             StartRead::AdmittedByFault => {
+                // Always streamed: an unsampled fault would be invisible by construction.
                 k.count(t, Counter::ReaderAcquireOk);
                 k.count(t, Counter::ReaderSampled);
                 return Ok(idx);
@@ -96,9 +97,17 @@ pub fn lock_vma_under_rcu(
             StartRead::Fail(why) => break Err(LockFail::Read(why)),
         }
     };
+    // Stream 1 in `reader_sample_every` results by this task's running count of both
+    // outcomes, as the eBPF side does per CPU (0 = count only).
+    t.acquires += 1;
+    let every = k.reader_sample_every;
+    let sampled = !t.quiet && every != 0 && t.acquires.is_multiple_of(u64::from(every));
     match got {
         Ok(idx) => {
             k.count(t, Counter::ReaderAcquireOk);
+            if !sampled {
+                return got;
+            }
             k.emit(t, || {
                 let mut ev = k.event(t, EventKind::ReaderAcquire, ProbeId::LockVmaUnderRcu);
                 k.read_vma(&mut ev, idx);
@@ -113,6 +122,9 @@ pub fn lock_vma_under_rcu(
             if why == LockFail::Read(ReadFail::Excluded) {
                 k.count(t, Counter::ReaderFailExcluded);
             }
+            if !sampled {
+                return got;
+            }
             // The fexit program only has (mm, addr) and a NULL return: no VMA to read.
             k.emit(t, || {
                 let mut ev = k.event(t, EventKind::ReaderAcquire, ProbeId::LockVmaUnderRcu);
@@ -124,9 +136,7 @@ pub fn lock_vma_under_rcu(
             });
         }
     }
-    if !t.quiet {
-        k.count(t, Counter::ReaderSampled);
-    }
+    k.count(t, Counter::ReaderSampled);
     got
 }
 
