@@ -85,6 +85,7 @@ impl Kernel {
     /// repairing, and at most once per object lifetime).
     pub fn inject(&self, t: &mut Task, k: Injection, idx: u32) -> bool {
         !t.quiet
+            && !t.inject_off
             && self.plan.is_armed(k)
             && !self.vma(idx).faulted.load(Ordering::Relaxed)
             && t.rng.chance(self.plan.rate)

@@ -106,12 +106,19 @@ pub fn run_task(
     let mut st = OpStats::default();
     let mm = &k.mms[t.mm];
     for n in 0..quota {
-        if n % 256 == 0
-            && (deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed))
-        {
+        let last = n + 1 == quota
+            || (n % 256 == 0
+                && (deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed)));
+        st.ops += 1;
+        if last {
+            // The task's last event must not be one whose verdict depends on the task's
+            // next event (a put that owes a wake-up is judged there): end with a clean
+            // fault, no fault injected.
+            t.inject_off = true;
+            fault(k, t, mm, &mut st);
+            t.inject_off = false;
             break;
         }
-        st.ops += 1;
         let r = t.rng.below(1000);
         if r < MPROTECT_PERMILLE {
             mprotect(k, t, mm, &mut st);
