@@ -13,6 +13,7 @@ use crate::{
     emit::{count, counter_value, header, now, paired, send},
     filter::traced,
     globals::global,
+    inflight::remember,
     kernel::{EXCLUDE_READERS_FLAG, Reads, fill_mm, fill_vma, is_err_ptr, writer_wait_of},
     maps::{EXCLUDERS, INFLIGHT_READER, Inflight},
 };
@@ -121,9 +122,7 @@ pub fn lvur_kprobe(ctx: ProbeContext) -> u32 {
         refcnt: 0,
         pad: 0,
     };
-    if INFLIGHT_READER.insert(pid_tgid, e, 0).is_err() {
-        count(Counter::InflightMapFull);
-    }
+    remember(&INFLIGHT_READER, pid_tgid, &e);
     0
 }
 
