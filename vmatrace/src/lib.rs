@@ -6,11 +6,17 @@
 //! which is testable without root.
 
 pub mod cli;
+pub mod export;
 pub mod kernel;
 pub mod live;
 pub mod pipeline;
 pub mod serde_compat;
+pub mod sim;
+pub mod stats;
+pub mod stress;
 pub mod testing;
+pub mod trace;
+pub mod tui;
 pub mod validate;
 
 /// The eBPF object built by build.rs from `vmatrace-ebpf`, embedded 8-byte aligned.

@@ -4,8 +4,18 @@ use clap::{Parser, Subcommand};
 
 pub mod model;
 pub mod probes;
+pub mod replay;
+pub mod session;
 pub mod signals;
+pub mod simulate;
 pub mod stress;
+
+/// Exit status: the kernel offers nothing to attach to, or this process may not attach
+/// (not root / missing capabilities, no BTF, unsupported kernel, every hook failed).
+/// `cargo xtask run` relies on it to fall back to a VM.
+pub const EXIT_CANNOT_ATTACH: u8 = 3;
+/// Exit status: the trace given to `replay` is not a trace, or is corrupt or truncated.
+pub const EXIT_BAD_TRACE: u8 = 4;
 
 /// vmatrace — trace and validate the kernel's per-VMA lock (vm_refcnt) live.
 #[derive(Debug, Parser)]
@@ -23,6 +33,13 @@ pub enum Command {
     Model(model::ModelArgs),
     /// Run a workload that exercises every per-VMA lock path.
     Stress(stress::StressArgs),
+    /// Run the simulated kernel (real atomics and threads) through the validator.
+    Simulate(simulate::SimulateArgs),
+    /// Replay a recorded trace offline through the validator (no root needed).
+    Replay(replay::ReplayArgs),
+    /// The dashboard over synthetic events (for the tmux end-to-end test).
+    #[command(hide = true)]
+    DashboardDemo(crate::tui::demo::DemoArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
@@ -30,5 +47,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Probes(a) => probes::run(a),
         Command::Model(a) => model::run(a),
         Command::Stress(a) => stress::run(a),
+        Command::Simulate(a) => simulate::run(a),
+        Command::Replay(a) => replay::run(a),
+        Command::DashboardDemo(a) => crate::tui::demo::run(a),
     }
 }

@@ -1,10 +1,128 @@
-//! `vmatrace probes` (not implemented yet).
+//! `vmatrace probes`: print the probe plan for the running kernel, or for another kernel
+//! from its BTF and kallsyms dump (offline: check a fleet's kernel before deploying).
 
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct ProbesArgs {}
+use anyhow::Context;
 
-pub fn run(_args: ProbesArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`vmatrace probes` is not implemented yet")
+use crate::kernel::caps::TracingProbe;
+use crate::kernel::{Capabilities, KernelInfo, plan, report};
+
+#[derive(Debug, clap::Args)]
+pub struct ProbesArgs {
+    /// Print the plan as JSON (the `ProbePlan` serde form).
+    #[arg(long)]
+    pub json: bool,
+    /// Plan offline for the kernel whose BTF this is (a copy of /sys/kernel/btf/vmlinux,
+    /// optionally zstd-compressed). Needs --kallsyms.
+    #[arg(long, value_name = "FILE", requires = "kallsyms")]
+    pub btf: Option<PathBuf>,
+    /// That kernel's /proc/kallsyms dump (read as root, or addresses are zero: fine).
+    #[arg(long, value_name = "FILE", requires = "btf")]
+    pub kallsyms: Option<PathBuf>,
+    /// That kernel's <tracefs>/available_filter_functions (sharpens notrace detection).
+    #[arg(long, value_name = "FILE", requires = "btf")]
+    pub filter_functions: Option<PathBuf>,
+    /// That kernel's /sys/kernel/debug/kprobes/blacklist.
+    #[arg(long, value_name = "FILE", requires = "btf")]
+    pub blacklist: Option<PathBuf>,
+    /// That kernel's release string (shown in the plan).
+    #[arg(long, value_name = "R", requires = "btf")]
+    pub release: Option<String>,
+}
+
+pub fn run(args: ProbesArgs) -> anyhow::Result<ExitCode> {
+    let mut tracing = None;
+    let (info, caps, offline) = match (&args.btf, &args.kallsyms) {
+        (Some(btf), Some(kallsyms)) => (
+            KernelInfo::from_files(
+                btf,
+                kallsyms,
+                args.filter_functions.as_deref(),
+                args.blacklist.as_deref(),
+                args.release.clone(),
+            )?,
+            // Offline: what a normal root deployment on that kernel would get.
+            Capabilities::assume_all(),
+            true,
+        ),
+        _ => {
+            let info = KernelInfo::from_running_kernel()
+                .context("cannot introspect the running kernel")?;
+            let mut caps = Capabilities::detect();
+            // A two-instruction fentry load (no attach) settles whether tracing programs
+            // work here; without privileges it stays unknown.
+            tracing = Some(caps.probe_tracing_programs(&info));
+            (info, caps, false)
+        }
+    };
+    let here = plan(&info, &caps)?;
+    // When this machine's capabilities rule hooks out, also show what the same kernel
+    // would give with kprobes and tracing programs available.
+    let ideal = if !offline && (!caps.kprobes || caps.tracing_programs != Some(true)) {
+        Some(plan(&info, &Capabilities::assume_all())?)
+    } else {
+        None
+    };
+
+    let mut out = String::new();
+    if args.json {
+        let v = serde_json::json!({
+            "plan": here,
+            "capabilities": if offline { None } else { Some(caps) },
+            "with_all_capabilities": ideal,
+        });
+        out = serde_json::to_string_pretty(&v)? + "\n";
+    } else {
+        if offline {
+            out += "offline plan (assuming root, kprobes and tracing programs work there)\n";
+        } else {
+            out += "plan for the running kernel\n";
+            out += &attach_summary(&caps, tracing.as_ref());
+            out += "\n";
+        }
+        out += "\n";
+        out += &report::render_table(&here);
+        if let Some(ideal) = ideal {
+            out += &format!(
+                "\nwith kprobes and tracing programs available, this kernel would give: {}\n\n",
+                report::coverage_summary(&ideal)
+            );
+            out += &report::render_table(&ideal);
+        }
+    }
+    // A closed pipe (`vmatrace probes | head`) is not an error worth a panic.
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// One paragraph on what can attach on this machine.
+fn attach_summary(caps: &Capabilities, tracing: Option<&TracingProbe>) -> String {
+    let kprobes = if caps.kprobes {
+        "kprobes: available (kprobe PMU present)".to_string()
+    } else {
+        "kprobes: CANNOT attach here (no kprobe PMU at /sys/bus/event_source/devices/kprobe)"
+            .to_string()
+    };
+    let fentry = match (caps.tracing_programs, tracing) {
+        (Some(true), _) => "fentry/fexit: a test tracing program loads".to_string(),
+        (Some(false), Some(TracingProbe::Refused(e))) => {
+            format!("fentry/fexit: CANNOT attach here (loading a tracing program fails: {e})")
+        }
+        (Some(false), _) => "fentry/fexit: CANNOT attach here (tracing programs refused)".into(),
+        (None, Some(TracingProbe::Unknown(why))) => {
+            format!("fentry/fexit: unknown ({why}); checked again when the programs load")
+        }
+        (None, _) => "fentry/fexit: not verified yet (checked when the programs load)".into(),
+    };
+    let privs = if caps.can_bpf() {
+        "privileges: enough to load BPF programs"
+    } else {
+        "privileges: NOT enough to load BPF programs (run as root)"
+    };
+    format!("{kprobes}\n{fentry}\n{privs}")
 }

@@ -8,6 +8,7 @@
 
 pub mod source;
 pub mod totals;
+pub mod wait;
 
 use std::time::Duration;
 
@@ -25,8 +26,13 @@ pub trait Sink: Send {
     fn events(&mut self, _events: &[Event]) {}
     fn anomaly(&mut self, _a: &Anomaly) {}
     fn counters(&mut self, _c: &CounterSnapshot, _totals: &Totals) {}
+    /// `n` ring-buffer records could not be decoded (already counted in [`Totals`]).
+    fn undecodable(&mut self, _n: u64) {}
     /// Called after each drained burst and at shutdown.
     fn flush(&mut self, _validator: &Validator, _totals: &Totals) {}
+    /// Called once when the source has ended, after the last `flush`: close files,
+    /// write trailers. Nothing is delivered afterwards.
+    fn finish(&mut self, _validator: &Validator, _totals: &Totals) {}
 }
 
 pub struct Pipeline {
@@ -35,6 +41,7 @@ pub struct Pipeline {
     sinks: Vec<Box<dyn Sink>>,
     scratch: Vec<Anomaly>,
     last_losses: u64,
+    finished: bool,
 }
 
 impl Pipeline {
@@ -45,6 +52,7 @@ impl Pipeline {
             sinks: Vec::new(),
             scratch: Vec::new(),
             last_losses: 0,
+            finished: false,
         }
     }
 
@@ -72,6 +80,9 @@ impl Pipeline {
             SourceItem::Undecodable(n) => {
                 self.totals.undecodable += n;
                 self.validator.note_loss();
+                for s in &mut self.sinks {
+                    s.undecodable(n);
+                }
             }
         }
     }
@@ -98,9 +109,22 @@ impl Pipeline {
         }
     }
 
+    /// Final flush, then [`Sink::finish`] on every sink (once; later calls do nothing).
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.flush();
+        for s in &mut self.sinks {
+            s.finish(&self.validator, &self.totals);
+        }
+    }
+
     /// Drive the pipeline until the channel closes. Sources close it when they end: at
     /// EOF, or on shutdown after detaching and draining the ring buffer, so nothing that
-    /// was captured is left unprocessed. Flushes the sinks every `flush_every` and at the end.
+    /// was captured is left unprocessed. Flushes the sinks every `flush_every`; at the end
+    /// [`Pipeline::finish`]es them.
     pub async fn drive(
         mut self,
         mut rx: mpsc::Receiver<SourceItem>,
@@ -123,7 +147,44 @@ impl Pipeline {
                 _ = tick.tick() => self.flush(),
             }
         }
-        self.flush();
+        self.finish();
+        self
+    }
+
+    /// Like [`Pipeline::drive`], but also ends when `stop` resolves: the channel is closed
+    /// to senders, what is already queued is processed, and the sinks are finished. For
+    /// sources that cannot be interrupted themselves (a blocking read of stdin).
+    pub async fn drive_until(
+        mut self,
+        mut rx: mpsc::Receiver<SourceItem>,
+        flush_every: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Self {
+        let mut tick = tokio::time::interval(flush_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => {
+                        self.handle(item);
+                        while let Ok(item) = rx.try_recv() {
+                            self.handle(item);
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => self.flush(),
+                _ = &mut stop => {
+                    rx.close();
+                    while let Some(item) = rx.recv().await {
+                        self.handle(item);
+                    }
+                    break;
+                }
+            }
+        }
+        self.finish();
         self
     }
 }

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use vmatrace_common::{Counter, Event, EventKind};
+use vmatrace_common::{Counter, Event, EventKind, event::flags};
 
-use super::source::CounterSnapshot;
+use super::{source::CounterSnapshot, wait::WaitTimes};
 use crate::validate::{Anomaly, AnomalyKind};
 
 /// Counters that mean "something was lost" (the validator resynchronises when they rise).
@@ -24,6 +24,11 @@ pub struct Totals {
     /// Latest kernel counter snapshot.
     pub counters: CounterSnapshot,
     pub anomalies: BTreeMap<AnomalyKind, u64>,
+    /// Events by kind and attach point: `[kind][probe]` (kind/probe values ≥ 16 are
+    /// counted in row/column 0). Tells e.g. fast from slow detaches.
+    pub kind_probe: [[u64; 16]; 16],
+    /// Wait-time distributions of paired return events.
+    pub wait: WaitTimes,
 }
 
 impl Totals {
@@ -33,6 +38,16 @@ impl Totals {
             Some(slot) if ev.kind().is_some() => *slot += 1,
             _ => self.undecodable += 1,
         }
+        let (k, p) = (usize::from(ev.kind), usize::from(ev.probe));
+        self.kind_probe[if k < 16 { k } else { 0 }][if p < 16 { p } else { 0 }] += 1;
+        if ev.has(flags::PAIRED) {
+            match ev.kind() {
+                Some(EventKind::ExcludeExit) => self.wait.start_exclude.record(ev.wait_ns),
+                Some(EventKind::WriteLockExit) => self.wait.write_lock.record(ev.wait_ns),
+                Some(EventKind::DetachExit) => self.wait.detach.record(ev.wait_ns),
+                _ => {}
+            }
+        }
     }
 
     pub fn count_anomaly(&mut self, a: &Anomaly) {
@@ -41,6 +56,14 @@ impl Totals {
 
     pub fn events_of(&self, k: EventKind) -> u64 {
         self.events.get(k as usize).copied().unwrap_or(0)
+    }
+
+    pub fn events_of_probe(&self, k: EventKind, p: vmatrace_common::event::ProbeId) -> u64 {
+        self.kind_probe
+            .get(k as usize)
+            .and_then(|row| row.get(p as usize))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total_events(&self) -> u64 {

@@ -45,6 +45,18 @@ pub enum AnomalyKind {
     RefcountOutOfRange,
     /// A second exclusion started on a VMA that is already being excluded.
     ConcurrentExclusion,
+    /// `__vma_start_write` / a detach / an interrupted start-exclude returned with the
+    /// exclusion flag still set (end-exclude skipped).
+    ExclusionNotEnded,
+    /// The put that left `F` or `F+1` (readers excluded) was not followed by
+    /// `rcuwait_wake_up` from the same task: the excluding task may sleep forever.
+    LostWakeup,
+    /// `lock_vma_under_rcu` returned a VMA but the sampled `vm_refcnt` cannot include the
+    /// reader's own reference (0, 1, `F` or `F+1`).
+    ReaderWithoutReference,
+    /// A start-exclude or `__vma_start_write` returned `-EINTR` where the kernel cannot:
+    /// uninterruptible wait, a detach, or a generation without killable writers.
+    UnexpectedEintr,
 }
 
 impl AnomalyKind {
@@ -58,6 +70,39 @@ impl AnomalyKind {
             AnomalyKind::WriteLockNotTaken => "write_lock_not_taken",
             AnomalyKind::RefcountOutOfRange => "refcount_out_of_range",
             AnomalyKind::ConcurrentExclusion => "concurrent_exclusion",
+            AnomalyKind::ExclusionNotEnded => "exclusion_not_ended",
+            AnomalyKind::LostWakeup => "lost_wakeup",
+            AnomalyKind::ReaderWithoutReference => "reader_without_reference",
+            AnomalyKind::UnexpectedEintr => "unexpected_eintr",
+        }
+    }
+
+    pub const ALL: &'static [AnomalyKind] = &[
+        AnomalyKind::ReaderWhileWriteLocked,
+        AnomalyKind::ReaderWhileExcluded,
+        AnomalyKind::ExcludeTargetMismatch,
+        AnomalyKind::DetachNotZero,
+        AnomalyKind::FreeWhileReferenced,
+        AnomalyKind::WriteLockNotTaken,
+        AnomalyKind::RefcountOutOfRange,
+        AnomalyKind::ConcurrentExclusion,
+        AnomalyKind::ExclusionNotEnded,
+        AnomalyKind::LostWakeup,
+        AnomalyKind::ReaderWithoutReference,
+        AnomalyKind::UnexpectedEintr,
+    ];
+
+    /// Inverse of [`AnomalyKind::key`].
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.key() == key)
+    }
+
+    /// Every kind is a breach of the kernel's documented protocol except where the
+    /// observation itself may be at fault.
+    pub const fn severity(self) -> Severity {
+        match self {
+            AnomalyKind::ReaderWithoutReference => Severity::Warning,
+            _ => Severity::Error,
         }
     }
 }

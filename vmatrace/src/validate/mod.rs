@@ -2,7 +2,14 @@
 //! reports every transition the model does not allow.
 
 pub mod anomaly;
+mod evidence;
+mod hash;
+pub mod phase;
 pub mod validator;
 
 pub use anomaly::{Anomaly, AnomalyKind, Severity};
+pub use phase::Phase;
 pub use validator::Validator;
+
+#[cfg(test)]
+mod tests;

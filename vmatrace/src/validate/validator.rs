@@ -4,38 +4,217 @@
 //! `observe(&Event, &mut Vec<Anomaly>)` appends zero or more anomalies for one event, and
 //! `note_loss()` tells it that events were lost (every tracked VMA goes back to
 //! "unknown" and resynchronises on its next sample, so a gap never yields a false anomaly).
+//!
+//! # How checks stay free of false positives
+//!
+//! Events of different tasks reach the validator in no guaranteed order (per-CPU ring
+//! reservations, per-thread simulator batches), and one sample's fields are read one after
+//! another, not atomically (§4.5 race 10). So every check is one of:
+//!
+//! - **sample checks**: a fact about one event's own fields that holds whatever other
+//!   tasks do, e.g. at `__vma_start_write`'s return the caller holds the mmap write lock,
+//!   so `vm_lock_seq == mm_lock_seq` and a clear flag are stable. Most kinds are these.
+//! - **same-task checks**: one task's events arrive in program order, e.g. the put that
+//!   leaves `F`/`F+1` must be followed by that task's `rcuwait_wake_up` (`lost_wakeup`).
+//!   The excluder's `ExcludeExit` is *not* a deadline for it: the excluder may find its
+//!   target before it sleeps, right after the decrement and before the reader's
+//!   `rcuwait_wake_up`, so that order is legal. [`Validator::finish`] settles the
+//!   wake-ups still owed when a finite stream ends.
+//! - **timestamp windows**: a reader that succeeded with the flag set in its sample is
+//!   legal if it took its reference before the flag was added and a writer raced in
+//!   (§4.4). It is a violation if its timestamp falls after the excluder saw the readers
+//!   excluded and before the exclusion ended: no reader can hold a reference then. The
+//!   decision waits until both ends of that window have been seen.
+//!
+//! A reader admitted with the flag set *while the excluder still waits* cannot be told
+//! from that legal race by any sample; it is detected only once it is write-locked
+//! (`reader_while_write_locked`) or past the excluder's wait (`reader_while_excluded`).
+//!
+//! # Memory
+//!
+//! One small record per tracked VMA (no per-VMA event history: evidence comes from a
+//! global ring of recent events). Records go on `vm_area_free`, on a completed detach, and
+//! when the cap is reached the least recently touched quarter is evicted and counted.
 
-use vmatrace_common::{Event, model::Generation};
+use vmatrace_common::{
+    Event, EventKind,
+    event::flags,
+    model::{
+        ExcludeResult, Generation,
+        generation::{EINTR, TASK_KILLABLE},
+        refcnt::{self, F, VM_LOCK_SEQ_INIT},
+    },
+};
 
-use super::Anomaly;
+use super::{
+    Anomaly, AnomalyKind,
+    evidence::Recent,
+    hash::{AddrMap, TidMap},
+    phase::Phase,
+};
+
+/// Default cap on tracked VMAs (a busy host has a few hundred thousand live VMAs).
+pub const DEFAULT_MAX_VMAS: usize = 1 << 20;
+/// Events kept for evidence (2 MiB).
+const RECENT_EVENTS: usize = 1 << 14;
+/// Reader successes with the flag set kept per VMA until their window is known.
+const MAX_SUSPECTS: usize = 4;
+/// Tasks with a wake-up still owed; more means the stream is not what we think.
+const MAX_PENDING_WAKES: usize = 1 << 14;
+/// VMAs remembered per mm write-lock cycle (only used to end their write lock).
+const MAX_LOCKED_PER_MM: usize = 1 << 16;
+const MAX_MMS: usize = 1 << 16;
+
+/// An exclusion in progress on one VMA, as its excluding task reported it.
+#[derive(Clone, Copy, Debug)]
+struct Exclusion {
+    tid: u32,
+    /// `ves->detaching` / the `detaching` argument, when read.
+    detaching: Option<bool>,
+    /// `ves->state` / the `state` argument, 0 when unknown.
+    state: u32,
+    /// Timestamp of the start-exclude return that reported readers excluded.
+    exclusive_ts: Option<u64>,
+}
+
+#[derive(Debug)]
+struct VmaTrack {
+    mm: u64,
+    phase: Phase,
+    /// `__vma_start_write` succeeded and the mm has not been write-unlocked since.
+    write_locked: bool,
+    /// An exclusion was reported as never ended: the flag is stuck, and everything
+    /// that follows from it on this VMA would only repeat that report.
+    flag_stuck: bool,
+    excl: Option<Exclusion>,
+    /// `state` argument of the last `__vma_start_write` entry and its task.
+    start_write: Option<(u32, u32)>,
+    /// Last closed window `(readers excluded, exclusion ended)`.
+    window: Option<(u64, u64)>,
+    /// Reader successes whose sample had the flag set, waiting for their window.
+    suspects: Vec<Event>,
+    /// Timestamp of the `vm_area_alloc`/`vm_area_dup` return that started this life.
+    born_ts: u64,
+    last_touch: u64,
+}
+
+impl VmaTrack {
+    fn new(mm: u64, phase: Phase, born_ts: u64, tick: u64) -> Self {
+        Self {
+            mm,
+            phase,
+            write_locked: false,
+            flag_stuck: false,
+            excl: None,
+            start_write: None,
+            window: None,
+            suspects: Vec::new(),
+            born_ts,
+            last_touch: tick,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = String::from(self.phase.key());
+        if self.write_locked && self.phase != Phase::WriteLocked {
+            s.push_str(", write-locked");
+        }
+        if let Some(x) = &self.excl {
+            s.push_str(&format!(", excluder tid {}", x.tid));
+            match x.detaching {
+                Some(true) => s.push_str(" (detach, target F)"),
+                Some(false) => s.push_str(" (write, target F+1)"),
+                None => {}
+            }
+            if x.exclusive_ts.is_some() {
+                s.push_str(", readers excluded");
+            }
+        }
+        if self.flag_stuck {
+            s.push_str(", flag stuck");
+        }
+        s
+    }
+}
+
+/// The fields of one event that describe the VMA, when they were read.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    /// `vm_refcnt`
+    r: u32,
+    /// `vm_lock_seq`
+    l: u32,
+    /// `mm->mm_lock_seq.sequence`
+    s: Option<u32>,
+}
+
+impl Sample {
+    fn of(ev: &Event) -> Option<Self> {
+        if ev.vma == 0 || !ev.has(flags::VMA_FIELDS) || ev.has(flags::READ_FAILED) {
+            return None;
+        }
+        Some(Self {
+            r: ev.refcnt,
+            l: ev.vm_lock_seq,
+            s: ev.has(flags::MM_SEQ).then_some(ev.mm_lock_seq),
+        })
+    }
+
+    fn write_locked(&self) -> Option<bool> {
+        self.s.map(|s| refcnt::is_write_locked(self.l, s))
+    }
+}
+
+/// An owed `rcuwait_wake_up`: the put that left readers excluded.
+struct PendingWake {
+    release: Event,
+}
 
 pub struct Validator {
     generation: Generation,
     observed: u64,
     losses: u64,
+    vmas: AddrMap<VmaTrack>,
+    /// mm → VMAs write-locked since its last write-unlock.
+    mms: AddrMap<Vec<u64>>,
+    pending_wakes: TidMap<PendingWake>,
+    recent: Recent,
+    counts: [u64; Phase::ALL.len()],
+    max_vmas: usize,
+    evicted: u64,
+}
+
+/// Everything an anomaly needs besides the evidence.
+struct Finding {
+    kind: AnomalyKind,
+    state: String,
+    expected: String,
+    observed: String,
 }
 
 impl Validator {
     pub fn new(generation: Generation) -> Self {
+        Self::with_capacity(generation, DEFAULT_MAX_VMAS)
+    }
+
+    /// A validator that tracks at most `max_vmas` VMAs at once.
+    pub fn with_capacity(generation: Generation, max_vmas: usize) -> Self {
         Self {
             generation,
             observed: 0,
             losses: 0,
+            vmas: AddrMap::default(),
+            mms: AddrMap::default(),
+            pending_wakes: TidMap::default(),
+            recent: Recent::new(RECENT_EVENTS),
+            counts: [0; Phase::ALL.len()],
+            max_vmas: max_vmas.max(4),
+            evicted: 0,
         }
     }
 
     pub fn generation(&self) -> Generation {
         self.generation
-    }
-
-    /// Check one event; anomalies are appended to `out`.
-    pub fn observe(&mut self, _ev: &Event, _out: &mut Vec<Anomaly>) {
-        self.observed += 1;
-    }
-
-    /// Events were lost: forget per-VMA state and resynchronise.
-    pub fn note_loss(&mut self) {
-        self.losses += 1;
     }
 
     pub fn observed(&self) -> u64 {
@@ -44,5 +223,806 @@ impl Validator {
 
     pub fn losses_noted(&self) -> u64 {
         self.losses
+    }
+
+    /// VMAs currently tracked.
+    pub fn tracked_vmas(&self) -> usize {
+        self.vmas.len()
+    }
+
+    /// VMAs dropped because the cap was reached (not counting frees and detaches).
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Tracked VMAs per phase, with stable keys: unknown, detached, attached, readers,
+    /// excluding, write_locked.
+    pub fn phase_counts(&self) -> Vec<(&'static str, u64)> {
+        Phase::ALL
+            .iter()
+            .map(|p| (p.key(), self.counts[p.index()]))
+            .collect()
+    }
+
+    /// Events were lost: forget per-VMA state and resynchronise.
+    pub fn note_loss(&mut self) {
+        self.losses += 1;
+        for t in self.vmas.values_mut() {
+            self.counts[t.phase.index()] -= 1;
+            self.counts[Phase::Unknown.index()] += 1;
+            t.phase = Phase::Unknown;
+            t.write_locked = false;
+            t.flag_stuck = false;
+            t.excl = None;
+            t.start_write = None;
+            t.window = None;
+            t.suspects.clear();
+        }
+        self.mms.clear();
+        self.pending_wakes.clear();
+    }
+
+    /// The stream has ended (end of a simulation or of a trace file): report the
+    /// wake-ups still owed. A task whose put left readers excluded calls
+    /// `rcuwait_wake_up` right after it; once nothing more will arrive, the missing call
+    /// is a lost wake-up. Not for a live capture cut at an arbitrary point.
+    pub fn finish(&mut self, out: &mut Vec<Anomaly>) {
+        let mut owed: Vec<PendingWake> = self.pending_wakes.drain().map(|(_, p)| p).collect();
+        owed.sort_by_key(|p| p.release.ts_ns);
+        for p in owed {
+            self.report_lost_wakeup(&p.release, None, out);
+        }
+    }
+
+    /// Check one event; anomalies are appended to `out`.
+    pub fn observe(&mut self, ev: &Event, out: &mut Vec<Anomaly>) {
+        self.observed += 1;
+        self.recent.push(ev);
+        let Some(kind) = ev.kind() else { return };
+        if !self.pending_wakes.is_empty() {
+            self.settle_wake(ev, kind, out);
+        }
+        let sample = Sample::of(ev);
+        if let Some(s) = sample
+            && refcnt::out_of_range(s.r)
+        {
+            let stuck = self.vmas.get(&ev.vma).is_some_and(|t| t.flag_stuck);
+            if !stuck {
+                let state = self.state_of(ev.vma);
+                self.emit(
+                    out,
+                    ev,
+                    Finding {
+                        kind: AnomalyKind::RefcountOutOfRange,
+                        state,
+                        expected: "vm_refcnt < 2F (at most one exclusion at a time)".into(),
+                        observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
+                    },
+                );
+            }
+        }
+        match kind {
+            EventKind::WriteLockEnter => self.on_write_lock_enter(ev, sample, out),
+            EventKind::WriteLockExit => self.on_write_lock_exit(ev, sample, out),
+            EventKind::ExcludeEnter => self.on_exclude_enter(ev, sample, out),
+            EventKind::ExcludeExit => self.on_exclude_exit(ev, sample, out),
+            EventKind::DetachEnter => self.on_detach_enter(ev, sample, out),
+            EventKind::DetachExit => self.on_detach_exit(ev, sample, out),
+            EventKind::ReaderAcquire => self.on_reader_acquire(ev, sample, out),
+            EventKind::ReaderRelease => self.on_reader_release(ev, sample, out),
+            EventKind::WriterWake => {}
+            EventKind::MmWriteUnlock => self.on_mm_write_unlock(ev),
+            EventKind::VmaAlloc => self.on_vma_alloc(ev),
+            EventKind::VmaFree => self.on_vma_free(ev, sample, out),
+        }
+    }
+
+    // ----- per kind -------------------------------------------------------------------
+
+    fn on_write_lock_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        self.check_no_exclusion_yet(ev, sample, "__vma_start_write entry", out);
+        let state = match self.generation {
+            // 6.15–6.18 pass the mm sequence, not a task state.
+            Generation::V6_15 => 0,
+            _ => ev.arg as u32,
+        };
+        let Some((t, _)) = self.track(ev, sample) else {
+            return;
+        };
+        t.start_write = Some((ev.tid(), state));
+    }
+
+    fn on_write_lock_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        let stuck = self.stuck(ev.vma);
+        if ev.ret == 0 {
+            if let Some(s) = sample {
+                if refcnt::flag_set(s.r) && !refcnt::out_of_range(s.r) && !stuck {
+                    self.report_flag_stuck(ev, s, "__vma_start_write return", out);
+                } else if s.write_locked() == Some(false) {
+                    let state = self.state_of(ev.vma);
+                    self.emit(
+                        out,
+                        ev,
+                        Finding {
+                            kind: AnomalyKind::WriteLockNotTaken,
+                            state,
+                            expected: "vm_lock_seq == mm_lock_seq after __vma_start_write \
+                                       returned 0"
+                                .into(),
+                            observed: format!(
+                                "vm_lock_seq = {}, mm_lock_seq = {}",
+                                s.l,
+                                s.s.unwrap_or_default()
+                            ),
+                        },
+                    );
+                }
+            }
+        } else if ev.ret == EINTR {
+            let killable = self.generation.has_killable_writers()
+                && self
+                    .vmas
+                    .get(&ev.vma)
+                    .and_then(|t| t.start_write)
+                    .is_none_or(|(tid, st)| tid != ev.tid() || st == 0 || st == TASK_KILLABLE);
+            if !killable {
+                let state = self.state_of(ev.vma);
+                self.emit(
+                    out,
+                    ev,
+                    Finding {
+                        kind: AnomalyKind::UnexpectedEintr,
+                        state,
+                        expected: "-EINTR only from vma_start_write_killable (TASK_KILLABLE, \
+                                   6.19+)"
+                            .into(),
+                        observed: "__vma_start_write returned -EINTR".into(),
+                    },
+                );
+            }
+            if let Some(s) = sample
+                && refcnt::flag_set(s.r)
+                && !refcnt::out_of_range(s.r)
+                && !stuck
+            {
+                self.report_flag_stuck(ev, s, "__vma_start_write return (-EINTR)", out);
+            }
+        }
+        let success = ev.ret == 0;
+        let tid = ev.tid();
+        let mm = ev.mm;
+        let ts = ev.ts_ns;
+        let Some((t, counts)) = self.track(ev, sample) else {
+            return;
+        };
+        if t.born_ts > ts {
+            return;
+        }
+        t.start_write = None;
+        let suspects = close_exclusion(t, tid, ts);
+        let mut newly_locked = false;
+        if success {
+            newly_locked = !t.write_locked;
+            t.write_locked = true;
+        }
+        let phase = match sample {
+            Some(s) if s.r == 0 => Phase::Detached,
+            _ if t.write_locked => Phase::WriteLocked,
+            Some(s) => Phase::of_refcnt(s.r),
+            None => Phase::Unknown,
+        };
+        set_phase(counts, t, phase);
+        let vma = ev.vma;
+        if newly_locked && mm != 0 && (self.mms.len() < MAX_MMS || self.mms.contains_key(&mm)) {
+            let locked = self.mms.entry(mm).or_default();
+            if locked.len() < MAX_LOCKED_PER_MM {
+                locked.push(vma);
+            }
+        }
+        self.report_suspects(ev, suspects, out);
+    }
+
+    fn on_exclude_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        self.check_no_exclusion_yet(ev, sample, "start-exclude entry", out);
+        let ves = ev.has(flags::VES);
+        let excl = Exclusion {
+            tid: ev.tid(),
+            detaching: ves.then_some(ev.ves_detaching != 0),
+            state: if ves { ev.ves_state } else { 0 },
+            exclusive_ts: None,
+        };
+        let Some((t, counts)) = self.track(ev, sample) else {
+            return;
+        };
+        if t.born_ts > ev.ts_ns {
+            return;
+        }
+        t.excl = Some(excl);
+        set_phase(counts, t, Phase::Excluding);
+    }
+
+    fn on_exclude_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        let ves = ev.has(flags::VES);
+        let result = ExcludeResult::decode(
+            self.generation,
+            ev.ret,
+            ves.then_some((ev.ves_detached != 0, ev.ves_exclusive != 0)),
+        );
+        let tid = ev.tid();
+        let mine = self
+            .vmas
+            .get(&ev.vma)
+            .and_then(|t| t.excl)
+            .filter(|x| x.tid == tid);
+        let detaching = if ves {
+            Some(ev.ves_detaching != 0)
+        } else {
+            mine.and_then(|x| x.detaching)
+        };
+        let state = if ves && ev.ves_state != 0 {
+            ev.ves_state
+        } else {
+            mine.map_or(0, |x| x.state)
+        };
+        let stuck = self.stuck(ev.vma);
+        match (result, sample) {
+            (ExcludeResult::Exclusive, Some(s)) if !refcnt::out_of_range(s.r) && !stuck => {
+                let ok = match detaching {
+                    Some(d) => s.r == refcnt::exclude_target(d),
+                    None => s.r == F || s.r == F + 1,
+                };
+                if !ok {
+                    let expected = match detaching {
+                        Some(true) => "vm_refcnt == F exactly (detach: readers excluded)",
+                        Some(false) => "vm_refcnt == F+1 exactly (write: readers excluded)",
+                        None => "vm_refcnt == F+1 (write) or F (detach) exactly",
+                    };
+                    let st = self.state_of(ev.vma);
+                    self.emit(
+                        out,
+                        ev,
+                        Finding {
+                            kind: AnomalyKind::ExcludeTargetMismatch,
+                            state: st,
+                            expected: expected.into(),
+                            observed: format!(
+                                "start-exclude returned exclusive with vm_refcnt = {}",
+                                refcnt::describe(s.r)
+                            ),
+                        },
+                    );
+                }
+            }
+            (ExcludeResult::Detached, Some(s))
+                if s.r != 0 && !refcnt::out_of_range(s.r) && !stuck =>
+            {
+                let st = self.state_of(ev.vma);
+                self.emit(
+                    out,
+                    ev,
+                    Finding {
+                        kind: AnomalyKind::ExcludeTargetMismatch,
+                        state: st,
+                        expected: "vm_refcnt == 0 when start-exclude reports detached".into(),
+                        observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
+                    },
+                );
+            }
+            (ExcludeResult::Interrupted, _) => {
+                let allowed = self.generation.has_killable_writers()
+                    && (state == 0 || state == TASK_KILLABLE)
+                    && detaching != Some(true);
+                if !allowed {
+                    let st = self.state_of(ev.vma);
+                    self.emit(
+                        out,
+                        ev,
+                        Finding {
+                            kind: AnomalyKind::UnexpectedEintr,
+                            state: st,
+                            expected: "-EINTR only from a TASK_KILLABLE write-lock wait \
+                                       (6.19+), never from a detach"
+                                .into(),
+                            observed: format!(
+                                "start-exclude returned -EINTR (state {state:#x}, detaching \
+                                 {detaching:?})"
+                            ),
+                        },
+                    );
+                }
+                if let Some(s) = sample
+                    && refcnt::flag_set(s.r)
+                    && !refcnt::out_of_range(s.r)
+                    && !stuck
+                {
+                    self.report_flag_stuck(ev, s, "start-exclude return (-EINTR)", out);
+                }
+            }
+            _ => {}
+        }
+        let ts = ev.ts_ns;
+        let Some((t, counts)) = self.track(ev, sample) else {
+            return;
+        };
+        if t.born_ts > ts {
+            return;
+        }
+        let suspects = match result {
+            ExcludeResult::Exclusive => {
+                let x = t.excl.get_or_insert(Exclusion {
+                    tid,
+                    detaching,
+                    state,
+                    exclusive_ts: None,
+                });
+                if x.tid == tid {
+                    x.exclusive_ts = Some(ts);
+                }
+                set_phase(counts, t, Phase::Excluding);
+                Vec::new()
+            }
+            ExcludeResult::Detached | ExcludeResult::Interrupted => {
+                let suspects = close_exclusion(t, tid, ts);
+                let phase = sample.map_or(Phase::Unknown, |s| Phase::of_refcnt(s.r));
+                let phase = if phase == Phase::Attached && t.write_locked {
+                    Phase::WriteLocked
+                } else {
+                    phase
+                };
+                set_phase(counts, t, phase);
+                suspects
+            }
+            ExcludeResult::Unknown => Vec::new(),
+        };
+        self.report_suspects(ev, suspects, out);
+    }
+
+    fn on_detach_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        self.check_no_exclusion_yet(ev, sample, "detach entry", out);
+        let _ = self.track(ev, sample);
+    }
+
+    fn on_detach_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        let stuck = self.stuck(ev.vma);
+        if let Some(s) = sample
+            && !refcnt::out_of_range(s.r)
+            && !stuck
+        {
+            if refcnt::flag_set(s.r) {
+                self.report_flag_stuck(ev, s, "detach return", out);
+            } else if s.r != 0 {
+                let state = self.state_of(ev.vma);
+                self.emit(
+                    out,
+                    ev,
+                    Finding {
+                        kind: AnomalyKind::DetachNotZero,
+                        state,
+                        expected: "vm_refcnt == 0 when the detach returns".into(),
+                        observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
+                    },
+                );
+            }
+        }
+        // The detach completed: this life of the VMA is over for the model (a later
+        // re-attach is invisible anyway, §4.3). Decide pending suspects, then forget it.
+        let tid = ev.tid();
+        let ts = ev.ts_ns;
+        let Some(t) = self.vmas.get_mut(&ev.vma) else {
+            return;
+        };
+        if t.born_ts > ts {
+            return;
+        }
+        let suspects = close_exclusion(t, tid, ts);
+        self.report_suspects(ev, suspects, out);
+        if !self.stuck(ev.vma) {
+            self.forget(ev.vma);
+        }
+    }
+
+    fn on_reader_acquire(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        // `lock_next_vma` may return ERR_PTR(-EINTR / -EAGAIN): no reference held.
+        let success = ev.ret != 0 && !is_err_value(ev.ret);
+        if success && let Some(s) = sample {
+            if s.write_locked() == Some(true) && s.l != VM_LOCK_SEQ_INIT {
+                let state = self.state_of(ev.vma);
+                self.emit(
+                    out,
+                    ev,
+                    Finding {
+                        kind: AnomalyKind::ReaderWhileWriteLocked,
+                        state,
+                        expected: "lock_vma_under_rcu fails while vm_lock_seq == mm_lock_seq"
+                            .into(),
+                        observed: format!(
+                            "reader got the VMA with vm_lock_seq = mm_lock_seq = {}",
+                            s.l
+                        ),
+                    },
+                );
+            } else if matches!(s.r, 0 | 1) || s.r == F {
+                // F+1 is not here: a writer's F+1 leaves no room for this reader, but
+                // a detacher's F plus this reader is F+1 (then the window decides).
+                let state = self.state_of(ev.vma);
+                self.emit(
+                    out,
+                    ev,
+                    Finding {
+                        kind: AnomalyKind::ReaderWithoutReference,
+                        state,
+                        expected: "vm_refcnt includes the reader's reference (2..F-1, or \
+                                   above F if an excluder raced in)"
+                            .into(),
+                        observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
+                    },
+                );
+            }
+        }
+        let ts = ev.ts_ns;
+        let flagged = sample.is_some_and(|s| refcnt::flag_set(s.r) && !refcnt::out_of_range(s.r));
+        let Some((t, counts)) = self.track(ev, sample) else {
+            return;
+        };
+        if t.born_ts > ts {
+            return;
+        }
+        if success && flagged && !t.flag_stuck {
+            if let Some((from, to)) = t.window
+                && from < ts
+                && ts < to
+            {
+                let state = t.describe();
+                let f = reader_excluded_finding(state, from, to);
+                self.emit(out, ev, f);
+                return;
+            }
+            if t.suspects.len() == MAX_SUSPECTS {
+                t.suspects.remove(0);
+            }
+            t.suspects.push(*ev);
+        }
+        if let Some(s) = sample {
+            let phase = match Phase::of_refcnt(s.r) {
+                Phase::Attached | Phase::Readers if t.write_locked => Phase::WriteLocked,
+                Phase::Excluding if t.excl.is_none() => Phase::Unknown,
+                p => p,
+            };
+            set_phase(counts, t, phase);
+        }
+    }
+
+    fn on_reader_release(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        let Some(s) = sample else { return };
+        if refcnt::out_of_range(s.r) {
+            return;
+        }
+        if s.r == 0 || s.r == F {
+            let state = self.state_of(ev.vma);
+            self.emit(
+                out,
+                ev,
+                Finding {
+                    kind: AnomalyKind::ReaderWithoutReference,
+                    state,
+                    expected: "vma_refcount_put on a count that holds a read reference".into(),
+                    observed: format!("put with vm_refcnt = {}", refcnt::describe(s.r)),
+                },
+            );
+        }
+        if refcnt::put_must_wake(s.r) && self.pending_wakes.len() < MAX_PENDING_WAKES {
+            self.pending_wakes
+                .insert(ev.tid(), PendingWake { release: *ev });
+        }
+    }
+
+    fn on_mm_write_unlock(&mut self, ev: &Event) {
+        let Some(locked) = self.mms.remove(&ev.mm) else {
+            return;
+        };
+        for vma in locked {
+            if let Some(t) = self.vmas.get_mut(&vma)
+                && t.mm == ev.mm
+                && t.write_locked
+            {
+                t.write_locked = false;
+                if t.phase == Phase::WriteLocked {
+                    set_phase(&mut self.counts, t, Phase::Attached);
+                }
+            }
+        }
+    }
+
+    fn on_vma_alloc(&mut self, ev: &Event) {
+        if ev.vma == 0 {
+            return;
+        }
+        // A new life: SLAB_TYPESAFE_BY_RCU reuses objects, nothing carries over.
+        self.forget(ev.vma);
+        self.make_room();
+        let t = VmaTrack::new(ev.mm, Phase::Detached, ev.ts_ns, self.observed);
+        self.counts[Phase::Detached.index()] += 1;
+        self.vmas.insert(ev.vma, t);
+    }
+
+    fn on_vma_free(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        if let Some(s) = sample
+            && s.r != 0
+            && !refcnt::out_of_range(s.r)
+            && !self.stuck(ev.vma)
+        {
+            let state = self.state_of(ev.vma);
+            self.emit(
+                out,
+                ev,
+                Finding {
+                    kind: AnomalyKind::FreeWhileReferenced,
+                    state,
+                    expected: "vm_refcnt == 0 at vm_area_free".into(),
+                    observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
+                },
+            );
+        }
+        if self.vmas.get(&ev.vma).is_none_or(|t| t.born_ts <= ev.ts_ns) {
+            self.forget(ev.vma);
+        }
+    }
+
+    // ----- shared checks ----------------------------------------------------------------
+
+    /// At the start of a write-lock, exclusion or detach the caller holds the mmap write
+    /// lock, so no other task can be excluding this VMA: the flag must be clear.
+    fn check_no_exclusion_yet(
+        &mut self,
+        ev: &Event,
+        sample: Option<Sample>,
+        at: &str,
+        out: &mut Vec<Anomaly>,
+    ) {
+        let Some(s) = sample else { return };
+        if refcnt::flag_set(s.r) && !refcnt::out_of_range(s.r) && !self.stuck(ev.vma) {
+            let state = self.state_of(ev.vma);
+            self.emit(
+                out,
+                ev,
+                Finding {
+                    kind: AnomalyKind::ConcurrentExclusion,
+                    state,
+                    expected: format!("flag clear at {at} (mmap_lock admits one excluder per mm)"),
+                    observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
+                },
+            );
+        }
+    }
+
+    fn report_flag_stuck(&mut self, ev: &Event, s: Sample, at: &str, out: &mut Vec<Anomaly>) {
+        let state = self.state_of(ev.vma);
+        self.emit(
+            out,
+            ev,
+            Finding {
+                kind: AnomalyKind::ExclusionNotEnded,
+                state,
+                expected: format!("exclusion flag removed by {at}"),
+                observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
+            },
+        );
+        if let Some(t) = self.vmas.get_mut(&ev.vma) {
+            t.flag_stuck = true;
+        }
+    }
+
+    /// Settle an owed wake-up: the task's next event must be its `rcuwait_wake_up`.
+    fn settle_wake(&mut self, ev: &Event, kind: EventKind, out: &mut Vec<Anomaly>) {
+        let Some(p) = self.pending_wakes.remove(&ev.tid()) else {
+            return;
+        };
+        if kind == EventKind::WriterWake {
+            return;
+        }
+        self.report_lost_wakeup(&p.release, Some((ev, kind)), out);
+    }
+
+    /// `next`: the task's next event, which came instead of `rcuwait_wake_up` (`None`
+    /// at the end of the stream).
+    fn report_lost_wakeup(
+        &self,
+        r: &Event,
+        next: Option<(&Event, EventKind)>,
+        out: &mut Vec<Anomaly>,
+    ) {
+        let state = self.state_of(r.vma);
+        let mut evidence = self.recent.of_vma(r.vma, r.mm);
+        if let Some((ev, _)) = next
+            && evidence.last() != Some(ev)
+        {
+            evidence.push(*ev);
+        }
+        if evidence.is_empty() {
+            evidence.push(*r);
+        }
+        let observed = match next {
+            Some((_, kind)) => format!(
+                "event {} not expected in state wake-owed: next event of tid {} without \
+                 rcuwait_wake_up",
+                kind.key(),
+                r.tid()
+            ),
+            None => format!("the stream ended without tid {}'s rcuwait_wake_up", r.tid()),
+        };
+        out.push(Anomaly {
+            kind: AnomalyKind::LostWakeup,
+            severity: AnomalyKind::LostWakeup.severity(),
+            event: *r,
+            state,
+            expected: format!(
+                "rcuwait_wake_up by tid {} after its put left vm_refcnt = {}",
+                r.tid(),
+                refcnt::describe(r.refcnt.wrapping_sub(1))
+            ),
+            observed,
+            evidence,
+        });
+    }
+
+    fn report_suspects(
+        &mut self,
+        end: &Event,
+        suspects: Vec<(Event, u64, u64)>,
+        out: &mut Vec<Anomaly>,
+    ) {
+        for (ev, from, to) in suspects {
+            let state = format!("excluding, readers excluded by tid {}", end.tid());
+            let f = reader_excluded_finding(state, from, to);
+            self.emit(out, &ev, f);
+        }
+    }
+
+    // ----- bookkeeping -------------------------------------------------------------------
+
+    fn emit(&self, out: &mut Vec<Anomaly>, ev: &Event, f: Finding) {
+        let mm = self.vmas.get(&ev.vma).map_or(ev.mm, |t| t.mm);
+        let mut evidence = self.recent.of_vma(ev.vma, mm);
+        if evidence.last() != Some(ev) {
+            evidence.push(*ev);
+        }
+        let label = ev.kind().map_or("unknown", EventKind::key);
+        out.push(Anomaly {
+            kind: f.kind,
+            severity: f.kind.severity(),
+            event: *ev,
+            observed: format!(
+                "event {label} ({}) not expected in state {}: {}",
+                ev.probe().kernel_name(),
+                f.state,
+                f.observed
+            ),
+            state: f.state,
+            expected: f.expected,
+            evidence,
+        });
+    }
+
+    fn state_of(&self, vma: u64) -> String {
+        self.vmas
+            .get(&vma)
+            .map_or_else(|| Phase::Unknown.key().to_string(), VmaTrack::describe)
+    }
+
+    fn stuck(&self, vma: u64) -> bool {
+        self.vmas.get(&vma).is_some_and(|t| t.flag_stuck)
+    }
+
+    /// The record of the event's VMA, created from the sample if new.
+    fn track(
+        &mut self,
+        ev: &Event,
+        sample: Option<Sample>,
+    ) -> Option<(&mut VmaTrack, &mut [u64; Phase::ALL.len()])> {
+        if ev.vma == 0 {
+            return None;
+        }
+        if !self.vmas.contains_key(&ev.vma) {
+            self.make_room();
+            let phase = sample.map_or(Phase::Unknown, |s| Phase::of_refcnt(s.r));
+            // Tracing that starts mid-flight: a flag seen without its start-exclude gives
+            // no excluder to check against, so the phase stays unknown.
+            let phase = if phase == Phase::Excluding {
+                Phase::Unknown
+            } else {
+                phase
+            };
+            self.counts[phase.index()] += 1;
+            self.vmas
+                .insert(ev.vma, VmaTrack::new(ev.mm, phase, 0, self.observed));
+        }
+        let t = self.vmas.get_mut(&ev.vma)?;
+        t.last_touch = self.observed;
+        if ev.mm != 0 {
+            t.mm = ev.mm;
+        }
+        Some((t, &mut self.counts))
+    }
+
+    fn forget(&mut self, vma: u64) {
+        if let Some(t) = self.vmas.remove(&vma) {
+            self.counts[t.phase.index()] -= 1;
+        }
+    }
+
+    /// Keep memory bounded: at the cap, evict the least recently touched quarter.
+    fn make_room(&mut self) {
+        if self.vmas.len() < self.max_vmas {
+            return;
+        }
+        let mut sample: Vec<u64> = self.vmas.values().take(256).map(|t| t.last_touch).collect();
+        sample.sort_unstable();
+        let cutoff = sample.get(sample.len() / 4).copied().unwrap_or(u64::MAX);
+        let before = self.vmas.len();
+        let counts = &mut self.counts;
+        self.vmas.retain(|_, t| {
+            let keep = t.last_touch > cutoff;
+            if !keep {
+                counts[t.phase.index()] -= 1;
+            }
+            keep
+        });
+        self.evicted += (before - self.vmas.len()) as u64;
+    }
+}
+
+/// `IS_ERR_VALUE`: the top 4095 values are errnos, not pointers.
+const fn is_err_value(ret: i64) -> bool {
+    ret < 0 && ret >= -4095
+}
+
+fn set_phase(counts: &mut [u64; Phase::ALL.len()], t: &mut VmaTrack, phase: Phase) {
+    if t.phase != phase {
+        counts[t.phase.index()] -= 1;
+        counts[phase.index()] += 1;
+        t.phase = phase;
+    }
+}
+
+/// The excluding task `tid` ended its exclusion at `ts`: close the window and return the
+/// suspect readers that fell inside it (the others were legal races and are dropped).
+fn close_exclusion(t: &mut VmaTrack, tid: u32, ts: u64) -> Vec<(Event, u64, u64)> {
+    let Some(x) = t.excl else {
+        return Vec::new();
+    };
+    if x.tid != tid {
+        return Vec::new();
+    }
+    t.excl = None;
+    let mut found = Vec::new();
+    if let Some(from) = x.exclusive_ts {
+        t.window = Some((from, ts));
+        t.suspects.retain(|s| {
+            if from < s.ts_ns && s.ts_ns < ts {
+                found.push((*s, from, ts));
+                false
+            } else {
+                // Before the readers were excluded: a legal race. After the end: it
+                // belongs to a later exclusion, keep it.
+                s.ts_ns > ts
+            }
+        });
+    } else {
+        t.suspects.retain(|s| s.ts_ns > ts);
+    }
+    found
+}
+
+fn reader_excluded_finding(state: String, from: u64, to: u64) -> Finding {
+    Finding {
+        kind: AnomalyKind::ReaderWhileExcluded,
+        state,
+        expected: format!(
+            "no reader holds the VMA between readers excluded (ts {from}) and the end of \
+             the exclusion (ts {to})"
+        ),
+        observed: "lock_vma_under_rcu returned the VMA with the exclusion flag set inside \
+                   that window"
+            .into(),
     }
 }

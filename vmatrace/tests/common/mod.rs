@@ -1,2 +1,91 @@
-//! Shared by the integration tests (each declares `pub mod common;` so nothing is dead).
+//! Helpers shared by the CLI integration tests: synthetic traces and running the binary.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+};
+
+use vmatrace::trace::{ClockBase, TraceHeader, TraceWriter};
+use vmatrace_common::{Counter, Event, EventKind, event::flags, model::Generation};
+
 pub mod plans;
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmatrace"))
+}
+
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the vmatrace binary runs")
+}
+
+pub fn header() -> TraceHeader {
+    let mut h = TraceHeader::synthetic(Generation::V7_0);
+    h.host = "synthetic-host".into();
+    h.kernel_release = "7.2.13+deb14-cloud-amd64".into();
+    h.clock = ClockBase {
+        monotonic_ns: 1_000_000_000,
+        realtime_ns: 1_798_761_600_000_000_000,
+    };
+    h
+}
+
+/// A write-lock slow path on one VMA: enter, exclude enter/exit (waited `wait` ns), exit.
+pub fn write_lock_events(tgid: u32, comm: &[u8], ts: u64, wait: u64) -> Vec<Event> {
+    let mut base = Event::ZERO;
+    base.pid_tgid = (u64::from(tgid) << 32) | u64::from(tgid);
+    base.comm[..comm.len()].copy_from_slice(comm);
+    base.vma = 0xffff_8881_0000_0100;
+    base.mm = 0xffff_8881_0000_8000;
+    base.vm_start = 0x7f00_0000_0000;
+    base.vm_end = 0x7f00_0001_0000;
+    base.flags = flags::VMA_FIELDS | flags::MM_SEQ;
+    let mk = |kind: EventKind, probe: u8, dt: u64| {
+        let mut e = base;
+        e.kind = kind as u16;
+        e.probe = probe;
+        e.ts_ns = ts + dt;
+        e
+    };
+    let mut x = mk(EventKind::ExcludeExit, 2, 2);
+    x.flags |= flags::PAIRED | flags::RET | flags::VES;
+    x.wait_ns = wait;
+    x.refcnt = 0x4000_0001;
+    let mut w = mk(EventKind::WriteLockExit, 1, 3);
+    w.flags |= flags::PAIRED | flags::RET;
+    w.wait_ns = wait + 100;
+    vec![
+        mk(EventKind::WriteLockEnter, 1, 0),
+        mk(EventKind::ExcludeEnter, 2, 1),
+        x,
+        w,
+    ]
+}
+
+pub fn counters(ringbuf_lost: u64, reader_ok: u64) -> Vec<u64> {
+    let mut v = vec![0u64; 16];
+    v[Counter::RingbufReserveFailed as usize] = ringbuf_lost;
+    v[Counter::ReaderAcquireOk as usize] = reader_ok;
+    v
+}
+
+/// 100 write-lock sequences by two processes (tgid 100 "stress", 200 "other"), a
+/// counter snapshot with 3 ring-buffer losses, and 1 undecodable record.
+pub fn write_sample(path: &Path, compress: bool) {
+    let mut w = TraceWriter::create(path, &header(), compress).expect("create trace");
+    for i in 0..100u64 {
+        let (tgid, comm): (u32, &[u8]) = if i % 2 == 0 {
+            (100, b"stress")
+        } else {
+            (200, b"other")
+        };
+        let evs = write_lock_events(tgid, comm, 1_000_000_000 + i * 1000, 1000 + i);
+        w.write_events(1_000_000_000 + i * 1000, &evs)
+            .expect("write");
+    }
+    w.write_counters(1_000_200_000, &counters(3, 500))
+        .expect("write");
+    w.write_undecodable(1_000_300_000, 1).expect("write");
+    w.finish(1_000_400_000).expect("finish");
+}

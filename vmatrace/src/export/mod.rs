@@ -1,0 +1,14 @@
+//! What leaves the process: the anomaly log (JSON Lines), the exit summary, and the
+//! redaction of kernel addresses they share.
+
+pub mod anomaly_log;
+pub mod clock;
+pub mod event_json;
+pub mod redact;
+pub mod summary;
+
+pub use anomaly_log::{AnomalyLogSink, JsonLinesFile, LogContext, LogStats, Rotation};
+pub use redact::Redactor;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+//! Anomaly log: schema, redaction, rotation, file mode, failed writes.
+
+use std::{fs, os::unix::fs::PermissionsExt};
+
+use serde_json::Value;
+use vmatrace_common::{Event, EventKind, event::flags, model::Generation};
+
+use super::*;
+use crate::{
+    pipeline::{CounterSnapshot, Sink, Totals},
+    trace::{ClockBase, TraceHeader},
+    validate::{Anomaly, AnomalyKind, Severity, Validator},
+};
+
+const VMA: u64 = 0xffff_8881_0abc_de00;
+const MM: u64 = 0xffff_8881_0fed_c000;
+
+fn event(kind: EventKind, ts: u64) -> Event {
+    let mut e = Event::ZERO;
+    e.ts_ns = ts;
+    e.kind = kind as u16;
+    e.probe = 6;
+    e.pid_tgid = (1234 << 32) | 1240;
+    e.vma = VMA;
+    e.mm = MM;
+    e.vm_start = 0x7f00_0000_0000;
+    e.vm_end = 0x7f00_0000_4000;
+    e.refcnt = 0x4000_0001;
+    e.vm_lock_seq = 7;
+    e.mm_lock_seq = 7;
+    e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::RET;
+    e.ret = VMA as i64;
+    e.arg = 0x7f00_0000_1000;
+    e.cpu = 1;
+    e.comm[..6].copy_from_slice(b"stress");
+    e
+}
+
+fn anomaly() -> Anomaly {
+    let ev = event(EventKind::ReaderAcquire, 2_000_000_500);
+    Anomaly {
+        kind: AnomalyKind::ReaderWhileWriteLocked,
+        severity: Severity::Error,
+        event: ev,
+        state: "write-locked".into(),
+        expected: "reader acquire fails".into(),
+        observed: "reader acquired the VMA".into(),
+        evidence: vec![event(EventKind::WriteLockExit, 2_000_000_000), ev],
+    }
+}
+
+fn ctx() -> LogContext {
+    let mut h = TraceHeader::synthetic(Generation::V7_0);
+    h.host = "host1".into();
+    h.kernel_release = "7.2.13+deb14-cloud-amd64".into();
+    h.clock = ClockBase {
+        monotonic_ns: 1_000_000_000,
+        realtime_ns: 1_798_761_600_000_000_000,
+    };
+    LogContext::from_header(&h)
+}
+
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .expect("log readable")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[test]
+fn anomaly_line_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("anomalies.jsonl");
+    let file = JsonLinesFile::open(&path, Rotation::default()).expect("open");
+    let mut sink = AnomalyLogSink::new(file, ctx(), Redactor::with_key(1, 2));
+    sink.anomaly(&anomaly());
+    let v = lines(&path);
+    assert_eq!(v.len(), 1);
+    let l = &v[0];
+    assert_eq!(l["type"], "anomaly");
+    assert_eq!(l["schema"], 1);
+    assert_eq!(l["seq"], 1);
+    assert_eq!(l["time"], "2027-01-01T00:00:01.000000500Z");
+    assert_eq!(l["monotonic_ns"], 2_000_000_500u64);
+    assert_eq!(l["realtime_ns"], 1_798_761_601_000_000_500u64);
+    assert_eq!(l["host"], "host1");
+    assert_eq!(l["kernel"], "7.2.13+deb14-cloud-amd64");
+    assert_eq!(l["generation"], "7.0");
+    assert_eq!(l["kind"], "reader_while_write_locked");
+    assert_eq!(l["severity"], "error");
+    assert_eq!(l["task"]["pid"], 1234);
+    assert_eq!(l["task"]["tid"], 1240);
+    assert_eq!(l["task"]["comm"], "stress");
+    assert_eq!(l["vma"]["vm_start"], "0x7f0000000000");
+    assert_eq!(l["vma"]["vm_end"], "0x7f0000004000");
+    assert_eq!(l["state"], "write-locked");
+    assert_eq!(l["expected"], "reader acquire fails");
+    assert_eq!(l["observed"], "reader acquired the VMA");
+    assert_eq!(l["event"]["kind"], "reader_acquire");
+    assert_eq!(l["event"]["probe"], "lock_vma_under_rcu");
+    assert_eq!(l["event"]["refcnt_hex"], "0x40000001");
+    assert_eq!(l["event"]["arg"], 0x7f00_0000_1000u64);
+    let ev = l["evidence"].as_array().expect("evidence array");
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[0]["kind"], "write_lock_exit");
+    // The same object hashes the same everywhere in the run.
+    assert_eq!(l["vma"]["addr"], l["event"]["vma"]);
+    assert_eq!(l["vma"]["addr"], l["event"]["ret"]);
+    assert_eq!(l["mm"], ev[0]["mm"]);
+}
+
+#[test]
+fn default_redaction_leaks_no_kernel_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.jsonl");
+    let file = JsonLinesFile::open(&path, Rotation::default()).expect("open");
+    let mut sink = AnomalyLogSink::new(file, ctx(), Redactor::random().expect("rng"));
+    sink.anomaly(&anomaly());
+    let text = fs::read_to_string(&path).expect("read");
+    for needle in ["ffff8881", "18446612", "0abcde00", "fedc000"] {
+        assert!(!text.contains(needle), "{needle} leaked: {text}");
+    }
+    // Decimal forms of the pointers must not appear either.
+    assert!(!text.contains(&VMA.to_string()) && !text.contains(&(VMA as i64).to_string()));
+    assert!(text.contains("\"addresses\":\"keyed_hash\""));
+
+    let raw_path = dir.path().join("raw.jsonl");
+    let file = JsonLinesFile::open(&raw_path, Rotation::default()).expect("open");
+    let mut sink = AnomalyLogSink::new(file, ctx(), Redactor::raw());
+    sink.anomaly(&anomaly());
+    let l = &lines(&raw_path)[0];
+    assert_eq!(l["vma"]["addr"], "0xffff88810abcde00");
+    assert_eq!(l["mm"], "0xffff88810fedc000");
+    assert_eq!(l["addresses"], "raw");
+}
+
+#[test]
+fn files_are_created_0640_even_under_a_strict_umask() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.jsonl");
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o077) };
+    let opened = JsonLinesFile::open(&path, Rotation::default());
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    drop(opened.expect("open"));
+    let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+}
+
+#[test]
+fn rotation_by_size_keeps_n_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r.jsonl");
+    let rotation = Rotation {
+        max_bytes: Some(100),
+        keep: 2,
+    };
+    let mut f = JsonLinesFile::open(&path, rotation).expect("open");
+    // 40-byte lines (39 + newline): two fit in 100 bytes, the third rotates.
+    for i in 0..7u8 {
+        let line = vec![b'a' + i; 39];
+        f.write_line(&line);
+    }
+    let stats = f.stats().lock().expect("stats").clone();
+    assert_eq!(stats.lines_written, 7);
+    assert_eq!(stats.rotations, 3);
+    assert_eq!(stats.write_errors, 0);
+    let read = |p: &std::path::Path| fs::read_to_string(p).expect("exists");
+    assert_eq!(read(&path), format!("{}\n", "g".repeat(39)));
+    let one = dir.path().join("r.jsonl.1");
+    let two = dir.path().join("r.jsonl.2");
+    assert_eq!(
+        read(&one),
+        format!("{}\n{}\n", "e".repeat(39), "f".repeat(39))
+    );
+    assert_eq!(
+        read(&two),
+        format!("{}\n{}\n", "c".repeat(39), "d".repeat(39))
+    );
+    assert!(!dir.path().join("r.jsonl.3").exists());
+    for p in [&path, &one, &two] {
+        assert!(fs::metadata(p).expect("stat").len() <= 100);
+        assert_eq!(
+            fs::metadata(p).expect("stat").permissions().mode() & 0o777,
+            0o640
+        );
+    }
+}
+
+#[test]
+fn full_disk_is_counted_not_fatal() {
+    let path = std::path::Path::new("/dev/full");
+    if !path.exists() {
+        crate::testing::skip("full_disk_is_counted_not_fatal", "/dev/full is missing");
+        return;
+    }
+    let file = JsonLinesFile::open(
+        path,
+        Rotation {
+            max_bytes: Some(10),
+            keep: 1,
+        },
+    )
+    .expect("/dev/full opens");
+    let mut sink = AnomalyLogSink::new(file, ctx(), Redactor::with_key(0, 0));
+    let stats = sink.stats();
+    sink.anomaly(&anomaly());
+    sink.anomaly(&anomaly());
+    let s = stats.lock().expect("stats").clone();
+    assert_eq!(s.lines_written, 0);
+    assert_eq!(s.write_errors, 2);
+    assert_eq!(s.lines_lost, 2);
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("No space left")),
+        "{s:?}"
+    );
+    assert_eq!(s.rotations, 0, "a device is never rotated");
+}
+
+#[test]
+fn unwritable_path_is_a_clear_error() {
+    let err = JsonLinesFile::open(
+        std::path::Path::new("/nonexistent-dir/vmatrace/a.jsonl"),
+        Rotation::default(),
+    )
+    .err()
+    .expect("cannot open");
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+}
+
+#[test]
+fn a_removed_directory_loses_lines_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("logs");
+    fs::create_dir(&sub).expect("mkdir");
+    let path = sub.join("a.jsonl");
+    let mut f = JsonLinesFile::open(
+        &path,
+        Rotation {
+            max_bytes: Some(30),
+            keep: 1,
+        },
+    )
+    .expect("open");
+    f.write_line(b"first line, twenty+");
+    // The directory disappears: rotation cannot rename, the line is lost and counted.
+    fs::remove_dir_all(&sub).expect("rm");
+    f.write_line(b"second line, lost!!");
+    let s = f.stats().lock().expect("stats").clone();
+    assert_eq!((s.lines_written, s.lines_lost, s.write_errors), (1, 1, 1));
+    fs::create_dir(&sub).expect("mkdir again");
+    f.write_line(b"third");
+    let s = f.stats().lock().expect("stats").clone();
+    assert_eq!(s.lines_written, 2);
+    // The torn marker starts the recovered line on a line of its own.
+    assert_eq!(fs::read_to_string(&path).expect("read"), "\nthird\n");
+}
+
+#[test]
+fn kernel_losses_and_undecodable_records_are_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("l.jsonl");
+    let file = JsonLinesFile::open(&path, Rotation::default()).expect("open");
+    let mut sink = AnomalyLogSink::new(file, ctx(), Redactor::with_key(3, 4));
+    let totals = Totals::default();
+    let mut values = vec![0u64; 16];
+    sink.counters(
+        &CounterSnapshot {
+            values: values.clone(),
+        },
+        &totals,
+    );
+    values[vmatrace_common::Counter::RingbufReserveFailed as usize] = 5;
+    values[vmatrace_common::Counter::ReaderAcquireOk as usize] = 1000;
+    sink.counters(
+        &CounterSnapshot {
+            values: values.clone(),
+        },
+        &totals,
+    );
+    values[vmatrace_common::Counter::RingbufReserveFailed as usize] = 8;
+    sink.counters(&CounterSnapshot { values }, &totals);
+    sink.undecodable(2);
+    sink.finish(&Validator::new(Generation::V7_0), &totals);
+    let v = lines(&path);
+    let losses: Vec<(String, u64, u64)> = v
+        .iter()
+        .map(|l| {
+            assert_eq!(l["type"], "loss");
+            (
+                l["counter"].as_str().unwrap_or_default().to_string(),
+                l["delta"].as_u64().unwrap_or(0),
+                l["total"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        losses,
+        vec![
+            ("ringbuf_reserve_failed".to_string(), 5, 5),
+            ("ringbuf_reserve_failed".to_string(), 3, 8),
+            ("undecodable".to_string(), 2, 2),
+        ]
+    );
+}

@@ -1,0 +1,176 @@
+//! Everything the planner knows about one kernel, read from the running system or from
+//! files (an operator's dumps of another kernel, or the test fixtures).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::btf::Btf;
+use super::ftrace::{FilterFunctions, KprobeBlacklist};
+use super::symbols::Kallsyms;
+
+/// Where the kernel's tracing filesystem may be mounted, in order of preference.
+pub const TRACEFS_DIRS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+pub const KPROBE_BLACKLIST: &str = "/sys/kernel/debug/kprobes/blacklist";
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub const KALLSYMS: &str = "/proc/kallsyms";
+
+/// The introspected kernel.
+#[derive(Clone, Debug)]
+pub struct KernelInfo {
+    /// `uname -r`, or what the operator passed (`"offline"` when unknown).
+    pub release: String,
+    pub btf: Btf,
+    pub kallsyms: Kallsyms,
+    /// `None`: the list could not be read (not root, no tracefs, or not given offline).
+    pub filter_functions: Option<FilterFunctions>,
+    /// `None`: not readable / not given.
+    pub kprobe_blacklist: Option<KprobeBlacklist>,
+    /// Event names under `<tracefs>/events/mmap_lock`; `None` when unknown (offline).
+    pub mmap_lock_tracepoints: Option<Vec<String>>,
+    /// Why an optional source is missing (shown as plan notes).
+    pub remarks: Vec<String>,
+}
+
+/// Read a file, transparently decompressing zstd (fixtures and fleet dumps are often
+/// compressed; BTF itself is ~5 MB).
+pub fn read_maybe_zstd(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut raw))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return zstd::stream::decode_all(raw.as_slice())
+            .with_context(|| format!("{}: corrupt zstd data", path.display()));
+    }
+    Ok(raw)
+}
+
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = read_maybe_zstd(path)?;
+    String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8 text", path.display()))
+}
+
+impl KernelInfo {
+    /// Build from files. `btf` is a raw BTF blob (e.g. a copy of `/sys/kernel/btf/vmlinux`,
+    /// optionally zstd-compressed); `kallsyms` a `/proc/kallsyms` dump. The optional lists
+    /// sharpen the plan (notrace detection, blacklisted functions); without them the
+    /// planner uses what the kernel source says and notes it.
+    pub fn from_files(
+        btf: &Path,
+        kallsyms: &Path,
+        filter_functions: Option<&Path>,
+        kprobe_blacklist: Option<&Path>,
+        release: Option<String>,
+    ) -> anyhow::Result<KernelInfo> {
+        let btf_bytes = read_maybe_zstd(btf)?;
+        let btf = Btf::parse(&btf_bytes).with_context(|| format!("{}: bad BTF", btf.display()))?;
+        let kallsyms = Kallsyms::parse(&read_text(kallsyms)?)
+            .with_context(|| format!("{}: bad kallsyms dump", kallsyms.display()))?;
+        let filter_functions = filter_functions
+            .map(|p| {
+                FilterFunctions::parse(&read_text(p)?)
+                    .with_context(|| format!("{}: bad available_filter_functions", p.display()))
+            })
+            .transpose()?;
+        let kprobe_blacklist = kprobe_blacklist
+            .map(|p| {
+                KprobeBlacklist::parse(&read_text(p)?)
+                    .with_context(|| format!("{}: bad kprobe blacklist", p.display()))
+            })
+            .transpose()?;
+        let mut remarks = Vec::new();
+        if filter_functions.is_none() {
+            remarks.push(
+                "no available_filter_functions given: notrace functions are taken from the \
+                 kernel source (vma_refcount_put, 6.19's __vma_enter_locked)"
+                    .to_string(),
+            );
+        }
+        Ok(KernelInfo {
+            release: release.unwrap_or_else(|| "offline".to_string()),
+            btf,
+            kallsyms,
+            filter_functions,
+            kprobe_blacklist,
+            mmap_lock_tracepoints: None,
+            remarks,
+        })
+    }
+
+    /// Introspect the running kernel. BTF and kallsyms are required; the ftrace list,
+    /// the kprobe blacklist and the tracepoint directory are optional (not root, not
+    /// mounted) and their absence is recorded in `remarks`.
+    pub fn from_running_kernel() -> anyhow::Result<KernelInfo> {
+        let btf_bytes = std::fs::read(VMLINUX_BTF).with_context(|| {
+            format!("cannot read {VMLINUX_BTF} (kernel built without CONFIG_DEBUG_INFO_BTF?)")
+        })?;
+        let btf = Btf::parse(&btf_bytes).with_context(|| format!("{VMLINUX_BTF}: bad BTF"))?;
+        let kallsyms = Kallsyms::parse(&read_text(Path::new(KALLSYMS))?)
+            .with_context(|| format!("{KALLSYMS}: unexpected format"))?;
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".to_string());
+        let mut remarks = Vec::new();
+
+        let tracefs = TRACEFS_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .find(|d| d.join("events").is_dir());
+        let mut filter_functions = None;
+        let mut mmap_lock_tracepoints = None;
+        match &tracefs {
+            Some(dir) => {
+                let aff = dir.join("available_filter_functions");
+                match std::fs::read_to_string(&aff) {
+                    Ok(text) => match FilterFunctions::parse(&text) {
+                        Ok(f) => filter_functions = Some(f),
+                        Err(e) => remarks.push(format!("{}: {e}; ignored", aff.display())),
+                    },
+                    Err(e) => remarks.push(format!(
+                        "cannot read {} ({e}): notrace functions are taken from the kernel source",
+                        aff.display()
+                    )),
+                }
+                let ev = dir.join("events/mmap_lock");
+                mmap_lock_tracepoints = Some(match std::fs::read_dir(&ev) {
+                    Ok(rd) => {
+                        let mut v: Vec<String> = rd
+                            .filter_map(|e| e.ok())
+                            .filter(|e| e.path().is_dir())
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect();
+                        v.sort();
+                        v
+                    }
+                    Err(_) => Vec::new(),
+                });
+            }
+            None => remarks.push(
+                "tracefs is not mounted or not readable by this user (/sys/kernel/tracing): \
+                 ftrace-ability and the mmap_lock tracepoints are not verified"
+                    .to_string(),
+            ),
+        }
+        let kprobe_blacklist = match std::fs::read_to_string(KPROBE_BLACKLIST) {
+            Ok(text) => match KprobeBlacklist::parse(&text) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    remarks.push(format!("{KPROBE_BLACKLIST}: {e}; ignored"));
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        Ok(KernelInfo {
+            release,
+            btf,
+            kallsyms,
+            filter_functions,
+            kprobe_blacklist,
+            mmap_lock_tracepoints,
+            remarks,
+        })
+    }
+}

@@ -1,0 +1,633 @@
+//! From a kernel's symbols, ftrace list and BTF to a [`ProbePlan`]: for every logical
+//! event, where (and whether) it can be seen on this kernel, and which program attaches
+//! where in which mode.
+//!
+//! Rules, per kernel function (`PREFER_KPROBE` functions try kprobes first):
+//! - fentry/fexit when the function has exactly one whole out-of-line copy under its own
+//!   name, a BTF `FUNC` of that name, is ftrace-able (listed in
+//!   `available_filter_functions`, or, when the list is unreadable, not known from the
+//!   kernel source to be `notrace`) and tracing programs can load;
+//! - otherwise kprobe/kretprobe, when the kprobe PMU exists, the copy is unique (a
+//!   duplicated name makes attach-by-name fail with EADDRNOTAVAIL) and not blacklisted;
+//! - otherwise the function is unattachable, with the reason.
+//!
+//! Which function serves which logical event depends on the generation (see
+//! `kernel-vma-lock-protocol.md` §5.2).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use vmatrace_common::event::ProbeId;
+use vmatrace_common::model::Generation;
+
+use super::caps::Capabilities;
+use super::generation;
+use super::info::KernelInfo;
+use super::offsets::{self, OffsetError};
+use super::plan::{
+    AttachMode, AttachPoint, EventCoverage, KernelId, LogicalEvent, Observability, ProbePlan,
+};
+use super::programs::{PROGRAMS, program_for};
+use super::symbols::Resolved;
+
+#[derive(Debug)]
+pub enum PlanError {
+    /// The kernel has no refcount-based per-VMA lock (≤6.14, or no `CONFIG_PER_VMA_LOCK`)
+    /// or is not a vmlinux BTF.
+    Unsupported { reason: String },
+    /// A field the programs must read could not be resolved.
+    Offsets(OffsetError),
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::Unsupported { reason } => write!(f, "unsupported kernel: {reason}"),
+            PlanError::Offsets(e) => write!(f, "cannot resolve field offsets: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// Functions known from the kernel source to be `notrace` (every `inline` function is:
+/// `include/linux/compiler_types.h`), used only when `available_filter_functions` is not
+/// readable. Their out-of-line copies have no `__fentry__` call, so fentry cannot attach.
+const KNOWN_NOTRACE: &[&str] = &["vma_refcount_put", "__vma_enter_locked"];
+
+/// Functions where a kprobe beats fentry/fexit when both work. `rcuwait_wake_up`: the
+/// kprobe emits the wake-up before it happens, so it is ordered before the woken writer's
+/// return; an fexit record can land after it (see `vmatrace-ebpf/src/wake.rs`).
+const PREFER_KPROBE: &[ProbeId] = &[ProbeId::RcuwaitWakeUp];
+
+/// How one kernel function can be attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Hook {
+    /// Attach with these modes to `target` (the kallsyms name).
+    Attach {
+        target: String,
+        modes: Vec<AttachMode>,
+    },
+    Unattachable {
+        reason: String,
+    },
+}
+
+/// The planner's working state: the kernel, what may be used, and the plan so far.
+struct Planner<'a> {
+    info: &'a KernelInfo,
+    caps: &'a Capabilities,
+    generation: Generation,
+    points: Vec<AttachPoint>,
+    notes: Vec<String>,
+    /// Functions that could not be attached, with the reason (reported as notes even
+    /// when another attach point covers their event).
+    failed: BTreeMap<ProbeId, String>,
+}
+
+impl Planner<'_> {
+    fn traceable(&self, exact: &str) -> Option<bool> {
+        match &self.info.filter_functions {
+            Some(f) => Some(f.contains(exact)),
+            None => Some(!KNOWN_NOTRACE.contains(&exact)),
+        }
+    }
+
+    /// Decide how `probe`'s function can be attached.
+    fn hook(&self, probe: ProbeId) -> Hook {
+        let name = probe.kernel_name();
+        let sym = match self.info.kallsyms.resolve(name) {
+            Resolved::Unique(s) => s,
+            Resolved::Absent => {
+                // Inlined functions usually leave no BTF FUNC either, so the two cases
+                // cannot always be told apart; say which one the evidence supports.
+                let in_btf = self.info.btf.functions(name).is_ok_and(|f| !f.is_empty());
+                let reason = if in_btf {
+                    format!("{name} has no out-of-line copy in kallsyms (inlined)")
+                } else {
+                    format!(
+                        "{name} is not in kallsyms or BTF (inlined, or not in this kernel version)"
+                    )
+                };
+                return Hook::Unattachable { reason };
+            }
+            Resolved::Ambiguous(v) => {
+                return Hook::Unattachable {
+                    reason: format!(
+                        "{name} is ambiguous: {} kallsyms entries ({}); attaching by name \
+                         fails (EADDRNOTAVAIL)",
+                        v.len(),
+                        v.iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+            }
+        };
+        let target = sym.name.clone();
+        let tracing_modes = modes_of(probe, &[AttachMode::FEntry, AttachMode::FExit]);
+        let kprobe_modes = modes_of(probe, &[AttachMode::KProbe, AttachMode::KRetProbe]);
+
+        // fentry/fexit: by BTF name, so only the exact (unsuffixed) name qualifies.
+        let btf_funcs = self.info.btf.functions(name).map(|f| f.len()).unwrap_or(0);
+        let traceable = self.traceable(&target);
+        let mut why_not_fentry = Vec::new();
+        if tracing_modes.is_empty() {
+            why_not_fentry.push("vmatrace has no fentry/fexit program for it".to_string());
+        }
+        if target != name {
+            why_not_fentry.push(format!("only the compiler clone {target} is out of line"));
+        }
+        if btf_funcs != 1 {
+            why_not_fentry.push(if btf_funcs == 0 {
+                "no BTF FUNC".to_string()
+            } else {
+                format!("{btf_funcs} BTF FUNCs share the name")
+            });
+        }
+        if traceable == Some(false) {
+            why_not_fentry.push(if self.info.filter_functions.is_some() {
+                "notrace (not in available_filter_functions)".to_string()
+            } else {
+                "notrace (an inline function's out-of-line copy, per the kernel source)".to_string()
+            });
+        }
+        if !self.caps.fentry_usable() {
+            why_not_fentry.push("tracing programs cannot load here".to_string());
+        }
+        let fentry_ok = why_not_fentry.is_empty();
+        if fentry_ok && !PREFER_KPROBE.contains(&probe) {
+            return Hook::Attach {
+                target,
+                modes: tracing_modes,
+            };
+        }
+
+        let mut why_not_kprobe = Vec::new();
+        if kprobe_modes.is_empty() {
+            why_not_kprobe.push("vmatrace has no kprobe program for it".to_string());
+        }
+        if !self.caps.kprobes {
+            why_not_kprobe.push("no kprobe PMU".to_string());
+        }
+        if self
+            .info
+            .kprobe_blacklist
+            .as_ref()
+            .is_some_and(|b| b.contains(&target))
+        {
+            why_not_kprobe.push("in the kprobe blacklist".to_string());
+        }
+        if why_not_kprobe.is_empty() {
+            return Hook::Attach {
+                target,
+                modes: kprobe_modes,
+            };
+        }
+        if fentry_ok {
+            return Hook::Attach {
+                target,
+                modes: tracing_modes,
+            };
+        }
+        Hook::Unattachable {
+            reason: format!(
+                "{name}: fentry/fexit impossible ({}); kprobe impossible ({})",
+                why_not_fentry.join(", "),
+                why_not_kprobe.join(", ")
+            ),
+        }
+    }
+
+    /// Attach `probe` and return the indices of its points (entry side first), or the
+    /// reason it cannot be attached.
+    fn attach(&mut self, probe: ProbeId) -> Result<Vec<usize>, String> {
+        if let Some(existing) = self.existing(probe) {
+            return Ok(existing);
+        }
+        match self.hook(probe) {
+            Hook::Attach { target, modes } => Ok(modes
+                .into_iter()
+                .filter_map(|mode| {
+                    let program = program_for(probe, mode)?;
+                    self.points.push(AttachPoint {
+                        probe,
+                        target: target.clone(),
+                        mode,
+                        program: program.to_string(),
+                    });
+                    Some(self.points.len() - 1)
+                })
+                .collect()),
+            Hook::Unattachable { reason } => {
+                self.failed.insert(probe, reason.clone());
+                Err(reason)
+            }
+        }
+    }
+
+    fn existing(&self, probe: ProbeId) -> Option<Vec<usize>> {
+        let v: Vec<usize> = (0..self.points.len())
+            .filter(|&i| self.points[i].probe == probe)
+            .collect();
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// The entry-side points of `probe` (fentry/kprobe).
+    fn entry(&mut self, probe: ProbeId) -> Result<Vec<usize>, String> {
+        let all = self.attach(probe)?;
+        let v = self.filter(&all, |m| {
+            matches!(m, AttachMode::FEntry | AttachMode::KProbe)
+        });
+        if v.is_empty() {
+            return Err(format!("{}: no entry program", probe.kernel_name()));
+        }
+        Ok(v)
+    }
+
+    /// The return-side points of `probe`: the fexit, or the kretprobe together with the
+    /// kprobe that saves the arguments for it.
+    fn exit(&mut self, probe: ProbeId) -> Result<Vec<usize>, String> {
+        let all = self.attach(probe)?;
+        let fexit = self.filter(&all, |m| m == AttachMode::FExit);
+        if !fexit.is_empty() {
+            return Ok(fexit);
+        }
+        if self.filter(&all, |m| m == AttachMode::KRetProbe).is_empty() {
+            return Err(format!("{}: no return program", probe.kernel_name()));
+        }
+        Ok(self.filter(&all, |m| {
+            matches!(m, AttachMode::KProbe | AttachMode::KRetProbe)
+        }))
+    }
+
+    fn filter(&self, idx: &[usize], pred: impl Fn(AttachMode) -> bool) -> Vec<usize> {
+        idx.iter()
+            .copied()
+            .filter(|&i| pred(self.points[i].mode))
+            .collect()
+    }
+
+    fn tracepoint(&mut self, probe: ProbeId) -> Result<usize, String> {
+        if let Some(v) = self.existing(probe) {
+            return Ok(v[0]);
+        }
+        let full = probe.kernel_name();
+        let event = full.split_once(':').map_or(full, |(_, e)| e);
+        if !self.caps.tracefs {
+            return Err(format!(
+                "tracepoint {full}: tracefs is not mounted or not readable (tracepoints attach through \
+                 <tracefs>/events)"
+            ));
+        }
+        if let Some(tps) = &self.info.mmap_lock_tracepoints
+            && !tps.iter().any(|t| t == event)
+        {
+            return Err(format!("tracepoint {full} does not exist here"));
+        }
+        let program = program_for(probe, AttachMode::Tracepoint)
+            .ok_or_else(|| format!("vmatrace has no program for {full}"))?;
+        self.points.push(AttachPoint {
+            probe,
+            target: full.to_string(),
+            mode: AttachMode::Tracepoint,
+            program: program.to_string(),
+        });
+        Ok(self.points.len() - 1)
+    }
+}
+
+fn modes_of(probe: ProbeId, wanted: &[AttachMode]) -> Vec<AttachMode> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|&m| PROGRAMS.iter().any(|p| p.probe == probe && p.mode == m))
+        .collect()
+}
+
+fn direct(r: Result<Vec<usize>, String>) -> Observability {
+    match r {
+        Ok(points) => Observability::Direct { points },
+        Err(reason) => Observability::Unobservable { reason },
+    }
+}
+
+fn proxy(via: String, r: Result<Vec<usize>, String>, why_not_direct: &str) -> Observability {
+    match r {
+        Ok(points) if !points.is_empty() => Observability::Proxy { via, points },
+        Ok(_) => Observability::Unobservable {
+            reason: why_not_direct.to_string(),
+        },
+        Err(reason) => Observability::Unobservable {
+            reason: format!("{why_not_direct}; the proxy is unavailable too: {reason}"),
+        },
+    }
+}
+
+/// Union of the successful results; Err only when all fail (reasons joined).
+fn any_of(results: Vec<Result<Vec<usize>, String>>) -> Result<Vec<usize>, String> {
+    let mut ok = Vec::new();
+    let mut errs = Vec::new();
+    let mut any = false;
+    for r in results {
+        match r {
+            Ok(v) => {
+                any = true;
+                ok.extend(v);
+            }
+            Err(e) => errs.push(e),
+        }
+    }
+    if any { Ok(ok) } else { Err(errs.join("; ")) }
+}
+
+/// Make the plan for `info` under `caps`.
+pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanError> {
+    let detected = generation::detect(info).map_err(|e| PlanError::Unsupported { reason: e.0 })?;
+    let generation = detected.generation;
+    let offsets = offsets::resolve(&info.btf, generation).map_err(PlanError::Offsets)?;
+    let mut p = Planner {
+        info,
+        caps,
+        generation,
+        points: Vec::new(),
+        notes: Vec::new(),
+        failed: BTreeMap::new(),
+    };
+    p.notes.push(format!(
+        "generation {} ({}); readers-excluded flag 0x{:x}",
+        generation.label(),
+        detected.evidence,
+        generation.exclude_readers_flag()
+    ));
+
+    use LogicalEvent as E;
+    use ProbeId as P;
+    let mut coverage = Vec::new();
+    for &event in LogicalEvent::ALL {
+        let status = match event {
+            E::WriteLockRequest => direct(p.entry(P::VmaStartWrite)),
+            E::WriteLockResult => direct(p.exit(P::VmaStartWrite)),
+            E::StartExcludeEntry => start_exclude(&mut p, true),
+            E::StartExcludeReturn => start_exclude(&mut p, false),
+            E::EndExclude => end_exclude(&mut p),
+            E::MarkDetachedFast => mark_detached(&mut p, true),
+            E::MarkDetachedSlow => mark_detached(&mut p, false),
+            E::ReaderAcquire => direct(any_of(vec![
+                p.exit(P::LockVmaUnderRcu),
+                p.exit(P::LockNextVma),
+            ])),
+            E::ReaderRelease => reader_release(&mut p),
+            E::WriterWakeup => direct(p.exit(P::RcuwaitWakeUp)),
+            E::MmWriteUnlock => direct(any_of(vec![
+                p.tracepoint(P::MmapLockReleased).map(|i| vec![i]),
+                p.tracepoint(P::MmapLockAcquireReturned).map(|i| vec![i]),
+            ])),
+            E::VmaAlloc => direct(any_of(vec![p.exit(P::VmAreaAlloc), p.exit(P::VmAreaDup)])),
+            E::VmaFree => direct(p.entry(P::VmAreaFree)),
+        };
+        coverage.push(EventCoverage { event, status });
+    }
+
+    // Each reason starts with the function's name.
+    for reason in std::mem::take(&mut p.failed).into_values() {
+        p.notes.push(format!("not attached: {reason}"));
+    }
+    // These can sleep while waiting for readers: a kretprobe instance is held for the
+    // whole wait, and the kernel drops returns beyond `maxactive` (counted as nmissed).
+    let sleepers: Vec<&str> = p
+        .points
+        .iter()
+        .filter(|a| {
+            a.mode == AttachMode::KRetProbe
+                && matches!(
+                    a.probe,
+                    ProbeId::VmaStartWrite
+                        | ProbeId::VmaEnterLocked
+                        | ProbeId::VmaStartExcludeReaders
+                        | ProbeId::VmaExcludeReadersForDetach
+                        | ProbeId::VmaMarkDetached
+                )
+        })
+        .map(|a| a.target.as_str())
+        .collect();
+    if !sleepers.is_empty() {
+        let list = sleepers.join(", ");
+        p.notes.push(format!(
+            "kretprobes on sleeping functions ({list}): returns beyond the kretprobe's \
+             maxactive instances are missed by the kernel (nmissed), not by vmatrace"
+        ));
+    }
+    if generation == Generation::V7_0 {
+        p.notes.push(
+            "start-exclude reads struct vma_exclude_readers_state: vma, state, detaching at \
+             entry; exclusive, detached at return (through the saved ves pointer)"
+                .into(),
+        );
+    }
+    capability_notes(&mut p);
+    p.notes.extend(info.remarks.iter().cloned());
+    // Signatures of the hooked functions, so the operator sees what the programs assume.
+    for name in [
+        "__vma_start_write",
+        "__vma_start_exclude_readers",
+        "__vma_enter_locked",
+    ] {
+        if let Ok(f) = info.btf.functions(name)
+            && let Some(f) = f.first()
+        {
+            let params: Vec<String> = f
+                .params
+                .iter()
+                .map(|a| {
+                    let t = info.btf.type_name(a.type_id);
+                    let sep = if t.ends_with('*') { "" } else { " " };
+                    format!("{t}{sep}{}", a.name)
+                })
+                .collect();
+            let ret = f.ret.map_or("void".into(), |r| info.btf.type_name(r));
+            p.notes
+                .push(format!("BTF: {ret} {name}({})", params.join(", ")));
+        }
+    }
+
+    Ok(ProbePlan {
+        kernel: KernelId {
+            release: info.release.clone(),
+        },
+        generation,
+        offsets,
+        points: p.points,
+        coverage,
+        notes: p.notes,
+    })
+}
+
+fn reader_release(p: &mut Planner<'_>) -> Observability {
+    let put = p.entry(ProbeId::VmaRefcountPut);
+    let wake = p.exit(ProbeId::RcuwaitWakeUp);
+    let mut via = Vec::new();
+    if put.is_ok() {
+        via.push("vma_refcount_put (its out-of-line copy only, called from fault retry sites)");
+    }
+    if wake.is_ok() {
+        via.push("rcuwait_wake_up when the last reader leaves under a waiting writer");
+    }
+    proxy(
+        format!("{}; other releases are inlined", via.join(" and ")),
+        any_of(vec![put, wake]),
+        "vma_end_read/vma_refcount_put are inline",
+    )
+}
+
+fn start_exclude(p: &mut Planner<'_>, entry: bool) -> Observability {
+    match p.generation {
+        Generation::V7_0 => {
+            let probe = ProbeId::VmaStartExcludeReaders;
+            direct(if entry { p.entry(probe) } else { p.exit(probe) })
+        }
+        Generation::V6_19 => {
+            let probe = ProbeId::VmaEnterLocked;
+            let r = if entry { p.entry(probe) } else { p.exit(probe) };
+            match r {
+                Ok(points) => Observability::Direct { points },
+                Err(reason) if entry => Observability::Unobservable { reason },
+                Err(reason) => proxy(
+                    "the wait's outcome, at the return of __vma_start_write / \
+                     vma_mark_detached"
+                        .into(),
+                    any_of(vec![
+                        p.exit(ProbeId::VmaStartWrite),
+                        p.exit(ProbeId::VmaMarkDetached),
+                    ]),
+                    &reason,
+                ),
+            }
+        }
+        Generation::V6_15 => {
+            let inlined = "__vma_enter_locked is static inline here: inlined into \
+                           __vma_start_write and vma_mark_detached";
+            if entry {
+                Observability::Unobservable {
+                    reason: inlined.into(),
+                }
+            } else {
+                proxy(
+                    "the wait's outcome, at the return of __vma_start_write / \
+                     vma_mark_detached"
+                        .into(),
+                    any_of(vec![
+                        p.exit(ProbeId::VmaStartWrite),
+                        p.exit(ProbeId::VmaMarkDetached),
+                    ]),
+                    inlined,
+                )
+            }
+        }
+    }
+}
+
+fn end_exclude(p: &mut Planner<'_>) -> Observability {
+    let (name, detach) = match p.generation {
+        Generation::V7_0 => (
+            "__vma_end_exclude_readers",
+            ProbeId::VmaExcludeReadersForDetach,
+        ),
+        _ => ("__vma_exit_locked", ProbeId::VmaMarkDetached),
+    };
+    let why = if matches!(p.info.kallsyms.resolve(name), Resolved::Absent) {
+        format!("{name} is inlined")
+    } else {
+        format!("{name} is out of line here but vmatrace has no program for it")
+    };
+    // On the -EINTR path (6.19+, killable writers) start-exclude removes the flag itself
+    // before returning: that end is seen at start-exclude's return.
+    let eintr = if p.generation.has_killable_writers() {
+        "; after a fatal signal (-EINTR) at the return of start-exclude"
+    } else {
+        ""
+    };
+    proxy(
+        format!(
+            "the return of __vma_start_write (write path) and {} (detach){eintr}; {why}",
+            detach.kernel_name()
+        ),
+        any_of(vec![p.exit(ProbeId::VmaStartWrite), p.exit(detach)]),
+        &why,
+    )
+}
+
+fn mark_detached(p: &mut Planner<'_>, fast: bool) -> Observability {
+    match p.generation {
+        // ≤6.19: the global vma_mark_detached sees every detach (fast = it finds R == 1).
+        Generation::V6_15 | Generation::V6_19 => {
+            let r = p.exit(ProbeId::VmaMarkDetached);
+            match r {
+                Ok(points) => Observability::Direct { points },
+                Err(reason) if fast => proxy(
+                    "vm_area_free entry (the refcount must be 0 when the VMA is freed)".into(),
+                    p.entry(ProbeId::VmAreaFree),
+                    &reason,
+                ),
+                Err(reason) => Observability::Unobservable { reason },
+            }
+        }
+        Generation::V7_0 => {
+            if fast {
+                let why = if matches!(
+                    p.info.kallsyms.resolve("vma_mark_detached"),
+                    Resolved::Absent
+                ) {
+                    "vma_mark_detached is inline: its fast path (1 → 0) has no probe point"
+                } else {
+                    "vma_mark_detached is out of line here but vmatrace hooks only its slow path"
+                };
+                proxy(
+                    format!(
+                        "vm_area_free entry (the refcount must be 0 when the VMA is freed); {why}"
+                    ),
+                    p.entry(ProbeId::VmAreaFree),
+                    why,
+                )
+            } else {
+                direct(p.exit(ProbeId::VmaExcludeReadersForDetach))
+            }
+        }
+    }
+}
+
+fn capability_notes(p: &mut Planner<'_>) {
+    let c = p.caps;
+    if !c.kprobes {
+        p.notes.push(
+            "kprobes cannot attach here: no kprobe PMU (/sys/bus/event_source/devices/kprobe); \
+             notrace functions are unobservable"
+                .into(),
+        );
+    }
+    match c.tracing_programs {
+        Some(false) => p.notes.push(
+            "fentry/fexit cannot attach here: loading a tracing program failed (EPERM); \
+             kprobes are used instead where possible"
+                .into(),
+        ),
+        None => p.notes.push(
+            "fentry/fexit availability is checked at load: if tracing programs cannot load \
+             (EPERM on sandboxed kernels), those hooks fall back to kprobes or fail"
+                .into(),
+        ),
+        Some(true) => {}
+    }
+    if !c.can_bpf() {
+        p.notes.push(
+            "this process lacks CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): nothing can load \
+             until run as root"
+                .into(),
+        );
+    }
+    if p.info.kallsyms.addresses_hidden {
+        p.notes
+            .push("kallsyms addresses are hidden (kptr_restrict): names are still usable".into());
+    }
+}

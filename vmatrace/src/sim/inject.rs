@@ -1,0 +1,235 @@
+//! Fault injection: deliberate protocol violations the validator must catch.
+//!
+//! Each fault is performed on the simulator's real atomics at a point where it matters,
+//! observed by the event that would show it on a real kernel, and then repaired so the
+//! simulation can go on (a sleeping writer would otherwise wait forever). A fault that
+//! fired is recorded as an [`InjectionSite`] so tests can check that every single one was
+//! reported, with the right anomaly kind.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// The faults `vmatrace simulate --inject KIND` can inject. Keys are stable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Injection {
+    /// The writer returns from `__vma_start_write` without ending the exclusion: the
+    /// flag stays in `vm_refcnt`.
+    EndExcludeSkipped,
+    /// A reader increments `vm_refcnt` although the exclusion flag is set, and returns
+    /// the VMA as read-locked.
+    ReaderIgnoresFlag,
+    /// `vma_mark_detached` returns without dropping the attach reference.
+    DetachLeavesRefcount,
+    /// The last reader's `vma_refcount_put` does not call `rcuwait_wake_up` although a
+    /// writer waits for it.
+    LostWakeup,
+    /// A second task starts an exclusion on a VMA whose exclusion is in progress.
+    DoubleExclusion,
+    /// `__vma_start_write` succeeds without storing `vm_lock_seq`.
+    SeqNotStored,
+    /// `vm_area_free` on a VMA that still holds a reference.
+    FreeWhileReferenced,
+}
+
+impl Injection {
+    pub const ALL: &'static [Injection] = &[
+        Injection::EndExcludeSkipped,
+        Injection::ReaderIgnoresFlag,
+        Injection::DetachLeavesRefcount,
+        Injection::LostWakeup,
+        Injection::DoubleExclusion,
+        Injection::SeqNotStored,
+        Injection::FreeWhileReferenced,
+    ];
+
+    /// The `--inject` argument.
+    pub const fn key(self) -> &'static str {
+        match self {
+            Injection::EndExcludeSkipped => "end-exclude-skipped",
+            Injection::ReaderIgnoresFlag => "reader-ignores-flag",
+            Injection::DetachLeavesRefcount => "detach-leaves-refcount",
+            Injection::LostWakeup => "lost-wakeup",
+            Injection::DoubleExclusion => "double-exclusion",
+            Injection::SeqNotStored => "seq-not-stored",
+            Injection::FreeWhileReferenced => "free-while-referenced",
+        }
+    }
+
+    /// Anomaly kinds (`AnomalyKind::key`) any of which counts as detecting this fault.
+    pub const fn detected_by(self) -> &'static [&'static str] {
+        match self {
+            Injection::EndExcludeSkipped => &["exclusion_not_ended"],
+            Injection::ReaderIgnoresFlag => &["reader_while_excluded", "reader_while_write_locked"],
+            Injection::DetachLeavesRefcount => &["detach_not_zero"],
+            Injection::LostWakeup => &["lost_wakeup"],
+            Injection::DoubleExclusion => &["concurrent_exclusion", "refcount_out_of_range"],
+            Injection::SeqNotStored => &["write_lock_not_taken"],
+            Injection::FreeWhileReferenced => &["free_while_referenced"],
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Injection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+impl FromStr for Injection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Injection::ALL
+            .iter()
+            .copied()
+            .find(|i| i.key() == s)
+            .ok_or_else(|| {
+                let keys: Vec<&str> = Injection::ALL.iter().map(|i| i.key()).collect();
+                format!("unknown fault `{s}`; expected one of: {}", keys.join(", "))
+            })
+    }
+}
+
+/// Which faults are armed and how often they fire at an eligible point.
+#[derive(Clone, Debug, Default)]
+pub struct InjectPlan {
+    armed: [bool; Injection::ALL.len()],
+    /// Probability that an eligible point fires (per task draw, deterministic by seed).
+    pub rate: f64,
+}
+
+impl InjectPlan {
+    pub fn new(kinds: &[Injection], rate: f64) -> Self {
+        let mut armed = [false; Injection::ALL.len()];
+        for k in kinds {
+            armed[k.index()] = true;
+        }
+        Self { armed, rate }
+    }
+
+    pub fn is_armed(&self, k: Injection) -> bool {
+        self.armed[k.index()]
+    }
+
+    pub fn any(&self) -> bool {
+        self.armed.iter().any(|a| *a)
+    }
+
+    pub fn armed(&self) -> impl Iterator<Item = Injection> + '_ {
+        Injection::ALL.iter().copied().filter(|k| self.is_armed(*k))
+    }
+}
+
+/// One fault that fired: where the validator should report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct InjectionSite {
+    pub kind: Injection,
+    /// Timestamp of the event that shows the fault (the detection cannot come earlier).
+    pub ts_ns: u64,
+    /// The VMA object (its fake kernel address).
+    pub vma: u64,
+    /// The mm whose lock was involved.
+    pub mm: u64,
+}
+
+/// What the validator reported, reduced to what matching needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportedAnomaly {
+    pub key: &'static str,
+    pub ts_ns: u64,
+    pub vma: u64,
+    pub mm: u64,
+}
+
+/// Match every injection site to a distinct anomaly of an accepted kind, on the same VMA
+/// (or, when the anomaly names no VMA, the same mm), reported at or after the site.
+/// Returns the sites nobody reported.
+pub fn unmatched_sites(
+    sites: &[InjectionSite],
+    anomalies: &[ReportedAnomaly],
+) -> Vec<InjectionSite> {
+    let mut sites: Vec<InjectionSite> = sites.to_vec();
+    sites.sort_by_key(|s| s.ts_ns);
+    let mut order: Vec<usize> = (0..anomalies.len()).collect();
+    order.sort_by_key(|i| anomalies[*i].ts_ns);
+    let mut used = vec![false; anomalies.len()];
+    let mut missed = Vec::new();
+    for s in sites {
+        let hit = order.iter().copied().find(|&i| {
+            let a = &anomalies[i];
+            !used[i]
+                && a.ts_ns >= s.ts_ns
+                && s.kind.detected_by().contains(&a.key)
+                && (a.vma == s.vma || (a.vma == 0 && a.mm == s.mm))
+        });
+        match hit {
+            Some(i) => used[i] = true,
+            None => missed.push(s),
+        }
+    }
+    missed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_roundtrip() {
+        for k in Injection::ALL {
+            assert_eq!(k.key().parse::<Injection>(), Ok(*k));
+            assert!(!k.detected_by().is_empty());
+        }
+        assert!("no-such-fault".parse::<Injection>().is_err());
+    }
+
+    fn site(ts: u64, vma: u64) -> InjectionSite {
+        InjectionSite {
+            kind: Injection::DetachLeavesRefcount,
+            ts_ns: ts,
+            vma,
+            mm: 1,
+        }
+    }
+
+    fn found(key: &'static str, ts: u64, vma: u64) -> ReportedAnomaly {
+        ReportedAnomaly {
+            key,
+            ts_ns: ts,
+            vma,
+            mm: 1,
+        }
+    }
+
+    #[test]
+    fn matching_needs_kind_vma_order_and_one_anomaly_per_site() {
+        let sites = [site(10, 0xa), site(20, 0xa)];
+        // One anomaly cannot account for two faults.
+        let one = [found("detach_not_zero", 25, 0xa)];
+        assert_eq!(unmatched_sites(&sites, &one).len(), 1);
+        // Earlier than the fault, wrong VMA, wrong kind: none counts.
+        let wrong = [
+            found("detach_not_zero", 5, 0xa),
+            found("detach_not_zero", 30, 0xb),
+            found("free_while_referenced", 30, 0xa),
+        ];
+        assert_eq!(unmatched_sites(&sites, &wrong).len(), 2);
+        let both = [
+            found("detach_not_zero", 11, 0xa),
+            found("detach_not_zero", 21, 0xa),
+        ];
+        assert!(unmatched_sites(&sites, &both).is_empty());
+        // An anomaly without a VMA (e.g. on a wake-up) matches by mm.
+        let by_mm = [
+            found("detach_not_zero", 11, 0),
+            found("detach_not_zero", 21, 0),
+        ];
+        assert!(unmatched_sites(&sites, &by_mm).is_empty());
+    }
+}

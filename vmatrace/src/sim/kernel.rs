@@ -1,0 +1,156 @@
+//! The simulated kernel: all mms, the VMA slab, the event ring, counters and the checks,
+//! plus the helpers that read fields into events the way the eBPF programs do.
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use vmatrace_common::event::{ProbeId, flags};
+use vmatrace_common::model::Generation;
+use vmatrace_common::{Counter, Event, EventKind};
+
+use super::checks::SimChecks;
+use super::inject::{InjectPlan, Injection, InjectionSite};
+use super::mm::{MM_BASE, MM_STRIDE, SimMm};
+use super::ring::{Ring, TaskCounters};
+use super::task::Task;
+use super::vma::{SimVma, Slab};
+
+/// Which `vma_refcount_put` calls produce a `ReaderRelease` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseVisibility {
+    /// Every put, including the ones the kernel inlines (ephemeral and error-path puts
+    /// inside `lock_vma_under_rcu`, `vma_end_read` after a fault).
+    All,
+    /// What a real kernel shows: only the out-of-line copy at fault-retry sites, here one
+    /// lease release in eight; every other put is invisible (its wake-up is still seen).
+    Kernel,
+}
+
+impl std::str::FromStr for ReleaseVisibility {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(Self::All),
+            "kernel" => Ok(Self::Kernel),
+            _ => Err(format!("unknown release visibility `{s}` (all, kernel)")),
+        }
+    }
+}
+
+pub struct Kernel {
+    pub generation: Generation,
+    /// `VM_REFCNT_EXCLUDE_READERS_FLAG` / `VMA_LOCK_OFFSET`.
+    pub flag: u32,
+    /// `VM_REFCNT_LIMIT` / `VMA_REF_LIMIT`.
+    pub limit: u32,
+    pub mms: Vec<SimMm>,
+    pub slab: Slab,
+    pub ring: Ring,
+    pub counters: Vec<TaskCounters>,
+    pub checks: SimChecks,
+    pub plan: InjectPlan,
+    pub sites: Mutex<Vec<InjectionSite>>,
+    pub releases: ReleaseVisibility,
+    /// The waiter's timed re-check: it never hangs, and a lost wake-up costs this long.
+    pub wait_recheck: Duration,
+    /// `offsetof(struct mm_struct, vma_writer_wait)` for the generation (reference §3).
+    pub writer_wait_offset: u64,
+}
+
+impl Kernel {
+    pub fn mm_by_addr(&self, addr: u64) -> Option<&SimMm> {
+        let off = addr.checked_sub(MM_BASE)?;
+        if off % MM_STRIDE != 0 {
+            return None;
+        }
+        self.mms.get(usize::try_from(off / MM_STRIDE).ok()?)
+    }
+
+    pub fn vma(&self, idx: u32) -> &SimVma {
+        self.slab.get(idx)
+    }
+
+    pub fn count(&self, t: &Task, c: Counter) {
+        if let Some(slot) = self.counters.get(t.idx) {
+            slot.inc(c);
+        }
+    }
+
+    /// Whether an armed fault fires at this eligible point on VMA `idx` (never while
+    /// repairing, and at most once per object lifetime).
+    pub fn inject(&self, t: &mut Task, k: Injection, idx: u32) -> bool {
+        !t.quiet
+            && self.plan.is_armed(k)
+            && !self.vma(idx).faulted.load(Ordering::Relaxed)
+            && t.rng.chance(self.plan.rate)
+    }
+
+    /// Record a fault that fired on VMA `idx`.
+    pub fn record_site(&self, kind: Injection, ts_ns: u64, idx: u32, mm: u64) {
+        self.vma(idx).faulted.store(true, Ordering::Relaxed);
+        let vma = Slab::addr(idx);
+        self.sites
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(InjectionSite {
+                kind,
+                ts_ns,
+                vma,
+                mm,
+            });
+    }
+
+    /// An event header for task `t`: identity, CPU, kind and attach point.
+    pub fn event(&self, t: &Task, kind: EventKind, probe: ProbeId) -> Event {
+        let mut ev = Event::ZERO;
+        ev.pid_tgid = t.pid_tgid();
+        ev.cpu = current_cpu();
+        ev.comm = t.comm;
+        ev.kind = kind as u16;
+        ev.probe = probe as u8;
+        ev
+    }
+
+    /// Read the VMA's fields and its mm's sequence, as a probe with a `vma` argument does
+    /// (`vma->vm_mm->mm_lock_seq`, so a reused object reports its new mm).
+    pub fn read_vma(&self, ev: &mut Event, idx: u32) {
+        let v = self.vma(idx);
+        ev.vma = Slab::addr(idx);
+        ev.refcnt = v.vm_refcnt.load(Ordering::Acquire);
+        ev.vm_lock_seq = v.vm_lock_seq.load(Ordering::Acquire);
+        ev.vm_start = v.vm_start.load(Ordering::Relaxed);
+        ev.vm_end = v.vm_end.load(Ordering::Relaxed);
+        ev.vm_flags = v.vm_flags.load(Ordering::Relaxed);
+        ev.flags |= flags::VMA_FIELDS;
+        let mm = v.vm_mm.load(Ordering::Acquire);
+        if let Some(m) = self.mm_by_addr(mm) {
+            self.read_mm(ev, m);
+        } else {
+            ev.mm = mm;
+        }
+    }
+
+    pub fn read_mm(&self, ev: &mut Event, mm: &SimMm) {
+        ev.mm = mm.addr;
+        ev.mm_lock_seq = mm.mm_lock_seq.load(Ordering::Acquire);
+        ev.flags |= flags::MM_SEQ;
+    }
+
+    /// Push one event unless the task is quiet; returns its timestamp (0 when quiet).
+    pub fn emit(&self, t: &Task, f: impl FnOnce() -> Event) -> u64 {
+        if t.quiet { 0 } else { self.ring.emit(f) }
+    }
+
+    pub fn is_write_locked(&self, v: &SimVma, mm: &SimMm) -> bool {
+        v.vm_lock_seq.load(Ordering::Acquire) == mm.mm_lock_seq.load(Ordering::Acquire)
+    }
+}
+
+/// `bpf_get_smp_processor_id()`.
+fn current_cpu() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions; it returns -1 on error.
+    let c = unsafe { libc::sched_getcpu() };
+    u32::try_from(c).unwrap_or(0)
+}

@@ -1,0 +1,96 @@
+//! Simulated `mm_struct`: the mmap lock, `mm_lock_seq`, the `vma_writer_wait` slot and a
+//! tiny maple tree.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Fake `mm_struct` addresses: one per simulated process.
+pub const MM_BASE: u64 = 0xffff_8881_0c10_0000;
+pub const MM_STRIDE: u64 = 0x800;
+/// User address of the first tree slot and the span each slot covers.
+pub const USER_BASE: u64 = 0x7f3a_0000_0000;
+pub const SLOT_SPAN: u64 = 0x10_000;
+
+/// `struct rcuwait`: one waiting task per mm (the mmap write lock holder), woken by the
+/// last reader. The mutex stands in for the RCU-protected `task` pointer plus the
+/// scheduler's wakeup ordering: a wake-up that happens while the waiter is between its
+/// condition check and its sleep cannot be lost.
+pub struct RcuWait {
+    /// `w->task`: tid of the waiting task.
+    pub task: Mutex<Option<u32>>,
+    pub wake: Condvar,
+}
+
+pub struct SimMm {
+    pub index: usize,
+    /// Fake `struct mm_struct *`.
+    pub addr: u64,
+    /// The process that owns this mm.
+    pub tgid: u32,
+    /// `mm->mmap_lock`.
+    pub mmap_lock: RwLock<()>,
+    /// `mm->mm_lock_seq.sequence`: odd while the mmap lock is write-held.
+    pub mm_lock_seq: AtomicU32,
+    /// `mm->vma_writer_wait`.
+    pub vma_writer_wait: RcuWait,
+    /// The maple tree, reduced to fixed slots: slot `i` covers
+    /// `USER_BASE + i * SLOT_SPAN ..` and holds a slab index + 1 (0 = no VMA). Readers
+    /// walk it locklessly; only the mmap write lock holder stores to it.
+    pub tree: Box<[AtomicU32]>,
+}
+
+impl SimMm {
+    pub fn new(index: usize, slots: usize, seq_start: u32) -> Self {
+        Self {
+            index,
+            addr: MM_BASE + index as u64 * MM_STRIDE,
+            tgid: 4200 + index as u32 * 100,
+            mmap_lock: RwLock::new(()),
+            // The sequence is even while unlocked.
+            mm_lock_seq: AtomicU32::new(seq_start & !1),
+            vma_writer_wait: RcuWait {
+                task: Mutex::new(None),
+                wake: Condvar::new(),
+            },
+            tree: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    /// `&mm->vma_writer_wait` for the generation's layout.
+    pub fn writer_wait_addr(&self, offset: u64) -> u64 {
+        self.addr + offset
+    }
+
+    /// `mas_walk`: the VMA covering `addr`'s slot, if any.
+    pub fn lookup(&self, addr: u64) -> Option<u32> {
+        let slot = addr.checked_sub(USER_BASE)? / SLOT_SPAN;
+        let v = self
+            .tree
+            .get(usize::try_from(slot).ok()?)?
+            .load(Ordering::Acquire);
+        v.checked_sub(1)
+    }
+
+    pub fn slot_of(&self, slot: usize) -> Option<u32> {
+        self.tree.get(slot)?.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// `mas_store`: only under the mmap write lock.
+    pub fn store_slot(&self, slot: usize, vma: Option<u32>) {
+        if let Some(s) = self.tree.get(slot) {
+            s.store(vma.map_or(0, |v| v + 1), Ordering::Release);
+        }
+    }
+
+    pub fn slot_start(slot: usize) -> u64 {
+        USER_BASE + slot as u64 * SLOT_SPAN
+    }
+
+    pub fn write_lock(&self) -> RwLockWriteGuard<'_, ()> {
+        self.mmap_lock.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn read_lock(&self) -> RwLockReadGuard<'_, ()> {
+        self.mmap_lock.read().unwrap_or_else(|e| e.into_inner())
+    }
+}

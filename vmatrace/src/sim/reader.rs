@@ -1,0 +1,312 @@
+//! The reader side: `lock_vma_under_rcu`, `vma_start_read`, `vma_refcount_put` and
+//! `rcuwait_wake_up`, ported from `mm/mmap_lock.c` and `include/linux/mmap_lock.h`
+//! (reference §1.3).
+
+use std::sync::atomic::Ordering;
+
+use vmatrace_common::event::{ProbeId, flags};
+use vmatrace_common::{Counter, EventKind};
+
+use super::checks::SimChecks;
+use super::inject::Injection;
+use super::kernel::Kernel;
+use super::mm::SimMm;
+use super::task::Task;
+use super::vma::Slab;
+
+/// Why `vma_start_read` returned NULL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFail {
+    /// The lockless early check found the VMA write-locked.
+    EarlyWriteLocked,
+    /// The increment was refused: flag set (or the reader limit).
+    Excluded,
+    /// The object now belongs to another mm (reused).
+    OtherMm,
+    /// The acquire re-check found it write-locked: the increment was ephemeral.
+    Recheck,
+}
+
+pub enum StartRead {
+    Locked,
+    /// `ERR_PTR(-EAGAIN)`: the VMA is detached; walk the tree again.
+    Again,
+    Fail(ReadFail),
+    /// Injected fault: admitted although the flag was set; the `ReaderAcquire` event has
+    /// already been emitted.
+    AdmittedByFault,
+}
+
+/// How many -EAGAIN retries a lookup makes before giving up (the kernel loops until the
+/// tree changes; the cap keeps a reader from spinning against a preempted writer).
+const MAX_MISSES: u32 = 64;
+/// One reader in this many is preempted right after its increment.
+const PREEMPT_ONE_IN: u64 = 32;
+
+/// Why `lock_vma_under_rcu` returned NULL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockFail {
+    /// No VMA at that address.
+    NoVma,
+    /// The VMA found does not cover the address (any more).
+    OutOfRange,
+    /// Detached on every walk, up to the retry cap.
+    Detached,
+    Read(ReadFail),
+}
+
+/// `lock_vma_under_rcu(mm, addr)`: the read-locked VMA's slab index, or why not.
+/// Emits the `ReaderAcquire` event its fexit program would.
+pub fn lock_vma_under_rcu(
+    k: &Kernel,
+    t: &mut Task,
+    mm: &SimMm,
+    addr: u64,
+) -> Result<u32, LockFail> {
+    let mut misses = 0;
+    let got = loop {
+        let Some(idx) = mm.lookup(addr) else {
+            break Err(LockFail::NoVma);
+        };
+        match vma_start_read(k, t, mm, idx, addr) {
+            StartRead::Locked => {
+                let v = k.vma(idx);
+                let (start, end) = (
+                    v.vm_start.load(Ordering::Relaxed),
+                    v.vm_end.load(Ordering::Relaxed),
+                );
+                if !(start..end).contains(&addr) {
+                    // vma_end_read(): inlined here, so invisible on a real kernel.
+                    reader_put(k, t, idx, false);
+                    break Err(LockFail::OutOfRange);
+                }
+                break Ok(idx);
+            }
+            StartRead::AdmittedByFault => {
+                k.count(t, Counter::ReaderAcquireOk);
+                k.count(t, Counter::ReaderSampled);
+                return Ok(idx);
+            }
+            StartRead::Again => {
+                misses += 1;
+                if misses > MAX_MISSES {
+                    break Err(LockFail::Detached);
+                }
+            }
+            StartRead::Fail(why) => break Err(LockFail::Read(why)),
+        }
+    };
+    match got {
+        Ok(idx) => {
+            k.count(t, Counter::ReaderAcquireOk);
+            k.emit(t, || {
+                let mut ev = k.event(t, EventKind::ReaderAcquire, ProbeId::LockVmaUnderRcu);
+                k.read_vma(&mut ev, idx);
+                ev.arg = addr;
+                ev.ret = Slab::addr(idx) as i64;
+                ev.flags |= flags::RET;
+                ev
+            });
+        }
+        Err(why) => {
+            k.count(t, Counter::ReaderAcquireFail);
+            if why == LockFail::Read(ReadFail::Excluded) {
+                k.count(t, Counter::ReaderFailExcluded);
+            }
+            // The fexit program only has (mm, addr) and a NULL return: no VMA to read.
+            k.emit(t, || {
+                let mut ev = k.event(t, EventKind::ReaderAcquire, ProbeId::LockVmaUnderRcu);
+                k.read_mm(&mut ev, mm);
+                ev.arg = addr;
+                ev.ret = 0;
+                ev.flags |= flags::RET;
+                ev
+            });
+        }
+    }
+    if !t.quiet {
+        k.count(t, Counter::ReaderSampled);
+    }
+    got
+}
+
+/// `vma_start_read(mm, vma)` (6.18+ form; the checks are the same in 6.15–6.17).
+pub fn vma_start_read(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64) -> StartRead {
+    let v = k.vma(idx);
+    // 1. Lockless early check (READ_ONCE both).
+    if v.vm_lock_seq.load(Ordering::Relaxed) == mm.mm_lock_seq.load(Ordering::Relaxed) {
+        if k.inject(t, Injection::ReaderIgnoresFlag, idx)
+            && let Some(r) = admit_ignoring_flag(k, t, mm, idx, addr)
+        {
+            return r;
+        }
+        return StartRead::Fail(ReadFail::EarlyWriteLocked);
+    }
+    // Preemption between the early check and the increment: a writer can lock the VMA
+    // (and a detacher start) in between, leaving this reader's increment ephemeral.
+    if t.rng.below(PREEMPT_ONE_IN) == 0 {
+        std::thread::yield_now();
+    }
+    // 2. __refcount_inc_not_zero_limited_acquire(&vm_refcnt, &old, VM_REFCNT_LIMIT):
+    //    fails without a store when old == 0 or 1 > limit - old.
+    let mut old = v.vm_refcnt.load(Ordering::Relaxed);
+    loop {
+        if old == 0 {
+            return StartRead::Again;
+        }
+        if old > k.limit - 1 {
+            if old & k.flag != 0
+                && k.inject(t, Injection::ReaderIgnoresFlag, idx)
+                && let Some(r) = admit_ignoring_flag(k, t, mm, idx, addr)
+            {
+                return r;
+            }
+            return StartRead::Fail(ReadFail::Excluded);
+        }
+        match v
+            .vm_refcnt
+            .compare_exchange_weak(old, old + 1, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => break,
+            Err(cur) => old = cur,
+        }
+    }
+    v.holders.fetch_add(1, Ordering::AcqRel);
+    if old & k.flag != 0 {
+        SimChecks::bump(&k.checks.reader_admitted_while_excluded);
+    }
+    // An interrupt between the increment and the checks keeps the reference longer.
+    if t.rng.below(PREEMPT_ONE_IN * 2) == 0 {
+        std::thread::yield_now();
+    }
+    // 4. The object may have been freed and reused by another mm (SLAB_TYPESAFE_BY_RCU).
+    if v.vm_mm.load(Ordering::Acquire) != mm.addr {
+        reader_put(k, t, idx, false);
+        return StartRead::Fail(ReadFail::OtherMm);
+    }
+    // 5. Acquire re-check: a writer that locked the VMA after the early check.
+    if k.is_write_locked(v, mm) {
+        reader_put(k, t, idx, false);
+        return StartRead::Fail(ReadFail::Recheck);
+    }
+    StartRead::Locked
+}
+
+/// Injected fault: a reader that ignores the exclusion (flag and write lock alike),
+/// increments and reports success. It fires only where the event stream can prove it
+/// wrong: after the writer's `ExcludeExit` showed the readers excluded (flag still set),
+/// or after its `WriteLockExit` showed the VMA write-locked. Earlier, an admitted reader
+/// looks exactly like one that got in before the flag, which the kernel allows. The
+/// window check, the increment and the fexit sample happen with the ring held.
+fn admit_ignoring_flag(
+    k: &Kernel,
+    t: &mut Task,
+    mm: &SimMm,
+    idx: u32,
+    addr: u64,
+) -> Option<StartRead> {
+    let v = k.vma(idx);
+    let (ts, ev_mm) = k.ring.with(|w| {
+        let r = v.vm_refcnt.load(Ordering::Acquire);
+        let seq = mm.mm_lock_seq.load(Ordering::Acquire);
+        let excluded = v.excluded_visible.load(Ordering::Relaxed) && r & k.flag != 0;
+        let locked = r != 0
+            && r & k.flag == 0
+            && v.vm_lock_seq.load(Ordering::Acquire) == seq
+            && v.locked_visible_seq.load(Ordering::Relaxed) == seq;
+        if !(excluded || locked) {
+            return None;
+        }
+        let old = v.vm_refcnt.fetch_add(1, Ordering::Acquire);
+        v.holders.fetch_add(1, Ordering::AcqRel);
+        if old & k.flag != 0 {
+            SimChecks::bump(&k.checks.reader_admitted_while_excluded);
+        }
+        let mut ev = k.event(t, EventKind::ReaderAcquire, ProbeId::LockVmaUnderRcu);
+        k.read_vma(&mut ev, idx);
+        ev.arg = addr;
+        ev.ret = Slab::addr(idx) as i64;
+        ev.flags |= flags::RET;
+        Some((w.push(ev), ev.mm))
+    })?;
+    k.record_site(Injection::ReaderIgnoresFlag, ts, idx, ev_mm);
+    Some(StartRead::AdmittedByFault)
+}
+
+/// Drop a reader reference this task owns (`vma_end_read` / the error paths).
+/// `visible` says whether a real kernel would run the out-of-line `vma_refcount_put`
+/// here (only fault-retry sites do).
+pub fn reader_put(k: &Kernel, t: &mut Task, idx: u32, lease_release: bool) {
+    let v = k.vma(idx);
+    v.holders.fetch_sub(1, Ordering::AcqRel);
+    let visible = match k.releases {
+        super::kernel::ReleaseVisibility::All => true,
+        super::kernel::ReleaseVisibility::Kernel => lease_release && t.rng.below(8) == 0,
+    };
+    vma_refcount_put(k, t, idx, visible);
+}
+
+/// `vma_refcount_put(vma)`: decrement, and wake the excluding task if this put leaves
+/// the count at F or F+1 (`__vma_are_readers_excluded(newcnt)` / `is_vma_writer_only`).
+pub fn vma_refcount_put(k: &Kernel, t: &mut Task, idx: u32, visible: bool) {
+    let v = k.vma(idx);
+    // The kernel saves vm_mm first: after the decrement the VMA may be freed and reused.
+    let mm_addr = v.vm_mm.load(Ordering::Acquire);
+    let (old, put_ts) = if visible && !t.quiet {
+        k.count(t, Counter::ReaderRelease);
+        // The kprobe reads vm_refcnt at entry; the decrement follows a few instructions
+        // later. Doing both with the ring held makes the sample exact.
+        k.ring.with(|w| {
+            let mut ev = k.event(t, EventKind::ReaderRelease, ProbeId::VmaRefcountPut);
+            k.read_vma(&mut ev, idx);
+            let old = v.vm_refcnt.fetch_sub(1, Ordering::Release);
+            ev.refcnt = old;
+            (old, w.push(ev))
+        })
+    } else {
+        (v.vm_refcnt.fetch_sub(1, Ordering::Release), 0)
+    };
+    if old == 0 {
+        SimChecks::bump(&k.checks.refcount_underflow);
+        return;
+    }
+    let new = old - 1;
+    if new != 0
+        && new & k.flag != 0
+        && new <= k.flag + 1
+        && let Some(mm) = k.mm_by_addr(mm_addr)
+    {
+        rcuwait_wake_up(k, t, mm, Some((idx, put_ts)));
+    }
+}
+
+/// `rcuwait_wake_up(&mm->vma_writer_wait)`: wake the waiting task, if any; the event is
+/// the kprobe at entry, with the result (1 = a task was woken).
+pub fn rcuwait_wake_up(k: &Kernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u64)>) {
+    let w = &mm.vma_writer_wait;
+    let guard = w.task.lock().unwrap_or_else(|e| e.into_inner());
+    let woke = guard.is_some();
+    // Only a put the validator can see makes a detectable lost wake-up.
+    if woke
+        && let Some((idx, put_ts)) = put
+        && put_ts != 0
+        && k.inject(t, Injection::LostWakeup, idx)
+    {
+        k.record_site(Injection::LostWakeup, put_ts, idx, mm.addr);
+        return;
+    }
+    let addr = mm.writer_wait_addr(k.writer_wait_offset);
+    k.emit(t, || {
+        let mut ev = k.event(t, EventKind::WriterWake, ProbeId::RcuwaitWakeUp);
+        k.read_mm(&mut ev, mm);
+        ev.arg = addr;
+        ev.ret = i64::from(woke);
+        ev.flags |= flags::RET;
+        ev
+    });
+    if woke {
+        k.count(t, Counter::WriterWake);
+        w.wake.notify_all();
+    }
+    drop(guard);
+}

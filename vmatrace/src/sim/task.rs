@@ -1,0 +1,43 @@
+//! A simulated task: identity for the events it emits, its random stream, and the state
+//! the kernel would keep in `task_struct` (a pending fatal signal).
+
+use super::rng::Rng;
+
+pub struct Task {
+    /// Index of the worker thread (and of its counter slot).
+    pub idx: usize,
+    pub tid: u32,
+    pub tgid: u32,
+    pub comm: [u8; 16],
+    /// Index of the mm this task's process owns.
+    pub mm: usize,
+    pub rng: Rng,
+    /// `fatal_signal_pending(current)`: only a `TASK_KILLABLE` wait notices it.
+    pub fatal_signal: bool,
+    /// Emit no events and inject nothing (used while repairing after an injected fault,
+    /// so the repair is not itself reported as protocol traffic).
+    pub quiet: bool,
+}
+
+impl Task {
+    pub fn new(idx: usize, mm: usize, tgid: u32, seed: u64) -> Self {
+        let mut comm = [0u8; 16];
+        let name = format!("vmasim/{idx}");
+        let n = name.len().min(15);
+        comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Self {
+            idx,
+            tid: tgid + 1 + idx as u32,
+            tgid,
+            comm,
+            mm,
+            rng: Rng::new(seed, idx as u64 + 1),
+            fatal_signal: false,
+            quiet: false,
+        }
+    }
+
+    pub fn pid_tgid(&self) -> u64 {
+        (u64::from(self.tgid) << 32) | u64::from(self.tid)
+    }
+}

@@ -1,0 +1,517 @@
+//! Run statistics: wait-time histograms, slowest waits, per-process and per-VMA
+//! aggregates, reader outcomes, event rates and losses.
+//!
+//! [`Stats`] is a pipeline [`Sink`]: the per-event work is a few array increments and at
+//! most two hash-table updates on the (rare) writer/detach/sampled-reader events, with no
+//! allocation. Memory is bounded (tables capped, evictions counted). The dashboard reads it
+//! directly; the JSON summary reads [`Stats::percentiles`] and [`Stats::snapshot`].
+
+pub mod aggregates;
+pub mod histogram;
+pub mod rates;
+pub mod slowest;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+use vmatrace_common::event::{ProbeId, flags};
+use vmatrace_common::model::{Generation, generation::EINTR};
+use vmatrace_common::{Counter, Event, EventKind};
+
+pub use aggregates::{Aggregate, AggregateRow, BoundedTable, SortKey, ranking};
+pub use histogram::{HistogramSnapshot, Log2Histogram, Percentiles};
+pub use rates::Rates;
+pub use slowest::{SlowestWaits, WaitSample, WaitSampleRow};
+
+use crate::pipeline::{CounterSnapshot, Sink, Totals, totals::LOSS_COUNTERS};
+use crate::validate::Validator;
+
+/// Table caps: enough for every process of a large host, and the hottest VMAs.
+pub const MAX_PROCESSES: usize = 4096;
+pub const MAX_VMAS: usize = 16384;
+/// "Recent" for the slowest-waits list.
+pub const SLOWEST_WINDOW_NS: u64 = 60_000_000_000;
+/// Rows in the serialised rankings.
+pub const SNAPSHOT_TOP: usize = 20;
+
+/// Which event carries the readers-exclusion wait on this kernel generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitSource {
+    /// 6.19 and 7.x: return of start-exclude (`__vma_enter_locked` /
+    /// `__vma_start_exclude_readers`), `wait_ns` = time waiting for readers.
+    ExcludeExit,
+    /// 6.15–6.18: start-exclude is inlined into `__vma_start_write`; the whole slow path of
+    /// the write lock is the closest observable wait.
+    WriteLockExit,
+}
+
+impl WaitSource {
+    pub fn for_generation(g: Generation) -> Self {
+        match g {
+            Generation::V6_15 => WaitSource::WriteLockExit,
+            Generation::V6_19 | Generation::V7_0 => WaitSource::ExcludeExit,
+        }
+    }
+
+    pub const fn kind(self) -> EventKind {
+        match self {
+            WaitSource::ExcludeExit => EventKind::ExcludeExit,
+            WaitSource::WriteLockExit => EventKind::WriteLockExit,
+        }
+    }
+}
+
+/// How one start-exclude call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExcludeOutcome {
+    /// Readers excluded (the caller now holds F).
+    Excluded,
+    /// The VMA was already detached: nothing was excluded, nobody waited.
+    FoundDetached,
+    /// The killable wait was interrupted by a fatal signal.
+    Interrupted,
+}
+
+fn exclude_outcome(ev: &Event, generation: Generation) -> ExcludeOutcome {
+    if ev.has(flags::RET) && ev.ret == EINTR {
+        return ExcludeOutcome::Interrupted;
+    }
+    match generation {
+        // 7.x: ret 0 either way; `ves->exclusive` / `ves->detached` say which.
+        Generation::V7_0 if ev.has(flags::VES) => {
+            if ev.ves_exclusive == 0 && ev.ves_detached != 0 {
+                ExcludeOutcome::FoundDetached
+            } else {
+                ExcludeOutcome::Excluded
+            }
+        }
+        // 6.19 `__vma_enter_locked`: 1 = excluded, 0 = detached.
+        Generation::V6_19 if ev.has(flags::RET) && ev.ret == 0 => ExcludeOutcome::FoundDetached,
+        _ => ExcludeOutcome::Excluded,
+    }
+}
+
+/// Reader outcomes, from the kernel's per-CPU counters (since start or the last reset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReaderOutcomes {
+    pub acquire_ok: u64,
+    pub acquire_fail: u64,
+    /// Failures while the exclusion flag was set (a writer or detacher excluding readers).
+    pub fail_excluded: u64,
+    pub sampled: u64,
+    pub release: u64,
+    pub next_vma: u64,
+    pub writer_wake: u64,
+    pub filtered: u64,
+}
+
+/// A serialisable picture of the statistics (for the JSON summary and tests).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StatsSnapshot {
+    pub generation: &'static str,
+    pub wait_source: WaitSource,
+    /// Readers-exclusion waits (see `wait_source`).
+    pub exclusion_wait: HistogramSnapshot,
+    /// Whole `__vma_start_write` slow-path waits (paired returns).
+    pub write_lock_wait: HistogramSnapshot,
+    /// Exclusions for a detach (a subset of the exclusion waits).
+    pub detach_exclusions: u64,
+    /// Start-exclude calls that found the VMA already detached (not in the histogram).
+    pub exclusions_found_detached: u64,
+    /// Killable waits interrupted by a fatal signal (-EINTR).
+    pub interrupted: u64,
+    /// Detaches that had to wait for readers (slow path).
+    pub slow_detaches: u64,
+    /// Sampled reader acquisitions that failed.
+    pub sampled_reader_failures: u64,
+    pub slowest: Vec<WaitSampleRow>,
+    pub top_processes: Vec<AggregateRow>,
+    pub top_vmas: Vec<AggregateRow>,
+    pub processes_tracked: usize,
+    pub processes_evicted: u64,
+    pub vmas_tracked: usize,
+    pub vmas_evicted: u64,
+    pub reader: ReaderOutcomes,
+    /// Loss counters (kernel) plus `undecodable` (userspace), since start or reset.
+    pub losses: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Stats {
+    generation: Generation,
+    wait_source: WaitSource,
+    exclusion: Log2Histogram,
+    write_lock: Log2Histogram,
+    detach_exclusions: u64,
+    found_detached: u64,
+    interrupted: u64,
+    slow_detaches: u64,
+    reader_failures: u64,
+    slowest: SlowestWaits,
+    processes: BoundedTable<u32>,
+    /// Keyed by (mm, vma) kernel addresses; they never leave this table.
+    vmas: BoundedTable<(u64, u64)>,
+    rates: Rates,
+    newest_ts_ns: u64,
+    /// Latest kernel counters and the values at start/reset (shown as differences).
+    counters: CounterSnapshot,
+    counters_base: CounterSnapshot,
+    undecodable: u64,
+    undecodable_base: u64,
+    /// Counter values at the last rate roll (to turn counters into per-interval counts).
+    counters_at_roll: CounterSnapshot,
+    last_roll: Option<Instant>,
+}
+
+impl Stats {
+    pub fn new(generation: Generation) -> Self {
+        Self::with_caps(generation, MAX_PROCESSES, MAX_VMAS)
+    }
+
+    pub fn with_caps(generation: Generation, max_processes: usize, max_vmas: usize) -> Self {
+        Self {
+            generation,
+            wait_source: WaitSource::for_generation(generation),
+            exclusion: Log2Histogram::default(),
+            write_lock: Log2Histogram::default(),
+            detach_exclusions: 0,
+            found_detached: 0,
+            interrupted: 0,
+            slow_detaches: 0,
+            reader_failures: 0,
+            slowest: SlowestWaits::new(SLOWEST_WINDOW_NS),
+            processes: BoundedTable::new(max_processes),
+            vmas: BoundedTable::new(max_vmas),
+            rates: Rates::default(),
+            newest_ts_ns: 0,
+            counters: CounterSnapshot::default(),
+            counters_base: CounterSnapshot::default(),
+            undecodable: 0,
+            undecodable_base: 0,
+            counters_at_roll: CounterSnapshot::default(),
+            last_roll: None,
+        }
+    }
+
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    pub fn wait_source(&self) -> WaitSource {
+        self.wait_source
+    }
+
+    /// Account one event.
+    #[inline]
+    pub fn observe(&mut self, ev: &Event) {
+        let Some(kind) = ev.kind() else { return };
+        self.rates.add(rates::series_of(kind), 1);
+        self.newest_ts_ns = self.newest_ts_ns.max(ev.ts_ns);
+        match kind {
+            EventKind::ExcludeExit | EventKind::WriteLockExit => self.on_wait_exit(ev, kind),
+            EventKind::DetachEnter if is_slow_detach(ev) => {
+                self.slow_detaches += 1;
+                self.process_row(ev).slow_detaches += 1;
+                if let Some(v) = self.vma_row(ev) {
+                    v.slow_detaches += 1;
+                }
+            }
+            EventKind::ReaderAcquire if ev.has(flags::RET) && ev.ret == 0 => {
+                self.reader_failures += 1;
+                self.process_row(ev).reader_failures += 1;
+                if let Some(v) = self.vma_row(ev) {
+                    v.reader_failures += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_wait_exit(&mut self, ev: &Event, kind: EventKind) {
+        let paired = ev.has(flags::PAIRED);
+        if kind == EventKind::WriteLockExit && paired {
+            self.write_lock.record(ev.wait_ns);
+        }
+        if kind != self.wait_source.kind() {
+            return;
+        }
+        let outcome = if kind == EventKind::ExcludeExit {
+            exclude_outcome(ev, self.generation)
+        } else if ev.has(flags::RET) && ev.ret == EINTR {
+            ExcludeOutcome::Interrupted
+        } else {
+            ExcludeOutcome::Excluded
+        };
+        if outcome == ExcludeOutcome::FoundDetached {
+            self.found_detached += 1;
+            return;
+        }
+        let interrupted = outcome == ExcludeOutcome::Interrupted;
+        let detaching =
+            kind == EventKind::ExcludeExit && ev.has(flags::VES) && ev.ves_detaching != 0;
+        self.interrupted += u64::from(interrupted);
+        self.detach_exclusions += u64::from(detaching);
+        // Without the entry we do not know how long it waited: count the exclusion, keep
+        // the wait out of the histogram (an unmatched return is a counted kernel-side loss).
+        let wait = paired.then_some(ev.wait_ns);
+        if let Some(w) = wait {
+            self.exclusion.record(w);
+            self.slowest.offer(WaitSample {
+                ts_ns: ev.ts_ns,
+                tgid: ev.tgid(),
+                tid: ev.tid(),
+                comm: ev.comm,
+                vm_start: ev.vm_start,
+                vm_end: ev.vm_end,
+                wait_ns: w,
+                detaching,
+                interrupted,
+            });
+        }
+        let w = wait.unwrap_or(0);
+        let bump = |a: &mut Aggregate| {
+            a.exclusions += 1;
+            a.total_wait_ns = a.total_wait_ns.saturating_add(w);
+            a.max_wait_ns = a.max_wait_ns.max(w);
+            a.interrupted += u64::from(interrupted);
+        };
+        bump(self.process_row(ev));
+        if let Some(v) = self.vma_row(ev) {
+            bump(v);
+        }
+    }
+
+    #[inline]
+    fn process_row(&mut self, ev: &Event) -> &mut Aggregate {
+        let row = self.processes.row(ev.tgid());
+        row.tgid = ev.tgid();
+        row.comm = ev.comm;
+        row
+    }
+
+    #[inline]
+    fn vma_row(&mut self, ev: &Event) -> Option<&mut Aggregate> {
+        if !ev.has(flags::VMA_FIELDS) || ev.vma == 0 {
+            return None;
+        }
+        let row = self.vmas.row((ev.mm, ev.vma));
+        row.tgid = ev.tgid();
+        row.comm = ev.comm;
+        row.vm_start = ev.vm_start;
+        row.vm_end = ev.vm_end;
+        Some(row)
+    }
+
+    /// Take a new cumulative kernel counter snapshot.
+    pub fn set_counters(&mut self, c: &CounterSnapshot) {
+        self.counters = c.clone();
+    }
+
+    pub fn set_undecodable(&mut self, n: u64) {
+        self.undecodable = n;
+    }
+
+    /// Close the current rate interval if at least a second passed (wall clock), and
+    /// expire old slowest waits. Called from `flush`.
+    pub fn tick(&mut self, now: Instant) {
+        match self.last_roll {
+            None => self.last_roll = Some(now),
+            Some(t) => {
+                let elapsed = now.saturating_duration_since(t);
+                if elapsed.as_millis() >= 1000 {
+                    self.roll_rates(u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX));
+                    self.last_roll = Some(now);
+                }
+            }
+        }
+        self.slowest.expire(self.newest_ts_ns);
+    }
+
+    /// Close the current rate interval, `elapsed_ms` long (deterministic form of `tick`).
+    pub fn roll_rates(&mut self, elapsed_ms: u32) {
+        let ok = self.counters.get(Counter::ReaderAcquireOk);
+        let fail = self.counters.get(Counter::ReaderAcquireFail);
+        let ok0 = self.counters_at_roll.get(Counter::ReaderAcquireOk);
+        let fail0 = self.counters_at_roll.get(Counter::ReaderAcquireFail);
+        self.rates
+            .add(rates::SERIES_READER_OK, ok.saturating_sub(ok0));
+        self.rates
+            .add(rates::SERIES_READER_FAIL, fail.saturating_sub(fail0));
+        self.counters_at_roll = self.counters.clone();
+        self.rates.roll(elapsed_ms);
+    }
+
+    /// Forget everything measured so far; counters read as differences from now on.
+    pub fn reset(&mut self) {
+        let counters = std::mem::take(&mut self.counters);
+        let undecodable = self.undecodable;
+        let last_roll = self.last_roll;
+        *self = Self::with_caps(self.generation, self.processes.cap(), self.vmas.cap());
+        self.counters_base = counters.clone();
+        self.counters_at_roll = counters.clone();
+        self.counters = counters;
+        self.undecodable = undecodable;
+        self.undecodable_base = undecodable;
+        self.last_roll = last_roll;
+    }
+
+    /// A counter since start or the last reset.
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.counters
+            .get(c)
+            .saturating_sub(self.counters_base.get(c))
+    }
+
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable.saturating_sub(self.undecodable_base)
+    }
+
+    pub fn reader_outcomes(&self) -> ReaderOutcomes {
+        ReaderOutcomes {
+            acquire_ok: self.counter(Counter::ReaderAcquireOk),
+            acquire_fail: self.counter(Counter::ReaderAcquireFail),
+            fail_excluded: self.counter(Counter::ReaderFailExcluded),
+            sampled: self.counter(Counter::ReaderSampled),
+            release: self.counter(Counter::ReaderRelease),
+            next_vma: self.counter(Counter::ReaderNextVma),
+            writer_wake: self.counter(Counter::WriterWake),
+            filtered: self.counter(Counter::Filtered),
+        }
+    }
+
+    /// Loss counters by key (kernel ones, then `undecodable`).
+    pub fn losses(&self) -> BTreeMap<&'static str, u64> {
+        let mut m: BTreeMap<&'static str, u64> = LOSS_COUNTERS
+            .iter()
+            .map(|c| (c.key(), self.counter(*c)))
+            .collect();
+        m.insert("undecodable", self.undecodable());
+        m
+    }
+
+    pub fn total_losses(&self) -> u64 {
+        self.losses().values().sum()
+    }
+
+    /// Readers-exclusion wait percentiles (the summary's headline numbers).
+    pub fn percentiles(&self) -> Percentiles {
+        self.exclusion.percentiles()
+    }
+
+    pub fn exclusion_histogram(&self) -> &Log2Histogram {
+        &self.exclusion
+    }
+
+    pub fn write_lock_histogram(&self) -> &Log2Histogram {
+        &self.write_lock
+    }
+
+    pub fn interrupted(&self) -> u64 {
+        self.interrupted
+    }
+
+    pub fn slow_detaches(&self) -> u64 {
+        self.slow_detaches
+    }
+
+    pub fn detach_exclusions(&self) -> u64 {
+        self.detach_exclusions
+    }
+
+    pub fn found_detached(&self) -> u64 {
+        self.found_detached
+    }
+
+    pub fn sampled_reader_failures(&self) -> u64 {
+        self.reader_failures
+    }
+
+    pub fn slowest(&self) -> &SlowestWaits {
+        &self.slowest
+    }
+
+    pub fn processes(&self) -> &BoundedTable<u32> {
+        &self.processes
+    }
+
+    pub fn vmas(&self) -> &BoundedTable<(u64, u64)> {
+        &self.vmas
+    }
+
+    pub fn rates(&self) -> &Rates {
+        &self.rates
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            generation: self.generation.key(),
+            wait_source: self.wait_source,
+            exclusion_wait: self.exclusion.snapshot(),
+            write_lock_wait: self.write_lock.snapshot(),
+            detach_exclusions: self.detach_exclusions,
+            exclusions_found_detached: self.found_detached,
+            interrupted: self.interrupted,
+            slow_detaches: self.slow_detaches,
+            sampled_reader_failures: self.reader_failures,
+            slowest: self
+                .slowest
+                .items()
+                .iter()
+                .map(WaitSampleRow::from)
+                .collect(),
+            top_processes: ranking(
+                self.processes.values(),
+                SortKey::TotalWait,
+                "",
+                SNAPSHOT_TOP,
+            )
+            .iter()
+            .map(|a| AggregateRow::from_aggregate(a, false))
+            .collect(),
+            top_vmas: ranking(self.vmas.values(), SortKey::TotalWait, "", SNAPSHOT_TOP)
+                .iter()
+                .map(|a| AggregateRow::from_aggregate(a, true))
+                .collect(),
+            processes_tracked: self.processes.len(),
+            processes_evicted: self.processes.evicted(),
+            vmas_tracked: self.vmas.len(),
+            vmas_evicted: self.vmas.evicted(),
+            reader: self.reader_outcomes(),
+            losses: self.losses(),
+        }
+    }
+}
+
+/// A detach that found readers still holding the VMA.
+fn is_slow_detach(ev: &Event) -> bool {
+    match ev.probe() {
+        // 7.x: this function is only called when the fast-path put did not reach 0.
+        ProbeId::VmaExcludeReadersForDetach => true,
+        // 6.15–6.19: `vma_mark_detached` sees every detach; the attached reference is 1,
+        // anything above it is a reader (or a spurious one) that must be waited for.
+        ProbeId::VmaMarkDetached => ev.has(flags::VMA_FIELDS) && ev.refcnt > 1,
+        _ => false,
+    }
+}
+
+impl Sink for Stats {
+    fn events(&mut self, events: &[Event]) {
+        for ev in events {
+            self.observe(ev);
+        }
+    }
+
+    fn counters(&mut self, c: &CounterSnapshot, _totals: &Totals) {
+        self.set_counters(c);
+    }
+
+    fn flush(&mut self, _validator: &Validator, totals: &Totals) {
+        self.set_undecodable(totals.undecodable);
+        self.tick(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! The slowest recent readers-exclusion waits, with who waited and on which VMA.
+
+use serde::Serialize;
+
+use super::aggregates::comm_to_string;
+
+/// One wait worth showing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitSample {
+    /// Monotonic time of the return event.
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+    pub vm_start: u64,
+    pub vm_end: u64,
+    pub wait_ns: u64,
+    /// The exclusion was for a detach (not a write lock).
+    pub detaching: bool,
+    /// The killable wait was interrupted (-EINTR).
+    pub interrupted: bool,
+}
+
+/// Serialisable form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WaitSampleRow {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub vm_start: u64,
+    pub vm_end: u64,
+    pub wait_ns: u64,
+    pub detaching: bool,
+    pub interrupted: bool,
+}
+
+impl From<&WaitSample> for WaitSampleRow {
+    fn from(w: &WaitSample) -> Self {
+        Self {
+            ts_ns: w.ts_ns,
+            tgid: w.tgid,
+            tid: w.tid,
+            comm: comm_to_string(&w.comm),
+            vm_start: w.vm_start,
+            vm_end: w.vm_end,
+            wait_ns: w.wait_ns,
+            detaching: w.detaching,
+            interrupted: w.interrupted,
+        }
+    }
+}
+
+pub const SLOWEST_KEPT: usize = 32;
+
+/// The `SLOWEST_KEPT` longest waits whose return lies within `window_ns` of the newest
+/// event seen. Fixed capacity, no allocation after construction, sorted slowest first.
+#[derive(Clone, Debug)]
+pub struct SlowestWaits {
+    items: Vec<WaitSample>,
+    window_ns: u64,
+}
+
+impl SlowestWaits {
+    pub fn new(window_ns: u64) -> Self {
+        Self {
+            items: Vec::with_capacity(SLOWEST_KEPT),
+            window_ns,
+        }
+    }
+
+    #[inline]
+    pub fn offer(&mut self, w: WaitSample) {
+        // Quick reject: full and not slower than the fastest kept.
+        if self.items.len() == SLOWEST_KEPT
+            && self.items.last().is_some_and(|l| l.wait_ns >= w.wait_ns)
+        {
+            return;
+        }
+        let at = self.items.partition_point(|x| x.wait_ns >= w.wait_ns);
+        if self.items.len() == SLOWEST_KEPT {
+            self.items.pop();
+        }
+        self.items.insert(at, w);
+    }
+
+    /// Forget waits that ended more than the window before `now_ns`.
+    pub fn expire(&mut self, now_ns: u64) {
+        let horizon = now_ns.saturating_sub(self.window_ns);
+        self.items.retain(|w| w.ts_ns >= horizon);
+    }
+
+    pub fn items(&self) -> &[WaitSample] {
+        &self.items
+    }
+
+    pub fn window_ns(&self) -> u64 {
+        self.window_ns
+    }
+
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(ts_ns: u64, wait_ns: u64) -> WaitSample {
+        WaitSample {
+            ts_ns,
+            wait_ns,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keeps_the_slowest_sorted_and_bounded() {
+        let mut s = SlowestWaits::new(u64::MAX);
+        for i in 0..100u64 {
+            s.offer(w(i, (i * 37) % 101));
+        }
+        assert_eq!(s.items().len(), SLOWEST_KEPT);
+        let waits: Vec<u64> = s.items().iter().map(|x| x.wait_ns).collect();
+        let mut sorted = waits.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(waits, sorted);
+        assert_eq!(waits[0], 100);
+    }
+
+    #[test]
+    fn old_waits_expire() {
+        let mut s = SlowestWaits::new(1_000);
+        s.offer(w(100, 9_999));
+        s.offer(w(1_900, 5));
+        s.expire(2_000);
+        assert_eq!(s.items().len(), 1);
+        assert_eq!(s.items()[0].wait_ns, 5);
+    }
+}

@@ -1,0 +1,244 @@
+use vmatrace_common::event::{ProbeId, flags};
+use vmatrace_common::model::{Generation, generation::EINTR};
+use vmatrace_common::{Counter, Event, EventKind};
+
+use super::*;
+
+fn comm(s: &str) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..s.len()].copy_from_slice(s.as_bytes());
+    c
+}
+
+fn ev(kind: EventKind, tgid: u32, vma: u64) -> Event {
+    let mut e = Event::ZERO;
+    e.kind = kind as u16;
+    e.pid_tgid = (u64::from(tgid) << 32) | u64::from(tgid + 1);
+    e.vma = vma;
+    e.mm = 0xffff_8880_0000_1000;
+    e.vm_start = 0x7f00_0000_0000 + vma % 0x1000 * 0x1000;
+    e.vm_end = e.vm_start + 0x1000;
+    e.comm = comm("worker");
+    e.flags = flags::VMA_FIELDS | flags::MM_SEQ;
+    e
+}
+
+fn exclude_exit(tgid: u32, vma: u64, wait_ns: u64) -> Event {
+    let mut e = ev(EventKind::ExcludeExit, tgid, vma);
+    e.flags |= flags::PAIRED | flags::RET | flags::VES;
+    e.wait_ns = wait_ns;
+    e.ves_exclusive = 1;
+    e.probe = ProbeId::VmaStartExcludeReaders as u8;
+    e
+}
+
+#[test]
+fn exclusion_waits_feed_histogram_tables_and_slowest() {
+    let mut s = Stats::new(Generation::V7_0);
+    s.observe(&exclude_exit(100, 0xa000, 1_000));
+    s.observe(&exclude_exit(100, 0xa000, 3_000));
+    s.observe(&exclude_exit(200, 0xb000, 2_000_000));
+    let p = s.percentiles();
+    assert_eq!(p.count, 3);
+    assert_eq!(p.max_ns, 2_000_000);
+    assert_eq!(s.slowest().items()[0].tgid, 200);
+    let snap = s.snapshot();
+    assert_eq!(snap.top_processes[0].tgid, 200);
+    assert_eq!(snap.top_processes[1].exclusions, 2);
+    assert_eq!(snap.top_processes[1].total_wait_ns, 4_000);
+    assert_eq!(snap.top_processes[1].max_wait_ns, 3_000);
+    assert_eq!(snap.top_vmas.len(), 2);
+    assert_eq!(snap.top_vmas[1].vm_start, Some(0x7f00_0000_0000));
+}
+
+#[test]
+fn found_detached_and_unpaired_exits_stay_out_of_the_histogram() {
+    let mut s = Stats::new(Generation::V7_0);
+    let mut detached = exclude_exit(1, 0xa000, 0);
+    detached.ves_exclusive = 0;
+    detached.ves_detached = 1;
+    s.observe(&detached);
+    let mut unpaired = exclude_exit(1, 0xa000, 0);
+    unpaired.flags &= !flags::PAIRED;
+    s.observe(&unpaired);
+    assert_eq!(s.found_detached(), 1);
+    assert_eq!(s.percentiles().count, 0);
+    // The unpaired one still counts as an exclusion for the process.
+    assert_eq!(s.snapshot().top_processes[0].exclusions, 1);
+}
+
+#[test]
+fn six_nineteen_return_values() {
+    let mut s = Stats::new(Generation::V6_19);
+    let mut excluded = exclude_exit(1, 0xa000, 50);
+    excluded.flags &= !flags::VES;
+    excluded.ret = 1;
+    let mut detached = excluded;
+    detached.ret = 0;
+    let mut intr = excluded;
+    intr.ret = EINTR;
+    for e in [excluded, detached, intr] {
+        s.observe(&e);
+    }
+    assert_eq!(s.percentiles().count, 2);
+    assert_eq!(s.found_detached(), 1);
+    assert_eq!(s.interrupted(), 1);
+}
+
+#[test]
+fn interrupted_killable_waits_are_counted_per_process() {
+    let mut s = Stats::new(Generation::V7_0);
+    let mut e = exclude_exit(7, 0xa000, 9_000_000);
+    e.ret = EINTR;
+    e.ves_exclusive = 0;
+    s.observe(&e);
+    assert_eq!(s.interrupted(), 1);
+    assert!(s.slowest().items()[0].interrupted);
+    assert_eq!(s.snapshot().top_processes[0].interrupted, 1);
+}
+
+#[test]
+fn old_kernels_use_write_lock_exit_as_the_wait() {
+    let mut s = Stats::new(Generation::V6_15);
+    let mut e = ev(EventKind::WriteLockExit, 3, 0xa000);
+    e.flags |= flags::PAIRED;
+    e.wait_ns = 777;
+    s.observe(&e);
+    // An ExcludeExit on 6.15 cannot happen; if one did, it must not double count.
+    s.observe(&exclude_exit(3, 0xa000, 5));
+    assert_eq!(s.wait_source(), WaitSource::WriteLockExit);
+    assert_eq!(s.percentiles().count, 1);
+    assert_eq!(s.percentiles().max_ns, 777);
+    assert_eq!(s.write_lock_histogram().count(), 1);
+
+    let mut s7 = Stats::new(Generation::V7_0);
+    s7.observe(&e);
+    assert_eq!(
+        s7.percentiles().count,
+        0,
+        "7.x exclusion waits come from ExcludeExit"
+    );
+    assert_eq!(s7.write_lock_histogram().count(), 1);
+}
+
+#[test]
+fn slow_detaches_and_reader_failures() {
+    let mut s = Stats::new(Generation::V6_19);
+    let mut fast = ev(EventKind::DetachEnter, 5, 0xa000);
+    fast.probe = ProbeId::VmaMarkDetached as u8;
+    fast.refcnt = 1;
+    let mut slow = fast;
+    slow.refcnt = 3;
+    let mut slow7 = ev(EventKind::DetachEnter, 5, 0xb000);
+    slow7.probe = ProbeId::VmaExcludeReadersForDetach as u8;
+    let mut rfail = ev(EventKind::ReaderAcquire, 6, 0);
+    rfail.flags = flags::RET;
+    rfail.ret = 0;
+    let mut rok = rfail;
+    rok.ret = 0xffff_8880_dead_0000_u64 as i64;
+    for e in [fast, slow, slow7, rfail, rok] {
+        s.observe(&e);
+    }
+    assert_eq!(s.slow_detaches(), 2);
+    assert_eq!(s.sampled_reader_failures(), 1);
+    let snap = s.snapshot();
+    let p5 = snap.top_processes.iter().find(|r| r.tgid == 5).unwrap();
+    assert_eq!(p5.slow_detaches, 2);
+    let p6 = snap.top_processes.iter().find(|r| r.tgid == 6).unwrap();
+    assert_eq!(p6.reader_failures, 1);
+    // A failed reader has no VMA: no per-VMA row for it.
+    assert!(snap.top_vmas.iter().all(|r| r.tgid != 6));
+}
+
+#[test]
+fn counters_losses_and_reset_baseline() {
+    let mut s = Stats::new(Generation::V7_0);
+    let mut c = CounterSnapshot {
+        values: vec![0; 16],
+    };
+    c.values[Counter::RingbufReserveFailed as usize] = 5;
+    c.values[Counter::ReaderAcquireOk as usize] = 1000;
+    c.values[Counter::ReaderAcquireFail as usize] = 10;
+    s.set_counters(&c);
+    s.set_undecodable(2);
+    assert_eq!(s.losses()["ringbuf_reserve_failed"], 5);
+    assert_eq!(s.losses()["undecodable"], 2);
+    assert_eq!(s.total_losses(), 7);
+    assert_eq!(s.reader_outcomes().acquire_ok, 1000);
+    s.roll_rates(1000);
+    assert_eq!(s.rates().last_rate(rates::SERIES_READER_OK), 1000.0);
+
+    s.observe(&exclude_exit(1, 0xa000, 10));
+    s.reset();
+    assert_eq!(s.percentiles().count, 0);
+    assert_eq!(s.total_losses(), 0);
+    assert!(s.processes().is_empty());
+    c.values[Counter::RingbufReserveFailed as usize] = 8;
+    c.values[Counter::ReaderAcquireOk as usize] = 1500;
+    s.set_counters(&c);
+    assert_eq!(s.losses()["ringbuf_reserve_failed"], 3);
+    s.roll_rates(1000);
+    assert_eq!(s.rates().last_rate(rates::SERIES_READER_OK), 500.0);
+}
+
+#[test]
+fn event_rates_per_kind() {
+    let mut s = Stats::new(Generation::V7_0);
+    for _ in 0..4 {
+        s.observe(&ev(EventKind::VmaAlloc, 1, 0xa000));
+    }
+    s.observe(&ev(EventKind::VmaFree, 1, 0xa000));
+    s.roll_rates(2000);
+    assert_eq!(
+        s.rates().last_rate(rates::series_of(EventKind::VmaAlloc)),
+        2.0
+    );
+    assert_eq!(
+        s.rates().last_rate(rates::series_of(EventKind::VmaFree)),
+        0.5
+    );
+}
+
+#[test]
+fn tables_stay_bounded_under_pid_churn() {
+    let mut s = Stats::with_caps(Generation::V7_0, 64, 64);
+    for i in 0..10_000u32 {
+        s.observe(&exclude_exit(
+            i,
+            u64::from(i) * 0x1000 + 0xa000,
+            u64::from(i % 97),
+        ));
+    }
+    assert!(s.processes().len() <= 64);
+    assert!(s.vmas().len() <= 64);
+    assert_eq!(s.processes().evicted() + s.processes().len() as u64, 10_000);
+    let snap = s.snapshot();
+    assert_eq!(snap.processes_evicted, s.processes().evicted());
+    assert_eq!(snap.exclusion_wait.percentiles.count, 10_000);
+}
+
+#[test]
+fn snapshot_serialises_without_kernel_addresses() {
+    let mut s = Stats::new(Generation::V7_0);
+    s.observe(&exclude_exit(1, 0xffff_8880_1234_5678, 10));
+    let json = serde_json::to_string(&s.snapshot()).unwrap();
+    assert!(json.contains("\"p99_ns\""), "{json}");
+    assert!(json.contains("\"wait_source\":\"exclude_exit\""), "{json}");
+    // Neither the vma nor the mm pointer appears (decimal or hex).
+    for addr in [0xffff_8880_1234_5678_u64, 0xffff_8880_0000_1000] {
+        assert!(!json.contains(&addr.to_string()), "{json}");
+        assert!(!json.contains(&format!("{addr:x}")), "{json}");
+    }
+}
+
+#[test]
+fn undecodable_kinds_are_ignored_without_panic() {
+    let mut s = Stats::new(Generation::V7_0);
+    let mut e = Event::ZERO;
+    e.kind = 999;
+    s.observe(&e);
+    e.kind = 0;
+    s.observe(&e);
+    assert_eq!(s.percentiles().count, 0);
+    assert!(s.processes().is_empty());
+}

@@ -1,0 +1,425 @@
+//! Reading a trace: validates every structure and checksum and reports the first problem
+//! with its byte offset. Never panics and never allocates more than `MAX_PAYLOAD_LEN`
+//! for one record, whatever the input.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read};
+
+use vmatrace_common::{Event, event::EVENT_SIZE};
+
+use super::format::{
+    CRC_LEN, FLAG_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_COUNTER_SLOTS, MAX_HEADER_LEN,
+    MAX_PAYLOAD_LEN, PREFIX_LEN, RECORD_HEADER_LEN, Record, RecordTag, TraceError, TraceHeader,
+};
+
+/// Options for opening a stream.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadOptions {
+    /// Skip bytes before the magic number (a serial console prints boot messages before
+    /// the trace starts). The number skipped is in [`TraceReader::skipped`].
+    pub scan_for_magic: bool,
+    /// After the end record, do not check that nothing follows (a followed stream may
+    /// carry other output after the trace).
+    pub allow_trailing: bool,
+}
+
+/// Sequential reader of records.
+pub struct TraceReader {
+    body: Box<dyn Read + Send>,
+    header: TraceHeader,
+    compressed: bool,
+    /// Position in body coordinates: file offset for uncompressed traces, offset into the
+    /// decompressed stream (starting after the prefix) for compressed ones.
+    offset: u64,
+    skipped: u64,
+    records: u64,
+    events: u64,
+    finished: bool,
+    allow_trailing: bool,
+    buf: Vec<u8>,
+}
+
+/// Read until `buf` is full or EOF; returns how much was read.
+fn fill(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    let mut a = [0u8; 2];
+    if let Some(s) = b.get(at..at + 2) {
+        a.copy_from_slice(s);
+    }
+    u16::from_le_bytes(a)
+}
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+impl TraceReader {
+    /// Open a trace from any byte stream (file, stdin, pipe).
+    pub fn new<R: Read + Send + 'static>(r: R) -> Result<Self, TraceError> {
+        Self::with_options(r, ReadOptions::default())
+    }
+
+    pub fn with_options<R: Read + Send + 'static>(
+        r: R,
+        opts: ReadOptions,
+    ) -> Result<Self, TraceError> {
+        let mut raw = BufReader::with_capacity(256 * 1024, r);
+        let io = |offset: u64| move |source| TraceError::Io { offset, source };
+
+        let mut skipped = 0u64;
+        let mut prefix = [0u8; PREFIX_LEN];
+        let n = if opts.scan_for_magic {
+            match scan_to_magic(&mut raw).map_err(io(0))? {
+                Some(s) => skipped = s,
+                None => {
+                    return Err(TraceError::Truncated {
+                        offset: 0,
+                        what: "the stream: no trace magic number was found in it",
+                        compressed: false,
+                    });
+                }
+            }
+            prefix[..MAGIC.len()].copy_from_slice(&MAGIC);
+            MAGIC.len() + fill(&mut raw, &mut prefix[MAGIC.len()..]).map_err(io(skipped + 8))?
+        } else {
+            fill(&mut raw, &mut prefix).map_err(io(0))?
+        };
+        let base = skipped;
+        if n < MAGIC.len() {
+            return Err(TraceError::Truncated {
+                offset: base + n as u64,
+                what: "the magic number (the file is too short to be a trace)",
+                compressed: false,
+            });
+        }
+        let mut found = [0u8; 8];
+        found.copy_from_slice(&prefix[..8]);
+        if found != MAGIC {
+            return Err(TraceError::BadMagic { found });
+        }
+        if n < PREFIX_LEN {
+            return Err(TraceError::Truncated {
+                offset: base + n as u64,
+                what: "the file prefix (version, flags, header length)",
+                compressed: false,
+            });
+        }
+        let version = le_u16(&prefix, 8);
+        if version != FORMAT_VERSION {
+            return Err(TraceError::UnsupportedVersion { found: version });
+        }
+        let flags = le_u16(&prefix, 10);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(TraceError::UnknownFlags { flags });
+        }
+        let header_len = le_u32(&prefix, 12);
+        if header_len > MAX_HEADER_LEN {
+            return Err(TraceError::Corrupt {
+                offset: base + 12,
+                what: format!("header length {header_len} exceeds the limit of {MAX_HEADER_LEN}"),
+                compressed: false,
+            });
+        }
+        let hdr_at = base + PREFIX_LEN as u64;
+        let mut hdr = vec![0u8; header_len as usize + CRC_LEN];
+        let n = fill(&mut raw, &mut hdr).map_err(io(hdr_at))?;
+        if n < hdr.len() {
+            return Err(TraceError::Truncated {
+                offset: hdr_at + n as u64,
+                what: "the JSON header",
+                compressed: false,
+            });
+        }
+        let (json, crc) = hdr.split_at(header_len as usize);
+        if crc32fast::hash(json) != le_u32(crc, 0) {
+            return Err(TraceError::Corrupt {
+                offset: hdr_at,
+                what: "header checksum mismatch".to_string(),
+                compressed: false,
+            });
+        }
+        let header: TraceHeader =
+            serde_json::from_slice(json).map_err(|e| TraceError::Corrupt {
+                offset: hdr_at,
+                what: format!("header JSON does not parse: {e}"),
+                compressed: false,
+            })?;
+        let body_at = hdr_at + hdr.len() as u64;
+        let compressed = flags & FLAG_ZSTD != 0;
+        let body: Box<dyn Read + Send> = if compressed {
+            let dec = zstd::stream::read::Decoder::with_buffer(raw).map_err(io(body_at))?;
+            Box::new(dec)
+        } else {
+            Box::new(raw)
+        };
+        Ok(Self {
+            body,
+            header,
+            compressed,
+            offset: if compressed { 0 } else { body_at },
+            skipped,
+            records: 0,
+            events: 0,
+            finished: false,
+            allow_trailing: opts.allow_trailing,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn header(&self) -> &TraceHeader {
+        &self.header
+    }
+
+    pub fn compressed(&self) -> bool {
+        self.compressed
+    }
+
+    /// Bytes skipped before the magic number (with `scan_for_magic`).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Records read so far (the end record included once read).
+    pub fn records_read(&self) -> u64 {
+        self.records
+    }
+
+    pub fn events_read(&self) -> u64 {
+        self.events
+    }
+
+    fn read_err(&self, offset: u64, e: std::io::Error) -> TraceError {
+        if self.compressed {
+            TraceError::Corrupt {
+                offset,
+                what: format!("decompression failed: {e}"),
+                compressed: true,
+            }
+        } else {
+            TraceError::Io { offset, source: e }
+        }
+    }
+
+    fn corrupt(&self, offset: u64, what: String) -> TraceError {
+        TraceError::Corrupt {
+            offset,
+            what,
+            compressed: self.compressed,
+        }
+    }
+
+    /// The next record, `Ok(None)` after the end record. A stream that ends between two
+    /// records without an end record gives [`TraceError::MissingEnd`].
+    pub fn next_record(&mut self) -> Result<Option<Record>, TraceError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let at = self.offset;
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        let n = fill(&mut *self.body, &mut h).map_err(|e| self.read_err(at, e))?;
+        if n == 0 {
+            return Err(TraceError::MissingEnd {
+                offset: at,
+                compressed: self.compressed,
+            });
+        }
+        if n < RECORD_HEADER_LEN {
+            return Err(TraceError::Truncated {
+                offset: at + n as u64,
+                what: "a record header",
+                compressed: self.compressed,
+            });
+        }
+        let Some(tag) = RecordTag::from_u8(h[0]) else {
+            return Err(self.corrupt(at, format!("unknown record tag {}", h[0])));
+        };
+        if h[1..4] != [0, 0, 0] {
+            return Err(self.corrupt(at + 1, "reserved record header bytes are not zero".into()));
+        }
+        let len = le_u32(&h, 4);
+        if len > MAX_PAYLOAD_LEN {
+            return Err(self.corrupt(
+                at + 4,
+                format!("record length {len} exceeds the limit of {MAX_PAYLOAD_LEN}"),
+            ));
+        }
+        let mono_ns = le_u64(&h, 8);
+        let payload_at = at + RECORD_HEADER_LEN as u64;
+        let total = len as usize + CRC_LEN;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(total, 0);
+        let n = match fill(&mut *self.body, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.buf = buf;
+                return Err(self.read_err(payload_at, e));
+            }
+        };
+        if n < total {
+            self.buf = buf;
+            return Err(TraceError::Truncated {
+                offset: payload_at + n as u64,
+                what: "a record payload",
+                compressed: self.compressed,
+            });
+        }
+        let (payload, crc) = buf.split_at(len as usize);
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&h);
+        hasher.update(payload);
+        if hasher.finalize() != le_u32(crc, 0) {
+            self.buf = buf;
+            return Err(self.corrupt(at, format!("checksum mismatch in a {tag:?} record")));
+        }
+        let rec = self.decode(tag, mono_ns, payload, at);
+        self.buf = buf;
+        let rec = rec?;
+        self.offset = payload_at + total as u64;
+        self.records += 1;
+        if let Record::Events { events, .. } = &rec {
+            self.events += events.len() as u64;
+        }
+        if matches!(rec, Record::End { .. }) {
+            self.finished = true;
+            if !self.allow_trailing {
+                self.check_trailing()?;
+            }
+        }
+        Ok(Some(rec))
+    }
+
+    fn decode(
+        &self,
+        tag: RecordTag,
+        mono_ns: u64,
+        payload: &[u8],
+        at: u64,
+    ) -> Result<Record, TraceError> {
+        let len = payload.len();
+        Ok(match tag {
+            RecordTag::Events => {
+                if !len.is_multiple_of(EVENT_SIZE) {
+                    return Err(self.corrupt(
+                        at,
+                        format!("events record of {len} bytes is not a multiple of {EVENT_SIZE}"),
+                    ));
+                }
+                let events = payload
+                    .chunks_exact(EVENT_SIZE)
+                    .filter_map(Event::from_bytes)
+                    .collect();
+                Record::Events { mono_ns, events }
+            }
+            RecordTag::Counters => {
+                if !len.is_multiple_of(8) || len / 8 > MAX_COUNTER_SLOTS {
+                    return Err(self.corrupt(
+                        at,
+                        format!("counters record of {len} bytes (expected up to {MAX_COUNTER_SLOTS} u64)"),
+                    ));
+                }
+                let values = (0..len / 8).map(|i| le_u64(payload, i * 8)).collect();
+                Record::Counters { mono_ns, values }
+            }
+            RecordTag::Undecodable => {
+                if len != 8 {
+                    return Err(
+                        self.corrupt(at, format!("undecodable record of {len} bytes, expected 8"))
+                    );
+                }
+                Record::Undecodable {
+                    mono_ns,
+                    count: le_u64(payload, 0),
+                }
+            }
+            RecordTag::End => {
+                if len != 16 {
+                    return Err(self.corrupt(at, format!("end record of {len} bytes, expected 16")));
+                }
+                let (records, events) = (le_u64(payload, 0), le_u64(payload, 8));
+                if records != self.records || events != self.events {
+                    return Err(self.corrupt(
+                        at,
+                        format!(
+                            "end record says {records} records / {events} events were written, {} / {} were read",
+                            self.records, self.events
+                        ),
+                    ));
+                }
+                Record::End {
+                    mono_ns,
+                    records,
+                    events,
+                }
+            }
+        })
+    }
+
+    fn check_trailing(&mut self) -> Result<(), TraceError> {
+        let mut one = [0u8; 1];
+        let at = self.offset;
+        match fill(&mut *self.body, &mut one) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(self.corrupt(at, "data follows the end record".into())),
+            Err(e) => Err(self.read_err(at, e)),
+        }
+    }
+}
+
+/// Consume bytes up to and including the magic number; returns how many bytes came
+/// before it, or `None` at EOF without a magic.
+fn scan_to_magic<R: Read>(r: &mut BufReader<R>) -> std::io::Result<Option<u64>> {
+    let mut consumed_total = 0u64;
+    // How many bytes of MAGIC matched at the end of what was consumed so far.
+    let mut matched = 0usize;
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut consumed = 0;
+        for &b in buf {
+            consumed += 1;
+            if b == MAGIC[matched] {
+                matched += 1;
+            } else {
+                // No proper suffix of a partial "VMATRACE" match is a prefix of it other
+                // than a lone 'V', so restarting like this finds every occurrence.
+                matched = usize::from(b == MAGIC[0]);
+            }
+            if matched == MAGIC.len() {
+                break;
+            }
+        }
+        r.consume(consumed);
+        consumed_total += consumed as u64;
+        if matched == MAGIC.len() {
+            return Ok(Some(consumed_total - MAGIC.len() as u64));
+        }
+    }
+}

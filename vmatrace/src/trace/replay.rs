@@ -1,0 +1,178 @@
+//! A trace as a pipeline source: a blocking reader thread that turns records into
+//! [`SourceItem`]s, as fast as the pipeline takes them or paced like the recording.
+
+use std::{
+    fs::File,
+    io::{self, Read},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use super::{
+    format::{Record, TraceError},
+    reader::TraceReader,
+};
+use crate::pipeline::{CounterSnapshot, SourceItem};
+
+/// Keeps an event when it returns true.
+pub type EventFilter = Arc<dyn Fn(&vmatrace_common::Event) -> bool + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub struct ReplayOptions {
+    /// `None`: as fast as possible. `Some(1.0)`: recorded pace; `Some(2.0)`: twice as fast.
+    pub speed: Option<f64>,
+    /// Userspace version of the kernel's task filters (`--pid`, `--comm`).
+    pub filter: Option<EventFilter>,
+}
+
+/// How a replay ended.
+#[derive(Debug, Default)]
+pub struct ReplayOutcome {
+    pub records: u64,
+    /// Events read from the trace (before the filter).
+    pub events: u64,
+    /// Events the filter dropped.
+    pub filtered: u64,
+    /// Monotonic timestamps of the first and last record (recorded duration).
+    pub first_mono_ns: Option<u64>,
+    pub last_mono_ns: Option<u64>,
+    /// The end record was reached: the trace is complete.
+    pub complete: bool,
+    /// Stopped early (signal) before the end of the trace.
+    pub stopped: bool,
+    /// The problem that ended reading (all records before it were delivered).
+    pub error: Option<TraceError>,
+}
+
+impl ReplayOutcome {
+    pub fn recorded_duration_ns(&self) -> u64 {
+        match (self.first_mono_ns, self.last_mono_ns) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        }
+    }
+}
+
+/// Run `reader` on its own thread, sending items on `tx` until the end record, an error,
+/// `stop`, or the receiver closing. The sender is dropped when the thread ends, which
+/// ends the pipeline.
+pub fn spawn(
+    mut reader: TraceReader,
+    tx: mpsc::Sender<SourceItem>,
+    opts: ReplayOptions,
+    stop: Arc<AtomicBool>,
+) -> io::Result<thread::JoinHandle<ReplayOutcome>> {
+    thread::Builder::new()
+        .name("vmatrace-replay".into())
+        .spawn(move || {
+            let mut out = ReplayOutcome::default();
+            let start = Instant::now();
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    out.stopped = true;
+                    break;
+                }
+                let rec = match reader.next_record() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        out.error = Some(e);
+                        break;
+                    }
+                };
+                let mono = rec.mono_ns();
+                let first = *out.first_mono_ns.get_or_insert(mono);
+                out.last_mono_ns = Some(mono);
+                out.records += 1;
+                if let Some(speed) = opts.speed
+                    && speed > 0.0
+                {
+                    let due = Duration::from_nanos(mono.saturating_sub(first))
+                        .div_f64(speed)
+                        .min(Duration::from_secs(86_400 * 365));
+                    if !sleep_until(start + due, &stop) {
+                        out.stopped = true;
+                        break;
+                    }
+                }
+                let item = match rec {
+                    Record::Events { mut events, .. } => {
+                        out.events += events.len() as u64;
+                        if let Some(f) = &opts.filter {
+                            let before = events.len();
+                            events.retain(|e| f(e));
+                            out.filtered += (before - events.len()) as u64;
+                            if events.is_empty() {
+                                continue;
+                            }
+                        }
+                        SourceItem::Events(events)
+                    }
+                    Record::Counters { values, .. } => {
+                        SourceItem::Counters(CounterSnapshot { values })
+                    }
+                    Record::Undecodable { count, .. } => SourceItem::Undecodable(count),
+                    Record::End { .. } => {
+                        out.complete = true;
+                        break;
+                    }
+                };
+                if tx.blocking_send(item).is_err() {
+                    // The pipeline stopped listening (shutdown).
+                    out.stopped = true;
+                    break;
+                }
+            }
+            out
+        })
+}
+
+/// Sleep until `when` in short steps so a stop request is seen; false if stopped.
+fn sleep_until(when: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= when {
+            return true;
+        }
+        thread::sleep((when - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// A regular file that is still being written: at EOF wait for more data instead of
+/// ending, until `stop` is set (then report EOF). The trace's end record ends reading.
+pub struct GrowingFile {
+    file: File,
+    stop: Arc<AtomicBool>,
+    poll: Duration,
+}
+
+impl GrowingFile {
+    pub fn new(file: File, stop: Arc<AtomicBool>) -> Self {
+        Self {
+            file,
+            stop,
+            poll: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Read for GrowingFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.file.read(buf)?;
+            if n > 0 || buf.is_empty() || self.stop.load(Ordering::Relaxed) {
+                return Ok(n);
+            }
+            thread::sleep(self.poll);
+        }
+    }
+}

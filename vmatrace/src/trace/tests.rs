@@ -1,0 +1,453 @@
+//! Round trips and hostile input for the trace reader.
+
+use std::io::Cursor;
+
+use proptest::prelude::*;
+use vmatrace_common::{Event, EventKind, model::Generation};
+
+use super::*;
+
+fn ev(i: u64, kind: EventKind) -> Event {
+    let mut e = Event::ZERO;
+    e.ts_ns = 1_000 + i;
+    e.kind = kind as u16;
+    e.vma = 0xffff_8880_0000_0000 + i * 0x100;
+    e.pid_tgid = (42 << 32) | 43;
+    e.comm[..4].copy_from_slice(b"test");
+    e
+}
+
+fn header() -> TraceHeader {
+    let mut h = TraceHeader::synthetic(Generation::V7_0);
+    h.kernel_release = "7.2.13+deb14-cloud-amd64".into();
+    h.host = "testhost".into();
+    h.clock = ClockBase {
+        monotonic_ns: 1_000,
+        realtime_ns: 1_800_000_000_000_000_000,
+    };
+    h
+}
+
+/// A small trace with every record type; returns (bytes, records excluding End).
+fn sample(compress: bool) -> (Vec<u8>, Vec<Record>) {
+    let recs = vec![
+        Record::Events {
+            mono_ns: 10,
+            events: (0..5).map(|i| ev(i, EventKind::ExcludeExit)).collect(),
+        },
+        Record::Counters {
+            mono_ns: 20,
+            values: vec![1, 2, 3],
+        },
+        Record::Undecodable {
+            mono_ns: 30,
+            count: 7,
+        },
+        Record::Events {
+            mono_ns: 40,
+            events: (5..8).map(|i| ev(i, EventKind::VmaFree)).collect(),
+        },
+    ];
+    let shared = SharedBuf::default();
+    let mut w = TraceWriter::new(shared.clone(), &header(), compress).expect("writer");
+    for r in &recs {
+        match r {
+            Record::Events { mono_ns, events } => w.write_events(*mono_ns, events),
+            Record::Counters { mono_ns, values } => w.write_counters(*mono_ns, values),
+            Record::Undecodable { mono_ns, count } => w.write_undecodable(*mono_ns, *count),
+            Record::End { .. } => Ok(()),
+        }
+        .expect("write");
+    }
+    let size = w.finish(50).expect("finish");
+    let bytes = shared.take();
+    assert_eq!(size, bytes.len() as u64);
+    (bytes, recs)
+}
+
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+impl SharedBuf {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().expect("lock"))
+    }
+}
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Read everything; Ok(records) only if the trace is complete.
+fn read_all(bytes: Vec<u8>, opts: ReadOptions) -> Result<(TraceHeader, Vec<Record>), TraceError> {
+    let mut r = TraceReader::with_options(Cursor::new(bytes), opts)?;
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record()? {
+        out.push(rec);
+    }
+    Ok((r.header().clone(), out))
+}
+
+#[test]
+fn roundtrip_plain_and_compressed() {
+    for compress in [false, true] {
+        let (bytes, recs) = sample(compress);
+        let (h, got) = read_all(bytes, ReadOptions::default()).expect("valid trace");
+        assert_eq!(h, header());
+        assert_eq!(&got[..recs.len()], &recs[..], "compress={compress}");
+        assert_eq!(
+            got.last(),
+            Some(&Record::End {
+                mono_ns: 50,
+                records: 4,
+                events: 8
+            })
+        );
+    }
+}
+
+#[test]
+fn large_batches_are_split_into_records() {
+    let shared = SharedBuf::default();
+    let mut w = TraceWriter::new(shared.clone(), &header(), false).expect("writer");
+    let n = format::MAX_EVENTS_PER_RECORD * 2 + 3;
+    let batch: Vec<Event> = (0..n as u64)
+        .map(|i| ev(i, EventKind::WriteLockExit))
+        .collect();
+    w.write_events(1, &batch).expect("write");
+    assert_eq!(w.records(), 3);
+    w.finish(2).expect("finish");
+    let (_, recs) = read_all(shared.take(), ReadOptions::default()).expect("valid");
+    let events: Vec<Event> = recs
+        .into_iter()
+        .flat_map(|r| match r {
+            Record::Events { events, .. } => events,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(events, batch);
+}
+
+#[test]
+fn every_truncation_is_an_error_with_offset() {
+    for compress in [false, true] {
+        let (bytes, _) = sample(compress);
+        for cut in 0..bytes.len() {
+            let err = read_all(bytes[..cut].to_vec(), ReadOptions::default())
+                .expect_err("a truncated trace must not read as complete");
+            let msg = err.to_string();
+            assert!(
+                matches!(
+                    err,
+                    TraceError::Truncated { .. }
+                        | TraceError::MissingEnd { .. }
+                        | TraceError::Corrupt { .. }
+                ),
+                "cut {cut} compress {compress}: {msg}"
+            );
+            assert!(msg.contains("byte") || msg.contains("too short"), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn truncation_offsets_are_exact_for_plain_traces() {
+    let (bytes, _) = sample(false);
+    // Cut in the middle of the second record's payload.
+    let body_at = bytes.len()
+        - (16 + 5 * 128 + 4)
+        - (16 + 24 + 4)
+        - (16 + 8 + 4)
+        - (16 + 3 * 128 + 4)
+        - (16 + 16 + 4);
+    let second = body_at + 16 + 5 * 128 + 4;
+    let cut = second + 16 + 10;
+    match read_all(bytes[..cut].to_vec(), ReadOptions::default()) {
+        Err(TraceError::Truncated {
+            offset,
+            what,
+            compressed: false,
+        }) => {
+            assert_eq!(offset as usize, cut);
+            assert_eq!(what, "a record payload");
+        }
+        other => panic!("expected truncation, got {other:?}"),
+    }
+    match read_all(bytes[..second].to_vec(), ReadOptions::default()) {
+        Err(TraceError::MissingEnd { offset, .. }) => assert_eq!(offset as usize, second),
+        other => panic!("expected a missing end record, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_magic_version_and_flags_are_named() {
+    let (bytes, _) = sample(false);
+    let mut b = bytes.clone();
+    b[0] = b'X';
+    assert!(matches!(
+        read_all(b, ReadOptions::default()),
+        Err(TraceError::BadMagic { .. })
+    ));
+    let mut b = bytes.clone();
+    b[8] = 9;
+    let e = read_all(b, ReadOptions::default()).expect_err("version");
+    assert!(e.to_string().contains("version 9"), "{e}");
+    let mut b = bytes;
+    b[11] = 0x80;
+    assert!(matches!(
+        read_all(b, ReadOptions::default()),
+        Err(TraceError::UnknownFlags { .. })
+    ));
+}
+
+#[test]
+fn every_single_bit_flip_is_detected() {
+    // CRC-32 detects every single-bit error, so no flipped trace may read as valid with
+    // different content.
+    let (bytes, recs) = sample(false);
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut b = bytes.clone();
+            b[i] ^= 1 << bit;
+            match read_all(b, ReadOptions::default()) {
+                Err(e) => {
+                    let _ = e.to_string();
+                }
+                Ok((_, got)) => panic!(
+                    "flip at byte {i} bit {bit} went undetected ({} records, expected {})",
+                    got.len(),
+                    recs.len() + 1
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn trailing_data_is_reported_unless_allowed() {
+    let (mut bytes, recs) = sample(false);
+    bytes.extend_from_slice(b"junk");
+    assert!(read_all(bytes.clone(), ReadOptions::default()).is_err());
+    let opts = ReadOptions {
+        allow_trailing: true,
+        ..ReadOptions::default()
+    };
+    let (_, got) = read_all(bytes, opts).expect("trailing allowed");
+    assert_eq!(got.len(), recs.len() + 1);
+}
+
+#[test]
+fn scan_skips_console_noise_before_the_magic() {
+    for compress in [false, true] {
+        let (bytes, recs) = sample(compress);
+        let mut noisy = b"[    0.000000] Linux version 7.2 VMAT VMATRAC\r\n".to_vec();
+        let noise = noisy.len() as u64;
+        noisy.extend_from_slice(&bytes);
+        let opts = ReadOptions {
+            scan_for_magic: true,
+            allow_trailing: true,
+        };
+        let mut r = TraceReader::with_options(Cursor::new(noisy), opts).expect("found");
+        assert_eq!(r.skipped(), noise);
+        let mut n = 0;
+        while r.next_record().expect("valid").is_some() {
+            n += 1;
+        }
+        assert_eq!(n, recs.len() + 1);
+    }
+    let opts = ReadOptions {
+        scan_for_magic: true,
+        allow_trailing: true,
+    };
+    assert!(matches!(
+        TraceReader::with_options(Cursor::new(b"no trace here".to_vec()), opts),
+        Err(TraceError::Truncated { .. })
+    ));
+}
+
+#[test]
+fn oversized_lengths_do_not_allocate() {
+    let (bytes, _) = sample(false);
+    let mut b = bytes;
+    // Header length field → 0xffff_ffff.
+    b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    match read_all(b, ReadOptions::default()) {
+        Err(TraceError::Corrupt { offset: 12, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096), scan in any::<bool>()) {
+        let opts = ReadOptions { scan_for_magic: scan, allow_trailing: false };
+        let r = read_all(data, opts);
+        prop_assert!(r.is_err());
+    }
+
+    #[test]
+    fn random_bodies_after_a_valid_prefix_never_panic(
+        body in proptest::collection::vec(any::<u8>(), 0..4096),
+        compress in any::<bool>(),
+    ) {
+        let (bytes, _) = sample(compress);
+        // Keep the prefix and header, replace the body with noise.
+        let json_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        let mut b = bytes[..16 + json_len + 4].to_vec();
+        b.extend_from_slice(&body);
+        let _ = read_all(b, ReadOptions::default()).map(|_| ()).map_err(|e| e.to_string());
+    }
+
+    #[test]
+    fn mutated_traces_never_panic(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+        compress in any::<bool>(),
+    ) {
+        let (mut b, _) = sample(compress);
+        for (i, v) in flips {
+            let at = i.index(b.len());
+            b[at] ^= v | 1;
+        }
+        let keep = cut.index(b.len() + 1);
+        b.truncate(keep);
+        let _ = read_all(b, ReadOptions::default()).map(|_| ()).map_err(|e| e.to_string());
+    }
+}
+
+mod through_the_pipeline {
+    use std::sync::{Arc, atomic::AtomicBool};
+
+    use tokio::sync::mpsc;
+    use vmatrace_common::{Counter, event::flags};
+
+    use super::*;
+    use crate::pipeline::{CounterSnapshot, Pipeline, SourceItem};
+
+    fn items() -> Vec<SourceItem> {
+        let mut v = Vec::new();
+        for b in 0..20u64 {
+            let evs: Vec<Event> = (0..50)
+                .map(|i| {
+                    let mut e = ev(b * 50 + i, EventKind::ExcludeExit);
+                    e.flags = flags::PAIRED;
+                    e.wait_ns = 100 * (i + 1);
+                    e
+                })
+                .collect();
+            v.push(SourceItem::Events(evs));
+            if b % 5 == 4 {
+                let mut c = vec![0u64; 12];
+                c[Counter::RingbufReserveFailed as usize] = b;
+                c[Counter::ReaderAcquireOk as usize] = 10 * b;
+                v.push(SourceItem::Counters(CounterSnapshot { values: c }));
+            }
+        }
+        v.push(SourceItem::Undecodable(2));
+        v
+    }
+
+    fn run_pipeline(p: Pipeline, items: Vec<SourceItem>) -> Pipeline {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let (tx, rx) = mpsc::channel(4);
+            let feeder = tokio::spawn(async move {
+                for it in items {
+                    if tx.send(it).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let p = p.drive(rx, std::time::Duration::from_millis(5)).await;
+            let _ = feeder.await;
+            p
+        })
+    }
+
+    #[test]
+    fn record_then_replay_gives_the_same_totals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for compress in [false, true] {
+            let path = dir.path().join(format!("rt-{compress}.vmatrace"));
+            let w = TraceWriter::create(&path, &header(), compress).expect("create");
+            let rec = Recorder::new(w, &path.display().to_string(), compress);
+            let status = rec.status();
+            let mut live = Pipeline::new(Generation::V7_0);
+            live.add_sink(Box::new(rec));
+            let live = run_pipeline(live, items());
+            let st = status.lock().expect("status").clone();
+            assert!(st.complete && st.error.is_none(), "{st:?}");
+            assert_eq!(st.events_recorded, 1000);
+            assert_eq!(st.bytes, std::fs::metadata(&path).expect("stat").len());
+
+            let reader =
+                TraceReader::new(std::fs::File::open(&path).expect("open")).expect("valid trace");
+            let (tx, rx) = mpsc::channel(4);
+            let stop = Arc::new(AtomicBool::new(false));
+            let h = replay::spawn(reader, tx, ReplayOptions::default(), stop).expect("thread");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let replayed = rt.block_on(
+                Pipeline::new(Generation::V7_0).drive(rx, std::time::Duration::from_millis(5)),
+            );
+            let outcome = h.join().expect("reader thread");
+            assert!(outcome.complete && outcome.error.is_none(), "{outcome:?}");
+            assert_eq!(outcome.events, 1000);
+
+            let (a, b) = (&live.totals, &replayed.totals);
+            assert_eq!(a.events, b.events);
+            assert_eq!(a.undecodable, b.undecodable);
+            assert_eq!(a.counters, b.counters);
+            assert_eq!(a.anomalies, b.anomalies);
+            assert_eq!(a.wait.start_exclude, b.wait.start_exclude);
+            assert_eq!(b.wait.start_exclude.count(), 1000);
+            assert_eq!(b.counters.get(Counter::RingbufReserveFailed), 19);
+            assert_eq!(
+                live.validator.losses_noted(),
+                replayed.validator.losses_noted()
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_disk_stops_recording_not_the_pipeline() {
+        let path = std::path::Path::new("/dev/full");
+        if !path.exists() {
+            crate::testing::skip(
+                "a_full_disk_stops_recording_not_the_pipeline",
+                "no /dev/full",
+            );
+            return;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open /dev/full");
+        // The header fits in the writer's buffer; the failure shows at the first flush.
+        let w = TraceWriter::new(f, &header(), false).expect("buffered header");
+        let rec = Recorder::new(w, "/dev/full", false);
+        let status = rec.status();
+        let mut p = Pipeline::new(Generation::V7_0);
+        p.add_sink(Box::new(rec));
+        let p = run_pipeline(p, items());
+        assert_eq!(p.totals.total_events(), 1000, "tracing went on");
+        let st = status.lock().expect("status").clone();
+        assert!(!st.complete);
+        let err = st.error.expect("the error is kept");
+        assert!(err.contains("No space left"), "{err}");
+        // Nothing ever reached the device: every event is accounted as not recorded.
+        assert_eq!(st.events_not_recorded, 1000);
+        assert_eq!(st.events_recorded, 0);
+    }
+}

@@ -1,0 +1,229 @@
+//! Anomalies: the list, and for the selected one its evidence (the VMA's last events and
+//! the model's expected vs observed state).
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
+use vmatrace_common::Event;
+use vmatrace_common::event::flags;
+use vmatrace_common::model::Generation;
+
+use super::{bad, block, dim, fmt, title_style, warn};
+use crate::stats::aggregates::comm_to_string;
+use crate::tui::state::{AnomalyEntry, AppState};
+use crate::validate::Severity;
+
+pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
+    if state.ui.evidence
+        && let Some(e) = state.selected_anomaly()
+    {
+        render_evidence(frame, area, state, e);
+        return;
+    }
+    render_list(frame, area, state);
+}
+
+fn severity(s: Severity) -> Span<'static> {
+    match s {
+        Severity::Error => Span::styled("error", bad()),
+        Severity::Warning => Span::styled("warning", warn()),
+    }
+}
+
+fn task(ev: &Event) -> String {
+    format!("{}[{}/{}]", comm_to_string(&ev.comm), ev.tgid(), ev.tid())
+}
+
+fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
+    let d = state.view();
+    let visible = state.visible_anomalies();
+    if visible.is_empty() {
+        let msg = if d.anomalies.is_empty() {
+            "No anomalies: every observed transition was allowed by the model."
+        } else {
+            "No anomaly matches the filter."
+        };
+        let p = Paragraph::new(Line::styled(msg, dim())).wrap(Wrap { trim: true });
+        frame.render_widget(p.block(block("Anomalies")), area);
+        return;
+    }
+    let header =
+        Row::new(["#", "time", "severity", "kind", "task", "VMA start"]).style(title_style());
+    let rows = visible.iter().map(|e| {
+        let a = &e.anomaly;
+        Row::new(vec![
+            Cell::from(e.seq.to_string()),
+            Cell::from(fmt::rel_time(d.relative_ns(a.event.ts_ns))),
+            Cell::from(severity(a.severity)),
+            Cell::from(a.kind.key()),
+            Cell::from(format!(
+                "{}[{}]",
+                comm_to_string(&a.event.comm),
+                a.event.tgid()
+            )),
+            Cell::from(format!("{:x}", a.event.vm_start)),
+        ])
+    });
+    let dropped = if d.anomalies_dropped > 0 {
+        format!(", {} oldest not kept", fmt::count(d.anomalies_dropped))
+    } else {
+        String::new()
+    };
+    let title = format!(
+        "Anomalies ({} shown of {}{dropped})",
+        visible.len(),
+        d.anomalies_seen
+    );
+    let t = Table::new(
+        rows,
+        [
+            Constraint::Length(4),
+            Constraint::Length(9),
+            Constraint::Length(7),
+            Constraint::Length(23),
+            Constraint::Min(12),
+            Constraint::Length(12),
+        ],
+    )
+    .header(header)
+    .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
+    .block(block(title));
+    let mut ts =
+        TableState::default().with_selected(Some(state.ui.selected.min(visible.len() - 1)));
+    frame.render_stateful_widget(t, area, &mut ts);
+}
+
+fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyEntry) {
+    let d = state.view();
+    let a = &e.anomaly;
+    let ev = &a.event;
+    let label = |k: &str| Span::styled(format!("{k:<9}"), title_style());
+    let detail = vec![
+        Line::from(vec![
+            label("anomaly"),
+            Span::styled(a.kind.key(), bad()),
+            Span::raw(" ("),
+            severity(a.severity),
+            Span::raw(format!(
+                ") #{} at {}",
+                e.seq,
+                fmt::rel_time(d.relative_ns(ev.ts_ns))
+            )),
+        ]),
+        Line::from(vec![
+            label("task"),
+            Span::raw(format!("{} cpu {}", task(ev), ev.cpu)),
+        ]),
+        Line::from(vec![
+            label("VMA"),
+            Span::raw(format!(
+                "{:x}-{:x} ({})",
+                ev.vm_start,
+                ev.vm_end,
+                fmt::size(ev.vm_end.saturating_sub(ev.vm_start))
+            )),
+        ]),
+        Line::from(vec![label("state"), Span::raw(a.state.clone())]),
+        Line::from(vec![label("expected"), Span::raw(a.expected.clone())]),
+        Line::from(vec![
+            label("observed"),
+            Span::styled(a.observed.clone(), warn()),
+        ]),
+    ];
+    let detail_h = (detail.len() as u16 + 2).min(area.height / 2);
+    let [top, bottom] =
+        Layout::vertical([Constraint::Length(detail_h), Constraint::Min(0)]).areas(area);
+    let p = Paragraph::new(detail).wrap(Wrap { trim: false });
+    frame.render_widget(
+        p.block(block(format!("Evidence #{} (Esc back)", e.seq))),
+        top,
+    );
+    render_events(frame, bottom, &a.evidence, ev, state.ctx.generation);
+}
+
+/// The VMA's recent events, oldest first; the offending one (last) is highlighted.
+fn render_events(
+    frame: &mut Frame,
+    area: Rect,
+    events: &[Event],
+    offending: &Event,
+    g: Generation,
+) {
+    let wide = area.width >= 120;
+    let mut head = vec!["Δt", "event"];
+    if wide {
+        head.push("function");
+    }
+    head.extend(["tid", "refcnt", "entry", "L/S seq", "ret", "wait"]);
+    let rows = events.iter().map(|ev| {
+        let dt = ev.ts_ns as i128 - offending.ts_ns as i128;
+        let kind = ev.kind().map_or("?", |k| k.key());
+        let mut cells = vec![
+            Cell::from(Line::from(signed_ns(dt)).right_aligned()),
+            Cell::from(kind),
+        ];
+        if wide {
+            cells.push(Cell::from(ev.probe().kernel_name()));
+        }
+        let or_dash = |ok: bool, s: String| if ok { s } else { "-".into() };
+        cells.extend([
+            Cell::from(ev.tid().to_string()),
+            Cell::from(or_dash(
+                ev.has(flags::VMA_FIELDS),
+                fmt::refcnt(ev.refcnt, g),
+            )),
+            Cell::from(or_dash(
+                ev.has(flags::PAIRED),
+                fmt::refcnt(ev.entry_refcnt, g),
+            )),
+            Cell::from(or_dash(
+                ev.has(flags::VMA_FIELDS) && ev.has(flags::MM_SEQ),
+                format!("{}/{}", ev.vm_lock_seq as i32, ev.mm_lock_seq as i32),
+            )),
+            Cell::from(or_dash(ev.has(flags::RET), ret_str(ev.ret))),
+            Cell::from(or_dash(ev.has(flags::PAIRED), fmt::ns(ev.wait_ns))),
+        ]);
+        let row = Row::new(cells);
+        if ev == offending {
+            row.style(bad())
+        } else {
+            row
+        }
+    });
+    let mut widths = vec![Constraint::Length(10), Constraint::Length(16)];
+    if wide {
+        widths.push(Constraint::Length(32));
+    }
+    widths.extend([
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(12),
+        Constraint::Length(6),
+        Constraint::Min(8),
+    ]);
+    let t = Table::new(rows, widths)
+        .header(Row::new(head).style(title_style()))
+        .block(block(format!(
+            "Events of this VMA ({}, oldest first)",
+            events.len()
+        )));
+    frame.render_widget(t, area);
+}
+
+/// A time difference: "-2.00ms", "0ns".
+fn signed_ns(dt: i128) -> String {
+    let abs = fmt::ns(u64::try_from(dt.unsigned_abs()).unwrap_or(u64::MAX));
+    if dt < 0 { format!("-{abs}") } else { abs }
+}
+
+/// Return values: small errnos and booleans as numbers, pointers as "ptr".
+fn ret_str(ret: i64) -> String {
+    if (-4095..=4095).contains(&ret) {
+        ret.to_string()
+    } else {
+        "ptr".into()
+    }
+}

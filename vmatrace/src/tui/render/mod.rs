@@ -1,0 +1,230 @@
+//! Renderers: pure functions of [`AppState`] onto a ratatui [`Frame`].
+//!
+//! Layout: header (session), tabs, the screen, a key-hint footer; the help and the log
+//! pane are overlays. Every screen degrades to 80x24 and spreads out on larger terminals.
+
+pub mod anomalies;
+pub mod fmt;
+pub mod model;
+pub mod overview;
+pub mod top;
+pub mod writers;
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Tabs, Wrap};
+
+use super::state::{AppState, Screen};
+
+/// Below this the dashboard only says it needs more room.
+pub const MIN_WIDTH: u16 = 60;
+pub const MIN_HEIGHT: u16 = 16;
+
+pub(crate) fn title_style() -> Style {
+    Style::default().add_modifier(Modifier::BOLD)
+}
+
+pub(crate) fn dim() -> Style {
+    Style::default().fg(Color::DarkGray)
+}
+
+pub(crate) fn warn() -> Style {
+    Style::default().fg(Color::Yellow)
+}
+
+pub(crate) fn bad() -> Style {
+    Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
+}
+
+pub(crate) fn block(title: impl Into<String>) -> Block<'static> {
+    Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(format!(" {} ", title.into()), title_style()))
+}
+
+/// Draw the whole dashboard.
+pub fn render(frame: &mut Frame, state: &AppState) {
+    let area = frame.area();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        let msg = format!(
+            "vmatrace needs at least {MIN_WIDTH}x{MIN_HEIGHT} (now {}x{}). q quits.",
+            area.width, area.height
+        );
+        frame.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), area);
+        return;
+    }
+    let [header, tabs, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    render_header(frame, header, state);
+    render_tabs(frame, tabs, state);
+    let body = if state.ui.log_pane {
+        let [main, log] =
+            Layout::vertical([Constraint::Min(0), Constraint::Length(body.height / 3 + 2)])
+                .areas(body);
+        render_log(frame, log, state);
+        main
+    } else {
+        body
+    };
+    match state.ui.screen {
+        Screen::Overview => overview::render(frame, body, state),
+        Screen::Writers => writers::render(frame, body, state),
+        Screen::Top => top::render(frame, body, state),
+        Screen::Anomalies => anomalies::render(frame, body, state),
+        Screen::Model => model::render(frame, body, state),
+    }
+    render_footer(frame, footer, state);
+    if state.ui.help {
+        render_help(frame, area);
+    }
+}
+
+fn render_header(frame: &mut Frame, area: Rect, state: &AppState) {
+    let d = state.view();
+    let ctx = &state.ctx;
+    let source = if ctx.source_detail.is_empty() {
+        ctx.source.label().to_string()
+    } else {
+        format!("{} {}", ctx.source.label(), ctx.source_detail)
+    };
+    let (status, status_style) = if state.paused() {
+        ("PAUSED", warn().add_modifier(Modifier::REVERSED))
+    } else if d.source_ended {
+        ("ENDED", dim().add_modifier(Modifier::REVERSED))
+    } else {
+        ("LIVE", Style::default().fg(Color::Green))
+    };
+    let anomalies = d.anomalies_seen;
+    let sep = Span::styled(" │ ", dim());
+    // Most important first: on a narrow terminal the tail is what gets cut.
+    let spans = vec![
+        Span::styled("vmatrace ", title_style()),
+        Span::styled(status, status_style),
+        sep.clone(),
+        Span::styled(
+            format!("{} anomalies", fmt::count(anomalies)),
+            if anomalies > 0 {
+                bad()
+            } else {
+                Style::default()
+            },
+        ),
+        sep.clone(),
+        Span::raw(format!("up {}", fmt::hms(d.uptime.as_secs()))),
+        sep.clone(),
+        Span::raw(format!("gen {}", ctx.generation.key())),
+        sep.clone(),
+        Span::raw(format!("kernel {}", fmt::clip(&ctx.kernel_release, 24))),
+        sep,
+        Span::raw(source),
+    ];
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn render_tabs(frame: &mut Frame, area: Rect, state: &AppState) {
+    let titles = Screen::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{} {}", i + 1, s.title()));
+    let selected = Screen::ALL.iter().position(|s| *s == state.ui.screen);
+    let tabs = Tabs::new(titles)
+        .select(selected)
+        .highlight_style(Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD))
+        .divider(" ");
+    frame.render_widget(tabs, area);
+}
+
+fn render_footer(frame: &mut Frame, area: Rect, state: &AppState) {
+    let line = if state.ui.editing_filter {
+        Line::from(vec![
+            Span::styled("filter: ", title_style()),
+            Span::raw(state.ui.filter.clone()),
+            Span::styled("▏", warn()),
+            Span::styled("  Enter apply · Esc clear", dim()),
+        ])
+    } else {
+        let hints = match state.ui.screen {
+            Screen::Top => "s sort · v procs/VMAs · / filter · Esc clear",
+            Screen::Anomalies if state.ui.evidence => "Esc back · ↑↓ other anomaly",
+            Screen::Anomalies => "↑↓ select · Enter evidence · / filter",
+            _ => "1-5/Tab screens",
+        };
+        let mut spans = vec![
+            Span::styled(hints, dim()),
+            Span::styled(" · p pause · r reset · l log · ? help · q quit", dim()),
+        ];
+        if !state.ui.filter.is_empty() {
+            spans.push(Span::styled(
+                format!("  [filter: {}]", state.ui.filter),
+                warn(),
+            ));
+        }
+        Line::from(spans)
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+pub(crate) fn render_log(frame: &mut Frame, area: Rect, state: &AppState) {
+    let rows = area.height.saturating_sub(2) as usize;
+    let lines: Vec<Line> = state
+        .log
+        .iter()
+        .skip(state.log.len().saturating_sub(rows))
+        .map(|l| Line::raw(l.clone()))
+        .collect();
+    let body = if lines.is_empty() {
+        Paragraph::new(Line::styled("(no log messages)", dim()))
+    } else {
+        Paragraph::new(lines)
+    };
+    frame.render_widget(Clear, area);
+    frame.render_widget(body.block(block("Log")), area);
+}
+
+const HELP: &[(&str, &str)] = &[
+    ("1-5, Tab", "Overview, Writers, Top, Anomalies, Model"),
+    ("?", "this help (any key closes)"),
+    ("p", "pause / resume the display (tracing goes on)"),
+    ("r", "reset counters, histograms and rates"),
+    ("l", "show / hide the log pane"),
+    ("q, Ctrl-C", "quit"),
+    ("Top: s", "cycle the sort column"),
+    ("Top: v", "per-process / per-VMA table"),
+    ("/", "filter by comm, pid or kind (Top, Anomalies)"),
+    ("Anomalies: ↑↓", "select; Enter opens the evidence"),
+    ("Esc", "back / close / clear the filter"),
+];
+
+fn render_help(frame: &mut Frame, area: Rect) {
+    let width = 68.min(area.width.saturating_sub(2));
+    let height = (HELP.len() as u16 + 4).min(area.height.saturating_sub(2));
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    let mut lines: Vec<Line> = HELP
+        .iter()
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!("{k:>14}  "), title_style()),
+                Span::raw(*v),
+            ])
+        })
+        .collect();
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        "Wait percentiles are log2 bucket upper edges (at most 2x high).",
+        dim(),
+    ));
+    frame.render_widget(Clear, popup);
+    frame.render_widget(Paragraph::new(lines).block(block("Keys")), popup);
+}

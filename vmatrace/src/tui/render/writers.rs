@@ -1,0 +1,145 @@
+//! Writers: the readers-exclusion wait histogram, percentiles and the slowest recent waits.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Paragraph, Row, Table};
+
+use super::{bad, block, dim, fmt, title_style};
+use crate::stats::aggregates::comm_to_string;
+use crate::stats::histogram::bucket_range;
+use crate::stats::{Log2Histogram, WaitSource};
+use crate::tui::state::{AppState, DashboardData};
+
+pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
+    let d = state.view();
+    let [top, bottom] =
+        Layout::vertical([Constraint::Percentage(55), Constraint::Min(0)]).areas(area);
+    let [hist, pct] = Layout::horizontal([Constraint::Min(0), Constraint::Length(30)]).areas(top);
+    let title = match d.stats.wait_source() {
+        WaitSource::ExcludeExit => "Readers-exclusion wait",
+        WaitSource::WriteLockExit => "Write-lock wait (exclusion inlined)",
+    };
+    render_histogram(frame, hist, d.stats.exclusion_histogram(), title);
+    render_percentiles(frame, pct, d);
+    render_slowest(frame, bottom, d);
+}
+
+/// One line per log2 bucket from the fastest to the slowest occupied one; when they do not
+/// all fit, the fastest are folded into the first line.
+fn render_histogram(frame: &mut Frame, area: Rect, h: &Log2Histogram, title: &str) {
+    let rows = area.height.saturating_sub(2) as usize;
+    let Some((first, last)) = h.occupied() else {
+        let p = Paragraph::new(Line::styled("no waits observed yet", dim()));
+        frame.render_widget(p.block(block(title)), area);
+        return;
+    };
+    let b = h.buckets();
+    let start = if last - first + 1 > rows && rows > 0 {
+        last + 1 - rows
+    } else {
+        first
+    };
+    let folded: u64 = b[first..start].iter().sum();
+    let shown: Vec<(String, u64)> = (start..=last)
+        .map(|i| {
+            let (low, _) = bucket_range(i);
+            let n = if i == start { b[i] + folded } else { b[i] };
+            let label = if i == start && folded > 0 {
+                format!("≤{}", fmt::edge(bucket_range(i).1 + 1))
+            } else {
+                format!("≥{}", fmt::edge(low))
+            };
+            (label, n)
+        })
+        .collect();
+    let max = shown.iter().map(|(_, n)| *n).max().unwrap_or(1).max(1);
+    let bar_w = area.width.saturating_sub(2 + 8 + 1 + 8) as u64;
+    let lines: Vec<Line> = shown
+        .into_iter()
+        .map(|(label, n)| {
+            let len = (n * bar_w).div_ceil(max) as usize;
+            Line::from(vec![
+                Span::raw(format!("{label:>7} ")),
+                Span::styled("█".repeat(len), Style::default().fg(Color::Cyan)),
+                Span::raw(" ".repeat(bar_w as usize - len + 1)),
+                Span::raw(format!("{:>7}", fmt::count(n))),
+            ])
+        })
+        .collect();
+    let title = format!("{title} ({} samples)", fmt::count(h.count()));
+    frame.render_widget(Paragraph::new(lines).block(block(title)), area);
+}
+
+fn render_percentiles(frame: &mut Frame, area: Rect, d: &DashboardData) {
+    let s = &d.stats;
+    let p = s.percentiles();
+    let w = s.write_lock_histogram().percentiles();
+    let line = |k: &str, v: String| {
+        Line::from(vec![
+            Span::raw(format!("{k:<15}")),
+            Span::styled(v, title_style()),
+        ])
+    };
+    let mut lines = vec![
+        line("p50", fmt::ns(p.p50_ns)),
+        line("p90", fmt::ns(p.p90_ns)),
+        line("p99", fmt::ns(p.p99_ns)),
+        line("max", fmt::ns(p.max_ns)),
+        Line::from(vec![
+            Span::raw(format!("{:<15}", "-EINTR")),
+            Span::styled(
+                fmt::count(s.interrupted()),
+                if s.interrupted() > 0 {
+                    bad()
+                } else {
+                    title_style()
+                },
+            ),
+        ]),
+        line("for detach", fmt::count(s.detach_exclusions())),
+        line("slow detaches", fmt::count(s.slow_detaches())),
+        line("found detached", fmt::count(s.found_detached())),
+    ];
+    if s.wait_source() == WaitSource::ExcludeExit {
+        lines.push(line("write p99", fmt::ns(w.p99_ns)));
+    }
+    frame.render_widget(Paragraph::new(lines).block(block("Percentiles")), area);
+}
+
+fn render_slowest(frame: &mut Frame, area: Rect, d: &DashboardData) {
+    let header = Row::new(["wait", "task", "tid", "VMA", "for", "at"]).style(title_style());
+    let rows = d.stats.slowest().items().iter().map(|w| {
+        let what = if w.interrupted {
+            Span::styled("EINTR", bad())
+        } else if w.detaching {
+            Span::raw("detach")
+        } else {
+            Span::raw("write")
+        };
+        Row::new(vec![
+            Cell::from(Line::from(fmt::ns(w.wait_ns)).right_aligned()),
+            Cell::from(format!("{}[{}]", comm_to_string(&w.comm), w.tgid)),
+            Cell::from(w.tid.to_string()),
+            Cell::from(fmt::vma_range(w.vm_start, w.vm_end)),
+            Cell::from(what),
+            Cell::from(Span::styled(fmt::rel_time(d.relative_ns(w.ts_ns)), dim())),
+        ])
+    });
+    let window = d.stats.slowest().window_ns() / 1_000_000_000;
+    let t = Table::new(
+        rows,
+        [
+            Constraint::Length(8),
+            Constraint::Length(22),
+            Constraint::Length(7),
+            Constraint::Length(17),
+            Constraint::Length(6),
+            Constraint::Min(10),
+        ],
+    )
+    .header(header)
+    .block(block(format!("Slowest waits (last {window}s)")));
+    frame.render_widget(t, area);
+}

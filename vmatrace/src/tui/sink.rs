@@ -1,0 +1,61 @@
+//! The pipeline side of the dashboard: a [`Sink`] that updates the shared [`AppState`].
+//!
+//! Each call takes the lock once per batch (not per event), so the pipeline task and the
+//! drawing loop contend at most a few hundred times a second.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vmatrace_common::Event;
+
+use super::state::AppState;
+use crate::pipeline::{CounterSnapshot, Sink, Totals};
+use crate::validate::{Anomaly, Validator};
+
+pub struct DashboardSink {
+    shared: Arc<Mutex<AppState>>,
+}
+
+impl DashboardSink {
+    pub fn new(shared: Arc<Mutex<AppState>>) -> Self {
+        Self { shared }
+    }
+
+    fn state(&self) -> MutexGuard<'_, AppState> {
+        // A panic while drawing must not take the pipeline down with it: the state is
+        // plain counters, still usable after a poisoned lock.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Sink for DashboardSink {
+    fn events(&mut self, events: &[Event]) {
+        let mut st = self.state();
+        let live = &mut st.live;
+        if live.first_ts_ns.is_none() {
+            live.first_ts_ns = events.iter().map(|e| e.ts_ns).find(|t| *t != 0);
+        }
+        for ev in events {
+            live.stats.observe(ev);
+        }
+    }
+
+    fn anomaly(&mut self, a: &Anomaly) {
+        self.state().live.push_anomaly(a);
+    }
+
+    fn counters(&mut self, c: &CounterSnapshot, _totals: &Totals) {
+        self.state().live.set_counters(c);
+    }
+
+    fn flush(&mut self, validator: &Validator, totals: &Totals) {
+        let mut st = self.state();
+        let live = &mut st.live;
+        live.totals.events = totals.events;
+        live.totals.undecodable = totals.undecodable;
+        live.totals.anomalies.clone_from(&totals.anomalies);
+        live.stats.set_undecodable(totals.undecodable);
+        live.stats.tick(std::time::Instant::now());
+        live.phases = super::model_phases(validator);
+        live.validator_resyncs = validator.losses_noted();
+    }
+}

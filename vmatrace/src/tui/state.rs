@@ -1,0 +1,438 @@
+//! Dashboard state: what the pipeline feeds in ([`DashboardData`]) and what the user
+//! controls ([`UiState`]). Renderers read an [`AppState`] and nothing else.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use vmatrace_common::model::Generation;
+
+use crate::kernel::plan::ProbePlan;
+use crate::pipeline::{CounterSnapshot, Totals};
+use crate::stats::{SortKey, Stats};
+use crate::validate::{Anomaly, AnomalyKind};
+
+/// Anomalies kept for browsing; older ones are dropped and counted.
+pub const MAX_ANOMALIES: usize = 1000;
+/// Log lines kept for the log pane.
+pub const MAX_LOG_LINES: usize = 200;
+
+/// Where the events come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Live,
+    Replay,
+    Simulate,
+}
+
+impl SourceKind {
+    pub const fn label(self) -> &'static str {
+        match self {
+            SourceKind::Live => "live",
+            SourceKind::Replay => "replay",
+            SourceKind::Simulate => "simulate",
+        }
+    }
+}
+
+/// What the dashboard is looking at (fixed for a session).
+#[derive(Clone, Debug)]
+pub struct DashboardContext {
+    pub source: SourceKind,
+    /// Free text next to the source (trace file name, simulator settings...).
+    pub source_detail: String,
+    /// `uname -r` of the traced kernel (recorded one for a replay).
+    pub kernel_release: String,
+    pub generation: Generation,
+    pub plan: Option<ProbePlan>,
+}
+
+impl DashboardContext {
+    pub fn new(
+        source: SourceKind,
+        kernel_release: impl Into<String>,
+        generation: Generation,
+    ) -> Self {
+        Self {
+            source,
+            source_detail: String::new(),
+            kernel_release: kernel_release.into(),
+            generation,
+            plan: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.source_detail = detail.into();
+        self
+    }
+
+    pub fn with_plan(mut self, plan: Option<ProbePlan>) -> Self {
+        self.plan = plan;
+        self
+    }
+}
+
+/// BPF run-time statistics of one program (`BPF_ENABLE_STATS`), cumulative.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramCost {
+    pub name: String,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+/// Tracer self-cost derived from two BPF stats readings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SelfCost {
+    pub programs: Vec<ProgramCost>,
+    /// Average ns per program run since the start.
+    pub ns_per_run: f64,
+    /// Share of one CPU spent in the programs over the last interval (0.0..).
+    pub cpu_fraction: f64,
+}
+
+/// One anomaly as browsed in the dashboard.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnomalyEntry {
+    /// 1-based sequence number since the session started.
+    pub seq: u64,
+    pub anomaly: Anomaly,
+}
+
+/// Data fed by the pipeline.
+#[derive(Clone, Debug)]
+pub struct DashboardData {
+    pub stats: Stats,
+    /// Latest pipeline totals.
+    pub totals: Totals,
+    /// Event totals at the last reset (shown as differences).
+    pub events_base: [u64; 16],
+    pub anomalies: VecDeque<AnomalyEntry>,
+    pub anomalies_seen: u64,
+    pub anomalies_dropped: u64,
+    /// Anomalies by kind since start or reset.
+    pub anomaly_counts: BTreeMap<AnomalyKind, u64>,
+    /// The validator's phase distribution of tracked VMAs (`None`: not reported).
+    pub phases: Option<Vec<(&'static str, u64)>>,
+    /// Loss notifications the validator got (it resynchronised that many times).
+    pub validator_resyncs: u64,
+    /// Timestamp of the first event: anomaly times are shown relative to it.
+    pub first_ts_ns: Option<u64>,
+    /// Session time, set by the dashboard loop.
+    pub uptime: Duration,
+    pub self_cost: Option<SelfCost>,
+    /// The source has ended (replay at EOF, simulation done): numbers are final.
+    pub source_ended: bool,
+}
+
+impl DashboardData {
+    pub fn new(generation: Generation) -> Self {
+        Self {
+            stats: Stats::new(generation),
+            totals: Totals::default(),
+            events_base: [0; 16],
+            anomalies: VecDeque::new(),
+            anomalies_seen: 0,
+            anomalies_dropped: 0,
+            anomaly_counts: BTreeMap::new(),
+            phases: None,
+            validator_resyncs: 0,
+            first_ts_ns: None,
+            uptime: Duration::ZERO,
+            self_cost: None,
+            source_ended: false,
+        }
+    }
+
+    pub fn push_anomaly(&mut self, a: &Anomaly) {
+        self.anomalies_seen += 1;
+        *self.anomaly_counts.entry(a.kind).or_default() += 1;
+        if self.anomalies.len() == MAX_ANOMALIES {
+            self.anomalies.pop_front();
+            self.anomalies_dropped += 1;
+        }
+        self.anomalies.push_back(AnomalyEntry {
+            seq: self.anomalies_seen,
+            anomaly: a.clone(),
+        });
+    }
+
+    pub fn set_counters(&mut self, c: &CounterSnapshot) {
+        self.stats.set_counters(c);
+        self.totals.counters = c.clone();
+    }
+
+    /// Events of one kind (index `EventKind as usize`) since start or reset.
+    pub fn events(&self, kind_index: usize) -> u64 {
+        let now = self.totals.events.get(kind_index).copied().unwrap_or(0);
+        let base = self.events_base.get(kind_index).copied().unwrap_or(0);
+        now.saturating_sub(base)
+    }
+
+    pub fn total_events(&self) -> u64 {
+        (0..self.totals.events.len()).map(|i| self.events(i)).sum()
+    }
+
+    pub fn anomalies_total(&self) -> u64 {
+        self.anomaly_counts.values().sum()
+    }
+
+    /// Reset counters: statistics, rates, event and anomaly counts start again from zero.
+    /// The anomaly list is kept: it is evidence, not a counter.
+    pub fn reset(&mut self) {
+        self.stats.reset();
+        self.events_base = self.totals.events;
+        self.anomaly_counts.clear();
+    }
+
+    /// Nanoseconds of `ts_ns` after the first event (0 if before or unknown).
+    pub fn relative_ns(&self, ts_ns: u64) -> u64 {
+        ts_ns.saturating_sub(self.first_ts_ns.unwrap_or(ts_ns))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Screen {
+    #[default]
+    Overview,
+    Writers,
+    Top,
+    Anomalies,
+    Model,
+}
+
+impl Screen {
+    pub const ALL: &'static [Screen] = &[
+        Screen::Overview,
+        Screen::Writers,
+        Screen::Top,
+        Screen::Anomalies,
+        Screen::Model,
+    ];
+
+    pub const fn title(self) -> &'static str {
+        match self {
+            Screen::Overview => "Overview",
+            Screen::Writers => "Writers",
+            Screen::Top => "Top",
+            Screen::Anomalies => "Anomalies",
+            Screen::Model => "Model",
+        }
+    }
+
+    fn index(self) -> usize {
+        Screen::ALL.iter().position(|s| *s == self).unwrap_or(0)
+    }
+
+    fn offset(self, by: isize) -> Self {
+        let n = Screen::ALL.len() as isize;
+        Screen::ALL[((self.index() as isize + by).rem_euclid(n)) as usize]
+    }
+}
+
+/// The Top screen's table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TopView {
+    #[default]
+    Processes,
+    Vmas,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UiState {
+    pub screen: Screen,
+    pub help: bool,
+    pub log_pane: bool,
+    pub top_sort: SortKey,
+    pub top_view: TopView,
+    pub filter: String,
+    /// `/` was pressed: keys edit the filter until Enter/Esc.
+    pub editing_filter: bool,
+    /// Selected row in the anomaly list (index into the kept list).
+    pub selected: usize,
+    /// The evidence of the selected anomaly is open.
+    pub evidence: bool,
+}
+
+/// What a key asks of the dashboard loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    None,
+    Quit,
+}
+
+/// Everything a renderer may look at.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub ctx: DashboardContext,
+    pub live: DashboardData,
+    /// Set while paused: the picture the user froze. The pipeline keeps feeding `live`.
+    pub frozen: Option<Box<DashboardData>>,
+    pub ui: UiState,
+    /// Recent log lines (the log pane), oldest first.
+    pub log: VecDeque<String>,
+}
+
+impl AppState {
+    pub fn new(ctx: DashboardContext) -> Self {
+        let live = DashboardData::new(ctx.generation);
+        Self {
+            ctx,
+            live,
+            frozen: None,
+            ui: UiState::default(),
+            log: VecDeque::new(),
+        }
+    }
+
+    /// The data to draw: the frozen picture while paused, else the live one.
+    pub fn view(&self) -> &DashboardData {
+        self.frozen.as_deref().unwrap_or(&self.live)
+    }
+
+    pub fn paused(&self) -> bool {
+        self.frozen.is_some()
+    }
+
+    pub fn push_log(&mut self, line: String) {
+        if self.log.len() == MAX_LOG_LINES {
+            self.log.pop_front();
+        }
+        self.log.push_back(line);
+    }
+
+    /// Anomalies on the Anomalies screen (in arrival order), after the filter.
+    pub fn visible_anomalies(&self) -> Vec<&AnomalyEntry> {
+        let f = self.ui.filter.as_str();
+        self.view()
+            .anomalies
+            .iter()
+            .filter(|e| f.is_empty() || anomaly_matches(&e.anomaly, f))
+            .collect()
+    }
+
+    pub fn selected_anomaly(&self) -> Option<&AnomalyEntry> {
+        self.visible_anomalies().get(self.ui.selected).copied()
+    }
+
+    /// Apply one key press. Pure state change; the loop acts on the returned [`Action`].
+    pub fn on_key(&mut self, key: KeyEvent) -> Action {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            return Action::Quit;
+        }
+        if self.ui.editing_filter {
+            self.edit_filter(key.code);
+            return Action::None;
+        }
+        if self.ui.help {
+            // Any key closes the help; q still quits.
+            self.ui.help = false;
+            return if key.code == KeyCode::Char('q') {
+                Action::Quit
+            } else {
+                Action::None
+            };
+        }
+        match key.code {
+            KeyCode::Char('q') => return Action::Quit,
+            KeyCode::Char('?') => self.ui.help = true,
+            KeyCode::Char(c @ '1'..='5') => {
+                self.switch_to(Screen::ALL[(c as u8 - b'1') as usize]);
+            }
+            KeyCode::Tab => self.switch_to(self.ui.screen.offset(1)),
+            KeyCode::BackTab => self.switch_to(self.ui.screen.offset(-1)),
+            KeyCode::Char('p') => self.toggle_pause(),
+            KeyCode::Char('r') => {
+                self.live.reset();
+                if let Some(f) = self.frozen.as_mut() {
+                    f.reset();
+                }
+            }
+            KeyCode::Char('l') => self.ui.log_pane = !self.ui.log_pane,
+            KeyCode::Char('/') if matches!(self.ui.screen, Screen::Top | Screen::Anomalies) => {
+                self.ui.editing_filter = true;
+            }
+            KeyCode::Char('s') if self.ui.screen == Screen::Top => {
+                self.ui.top_sort = self.ui.top_sort.next();
+            }
+            KeyCode::Char('v') if self.ui.screen == Screen::Top => {
+                self.ui.top_view = match self.ui.top_view {
+                    TopView::Processes => TopView::Vmas,
+                    TopView::Vmas => TopView::Processes,
+                };
+            }
+            KeyCode::Esc => {
+                if self.ui.evidence {
+                    self.ui.evidence = false;
+                } else if self.ui.log_pane {
+                    self.ui.log_pane = false;
+                } else if !self.ui.filter.is_empty() {
+                    self.ui.filter.clear();
+                    self.ui.selected = 0;
+                }
+            }
+            code if self.ui.screen == Screen::Anomalies => self.anomaly_key(code),
+            _ => {}
+        }
+        Action::None
+    }
+
+    fn switch_to(&mut self, s: Screen) {
+        if s != self.ui.screen {
+            self.ui.screen = s;
+            self.ui.evidence = false;
+        }
+    }
+
+    fn toggle_pause(&mut self) {
+        self.frozen = match self.frozen.take() {
+            Some(_) => None,
+            None => Some(Box::new(self.live.clone())),
+        };
+    }
+
+    fn edit_filter(&mut self, code: KeyCode) {
+        match code {
+            KeyCode::Enter => self.ui.editing_filter = false,
+            KeyCode::Esc => {
+                self.ui.editing_filter = false;
+                self.ui.filter.clear();
+            }
+            KeyCode::Backspace => {
+                self.ui.filter.pop();
+            }
+            KeyCode::Char(c) if !c.is_control() && self.ui.filter.len() < 32 => {
+                self.ui.filter.push(c);
+            }
+            _ => {}
+        }
+        self.ui.selected = 0;
+    }
+
+    fn anomaly_key(&mut self, code: KeyCode) {
+        let n = self.visible_anomalies().len();
+        let last = n.saturating_sub(1);
+        let sel = &mut self.ui.selected;
+        match code {
+            KeyCode::Down | KeyCode::Char('j') => *sel = (*sel + 1).min(last),
+            KeyCode::Up | KeyCode::Char('k') => *sel = sel.saturating_sub(1),
+            KeyCode::PageDown => *sel = (*sel + 10).min(last),
+            KeyCode::PageUp => *sel = sel.saturating_sub(10),
+            KeyCode::Home | KeyCode::Char('g') => *sel = 0,
+            KeyCode::End | KeyCode::Char('G') => *sel = last,
+            KeyCode::Enter if n > 0 => self.ui.evidence = true,
+            _ => {}
+        }
+        if n > 0 {
+            self.ui.selected = self.ui.selected.min(last);
+        }
+    }
+}
+
+fn anomaly_matches(a: &Anomaly, f: &str) -> bool {
+    let comm = crate::stats::aggregates::comm_to_string(&a.event.comm);
+    a.kind.key().contains(f)
+        || comm.contains(f)
+        || a.event.tgid().to_string().contains(f)
+        || a.severity.key().contains(f)
+}

@@ -1,0 +1,564 @@
+//! State-update tests and renderer snapshots (ratatui `TestBackend` + insta).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use vmatrace_common::event::{ProbeId, flags};
+use vmatrace_common::model::Generation;
+use vmatrace_common::{Counter, Event, EventKind, Offsets};
+
+use super::state::{Action, AppState, DashboardContext, Screen, SourceKind, TopView};
+use super::*;
+use crate::kernel::plan::{
+    AttachMode, AttachPoint, EventCoverage, KernelId, LogicalEvent, Observability, ProbePlan,
+};
+use crate::pipeline::{CounterSnapshot, Pipeline, SourceItem};
+use crate::stats::SortKey;
+use crate::validate::{Anomaly, AnomalyKind, Severity};
+
+const T0: u64 = 1_000_000_000_000;
+const F: u32 = 1 << 30;
+
+fn comm(s: &str) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..s.len()].copy_from_slice(s.as_bytes());
+    c
+}
+
+fn ev(kind: EventKind, ts_ms: u64, tgid: u32, name: &str, vma_no: u64) -> Event {
+    let mut e = Event::ZERO;
+    e.ts_ns = T0 + ts_ms * 1_000_000;
+    e.kind = kind as u16;
+    e.pid_tgid = (u64::from(tgid) << 32) | u64::from(tgid + 3);
+    e.vma = 0xffff_8880_0100_0000 + vma_no * 0x100;
+    e.mm = 0xffff_8880_0200_0000 + u64::from(tgid) * 0x1000;
+    e.vm_start = 0x7f3a_0000_0000 + vma_no * 0x20_0000;
+    e.vm_end = e.vm_start + 0x20_0000;
+    e.comm = comm(name);
+    e.flags = flags::VMA_FIELDS | flags::MM_SEQ;
+    e.cpu = tgid % 4;
+    e.refcnt = 1;
+    e.vm_lock_seq = 41;
+    e.mm_lock_seq = 42;
+    e
+}
+
+fn exclude_exit(ts_ms: u64, tgid: u32, name: &str, vma_no: u64, wait_ns: u64) -> Event {
+    let mut e = ev(EventKind::ExcludeExit, ts_ms, tgid, name, vma_no);
+    e.flags |= flags::PAIRED | flags::RET | flags::VES;
+    e.probe = ProbeId::VmaStartExcludeReaders as u8;
+    e.wait_ns = wait_ns;
+    e.ves_exclusive = 1;
+    e.refcnt = F + 1;
+    e.entry_refcnt = 3;
+    e
+}
+
+fn sample_plan() -> ProbePlan {
+    let point = |probe, target: &str, mode, program: &str| AttachPoint {
+        probe,
+        target: target.into(),
+        mode,
+        program: program.into(),
+    };
+    let points = vec![
+        point(
+            ProbeId::VmaStartWrite,
+            "__vma_start_write",
+            AttachMode::FEntry,
+            "vma_start_write_entry",
+        ),
+        point(
+            ProbeId::VmaStartWrite,
+            "__vma_start_write",
+            AttachMode::FExit,
+            "vma_start_write_exit",
+        ),
+        point(
+            ProbeId::VmaStartExcludeReaders,
+            "__vma_start_exclude_readers",
+            AttachMode::FEntry,
+            "exclude_entry",
+        ),
+        point(
+            ProbeId::VmaStartExcludeReaders,
+            "__vma_start_exclude_readers",
+            AttachMode::FExit,
+            "exclude_exit",
+        ),
+        point(
+            ProbeId::LockVmaUnderRcu,
+            "lock_vma_under_rcu",
+            AttachMode::FExit,
+            "lock_vma_under_rcu_exit",
+        ),
+    ];
+    let direct = |p: usize| Observability::Direct { points: vec![p] };
+    let coverage = LogicalEvent::ALL
+        .iter()
+        .map(|e| EventCoverage {
+            event: *e,
+            status: match e {
+                LogicalEvent::WriteLockRequest => direct(0),
+                LogicalEvent::WriteLockResult => direct(1),
+                LogicalEvent::StartExcludeEntry => direct(2),
+                LogicalEvent::StartExcludeReturn => direct(3),
+                LogicalEvent::ReaderAcquire => direct(4),
+                LogicalEvent::EndExclude => Observability::Proxy {
+                    via: "exit of __vma_start_write (end-exclude inlined)".into(),
+                    points: vec![1],
+                },
+                LogicalEvent::MarkDetachedFast => Observability::Unobservable {
+                    reason: "vma_mark_detached is inline in 7.x".into(),
+                },
+                _ => Observability::Unobservable {
+                    reason: "not attached in this fixture".into(),
+                },
+            },
+        })
+        .collect();
+    ProbePlan {
+        kernel: KernelId {
+            release: "7.2.13+deb14-amd64".into(),
+        },
+        generation: Generation::V7_0,
+        offsets: Offsets::ABSENT,
+        points,
+        coverage,
+        notes: vec![],
+    }
+}
+
+fn anomaly(ts_ms: u64, kind: AnomalyKind, sev: Severity, tgid: u32, name: &str) -> Anomaly {
+    let mut evidence = Vec::new();
+    let mut enter = ev(EventKind::ExcludeEnter, ts_ms - 2, tgid, name, 7);
+    enter.refcnt = 2;
+    evidence.push(enter);
+    let mut acq = ev(EventKind::ReaderAcquire, ts_ms - 1, 777, "reader", 7);
+    acq.flags |= flags::RET;
+    acq.ret = 0xffff_8880_0100_0700_u64 as i64;
+    acq.refcnt = F + 2;
+    evidence.push(acq);
+    let offending = exclude_exit(ts_ms, tgid, name, 7, 12_345);
+    let mut offending = offending;
+    offending.refcnt = F + 2;
+    evidence.push(offending);
+    Anomaly {
+        kind,
+        severity: sev,
+        event: offending,
+        state: "excluding (F set by this task)".into(),
+        expected: "vm_refcnt == F+1 when start-exclude returns with readers excluded".into(),
+        observed: "vm_refcnt == F+2: a reader got in while the flag was set".into(),
+        evidence,
+    }
+}
+
+/// A state with a bit of everything, deterministic.
+fn fixture() -> AppState {
+    let ctx = DashboardContext::new(SourceKind::Replay, "7.2.13+deb14-amd64", Generation::V7_0)
+        .with_detail("tests/data/sample.vtr")
+        .with_plan(Some(sample_plan()));
+    let shared = Arc::new(Mutex::new(AppState::new(ctx)));
+    let mut p = Pipeline::new(Generation::V7_0);
+    p.add_sink(Box::new(DashboardSink::new(shared.clone())));
+    let procs = [
+        (1201, "postgres"),
+        (1202, "postgres"),
+        (3310, "java"),
+        (88, "kswapd0"),
+    ];
+    for sec in 0..12u64 {
+        let mut batch = Vec::new();
+        for (i, (tgid, name)) in procs.iter().enumerate() {
+            let n = (sec as usize + i) % 5 + 1;
+            for j in 0..n {
+                let wait = 800
+                    + ((sec * 7919 + j as u64 * 104_729 + i as u64 * 13) % 60_000) * (i as u64 + 1);
+                let ts = sec * 1000 + j as u64 * 10 + i as u64;
+                batch.push(ev(
+                    EventKind::ExcludeEnter,
+                    ts,
+                    *tgid,
+                    name,
+                    (i * 3 + j % 2) as u64,
+                ));
+                batch.push(exclude_exit(ts, *tgid, name, (i * 3 + j % 2) as u64, wait));
+                batch.push(ev(
+                    EventKind::WriteLockExit,
+                    ts,
+                    *tgid,
+                    name,
+                    (i * 3 + j % 2) as u64,
+                ));
+            }
+        }
+        let mut rfail = ev(EventKind::ReaderAcquire, sec * 1000 + 5, 3310, "java", 9);
+        rfail.flags = flags::RET;
+        rfail.ret = 0;
+        batch.push(rfail);
+        let mut slow = ev(EventKind::DetachEnter, sec * 1000 + 6, 1201, "postgres", 0);
+        slow.probe = ProbeId::VmaExcludeReadersForDetach as u8;
+        batch.push(slow);
+        batch.push(ev(
+            EventKind::VmaAlloc,
+            sec * 1000 + 7,
+            88,
+            "kswapd0",
+            20 + sec,
+        ));
+        batch.push(ev(
+            EventKind::MmWriteUnlock,
+            sec * 1000 + 8,
+            1201,
+            "postgres",
+            0,
+        ));
+        p.handle(SourceItem::Events(batch));
+        let mut c = CounterSnapshot {
+            values: vec![0; 16],
+        };
+        c.values[Counter::ReaderAcquireOk as usize] = 250_000 * (sec + 1) + sec * sec * 1000;
+        c.values[Counter::ReaderAcquireFail as usize] = 40 * (sec + 1);
+        c.values[Counter::ReaderFailExcluded as usize] = 12 * (sec + 1);
+        c.values[Counter::ReaderSampled as usize] = 2_500 * (sec + 1);
+        c.values[Counter::ReaderRelease as usize] = 900 * (sec + 1);
+        c.values[Counter::WriterWake as usize] = 30 * (sec + 1);
+        c.values[Counter::RingbufReserveFailed as usize] = if sec > 8 { 17 } else { 0 };
+        p.handle(SourceItem::Counters(c));
+        p.flush();
+        shared.lock().unwrap().live.stats.roll_rates(1000);
+    }
+    let mut interrupted = exclude_exit(11_500, 3310, "java", 4, 48_000_000);
+    interrupted.ret = -4;
+    interrupted.ves_exclusive = 0;
+    p.handle(SourceItem::Events(vec![interrupted]));
+    p.flush();
+    let mut st = shared.lock().unwrap().clone();
+    st.live.push_anomaly(&anomaly(
+        3_210,
+        AnomalyKind::ExcludeTargetMismatch,
+        Severity::Error,
+        1201,
+        "postgres",
+    ));
+    st.live.push_anomaly(&anomaly(
+        7_002,
+        AnomalyKind::ReaderWhileExcluded,
+        Severity::Error,
+        777,
+        "reader",
+    ));
+    st.live.push_anomaly(&anomaly(
+        9_999,
+        AnomalyKind::ConcurrentExclusion,
+        Severity::Warning,
+        3310,
+        "java",
+    ));
+    st.live.phases = Some(vec![
+        ("unknown", 12),
+        ("detached", 40),
+        ("attached", 1830),
+        ("readers", 95),
+        ("excluding", 3),
+        ("write_locked", 21),
+    ]);
+    st.live.uptime = Duration::from_secs(754);
+    super::set_program_stats(
+        &Arc::new(Mutex::new(st.clone())),
+        vec![],
+        Duration::from_secs(1),
+    );
+    st.live.self_cost = Some(SelfCost {
+        programs: vec![
+            ProgramCost {
+                name: "lock_vma_under_rcu_exit".into(),
+                run_cnt: 3_000_000,
+                run_time_ns: 54_000_000,
+            },
+            ProgramCost {
+                name: "exclude_exit".into(),
+                run_cnt: 120,
+                run_time_ns: 9_600,
+            },
+        ],
+        ns_per_run: 18.0,
+        cpu_fraction: 0.0042,
+    });
+    st
+}
+
+fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+fn press(st: &mut AppState, keys: &[KeyCode]) -> Action {
+    let mut last = Action::None;
+    for k in keys {
+        last = st.on_key(key(*k));
+    }
+    last
+}
+
+fn draw(st: &AppState, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| render::render(f, st)).unwrap();
+    t.backend().to_string()
+}
+
+// ---- state updates ----
+
+#[test]
+fn sink_feeds_stats_totals_counters_and_anomalies() {
+    let st = fixture();
+    let d = &st.live;
+    assert!(d.stats.percentiles().count > 100);
+    assert_eq!(d.stats.interrupted(), 1);
+    assert_eq!(d.stats.slow_detaches(), 12);
+    assert_eq!(d.stats.sampled_reader_failures(), 12);
+    assert_eq!(d.events(EventKind::VmaAlloc as usize), 12);
+    assert_eq!(d.stats.reader_outcomes().acquire_fail, 480);
+    assert_eq!(d.stats.losses()["ringbuf_reserve_failed"], 17);
+    assert_eq!(d.anomalies_seen, 3);
+    assert_eq!(d.first_ts_ns, Some(T0));
+    assert_eq!(d.anomaly_counts[&AnomalyKind::ReaderWhileExcluded], 1);
+}
+
+#[test]
+fn keys_switch_screens_and_quit() {
+    let mut st = fixture();
+    assert_eq!(st.ui.screen, Screen::Overview);
+    press(&mut st, &[KeyCode::Char('3')]);
+    assert_eq!(st.ui.screen, Screen::Top);
+    press(&mut st, &[KeyCode::Tab, KeyCode::Tab]);
+    assert_eq!(st.ui.screen, Screen::Model);
+    press(&mut st, &[KeyCode::Tab]);
+    assert_eq!(st.ui.screen, Screen::Overview, "Tab wraps");
+    press(&mut st, &[KeyCode::BackTab]);
+    assert_eq!(st.ui.screen, Screen::Model);
+    assert_eq!(press(&mut st, &[KeyCode::Char('?')]), Action::None);
+    assert!(st.ui.help);
+    press(&mut st, &[KeyCode::Char('x')]);
+    assert!(!st.ui.help, "any key closes the help");
+    assert_eq!(press(&mut st, &[KeyCode::Char('q')]), Action::Quit);
+    assert_eq!(
+        st.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+        Action::Quit
+    );
+}
+
+#[test]
+fn pause_freezes_the_view_while_data_flows() {
+    let mut st = fixture();
+    let before = st.view().stats.percentiles().count;
+    press(&mut st, &[KeyCode::Char('p')]);
+    assert!(st.paused());
+    st.live
+        .stats
+        .observe(&exclude_exit(20_000, 1, "late", 1, 5));
+    assert_eq!(st.view().stats.percentiles().count, before);
+    assert_eq!(st.live.stats.percentiles().count, before + 1);
+    press(&mut st, &[KeyCode::Char('p')]);
+    assert!(!st.paused());
+    assert_eq!(st.view().stats.percentiles().count, before + 1);
+}
+
+#[test]
+fn reset_zeroes_counters_but_keeps_the_anomaly_list() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('r')]);
+    let d = st.view();
+    assert_eq!(d.stats.percentiles().count, 0);
+    assert_eq!(d.total_events(), 0);
+    assert_eq!(d.anomalies_total(), 0);
+    assert_eq!(d.stats.total_losses(), 0);
+    assert_eq!(d.anomalies.len(), 3);
+}
+
+#[test]
+fn top_sort_view_and_filter_editing() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('3'), KeyCode::Char('s')]);
+    assert_eq!(st.ui.top_sort, SortKey::MaxWait);
+    press(&mut st, &[KeyCode::Char('v')]);
+    assert_eq!(st.ui.top_view, TopView::Vmas);
+    press(
+        &mut st,
+        &[KeyCode::Char('/'), KeyCode::Char('j'), KeyCode::Char('a')],
+    );
+    assert!(st.ui.editing_filter);
+    // While editing, q is text, not quit.
+    assert_eq!(press(&mut st, &[KeyCode::Char('q')]), Action::None);
+    press(&mut st, &[KeyCode::Backspace, KeyCode::Enter]);
+    assert!(!st.ui.editing_filter);
+    assert_eq!(st.ui.filter, "ja");
+    press(&mut st, &[KeyCode::Esc]);
+    assert_eq!(st.ui.filter, "");
+}
+
+#[test]
+fn anomaly_selection_and_evidence() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('4'), KeyCode::Enter]);
+    assert!(st.ui.evidence);
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(1));
+    press(
+        &mut st,
+        &[KeyCode::Esc, KeyCode::Down, KeyCode::Down, KeyCode::Down],
+    );
+    assert!(!st.ui.evidence);
+    assert_eq!(st.ui.selected, 2, "selection stops at the last row");
+    press(
+        &mut st,
+        &[
+            KeyCode::Char('/'),
+            KeyCode::Char('j'),
+            KeyCode::Char('a'),
+            KeyCode::Enter,
+        ],
+    );
+    assert_eq!(st.visible_anomalies().len(), 1);
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(3));
+    press(&mut st, &[KeyCode::Char('1')]);
+    assert!(!st.ui.evidence);
+}
+
+#[test]
+fn anomaly_list_is_bounded() {
+    let mut st = fixture();
+    let a = anomaly(5, AnomalyKind::DetachNotZero, Severity::Error, 1, "x");
+    for _ in 0..state::MAX_ANOMALIES + 10 {
+        st.live.push_anomaly(&a);
+    }
+    assert_eq!(st.live.anomalies.len(), state::MAX_ANOMALIES);
+    assert_eq!(st.live.anomalies_dropped, 13);
+    assert_eq!(st.live.anomalies_seen, state::MAX_ANOMALIES as u64 + 13);
+}
+
+#[test]
+fn self_cost_from_program_stats() {
+    let shared = Arc::new(Mutex::new(AppState::new(DashboardContext::new(
+        SourceKind::Live,
+        "6.19.6",
+        Generation::V6_19,
+    ))));
+    let prog = |ns| ProgramCost {
+        name: "p".into(),
+        run_cnt: 1000,
+        run_time_ns: ns,
+    };
+    set_program_stats(&shared, vec![prog(20_000)], Duration::from_secs(1));
+    set_program_stats(&shared, vec![prog(10_020_000)], Duration::from_secs(1));
+    let st = shared.lock().unwrap();
+    let c = st.live.self_cost.as_ref().unwrap();
+    assert!((c.cpu_fraction - 0.01).abs() < 1e-9, "{}", c.cpu_fraction);
+    assert!((c.ns_per_run - 10_020.0).abs() < 1e-9);
+}
+
+#[test]
+fn tiny_terminal_says_so_instead_of_panicking() {
+    let st = fixture();
+    for (w, h) in [(10, 3), (59, 40), (200, 15), (1, 1)] {
+        let s = draw(&st, w, h);
+        assert!(s.contains("vmatrace") || w < 20, "{w}x{h}: {s}");
+    }
+}
+
+#[test]
+fn every_screen_renders_at_odd_sizes() {
+    let mut st = fixture();
+    for screen in ['1', '2', '3', '4', '5'] {
+        press(&mut st, &[KeyCode::Char(screen)]);
+        for (w, h) in [(60, 16), (61, 17), (97, 31), (300, 100)] {
+            draw(&st, w, h);
+        }
+    }
+    press(
+        &mut st,
+        &[KeyCode::Char('4'), KeyCode::Enter, KeyCode::Char('l')],
+    );
+    for (w, h) in [(60, 16), (120, 50)] {
+        draw(&st, w, h);
+    }
+}
+
+// ---- snapshots: every screen at 80x24 and at 160x48 ----
+
+fn snap(name: &str, st: &AppState) {
+    for (w, h) in [(80, 24), (160, 48)] {
+        insta::assert_snapshot!(format!("{name}_{w}x{h}"), draw(st, w, h));
+    }
+}
+
+#[test]
+fn snapshot_overview() {
+    snap("overview", &fixture());
+}
+
+#[test]
+fn snapshot_writers() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('2')]);
+    snap("writers", &st);
+}
+
+#[test]
+fn snapshot_top() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('3')]);
+    snap("top_processes", &st);
+    press(
+        &mut st,
+        &[KeyCode::Char('v'), KeyCode::Char('s'), KeyCode::Char('s')],
+    );
+    snap("top_vmas_by_exclusions", &st);
+    press(
+        &mut st,
+        &[KeyCode::Char('/'), KeyCode::Char('p'), KeyCode::Char('o')],
+    );
+    snap("top_filter_editing", &st);
+}
+
+#[test]
+fn snapshot_anomalies() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('4'), KeyCode::Down]);
+    snap("anomalies", &st);
+    press(&mut st, &[KeyCode::Enter]);
+    snap("anomaly_evidence", &st);
+}
+
+#[test]
+fn snapshot_model() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('5')]);
+    snap("model", &st);
+    st.live.phases = None;
+    insta::assert_snapshot!("model_not_reported_80x24", draw(&st, 80, 24));
+}
+
+#[test]
+fn snapshot_help_and_paused() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('p'), KeyCode::Char('?')]);
+    insta::assert_snapshot!("help_paused_80x24", draw(&st, 80, 24));
+}
+
+#[test]
+fn snapshot_empty_simulate_session() {
+    let st = AppState::new(DashboardContext::new(
+        SourceKind::Simulate,
+        "simulated",
+        Generation::V6_15,
+    ));
+    insta::assert_snapshot!("empty_overview_80x24", draw(&st, 80, 24));
+    let mut st = st;
+    press(&mut st, &[KeyCode::Char('2')]);
+    insta::assert_snapshot!("empty_writers_80x24", draw(&st, 80, 24));
+    press(&mut st, &[KeyCode::Char('4')]);
+    insta::assert_snapshot!("empty_anomalies_80x24", draw(&st, 80, 24));
+}

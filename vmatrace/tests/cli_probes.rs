@@ -1,0 +1,134 @@
+//! `vmatrace probes` end to end: offline on the real-kernel fixtures, and on this machine.
+
+use std::process::Command;
+
+fn fixture(name: &str, file: &str) -> String {
+    format!(
+        "{}/../tests/data/kernels/{name}/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn probes(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmatrace"))
+        .arg("probes")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn offline_debian_7_2() {
+    let n = "debian-7.2.13-cloud";
+    let (code, out, err) = probes(&[
+        "--btf",
+        &fixture(n, "btf.zst"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+        "--filter-functions",
+        &fixture(n, "available_filter_functions"),
+        "--blacklist",
+        &fixture(n, "kprobe_blacklist"),
+        "--release",
+        "7.2.13+deb14-cloud-amd64",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("offline plan"), "{out}");
+    assert!(
+        out.contains("kernel 7.2.13+deb14-cloud-amd64: generation 7.0+"),
+        "{out}"
+    );
+    assert!(
+        out.contains("coverage: 13 of 13 logical events observable, 3 via proxy"),
+        "{out}"
+    );
+    assert!(out.contains("kprobe      vma_refcount_put"), "{out}");
+}
+
+#[test]
+fn offline_json_is_the_plan() {
+    let n = "debian-6.19.14-cloud";
+    let (code, out, err) = probes(&[
+        "--json",
+        "--btf",
+        &fixture(n, "btf.zst"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plan"]["generation"], "6.19");
+    assert_eq!(v["plan"]["kernel"]["release"], "offline");
+    assert!(v["capabilities"].is_null());
+    let plan: vmatrace::kernel::plan::ProbePlan =
+        serde_json::from_value(v["plan"].clone()).unwrap();
+    assert!(plan.points.iter().any(|p| p.program == "vel_kretprobe"));
+}
+
+#[test]
+fn unsupported_and_bad_input_are_clear_errors() {
+    let n = "debian-6.12.117-cloud";
+    let (code, _, err) = probes(&[
+        "--btf",
+        &fixture(n, "btf.zst"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unsupported kernel: pre-6.15 per-VMA lock"),
+        "{err}"
+    );
+
+    // kallsyms passed as BTF.
+    let (code, _, err) = probes(&[
+        "--btf",
+        &fixture(n, "kallsyms"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad BTF: not BTF data (bad magic)"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn running_kernel_explains_what_can_attach() {
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        vmatrace::testing::skip(
+            "running_kernel_explains_what_can_attach",
+            "no /sys/kernel/btf/vmlinux",
+        );
+        return;
+    }
+    let (code, out, err) = probes(&[]);
+    if code != 0 && err.contains("unsupported kernel") {
+        vmatrace::testing::skip("running_kernel_explains_what_can_attach", err.trim());
+        return;
+    }
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("plan for the running kernel\nkprobes: "),
+        "{out}"
+    );
+    assert!(out.contains("\nfentry/fexit: "), "{out}");
+    assert!(out.contains("logical events observable"), "{out}");
+    let kprobe_pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    assert_eq!(
+        out.contains("kprobes: CANNOT attach here (no kprobe PMU"),
+        !kprobe_pmu,
+        "{out}"
+    );
+    // When something cannot attach, the ideal plan for the same kernel follows.
+    if !kprobe_pmu {
+        assert!(
+            out.contains("with kprobes and tracing programs available, this kernel would give: "),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! Assertions on vmatrace's own JSON output, read as `serde_json::Value` so a changed
+//! schema fails with the missing field's name rather than a parse error.
+
+use serde_json::Value;
+
+use super::scenario::Verdict;
+
+/// Walk a dotted path (`plan.coverage`).
+fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, k| v.get(k))
+}
+
+/// `vmatrace probes --json`: `{ "plan": ProbePlan, "with_all_capabilities"?: ProbePlan }`.
+/// Records the coverage line and which events are directly observed.
+pub fn plan(j: &Value, v: &mut Verdict) {
+    let Some(plan) = j.get("plan") else {
+        v.failures.push("probes: no `plan` in the JSON".into());
+        return;
+    };
+    let points = at(plan, "points").and_then(Value::as_array);
+    let coverage = at(plan, "coverage").and_then(Value::as_array);
+    let (Some(points), Some(coverage)) = (points, coverage) else {
+        v.failures
+            .push("probes: `plan.points` or `plan.coverage` missing or not arrays".into());
+        return;
+    };
+    if points.is_empty() {
+        v.failures
+            .push("probes: the plan attaches nothing on this kernel".into());
+    }
+    let (mut direct, mut proxy, mut none) = (Vec::new(), Vec::new(), Vec::new());
+    for c in coverage {
+        let event = c
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        match at(c, "status.status").and_then(Value::as_str) {
+            Some("direct") => direct.push(event),
+            Some("proxy") => proxy.push(event),
+            Some("unobservable") => {
+                let why = at(c, "status.reason").and_then(Value::as_str).unwrap_or("");
+                none.push(format!("{event} ({why})"));
+            }
+            other => v.failures.push(format!(
+                "probes: coverage of {event} has unknown status {other:?}"
+            )),
+        }
+    }
+    let generation = plan
+        .get("generation")
+        .map(|g| g.to_string())
+        .unwrap_or_default();
+    v.info.push(format!(
+        "plan: generation {generation}, {} attach points; {} of {} logical events direct, {} via proxy",
+        points.len(),
+        direct.len(),
+        coverage.len(),
+        proxy.len()
+    ));
+    v.info.push(format!("plan: direct: {}", direct.join(" ")));
+    if !proxy.is_empty() {
+        v.info.push(format!("plan: proxy: {}", proxy.join(" ")));
+    }
+    if !none.is_empty() {
+        v.info
+            .push(format!("plan: unobservable: {}", none.join("; ")));
+    }
+    v.direct_events = direct;
+}
+
+/// Operations a `--forks` workload run must have done at least once.
+const STRESS_OPS: &[&str] = &[
+    "reader_touch",
+    "reader_copy",
+    "mprotect",
+    "mmap_replace",
+    "munmap",
+    "mremap",
+    "madvise_dontneed",
+];
+const FORK_OPS: &[&str] = &["fork", "killed_during_fork"];
+
+/// `vmatrace stress --json`.
+pub fn stress(step: &str, j: &Value, forks: bool, v: &mut Verdict) {
+    let Some(ops) = j.get("ops").and_then(Value::as_object) else {
+        v.failures
+            .push(format!("{step}: no `ops` object in the stress report"));
+        return;
+    };
+    let n = |k: &str| ops.get(k).and_then(Value::as_u64);
+    let wanted = STRESS_OPS.iter().chain(if forks { FORK_OPS } else { &[] });
+    for k in wanted {
+        match n(k) {
+            Some(0) => v
+                .failures
+                .push(format!("{step}: the workload never did `{k}`")),
+            None => v
+                .failures
+                .push(format!("{step}: `ops.{k}` missing from the stress report")),
+            Some(_) => {}
+        }
+    }
+    if let Some(e) = n("errors").filter(|e| *e > 0) {
+        v.failures.push(format!(
+            "{step}: {e} workload operations failed: {}",
+            j.get("errors").map(|e| e.to_string()).unwrap_or_default()
+        ));
+    }
+    let line: Vec<String> = ops.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    v.info.push(format!(
+        "{step}: {} (minor faults {})",
+        line.join(" "),
+        j.get("minor_faults")
+            .map(|m| m.to_string())
+            .unwrap_or_default()
+    ));
+}
+
+/// Loss sources that have an explanation other than "vmatrace dropped events": a return
+/// whose entry ran before the programs were attached (or an entry whose return came after
+/// they were detached) cannot be paired.
+const EXPLAINED_LOSSES: &[&str] = &["unmatched_return"];
+
+/// `vmatrace run --headless --json` (schema: docs/summary.md): the plan attached what it
+/// said, each directly observed logical event was seen, no anomalies, no unexplained loss.
+pub fn run_summary(j: &Value, v: &mut Verdict) {
+    let Some(plan) = j.get("plan").filter(|p| !p.is_null()) else {
+        v.failures.push("run: summary has no `plan`".into());
+        return;
+    };
+    let attached = plan.get("hooks_attached").and_then(Value::as_u64);
+    let failed = plan.get("hooks_failed").and_then(Value::as_array);
+    match (attached, failed) {
+        (Some(0), _) => v.failures.push("run: no hook attached".into()),
+        (Some(n), Some(f)) if f.is_empty() => {
+            v.info.push(format!("run: {n} hooks attached, none failed"))
+        }
+        (Some(n), Some(f)) => v.failures.push(format!(
+            "run: {} planned hooks did not attach ({n} did): {}",
+            f.len(),
+            Value::Array(f.clone())
+        )),
+        _ => v
+            .failures
+            .push("run: `plan.hooks_attached` / `plan.hooks_failed` missing".into()),
+    }
+    match j.get("stop_reason").and_then(Value::as_str) {
+        Some("duration") => {}
+        other => v
+            .failures
+            .push(format!("run: stopped by {other:?}, not by --duration")),
+    }
+    match at(j, "events.by_logical_event").and_then(Value::as_object) {
+        Some(by) => {
+            let mut line = Vec::new();
+            for (event, e) in by {
+                let count = e.get("count").and_then(Value::as_u64);
+                let observed = e.get("observed").and_then(Value::as_str).unwrap_or("?");
+                line.push(format!(
+                    "{event}={}({observed})",
+                    count.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+                ));
+                if observed == "direct" && count.unwrap_or(0) == 0 {
+                    v.failures.push(format!(
+                        "run: directly observed event `{event}` was never seen under the workload"
+                    ));
+                }
+            }
+            v.info.push(format!("run: events {}", line.join(" ")));
+            // The plan in the guest's `probes` step must agree with what `run` used.
+            for e in &v.direct_events.clone() {
+                let run_says = by
+                    .get(e)
+                    .and_then(|x| x.get("observed"))
+                    .and_then(Value::as_str);
+                if run_says != Some("direct") {
+                    v.failures.push(format!(
+                        "run: `probes` planned `{e}` direct, `run` reports {run_says:?}"
+                    ));
+                }
+            }
+        }
+        None => v
+            .failures
+            .push("run: summary has no `events.by_logical_event`".into()),
+    }
+    match at(j, "anomalies.total").and_then(Value::as_u64) {
+        Some(0) => v.info.push("run: anomalies 0".into()),
+        Some(n) => v.failures.push(format!(
+            "run: {n} anomalies: {}",
+            at(j, "anomalies.by_kind").cloned().unwrap_or(Value::Null)
+        )),
+        None => v
+            .failures
+            .push("run: summary has no `anomalies.total`".into()),
+    }
+    let Some(total) = at(j, "losses.total").and_then(Value::as_u64) else {
+        v.failures.push("run: summary has no `losses.total`".into());
+        return;
+    };
+    if total == 0 {
+        v.info.push("run: losses 0".into());
+        return;
+    }
+    let losses = j.get("losses").cloned().unwrap_or(Value::Null);
+    // Every non-zero loss source, flattened: `kernel.unmatched_return`, `undecodable`, ...
+    let mut unexplained = Vec::new();
+    let mut explained = Vec::new();
+    if let Some(obj) = losses.as_object() {
+        for (k, x) in obj {
+            let nested: Vec<(String, u64)> = match x {
+                Value::Object(m) => m
+                    .iter()
+                    .filter_map(|(k2, n)| Some((k2.clone(), n.as_u64()?)))
+                    .collect(),
+                Value::Number(n) if k != "total" => {
+                    n.as_u64().map(|n| vec![(k.clone(), n)]).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            for (name, n) in nested.into_iter().filter(|(_, n)| *n > 0) {
+                if EXPLAINED_LOSSES.contains(&name.as_str()) {
+                    explained.push(format!("{name}={n}"));
+                } else {
+                    unexplained.push(format!("{name}={n}"));
+                }
+            }
+        }
+    }
+    if unexplained.is_empty() && !explained.is_empty() {
+        v.info.push(format!(
+            "run: losses {total}, explained: {} (calls in flight at attach/detach)",
+            explained.join(" ")
+        ));
+    } else {
+        v.failures
+            .push(format!("run: {total} events lost: {losses}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn plan_coverage_and_direct_events() {
+        let j = json!({"plan": {"generation": "D", "points": [{"target": "__vma_start_write"}],
+            "coverage": [
+                {"event": "write_lock_request", "status": {"status": "direct", "points": [0]}},
+                {"event": "vma_free", "status": {"status": "proxy", "via": "x", "points": [0]}},
+                {"event": "mark_detached_fast", "status": {"status": "unobservable", "reason": "inlined"}}]}});
+        let mut v = Verdict::default();
+        plan(&j, &mut v);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        assert_eq!(v.direct_events, ["write_lock_request"]);
+        assert!(
+            v.info[0].contains("1 of 3 logical events direct, 1 via proxy"),
+            "{:?}",
+            v.info
+        );
+        let mut bad = Verdict::default();
+        plan(&json!({"plan": {"points": [], "coverage": []}}), &mut bad);
+        assert_eq!(bad.failures.len(), 1);
+    }
+
+    #[test]
+    fn stress_needs_every_op() {
+        let mut ops = serde_json::Map::new();
+        for k in STRESS_OPS.iter().chain(FORK_OPS) {
+            ops.insert(k.to_string(), json!(3));
+        }
+        ops.insert("errors".into(), json!(0));
+        let mut v = Verdict::default();
+        stress("stress", &json!({"ops": ops.clone()}), true, &mut v);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        ops.insert("fork".into(), json!(0));
+        let mut v = Verdict::default();
+        stress("stress", &json!({"ops": ops.clone()}), true, &mut v);
+        assert_eq!(v.failures.len(), 1, "{:?}", v.failures);
+        let mut v = Verdict::default();
+        stress("stress", &json!({"ops": ops}), false, &mut v);
+        assert!(
+            v.failures.is_empty(),
+            "without --forks a zero fork count is fine"
+        );
+    }
+
+    #[test]
+    fn run_summary_asserts() {
+        let mut v = Verdict {
+            direct_events: vec!["write_lock_request".into()],
+            ..Default::default()
+        };
+        let good = json!({"stop_reason": "duration",
+            "plan": {"hooks_attached": 12, "hooks_failed": []},
+            "events": {"by_logical_event": {
+                "write_lock_request": {"count": 5, "observed": "direct"},
+                "mark_detached_fast": {"count": 0, "observed": "unobservable"}}},
+            "anomalies": {"total": 0}, "losses": {"total": 2, "kernel": {"unmatched_return": 2, "ringbuf_reserve_failed": 0}, "undecodable": 0}});
+        run_summary(&good, &mut v);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        assert!(
+            v.info
+                .iter()
+                .any(|l| l.contains("explained: unmatched_return=2")),
+            "{:?}",
+            v.info
+        );
+
+        let mut v = Verdict {
+            direct_events: vec!["vma_free".into()],
+            ..Default::default()
+        };
+        let bad = json!({"stop_reason": "SIGTERM",
+            "plan": {"hooks_attached": 3, "hooks_failed": [{"target": "x"}]},
+            "events": {"by_logical_event": {"write_lock_request": {"count": 0, "observed": "direct"}}},
+            "anomalies": {"total": 2, "by_kind": {"x": 2}},
+            "losses": {"total": 4, "kernel": {"ringbuf_reserve_failed": 4}}});
+        run_summary(&bad, &mut v);
+        let all = v.failures.join("\n");
+        for want in [
+            "did not attach",
+            "SIGTERM",
+            "never seen",
+            "2 anomalies",
+            "4 events lost",
+            "`probes` planned `vma_free`",
+        ] {
+            assert!(all.contains(want), "missing {want}: {all}");
+        }
+        let mut v = Verdict::default();
+        run_summary(&json!({}), &mut v);
+        assert_eq!(v.failures, ["run: summary has no `plan`"]);
+    }
+}

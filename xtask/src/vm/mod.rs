@@ -1,0 +1,512 @@
+//! `cargo xtask vm-test`: the real-kernel matrix. Debian kernel builds (found through apt,
+//! cached under `~/.cache/vmatrace`) boot in QEMU with a small initramfs (busybox, a
+//! static `vmatrace`, a generated `/init`); each runs the scenario (`scenario`) and the
+//! host judges vmatrace's own JSON output (`checks`). Like aya's VM harness, in Rust.
+
+mod apt;
+mod checks;
+mod debver;
+mod initramfs;
+mod kernels;
+pub mod qemu;
+mod results;
+mod scenario;
+pub mod stream;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::util::{cargo, workspace_root};
+use kernels::{Generation, KernelBuild, MATRIX};
+use qemu::Accel;
+use scenario::{Capabilities, Params, Step};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmTestArgs {
+    /// Kernels to boot: a generation (6.18, 6.19, 7-cloud, 7-rt) or a build name from the
+    /// index (e.g. 7.2.13+deb14-cloud-amd64). Repeatable; default: the whole matrix.
+    #[arg(long = "kernel", value_name = "SPEC")]
+    pub kernels: Vec<String>,
+    /// Keep console logs and summaries under target/vm-artifacts even when a kernel passes.
+    #[arg(long)]
+    pub keep_artifacts: bool,
+    /// Seconds the workload (and tracer) run in each guest. TCG is slow: keep it modest.
+    #[arg(long, default_value_t = 8)]
+    pub duration: u32,
+    /// Workload reader threads.
+    #[arg(long, default_value_t = 2)]
+    pub readers: u32,
+    /// Workload writer threads.
+    #[arg(long, default_value_t = 2)]
+    pub writers: u32,
+    /// Do not ask apt; use only kernels already in the cache.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+impl Default for VmTestArgs {
+    fn default() -> Self {
+        Self {
+            kernels: Vec::new(),
+            keep_artifacts: false,
+            duration: 8,
+            readers: 2,
+            writers: 2,
+            offline: false,
+        }
+    }
+}
+
+/// `~/.cache/vmatrace` (or `$VMATRACE_CACHE`): outside the work tree, kept between runs.
+pub fn cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("VMATRACE_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/vmatrace")
+}
+
+/// What `vm-test` ended with, for `cargo xtask test`'s totals.
+#[derive(Debug, Default)]
+pub struct MatrixOutcome {
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+/// A kernel the matrix will boot.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub label: String,
+    pub build: KernelBuild,
+}
+
+/// The index of available kernel builds: apt (private state) when reachable, else the cache.
+fn available_builds(cache: &Path, offline: bool) -> Vec<KernelBuild> {
+    if !offline {
+        match refresh_index(cache) {
+            Ok(b) if !b.is_empty() => return b,
+            Ok(_) => {
+                eprintln!("vm-test: the apt index lists no kernel images; using cached kernels")
+            }
+            Err(e) => eprintln!("vm-test: cannot query apt ({e:#}); using cached kernels"),
+        }
+    }
+    kernels::cached_builds(cache)
+}
+
+fn refresh_index(cache: &Path) -> anyhow::Result<Vec<KernelBuild>> {
+    let apt = apt::Apt::new(&cache.join("apt"))?;
+    let mirror = apt::find_mirror(&apt::system_sources())
+        .context("no Debian archive in /etc/apt/sources.list{,.d} to reuse")?;
+    apt.configure(&mirror)?;
+    let t = Instant::now();
+    if let Err(e) = apt.update() {
+        // Stale lists still name real builds; a failed update is not fatal if we have them.
+        eprintln!("vm-test: {e:#}");
+    }
+    let index = apt.kernel_index()?;
+    println!(
+        "vm-test: apt index ({}) read in {:.1}s: {} linux packages",
+        apt::SUITES.join(", "),
+        t.elapsed().as_secs_f64(),
+        index.len()
+    );
+    Ok(kernels::builds(&index))
+}
+
+/// Resolve `--kernel` specs (or the default matrix) against the index.
+fn select(builds: &[KernelBuild], specs: &[String], out: &mut MatrixOutcome) -> Vec<Target> {
+    let gens: Vec<&Generation> = if specs.is_empty() {
+        MATRIX.iter().collect()
+    } else {
+        Vec::new()
+    };
+    let mut targets = Vec::new();
+    let want_gen =
+        |g: &Generation, targets: &mut Vec<Target>, out: &mut MatrixOutcome| match kernels::newest(
+            builds, g,
+        ) {
+            Some(b) => targets.push(Target {
+                label: g.key.to_string(),
+                build: b.clone(),
+            }),
+            None => {
+                let msg = format!(
+                    "vm-test {}: no {} build in the index or cache ({})",
+                    g.key, g.flavour, g.why
+                );
+                println!("SKIP {msg}");
+                out.skipped.push(msg);
+            }
+        };
+    for g in gens {
+        want_gen(g, &mut targets, out);
+    }
+    for spec in specs {
+        if let Some(g) = MATRIX.iter().find(|g| g.key == spec.as_str()) {
+            want_gen(g, &mut targets, out);
+        } else if let Some(b) = builds.iter().find(|b| b.name == *spec) {
+            targets.push(Target {
+                label: spec.clone(),
+                build: b.clone(),
+            });
+        } else {
+            let msg = format!(
+                "vm-test {spec}: not a generation ({}) nor a kernel build in the index",
+                MATRIX.iter().map(|g| g.key).collect::<Vec<_>>().join(", ")
+            );
+            println!("SKIP {msg}");
+            out.skipped.push(msg);
+        }
+    }
+    targets
+}
+
+/// The kernel image of a build, downloading and extracting it on a cold cache.
+fn ensure_kernel(cache: &Path, b: &KernelBuild) -> anyhow::Result<PathBuf> {
+    if let Some(p) = kernels::cached(cache, &b.name) {
+        return Ok(p);
+    }
+    if b.image_package.is_empty() {
+        bail!("{} is not cached and apt is unavailable", b.name);
+    }
+    let t = Instant::now();
+    let apt = apt::Apt::new(&cache.join("apt"))?;
+    let deb = apt.download(&b.image_package, &b.version)?;
+    let image = kernels::extract_vmlinuz(&deb, cache, b);
+    let _ = fs::remove_file(&deb);
+    let image = image?;
+    println!(
+        "vm-test: fetched {} {} ({}) in {:.1}s",
+        b.name,
+        b.version,
+        b.image_package,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(image)
+}
+
+/// True when the ELF file has no program interpreter (statically linked).
+fn is_static_elf(bytes: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if bytes.get(..5) != Some(b"\x7fELF\x02") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    const PT_INTERP: u32 = 3;
+    (0..phnum).all(|i| {
+        let o = phoff as usize + i * phentsize;
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .is_some_and(|t| t != PT_INTERP)
+    })
+}
+
+/// `vmatrace` linked statically (glibc, crt-static) so it runs in the bare initramfs.
+pub fn build_static_vmatrace() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let t = Instant::now();
+    crate::util::run(
+        cargo()
+            .current_dir(&root)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "vmatrace",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+            ])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+    )
+    .context("building the static vmatrace for the guest")?;
+    let bin = root.join("target/x86_64-unknown-linux-gnu/release/vmatrace");
+    let bytes = fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+    if !is_static_elf(&bytes) {
+        bail!(
+            "{} is not statically linked; the guest has no libraries",
+            bin.display()
+        );
+    }
+    println!(
+        "vm-test: static vmatrace ready in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(bin)
+}
+
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Write the initramfs for `steps` into `path`.
+pub fn build_initramfs(vmatrace: &Path, init: &str, path: &Path) -> anyhow::Result<()> {
+    let busybox = fs::read(BUSYBOX).with_context(|| {
+        format!("reading {BUSYBOX} (install busybox-static: cargo xtask setup)")
+    })?;
+    if !is_static_elf(&busybox) {
+        bail!("{BUSYBOX} is not statically linked: install busybox-static, not busybox");
+    }
+    let bin = fs::read(vmatrace).with_context(|| format!("reading {}", vmatrace.display()))?;
+    let img = initramfs::build(&busybox, &bin, init)?;
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d)?;
+    }
+    fs::write(path, img).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn capabilities(vmatrace: &Path) -> anyhow::Result<Capabilities> {
+    let help = crate::util::output(Command::new(vmatrace).arg("--help"))?;
+    Ok(Capabilities::from_help(&help))
+}
+
+/// Decide once per run whether KVM works; nested KVM boots fail with an emulation error,
+/// which shows up as no "booted" report within a few seconds.
+struct AccelChoice {
+    tried_kvm: bool,
+    accel: Accel,
+}
+
+impl AccelChoice {
+    fn new() -> Self {
+        let kvm = qemu::kvm_usable() && std::env::var_os("VMATRACE_NO_KVM").is_none();
+        Self {
+            tried_kvm: !kvm,
+            accel: if kvm { Accel::Kvm } else { Accel::Tcg },
+        }
+    }
+}
+
+/// Boot one kernel with the scenario; falls back from KVM to TCG on the first failure.
+fn boot_with_fallback(
+    choice: &mut AccelChoice,
+    kernel: &Path,
+    initrd: &Path,
+    dir: &Path,
+    steps: &[Step],
+) -> anyhow::Result<(qemu::Outcome, Accel)> {
+    let timeout =
+        Duration::from_secs(90 + steps.iter().map(|s| u64::from(s.timeout_s)).sum::<u64>());
+    loop {
+        let accel = choice.accel;
+        let boot = qemu::Boot {
+            kernel,
+            initrd,
+            dir,
+            accel,
+            timeout,
+            boot_timeout: Duration::from_secs(if accel == Accel::Kvm { 20 } else { 90 }),
+            memory_mb: 1024,
+            cpus: 2,
+        };
+        let out = qemu::boot(&boot)?;
+        if accel == Accel::Kvm && !choice.tried_kvm {
+            choice.tried_kvm = true;
+            if out.boot_time.is_none() {
+                println!(
+                    "vm-test: KVM did not boot the guest (nested KVM?); using TCG from now on"
+                );
+                choice.accel = Accel::Tcg;
+                continue;
+            }
+        }
+        return Ok((out, accel));
+    }
+}
+
+/// Run the matrix; prints a report per kernel and returns who passed.
+pub fn matrix(args: &VmTestArgs) -> anyhow::Result<MatrixOutcome> {
+    let t0 = Instant::now();
+    let mut out = MatrixOutcome::default();
+    let cache = cache_root();
+    let builds = available_builds(&cache, args.offline);
+    let targets = select(&builds, &args.kernels, &mut out);
+    if targets.is_empty() {
+        println!("vm-test: no kernel to boot");
+        return Ok(out);
+    }
+    let vmatrace = build_static_vmatrace()?;
+    let caps = capabilities(&vmatrace)?;
+    let params = Params {
+        duration: args.duration,
+        readers: args.readers,
+        writers: args.writers,
+    };
+    let steps = scenario::steps(caps, &params);
+    println!(
+        "vm-test: scenario {} (vmatrace offers: probes={} stress={} run={} record={})",
+        steps.iter().map(|s| s.name).collect::<Vec<_>>().join(" → "),
+        caps.probes,
+        caps.stress,
+        caps.run,
+        caps.record
+    );
+    let root = workspace_root();
+    let initrd = root.join("target/vm/initrd.cpio");
+    build_initramfs(&vmatrace, &scenario::init_script(&steps), &initrd)?;
+    let mut accel = AccelChoice::new();
+    for t in &targets {
+        let name = format!("{} ({})", t.label, t.build.name);
+        println!("\n=== vm-test {name}, Debian {}", t.build.version);
+        let dir = root.join("target/vm-artifacts").join(&t.build.name);
+        match run_one(
+            &cache,
+            t,
+            &mut accel,
+            &initrd,
+            &dir,
+            &steps,
+            args.keep_artifacts,
+        ) {
+            Ok(true) => out.passed.push(name),
+            Ok(false) => out.failed.push(name),
+            Err(e) => {
+                println!("FAIL {name}: {e:#}");
+                out.failed.push(name);
+            }
+        }
+    }
+    println!(
+        "\nvm-test: {} passed, {} failed, {} skipped in {:.0}s",
+        out.passed.len(),
+        out.failed.len(),
+        out.skipped.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    for f in &out.failed {
+        println!("  FAILED {f} (artifacts under target/vm-artifacts)");
+    }
+    Ok(out)
+}
+
+fn run_one(
+    cache: &Path,
+    t: &Target,
+    accel: &mut AccelChoice,
+    initrd: &Path,
+    dir: &Path,
+    steps: &[Step],
+    keep: bool,
+) -> anyhow::Result<bool> {
+    let tk = Instant::now();
+    let kernel = ensure_kernel(cache, &t.build)?;
+    let fetch = tk.elapsed();
+    let _ = fs::remove_dir_all(dir);
+    let (o, used) = boot_with_fallback(accel, &kernel, initrd, dir, steps)?;
+    let raw = fs::read(&o.results).unwrap_or_default();
+    let res = results::parse(&raw);
+    let mut verdict = scenario::judge(steps, &res);
+    if o.timed_out {
+        verdict.failures.push(format!(
+            "guest killed after {:.0}s (timeout)",
+            o.elapsed.as_secs_f64()
+        ));
+    }
+    if let Some(st) = o.exit.filter(|st| !st.success()) {
+        let log = fs::read_to_string(&o.qemu_log).unwrap_or_default();
+        verdict
+            .failures
+            .push(format!("qemu exited with {st}: {}", log.trim()));
+    }
+    println!(
+        "kernel {} booted in {} with {} (run {:.1}s, fetch {:.1}s)",
+        res.booted.as_deref().unwrap_or("?"),
+        o.boot_time
+            .map(|b| format!("{:.1}s", b.as_secs_f64()))
+            .unwrap_or_else(|| "—".into()),
+        used.name(),
+        o.elapsed.as_secs_f64(),
+        fetch.as_secs_f64()
+    );
+    for l in &verdict.info {
+        println!("  {l}");
+    }
+    for f in &verdict.failures {
+        println!("  FAIL {f}");
+    }
+    let ok = verdict.failures.is_empty();
+    if !ok {
+        // The end of the console usually says why (panic, oops, init failure).
+        let console = fs::read(&o.console).unwrap_or_default();
+        let console = String::from_utf8_lossy(&console);
+        let lines: Vec<&str> = console.lines().collect();
+        println!("  console.log (last lines):");
+        for l in &lines[lines.len().saturating_sub(15)..] {
+            println!("    | {l}");
+        }
+    }
+    let summary = serde_json::json!({
+        "target": t.label,
+        "kernel": t.build.name,
+        "debian_version": t.build.version,
+        "release": res.booted,
+        "accel": used.name(),
+        "boot_s": o.boot_time.map(|b| b.as_secs_f64()),
+        "run_s": o.elapsed.as_secs_f64(),
+        "passed": ok,
+        "failures": verdict.failures,
+        "info": verdict.info,
+        "steps": res.sections.iter().map(|s| serde_json::json!({"name": s.name, "rc": s.rc})).collect::<Vec<_>>(),
+    });
+    fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    if ok && !keep {
+        let _ = fs::remove_dir_all(dir);
+    } else {
+        println!("  artifacts: {}", dir.display());
+    }
+    println!("{} {}", if ok { "PASS" } else { "FAIL" }, t.label);
+    Ok(ok)
+}
+
+/// `cargo xtask vm-test`.
+pub fn vm_test(args: &VmTestArgs) -> anyhow::Result<()> {
+    crate::setup::setup()?;
+    let out = matrix(args)?;
+    if !out.failed.is_empty() {
+        bail!("vm-test failed on: {}", out.failed.join(", "));
+    }
+    if out.passed.is_empty() {
+        println!("vm-test: every kernel was skipped; nothing was tested");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_static_elf;
+
+    #[test]
+    fn static_elf_detection() {
+        assert!(!is_static_elf(b"not an elf"));
+        // This test binary is dynamically linked (it has PT_INTERP) unless built static.
+        if let Ok(me) = std::env::current_exe().and_then(std::fs::read) {
+            let has_interp = me.windows(b"ld-linux".len()).any(|w| w == b"ld-linux");
+            assert_eq!(is_static_elf(&me), !has_interp);
+        }
+        if let Ok(bb) = std::fs::read(super::BUSYBOX) {
+            assert!(is_static_elf(&bb), "Debian's busybox-static is static");
+        }
+    }
+}

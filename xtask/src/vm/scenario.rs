@@ -1,0 +1,435 @@
+//! The scenario run in each guest, as data: which `vmatrace` commands run (chosen from
+//! what the static binary offers), the `/init` script generated from them, and the
+//! assertions made on their output.
+
+use std::fmt::Write as _;
+
+use super::results::{GuestResults, MARK, MARK_END};
+
+/// What the static `vmatrace` can do (read from its `--help`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub probes: bool,
+    pub stress: bool,
+    pub run: bool,
+    pub record: bool,
+}
+
+impl Capabilities {
+    /// Subcommands listed under "Commands:" in clap's help.
+    pub fn from_help(help: &str) -> Self {
+        let mut c = Capabilities::default();
+        let mut in_commands = false;
+        for line in help.lines() {
+            if line.starts_with("Commands:") {
+                in_commands = true;
+                continue;
+            }
+            if in_commands {
+                if !line.starts_with("  ") {
+                    break;
+                }
+                match line.split_whitespace().next() {
+                    Some("probes") => c.probes = true,
+                    Some("stress") => c.stress = true,
+                    Some("run") => c.run = true,
+                    Some("record") => c.record = true,
+                    _ => {}
+                }
+            }
+        }
+        c
+    }
+}
+
+/// How a step's output is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// `vmatrace probes --json`.
+    Plan,
+    /// `vmatrace stress --json`.
+    Stress { forks: bool },
+    /// `vmatrace run --headless --json` summary.
+    RunSummary,
+    /// Informational; only the exit status counts.
+    Info,
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub name: &'static str,
+    pub argv: Vec<String>,
+    /// Started before `argv` and waited for after it (the workload under the tracer).
+    pub background: Option<Vec<String>>,
+    pub timeout_s: u32,
+    /// Guest files whose content is sent back after the step (`<step>:<file>` sections).
+    pub files: Vec<&'static str>,
+    pub check: Check,
+}
+
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Seconds the workload (and the tracer) run.
+    pub duration: u32,
+    pub readers: u32,
+    pub writers: u32,
+}
+
+pub const ANOMALY_LOG: &str = "/tmp/anomalies.jsonl";
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+/// The steps for one kernel. `vmatrace run` under the workload once the binary has it;
+/// until then the plan and the workload on their own.
+pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
+    let stress = format!(
+        "vmatrace stress --duration {} --readers {} --writers {} --forks --json",
+        p.duration, p.readers, p.writers
+    );
+    // Generous: TCG is slow and the guest has two vCPUs for all threads.
+    let budget = 60 + 4 * p.duration;
+    let mut v = vec![Step {
+        name: "kernel",
+        argv: words("cat /proc/version"),
+        background: None,
+        timeout_s: 10,
+        files: vec![],
+        check: Check::Info,
+    }];
+    if caps.probes {
+        v.push(Step {
+            name: "probes",
+            argv: words("vmatrace probes --json"),
+            background: None,
+            timeout_s: 60,
+            files: vec![],
+            check: Check::Plan,
+        });
+    }
+    if caps.run {
+        v.push(Step {
+            name: "run",
+            argv: words(&format!(
+                "vmatrace run --headless --duration {} --json --anomaly-log {ANOMALY_LOG}",
+                p.duration + 2
+            )),
+            // The tracer starts first (the shell backgrounds the workload after a pause),
+            // so the workload's whole run is observed.
+            background: Some(words(&stress)),
+            timeout_s: budget + 30,
+            files: vec![ANOMALY_LOG],
+            check: Check::RunSummary,
+        });
+    } else if caps.stress {
+        v.push(Step {
+            name: "stress",
+            argv: words(&stress),
+            background: None,
+            timeout_s: budget,
+            files: vec![],
+            check: Check::Stress { forks: true },
+        });
+    }
+    v
+}
+
+/// The start of every guest `/init`: busybox applets, the filesystems vmatrace needs
+/// (proc, sys, dev, tracefs, debugfs, bpffs), and fd 3 = ttyS1 in raw mode (the host's
+/// channel: results, or the event stream), binary-safe because raw mode disables the
+/// newline translation.
+pub const GUEST_PRELUDE: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+R=/dev/ttyS1
+stty -F $R raw -echo 2>/dev/null
+exec 3>$R
+"#;
+
+/// Single-quote a word for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+pub fn sh_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| sh_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The guest's `/init`: mount what vmatrace needs, report the boot, run every step with
+/// a timeout and send its output back on ttyS1, then power off.
+pub fn init_script(steps: &[Step]) -> String {
+    let mut s = String::from(GUEST_PRELUDE);
+    let mark = |what: &str| format!("echo \"{MARK}{what}{MARK_END}\" >&3\n");
+    s.push_str(&mark("booted $(uname -r)"));
+    for st in steps {
+        let n = st.name;
+        let _ = writeln!(s, "echo \"vm: step {n}\"");
+        if let Some(bg) = &st.background {
+            // Give the tracer a head start to attach before the workload begins.
+            let _ = writeln!(
+                s,
+                "(sleep 3; exec timeout -s KILL {} {}) >/tmp/{n}.bg.out 2>/tmp/{n}.bg.err & BG=$!",
+                st.timeout_s,
+                sh_words(bg)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "timeout -s KILL {} {} >/tmp/{n}.out 2>/tmp/{n}.err; RC=$?",
+            st.timeout_s,
+            sh_words(&st.argv)
+        );
+        s.push_str(&mark(&format!("begin {n}")));
+        let _ = writeln!(s, "cat /tmp/{n}.out >&3; echo >&3");
+        s.push_str(&mark(&format!("end {n} rc=$RC")));
+        s.push_str(&mark(&format!("begin {n}.stderr")));
+        let _ = writeln!(s, "cat /tmp/{n}.err >&3; echo >&3; cat /tmp/{n}.err");
+        s.push_str(&mark(&format!("end {n}.stderr rc=0")));
+        if st.background.is_some() {
+            let _ = writeln!(s, "wait $BG; BGRC=$?");
+            s.push_str(&mark(&format!("begin {n}.background")));
+            let _ = writeln!(s, "cat /tmp/{n}.bg.out >&3; echo >&3; cat /tmp/{n}.bg.err");
+            s.push_str(&mark(&format!("end {n}.background rc=$BGRC")));
+        }
+        for f in &st.files {
+            s.push_str(&mark(&format!("begin {n}:{f}")));
+            let _ = writeln!(s, "cat {f} >&3 2>/dev/null; FRC=$?; echo >&3");
+            s.push_str(&mark(&format!("end {n}:{f} rc=$FRC")));
+        }
+        let _ = writeln!(s, "echo \"vm: step {n} exited $RC\"");
+    }
+    s.push_str(&mark("done"));
+    s.push_str("exec 3>&-\nsync\npoweroff -f\n");
+    s
+}
+
+/// What one kernel's run showed: lines for the report, and failed assertions.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub info: Vec<String>,
+    pub failures: Vec<String>,
+    /// Logical events the plan observes directly (from `probes`), for the run check.
+    pub direct_events: Vec<String>,
+}
+
+fn json_of(step: &str, body: &str) -> Result<serde_json::Value, String> {
+    // Tolerate log lines before the JSON object: it starts at the first line opening '{'.
+    let start = body
+        .lines()
+        .position(|l| l.starts_with('{'))
+        .ok_or_else(|| format!("{step}: no JSON in the output ({} bytes)", body.len()))?;
+    let json: String = body.lines().skip(start).collect::<Vec<_>>().join("\n");
+    serde_json::from_str(&json).map_err(|e| format!("{step}: output is not valid JSON: {e}"))
+}
+
+/// Judge every step of a guest run.
+pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
+    let mut v = Verdict::default();
+    if r.booted.is_none() {
+        v.failures
+            .push("the guest never reported booting (init did not run)".into());
+        return v;
+    }
+    for st in steps {
+        let Some(sec) = r.section(st.name) else {
+            v.failures.push(format!(
+                "{}: no output (guest stopped before this step)",
+                st.name
+            ));
+            continue;
+        };
+        let stderr = r
+            .section(&format!("{}.stderr", st.name))
+            .map(|s| s.body.lines().rev().take(5).collect::<Vec<_>>().join(" | "))
+            .unwrap_or_default();
+        match sec.rc {
+            Some(0) => {}
+            Some(137) => v.failures.push(format!(
+                "{}: killed after its {}s timeout; stderr: {stderr}",
+                st.name, st.timeout_s
+            )),
+            Some(rc) => v
+                .failures
+                .push(format!("{}: exit status {rc}; stderr: {stderr}", st.name)),
+            None => v
+                .failures
+                .push(format!("{}: did not finish (guest died?)", st.name)),
+        }
+        match st.check {
+            Check::Info => v.info.push(format!("{}: {}", st.name, sec.body.trim())),
+            Check::Plan => match json_of(st.name, &sec.body) {
+                Ok(j) => super::checks::plan(&j, &mut v),
+                Err(e) => v.failures.push(e),
+            },
+            Check::Stress { forks } => match json_of(st.name, &sec.body) {
+                Ok(j) => super::checks::stress(st.name, &j, forks, &mut v),
+                Err(e) => v.failures.push(e),
+            },
+            Check::RunSummary => {
+                match json_of(st.name, &sec.body) {
+                    Ok(j) => super::checks::run_summary(&j, &mut v),
+                    Err(e) => v.failures.push(e),
+                }
+                for f in &st.files {
+                    let Some(log) = r.section(&format!("{}:{f}", st.name)) else {
+                        continue;
+                    };
+                    let anomalies: Vec<&str> = log
+                        .body
+                        .lines()
+                        .filter(|l| l.contains("\"type\":\"anomaly\""))
+                        .collect();
+                    v.info.push(format!(
+                        "{f}: {} lines, {} anomalies",
+                        log.body.lines().count(),
+                        anomalies.len()
+                    ));
+                    if let Some(first) = anomalies.first() {
+                        v.failures.push(format!(
+                            "anomaly log: {} anomalies, first: {first}",
+                            anomalies.len()
+                        ));
+                    }
+                }
+                let bg = r.section(&format!("{}.background", st.name));
+                match bg {
+                    Some(b) if b.rc == Some(0) => match json_of("workload", &b.body) {
+                        Ok(j) => super::checks::stress("workload", &j, true, &mut v),
+                        Err(e) => v.failures.push(e),
+                    },
+                    Some(b) => v.failures.push(format!(
+                        "workload under the tracer: exit status {:?}: {}",
+                        b.rc,
+                        b.body.trim()
+                    )),
+                    None => v
+                        .failures
+                        .push("workload under the tracer: no output".into()),
+                }
+            }
+        }
+    }
+    if !r.done {
+        v.failures
+            .push("the scenario did not run to the end".into());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::results;
+
+    const HELP: &str = "vmatrace — x\n\nUsage: vmatrace <COMMAND>\n\nCommands:\n  probes  Print\n  model   Print\n  stress  Run\n  help    Print this\n\nOptions:\n  -h, --help  Print help\n  run  not a command\n";
+
+    #[test]
+    fn capabilities_from_help() {
+        let c = Capabilities::from_help(HELP);
+        assert_eq!(
+            c,
+            Capabilities {
+                probes: true,
+                stress: true,
+                run: false,
+                record: false
+            }
+        );
+    }
+
+    #[test]
+    fn steps_follow_capabilities() {
+        let p = Params {
+            duration: 5,
+            readers: 2,
+            writers: 2,
+        };
+        let names = |c| steps(c, &p).iter().map(|s| s.name).collect::<Vec<_>>();
+        let today = Capabilities {
+            probes: true,
+            stress: true,
+            ..Default::default()
+        };
+        assert_eq!(names(today), ["kernel", "probes", "stress"]);
+        let later = Capabilities { run: true, ..today };
+        assert_eq!(names(later), ["kernel", "probes", "run"]);
+        let run = steps(later, &p)
+            .into_iter()
+            .find(|s| s.name == "run")
+            .expect("run step");
+        assert!(
+            run.background
+                .as_ref()
+                .is_some_and(|b| b.contains(&"stress".to_string()))
+        );
+    }
+
+    #[test]
+    fn init_script_frames_every_step() {
+        let p = Params {
+            duration: 5,
+            readers: 2,
+            writers: 2,
+        };
+        let st = steps(
+            Capabilities {
+                probes: true,
+                stress: true,
+                run: true,
+                record: false,
+            },
+            &p,
+        );
+        let s = init_script(&st);
+        for name in ["kernel", "probes", "run"] {
+            assert!(s.contains(&format!("@@VMATRACE begin {name}@@")), "{name}");
+            assert!(
+                s.contains(&format!("@@VMATRACE end {name} rc=$RC@@")),
+                "{name}"
+            );
+        }
+        assert!(s.contains("mount -t bpf bpf /sys/fs/bpf"));
+        assert!(s.contains("'vmatrace' 'run' '--headless'"));
+        assert!(s.ends_with("poweroff -f\n"));
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn judge_flags_failures_and_missing_output() {
+        let p = Params {
+            duration: 5,
+            readers: 2,
+            writers: 2,
+        };
+        let st = steps(
+            Capabilities {
+                probes: false,
+                stress: true,
+                run: false,
+                record: false,
+            },
+            &p,
+        );
+        let raw = b"@@VMATRACE booted 7.3.4@@\n@@VMATRACE begin kernel@@\nLinux version 7.3.4\n@@VMATRACE end kernel rc=0@@\n\
+            @@VMATRACE begin stress@@\n{\"ops\":{\"reader_touch\":0}}\n@@VMATRACE end stress rc=1@@\n";
+        let v = judge(&st, &results::parse(raw));
+        let all = v.failures.join("\n");
+        assert!(all.contains("stress: exit status 1"), "{all}");
+        assert!(all.contains("reader_touch"), "{all}");
+        assert!(all.contains("did not run to the end"), "{all}");
+        assert_eq!(v.info[0], "kernel: Linux version 7.3.4");
+        let none = judge(&st, &results::parse(b""));
+        assert_eq!(none.failures.len(), 1);
+    }
+}
