@@ -9,6 +9,7 @@
 #     cargo build --example live_probe --target x86_64-unknown-linux-gnu
 # The kernel comes from a Debian `linux-binary-unsigned-<ver>-cloud-amd64` package
 # (usr/lib/modules/<ver>/vmlinuz); `cargo xtask vm-test` automates all of this.
+# `noapic`: under a loaded host, TCG can fail the IO-APIC timer check at boot (panic).
 set -eu
 kernel=$1
 cache=${2:-$HOME/.cache/vmatrace/ebpf-manual}
@@ -42,4 +43,4 @@ chmod +x "$rd/init"
 (cd "$rd" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$cache/initramfs.gz"
 exec qemu-system-x86_64 -accel tcg -cpu max -m 1024 -smp 2 -nographic -no-reboot \
   -kernel "$kernel" -initrd "$cache/initramfs.gz" \
-  -append "console=ttyS0 quiet panic=-1"
+  -append "console=ttyS0 quiet panic=-1 noapic"
