@@ -42,9 +42,10 @@ fn replay_summarises_a_synthetic_trace() {
         assert_eq!(s["losses"]["undecodable"], 1);
         assert_eq!(s["losses"]["total"], 4);
         assert_eq!(s["reader"]["reader_acquire_ok"], 500);
-        assert_eq!(s["wait_ns"]["start_exclude"]["count"], 100);
-        assert_eq!(s["wait_ns"]["start_exclude"]["max_ns"], 1099);
+        assert_eq!(s["wait_ns"]["exclusion"]["count"], 100);
+        assert_eq!(s["wait_ns"]["exclusion"]["max_ns"], 1099);
         assert_eq!(s["wait_ns"]["write_lock"]["max_ns"], 1199);
+        assert_eq!(s["stats"]["top_processes"][0]["exclusions"], 50);
         assert_eq!(s["replay"]["complete"], true);
         assert_eq!(s["replay"]["records"], 103);
         assert_eq!(s["stop_reason"], "end of trace");

@@ -175,6 +175,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         duration_ns: outcome.recorded_duration_ns(),
         stop_reason,
         anomaly_log: handles.anomaly_log_stats(),
+        stats: handles.stats_snapshot(),
+        programs: Vec::new(),
         recording: None,
         replay: Some(ReplaySection {
             records: outcome.records,
