@@ -170,7 +170,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         let shared = super::attach_to(&mut pipeline, context());
         let (tx, rx) = mpsc::channel(64);
         let producer = tokio::spawn(produce(tx, shared.clone(), args.panic_after));
-        let driver = tokio::spawn(pipeline.drive(rx, Duration::from_millis(250)));
+        let driver = super::spawn_driver(&shared, pipeline.drive(rx, Duration::from_millis(250)));
         let stop = async move {
             match args.duration {
                 Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
