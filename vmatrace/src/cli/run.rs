@@ -141,9 +141,7 @@ fn cannot_attach(missing: Missing, what: &str) -> ExitCode {
 
 /// A serial line or terminal as trace output must pass bytes unchanged (no `\n` →
 /// `\r\n`, no flow-control characters): put it in raw mode.
-fn make_raw_if_tty(f: &std::fs::File) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
+fn make_raw_if_tty(fd: std::os::fd::RawFd) -> anyhow::Result<()> {
     // SAFETY: isatty only inspects the descriptor.
     if unsafe { libc::isatty(fd) } != 1 {
         return Ok(());
@@ -205,11 +203,14 @@ fn live(
     let trace_out: Option<(Box<dyn std::io::Write + Send>, &str, bool)> = match record {
         None => None,
         Some(("-", compress)) => {
-            use std::io::IsTerminal;
+            // SAFETY: tcgetpgrp/getpgrp only query; fd 1 may be anything.
+            let interactive = unsafe { libc::tcgetpgrp(1) == libc::getpgrp() };
             anyhow::ensure!(
-                !std::io::stdout().is_terminal(),
-                "refusing to write a binary trace to the terminal: redirect stdout or use -o FILE"
+                !interactive,
+                "refusing to write a binary trace to your terminal: redirect stdout or use -o FILE"
             );
+            // A serial line on stdout (a VM's ttyS1 as `>&3`) must pass bytes unchanged.
+            make_raw_if_tty(1)?;
             Some((Box::new(std::io::stdout()), "-", compress))
         }
         Some((path, compress)) => {
@@ -221,7 +222,7 @@ fn live(
                 .mode(0o600)
                 .open(path)
                 .with_context(|| format!("cannot create the trace {path}"))?;
-            make_raw_if_tty(&f)?;
+            make_raw_if_tty(std::os::fd::AsRawFd::as_raw_fd(&f))?;
             Some((Box::new(f), path, compress))
         }
     };
