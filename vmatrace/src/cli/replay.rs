@@ -46,6 +46,10 @@ pub struct ReplayArgs {
     /// pipe, reading ends at EOF.
     #[arg(long)]
     pub follow: bool,
+    /// Show the dashboard while replaying (needs a terminal); the summary prints after
+    /// you quit it.
+    #[arg(long)]
+    pub tui: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -62,6 +66,9 @@ fn parse_speed(s: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if args.tui {
+        crate::tui::launch::require_terminal()?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let input: Box<dyn Read + Send> = if args.input == "-" {
         Box::new(std::io::stdin())
@@ -91,6 +98,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 
     let mut pipeline = Pipeline::new(header.generation);
     let handles = session::add_output_sinks(&mut pipeline, &args.out, &header)?;
+    let dashboard = args.tui.then(|| {
+        let ctx = crate::tui::launch::replay_context(&header, &args.input);
+        crate::tui::attach_to(&mut pipeline, ctx)
+    });
+    let quit = crate::tui::launch::QuitSignal::new();
 
     let (tx, rx) = mpsc::channel(64);
     let replay_opts = ReplayOptions {
@@ -113,22 +125,30 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let (pipeline, reason) = rt.block_on(async move {
         let reason = Arc::new(std::sync::Mutex::new(None::<String>));
         let r2 = Arc::clone(&reason);
+        let quit_wait = quit.clone();
         let stop_fut = async move {
             let why = tokio::select! {
                 sig = signals::terminated() => sig.to_string(),
                 _ = signals::after(duration) => "duration".to_string(),
+                _ = quit_wait.wait() => "user quit".to_string(),
             };
             if let Ok(mut g) = r2.lock() {
                 *g = Some(why);
             }
             stop_flag.store(true, Ordering::Relaxed);
         };
-        let p = pipeline
-            .drive_until(rx, Duration::from_millis(250), stop_fut)
-            .await;
+        let drive = pipeline.drive_until(rx, Duration::from_millis(250), stop_fut);
+        let p = match dashboard {
+            Some(shared) => {
+                crate::tui::launch::run_session(shared, quit, drive)
+                    .await?
+                    .1
+            }
+            None => drive.await,
+        };
         let why = reason.lock().ok().and_then(|mut g| g.take());
-        (p, why)
-    });
+        anyhow::Ok((p, why))
+    })?;
     let wall = started.elapsed();
 
     // A reader blocked on a read of stdin cannot be interrupted: give it a moment, then

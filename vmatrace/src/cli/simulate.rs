@@ -46,16 +46,27 @@ pub struct SimulateArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Watch the simulation in the dashboard (needs a terminal). Without --ops or
+    /// --duration it runs until you quit; the summary prints if it finished first.
+    #[arg(long)]
+    pub tui: bool,
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    // Under the dashboard an open-ended run is the useful default: it ends when you quit.
+    let open_ended = a.tui && a.ops.is_none() && a.duration.is_none();
     let cfg = SimConfig {
         threads: a.threads,
         ops: match (a.ops, a.duration) {
+            _ if open_ended => None,
             (None, None) => Some(1_000_000),
             (ops, _) => ops,
         },
-        duration: a.duration,
+        duration: if open_ended {
+            Some(Duration::from_secs(365 * 86_400))
+        } else {
+            a.duration
+        },
         generation: a.generation,
         injections: a.inject,
         inject_rate: a.inject_rate,
@@ -63,7 +74,17 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         releases: a.releases,
         mms: a.mms,
     };
-    let outcome = sim::run(cfg, Vec::new())?;
+    let outcome = if a.tui {
+        match crate::tui::launch::simulate(cfg)? {
+            Some(outcome) => outcome,
+            None => {
+                eprintln!("vmatrace: simulation stopped before its end: no verdict");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    } else {
+        sim::run(cfg, Vec::new())?
+    };
     let report = SimReport::new(&outcome);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -16,7 +16,7 @@
 //! When the source ends first (replay EOF, simulation done) the dashboard stays up with
 //! "ENDED" in the header until the user quits.
 
-pub mod demo;
+pub mod launch;
 pub mod render;
 pub mod sink;
 pub mod state;
@@ -30,7 +30,6 @@ pub use state::{AppState, DashboardContext, ProgramCost, SelfCost, SourceKind};
 pub use terminal::{DashboardExit, run};
 
 use crate::pipeline::Pipeline;
-use crate::validate::Validator;
 
 /// Shared dashboard state, as held by the sink and the drawing loop.
 pub type SharedState = Arc<Mutex<AppState>>;
@@ -101,13 +100,6 @@ pub fn set_program_stats(
         },
         programs,
     });
-}
-
-/// The validator's phase distribution for the Model screen.
-pub(crate) fn model_phases(_validator: &Validator) -> Option<Vec<(&'static str, u64)>> {
-    // The model helper adds `Validator::phase_counts()`; until it is on this branch the
-    // Model screen says that the distribution is not reported.
-    None
 }
 
 #[cfg(test)]
