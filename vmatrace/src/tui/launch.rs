@@ -11,8 +11,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::Notify;
 
-use super::state::{DashboardContext, SourceKind};
+use super::state::{DashboardContext, ProgramCost, SourceKind};
 use super::{DashboardExit, SharedState, run};
+use crate::kernel::plan::ProbePlan;
+use crate::live::StatsHandle;
 use crate::sim::{self, SimConfig, SimOutcome};
 use crate::trace::TraceHeader;
 
@@ -71,6 +73,49 @@ pub fn replay_context(header: &TraceHeader, input: &str) -> DashboardContext {
     )
     .with_detail(name)
     .with_plan(header.plan.clone())
+}
+
+/// The dashboard context of a live session on the running kernel.
+pub fn live_context(plan: &ProbePlan) -> DashboardContext {
+    DashboardContext::new(
+        SourceKind::Live,
+        plan.kernel.release.clone(),
+        plan.generation,
+    )
+    .with_plan(Some(plan.clone()))
+}
+
+/// Feed the Overview's tracer self-cost from BPF run-time statistics (`BPF_ENABLE_STATS`)
+/// every `every`, until the returned task is aborted. Counts stay 0 when statistics are
+/// off; the pane then says so.
+pub fn spawn_self_cost(
+    shared: SharedState,
+    stats: StatsHandle,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = std::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let programs: Vec<ProgramCost> = stats
+                .program_stats()
+                .into_iter()
+                .map(|p| ProgramCost {
+                    name: p.name,
+                    run_cnt: p.run_cnt,
+                    run_time_ns: p.run_time_ns,
+                })
+                .collect();
+            if programs.iter().all(|p| p.run_cnt == 0) {
+                continue;
+            }
+            let now = std::time::Instant::now();
+            super::set_program_stats(&shared, programs, now.duration_since(last));
+            last = now;
+        }
+    })
 }
 
 /// `vmatrace simulate --tui`: the simulation under the dashboard. Returns the outcome
