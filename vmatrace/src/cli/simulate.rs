@@ -6,11 +6,15 @@
 //! nothing lost and no leaked reference in both cases.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use vmatrace_common::model::Generation;
 
-use crate::sim::{self, Injection, ReleaseVisibility, SimConfig, SimReport};
+use crate::sim::{self, Injection, ReleaseVisibility, SimConfig, SimOutcome, SimReport};
+use crate::tui::{self, AppState, DashboardContext, DashboardSink, SourceKind};
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
@@ -43,12 +47,16 @@ pub struct SimulateArgs {
     /// Number of simulated mms (processes); default one per four tasks.
     #[arg(long)]
     pub mms: Option<usize>,
+    /// Initial mm_lock_seq (rounded down to even); e.g. 4294960000 to run through the
+    /// sequence wraparound.
+    #[arg(long, default_value_t = 0)]
+    pub seq_start: u32,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Watch the simulation in the dashboard (needs a terminal). Without --ops or
-    /// --duration it runs until you quit; the summary prints if it finished first.
-    #[arg(long)]
+    /// Show the live dashboard while the simulation runs (quit with q; the summary is
+    /// printed afterwards). Without --ops or --duration it runs until you quit.
+    #[arg(long, conflicts_with = "json")]
     pub tui: bool,
 }
 
@@ -73,15 +81,11 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         releases: a.releases,
         mms: a.mms,
+        seq_start: a.seq_start,
+        stop: Arc::new(AtomicBool::new(false)),
     };
     let outcome = if a.tui {
-        match crate::tui::launch::simulate(cfg)? {
-            Some(outcome) => outcome,
-            None => {
-                eprintln!("vmatrace: simulation stopped before its end: no verdict");
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
+        run_with_dashboard(cfg)?
     } else {
         sim::run(cfg, Vec::new())?
     };
@@ -104,6 +108,43 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// The simulation feeding the dashboard. The dashboard stays up after the run ends (the
+/// numbers are final then); quitting it early stops the simulated tasks.
+fn run_with_dashboard(cfg: SimConfig) -> anyhow::Result<SimOutcome> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let faults: Vec<&str> = cfg.injections.iter().map(|i| i.key()).collect();
+        let ctx = DashboardContext::new(SourceKind::Simulate, "simulated", cfg.generation)
+            .with_detail(format!(
+                "{} tasks, seed {}, faults: {}",
+                cfg.threads,
+                cfg.seed,
+                if faults.is_empty() {
+                    "none".to_string()
+                } else {
+                    faults.join(", ")
+                }
+            ));
+        let shared = Arc::new(Mutex::new(AppState::new(ctx)));
+        let stop = cfg.stop.clone();
+        let sink = Box::new(DashboardSink::new(shared.clone()));
+        let ended = shared.clone();
+        let run = tokio::spawn(async move {
+            let r = sim::run_async(cfg, vec![sink]).await;
+            tui::mark_source_ended(&ended);
+            r
+        });
+        let exit = tui::run(shared, std::future::pending()).await;
+        stop.store(true, Ordering::Relaxed);
+        let outcome = run.await.context("simulation task failed")??;
+        exit?;
+        Ok(outcome)
     })
 }
 

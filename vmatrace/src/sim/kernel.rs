@@ -78,12 +78,19 @@ impl Kernel {
         }
     }
 
-    /// Whether an armed fault fires at this eligible point (never while repairing).
-    pub fn inject(&self, t: &mut Task, k: Injection) -> bool {
-        !t.quiet && self.plan.is_armed(k) && t.rng.chance(self.plan.rate)
+    /// Whether an armed fault fires at this eligible point on VMA `idx` (never while
+    /// repairing, and at most once per object lifetime).
+    pub fn inject(&self, t: &mut Task, k: Injection, idx: u32) -> bool {
+        !t.quiet
+            && self.plan.is_armed(k)
+            && !self.vma(idx).faulted.load(Ordering::Relaxed)
+            && t.rng.chance(self.plan.rate)
     }
 
-    pub fn record_site(&self, kind: Injection, ts_ns: u64, vma: u64, mm: u64) {
+    /// Record a fault that fired on VMA `idx`.
+    pub fn record_site(&self, kind: Injection, ts_ns: u64, idx: u32, mm: u64) {
+        self.vma(idx).faulted.store(true, Ordering::Relaxed);
+        let vma = Slab::addr(idx);
         self.sites
             .lock()
             .unwrap_or_else(|e| e.into_inner())

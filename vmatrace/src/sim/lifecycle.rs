@@ -31,13 +31,18 @@ pub fn mmap_write_lock<'a>(k: &Kernel, mm: &'a SimMm) -> RwLockWriteGuard<'a, ()
 /// `mmap_write_unlock(mm)`: the `mmap_lock_released` tracepoint fires first, then
 /// `vma_end_write_all` makes the sequence even (every VMA write lock of the mm ends).
 pub fn mmap_write_unlock(k: &Kernel, t: &Task, mm: &SimMm, guard: RwLockWriteGuard<'_, ()>) {
-    k.emit(t, || {
-        let mut ev = k.event(t, EventKind::MmWriteUnlock, ProbeId::MmapLockReleased);
-        k.read_mm(&mut ev, mm);
-        ev.arg = 1; // write
-        ev
+    // With the ring held, so that no sample of this mm lands between the tracepoint and
+    // the increment (the kernel has a window there; the validator treats the VMAs as
+    // unlocked from the tracepoint on).
+    let old = k.ring.with(|w| {
+        if !t.quiet {
+            let mut ev = k.event(t, EventKind::MmWriteUnlock, ProbeId::MmapLockReleased);
+            k.read_mm(&mut ev, mm);
+            ev.arg = 1; // write
+            w.push(ev);
+        }
+        mm.mm_lock_seq.fetch_add(1, Ordering::AcqRel)
     });
-    let old = mm.mm_lock_seq.fetch_add(1, Ordering::AcqRel);
     if old & 1 == 0 {
         SimChecks::bump(&k.checks.mm_lock_seq_parity);
     }
@@ -50,6 +55,10 @@ pub fn vm_area_alloc(k: &Kernel, t: &Task, mm: &SimMm) -> Option<u32> {
     let v = k.vma(idx);
     // vma_init(): the refcount of a freed object is already 0 (vm_area_free checks it).
     v.vm_lock_seq.store(VM_LOCK_SEQ_INIT, Ordering::Relaxed);
+    v.faulted.store(false, Ordering::Relaxed);
+    v.excluded_visible.store(false, Ordering::Relaxed);
+    v.locked_visible_seq
+        .store(VM_LOCK_SEQ_INIT, Ordering::Relaxed);
     v.vm_start.store(0, Ordering::Relaxed);
     v.vm_end.store(0, Ordering::Relaxed);
     v.vm_flags.store(0, Ordering::Relaxed);
@@ -79,7 +88,7 @@ pub fn vma_mark_attached(k: &Kernel, idx: u32) {
 
 /// `vma_mark_detached(vma)`; the VMA is write-locked by the caller.
 pub fn vma_mark_detached(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32) {
-    if k.inject(t, Injection::DetachLeavesRefcount) {
+    if k.inject(t, Injection::DetachLeavesRefcount, idx) {
         detach_leaving_refcount(k, t, mm, idx);
         return;
     }
@@ -178,12 +187,7 @@ fn detach_event(
 fn detach_leaving_refcount(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32) {
     let entry = detach_event(k, t, idx, EventKind::DetachEnter, None);
     let (ts, _) = detach_event(k, t, idx, EventKind::DetachExit, Some(entry));
-    k.record_site(
-        Injection::DetachLeavesRefcount,
-        ts,
-        Slab::addr(idx),
-        mm.addr,
-    );
+    k.record_site(Injection::DetachLeavesRefcount, ts, idx, mm.addr);
     t.quiet = true;
     vma_mark_detached(k, t, mm, idx);
     t.quiet = false;
@@ -192,7 +196,7 @@ fn detach_leaving_refcount(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32) {
 /// `vm_area_free(vma)`: the object goes back to the slab; its count must be 0.
 pub fn vm_area_free(k: &Kernel, t: &mut Task, idx: u32) {
     let v = k.vma(idx);
-    if k.inject(t, Injection::FreeWhileReferenced) {
+    if k.inject(t, Injection::FreeWhileReferenced, idx) {
         // A reference nobody dropped: present while the probe samples, repaired after.
         let (ts, mm) = k.ring.with(|w| {
             v.vm_refcnt.fetch_add(1, Ordering::AcqRel);
@@ -202,7 +206,7 @@ pub fn vm_area_free(k: &Kernel, t: &mut Task, idx: u32) {
             v.vm_refcnt.fetch_sub(1, Ordering::AcqRel);
             (ts, ev.mm)
         });
-        k.record_site(Injection::FreeWhileReferenced, ts, Slab::addr(idx), mm);
+        k.record_site(Injection::FreeWhileReferenced, ts, idx, mm);
     } else {
         k.emit(t, || {
             let mut ev = k.event(t, EventKind::VmaFree, ProbeId::VmAreaFree);

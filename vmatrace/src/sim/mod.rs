@@ -26,6 +26,7 @@ pub mod vma;
 pub mod workload;
 pub mod writer;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,12 @@ pub struct SimConfig {
     pub releases: ReleaseVisibility,
     /// Number of mms; default one per four tasks.
     pub mms: Option<usize>,
+    /// Initial `mm_lock_seq` of every mm (even; near `u32::MAX` to exercise wraparound,
+    /// where a fresh VMA's `vm_lock_seq = UINT_MAX` looks write-locked).
+    pub seq_start: u32,
+    /// Set to end the run early (e.g. the dashboard was closed); tasks stop between
+    /// operations.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Default for SimConfig {
@@ -88,6 +95,8 @@ impl Default for SimConfig {
             seed: 1,
             releases: ReleaseVisibility::All,
             mms: None,
+            seq_start: 0,
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -102,7 +111,7 @@ pub struct Collected {
 }
 
 const REDUCED_CAP: usize = 1 << 20;
-const EXAMPLES_CAP: usize = 8;
+const EXAMPLES_CAP: usize = 3;
 
 struct Collector(Arc<Mutex<Collected>>);
 
@@ -230,7 +239,9 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
         generation: g,
         flag: g.exclude_readers_flag(),
         limit: g.refcnt_limit(),
-        mms: (0..nmm).map(|i| SimMm::new(i, SLOTS_PER_MM, 0)).collect(),
+        mms: (0..nmm)
+            .map(|i| SimMm::new(i, SLOTS_PER_MM, cfg.seq_start))
+            .collect(),
         slab: Slab::new(slab_capacity),
         ring: Ring::new(tx, BATCH),
         counters: (0..=cfg.threads).map(|_| TaskCounters::default()).collect(),
@@ -304,11 +315,12 @@ fn run_tasks(k: &Arc<Kernel>, cfg: &SimConfig) -> Produced {
             let mm = i % k.mms.len();
             let tgid = k.mms[mm].tgid;
             let seed = cfg.seed;
+            let stop = cfg.stop.clone();
             std::thread::Builder::new()
                 .name(format!("vmasim/{i}"))
                 .spawn(move || {
                     let mut t = Task::new(i, mm, tgid, seed);
-                    workload::run_task(&k, &mut t, quota, deadline)
+                    workload::run_task(&k, &mut t, quota, deadline, &stop)
                 })
         })
         .collect();

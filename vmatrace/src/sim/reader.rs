@@ -135,6 +135,11 @@ pub fn vma_start_read(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64)
     let v = k.vma(idx);
     // 1. Lockless early check (READ_ONCE both).
     if v.vm_lock_seq.load(Ordering::Relaxed) == mm.mm_lock_seq.load(Ordering::Relaxed) {
+        if k.inject(t, Injection::ReaderIgnoresFlag, idx)
+            && let Some(r) = admit_ignoring_flag(k, t, mm, idx, addr)
+        {
+            return r;
+        }
         return StartRead::Fail(ReadFail::EarlyWriteLocked);
     }
     // Preemption between the early check and the increment: a writer can lock the VMA
@@ -150,8 +155,11 @@ pub fn vma_start_read(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64)
             return StartRead::Again;
         }
         if old > k.limit - 1 {
-            if old & k.flag != 0 && k.inject(t, Injection::ReaderIgnoresFlag) {
-                return admit_ignoring_flag(k, t, idx, addr);
+            if old & k.flag != 0
+                && k.inject(t, Injection::ReaderIgnoresFlag, idx)
+                && let Some(r) = admit_ignoring_flag(k, t, mm, idx, addr)
+            {
+                return r;
             }
             return StartRead::Fail(ReadFail::Excluded);
         }
@@ -184,11 +192,31 @@ pub fn vma_start_read(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64)
     StartRead::Locked
 }
 
-/// Injected fault: increment although the flag is set and report success. The increment
-/// and the fexit sample happen with nothing in between, so the event shows the flag.
-fn admit_ignoring_flag(k: &Kernel, t: &mut Task, idx: u32, addr: u64) -> StartRead {
+/// Injected fault: a reader that ignores the exclusion (flag and write lock alike),
+/// increments and reports success. It fires only where the event stream can prove it
+/// wrong: after the writer's `ExcludeExit` showed the readers excluded (flag still set),
+/// or after its `WriteLockExit` showed the VMA write-locked. Earlier, an admitted reader
+/// looks exactly like one that got in before the flag, which the kernel allows. The
+/// window check, the increment and the fexit sample happen with the ring held.
+fn admit_ignoring_flag(
+    k: &Kernel,
+    t: &mut Task,
+    mm: &SimMm,
+    idx: u32,
+    addr: u64,
+) -> Option<StartRead> {
     let v = k.vma(idx);
-    let (ts, mm) = k.ring.with(|w| {
+    let (ts, ev_mm) = k.ring.with(|w| {
+        let r = v.vm_refcnt.load(Ordering::Acquire);
+        let seq = mm.mm_lock_seq.load(Ordering::Acquire);
+        let excluded = v.excluded_visible.load(Ordering::Relaxed) && r & k.flag != 0;
+        let locked = r != 0
+            && r & k.flag == 0
+            && v.vm_lock_seq.load(Ordering::Acquire) == seq
+            && v.locked_visible_seq.load(Ordering::Relaxed) == seq;
+        if !(excluded || locked) {
+            return None;
+        }
         let old = v.vm_refcnt.fetch_add(1, Ordering::Acquire);
         v.holders.fetch_add(1, Ordering::AcqRel);
         if old & k.flag != 0 {
@@ -199,10 +227,10 @@ fn admit_ignoring_flag(k: &Kernel, t: &mut Task, idx: u32, addr: u64) -> StartRe
         ev.arg = addr;
         ev.ret = Slab::addr(idx) as i64;
         ev.flags |= flags::RET;
-        (w.push(ev), ev.mm)
-    });
-    k.record_site(Injection::ReaderIgnoresFlag, ts, Slab::addr(idx), mm);
-    StartRead::AdmittedByFault
+        Some((w.push(ev), ev.mm))
+    })?;
+    k.record_site(Injection::ReaderIgnoresFlag, ts, idx, ev_mm);
+    Some(StartRead::AdmittedByFault)
 }
 
 /// Drop a reader reference this task owns (`vma_end_read` / the error paths).
@@ -262,9 +290,9 @@ pub fn rcuwait_wake_up(k: &Kernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u
     if woke
         && let Some((idx, put_ts)) = put
         && put_ts != 0
-        && k.inject(t, Injection::LostWakeup)
+        && k.inject(t, Injection::LostWakeup, idx)
     {
-        k.record_site(Injection::LostWakeup, put_ts, Slab::addr(idx), mm.addr);
+        k.record_site(Injection::LostWakeup, put_ts, idx, mm.addr);
         return;
     }
     let addr = mm.writer_wait_addr(k.writer_wait_offset);

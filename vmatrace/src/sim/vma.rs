@@ -7,7 +7,7 @@
 //! (hot objects first, like a slab freelist), which makes reuse races frequent.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
 /// Where the fake slab starts: a direct-map address, as `kmem_cache_alloc` would return.
 pub const VMA_SLAB_BASE: u64 = 0xffff_8881_0a40_0000;
@@ -31,6 +31,16 @@ pub struct SimVma {
     /// Not a kernel field: tasks that currently own a reader reference, kept by the
     /// simulator to check the refcount against an independent count.
     pub holders: AtomicU32,
+    /// Not a kernel field: a fault was injected on this object since its allocation.
+    /// One fault per object lifetime: after a fault its history is corrupt, and a
+    /// validator may rightly report only the first violation of an object.
+    pub faulted: AtomicBool,
+    /// Not a kernel field: the write exclusion's `ExcludeExit` (readers excluded) is in
+    /// the ring and the flag is still set. Changed only with the ring held.
+    pub excluded_visible: AtomicBool,
+    /// Not a kernel field: the sequence of the last `WriteLockExit` (success) in the
+    /// ring. Changed only with the ring held.
+    pub locked_visible_seq: AtomicU32,
 }
 
 impl SimVma {
@@ -43,6 +53,9 @@ impl SimVma {
             vm_end: AtomicU64::new(0),
             vm_flags: AtomicU64::new(0),
             holders: AtomicU32::new(0),
+            faulted: AtomicBool::new(false),
+            excluded_visible: AtomicBool::new(false),
+            locked_visible_seq: AtomicU32::new(VM_LOCK_SEQ_INIT),
         }
     }
 }

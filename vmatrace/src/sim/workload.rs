@@ -2,7 +2,7 @@
 //! operations (mprotect-like write-locking, munmap/mmap with detach and free, fork-like
 //! killable write-locking of every VMA).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -93,11 +93,19 @@ pub fn populate(k: &Kernel, t: &mut Task) {
 }
 
 /// Run `quota` operations (or until `deadline`).
-pub fn run_task(k: &Kernel, t: &mut Task, quota: u64, deadline: Option<Instant>) -> OpStats {
+pub fn run_task(
+    k: &Kernel,
+    t: &mut Task,
+    quota: u64,
+    deadline: Option<Instant>,
+    stop: &AtomicBool,
+) -> OpStats {
     let mut st = OpStats::default();
     let mm = &k.mms[t.mm];
     for n in 0..quota {
-        if n % 256 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+        if n % 256 == 0
+            && (deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed))
+        {
             break;
         }
         st.ops += 1;

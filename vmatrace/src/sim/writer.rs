@@ -15,7 +15,6 @@ use super::inject::Injection;
 use super::kernel::Kernel;
 use super::mm::SimMm;
 use super::task::Task;
-use super::vma::Slab;
 
 /// `struct vma_exclude_readers_state` (7.x); on 6.x the same data lives in arguments and
 /// locals of `__vma_enter_locked`.
@@ -88,7 +87,7 @@ fn start_exclude(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &mut Ves) 
     if old & k.flag != 0 {
         SimChecks::bump(&k.checks.concurrent_exclusion);
     }
-    if k.inject(t, Injection::DoubleExclusion) {
+    if k.inject(t, Injection::DoubleExclusion, idx) {
         rogue_exclusion(k, t, idx);
     }
     let target = k.flag | u32::from(!ves.detaching);
@@ -167,7 +166,7 @@ fn rogue_exclusion(k: &Kernel, t: &Task, idx: u32) {
         ts
     });
     let mm = k.vma(idx).vm_mm.load(Ordering::Relaxed);
-    k.record_site(Injection::DoubleExclusion, ts, Slab::addr(idx), mm);
+    k.record_site(Injection::DoubleExclusion, ts, idx, mm);
 }
 
 /// Start-exclude as the probes see it: `ExcludeEnter`/`ExcludeExit` on 6.19 and 7.x,
@@ -220,6 +219,9 @@ pub fn exclude_traced(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &mut 
             ev.entry_refcnt = entry_refcnt;
             ev.wait_ns = w.now_ns().saturating_sub(entry_ts);
             w.push(ev);
+            if ves.exclusive && !ves.detaching {
+                k.vma(idx).excluded_visible.store(true, Ordering::Relaxed);
+            }
         });
     }
     ret
@@ -268,6 +270,10 @@ pub fn vma_start_write_slow(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, stat
         ev.flags |= flags::PAIRED;
         ev.entry_refcnt = entry_refcnt;
         ev.wait_ns = w.now_ns().saturating_sub(entry_ts);
+        if ret == 0 {
+            v.locked_visible_seq
+                .store(ev.vm_lock_seq, Ordering::Relaxed);
+        }
         w.push(ev)
     };
     if err != 0 {
@@ -277,31 +283,38 @@ pub fn vma_start_write_slow(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, stat
         }
         return err;
     }
-    if k.inject(t, Injection::SeqNotStored) {
+    if k.inject(t, Injection::SeqNotStored, idx) {
         let ts = k.ring.with(|w| {
             if ves.exclusive {
+                v.excluded_visible.store(false, Ordering::Relaxed);
                 end_exclude(k, idx, &mut ves);
             }
             exit_event(t, w, 0)
         });
-        k.record_site(Injection::SeqNotStored, ts, Slab::addr(idx), mm.addr);
+        k.record_site(Injection::SeqNotStored, ts, idx, mm.addr);
         return 0;
     }
     // WRITE_ONCE(vma->vm_lock_seq, mm_lock_seq)
     v.vm_lock_seq.store(seq, Ordering::Release);
     if ves.exclusive {
-        if k.inject(t, Injection::EndExcludeSkipped) {
+        if k.inject(t, Injection::EndExcludeSkipped, idx) {
             // Returned with the flag still set; the simulator removes it right after the
             // sample so the run can go on (the next writer would wait forever).
             let ts = k.ring.with(|w| {
                 let ts = exit_event(t, w, 0);
+                v.excluded_visible.store(false, Ordering::Relaxed);
                 v.vm_refcnt.fetch_sub(k.flag, Ordering::AcqRel);
                 ts
             });
-            k.record_site(Injection::EndExcludeSkipped, ts, Slab::addr(idx), mm.addr);
+            k.record_site(Injection::EndExcludeSkipped, ts, idx, mm.addr);
             return 0;
         }
-        end_exclude(k, idx, &mut ves);
+        // With the ring held only to keep the injected reader's window exact (see
+        // `reader::admit_ignoring_flag`); the kernel's end-exclude is one atomic op.
+        k.ring.with(|_| {
+            v.excluded_visible.store(false, Ordering::Relaxed);
+            end_exclude(k, idx, &mut ves);
+        });
         if ves.detached {
             SimChecks::bump(&k.checks.write_end_exclude_detached);
         }

@@ -15,7 +15,6 @@ use super::state::{DashboardContext, ProgramCost, SourceKind};
 use super::{DashboardExit, SharedState, run};
 use crate::kernel::plan::ProbePlan;
 use crate::live::StatsHandle;
-use crate::sim::{self, SimConfig, SimOutcome};
 use crate::trace::TraceHeader;
 
 /// Fail early, before any source starts, when there is no terminal to draw on.
@@ -116,50 +115,4 @@ pub fn spawn_self_cost(
             last = now;
         }
     })
-}
-
-/// `vmatrace simulate --tui`: the simulation under the dashboard. Returns the outcome
-/// when the simulation finished before the user quit, `None` when it was cut short (the
-/// simulated tasks are plain threads that cannot be stopped early; they end with the
-/// process).
-pub fn simulate(cfg: SimConfig) -> anyhow::Result<Option<SimOutcome>> {
-    require_terminal()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let detail = format!(
-        "{} tasks{}",
-        cfg.threads,
-        if cfg.injections.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", inject {}",
-                cfg.injections
-                    .iter()
-                    .map(|i| format!("{i:?}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
-        }
-    );
-    let ctx = DashboardContext::new(SourceKind::Simulate, "simulated", cfg.generation)
-        .with_detail(detail);
-    let shared = Arc::new(std::sync::Mutex::new(super::AppState::new(ctx)));
-    let sink = super::DashboardSink::new(shared.clone());
-    let result = rt.block_on(async move {
-        let sim = tokio::spawn(sim::run_async(cfg, vec![Box::new(sink)]));
-        run(shared, std::future::pending()).await?;
-        if sim.is_finished() {
-            Ok(Some(sim.await.context("the simulation task failed")??))
-        } else {
-            Ok(None)
-        }
-    });
-    // Dropping the runtime would wait for the simulation's blocking threads; a user who
-    // quit does not want to wait for a million operations.
-    rt.shutdown_background();
-    result
 }

@@ -16,6 +16,10 @@
 //!   so `vm_lock_seq == mm_lock_seq` and a clear flag are stable. Most kinds are these.
 //! - **same-task checks**: one task's events arrive in program order, e.g. the put that
 //!   leaves `F`/`F+1` must be followed by that task's `rcuwait_wake_up` (`lost_wakeup`).
+//!   The excluder's `ExcludeExit` is *not* a deadline for it: the excluder may find its
+//!   target before it sleeps, right after the decrement and before the reader's
+//!   `rcuwait_wake_up`, so that order is legal. [`Validator::finish`] settles the
+//!   wake-ups still owed when a finite stream ends.
 //! - **timestamp windows**: a reader that succeeded with the flag set in its sample is
 //!   legal if it took its reference before the flag was added and a writer raced in
 //!   (§4.4). It is a violation if its timestamp falls after the excluder saw the readers
@@ -256,6 +260,18 @@ impl Validator {
         }
         self.mms.clear();
         self.pending_wakes.clear();
+    }
+
+    /// The stream has ended (end of a simulation or of a trace file): report the
+    /// wake-ups still owed. A task whose put left readers excluded calls
+    /// `rcuwait_wake_up` right after it; once nothing more will arrive, the missing call
+    /// is a lost wake-up. Not for a live capture cut at an arbitrary point.
+    pub fn finish(&mut self, out: &mut Vec<Anomaly>) {
+        let mut owed: Vec<PendingWake> = self.pending_wakes.drain().map(|(_, p)| p).collect();
+        owed.sort_by_key(|p| p.release.ts_ns);
+        for p in owed {
+            self.report_lost_wakeup(&p.release, None, out);
+        }
     }
 
     /// Check one event; anomalies are appended to `out`.
@@ -606,7 +622,8 @@ impl Validator {
     }
 
     fn on_reader_acquire(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
-        let success = ev.ret != 0;
+        // `lock_next_vma` may return ERR_PTR(-EINTR / -EAGAIN): no reference held.
+        let success = ev.ret != 0 && !is_err_value(ev.ret);
         if success && let Some(s) = sample {
             if s.write_locked() == Some(true) && s.l != VM_LOCK_SEQ_INIT {
                 let state = self.state_of(ev.vma);
@@ -624,7 +641,9 @@ impl Validator {
                         ),
                     },
                 );
-            } else if matches!(s.r, 0 | 1) || s.r == F || s.r == F + 1 {
+            } else if matches!(s.r, 0 | 1) || s.r == F {
+                // F+1 is not here: a writer's F+1 leaves no room for this reader, but
+                // a detacher's F plus this reader is F+1 (then the window decides).
                 let state = self.state_of(ev.vma);
                 self.emit(
                     out,
@@ -633,7 +652,7 @@ impl Validator {
                         kind: AnomalyKind::ReaderWithoutReference,
                         state,
                         expected: "vm_refcnt includes the reader's reference (2..F-1, or \
-                                   F+2.. if a writer raced in)"
+                                   above F if an excluder raced in)"
                             .into(),
                         observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
                     },
@@ -801,28 +820,47 @@ impl Validator {
         if kind == EventKind::WriterWake {
             return;
         }
-        let r = p.release;
+        self.report_lost_wakeup(&p.release, Some((ev, kind)), out);
+    }
+
+    /// `next`: the task's next event, which came instead of `rcuwait_wake_up` (`None`
+    /// at the end of the stream).
+    fn report_lost_wakeup(
+        &self,
+        r: &Event,
+        next: Option<(&Event, EventKind)>,
+        out: &mut Vec<Anomaly>,
+    ) {
         let state = self.state_of(r.vma);
         let mut evidence = self.recent.of_vma(r.vma, r.mm);
-        if evidence.last() != Some(ev) {
+        if let Some((ev, _)) = next
+            && evidence.last() != Some(ev)
+        {
             evidence.push(*ev);
         }
+        if evidence.is_empty() {
+            evidence.push(*r);
+        }
+        let observed = match next {
+            Some((_, kind)) => format!(
+                "event {} not expected in state wake-owed: next event of tid {} without \
+                 rcuwait_wake_up",
+                kind.key(),
+                r.tid()
+            ),
+            None => format!("the stream ended without tid {}'s rcuwait_wake_up", r.tid()),
+        };
         out.push(Anomaly {
             kind: AnomalyKind::LostWakeup,
             severity: AnomalyKind::LostWakeup.severity(),
-            event: r,
+            event: *r,
             state,
             expected: format!(
                 "rcuwait_wake_up by tid {} after its put left vm_refcnt = {}",
                 r.tid(),
                 refcnt::describe(r.refcnt.wrapping_sub(1))
             ),
-            observed: format!(
-                "event {} not expected in state wake-owed: next event of tid {} without \
-                 rcuwait_wake_up",
-                kind.key(),
-                r.tid()
-            ),
+            observed,
             evidence,
         });
     }
@@ -931,6 +969,11 @@ impl Validator {
         });
         self.evicted += (before - self.vmas.len()) as u64;
     }
+}
+
+/// `IS_ERR_VALUE`: the top 4095 values are errnos, not pointers.
+const fn is_err_value(ret: i64) -> bool {
+    ret < 0 && ret >= -4095
 }
 
 fn set_phase(counts: &mut [u64; Phase::ALL.len()], t: &mut VmaTrack, phase: Phase) {

@@ -281,6 +281,27 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                     Ok(j) => super::checks::run_summary(&j, &mut v),
                     Err(e) => v.failures.push(e),
                 }
+                for f in &st.files {
+                    let Some(log) = r.section(&format!("{}:{f}", st.name)) else {
+                        continue;
+                    };
+                    let anomalies: Vec<&str> = log
+                        .body
+                        .lines()
+                        .filter(|l| l.contains("\"type\":\"anomaly\""))
+                        .collect();
+                    v.info.push(format!(
+                        "{f}: {} lines, {} anomalies",
+                        log.body.lines().count(),
+                        anomalies.len()
+                    ));
+                    if let Some(first) = anomalies.first() {
+                        v.failures.push(format!(
+                            "anomaly log: {} anomalies, first: {first}",
+                            anomalies.len()
+                        ));
+                    }
+                }
                 let bg = r.section(&format!("{}.background", st.name));
                 match bg {
                     Some(b) if b.rc == Some(0) => match json_of("workload", &b.body) {
