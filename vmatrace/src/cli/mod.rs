@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 pub mod model;
 pub mod probes;
 pub mod replay;
+pub mod run;
 pub mod session;
 pub mod signals;
 pub mod simulate;
@@ -27,6 +28,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Trace the per-VMA lock live: attach, validate, report (root; exit 3 if nothing
+    /// can attach here).
+    Run(run::RunArgs),
+    /// Trace live like `run --headless` and write a trace file for `replay`.
+    Record(run::RecordArgs),
     /// Print the probe plan for the running kernel (or another one, offline).
     Probes(probes::ProbesArgs),
     /// Print the refcount state machine (Graphviz DOT).
@@ -41,6 +47,8 @@ pub enum Command {
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Record(a) => run::record(a),
         Command::Probes(a) => probes::run(a),
         Command::Model(a) => model::run(a),
         Command::Stress(a) => stress::run(a),

@@ -44,6 +44,10 @@ pub struct SimulateArgs {
     /// Which reader releases are visible: all, or kernel (only fault-retry sites).
     #[arg(long, default_value = "all")]
     pub releases: ReleaseVisibility,
+    /// Stream one in N reader-acquire results (1 = all, 0 = count only), like the live
+    /// tracer's sampling.
+    #[arg(long, default_value_t = 1)]
+    pub reader_sample_every: u32,
     /// Number of simulated mms (processes); default one per four tasks.
     #[arg(long)]
     pub mms: Option<usize>,
@@ -61,25 +65,19 @@ pub struct SimulateArgs {
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
-    // Under the dashboard an open-ended run is the useful default: it ends when you quit.
-    let open_ended = a.tui && a.ops.is_none() && a.duration.is_none();
     let cfg = SimConfig {
         threads: a.threads,
         ops: match (a.ops, a.duration) {
-            _ if open_ended => None,
             (None, None) => Some(1_000_000),
             (ops, _) => ops,
         },
-        duration: if open_ended {
-            Some(Duration::from_secs(365 * 86_400))
-        } else {
-            a.duration
-        },
+        duration: a.duration,
         generation: a.generation,
         injections: a.inject,
         inject_rate: a.inject_rate,
         seed: a.seed,
         releases: a.releases,
+        reader_sample_every: a.reader_sample_every,
         mms: a.mms,
         seq_start: a.seq_start,
         stop: Arc::new(AtomicBool::new(false)),
