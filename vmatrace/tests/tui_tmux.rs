@@ -229,7 +229,7 @@ fn replay_every_screen_then_summary_after_quit() {
             return;
         };
         let s = t.wait_for("ENDED");
-        assert!(s.contains("replay sample.vmatrace") || i > 0, "{s}");
+        assert!(s.contains("sample.vmatrace") || i > 0, "{s}");
         for (key, needle) in [
             ("2", "Readers-exclusion wait"),
             ("3", "Top processes"),
