@@ -59,7 +59,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub json: bool,
     /// Show the live dashboard while the simulation runs (quit with q; the summary is
-    /// printed afterwards).
+    /// printed afterwards). Without --ops or --duration it runs until you quit.
     #[arg(long, conflicts_with = "json")]
     pub tui: bool,
 }
