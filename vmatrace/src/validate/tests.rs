@@ -200,6 +200,9 @@ fn reader_while_excluded_decided_when_the_window_closes() {
     let a = run(Generation::V7_0, &s.events);
     assert_eq!(kinds(&a), ["reader_while_excluded"]);
     assert_eq!(a[0].event.kind(), Some(EventKind::ReaderAcquire));
+    // Evidence ends with the offending reader, not with the later write-lock return.
+    assert_eq!(a[0].evidence.last(), Some(&a[0].event));
+    assert_eq!(a[0].evidence.len(), 4);
 }
 
 #[test]

@@ -936,7 +936,7 @@ impl Validator {
 
     fn emit(&self, out: &mut Vec<Anomaly>, ev: &Event, f: Finding) {
         let mm = self.vmas.get(&ev.vma).map_or(ev.mm, |t| t.mm);
-        let mut evidence = self.recent.of_vma(ev.vma, mm);
+        let mut evidence = self.recent.of_vma_until(ev.vma, mm, Some(ev));
         if evidence.last() != Some(ev) {
             evidence.push(*ev);
         }
