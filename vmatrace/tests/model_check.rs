@@ -212,3 +212,34 @@ fn three_readers_and_three_writers() {
     );
     assert_holds(&x);
 }
+
+#[test]
+fn new_vma_attached_under_the_write_lock_races_readers() {
+    // vm_area_alloc → vma_start_write on the detached VMA (no exclusion) →
+    // vma_mark_attached → (munmap) vma_mark_detached, with readers finding it detached,
+    // making ephemeral increments once attached, and a writer after the unlock.
+    use vmatrace_common::model::machine::Role;
+    for &g in Generation::ALL {
+        let cfg = Config {
+            generation: g,
+            bug: None,
+        };
+        for detach in [false, true] {
+            let roles = [
+                Role::Attacher { detach },
+                READER,
+                READER,
+                if detach { READER } else { WRITER },
+            ];
+            let x = explore(&cfg, World::new_detached(&roles), MAX_STATES);
+            println!(
+                "generation {} attacher(detach={detach}): {} states, {} finished",
+                g.key(),
+                x.states,
+                x.finished
+            );
+            assert!(!x.truncated);
+            assert_holds(&x);
+        }
+    }
+}

@@ -16,8 +16,22 @@ fn dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Load a fixture the way an operator would pass it to `vmatrace probes --btf ...`.
+/// A fixture, parsed once per test binary (BTF is ~5 MB) and cloned for each test.
 fn load(name: &str) -> KernelInfo {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, KernelInfo>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(info) = cache.lock().unwrap().get(name) {
+        return info.clone();
+    }
+    let info = load_uncached(name);
+    cache.lock().unwrap().insert(name.to_string(), info.clone());
+    info
+}
+
+/// Load a fixture the way an operator would pass it to `vmatrace probes --btf ...`.
+fn load_uncached(name: &str) -> KernelInfo {
     let d = dir(name);
     let opt = |f: &str| {
         let p = d.join(f);
@@ -107,8 +121,8 @@ end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit __vma_exclude_reader
 mark_detached_fast proxy: fentry vm_area_free vaf_fentry
 mark_detached_slow direct: fexit __vma_exclude_readers_for_detach verd_fexit
 reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit, fexit lock_next_vma lnv_fexit
-reader_release proxy: kprobe vma_refcount_put vrp_kprobe, fexit rcuwait_wake_up rww_fexit
-writer_wakeup direct: fexit rcuwait_wake_up rww_fexit
+reader_release proxy: kprobe vma_refcount_put vrp_kprobe, kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
 vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
 vma_free direct: fentry vm_area_free vaf_fentry";
@@ -220,8 +234,8 @@ end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vm
 mark_detached_fast direct: fexit vma_mark_detached vmd_fexit
 mark_detached_slow direct: fexit vma_mark_detached vmd_fexit
 reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit, fexit lock_next_vma lnv_fexit
-reader_release proxy: kprobe vma_refcount_put vrp_kprobe, fexit rcuwait_wake_up rww_fexit
-writer_wakeup direct: fexit rcuwait_wake_up rww_fexit
+reader_release proxy: kprobe vma_refcount_put vrp_kprobe, kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
 vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
 vma_free direct: fentry vm_area_free vaf_fentry"
@@ -230,6 +244,13 @@ vma_free direct: fentry vm_area_free vaf_fentry"
     assert_eq!([o.vma_vm_lock_seq, o.vma_vm_refcnt], [0x28, 0x80]);
     assert_eq!([o.mm_mm_lock_seq, o.mm_vma_writer_wait], [0x1d0, 0x1c8]);
     assert_eq!(o.ves_exclusive, OFFSET_ABSENT);
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.starts_with("kretprobes on sleeping functions (__vma_enter_locked)")),
+        "{:#?}",
+        plan.notes
+    );
     // Without kprobes, the notrace __vma_enter_locked is gone: entry unobservable, its
     // outcome inferred at the parents' return.
     let plan = vmatrace::kernel::plan(&info, &host_caps()).unwrap();
@@ -244,6 +265,42 @@ vma_free direct: fentry vm_area_free vaf_fentry"
         ),
         "{c}"
     );
+}
+
+/// Debian's 6.16–6.18 builds: the global `vma_mark_detached` sees every detach; the
+/// exclusion helpers are inlined.
+const EXPECTED_6_16: &str = "\
+write_lock_request direct: fentry __vma_start_write vsw_fentry
+write_lock_result direct: fexit __vma_start_write vsw_fexit
+start_exclude_entry unobservable: __vma_enter_locked is static inline here: inlined into __vma_start_write and vma_mark_detached
+start_exclude_return proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vmd_fexit
+end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vmd_fexit
+mark_detached_fast direct: fexit vma_mark_detached vmd_fexit
+mark_detached_slow direct: fexit vma_mark_detached vmd_fexit
+reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit
+reader_release proxy: kprobe vma_refcount_put vrp_kprobe, kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
+vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
+vma_free direct: fentry vm_area_free vaf_fentry";
+
+#[test]
+fn debian_6_16_12_cloud() {
+    let info = load("debian-6.16.12-cloud");
+    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    assert_eq!(plan.generation, Generation::V6_15);
+    // lock_next_vma (per-VMA-locked /proc/pid/maps) arrived in 6.17.
+    assert_eq!(compact(&plan), EXPECTED_6_16);
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n == "not attached: lock_next_vma is not in kallsyms or BTF (inlined, or not in this kernel version)"),
+        "{:#?}",
+        plan.notes
+    );
+    let o = plan.offsets;
+    assert_eq!([o.vma_vm_lock_seq, o.vma_vm_refcnt], [0x28, 0x80]);
+    assert_eq!([o.mm_mm_lock_seq, o.mm_vma_writer_wait], [0xf8, 0xf0]);
 }
 
 #[test]
@@ -447,4 +504,41 @@ fn every_point_names_a_program_of_the_table() {
             }
         }
     }
+}
+
+#[test]
+fn no_tracefs_means_no_tracepoints() {
+    let info = load("debian-7.2.13-cloud");
+    let caps = Capabilities {
+        tracefs: false,
+        ..Capabilities::assume_all()
+    };
+    let plan = plan(&info, &caps).unwrap();
+    assert!(matches!(
+        plan.status(vmatrace::kernel::plan::LogicalEvent::MmWriteUnlock),
+        Some(Observability::Unobservable { reason }) if reason.contains("tracefs is not mounted or not readable")
+    ));
+    assert_eq!(
+        plan.points_for(vmatrace_common::event::ProbeId::MmapLockReleased)
+            .count(),
+        0
+    );
+    assert_eq!(plan.exclude_readers_flag(), 0x4000_0000);
+}
+
+#[test]
+fn debian_6_18_15_cloud_matches_the_host_plan() {
+    let deb = plan(&load("debian-6.18.15-cloud"), &Capabilities::assume_all()).unwrap();
+    assert_eq!(deb.generation, Generation::V6_15);
+    // Same as 6.16 plus lock_next_vma (6.17+).
+    let expected = EXPECTED_6_16.replace(
+        "reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit",
+        "reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit, fexit lock_next_vma lnv_fexit",
+    );
+    assert_eq!(compact(&deb), expected);
+    // The host's ftrace list is unreadable, so its plan relies on the kernel-source list
+    // of notrace functions; Debian's 6.18 has a real list. Both must agree.
+    let host = plan(&load("host-6.18"), &Capabilities::assume_all()).unwrap();
+    assert_eq!(compact(&host), compact(&deb));
+    assert_eq!(host.offsets, deb.offsets);
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -34,6 +35,29 @@ enum Cmd {
     /// Boot Debian kernels in QEMU and run vmatrace under a VMA-lock workload in each
     /// (the real-kernel matrix: 6.18, 6.19, 7.2/7.3 cloud, 7.x PREEMPT_RT).
     VmTest(vm::VmTestArgs),
+    /// Record a trace on a real kernel: boot a Debian kernel in QEMU with the workload and
+    /// write the guest's `vmatrace record -o -` stream to a file (how
+    /// tests/data/sample-7.x.vmatrace is made; see docs/vm-tests.md).
+    VmRecord(VmRecordArgs),
+    /// Measure the tracer's cost: userspace decode/validate/aggregate throughput (release
+    /// benches) and, in one QEMU boot of the newest 7.x cloud kernel, workload slowdown and
+    /// per-program BPF cost of vmatrace next to an equivalent bpftrace script. Slow; not
+    /// part of `test`. Results: docs/performance.md explains them.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VmRecordArgs {
+    /// Output trace file.
+    #[arg(short, long)]
+    output: std::path::PathBuf,
+    /// Kernel: a generation (6.18, 6.19, 7-cloud, 7-rt) or a build name; default: the
+    /// newest cloud build.
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Seconds the workload runs (the recorder runs 3 s longer).
+    #[arg(long, default_value_t = 10)]
+    duration: u32,
 }
 
 /// The VM matrix as part of `cargo xtask test`: each kernel is one test; a generation
@@ -61,6 +85,14 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
         Cmd::VmTest(a) => vm::vm_test(&a),
+        Cmd::Bench(a) => setup::setup().and_then(|()| bench::bench(&a)),
+        Cmd::VmRecord(a) => setup::setup().and_then(|()| {
+            vm::stream::stream(
+                a.kernel.as_deref(),
+                a.duration,
+                vm::stream::Sink::File(a.output),
+            )
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

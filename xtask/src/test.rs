@@ -63,7 +63,7 @@ fn cargo_test(
 ) -> anyhow::Result<bool> {
     let mut cmd = cargo();
     cmd.current_dir(workspace_root())
-        .arg("test")
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(&args.cargo_args)
         .env("VMATRACE_SKIP_LOG", skip_log)
         .stdout(Stdio::piped());

@@ -34,6 +34,8 @@ pub enum Invariant {
     WriteEndsAttached,
     /// A completed detach leaves 0.
     DetachEndsAtZero,
+    /// `vma_mark_attached` only on a detached VMA (its `WARN_ON_ONCE`).
+    AttachOnlyDetached,
     /// A waiter sleeps with its condition true and nobody left to wake it.
     NoLostWakeup,
     /// Tasks blocked forever with their condition false.
@@ -54,6 +56,7 @@ impl Invariant {
             Invariant::TargetStable => "woken_waiter_sees_target",
             Invariant::WriteEndsAttached => "write_ends_attached",
             Invariant::DetachEndsAtZero => "detach_ends_at_zero",
+            Invariant::AttachOnlyDetached => "attach_only_detached",
             Invariant::NoLostWakeup => "no_lost_wakeup",
             Invariant::NoDeadlock => "no_deadlock",
             Invariant::CleanEnd => "clean_end",
@@ -127,7 +130,7 @@ pub fn explore(cfg: &Config, initial: World, max_states: usize) -> Exploration {
         succ.clear();
         w.successors(cfg, |s, n| succ.push((s, n)));
         if succ.is_empty() {
-            if let Some((inv, detail)) = check_stuck(&w) {
+            if let Some((inv, detail)) = check_stuck(&w, initial.vm_refcnt) {
                 let cx = found(at, None, inv, detail, &worlds, &parent);
                 return done(worlds.len(), transitions, finished, Some(cx), false);
             }
@@ -238,6 +241,12 @@ fn check_step(before: &World, step: Step, after: &World) -> Option<(Invariant, S
                 format!("reader {} incremented {old:#x}", step.task),
             ));
         }
+        Op::MarkAttached { was } if was != 0 => {
+            return Some((
+                Invariant::AttachOnlyDetached,
+                format!("vma_mark_attached over vm_refcnt = {was:#x}"),
+            ));
+        }
         Op::EndExclude {
             detaching: false, ..
         } if after.vm_refcnt != 1 => {
@@ -281,7 +290,7 @@ fn check_step(before: &World, step: Step, after: &World) -> Option<(Invariant, S
 }
 
 /// Nothing can move: every task must be done, and the end state clean.
-fn check_stuck(w: &World) -> Option<(Invariant, String)> {
+fn check_stuck(w: &World, initial_refcnt: u32) -> Option<(Invariant, String)> {
     if let Some(i) = w.tasks.iter().position(|t| !t.done()) {
         let t = &w.tasks[i];
         let detail = format!(
@@ -295,8 +304,20 @@ fn check_stuck(w: &World) -> Option<(Invariant, String)> {
             _ => Some((Invariant::NoDeadlock, detail)),
         };
     }
+    // A completed detach leaves 0, an attach 1; otherwise the count is back where it
+    // started (readers and writers leave it as they found it).
     let detached = w.tasks.iter().any(|t| t.outcome == Outcome::Detached);
-    let expect = if detached { 0 } else { 1 };
+    let attached = w
+        .tasks
+        .iter()
+        .any(|t| matches!(t.role, Role::Attacher { .. }));
+    let expect = if detached {
+        0
+    } else if attached {
+        1
+    } else {
+        initial_refcnt
+    };
     if w.vm_refcnt != expect || w.mmap_lock_owner.is_some() || w.vma_writer_wait.is_some() {
         return Some((
             Invariant::CleanEnd,
@@ -326,6 +347,8 @@ fn role_name(r: Role) -> &'static str {
             killable: false,
             detach: false,
         } => "writer",
+        Role::Attacher { detach: false } => "attacher",
+        Role::Attacher { detach: true } => "attacher+detacher",
     }
 }
 

@@ -19,6 +19,8 @@
 //!
 //! `no_std`, no allocation: the explorer (std) and the eBPF-free tests drive it.
 
+use crate::event::EventKind;
+
 use super::{
     Generation,
     refcnt::{self, F, VM_LOCK_SEQ_INIT, VM_REFCNT_LIMIT},
@@ -38,6 +40,10 @@ pub enum Role {
     /// `killable`, 6.19+ `dup_mmap`); `vma_mark_detached` when `detach`;
     /// `mmap_write_unlock`.
     Writer { killable: bool, detach: bool },
+    /// A new VMA's life under one `mmap_write_lock`: `vma_start_write` on the detached
+    /// VMA (no exclusion, §4.5 race 8), `vma_mark_attached`, then `vma_mark_detached`
+    /// when `detach` (a failed mmap / munmap), `mmap_write_unlock`.
+    Attacher { detach: bool },
 }
 
 /// Deliberately broken variants, to show that the checks can fail.
@@ -127,6 +133,8 @@ pub enum Pc {
     EndExclude {
         detaching: bool,
     },
+    /// `vma_mark_attached`: `refcount_set_release(&vm_refcnt, 1)`.
+    MarkAttached,
     /// `vma_mark_detached` fast path: the plain decrement.
     DetachDec,
     MmapWriteUnlock,
@@ -179,7 +187,7 @@ impl Task {
         let pc = match role {
             Role::Idle => Pc::Done,
             Role::Reader => Pc::ReadEarlyCheck,
-            Role::Writer { .. } => Pc::MmapWriteLock,
+            Role::Writer { .. } | Role::Attacher { .. } => Pc::MmapWriteLock,
         };
         Task {
             role,
@@ -279,13 +287,19 @@ pub enum Op {
     ExcludeInterrupted {
         now: u32,
     },
+    /// `excluded`: readers were excluded first (end-exclude follows).
     StoreVmLockSeq {
         seq: u32,
+        excluded: bool,
     },
     /// End-exclude's sub; `detached`: it reached 0.
     EndExclude {
         detaching: bool,
         detached: bool,
+    },
+    /// `vma_mark_attached`; `was`: the count it overwrote (the kernel WARNs unless 0).
+    MarkAttached {
+        was: u32,
     },
     /// `vma_mark_detached` fast path; `zero`: no spurious reader, done.
     DetachDec {
@@ -329,10 +343,47 @@ impl Op {
                     "__vma_exit_locked"
                 }
             }
+            Op::MarkAttached { .. } => "vma_mark_attached",
             Op::DetachDec { .. } => "vma_mark_detached",
             Op::MmapWriteUnlock { .. } => "mmap_write_unlock",
             Op::FatalSignal => "signal (SIGKILL)",
         }
+    }
+
+    /// The event the tracer records for this step on `generation`, if the step is
+    /// observable there (kernel-vma-lock-protocol.md §5.2). Most reader puts are inlined
+    /// and invisible; the wake-up they make is not.
+    pub const fn observed_as(&self, generation: Generation) -> Option<EventKind> {
+        // 6.15–6.18 inline start/end-exclude; 7.x inlines the fast detach.
+        let excl_visible = !matches!(generation, Generation::V6_15);
+        let fast_detach_visible = !matches!(generation, Generation::V7_0);
+        Some(match self {
+            Op::IncNotZeroLimited { .. } => EventKind::ReaderAcquire,
+            Op::RefcountPut { .. } => EventKind::ReaderRelease,
+            Op::RcuwaitWakeUp { .. } => EventKind::WriterWake,
+            Op::StartWrite { already: false } => EventKind::WriteLockEnter,
+            Op::AddExcludeFlag {
+                detaching: true,
+                detached: true,
+            } => EventKind::DetachExit,
+            Op::AddExcludeFlag { .. } if excl_visible => EventKind::ExcludeEnter,
+            Op::WaitCheck { reached: true, .. } | Op::ExcludeInterrupted { .. } if excl_visible => {
+                EventKind::ExcludeExit
+            }
+            Op::StoreVmLockSeq {
+                excluded: false, ..
+            }
+            | Op::EndExclude {
+                detaching: false, ..
+            } => EventKind::WriteLockExit,
+            Op::DetachDec { zero: true } if fast_detach_visible => EventKind::DetachExit,
+            Op::DetachDec { zero: false } => EventKind::DetachEnter,
+            Op::EndExclude {
+                detaching: true, ..
+            } => EventKind::DetachExit,
+            Op::MmapWriteUnlock { .. } => EventKind::MmWriteUnlock,
+            _ => return None,
+        })
     }
 
     /// A short label for the automaton's edges: function plus the step's meaning.
@@ -375,6 +426,7 @@ impl Op {
             Op::EndExclude {
                 detaching: false, ..
             } => "sub F",
+            Op::MarkAttached { .. } => "set 1",
             Op::DetachDec { zero: true } => "dec 1 → 0",
             Op::DetachDec { zero: false } => "dec leaves a spurious reader",
             Op::MmapWriteUnlock { .. } => "mm_lock_seq++ (even): write locks end",
@@ -428,6 +480,14 @@ impl World {
     /// `vm_lock_seq == mm_lock_seq`.
     pub const fn write_locked(&self) -> bool {
         refcnt::is_write_locked(self.vm_lock_seq, self.mm_lock_seq)
+    }
+
+    /// A new VMA as `vm_area_alloc` returns it: detached, `vm_lock_seq` at its init.
+    pub fn new_detached(roles: &[Role]) -> Self {
+        World {
+            vm_refcnt: 0,
+            ..World::new(roles)
+        }
     }
 
     pub fn all_done(&self) -> bool {
@@ -696,7 +756,10 @@ impl World {
             }
             Pc::StoreSeq { excluded } => {
                 self.vm_lock_seq = task.seq;
-                let op = Op::StoreVmLockSeq { seq: task.seq };
+                let op = Op::StoreVmLockSeq {
+                    seq: task.seq,
+                    excluded,
+                };
                 if excluded {
                     (Pc::EndExclude { detaching: false }, op)
                 } else {
@@ -717,6 +780,15 @@ impl World {
                     self.tasks[i].outcome = Outcome::WriteLocked;
                     (after_write_lock(task.role), op)
                 }
+            }
+            Pc::MarkAttached => {
+                let was = self.vm_refcnt;
+                self.vma_mark_attached();
+                let pc = match task.role {
+                    Role::Attacher { detach: true } => Pc::DetachDec,
+                    _ => Pc::MmapWriteUnlock,
+                };
+                (pc, Op::MarkAttached { was })
             }
             Pc::DetachDec => {
                 let zero = self.refcount_sub_and_test(1);
@@ -755,6 +827,7 @@ const fn read_outcome(locked: bool) -> Outcome {
 const fn after_write_lock(role: Role) -> Pc {
     match role {
         Role::Writer { detach: true, .. } => Pc::DetachDec,
+        Role::Attacher { .. } => Pc::MarkAttached,
         _ => Pc::MmapWriteUnlock,
     }
 }

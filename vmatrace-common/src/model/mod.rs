@@ -9,6 +9,8 @@
 //!   counterexample traces; `vmatrace model --dot` projects it onto an automaton.
 
 #[cfg(feature = "std")]
+pub mod automaton;
+#[cfg(feature = "std")]
 pub mod explore;
 pub mod generation;
 pub mod machine;

@@ -108,7 +108,8 @@ pub struct Type {
     pub params: Vec<Param>,
     /// Array element type / count.
     pub array: Option<(u32, u32)>,
-    /// FUNC linkage (`BTF_FUNC_STATIC` 0, `GLOBAL` 1, `EXTERN` 2).
+    /// The `vlen` field: member/param count, or for a FUNC its linkage
+    /// (`BTF_FUNC_STATIC` 0, `GLOBAL` 1, `EXTERN` 2).
     pub vlen: u32,
 }
 
@@ -131,6 +132,7 @@ pub struct MemberLoc {
 }
 
 /// Parsed BTF: types (id 0 is `void`) and a name index.
+#[derive(Clone)]
 pub struct Btf {
     types: Vec<Type>,
     by_name: HashMap<String, Vec<u32>>,
@@ -179,12 +181,13 @@ impl Btf {
             what: "header",
             at: 0,
         })?;
-        let big_endian = match (magic[0], magic[1]) {
-            (0x9f, 0xeb) => false,
-            (0xeb, 0x9f) => true,
-            _ => return Err(BtfError::BadMagic),
+        let big_endian = if u16::from_le_bytes([magic[0], magic[1]]) == MAGIC {
+            false
+        } else if u16::from_be_bytes([magic[0], magic[1]]) == MAGIC {
+            true
+        } else {
+            return Err(BtfError::BadMagic);
         };
-        debug_assert_eq!(u16::from_le_bytes([0x9f, 0xeb]), MAGIC);
         let r = Reader { data, big_endian };
         let version = *data.get(2).ok_or(BtfError::Truncated {
             what: "header",
@@ -422,8 +425,8 @@ impl Btf {
     }
 
     /// Find member `name` of struct/union `id`, descending into anonymous members. The
-    /// offset is in bytes from the start of `id`. Bitfield members have no byte offset
-    /// and are reported only when byte-aligned.
+    /// offset is in bytes from the start of `id`. Bitfield members have no byte offset:
+    /// `None`.
     pub fn find_member(&self, id: u32, name: &str) -> Result<Option<MemberLoc>, BtfError> {
         self.find_member_depth(id, name, 0)
     }
@@ -443,7 +446,8 @@ impl Btf {
         }
         for m in &t.members {
             if m.name == name {
-                if m.bit_offset % 8 != 0 {
+                // A bitfield has no byte address the programs could read.
+                if m.bit_offset % 8 != 0 || m.bitfield_size != 0 {
                     return Ok(None);
                 }
                 return Ok(Some(MemberLoc {
@@ -738,7 +742,8 @@ mod tests {
         assert_eq!(off("vm_refcnt.refs.counter"), Some(128));
         assert_eq!(off("vm_refcnt.nope"), None);
         assert_eq!(off("vm_flags"), None);
-        // A bitfield not on a byte boundary has no byte offset.
+        // Bitfields have no byte offset, aligned or not.
+        assert_eq!(off("bits_a"), None);
         assert_eq!(off("bits_b"), None);
         assert_eq!(btf.member_offset("no_such_struct", "x").unwrap(), None);
     }
@@ -781,6 +786,29 @@ mod tests {
             );
         }
         assert!(Btf::parse(&blob).is_ok());
+    }
+
+    #[test]
+    fn big_endian_blob_parses_the_same() {
+        // Every field of the header (after magic/version/flags) and of the type section
+        // is a u32: swapping each word gives the big-endian encoding of the same BTF.
+        let le = mini();
+        let mut be = le.clone();
+        be.swap(0, 1);
+        let type_len = u32::from_le_bytes([le[12], le[13], le[14], le[15]]) as usize;
+        for w in be[4..24 + type_len].chunks_exact_mut(4) {
+            w.reverse();
+        }
+        let a = Btf::parse(&le).unwrap();
+        let b = Btf::parse(&be).unwrap();
+        assert_eq!(a.type_count(), b.type_count());
+        assert_eq!(
+            b.member_offset("vm_area_struct", "vm_refcnt.refs.counter")
+                .unwrap()
+                .map(|l| l.offset),
+            Some(128)
+        );
+        assert_eq!(b.functions("__vma_start_write").unwrap().len(), 1);
     }
 
     #[test]

@@ -108,3 +108,97 @@ fn has_param(btf: &Btf, func: &str, param: &str) -> bool {
         .and_then(|f| f.first().map(|f| f.params.iter().any(|p| p.name == param)))
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::btf::builder::Builder;
+    use super::super::symbols::Kallsyms;
+    use super::*;
+
+    fn info(btf: Vec<u8>, kallsyms: &str) -> KernelInfo {
+        KernelInfo {
+            release: "test".into(),
+            btf: Btf::parse(&btf).unwrap(),
+            kallsyms: Kallsyms::parse(kallsyms).unwrap(),
+            filter_functions: None,
+            kprobe_blacklist: None,
+            mmap_lock_tracepoints: None,
+            remarks: Vec::new(),
+        }
+    }
+
+    /// A `vm_area_struct` with the given members (all `unsigned int`), plus functions.
+    fn kernel(members: &[&str], funcs: &[(&str, &[&str])]) -> Vec<u8> {
+        let mut b = Builder::new();
+        let uint = b.int("unsigned int", 4);
+        let m: Vec<(&str, u32, u32, u32)> = members
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, uint, 32 * i as u32, 0))
+            .collect();
+        let vma = b.composite(false, "vm_area_struct", 4 * m.len() as u32, &m);
+        let vmap = b.ptr(vma);
+        for (name, params) in funcs {
+            let p: Vec<(&str, u32)> = params.iter().map(|n| (*n, vmap)).collect();
+            b.func(name, uint, &p);
+        }
+        b.build()
+    }
+
+    #[test]
+    fn generations_from_btf_and_symbols() {
+        let g = |members: &[&str], funcs: &[(&str, &[&str])], syms: &str| {
+            detect(&info(kernel(members, funcs), syms)).map(|d| d.generation)
+        };
+        let refcnt: &[&str] = &["vm_refcnt", "vm_lock_seq"];
+        assert_eq!(
+            g(
+                refcnt,
+                &[("__vma_start_write", &["vma", "mm_lock_seq"])],
+                ""
+            ),
+            Ok(Generation::V6_15)
+        );
+        assert_eq!(
+            g(
+                refcnt,
+                &[("__vma_start_write", &["vma", "mm_lock_seq", "state"])],
+                ""
+            ),
+            Ok(Generation::V6_19)
+        );
+        // __vma_start_write missing from BTF, but the 6.19 helper is out of line.
+        assert_eq!(
+            g(
+                refcnt,
+                &[("__vma_enter_locked", &["vma", "detaching", "state"])],
+                ""
+            ),
+            Ok(Generation::V6_19)
+        );
+        // A 7.x symbol in kallsyms is enough even without the struct in BTF.
+        assert_eq!(
+            g(
+                refcnt,
+                &[],
+                "ffffffff81000000 T __vma_exclude_readers_for_detach\n"
+            ),
+            Ok(Generation::V7_0)
+        );
+        let unsupported = |members: &[&str]| match g(members, &[], "") {
+            Err(NotSupported(r)) => r,
+            Ok(g) => panic!("{g:?}"),
+        };
+        assert!(unsupported(&["vm_lock", "detached", "vm_lock_seq"]).contains("pre-6.15"));
+        assert!(unsupported(&["vm_lock_seq"]).contains("unknown per-VMA lock variant"));
+        assert!(unsupported(&["vm_start"]).contains("CONFIG_PER_VMA_LOCK is off"));
+        let mut b = Builder::new();
+        b.int("int", 4);
+        assert!(
+            detect(&info(b.build(), ""))
+                .unwrap_err()
+                .0
+                .contains("no struct vm_area_struct")
+        );
+    }
+}

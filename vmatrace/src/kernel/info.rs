@@ -17,7 +17,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub const KALLSYMS: &str = "/proc/kallsyms";
 
 /// The introspected kernel.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct KernelInfo {
     /// `uname -r`, or what the operator passed (`"offline"` when unknown).
     pub release: String,
@@ -148,8 +148,8 @@ impl KernelInfo {
                 });
             }
             None => remarks.push(
-                "tracefs is not mounted (/sys/kernel/tracing): ftrace-ability and the \
-                 mmap_lock tracepoints are not verified"
+                "tracefs is not mounted or not readable by this user (/sys/kernel/tracing): \
+                 ftrace-ability and the mmap_lock tracepoints are not verified"
                     .to_string(),
             ),
         }

@@ -5,6 +5,12 @@
 //!   from the running system or from files;
 //! - [`Capabilities`]: what this process and kernel allow (kprobe PMU, tracing programs);
 //! - [`planner::plan`]: the [`plan::ProbePlan`] for a kernel; [`report`] renders it.
+//!
+//! Typical use: `KernelInfo::from_running_kernel()`, `Capabilities::detect()`, then
+//! `caps.probe_tracing_programs(&info)` (or set `tracing_programs` from a real fentry
+//! load) and `plan(&info, &caps)`. With `tracing_programs == Some(false)` the planner
+//! picks kprobes wherever they work; `Capabilities::assume_all()` plans for a normal
+//! root deployment (offline plans of another kernel).
 
 pub mod btf;
 pub mod caps;

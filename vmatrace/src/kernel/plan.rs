@@ -141,3 +141,24 @@ pub struct ProbePlan {
     /// Free-form remarks for the operator (e.g. "tracing programs cannot load: using kprobes").
     pub notes: Vec<String>,
 }
+
+impl ProbePlan {
+    /// How `event` is observed (every plan covers every [`LogicalEvent`]).
+    pub fn status(&self, event: LogicalEvent) -> Option<&Observability> {
+        self.coverage
+            .iter()
+            .find(|c| c.event == event)
+            .map(|c| &c.status)
+    }
+
+    /// The attach points of one kernel function (or tracepoint).
+    pub fn points_for(&self, probe: ProbeId) -> impl Iterator<Item = &AttachPoint> {
+        self.points.iter().filter(move |p| p.probe == probe)
+    }
+
+    /// The refcount's readers-excluded flag on this kernel (`VMA_LOCK_OFFSET` before
+    /// 7.0, `VM_REFCNT_EXCLUDE_READERS_FLAG` from 7.0; bit 30 in both).
+    pub fn exclude_readers_flag(&self) -> u32 {
+        self.generation.exclude_readers_flag()
+    }
+}

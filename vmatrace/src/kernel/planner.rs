@@ -2,7 +2,7 @@
 //! event, where (and whether) it can be seen on this kernel, and which program attaches
 //! where in which mode.
 //!
-//! Rules, per kernel function:
+//! Rules, per kernel function (`PREFER_KPROBE` functions try kprobes first):
 //! - fentry/fexit when the function has exactly one whole out-of-line copy under its own
 //!   name, a BTF `FUNC` of that name, is ftrace-able (listed in
 //!   `available_filter_functions`, or, when the list is unreadable, not known from the
@@ -55,6 +55,11 @@ impl std::error::Error for PlanError {}
 /// readable. Their out-of-line copies have no `__fentry__` call, so fentry cannot attach.
 const KNOWN_NOTRACE: &[&str] = &["vma_refcount_put", "__vma_enter_locked"];
 
+/// Functions where a kprobe beats fentry/fexit when both work. `rcuwait_wake_up`: the
+/// kprobe emits the wake-up before it happens, so it is ordered before the woken writer's
+/// return; an fexit record can land after it (see `vmatrace-ebpf/src/wake.rs`).
+const PREFER_KPROBE: &[ProbeId] = &[ProbeId::RcuwaitWakeUp];
+
 /// How one kernel function can be attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Hook {
@@ -94,9 +99,17 @@ impl Planner<'_> {
         let sym = match self.info.kallsyms.resolve(name) {
             Resolved::Unique(s) => s,
             Resolved::Absent => {
-                return Hook::Unattachable {
-                    reason: format!("{name} has no out-of-line copy in kallsyms (inlined)"),
+                // Inlined functions usually leave no BTF FUNC either, so the two cases
+                // cannot always be told apart; say which one the evidence supports.
+                let in_btf = self.info.btf.functions(name).is_ok_and(|f| !f.is_empty());
+                let reason = if in_btf {
+                    format!("{name} has no out-of-line copy in kallsyms (inlined)")
+                } else {
+                    format!(
+                        "{name} is not in kallsyms or BTF (inlined, or not in this kernel version)"
+                    )
                 };
+                return Hook::Unattachable { reason };
             }
             Resolved::Ambiguous(v) => {
                 return Hook::Unattachable {
@@ -143,7 +156,8 @@ impl Planner<'_> {
         if !self.caps.fentry_usable() {
             why_not_fentry.push("tracing programs cannot load here".to_string());
         }
-        if why_not_fentry.is_empty() {
+        let fentry_ok = why_not_fentry.is_empty();
+        if fentry_ok && !PREFER_KPROBE.contains(&probe) {
             return Hook::Attach {
                 target,
                 modes: tracing_modes,
@@ -169,6 +183,12 @@ impl Planner<'_> {
             return Hook::Attach {
                 target,
                 modes: kprobe_modes,
+            };
+        }
+        if fentry_ok {
+            return Hook::Attach {
+                target,
+                modes: tracing_modes,
             };
         }
         Hook::Unattachable {
@@ -255,6 +275,12 @@ impl Planner<'_> {
         }
         let full = probe.kernel_name();
         let event = full.split_once(':').map_or(full, |(_, e)| e);
+        if !self.caps.tracefs {
+            return Err(format!(
+                "tracepoint {full}: tracefs is not mounted or not readable (tracepoints attach through \
+                 <tracefs>/events)"
+            ));
+        }
         if let Some(tps) = &self.info.mmap_lock_tracepoints
             && !tps.iter().any(|t| t == event)
         {
@@ -367,6 +393,31 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
     // Each reason starts with the function's name.
     for reason in std::mem::take(&mut p.failed).into_values() {
         p.notes.push(format!("not attached: {reason}"));
+    }
+    // These can sleep while waiting for readers: a kretprobe instance is held for the
+    // whole wait, and the kernel drops returns beyond `maxactive` (counted as nmissed).
+    let sleepers: Vec<&str> = p
+        .points
+        .iter()
+        .filter(|a| {
+            a.mode == AttachMode::KRetProbe
+                && matches!(
+                    a.probe,
+                    ProbeId::VmaStartWrite
+                        | ProbeId::VmaEnterLocked
+                        | ProbeId::VmaStartExcludeReaders
+                        | ProbeId::VmaExcludeReadersForDetach
+                        | ProbeId::VmaMarkDetached
+                )
+        })
+        .map(|a| a.target.as_str())
+        .collect();
+    if !sleepers.is_empty() {
+        let list = sleepers.join(", ");
+        p.notes.push(format!(
+            "kretprobes on sleeping functions ({list}): returns beyond the kretprobe's \
+             maxactive instances are missed by the kernel (nmissed), not by vmatrace"
+        ));
     }
     if generation == Generation::V7_0 {
         p.notes.push(
@@ -490,9 +541,16 @@ fn end_exclude(p: &mut Planner<'_>) -> Observability {
     } else {
         format!("{name} is out of line here but vmatrace has no program for it")
     };
+    // On the -EINTR path (6.19+, killable writers) start-exclude removes the flag itself
+    // before returning: that end is seen at start-exclude's return.
+    let eintr = if p.generation.has_killable_writers() {
+        "; after a fatal signal (-EINTR) at the return of start-exclude"
+    } else {
+        ""
+    };
     proxy(
         format!(
-            "the return of __vma_start_write (write path) and {} (detach); {why}",
+            "the return of __vma_start_write (write path) and {} (detach){eintr}; {why}",
             detach.kernel_name()
         ),
         any_of(vec![p.exit(ProbeId::VmaStartWrite), p.exit(detach)]),

@@ -826,3 +826,98 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn exclude_exit_before_the_last_readers_wake_is_legal() {
+    // The writer checks its condition after the reader's decrement but before the
+    // reader's rcuwait_wake_up: it never sleeps, and returns first.
+    let mut s = Stream::new();
+    s.mmap_write_lock();
+    ves(
+        s.push(EventKind::ExcludeEnter, WRITER, 2, 0),
+        false,
+        false,
+        false,
+    );
+    s.push(EventKind::ReaderRelease, READER, F + 2, 0);
+    ves(
+        s.push(EventKind::ExcludeExit, WRITER, F + 1, 0),
+        false,
+        false,
+        true,
+    );
+    let seq = s.seq;
+    s.push(EventKind::WriteLockExit, WRITER, 1, seq);
+    s.push(EventKind::WriterWake, READER, 0, 0).ret = 0;
+    s.push(EventKind::ReaderAcquire, READER, 2, seq);
+    assert_clean(Generation::V7_0, &s);
+}
+
+#[test]
+fn finish_reports_wakes_still_owed() {
+    let mut v = Validator::new(Generation::V7_0);
+    let mut out = Vec::new();
+    let mut s = Stream::new();
+    ves(
+        s.push(EventKind::ExcludeEnter, WRITER, 2, 0),
+        false,
+        false,
+        false,
+    );
+    s.push(EventKind::ReaderRelease, READER, F + 2, 0);
+    for e in &s.events {
+        v.observe(e, &mut out);
+    }
+    assert!(out.is_empty());
+    v.finish(&mut out);
+    assert_eq!(kinds(&out), ["lost_wakeup"]);
+    assert!(
+        out[0].observed.contains("stream ended"),
+        "{}",
+        out[0].observed
+    );
+    // Settled: a second finish reports nothing more.
+    out.clear();
+    v.finish(&mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn reader_admitted_during_a_detach_window() {
+    // A detacher reached F; a reader ignoring the flag makes it F+1 and "succeeds".
+    let mut s = Stream::new();
+    s.write_lock_7(0);
+    let seq = s.seq;
+    s.push(EventKind::DetachEnter, WRITER, 1, seq);
+    ves(
+        s.push(EventKind::ExcludeEnter, WRITER, 1, seq),
+        true,
+        false,
+        false,
+    );
+    s.push(EventKind::ReaderRelease, READER, F + 1, seq);
+    s.push(EventKind::WriterWake, READER, 0, 0).ret = 1;
+    ves(
+        s.push(EventKind::ExcludeExit, WRITER, F, seq),
+        true,
+        false,
+        true,
+    );
+    s.push(EventKind::ReaderAcquire, READER2, F + 1, 7).ret = VMA as i64;
+    s.push(EventKind::DetachExit, WRITER, 1, seq);
+    let a = run(Generation::V7_0, &s.events);
+    let mut k = kinds(&a);
+    k.sort_unstable();
+    assert_eq!(k, ["detach_not_zero", "reader_while_excluded"]);
+}
+
+#[test]
+fn lock_next_vma_error_pointer_is_not_a_reader_success() {
+    let mut s = Stream::new();
+    s.write_lock_7(0);
+    let seq = s.seq;
+    let e = s.push(EventKind::ReaderAcquire, READER, 1, seq);
+    e.probe = ProbeId::LockNextVma as u8;
+    e.ret = -4; // ERR_PTR(-EINTR)
+    assert_clean(Generation::V7_0, &s);
+}

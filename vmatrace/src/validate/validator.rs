@@ -16,6 +16,10 @@
 //!   so `vm_lock_seq == mm_lock_seq` and a clear flag are stable. Most kinds are these.
 //! - **same-task checks**: one task's events arrive in program order, e.g. the put that
 //!   leaves `F`/`F+1` must be followed by that task's `rcuwait_wake_up` (`lost_wakeup`).
+//!   The excluder's `ExcludeExit` is *not* a deadline for it: the excluder may find its
+//!   target before it sleeps, right after the decrement and before the reader's
+//!   `rcuwait_wake_up`, so that order is legal. [`Validator::finish`] settles the
+//!   wake-ups still owed when a finite stream ends.
 //! - **timestamp windows**: a reader that succeeded with the flag set in its sample is
 //!   legal if it took its reference before the flag was added and a writer raced in
 //!   (§4.4). It is a violation if its timestamp falls after the excluder saw the readers
@@ -82,29 +86,57 @@ struct VmaTrack {
     /// An exclusion was reported as never ended: the flag is stuck, and everything
     /// that follows from it on this VMA would only repeat that report.
     flag_stuck: bool,
-    excl: Option<Exclusion>,
-    /// `state` argument of the last `__vma_start_write` entry and its task.
-    start_write: Option<(u32, u32)>,
+    /// State that only exists around a write lock or exclusion, boxed so the record of
+    /// the many idle VMAs stays small (one cache line).
+    rare: Option<Box<Rare>>,
     /// Last closed window `(readers excluded, exclusion ended)`.
     window: Option<(u64, u64)>,
-    /// Reader successes whose sample had the flag set, waiting for their window.
-    suspects: Vec<Event>,
     /// Timestamp of the `vm_area_alloc`/`vm_area_dup` return that started this life.
     born_ts: u64,
     last_touch: u64,
 }
 
+#[derive(Debug, Default)]
+struct Rare {
+    excl: Option<Exclusion>,
+    /// `state` argument of the last `__vma_start_write` entry and its task.
+    start_write: Option<(u32, u32)>,
+    /// Reader successes whose sample had the flag set, waiting for their window.
+    suspects: Vec<Event>,
+}
+
 impl VmaTrack {
+    fn excl(&self) -> Option<Exclusion> {
+        self.rare.as_ref().and_then(|r| r.excl)
+    }
+
+    fn start_write(&self) -> Option<(u32, u32)> {
+        self.rare.as_ref().and_then(|r| r.start_write)
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Drop the boxed state once nothing is in it.
+    fn tidy(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.excl.is_none() && r.start_write.is_none() && r.suspects.is_empty())
+        {
+            self.rare = None;
+        }
+    }
+
     fn new(mm: u64, phase: Phase, born_ts: u64, tick: u64) -> Self {
         Self {
             mm,
             phase,
             write_locked: false,
             flag_stuck: false,
-            excl: None,
-            start_write: None,
+            rare: None,
             window: None,
-            suspects: Vec::new(),
             born_ts,
             last_touch: tick,
         }
@@ -115,7 +147,7 @@ impl VmaTrack {
         if self.write_locked && self.phase != Phase::WriteLocked {
             s.push_str(", write-locked");
         }
-        if let Some(x) = &self.excl {
+        if let Some(x) = &self.excl() {
             s.push_str(&format!(", excluder tid {}", x.tid));
             match x.detaching {
                 Some(true) => s.push_str(" (detach, target F)"),
@@ -249,13 +281,23 @@ impl Validator {
             t.phase = Phase::Unknown;
             t.write_locked = false;
             t.flag_stuck = false;
-            t.excl = None;
-            t.start_write = None;
+            t.rare = None;
             t.window = None;
-            t.suspects.clear();
         }
         self.mms.clear();
         self.pending_wakes.clear();
+    }
+
+    /// The stream has ended (end of a simulation or of a trace file): report the
+    /// wake-ups still owed. A task whose put left readers excluded calls
+    /// `rcuwait_wake_up` right after it; once nothing more will arrive, the missing call
+    /// is a lost wake-up. Not for a live capture cut at an arbitrary point.
+    pub fn finish(&mut self, out: &mut Vec<Anomaly>) {
+        let mut owed: Vec<PendingWake> = self.pending_wakes.drain().map(|(_, p)| p).collect();
+        owed.sort_by_key(|p| p.release.ts_ns);
+        for p in owed {
+            self.report_lost_wakeup(&p.release, None, out);
+        }
     }
 
     /// Check one event; anomalies are appended to `out`.
@@ -313,7 +355,7 @@ impl Validator {
         let Some((t, _)) = self.track(ev, sample) else {
             return;
         };
-        t.start_write = Some((ev.tid(), state));
+        t.rare().start_write = Some((ev.tid(), state));
     }
 
     fn on_write_lock_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
@@ -347,7 +389,7 @@ impl Validator {
                 && self
                     .vmas
                     .get(&ev.vma)
-                    .and_then(|t| t.start_write)
+                    .and_then(VmaTrack::start_write)
                     .is_none_or(|(tid, st)| tid != ev.tid() || st == 0 || st == TASK_KILLABLE);
             if !killable {
                 let state = self.state_of(ev.vma);
@@ -382,7 +424,9 @@ impl Validator {
         if t.born_ts > ts {
             return;
         }
-        t.start_write = None;
+        if let Some(r) = &mut t.rare {
+            r.start_write = None;
+        }
         let suspects = close_exclusion(t, tid, ts);
         let mut newly_locked = false;
         if success {
@@ -421,7 +465,7 @@ impl Validator {
         if t.born_ts > ev.ts_ns {
             return;
         }
-        t.excl = Some(excl);
+        t.rare().excl = Some(excl);
         set_phase(counts, t, Phase::Excluding);
     }
 
@@ -436,7 +480,7 @@ impl Validator {
         let mine = self
             .vmas
             .get(&ev.vma)
-            .and_then(|t| t.excl)
+            .and_then(VmaTrack::excl)
             .filter(|x| x.tid == tid);
         let detaching = if ves {
             Some(ev.ves_detaching != 0)
@@ -533,14 +577,18 @@ impl Validator {
         }
         let suspects = match result {
             ExcludeResult::Exclusive => {
-                let x = t.excl.get_or_insert(Exclusion {
-                    tid,
-                    detaching,
-                    state,
-                    exclusive_ts: None,
-                });
-                if x.tid == tid {
-                    x.exclusive_ts = Some(ts);
+                // Another task's exclusion still recorded means its end was never seen
+                // (tracing started mid-flight, or a gap): this one replaces it.
+                match &mut t.rare().excl {
+                    Some(x) if x.tid == tid => x.exclusive_ts = Some(ts),
+                    other => {
+                        *other = Some(Exclusion {
+                            tid,
+                            detaching,
+                            state,
+                            exclusive_ts: Some(ts),
+                        })
+                    }
                 }
                 set_phase(counts, t, Phase::Excluding);
                 Vec::new()
@@ -606,7 +654,8 @@ impl Validator {
     }
 
     fn on_reader_acquire(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
-        let success = ev.ret != 0;
+        // `lock_next_vma` may return ERR_PTR(-EINTR / -EAGAIN): no reference held.
+        let success = ev.ret != 0 && !is_err_value(ev.ret);
         if success && let Some(s) = sample {
             if s.write_locked() == Some(true) && s.l != VM_LOCK_SEQ_INIT {
                 let state = self.state_of(ev.vma);
@@ -624,7 +673,9 @@ impl Validator {
                         ),
                     },
                 );
-            } else if matches!(s.r, 0 | 1) || s.r == F || s.r == F + 1 {
+            } else if matches!(s.r, 0 | 1) || s.r == F {
+                // F+1 is not here: a writer's F+1 leaves no room for this reader, but
+                // a detacher's F plus this reader is F+1 (then the window decides).
                 let state = self.state_of(ev.vma);
                 self.emit(
                     out,
@@ -633,7 +684,7 @@ impl Validator {
                         kind: AnomalyKind::ReaderWithoutReference,
                         state,
                         expected: "vm_refcnt includes the reader's reference (2..F-1, or \
-                                   F+2.. if a writer raced in)"
+                                   above F if an excluder raced in)"
                             .into(),
                         observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
                     },
@@ -658,15 +709,16 @@ impl Validator {
                 self.emit(out, ev, f);
                 return;
             }
-            if t.suspects.len() == MAX_SUSPECTS {
-                t.suspects.remove(0);
+            let suspects = &mut t.rare().suspects;
+            if suspects.len() == MAX_SUSPECTS {
+                suspects.remove(0);
             }
-            t.suspects.push(*ev);
+            suspects.push(*ev);
         }
         if let Some(s) = sample {
             let phase = match Phase::of_refcnt(s.r) {
                 Phase::Attached | Phase::Readers if t.write_locked => Phase::WriteLocked,
-                Phase::Excluding if t.excl.is_none() => Phase::Unknown,
+                Phase::Excluding if t.excl().is_none() => Phase::Unknown,
                 p => p,
             };
             set_phase(counts, t, phase);
@@ -719,11 +771,15 @@ impl Validator {
             return;
         }
         // A new life: SLAB_TYPESAFE_BY_RCU reuses objects, nothing carries over.
-        self.forget(ev.vma);
-        self.make_room();
-        let t = VmaTrack::new(ev.mm, Phase::Detached, ev.ts_ns, self.observed);
+        let fresh = VmaTrack::new(ev.mm, Phase::Detached, ev.ts_ns, self.observed);
         self.counts[Phase::Detached.index()] += 1;
-        self.vmas.insert(ev.vma, t);
+        if let Some(t) = self.vmas.get_mut(&ev.vma) {
+            self.counts[t.phase.index()] -= 1;
+            *t = fresh;
+        } else {
+            self.make_room();
+            self.vmas.insert(ev.vma, fresh);
+        }
     }
 
     fn on_vma_free(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
@@ -801,28 +857,47 @@ impl Validator {
         if kind == EventKind::WriterWake {
             return;
         }
-        let r = p.release;
+        self.report_lost_wakeup(&p.release, Some((ev, kind)), out);
+    }
+
+    /// `next`: the task's next event, which came instead of `rcuwait_wake_up` (`None`
+    /// at the end of the stream).
+    fn report_lost_wakeup(
+        &self,
+        r: &Event,
+        next: Option<(&Event, EventKind)>,
+        out: &mut Vec<Anomaly>,
+    ) {
         let state = self.state_of(r.vma);
         let mut evidence = self.recent.of_vma(r.vma, r.mm);
-        if evidence.last() != Some(ev) {
+        if let Some((ev, _)) = next
+            && evidence.last() != Some(ev)
+        {
             evidence.push(*ev);
         }
+        if evidence.is_empty() {
+            evidence.push(*r);
+        }
+        let observed = match next {
+            Some((_, kind)) => format!(
+                "event {} not expected in state wake-owed: next event of tid {} without \
+                 rcuwait_wake_up",
+                kind.key(),
+                r.tid()
+            ),
+            None => format!("the stream ended without tid {}'s rcuwait_wake_up", r.tid()),
+        };
         out.push(Anomaly {
             kind: AnomalyKind::LostWakeup,
             severity: AnomalyKind::LostWakeup.severity(),
-            event: r,
+            event: *r,
             state,
             expected: format!(
                 "rcuwait_wake_up by tid {} after its put left vm_refcnt = {}",
                 r.tid(),
                 refcnt::describe(r.refcnt.wrapping_sub(1))
             ),
-            observed: format!(
-                "event {} not expected in state wake-owed: next event of tid {} without \
-                 rcuwait_wake_up",
-                kind.key(),
-                r.tid()
-            ),
+            observed,
             evidence,
         });
     }
@@ -884,8 +959,13 @@ impl Validator {
         if ev.vma == 0 {
             return None;
         }
-        if !self.vmas.contains_key(&ev.vma) {
+        if self.vmas.len() >= self.max_vmas && !self.vmas.contains_key(&ev.vma) {
             self.make_room();
+        }
+        let counts = &mut self.counts;
+        let observed = self.observed;
+        // One probe: the entry API finds or inserts.
+        let t = self.vmas.entry(ev.vma).or_insert_with(|| {
             let phase = sample.map_or(Phase::Unknown, |s| Phase::of_refcnt(s.r));
             // Tracing that starts mid-flight: a flag seen without its start-exclude gives
             // no excluder to check against, so the phase stays unknown.
@@ -894,12 +974,10 @@ impl Validator {
             } else {
                 phase
             };
-            self.counts[phase.index()] += 1;
-            self.vmas
-                .insert(ev.vma, VmaTrack::new(ev.mm, phase, 0, self.observed));
-        }
-        let t = self.vmas.get_mut(&ev.vma)?;
-        t.last_touch = self.observed;
+            counts[phase.index()] += 1;
+            VmaTrack::new(ev.mm, phase, 0, observed)
+        });
+        t.last_touch = observed;
         if ev.mm != 0 {
             t.mm = ev.mm;
         }
@@ -933,6 +1011,11 @@ impl Validator {
     }
 }
 
+/// `IS_ERR_VALUE`: the top 4095 values are errnos, not pointers.
+const fn is_err_value(ret: i64) -> bool {
+    ret < 0 && ret >= -4095
+}
+
 fn set_phase(counts: &mut [u64; Phase::ALL.len()], t: &mut VmaTrack, phase: Phase) {
     if t.phase != phase {
         counts[t.phase.index()] -= 1;
@@ -944,29 +1027,30 @@ fn set_phase(counts: &mut [u64; Phase::ALL.len()], t: &mut VmaTrack, phase: Phas
 /// The excluding task `tid` ended its exclusion at `ts`: close the window and return the
 /// suspect readers that fell inside it (the others were legal races and are dropped).
 fn close_exclusion(t: &mut VmaTrack, tid: u32, ts: u64) -> Vec<(Event, u64, u64)> {
-    let Some(x) = t.excl else {
+    let Some(x) = t.excl() else {
         return Vec::new();
     };
     if x.tid != tid {
         return Vec::new();
     }
-    t.excl = None;
     let mut found = Vec::new();
-    if let Some(from) = x.exclusive_ts {
-        t.window = Some((from, ts));
-        t.suspects.retain(|s| {
-            if from < s.ts_ns && s.ts_ns < ts {
-                found.push((*s, from, ts));
+    let window = x.exclusive_ts.map(|from| (from, ts));
+    if let Some(r) = &mut t.rare {
+        r.excl = None;
+        r.suspects.retain(|s| match window {
+            Some((from, to)) if from < s.ts_ns && s.ts_ns < to => {
+                found.push((*s, from, to));
                 false
-            } else {
-                // Before the readers were excluded: a legal race. After the end: it
-                // belongs to a later exclusion, keep it.
-                s.ts_ns > ts
             }
+            // Before the readers were excluded: a legal race. After the end: it belongs
+            // to a later exclusion, keep it.
+            _ => s.ts_ns > ts,
         });
-    } else {
-        t.suspects.retain(|s| s.ts_ns > ts);
     }
+    if window.is_some() {
+        t.window = window;
+    }
+    t.tidy();
     found
 }
 

@@ -117,102 +117,125 @@ pub fn stress(step: &str, j: &Value, forks: bool, v: &mut Verdict) {
     ));
 }
 
-/// The first path that exists.
-fn first<'a>(j: &'a Value, paths: &[&str]) -> Option<(&'a Value, String)> {
-    paths
-        .iter()
-        .find_map(|p| at(j, p).map(|v| (v, p.to_string())))
-}
+/// Loss sources that have an explanation other than "vmatrace dropped events": a return
+/// whose entry ran before the programs were attached (or an entry whose return came after
+/// they were detached) cannot be paired.
+const EXPLAINED_LOSSES: &[&str] = &["unmatched_return"];
 
-/// A count that may be a number or an object with a `total`.
-fn count(v: &Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.get("total").and_then(Value::as_u64))
-}
-
-/// `vmatrace run --headless --json`: the plan attached what it said, each directly
-/// observed event was seen, no anomalies, no unexplained loss.
+/// `vmatrace run --headless --json` (schema: docs/summary.md): the plan attached what it
+/// said, each directly observed logical event was seen, no anomalies, no unexplained loss.
 pub fn run_summary(j: &Value, v: &mut Verdict) {
-    // Attach: every planned point attached (or the summary lists the failures).
-    match first(j, &["attach.failed", "attached.failed", "plan.failed"]) {
-        Some((f, _)) => {
-            let failed = f
-                .as_array()
-                .map(Vec::len)
-                .or_else(|| f.as_u64().map(|n| n as usize));
-            match failed {
-                Some(0) => {}
-                Some(n) => v.failures.push(format!(
-                    "run: {n} planned attach points did not attach: {f}"
-                )),
-                None => v
-                    .failures
-                    .push(format!("run: unreadable attach failures: {f}")),
-            }
+    let Some(plan) = j.get("plan").filter(|p| !p.is_null()) else {
+        v.failures.push("run: summary has no `plan`".into());
+        return;
+    };
+    let attached = plan.get("hooks_attached").and_then(Value::as_u64);
+    let failed = plan.get("hooks_failed").and_then(Value::as_array);
+    match (attached, failed) {
+        (Some(0), _) => v.failures.push("run: no hook attached".into()),
+        (Some(n), Some(f)) if f.is_empty() => {
+            v.info.push(format!("run: {n} hooks attached, none failed"))
         }
-        None => v
+        (Some(n), Some(f)) => v.failures.push(format!(
+            "run: {} planned hooks did not attach ({n} did): {}",
+            f.len(),
+            Value::Array(f.clone())
+        )),
+        _ => v
             .failures
-            .push("run: summary has no attach outcome (`attach.failed`)".into()),
+            .push("run: `plan.hooks_attached` / `plan.hooks_failed` missing".into()),
     }
-    // Events per logical event.
-    match first(j, &["events", "events_by_logical_event", "logical_events"]) {
-        Some((ev, path)) => {
-            let get = |k: &str| ev.get(k).and_then(count);
-            let mut seen = Vec::new();
-            for e in v.direct_events.clone() {
-                match get(&e) {
-                    Some(0) => v
-                        .failures
-                        .push(format!("run: directly observed event `{e}` was never seen")),
-                    None => v
-                        .failures
-                        .push(format!("run: `{path}.{e}` missing from the summary")),
-                    Some(n) => seen.push(format!("{e}={n}")),
+    match j.get("stop_reason").and_then(Value::as_str) {
+        Some("duration") => {}
+        other => v
+            .failures
+            .push(format!("run: stopped by {other:?}, not by --duration")),
+    }
+    match at(j, "events.by_logical_event").and_then(Value::as_object) {
+        Some(by) => {
+            let mut line = Vec::new();
+            for (event, e) in by {
+                let count = e.get("count").and_then(Value::as_u64);
+                let observed = e.get("observed").and_then(Value::as_str).unwrap_or("?");
+                line.push(format!(
+                    "{event}={}({observed})",
+                    count.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+                ));
+                if observed == "direct" && count.unwrap_or(0) == 0 {
+                    v.failures.push(format!(
+                        "run: directly observed event `{event}` was never seen under the workload"
+                    ));
                 }
             }
-            if let Some(obj) = ev.as_object() {
-                let all: Vec<String> = obj
+            v.info.push(format!("run: events {}", line.join(" ")));
+            // The plan in the guest's `probes` step must agree with what `run` used.
+            for e in &v.direct_events.clone() {
+                let run_says = by
+                    .get(e)
+                    .and_then(|x| x.get("observed"))
+                    .and_then(Value::as_str);
+                if run_says != Some("direct") {
+                    v.failures.push(format!(
+                        "run: `probes` planned `{e}` direct, `run` reports {run_says:?}"
+                    ));
+                }
+            }
+        }
+        None => v
+            .failures
+            .push("run: summary has no `events.by_logical_event`".into()),
+    }
+    match at(j, "anomalies.total").and_then(Value::as_u64) {
+        Some(0) => v.info.push("run: anomalies 0".into()),
+        Some(n) => v.failures.push(format!(
+            "run: {n} anomalies: {}",
+            at(j, "anomalies.by_kind").cloned().unwrap_or(Value::Null)
+        )),
+        None => v
+            .failures
+            .push("run: summary has no `anomalies.total`".into()),
+    }
+    let Some(total) = at(j, "losses.total").and_then(Value::as_u64) else {
+        v.failures.push("run: summary has no `losses.total`".into());
+        return;
+    };
+    if total == 0 {
+        v.info.push("run: losses 0".into());
+        return;
+    }
+    let losses = j.get("losses").cloned().unwrap_or(Value::Null);
+    // Every non-zero loss source, flattened: `kernel.unmatched_return`, `undecodable`, ...
+    let mut unexplained = Vec::new();
+    let mut explained = Vec::new();
+    if let Some(obj) = losses.as_object() {
+        for (k, x) in obj {
+            let nested: Vec<(String, u64)> = match x {
+                Value::Object(m) => m
                     .iter()
-                    .map(|(k, n)| {
-                        format!(
-                            "{k}={}",
-                            count(n)
-                                .map(|c| c.to_string())
-                                .unwrap_or_else(|| n.to_string())
-                        )
-                    })
-                    .collect();
-                v.info.push(format!("run: events {}", all.join(" ")));
+                    .filter_map(|(k2, n)| Some((k2.clone(), n.as_u64()?)))
+                    .collect(),
+                Value::Number(n) if k != "total" => {
+                    n.as_u64().map(|n| vec![(k.clone(), n)]).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            for (name, n) in nested.into_iter().filter(|(_, n)| *n > 0) {
+                if EXPLAINED_LOSSES.contains(&name.as_str()) {
+                    explained.push(format!("{name}={n}"));
+                } else {
+                    unexplained.push(format!("{name}={n}"));
+                }
             }
         }
-        None => v
-            .failures
-            .push("run: summary has no per-event counts (`events`)".into()),
     }
-    match first(j, &["anomalies.total", "anomalies"]).and_then(|(a, _)| count(a).map(|n| (n, a))) {
-        Some((0, _)) => v.info.push("run: anomalies 0".into()),
-        Some((n, a)) => v.failures.push(format!("run: {n} anomalies: {a}")),
-        None => v
-            .failures
-            .push("run: summary has no anomaly total (`anomalies`)".into()),
-    }
-    match first(j, &["losses.total", "losses", "lost"]).and_then(|(l, _)| count(l).map(|n| (n, l)))
-    {
-        Some((0, _)) => v.info.push("run: losses 0".into()),
-        Some((n, l)) => {
-            // A loss is acceptable only when the summary says what it was.
-            let explained = l.get("explained").and_then(Value::as_bool).unwrap_or(false)
-                || l.get("reason").is_some();
-            if explained {
-                v.info.push(format!("run: losses {n} (explained: {l})"));
-            } else {
-                v.failures
-                    .push(format!("run: {n} events lost without explanation: {l}"));
-            }
-        }
-        None => v
-            .failures
-            .push("run: summary has no loss total (`losses`)".into()),
+    if unexplained.is_empty() && !explained.is_empty() {
+        v.info.push(format!(
+            "run: losses {total}, explained: {} (calls in flight at attach/detach)",
+            explained.join(" ")
+        ));
+    } else {
+        v.failures
+            .push(format!("run: {total} events lost: {losses}"));
     }
 }
 
@@ -268,28 +291,48 @@ mod tests {
     #[test]
     fn run_summary_asserts() {
         let mut v = Verdict {
-            direct_events: vec!["write_lock_request".into(), "vma_free".into()],
-            ..Default::default()
-        };
-        let good = json!({"attach": {"failed": []}, "events": {"write_lock_request": 5, "vma_free": {"total": 2}},
-            "anomalies": {"total": 0}, "losses": 0});
-        run_summary(&good, &mut v);
-        assert!(v.failures.is_empty(), "{:?}", v.failures);
-        let mut v = Verdict {
             direct_events: vec!["write_lock_request".into()],
             ..Default::default()
         };
-        run_summary(
-            &json!({"events": {"write_lock_request": 0}, "anomalies": 2, "losses": {"total": 4}}),
-            &mut v,
-        );
-        let all = v.failures.join("\n");
+        let good = json!({"stop_reason": "duration",
+            "plan": {"hooks_attached": 12, "hooks_failed": []},
+            "events": {"by_logical_event": {
+                "write_lock_request": {"count": 5, "observed": "direct"},
+                "mark_detached_fast": {"count": 0, "observed": "unobservable"}}},
+            "anomalies": {"total": 0}, "losses": {"total": 2, "kernel": {"unmatched_return": 2, "ringbuf_reserve_failed": 0}, "undecodable": 0}});
+        run_summary(&good, &mut v);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
         assert!(
-            all.contains("never seen")
-                && all.contains("2 anomalies")
-                && all.contains("without explanation")
-                && all.contains("attach outcome"),
-            "{all}"
+            v.info
+                .iter()
+                .any(|l| l.contains("explained: unmatched_return=2")),
+            "{:?}",
+            v.info
         );
+
+        let mut v = Verdict {
+            direct_events: vec!["vma_free".into()],
+            ..Default::default()
+        };
+        let bad = json!({"stop_reason": "SIGTERM",
+            "plan": {"hooks_attached": 3, "hooks_failed": [{"target": "x"}]},
+            "events": {"by_logical_event": {"write_lock_request": {"count": 0, "observed": "direct"}}},
+            "anomalies": {"total": 2, "by_kind": {"x": 2}},
+            "losses": {"total": 4, "kernel": {"ringbuf_reserve_failed": 4}}});
+        run_summary(&bad, &mut v);
+        let all = v.failures.join("\n");
+        for want in [
+            "did not attach",
+            "SIGTERM",
+            "never seen",
+            "2 anomalies",
+            "4 events lost",
+            "`probes` planned `vma_free`",
+        ] {
+            assert!(all.contains(want), "missing {want}: {all}");
+        }
+        let mut v = Verdict::default();
+        run_summary(&json!({}), &mut v);
+        assert_eq!(v.failures, ["run: summary has no `plan`"]);
     }
 }

@@ -1,0 +1,165 @@
+//! Decode + validate throughput of `replay` on one core.
+//!
+//! `cargo bench -p vmatrace --bench replay_throughput [-- EVENTS]`
+//!
+//! Writes a synthetic trace (write-lock slow paths, detaches and frees over many VMAs of
+//! a few mms, with counter snapshots) to a temporary directory, plain and zstd, then
+//! times on this thread: (1) reading and checksumming records only, (2) reading and
+//! running every event through the pipeline (validator + totals), as `vmatrace replay`
+//! does minus the channel hop. Prints events/s; nothing is asserted.
+
+use std::{hint::black_box, time::Instant};
+
+use vmatrace::{
+    pipeline::{CounterSnapshot, Pipeline, SourceItem},
+    trace::{ClockBase, Record, TraceHeader, TraceReader, TraceWriter},
+};
+use vmatrace_common::{Counter, Event, EventKind, event::flags, model::Generation};
+
+const F: u32 = 1 << 30;
+
+fn base(vma: u64, mm: u64, ts: u64, tid: u32) -> Event {
+    let mut e = Event::ZERO;
+    e.ts_ns = ts;
+    e.pid_tgid = (u64::from(tid) << 32) | u64::from(tid);
+    e.vma = vma;
+    e.mm = mm;
+    e.vm_start = 0x7f00_0000_0000 + (vma & 0xffff) * 0x1000;
+    e.vm_end = e.vm_start + 0x1000;
+    e.flags = flags::VMA_FIELDS | flags::MM_SEQ;
+    e.comm[..6].copy_from_slice(b"stress");
+    e
+}
+
+/// One write-lock slow path on a VMA with a plausible 7.x refcount story.
+fn write_lock(out: &mut Vec<Event>, vma: u64, mm: u64, ts: u64, seq: u32, tid: u32) {
+    let mut e = base(vma, mm, ts, tid);
+    e.kind = EventKind::WriteLockEnter as u16;
+    e.probe = 1;
+    e.refcnt = 1;
+    e.mm_lock_seq = seq;
+    e.vm_lock_seq = seq.wrapping_sub(2);
+    e.arg = 2;
+    out.push(e);
+    e.kind = EventKind::ExcludeEnter as u16;
+    e.probe = 2;
+    e.flags |= flags::VES;
+    e.ves_state = 2;
+    e.ts_ns += 50;
+    out.push(e);
+    e.kind = EventKind::ExcludeExit as u16;
+    e.flags |= flags::RET | flags::PAIRED;
+    e.ves_exclusive = 1;
+    e.refcnt = F + 1;
+    e.wait_ns = 300 + (ts % 700);
+    e.entry_refcnt = 1;
+    e.ts_ns += 400;
+    out.push(e);
+    e.kind = EventKind::WriteLockExit as u16;
+    e.probe = 1;
+    e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::RET | flags::PAIRED;
+    e.refcnt = 1;
+    e.vm_lock_seq = seq;
+    e.wait_ns += 100;
+    e.ts_ns += 100;
+    out.push(e);
+}
+
+fn make_trace(path: &std::path::Path, n_events: usize, compress: bool) -> u64 {
+    let mut h = TraceHeader::synthetic(Generation::V7_0);
+    h.clock = ClockBase {
+        monotonic_ns: 1,
+        realtime_ns: 1_800_000_000_000_000_000,
+    };
+    let mut w = TraceWriter::create(path, &h, compress).expect("create trace");
+    let mut batch = Vec::with_capacity(1024);
+    let mut ts = 1_000u64;
+    let mut seq = 1u32;
+    let mut written = 0usize;
+    let mut counters = vec![0u64; 16];
+    while written < n_events {
+        for i in 0..64u64 {
+            let mm = 0xffff_8881_0000_0000 + (i % 4) * 0x10000;
+            let vma = 0xffff_8882_0000_0000 + (i * 0x100);
+            write_lock(&mut batch, vma, mm, ts, seq, 1000 + (i % 8) as u32);
+            ts += 1_000;
+            if i % 8 == 7 {
+                let mut u = base(0, mm, ts, 1000);
+                u.kind = EventKind::MmWriteUnlock as u16;
+                u.probe = 10;
+                u.flags = 0;
+                batch.push(u);
+                seq = seq.wrapping_add(2);
+            }
+        }
+        written += batch.len();
+        w.write_events(ts, &batch).expect("write");
+        batch.clear();
+        counters[Counter::ReaderAcquireOk as usize] += 1000;
+        w.write_counters(ts, &counters).expect("write");
+    }
+    w.finish(ts).expect("finish")
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for compress in [false, true] {
+        let path = dir.path().join("bench.vmatrace");
+        let t = Instant::now();
+        let bytes = make_trace(&path, n, compress);
+        let write_s = t.elapsed().as_secs_f64();
+
+        // (1) decode only.
+        let t = Instant::now();
+        let mut r = TraceReader::new(std::fs::File::open(&path).expect("open")).expect("trace");
+        let mut events = 0u64;
+        while let Some(rec) = r.next_record().expect("valid") {
+            if let Record::Events { events: e, .. } = rec {
+                events += e.len() as u64;
+                black_box(&e);
+            }
+        }
+        let decode_s = t.elapsed().as_secs_f64();
+
+        // (2) decode + validate + totals.
+        let t = Instant::now();
+        let mut r = TraceReader::new(std::fs::File::open(&path).expect("open")).expect("trace");
+        let mut p = Pipeline::new(Generation::V7_0);
+        while let Some(rec) = r.next_record().expect("valid") {
+            match rec {
+                Record::Events { events, .. } => p.handle(SourceItem::Events(events)),
+                Record::Counters { values, .. } => {
+                    p.handle(SourceItem::Counters(CounterSnapshot { values }))
+                }
+                Record::Undecodable { count, .. } => p.handle(SourceItem::Undecodable(count)),
+                Record::End { .. } => {}
+            }
+        }
+        p.finish();
+        let full_s = t.elapsed().as_secs_f64();
+        assert_eq!(p.totals.total_events(), events);
+
+        println!(
+            "{:<5} {events} events, {:.1} MB trace ({:.1} B/event), written at {:.2} M events/s",
+            if compress { "zstd" } else { "plain" },
+            bytes as f64 / 1e6,
+            bytes as f64 / events as f64,
+            events as f64 / write_s / 1e6,
+        );
+        println!(
+            "      decode only:              {:>8.2} M events/s ({:.3} s)",
+            events as f64 / decode_s / 1e6,
+            decode_s
+        );
+        println!(
+            "      decode + validate + totals: {:>6.2} M events/s ({:.3} s), anomalies {}",
+            events as f64 / full_s / 1e6,
+            full_s,
+            p.totals.anomalies_total()
+        );
+    }
+}
