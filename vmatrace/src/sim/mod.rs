@@ -239,8 +239,17 @@ pub async fn run_async(cfg: SimConfig, sinks: Vec<Box<dyn Sink>>) -> anyhow::Res
     // The pipeline ends when the last sender (inside the kernel's ring) is gone.
     drop(kernel);
     let drive = pipeline.drive(rx, Duration::from_millis(100));
-    let (pipeline, produced) = tokio::join!(drive, producers);
+    let (mut pipeline, produced) = tokio::join!(drive, producers);
     let produced = produced.context("simulation tasks panicked")?;
+    // End of stream: what the validator could only judge now (wake-ups still owed).
+    // `Pipeline::finish` does not ask the validator for these (yet); doing it here is
+    // harmless if it ever does, as `Validator::finish` drains what it reports.
+    let mut tail = Vec::new();
+    pipeline.validator.finish(&mut tail);
+    for a in &tail {
+        pipeline.totals.count_anomaly(a);
+        Collector(collected.clone()).anomaly(a);
+    }
     let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(SimOutcome {
         elapsed: produced.elapsed,
