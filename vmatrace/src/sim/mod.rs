@@ -216,7 +216,16 @@ pub fn run(cfg: SimConfig, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<SimOutco
 /// Run the simulation: tasks on OS threads feed the pipeline, which runs on the calling
 /// task until every event was consumed.
 pub async fn run_async(cfg: SimConfig, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<SimOutcome> {
-    anyhow::ensure!(cfg.threads >= 1, "--threads must be at least 1");
+    anyhow::ensure!(
+        (1..=mm::MAX_TASKS).contains(&cfg.threads),
+        "--threads must be between 1 and {}",
+        mm::MAX_TASKS
+    );
+    anyhow::ensure!(
+        cfg.mms.is_none_or(|n| (1..=mm::MAX_TASKS).contains(&n)),
+        "--mms must be between 1 and {}",
+        mm::MAX_TASKS
+    );
     anyhow::ensure!(
         cfg.ops.is_some() || cfg.duration.is_some(),
         "give --ops or --duration"
