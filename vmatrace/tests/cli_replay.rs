@@ -343,3 +343,28 @@ fn replay_on_a_terminal_shows_the_dashboard_then_the_summary() {
     let _ = tmux(&["kill-server"]);
     assert_eq!(status.trim(), "exit=0");
 }
+
+#[test]
+fn speed_paces_by_the_recorded_timestamps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("slow.vmatrace");
+    let mut w = vmatrace::trace::TraceWriter::create(&path, &header(), false).expect("create");
+    // Three batches 300 ms apart (recorded time).
+    for i in 0..3u64 {
+        let t = 1_000_000_000 + i * 300_000_000;
+        w.write_events(t, &write_lock_events(100, b"stress", t, 500))
+            .expect("write");
+    }
+    w.finish(1_600_000_000).expect("finish");
+    let p = path.to_str().expect("utf8");
+    let s = json_summary(&run(&["replay", p, "--json", "--speed", "1"]));
+    assert_eq!(s["events"]["total"], 12);
+    // Recorded pace: at least the 600 ms the recording spans (an upper bound would
+    // depend on the machine's load, so none is asserted).
+    let wall = s["replay"]["wall_s"].as_f64().expect("wall_s");
+    assert!(wall >= 0.6, "replayed in {wall} s");
+    assert!((s["duration_s"].as_f64().expect("duration") - 0.6).abs() < 1e-9);
+    let s = json_summary(&run(&["replay", p, "--json", "--speed", "4"]));
+    let wall4 = s["replay"]["wall_s"].as_f64().expect("wall_s");
+    assert!(wall4 >= 0.15, "replayed in {wall4} s at 4x");
+}
