@@ -368,3 +368,60 @@ fn speed_paces_by_the_recorded_timestamps() {
     let wall4 = s["replay"]["wall_s"].as_f64().expect("wall_s");
     assert!(wall4 >= 0.15, "replayed in {wall4} s at 4x");
 }
+
+/// SIGINT/SIGTERM end a follow that would otherwise wait forever: everything received is
+/// processed, the sinks are flushed, the summary printed, exit 0.
+#[test]
+fn signals_end_a_follow_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = dir.path().join("full.vmatrace");
+    write_sample(&full, false);
+    let bytes = std::fs::read(&full).expect("read");
+    // Everything but the end record: the follower keeps waiting for more.
+    let partial = dir.path().join("partial.vmatrace");
+    std::fs::write(&partial, &bytes[..bytes.len() - (16 + 16 + 4)]).expect("write");
+    let log = dir.path().join("a.jsonl");
+    for (sig, name, stdin) in [
+        (libc::SIGINT, "SIGINT", false),
+        (libc::SIGTERM, "SIGTERM", true),
+    ] {
+        let mut cmd = bin();
+        cmd.args([
+            "replay",
+            "--follow",
+            "--json",
+            "--anomaly-log",
+            log.to_str().expect("utf8"),
+        ]);
+        if stdin {
+            // A pipe that stays open: the reader blocks in read(2).
+            cmd.arg("-").stdin(Stdio::piped());
+        } else {
+            cmd.arg(partial.to_str().expect("utf8"));
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let _keep_open = if stdin {
+            let mut i = child.stdin.take().expect("stdin");
+            i.write_all(&bytes[..bytes.len() - 36]).expect("feed");
+            Some(i)
+        } else {
+            None
+        };
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: kill sends a signal to our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let out = child.wait_with_output().expect("wait");
+        let s = json_summary(&out);
+        assert_eq!(s["stop_reason"], name);
+        assert_eq!(
+            s["events"]["total"], 400,
+            "{name}: everything received was processed"
+        );
+        assert_eq!(s["replay"]["complete"], false);
+        assert_eq!(s["anomaly_log"]["write_errors"], 0);
+    }
+}
