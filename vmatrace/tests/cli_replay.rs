@@ -364,6 +364,10 @@ fn speed_paces_by_the_recorded_timestamps() {
     let wall = s["replay"]["wall_s"].as_f64().expect("wall_s");
     assert!(wall >= 0.6, "replayed in {wall} s");
     assert!((s["duration_s"].as_f64().expect("duration") - 0.6).abs() < 1e-9);
+    // --duration on replay is recorded time: the first 400 ms hold two batches.
+    let s = json_summary(&run(&["replay", p, "--json", "--duration", "400ms"]));
+    assert_eq!(s["events"]["total"], 8);
+    assert_eq!(s["stop_reason"], "duration");
     let s = json_summary(&run(&["replay", p, "--json", "--speed", "4"]));
     let wall4 = s["replay"]["wall_s"].as_f64().expect("wall_s");
     assert!(wall4 >= 0.15, "replayed in {wall4} s at 4x");
