@@ -429,3 +429,56 @@ fn signals_end_a_follow_cleanly() {
         assert_eq!(s["anomaly_log"]["write_errors"], 0);
     }
 }
+
+/// A real anomaly from the validator, end to end: trace → replay → anomaly log line.
+#[test]
+fn anomalies_reach_the_log_with_redacted_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.vmatrace");
+    let mut w = vmatrace::trace::TraceWriter::create(&path, &header(), true).expect("create");
+    // vm_area_free of a VMA that still holds a reference.
+    let mut free = write_lock_events(300, b"victim", 1_500_000_000, 10)[0];
+    free.kind = vmatrace_common::EventKind::VmaFree as u16;
+    free.probe = 14;
+    free.refcnt = 1;
+    w.write_events(1_500_000_000, &[free]).expect("write");
+    w.finish(1_500_000_001).expect("finish");
+    let p = path.to_str().expect("utf8");
+    let log = dir.path().join("anomalies.jsonl");
+    let l = log.to_str().expect("utf8");
+    let s = json_summary(&run(&["replay", p, "--json", "--anomaly-log", l]));
+    assert_eq!(s["anomalies"]["total"], 1);
+    assert_eq!(s["anomalies"]["by_kind"]["free_while_referenced"], 1);
+    assert_eq!(s["anomaly_log"]["lines_written"], 1);
+    let text = std::fs::read_to_string(&log).expect("log");
+    let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+    assert_eq!(line["type"], "anomaly");
+    assert_eq!(line["kind"], "free_while_referenced");
+    assert_eq!(line["task"]["comm"], "victim");
+    assert_eq!(line["host"], "synthetic-host");
+    assert_eq!(line["time"], "2027-01-01T00:00:00.500000000Z");
+    assert!(
+        line["vma"]["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("h:"))
+    );
+    assert!(!text.contains("ffff8881"), "{text}");
+    let mode = std::fs::metadata(&log).expect("stat").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o640
+    );
+
+    std::fs::remove_file(&log).expect("rm");
+    let s = json_summary(&run(&[
+        "replay",
+        p,
+        "--json",
+        "--anomaly-log",
+        l,
+        "--raw-addresses",
+    ]));
+    assert_eq!(s["anomalies"]["total"], 1);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("\"addr\":\"0xffff888100000100\""), "{text}");
+}
