@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -38,6 +39,11 @@ enum Cmd {
     /// write the guest's `vmatrace record -o -` stream to a file (how
     /// tests/data/sample-7.x.vmatrace is made; see docs/vm-tests.md).
     VmRecord(VmRecordArgs),
+    /// Measure the tracer's cost: userspace decode/validate/aggregate throughput (release
+    /// benches) and, in one QEMU boot of the newest 7.x cloud kernel, workload slowdown and
+    /// per-program BPF cost of vmatrace next to an equivalent bpftrace script. Slow; not
+    /// part of `test`. Results: docs/performance.md explains them.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
         Cmd::VmTest(a) => vm::vm_test(&a),
+        Cmd::Bench(a) => setup::setup().and_then(|()| bench::bench(&a)),
         Cmd::VmRecord(a) => setup::setup().and_then(|()| {
             vm::stream::stream(
                 a.kernel.as_deref(),

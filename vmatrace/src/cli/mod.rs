@@ -43,9 +43,6 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Replay a recorded trace offline through the validator (no root needed).
     Replay(replay::ReplayArgs),
-    /// The dashboard over synthetic events (for the tmux end-to-end test).
-    #[command(hide = true)]
-    DashboardDemo(crate::tui::demo::DemoArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
@@ -57,6 +54,5 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Stress(a) => stress::run(a),
         Command::Simulate(a) => simulate::run(a),
         Command::Replay(a) => replay::run(a),
-        Command::DashboardDemo(a) => crate::tui::demo::run(a),
     }
 }

@@ -51,6 +51,10 @@ pub struct ReplayArgs {
     /// terminal.
     #[arg(long)]
     pub headless: bool,
+    /// Insist on the dashboard: fail instead of falling back to the summary when stdout is
+    /// not a terminal.
+    #[arg(long, conflicts_with = "headless")]
+    pub tui: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -118,6 +122,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let thread = replay::spawn(reader, tx, replay_opts, Arc::clone(&stop))
         .context("cannot start the reader thread")?;
 
+    if args.tui && !std::io::stdout().is_terminal() {
+        anyhow::bail!("--tui needs a terminal on stdout; use --headless (or --json) otherwise");
+    }
     let dashboard = (!args.headless && std::io::stdout().is_terminal()).then(|| {
         let ctx = DashboardContext::new(
             SourceKind::Replay,

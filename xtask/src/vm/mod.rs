@@ -6,11 +6,11 @@
 mod apt;
 mod checks;
 mod debver;
-mod initramfs;
-mod kernels;
+pub mod initramfs;
+pub mod kernels;
 pub mod qemu;
-mod results;
-mod scenario;
+pub mod results;
+pub mod scenario;
 pub mod stream;
 
 use std::{
@@ -88,7 +88,7 @@ pub struct Target {
 }
 
 /// The index of available kernel builds: apt (private state) when reachable, else the cache.
-fn available_builds(cache: &Path, offline: bool) -> Vec<KernelBuild> {
+pub fn available_builds(cache: &Path, offline: bool) -> Vec<KernelBuild> {
     if !offline {
         match refresh_index(cache) {
             Ok(b) if !b.is_empty() => return b,
@@ -122,7 +122,7 @@ fn refresh_index(cache: &Path) -> anyhow::Result<Vec<KernelBuild>> {
 }
 
 /// Resolve `--kernel` specs (or the default matrix) against the index.
-fn select(builds: &[KernelBuild], specs: &[String], out: &mut MatrixOutcome) -> Vec<Target> {
+pub fn select(builds: &[KernelBuild], specs: &[String], out: &mut MatrixOutcome) -> Vec<Target> {
     let gens: Vec<&Generation> = if specs.is_empty() {
         MATRIX.iter().collect()
     } else {
@@ -170,7 +170,7 @@ fn select(builds: &[KernelBuild], specs: &[String], out: &mut MatrixOutcome) -> 
 }
 
 /// The kernel image of a build, downloading and extracting it on a cold cache.
-fn ensure_kernel(cache: &Path, b: &KernelBuild) -> anyhow::Result<PathBuf> {
+pub fn ensure_kernel(cache: &Path, b: &KernelBuild) -> anyhow::Result<PathBuf> {
     if let Some(p) = kernels::cached(cache, &b.name) {
         return Ok(p);
     }

@@ -1,0 +1,397 @@
+//! Turning the guest's phases into the numbers issue 7 asks for: workload slowdown per
+//! tool, per-hook cost, and the start-exclude histograms side by side.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use super::parse::{BpftraceRun, Bucket, ProgCost, VmatraceRun, Workload};
+
+/// Index of the log2 bucket holding `v` (0 → 0, 1 → 1, 2..3 → 2, ...), as both tools
+/// bucket.
+pub fn log2_index(v: u64) -> u32 {
+    u64::BITS - v.leading_zeros()
+}
+
+/// The bucket index holding quantile `q` of a histogram; `None` when empty.
+pub fn quantile_bucket(h: &[Bucket], q: f64) -> Option<u32> {
+    let total: u64 = h.iter().map(|b| b.count).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for b in h {
+        seen += b.count;
+        if seen >= rank {
+            return Some(log2_index(b.high));
+        }
+    }
+    h.last().map(|b| log2_index(b.high))
+}
+
+/// Two start-exclude histograms agree when their median, p90 and p99 fall in the same
+/// or an adjacent log2 bucket: they come from separate runs of the same workload, so
+/// only the distribution, not each sample, can match.
+pub fn histograms_agree(a: &[Bucket], b: &[Bucket]) -> Result<String, String> {
+    let mut notes = Vec::new();
+    let mut ok = true;
+    for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        match (quantile_bucket(a, q), quantile_bucket(b, q)) {
+            (Some(x), Some(y)) => {
+                let d = x.abs_diff(y);
+                ok &= d <= 1;
+                notes.push(format!(
+                    "{label} ≤{} vs ≤{} ns",
+                    bucket_high(x),
+                    bucket_high(y)
+                ));
+            }
+            _ => return Err("a histogram is empty".into()),
+        }
+    }
+    let s = notes.join(", ");
+    if ok { Ok(s) } else { Err(s) }
+}
+
+fn bucket_high(i: u32) -> u64 {
+    match i {
+        0 => 0,
+        64.. => u64::MAX,
+        _ => (1u64 << i) - 1,
+    }
+}
+
+fn human_ns(v: u64) -> String {
+    match v {
+        0..1024 => format!("{v}"),
+        1024..1_048_576 => format!("{}K", v >> 10),
+        1_048_576..1_073_741_824 => format!("{}M", v >> 20),
+        _ => format!("{}G", v >> 30),
+    }
+}
+
+/// Both histograms, one row per bucket.
+pub fn histogram_table(ours: &[Bucket], theirs: &[Bucket]) -> String {
+    let mut idx: Vec<u32> = ours
+        .iter()
+        .chain(theirs)
+        .map(|b| log2_index(b.high))
+        .collect();
+    idx.sort_unstable();
+    idx.dedup();
+    let count = |h: &[Bucket], i: u32| {
+        h.iter()
+            .filter(|b| log2_index(b.high) == i)
+            .map(|b| b.count)
+            .sum::<u64>()
+    };
+    let (to, tt) = (
+        ours.iter().map(|b| b.count).sum::<u64>().max(1),
+        theirs.iter().map(|b| b.count).sum::<u64>().max(1),
+    );
+    let mut s = format!(
+        "  {:<16} {:>10} {:>7} {:>10} {:>7}\n",
+        "wait (ns)", "vmatrace", "%", "bpftrace", "%"
+    );
+    for i in idx {
+        let range = if i == 0 {
+            "[0]".to_string()
+        } else {
+            let low = 1u64 << (i - 1);
+            format!("[{}, {})", human_ns(low), human_ns(low.saturating_mul(2)))
+        };
+        let (a, b) = (count(ours, i), count(theirs, i));
+        let _ = writeln!(
+            s,
+            "  {range:<16} {a:>10} {:>6.1}% {b:>10} {:>6.1}%",
+            a as f64 * 100.0 / to as f64,
+            b as f64 * 100.0 / tt as f64
+        );
+    }
+    s
+}
+
+/// Per hooked function: calls (the entry program's run count) and total ns of every
+/// program on it, so entry+exit pairs compare with entry+exit pairs.
+pub fn per_function(progs: &[ProgCost]) -> BTreeMap<String, (u64, u64)> {
+    let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for p in progs {
+        let key = if p.function.is_empty() {
+            p.name.clone()
+        } else {
+            p.function.clone()
+        };
+        let e = m.entry(key).or_default();
+        e.0 = e.0.max(p.run_cnt);
+        e.1 += p.run_time_ns;
+    }
+    m
+}
+
+/// One phase's parsed outputs.
+#[derive(Debug, Default)]
+pub struct PhaseResult {
+    pub name: String,
+    pub workload: Option<Workload>,
+    pub vmatrace: Option<VmatraceRun>,
+    pub bpftrace: Option<BpftraceRun>,
+    pub bpftrace_costs: Vec<ProgCost>,
+    pub problems: Vec<String>,
+}
+
+pub fn slowdown(base: f64, with: f64) -> f64 {
+    if base > 0.0 { 1.0 - with / base } else { 0.0 }
+}
+
+/// The comparison, printed; also returned as JSON for target/bench/.
+pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
+    let mut s = String::new();
+    let get = |n: &str| phases.iter().find(|p| p.name == n);
+    let w = |n: &str| get(n).and_then(|p| p.workload.clone());
+    let bases: Vec<Workload> = ["base1", "base2"].iter().filter_map(|n| w(n)).collect();
+    let mut json = serde_json::Map::new();
+    let _ = writeln!(
+        s,
+        "\nworkload ops/s (the workload's own counts):\n  {:<16} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "phase", "total/s", "reader/s", "writer/s", "slowdown", "writer sl."
+    );
+    let base_total =
+        bases.iter().map(Workload::total_per_s).sum::<f64>() / bases.len().max(1) as f64;
+    let base_writer =
+        bases.iter().map(Workload::writer_per_s).sum::<f64>() / bases.len().max(1) as f64;
+    let mut rows = Vec::new();
+    for p in phases {
+        let Some(wl) = &p.workload else {
+            let _ = writeln!(s, "  {:<16} (no workload report)", p.name);
+            continue;
+        };
+        let (sd, wsd) = (
+            slowdown(base_total, wl.total_per_s()),
+            slowdown(base_writer, wl.writer_per_s()),
+        );
+        let _ = writeln!(
+            s,
+            "  {:<16} {:>12.0} {:>12.0} {:>12.0} {:>9.1}% {:>9.1}%",
+            p.name,
+            wl.total_per_s(),
+            wl.reader_per_s(),
+            wl.writer_per_s(),
+            sd * 100.0,
+            wsd * 100.0
+        );
+        rows.push(serde_json::json!({
+            "phase": p.name, "total_per_s": wl.total_per_s(), "reader_per_s": wl.reader_per_s(),
+            "writer_per_s": wl.writer_per_s(), "slowdown": sd, "writer_slowdown": wsd,
+            "errors": wl.errors,
+        }));
+    }
+    if let [a, b] = bases.as_slice() {
+        let _ = writeln!(
+            s,
+            "  baseline drift base1→base2: {:+.1}% (the noise floor of the slowdowns)",
+            (b.total_per_s() / a.total_per_s() - 1.0) * 100.0
+        );
+    }
+    json.insert("workload".into(), rows.into());
+
+    // Per-hook cost, with statistics on.
+    let ours = get("vmatrace_stats")
+        .and_then(|p| p.vmatrace.as_ref())
+        .map(|v| v.programs.clone())
+        .unwrap_or_default();
+    let theirs = get("bpftrace_stats")
+        .map(|p| p.bpftrace_costs.clone())
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "\nper-program cost (BPF run-time statistics; TCG inflates absolute times):"
+    );
+    let _ = writeln!(
+        s,
+        "  {:<40} {:<34} {:>10} {:>10}",
+        "program", "function", "runs", "ns/run"
+    );
+    let mut prog_rows = Vec::new();
+    for (tool, list) in [("vmatrace", &ours), ("bpftrace", &theirs)] {
+        for p in list.iter() {
+            let per = (p.run_cnt > 0).then(|| p.run_time_ns as f64 / p.run_cnt as f64);
+            let _ = writeln!(
+                s,
+                "  {:<40} {:<34} {:>10} {:>10}",
+                format!("{tool} {}", p.name),
+                p.function,
+                p.run_cnt,
+                per.map(|v| format!("{v:.0}")).unwrap_or_else(|| "—".into())
+            );
+            prog_rows.push(serde_json::json!({
+                "tool": tool, "program": p.name, "function": p.function,
+                "run_cnt": p.run_cnt, "run_time_ns": p.run_time_ns, "ns_per_run": per,
+            }));
+        }
+    }
+    json.insert("programs".into(), prog_rows.into());
+    let (fo, ft) = (per_function(&ours), per_function(&theirs));
+    let _ = writeln!(
+        s,
+        "\nper hooked call (all programs on the function; entry+exit where both exist):\n  {:<34} {:>12} {:>12} {:>8}",
+        "function", "vmatrace ns", "bpftrace ns", "ratio"
+    );
+    let mut fn_rows = Vec::new();
+    for (f, (tc, tns)) in &ft {
+        let Some((oc, ons)) = fo.get(f) else { continue };
+        let (o, t) = (
+            (*oc > 0).then(|| *ons as f64 / *oc as f64),
+            (*tc > 0).then(|| *tns as f64 / *tc as f64),
+        );
+        let ratio = o.zip(t).map(|(o, t)| o / t);
+        let fmt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "—".into());
+        let _ = writeln!(
+            s,
+            "  {f:<34} {:>12} {:>12} {:>8}",
+            fmt(o),
+            fmt(t),
+            ratio
+                .map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "—".into())
+        );
+        fn_rows.push(
+            serde_json::json!({"function": f, "vmatrace_ns": o, "bpftrace_ns": t, "ratio": ratio}),
+        );
+    }
+    json.insert("per_call".into(), fn_rows.into());
+
+    // The correctness cross-check.
+    for (vp, bp) in [
+        ("vmatrace", "bpftrace"),
+        ("vmatrace_stats", "bpftrace_stats"),
+    ] {
+        let (Some(v), Some(b)) = (
+            get(vp).and_then(|p| p.vmatrace.as_ref()),
+            get(bp).and_then(|p| p.bpftrace.as_ref()),
+        ) else {
+            continue;
+        };
+        let _ = writeln!(s, "\nstart-exclude wait histogram, {vp} vs {bp}:");
+        s.push_str(&histogram_table(&v.exclusion_wait, &b.hist));
+        let verdict = histograms_agree(&v.exclusion_wait, &b.hist);
+        let _ = writeln!(
+            s,
+            "  {}: {}",
+            if verdict.is_ok() {
+                "AGREE within one log2 bucket"
+            } else {
+                "DISAGREE"
+            },
+            verdict.as_ref().unwrap_or_else(|e| e)
+        );
+        json.insert(
+            format!("histograms_{vp}"),
+            serde_json::json!({"agree": verdict.is_ok(), "detail": verdict.unwrap_or_else(|e| e),
+                "vmatrace": v.exclusion_wait.iter().map(|b| [b.low, b.high, b.count]).collect::<Vec<_>>(),
+                "bpftrace": b.hist.iter().map(|b| [b.low, b.high, b.count]).collect::<Vec<_>>()}),
+        );
+        // Event counts per workload op: separate runs, so compare rates.
+        let ops = |n: &str| {
+            w(n).map(|w| (w.reader_ops + w.writer_ops) as f64)
+                .filter(|v| *v > 0.0)
+        };
+        if let (Some(vo), Some(bo)) = (ops(vp), ops(bp)) {
+            let bt_hist: u64 = b.hist.iter().map(|x| x.count).sum();
+            let pairs = [
+                (
+                    "__vma_start_write",
+                    v.logical.get("write_lock_request").copied(),
+                    b.calls.get("kprobe:__vma_start_write").copied(),
+                ),
+                (
+                    "__vma_start_exclude_readers",
+                    v.logical.get("start_exclude_entry").copied(),
+                    Some(bt_hist),
+                ),
+                (
+                    "__vma_exclude_readers_for_detach",
+                    v.logical.get("mark_detached_slow").copied(),
+                    b.calls
+                        .get("kprobe:__vma_exclude_readers_for_detach")
+                        .copied(),
+                ),
+                (
+                    "lock_vma_under_rcu",
+                    v.logical.get("reader_acquire").copied(),
+                    b.calls.get("kprobe:lock_vma_under_rcu").copied(),
+                ),
+            ];
+            let _ = writeln!(
+                s,
+                "  calls per 1000 workload ops:  {:<34} {:>10} {:>10}",
+                "", "vmatrace", "bpftrace"
+            );
+            for (f, a, c) in pairs {
+                let f1 = |x: Option<u64>, o: f64| {
+                    x.map(|x| format!("{:.1}", x as f64 * 1000.0 / o))
+                        .unwrap_or_else(|| "—".into())
+                };
+                let _ = writeln!(s, "    {f:<60} {:>10} {:>10}", f1(a, vo), f1(c, bo));
+            }
+        }
+        if v.losses > 0 || v.anomalies > 0 {
+            let _ = writeln!(
+                s,
+                "  vmatrace {vp}: {} losses, {} anomalies",
+                v.losses, v.anomalies
+            );
+        }
+    }
+    for p in phases {
+        for e in &p.problems {
+            let _ = writeln!(s, "  problem in {}: {e}", p.name);
+        }
+    }
+    (s, serde_json::Value::Object(json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(low: u64, count: u64) -> Bucket {
+        Bucket {
+            low,
+            high: if low == 0 { 0 } else { low * 2 - 1 },
+            count,
+        }
+    }
+
+    #[test]
+    fn quantiles_and_agreement() {
+        let a = [b(512, 10), b(1024, 80), b(2048, 9), b(1 << 20, 1)];
+        assert_eq!(quantile_bucket(&a, 0.5), Some(11));
+        assert_eq!(quantile_bucket(&a, 0.99), Some(12));
+        assert_eq!(quantile_bucket(&[], 0.5), None);
+        let shifted = [b(1024, 10), b(2048, 80), b(4096, 10)];
+        assert!(histograms_agree(&a, &shifted).is_ok());
+        let far = [b(1 << 16, 100)];
+        assert!(histograms_agree(&a, &far).is_err());
+        assert!(histograms_agree(&a, &[]).is_err());
+        let t = histogram_table(&a, &shifted);
+        assert!(t.contains("[1K, 2K)"), "{t}");
+        assert!(t.contains("[1M, 2M)"), "{t}");
+    }
+
+    #[test]
+    fn per_function_pairs_entry_and_exit() {
+        let p = |name: &str, f: &str, c, ns| ProgCost {
+            name: name.into(),
+            function: f.into(),
+            run_cnt: c,
+            run_time_ns: ns,
+        };
+        let m = per_function(&[
+            p("vsw_fentry", "__vma_start_write", 10, 100),
+            p("vsw_fexit", "__vma_start_write", 10, 300),
+            p("prog 9", "", 1, 5),
+        ]);
+        assert_eq!(m["__vma_start_write"], (10, 400));
+        assert_eq!(m["prog 9"], (1, 5));
+        assert!((slowdown(100.0, 97.0) - 0.03).abs() < 1e-9);
+    }
+}
