@@ -21,7 +21,8 @@ macro_rules! counters {
 counters! {
     /// `bpf_ringbuf_reserve` failed: the ring buffer was full, an event was lost.
     RingbufReserveFailed = 0, "ringbuf_reserve_failed";
-    /// A return probe found no matching entry (kretprobe pool exhausted, entry before attach).
+    /// A return probe found no matching entry (the call began before attach, or the entry
+    /// was evicted from the LRU in-flight map). Missed returns are `MissedReturn`.
     UnmatchedReturn = 1, "unmatched_return";
     /// The in-flight map was full; an entry could not be remembered.
     InflightMapFull = 2, "inflight_map_full";
@@ -46,6 +47,10 @@ counters! {
     /// `rcuwait_wake_up` on a waiting writer returned 0: the writer was already running
     /// (it had not gone to sleep yet), so the wake-up changed nothing. kretprobe mode only.
     WriterWakeNoop = 12, "writer_wake_noop";
+    /// An entry probe found the same thread's previous entry of that function still in
+    /// flight: the previous call's return was missed (kretprobe instance pool exhausted
+    /// while writers slept, or the return probe was not attached).
+    MissedReturn = 13, "missed_return";
 }
 
 pub const COUNTER_SLOTS: u32 = 16;

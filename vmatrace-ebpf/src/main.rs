@@ -16,6 +16,7 @@
 mod emit;
 mod filter;
 mod globals;
+mod inflight;
 mod kernel;
 mod lifetime;
 mod maps;

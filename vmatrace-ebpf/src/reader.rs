@@ -10,9 +10,10 @@ use aya_ebpf::{
 use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
 
 use crate::{
-    emit::{count, counter_value, header, now, paired, send},
+    emit::{count, counter_value, header, now, send},
     filter::traced,
     globals::global,
+    inflight::remember,
     kernel::{EXCLUDE_READERS_FLAG, Reads, fill_mm, fill_vma, is_err_ptr, writer_wait_of},
     maps::{EXCLUDERS, INFLIGHT_READER, Inflight},
 };
@@ -87,8 +88,10 @@ fn reader_exit(pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Option<Inflig
     ev.arg = addr;
     ev.ret = ret as i64;
     ev.flags |= flags::RET;
+    // The lock latency, when the kretprobe's entry saw the call start. Not flagged
+    // PAIRED: there is no VMA at entry, so no entry refcount.
     if let Some(e) = entry {
-        paired(&mut ev, e.ts, 0);
+        ev.wait_ns = ev.ts_ns.wrapping_sub(e.ts);
     }
     send(&mut ev, r);
 }
@@ -121,9 +124,7 @@ pub fn lvur_kprobe(ctx: ProbeContext) -> u32 {
         refcnt: 0,
         pad: 0,
     };
-    if INFLIGHT_READER.insert(pid_tgid, e, 0).is_err() {
-        count(Counter::InflightMapFull);
-    }
+    remember(&INFLIGHT_READER, pid_tgid, &e);
     0
 }
 

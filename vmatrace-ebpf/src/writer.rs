@@ -12,7 +12,6 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{fentry, fexit, kprobe, kretprobe},
-    maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
@@ -21,35 +20,10 @@ use crate::{
     emit::{count, header, now, paired, send},
     filter::traced,
     globals::{GEN_6_15, GEN_6_19, GEN_7_0, generation},
+    inflight::{remember, take},
     kernel::{Reads, fill_vma, int_ret, mm_of, read_ves, writer_wait_of},
     maps::{EXCLUDERS, Excluder, INFLIGHT_DETACH, INFLIGHT_EXCLUDE, INFLIGHT_WRITE, Inflight},
 };
-
-/// Save an entry; a failed insert is counted, never ignored.
-#[inline(always)]
-fn remember(map: &LruHashMap<u64, Inflight>, pid_tgid: u64, e: &Inflight) {
-    if map.insert(pid_tgid, e, 0).is_err() {
-        count(Counter::InflightMapFull);
-    }
-}
-
-/// Take the entry saved by this thread's entry probe; `UnmatchedReturn` when there is
-/// none (kretprobe instance pool exhausted, evicted, or the entry predates attach).
-#[inline(always)]
-fn take(map: &LruHashMap<u64, Inflight>, pid_tgid: u64) -> Option<Inflight> {
-    match map.get_ptr(pid_tgid) {
-        Some(p) => {
-            // SAFETY: a value pointer returned by the map lookup, read once.
-            let e = unsafe { *p };
-            let _ = map.remove(pid_tgid);
-            Some(e)
-        }
-        None => {
-            count(Counter::UnmatchedReturn);
-            None
-        }
-    }
-}
 
 /// This task may now wait on `vma->vm_mm->vma_writer_wait`.
 #[inline(always)]
@@ -166,7 +140,14 @@ fn write_exit(vma_arg: u64, raw_ret: u64) {
 
 #[fentry]
 pub fn vsw_fentry(ctx: FEntryContext) -> u32 {
-    write_enter(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2));
+    // The verifier rejects reading a BTF argument the function does not have: only
+    // 6.19's __vma_start_write(vma, seq, state) has a third one.
+    let a2 = if generation() == GEN_6_19 {
+        ctx.arg::<u64>(2)
+    } else {
+        0
+    };
+    write_enter(ctx.arg::<u64>(0), ctx.arg::<u64>(1), a2);
     0
 }
 

@@ -271,19 +271,22 @@ fn report(events: &[Event], counters: &CounterSnapshot) {
     }
 }
 
-/// Readers fault on a shared mapping (read faults: `lock_vma_under_rcu`), a zapper drops
-/// the pages again, a writer flips protections on parts of it (VMA split/merge:
+/// Readers write-fault on a shared mapping (`lock_vma_under_rcu`; a write fault
+/// allocates and zeroes a page, so readers hold the VMA lock a while), a zapper drops the
+/// pages again, a writer flips PROT_EXEC on parts of it (VMA split/merge:
 /// `__vma_start_write` with readers inside → exclusion waits and wake-ups) and maps and
-/// unmaps small regions (detach, free), and the main thread forks (`vm_area_dup`).
+/// unmaps small regions (detach, free), and the main thread forks (`dup_mmap` write-locks
+/// every VMA: `vm_area_dup`).
 fn workload(duration: Duration) {
     const LEN: usize = 4 << 20;
     const PAGE: usize = 4096;
+    const RW: i32 = libc::PROT_READ | libc::PROT_WRITE;
     // SAFETY: anonymous private mapping owned by this process.
     let base = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
+            RW,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
@@ -293,22 +296,18 @@ fn workload(duration: Duration) {
     let base = base as usize;
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    for t in 0..2 {
+    for t in 0..3 {
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
-            let mut sum = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let mut off = t * PAGE;
                 while off < LEN {
-                    // SAFETY: inside the mapping; readable under every protection used.
-                    sum =
-                        sum.wrapping_add(
-                            unsafe { ((base + off) as *const u8).read_volatile() } as u64
-                        );
-                    off += 2 * PAGE;
+                    // SAFETY: inside the mapping, which stays writable (only PROT_EXEC
+                    // is toggled).
+                    unsafe { ((base + off) as *mut u8).write_volatile(1) };
+                    off += 3 * PAGE;
                 }
             }
-            sum
         }));
     }
     {
@@ -317,9 +316,8 @@ fn workload(duration: Duration) {
             while !stop.load(Ordering::Relaxed) {
                 // SAFETY: drops the pages of our own mapping.
                 unsafe { libc::madvise(base as *mut _, LEN, libc::MADV_DONTNEED) };
-                std::thread::sleep(Duration::from_micros(200));
+                std::thread::sleep(Duration::from_micros(500));
             }
-            0
         }));
     }
     {
@@ -330,16 +328,12 @@ fn workload(duration: Duration) {
                 let off = (i % 64) * 16 * PAGE;
                 // SAFETY: protection changes and a private scratch mapping of our own.
                 unsafe {
-                    libc::mprotect((base + off) as *mut _, 8 * PAGE, libc::PROT_READ);
-                    libc::mprotect(
-                        (base + off) as *mut _,
-                        8 * PAGE,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                    );
+                    libc::mprotect((base + off) as *mut _, 8 * PAGE, RW | libc::PROT_EXEC);
+                    libc::mprotect((base + off) as *mut _, 8 * PAGE, RW);
                     let p = libc::mmap(
                         std::ptr::null_mut(),
                         16 * PAGE,
-                        libc::PROT_READ | libc::PROT_WRITE,
+                        RW,
                         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                         -1,
                         0,
@@ -351,7 +345,6 @@ fn workload(duration: Duration) {
                 }
                 i += 1;
             }
-            0
         }));
     }
     let t0 = Instant::now();
@@ -366,7 +359,7 @@ fn workload(duration: Duration) {
                 libc::waitpid(pid, std::ptr::null_mut(), 0);
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::Relaxed);
     for t in threads {

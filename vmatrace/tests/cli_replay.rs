@@ -2,7 +2,11 @@
 
 mod common;
 
-use std::{io::Write, process::Stdio, time::Duration};
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use common::*;
 use serde_json::Value;
@@ -42,9 +46,10 @@ fn replay_summarises_a_synthetic_trace() {
         assert_eq!(s["losses"]["undecodable"], 1);
         assert_eq!(s["losses"]["total"], 4);
         assert_eq!(s["reader"]["reader_acquire_ok"], 500);
-        assert_eq!(s["wait_ns"]["start_exclude"]["count"], 100);
-        assert_eq!(s["wait_ns"]["start_exclude"]["max_ns"], 1099);
+        assert_eq!(s["wait_ns"]["exclusion"]["count"], 100);
+        assert_eq!(s["wait_ns"]["exclusion"]["max_ns"], 1099);
         assert_eq!(s["wait_ns"]["write_lock"]["max_ns"], 1199);
+        assert_eq!(s["stats"]["top_processes"][0]["exclusions"], 50);
         assert_eq!(s["replay"]["complete"], true);
         assert_eq!(s["replay"]["records"], 103);
         assert_eq!(s["stop_reason"], "end of trace");
@@ -258,4 +263,83 @@ fn replay_of_the_real_kernel_sample() {
         );
         assert_ne!(s["kernel"], "synthetic");
     }
+}
+
+/// On a terminal, replay shows the dashboard; quitting it prints the summary on the
+/// restored terminal.
+#[test]
+fn replay_on_a_terminal_shows_the_dashboard_then_the_summary() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        vmatrace::testing::skip(
+            "replay_on_a_terminal_shows_the_dashboard_then_the_summary",
+            "tmux is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.vmatrace");
+    write_sample(&path, false);
+    let out_file = dir.path().join("out.txt");
+    let socket = format!("vmatrace-replay-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&socket)
+            .args(args)
+            .env_remove("TMUX")
+            .env("TERM", "xterm-256color")
+            .output()
+            .expect("tmux runs")
+    };
+    // The shell keeps the pane open after vmatrace exits and saves what it printed.
+    let cmd = format!(
+        "{} replay {} > /dev/tty; echo \"exit=$?\" > {}; sleep 30",
+        env!("CARGO_BIN_EXE_vmatrace"),
+        path.display(),
+        out_file.display()
+    );
+    let o = tmux(&[
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "160",
+        "-y",
+        "48",
+        &cmd,
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let capture =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned();
+    let wait_for = |needle: &str| {
+        let t = std::time::Instant::now();
+        loop {
+            let c = capture();
+            if c.contains(needle) {
+                return c;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = tmux(&["kill-server"]);
+                panic!("{needle:?} never appeared:\n{c}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The dashboard shows the replayed numbers.
+    let screen = wait_for("Events (400 total");
+    assert!(screen.contains("7.2.13"), "{screen}");
+    assert!(screen.contains("Losses (4)"), "{screen}");
+    tmux(&["send-keys", "-t", "t", "q"]);
+    let after = wait_for("events: 400 streamed");
+    assert!(after.contains("losses: 4"), "{after}");
+    let t = std::time::Instant::now();
+    while !out_file.exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let _ = tmux(&["kill-server"]);
+    assert_eq!(status.trim(), "exit=0");
 }

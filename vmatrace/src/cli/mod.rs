@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 pub mod model;
 pub mod probes;
 pub mod replay;
+pub mod run;
 pub mod session;
 pub mod signals;
 pub mod simulate;
@@ -27,6 +28,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Trace the per-VMA lock live: attach, validate, report (root; exit 3 if nothing
+    /// can attach here).
+    Run(run::RunArgs),
+    /// Trace live like `run --headless` and write a trace file for `replay`.
+    Record(run::RecordArgs),
     /// Print the probe plan for the running kernel (or another one, offline).
     Probes(probes::ProbesArgs),
     /// Print the refcount state machine (Graphviz DOT).
@@ -37,18 +43,16 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Replay a recorded trace offline through the validator (no root needed).
     Replay(replay::ReplayArgs),
-    /// The dashboard over synthetic events (for the tmux end-to-end test).
-    #[command(hide = true)]
-    DashboardDemo(crate::tui::demo::DemoArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Record(a) => run::record(a),
         Command::Probes(a) => probes::run(a),
         Command::Model(a) => model::run(a),
         Command::Stress(a) => stress::run(a),
         Command::Simulate(a) => simulate::run(a),
         Command::Replay(a) => replay::run(a),
-        Command::DashboardDemo(a) => crate::tui::demo::run(a),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    io::Read,
+    io::{IsTerminal, Read},
     process::ExitCode,
     sync::{
         Arc,
@@ -26,6 +26,7 @@ use crate::{
         ReadOptions, ReplayOptions, ReplayOutcome, TraceError, TraceReader,
         replay::{self, GrowingFile},
     },
+    tui::{DashboardContext, DashboardExit, SourceKind},
 };
 
 /// Replay a trace written by `vmatrace record` through the validator, the statistics and
@@ -46,10 +47,26 @@ pub struct ReplayArgs {
     /// pipe, reading ends at EOF.
     #[arg(long)]
     pub follow: bool,
+    /// No dashboard: print the summary when the trace ends. Implied when stdout is not a
+    /// terminal.
+    #[arg(long)]
+    pub headless: bool,
+    /// Insist on the dashboard: fail instead of falling back to the summary when stdout is
+    /// not a terminal.
+    #[arg(long, conflicts_with = "headless")]
+    pub tui: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+fn set_reason(slot: &std::sync::Mutex<Option<String>>, why: &str) {
+    if let Ok(mut g) = slot.lock()
+        && g.is_none()
+    {
+        *g = Some(why.to_string());
+    }
 }
 
 fn parse_speed(s: &str) -> Result<f64, String> {
@@ -104,32 +121,88 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let thread = replay::spawn(reader, tx, replay_opts, Arc::clone(&stop))
         .context("cannot start the reader thread")?;
 
-    let rt = tokio::runtime::Builder::new_current_thread()
+    if args.tui && !std::io::stdout().is_terminal() {
+        anyhow::bail!("--tui needs a terminal on stdout; use --headless (or --json) otherwise");
+    }
+    let dashboard = (!args.headless && std::io::stdout().is_terminal()).then(|| {
+        let ctx = DashboardContext::new(
+            SourceKind::Replay,
+            header.kernel_release.clone(),
+            header.generation,
+        )
+        .with_detail(args.input.clone())
+        .with_plan(header.plan.clone());
+        crate::tui::attach_to(&mut pipeline, ctx)
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let stop_flag = Arc::clone(&stop);
     let duration = args.out.duration;
-    let (pipeline, reason) = rt.block_on(async move {
-        let reason = Arc::new(std::sync::Mutex::new(None::<String>));
-        let r2 = Arc::clone(&reason);
-        let stop_fut = async move {
-            let why = tokio::select! {
-                sig = signals::terminated() => sig.to_string(),
-                _ = signals::after(duration) => "duration".to_string(),
-            };
-            if let Ok(mut g) = r2.lock() {
-                *g = Some(why);
+    let reason = Arc::new(std::sync::Mutex::new(None::<String>));
+    let r2 = Arc::clone(&reason);
+    let (pipeline, wall, dash_result) = rt.block_on(async move {
+        let quit = Arc::new(tokio::sync::Notify::new());
+        let stop_fut = {
+            let quit = Arc::clone(&quit);
+            let r2 = Arc::clone(&r2);
+            async move {
+                let why = tokio::select! {
+                    sig = signals::terminated() => sig.to_string(),
+                    _ = signals::after(duration) => "duration".to_string(),
+                    _ = quit.notified() => "quit".to_string(),
+                };
+                if let Ok(mut g) = r2.lock()
+                    && g.is_none()
+                {
+                    *g = Some(why);
+                }
+                stop_flag.store(true, Ordering::Relaxed);
             }
-            stop_flag.store(true, Ordering::Relaxed);
         };
-        let p = pipeline
-            .drive_until(rx, Duration::from_millis(250), stop_fut)
-            .await;
-        let why = reason.lock().ok().and_then(|mut g| g.take());
-        (p, why)
+        let ended = dashboard.clone();
+        let driver = tokio::spawn(async move {
+            let p = pipeline
+                .drive_until(rx, Duration::from_millis(250), stop_fut)
+                .await;
+            // Throughput is measured to here, not to when the user closes the dashboard.
+            let wall = started.elapsed();
+            if let Some(shared) = &ended {
+                crate::tui::mark_source_ended(shared);
+            }
+            (p, wall)
+        });
+        let mut dash_result = Ok(());
+        if let Some(shared) = dashboard {
+            // The user reads the final numbers and quits; --duration also closes it.
+            let until = signals::after(duration);
+            match crate::tui::run(shared, until).await {
+                Ok(DashboardExit::UserQuit) => set_reason(&r2, "quit"),
+                Ok(DashboardExit::Signal) => set_reason(&r2, "signal"),
+                Ok(DashboardExit::Stopped) => {}
+                Err(e) => dash_result = Err(e),
+            }
+            quit.notify_one();
+        }
+        match driver.await {
+            Ok((p, wall)) => (Some(p), wall, dash_result),
+            Err(e) => (
+                None,
+                Duration::ZERO,
+                Err(anyhow::anyhow!("pipeline task: {e}")),
+            ),
+        }
     });
-    let wall = started.elapsed();
+    if let Err(e) = &dash_result {
+        eprintln!("vmatrace: {e:#}");
+    }
+    let Some(pipeline) = pipeline else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let reason = reason.lock().ok().and_then(|mut g| g.take());
 
     // A reader blocked on a read of stdin cannot be interrupted: give it a moment, then
     // summarise without its outcome rather than hang.
@@ -175,6 +248,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         duration_ns: outcome.recorded_duration_ns(),
         stop_reason,
         anomaly_log: handles.anomaly_log_stats(),
+        stats: handles.stats_snapshot(),
+        programs: Vec::new(),
         recording: None,
         replay: Some(ReplaySection {
             records: outcome.records,

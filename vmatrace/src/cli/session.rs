@@ -15,7 +15,8 @@ use crate::{
     export::{
         AnomalyLogSink, JsonLinesFile, LogContext, LogStats, Redactor, Rotation, summary::Summary,
     },
-    pipeline::Pipeline,
+    pipeline::{Pipeline, SharedSink},
+    stats::{Stats, StatsSnapshot},
     trace::TraceHeader,
 };
 
@@ -120,9 +121,17 @@ fn parse_comm(s: &str) -> Result<String, String> {
 #[derive(Default)]
 pub struct OutputHandles {
     pub anomaly_log: Option<Arc<Mutex<LogStats>>>,
+    /// Wait-time histograms, top processes/VMAs, reader outcomes for the summary.
+    pub stats: Option<Arc<Mutex<Stats>>>,
 }
 
 impl OutputHandles {
+    pub fn stats_snapshot(&self) -> Option<StatsSnapshot> {
+        self.stats
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).snapshot())
+    }
+
     pub fn anomaly_log_stats(&self) -> Option<LogStats> {
         self.anomaly_log
             .as_ref()
@@ -130,14 +139,18 @@ impl OutputHandles {
     }
 }
 
-/// Add the sinks `out` asks for. Fails (before tracing starts) if the anomaly log cannot
-/// be opened: better to refuse than to trace without the log the operator asked for.
+/// Add the statistics and the sinks `out` asks for. Fails (before tracing starts) if the
+/// anomaly log cannot be opened: better to refuse than to trace without the log the
+/// operator asked for.
 pub fn add_output_sinks(
     pipeline: &mut Pipeline,
     out: &OutputArgs,
     header: &TraceHeader,
 ) -> anyhow::Result<OutputHandles> {
     let mut handles = OutputHandles::default();
+    let (sink, stats) = SharedSink::new(Stats::new(header.generation));
+    pipeline.add_sink(Box::new(sink));
+    handles.stats = Some(stats);
     if let Some(path) = &out.anomaly_log {
         let rotation = Rotation {
             max_bytes: out.anomaly_log_max_bytes,

@@ -44,6 +44,10 @@ pub struct SimulateArgs {
     /// Which reader releases are visible: all, or kernel (only fault-retry sites).
     #[arg(long, default_value = "all")]
     pub releases: ReleaseVisibility,
+    /// Stream one in N reader-acquire results (1 = all, 0 = count only), like the live
+    /// tracer's sampling.
+    #[arg(long, default_value_t = 1)]
+    pub reader_sample_every: u32,
     /// Number of simulated mms (processes); default one per four tasks.
     #[arg(long)]
     pub mms: Option<usize>,
@@ -73,6 +77,7 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         inject_rate: a.inject_rate,
         seed: a.seed,
         releases: a.releases,
+        reader_sample_every: a.reader_sample_every,
         mms: a.mms,
         seq_start: a.seq_start,
         stop: Arc::new(AtomicBool::new(false)),

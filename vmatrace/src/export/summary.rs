@@ -11,7 +11,8 @@ use vmatrace_common::{Counter, EventKind, event::ProbeId};
 use super::anomaly_log::LogStats;
 use crate::{
     kernel::plan::{LogicalEvent, Observability, ProbePlan},
-    pipeline::{Totals, totals::LOSS_COUNTERS, wait::Percentiles},
+    pipeline::{Totals, totals::LOSS_COUNTERS},
+    stats::{Percentiles, StatsSnapshot},
     trace::{RecordingStatus, TraceHeader},
     validate::Validator,
 };
@@ -38,7 +39,14 @@ pub struct Summary {
     pub reader: BTreeMap<String, u64>,
     /// Every kernel counter by name (latest snapshot).
     pub counters: BTreeMap<String, u64>,
+    /// `exclusion`: waits for readers to leave (see `stats.wait_source`); `write_lock`:
+    /// the whole `__vma_start_write` slow path. Empty without statistics.
     pub wait_ns: BTreeMap<String, Percentiles>,
+    /// The statistics module's picture: histograms, slowest waits, top processes and
+    /// VMAs (user addresses only), reader outcomes.
+    pub stats: Option<StatsSnapshot>,
+    /// Cost of the eBPF programs (`--bpf-stats`; empty otherwise or on replay).
+    pub programs: Vec<ProgramCostSection>,
     pub plan: Option<PlanSection>,
     pub validator: ValidatorSection,
     pub anomaly_log: Option<LogStats>,
@@ -100,6 +108,14 @@ pub struct HookFailure {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct ProgramCostSection {
+    pub name: String,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+    pub ns_per_run: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct ValidatorSection {
     pub events_observed: u64,
     /// Times the validator forgot per-VMA state because of a loss.
@@ -132,6 +148,9 @@ pub struct SummaryInput<'a> {
     pub anomaly_log: Option<LogStats>,
     pub recording: Option<RecordingStatus>,
     pub replay: Option<ReplaySection>,
+    pub stats: Option<StatsSnapshot>,
+    /// BPF run-time statistics of the programs (live, with `--bpf-stats`).
+    pub programs: Vec<crate::live::ProgramStat>,
 }
 
 const READER_COUNTERS: &[Counter] = &[
@@ -279,9 +298,10 @@ impl Summary {
             notes: p.notes.clone(),
         });
         let mut wait_ns = BTreeMap::new();
-        wait_ns.insert("start_exclude".into(), t.wait.start_exclude.percentiles());
-        wait_ns.insert("write_lock".into(), t.wait.write_lock.percentiles());
-        wait_ns.insert("detach".into(), t.wait.detach.percentiles());
+        if let Some(st) = &i.stats {
+            wait_ns.insert("exclusion".into(), st.exclusion_wait.percentiles);
+            wait_ns.insert("write_lock".into(), st.write_lock_wait.percentiles);
+        }
         Summary {
             schema: SUMMARY_SCHEMA,
             vmatrace_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -314,6 +334,17 @@ impl Summary {
                 .map(|c| (c.key().to_string(), t.counters.get(*c)))
                 .collect(),
             wait_ns,
+            stats: i.stats,
+            programs: i
+                .programs
+                .iter()
+                .map(|p| ProgramCostSection {
+                    name: p.name.clone(),
+                    run_cnt: p.run_cnt,
+                    run_time_ns: p.run_time_ns,
+                    ns_per_run: p.ns_per_run(),
+                })
+                .collect(),
             plan,
             validator: ValidatorSection {
                 events_observed: i.validator.observed(),
@@ -397,10 +428,19 @@ impl Summary {
             if p.count > 0 {
                 let _ = writeln!(
                     s,
-                    "wait {k}: n={} mean={} ns p50<={} p90<={} p99<={} max={} ns",
-                    p.count, p.mean_ns, p.p50_ns, p.p90_ns, p.p99_ns, p.max_ns
+                    "wait {k}: n={} p50<={} p90<={} p99<={} max={} ns",
+                    p.count, p.p50_ns, p.p90_ns, p.p99_ns, p.max_ns
                 );
             }
+        }
+        for p in &self.programs {
+            let _ = writeln!(
+                s,
+                "program {}: {} runs, {:.0} ns/run",
+                p.name,
+                p.run_cnt,
+                p.ns_per_run.unwrap_or(0.0)
+            );
         }
         if let Some(p) = &self.plan {
             let _ = writeln!(

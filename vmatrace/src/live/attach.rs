@@ -43,6 +43,35 @@ pub(super) fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// What an attach errno means for a kprobe or fentry (aya-notes §1.7; the kernel's
+/// kprobe and trampoline code). `None` for errnos without a specific meaning here.
+pub(super) fn errno_hint(errno: i32, mode: AttachMode) -> Option<&'static str> {
+    let kprobe = matches!(mode, AttachMode::KProbe | AttachMode::KRetProbe);
+    Some(match errno {
+        libc::ENOENT if kprobe => "no such symbol in kallsyms (inlined, or a module not loaded)",
+        libc::EINVAL if kprobe => {
+            "the kernel refuses to probe this function (notrace, kprobe blacklist, or              kretprobe blacklist)"
+        }
+        libc::EADDRNOTAVAIL => {
+            "the name is ambiguous (several kallsyms entries); kprobes by name cannot              choose one"
+        }
+        libc::EILSEQ => "the probe offset is not on an instruction boundary",
+        libc::EPERM | libc::EACCES => {
+            "not permitted: missing CAP_BPF/CAP_PERFMON, lockdown, or this kernel refuses              tracing programs"
+        }
+        libc::EBUSY => "another trampoline or ftrace user holds this function exclusively",
+        _ => return None,
+    })
+}
+
+/// The errno of the innermost `std::io::Error` in an error chain.
+pub(super) fn errno_of(e: &anyhow::Error) -> Option<i32> {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .filter_map(std::io::Error::raw_os_error)
+        .last()
+}
+
 fn mode_of(program: &Program) -> Option<AttachMode> {
     Some(match program {
         Program::KProbe(p) => match p.kind() {
@@ -86,9 +115,15 @@ pub(super) fn attach_point(
                 p.load()
                     .with_context(|| format!("loading {name} (verifier)"))?;
             }
-            let id = p
-                .attach(target, 0)
-                .with_context(|| format!("attaching {name} to {} {target}", point.mode.key()))?;
+            let id = p.attach(target, 0).map_err(|e| {
+                let e = anyhow::Error::new(e);
+                let hint = errno_of(&e).and_then(|n| errno_hint(n, point.mode));
+                let what = format!("attaching {name} to {} {target}", point.mode.key());
+                match hint {
+                    Some(h) => e.context(format!("{what} ({h})")),
+                    None => e.context(what),
+                }
+            })?;
             OwnedLink::KProbe(p.take_link(id)?)
         }
         AttachMode::FEntry => {
@@ -137,6 +172,20 @@ pub(super) fn attach_point(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attach_errnos_are_explained() {
+        let e = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EINVAL))
+            .context("`perf_event_open` failed");
+        assert_eq!(errno_of(&e), Some(libc::EINVAL));
+        assert!(
+            errno_hint(libc::EINVAL, AttachMode::KProbe).is_some_and(|h| h.contains("notrace"))
+        );
+        // EINVAL from a trampoline means something else: no kprobe-specific guess.
+        assert_eq!(errno_hint(libc::EINVAL, AttachMode::FEntry), None);
+        assert!(errno_hint(libc::EADDRNOTAVAIL, AttachMode::KRetProbe).is_some());
+        assert_eq!(errno_of(&anyhow!("no io error")), None);
+    }
 
     #[test]
     fn long_verifier_logs_keep_their_tail() {

@@ -265,7 +265,12 @@ pub(super) fn tracing_programs_supported() -> Result<bool, String> {
     let config = vmatrace_common::Config::DEFAULT;
     let tp = MmapLockTpOffsets::DEFAULT;
     let generation = 0u32;
-    let mut ebpf = loader(&offsets, &config, &generation, &tp, 4096, Some(&btf))
+    let mut l = loader(&offsets, &config, &generation, &tp, 4096, Some(&btf));
+    // Nothing runs: keep the probe's maps tiny.
+    for m in names::INFLIGHT_MAPS.iter().chain([&names::EXCLUDERS]) {
+        l.map_max_entries(m, 1);
+    }
+    let mut ebpf = l
         .load(crate::EBPF_OBJECT)
         .map_err(|e| format!("creating the eBPF maps: {e:#}"))?;
     let prog: &mut FEntry = ebpf

@@ -6,15 +6,16 @@
 //! the sinks (dashboard state, anomaly log, trace recorder). Keeping all of that on one
 //! task avoids locks on the per-event path.
 
+pub mod shared;
 pub mod source;
 pub mod totals;
-pub mod wait;
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use vmatrace_common::{Event, model::Generation};
 
+pub use shared::SharedSink;
 pub use source::{CounterSnapshot, SourceItem};
 pub use totals::Totals;
 

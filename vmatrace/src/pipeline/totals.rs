@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use vmatrace_common::{Counter, Event, EventKind, event::flags};
+use vmatrace_common::{Counter, Event, EventKind};
 
-use super::{source::CounterSnapshot, wait::WaitTimes};
+use super::source::CounterSnapshot;
 use crate::validate::{Anomaly, AnomalyKind};
 
 /// Counters that mean "something was lost" (the validator resynchronises when they rise).
@@ -27,8 +27,6 @@ pub struct Totals {
     /// Events by kind and attach point: `[kind][probe]` (kind/probe values ≥ 16 are
     /// counted in row/column 0). Tells e.g. fast from slow detaches.
     pub kind_probe: [[u64; 16]; 16],
-    /// Wait-time distributions of paired return events.
-    pub wait: WaitTimes,
 }
 
 impl Totals {
@@ -40,14 +38,6 @@ impl Totals {
         }
         let (k, p) = (usize::from(ev.kind), usize::from(ev.probe));
         self.kind_probe[if k < 16 { k } else { 0 }][if p < 16 { p } else { 0 }] += 1;
-        if ev.has(flags::PAIRED) {
-            match ev.kind() {
-                Some(EventKind::ExcludeExit) => self.wait.start_exclude.record(ev.wait_ns),
-                Some(EventKind::WriteLockExit) => self.wait.write_lock.record(ev.wait_ns),
-                Some(EventKind::DetachExit) => self.wait.detach.record(ev.wait_ns),
-                _ => {}
-            }
-        }
     }
 
     pub fn count_anomaly(&mut self, a: &Anomaly) {

@@ -138,6 +138,29 @@ pub struct InjectionSite {
     pub mm: u64,
 }
 
+/// A race the kernel allows that a validator could mistake for a fault: a visible put
+/// left the count at F or F+1 before the excluder registered in `w->task`, so nobody was
+/// woken (and the eBPF side, which only reports wake-ups of a registered task, emits no
+/// `WriterWake`); the excluder finds its target on its first check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BenignRace {
+    /// Timestamp of the `ReaderRelease`.
+    pub ts_ns: u64,
+    pub vma: u64,
+    pub mm: u64,
+}
+
+/// How many `lost_wakeup` reports are about one of these benign puts (the validator
+/// reports the put event itself).
+pub fn explained_by_benign(benign: &[BenignRace], anomalies: &[ReportedAnomaly]) -> usize {
+    let puts: std::collections::HashSet<(u64, u64)> =
+        benign.iter().map(|b| (b.ts_ns, b.vma)).collect();
+    anomalies
+        .iter()
+        .filter(|a| a.key == "lost_wakeup" && puts.contains(&(a.ts_ns, a.vma)))
+        .count()
+}
+
 /// What the validator reported, reduced to what matching needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReportedAnomaly {
@@ -231,5 +254,33 @@ mod tests {
             found("detach_not_zero", 21, 0),
         ];
         assert!(unmatched_sites(&sites, &by_mm).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod benign_tests {
+    use super::*;
+
+    #[test]
+    fn only_lost_wakeups_on_the_recorded_put_are_explained() {
+        let benign = [BenignRace {
+            ts_ns: 40,
+            vma: 0xa,
+            mm: 1,
+        }];
+        let found = |key, ts, vma| ReportedAnomaly {
+            key,
+            ts_ns: ts,
+            vma,
+            mm: 1,
+        };
+        let anomalies = [
+            found("lost_wakeup", 40, 0xa),
+            found("lost_wakeup", 41, 0xa),
+            found("lost_wakeup", 40, 0xb),
+            found("detach_not_zero", 40, 0xa),
+        ];
+        assert_eq!(explained_by_benign(&benign, &anomalies), 1);
+        assert_eq!(explained_by_benign(&[], &anomalies), 0);
     }
 }

@@ -10,7 +10,7 @@ use vmatrace_common::model::Generation;
 use vmatrace_common::{Counter, Event, EventKind};
 
 use super::checks::SimChecks;
-use super::inject::{InjectPlan, Injection, InjectionSite};
+use super::inject::{BenignRace, InjectPlan, Injection, InjectionSite};
 use super::mm::{MM_BASE, MM_STRIDE, SimMm};
 use super::ring::{Ring, TaskCounters};
 use super::task::Task;
@@ -52,7 +52,10 @@ pub struct Kernel {
     pub checks: SimChecks,
     pub plan: InjectPlan,
     pub sites: Mutex<Vec<InjectionSite>>,
+    pub benign: Mutex<Vec<BenignRace>>,
     pub releases: ReleaseVisibility,
+    /// Stream 1 in N reader-acquire results (`Config::reader_sample_every`; 0 = none).
+    pub reader_sample_every: u32,
     /// The waiter's timed re-check: it never hangs, and a lost wake-up costs this long.
     pub wait_recheck: Duration,
     /// `offsetof(struct mm_struct, vma_writer_wait)` for the generation (reference §3).
@@ -82,9 +85,25 @@ impl Kernel {
     /// repairing, and at most once per object lifetime).
     pub fn inject(&self, t: &mut Task, k: Injection, idx: u32) -> bool {
         !t.quiet
+            && !t.inject_off
             && self.plan.is_armed(k)
             && !self.vma(idx).faulted.load(Ordering::Relaxed)
             && t.rng.chance(self.plan.rate)
+    }
+
+    /// A put left the count at F or F+1 while nobody was registered in `w->task` yet (the
+    /// excluder added the flag and had not entered its wait). The kernel wakes nobody,
+    /// the eBPF side emits no `WriterWake`, and the excluder sees its target on its first
+    /// check: not a lost wake-up. Recorded so a report of one can be told apart.
+    pub fn record_benign(&self, ts_ns: u64, idx: u32, mm: u64) {
+        self.benign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(BenignRace {
+                ts_ns,
+                vma: Slab::addr(idx),
+                mm,
+            });
     }
 
     /// Record a fault that fired on VMA `idx`.

@@ -2,8 +2,8 @@
 //! `vma_mark_detached` (with its 7.x slow path `__vma_exclude_readers_for_detach`),
 //! `vm_area_free`, `mmap_write_lock` and `mmap_write_unlock` (reference §1.2, §1.4).
 
-use std::sync::RwLockWriteGuard;
 use std::sync::atomic::Ordering;
+use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
 use vmatrace_common::event::{ProbeId, flags};
 use vmatrace_common::model::Generation;
@@ -15,7 +15,7 @@ use super::inject::Injection;
 use super::kernel::Kernel;
 use super::mm::SimMm;
 use super::task::Task;
-use super::vma::{Slab, VM_FLAGS_ANON_RW, VM_LOCK_SEQ_INIT};
+use super::vma::{VM_FLAGS_ANON_RW, VM_LOCK_SEQ_INIT};
 use super::writer::{Ves, exclude_traced};
 
 /// `mmap_write_lock(mm)`: take the rwsem, then `mm_lock_seqcount_begin` (odd).
@@ -49,6 +49,37 @@ pub fn mmap_write_unlock(k: &Kernel, t: &Task, mm: &SimMm, guard: RwLockWriteGua
     drop(guard);
 }
 
+/// `mmap_write_downgrade(mm)`: `mmap_lock_acquire_returned(write=false)` fires while the
+/// sequence is still odd, then `vma_end_write_all` ends every VMA write lock and the lock
+/// is kept for reading. std's `RwLock` cannot downgrade atomically, so the simulator
+/// releases and re-takes it; another writer may get in between, which the per-VMA
+/// protocol does not care about (only the sequence matters to it).
+pub fn mmap_write_downgrade<'a>(
+    k: &Kernel,
+    t: &Task,
+    mm: &'a SimMm,
+    guard: RwLockWriteGuard<'a, ()>,
+) -> RwLockReadGuard<'a, ()> {
+    let old = k.ring.with(|w| {
+        if !t.quiet {
+            let mut ev = k.event(
+                t,
+                EventKind::MmWriteUnlock,
+                ProbeId::MmapLockAcquireReturned,
+            );
+            k.read_mm(&mut ev, mm);
+            ev.arg = 0; // write = false: a downgrade
+            w.push(ev);
+        }
+        mm.mm_lock_seq.fetch_add(1, Ordering::AcqRel)
+    });
+    if old & 1 == 0 {
+        SimChecks::bump(&k.checks.mm_lock_seq_parity);
+    }
+    drop(guard);
+    mm.read_lock()
+}
+
 /// `vm_area_alloc(mm)`: a fresh object, detached (0), `vm_lock_seq = UINT_MAX`.
 pub fn vm_area_alloc(k: &Kernel, t: &Task, mm: &SimMm) -> Option<u32> {
     let idx = k.slab.alloc()?;
@@ -66,8 +97,8 @@ pub fn vm_area_alloc(k: &Kernel, t: &Task, mm: &SimMm) -> Option<u32> {
     k.emit(t, || {
         let mut ev = k.event(t, EventKind::VmaAlloc, ProbeId::VmAreaAlloc);
         k.read_vma(&mut ev, idx);
-        ev.ret = Slab::addr(idx) as i64;
-        ev.flags |= flags::RET;
+        // The fexit program's `mm` argument; the new object is `vma`.
+        ev.arg = mm.addr;
         ev
     });
     Some(idx)

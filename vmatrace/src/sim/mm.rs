@@ -1,8 +1,9 @@
 //! Simulated `mm_struct`: the mmap lock, `mm_lock_seq`, the `vma_writer_wait` slot and a
 //! tiny maple tree.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::Thread;
 
 /// Fake `mm_struct` addresses: one per simulated process.
 pub const MM_BASE: u64 = 0xffff_8881_0c10_0000;
@@ -12,13 +13,24 @@ pub const USER_BASE: u64 = 0x7f3a_0000_0000;
 pub const SLOT_SPAN: u64 = 0x10_000;
 
 /// `struct rcuwait`: one waiting task per mm (the mmap write lock holder), woken by the
-/// last reader. The mutex stands in for the RCU-protected `task` pointer plus the
-/// scheduler's wakeup ordering: a wake-up that happens while the waiter is between its
-/// condition check and its sleep cannot be lost.
+/// last reader. The mutex stands in for RCU protection of the `task` pointer (the waker
+/// must not use a task that already left); sleeping and waking are `park`/`unpark`.
 pub struct RcuWait {
-    /// `w->task`: tid of the waiting task.
-    pub task: Mutex<Option<u32>>,
-    pub wake: Condvar,
+    /// `w->task`: the waiting task, if any.
+    pub task: Mutex<Option<Waiter>>,
+    /// The waiter's task state is not `TASK_RUNNING` (set before each condition check,
+    /// cleared when it leaves): waking it then changes its state (`wake_up_process`
+    /// returns 1); otherwise the wake-up is a no-op.
+    pub sleeping: AtomicBool,
+}
+
+/// Who waits on an mm's `vma_writer_wait`.
+#[derive(Clone, Debug)]
+pub struct Waiter {
+    pub tid: u32,
+    /// The VMA it excludes readers from (what the eBPF side keeps in `EXCLUDERS`).
+    pub vma: u32,
+    pub thread: Thread,
 }
 
 pub struct SimMm {
@@ -50,7 +62,7 @@ impl SimMm {
             mm_lock_seq: AtomicU32::new(seq_start & !1),
             vma_writer_wait: RcuWait {
                 task: Mutex::new(None),
-                wake: Condvar::new(),
+                sleeping: AtomicBool::new(false),
             },
             tree: (0..slots).map(|_| AtomicU32::new(0)).collect(),
         }

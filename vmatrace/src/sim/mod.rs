@@ -37,7 +37,7 @@ use vmatrace_common::model::Generation;
 use crate::pipeline::{Pipeline, Sink, Totals};
 use crate::validate::Anomaly;
 
-pub use inject::{Injection, InjectionSite, ReportedAnomaly};
+pub use inject::{BenignRace, Injection, InjectionSite, ReportedAnomaly};
 pub use kernel::ReleaseVisibility;
 pub use report::SimReport;
 pub use workload::OpStats;
@@ -73,6 +73,9 @@ pub struct SimConfig {
     pub inject_rate: f64,
     pub seed: u64,
     pub releases: ReleaseVisibility,
+    /// Stream 1 in N reader-acquire results, like the eBPF side's
+    /// `reader_sample_every` (1 = all, 0 = count only).
+    pub reader_sample_every: u32,
     /// Number of mms; default one per four tasks.
     pub mms: Option<usize>,
     /// Initial `mm_lock_seq` of every mm (even; near `u32::MAX` to exercise wraparound,
@@ -94,6 +97,7 @@ impl Default for SimConfig {
             inject_rate: 0.02,
             seed: 1,
             releases: ReleaseVisibility::All,
+            reader_sample_every: 1,
             mms: None,
             seq_start: 0,
             stop: Arc::new(AtomicBool::new(false)),
@@ -142,7 +146,9 @@ pub struct SimOutcome {
     pub totals: Totals,
     pub collected: Collected,
     pub sites: Vec<InjectionSite>,
-    /// Injections that fired, per kind (index = `Injection::index`).
+    /// Benign races a validator could mistake for lost wake-ups.
+    pub benign: Vec<BenignRace>,
+    /// The simulator's own invariant checks (all 0 without faults).
     pub checks: std::collections::BTreeMap<&'static str, u64>,
     pub delivered: u64,
     pub undelivered: u64,
@@ -152,8 +158,32 @@ pub struct SimOutcome {
 }
 
 impl SimOutcome {
+    /// Injected faults the validator did not report. Reports of benign races do not
+    /// count as detections.
     pub fn unmatched_sites(&self) -> Vec<InjectionSite> {
-        inject::unmatched_sites(&self.sites, &self.collected.reduced)
+        let benign: std::collections::HashSet<(u64, u64)> =
+            self.benign.iter().map(|b| (b.ts_ns, b.vma)).collect();
+        let real: Vec<ReportedAnomaly> = self
+            .collected
+            .reduced
+            .iter()
+            .filter(|a| !(a.key == "lost_wakeup" && benign.contains(&(a.ts_ns, a.vma))))
+            .copied()
+            .collect();
+        inject::unmatched_sites(&self.sites, &real)
+    }
+
+    /// Anomalies that are reports of recorded benign races (validator false positives).
+    pub fn false_positives(&self) -> usize {
+        inject::explained_by_benign(&self.benign, &self.collected.reduced)
+    }
+
+    /// Anomalies that are neither an injected fault's report nor a known false positive
+    /// (in a run without faults: all but the false positives).
+    pub fn unexplained_anomalies(&self) -> u64 {
+        self.totals
+            .anomalies_total()
+            .saturating_sub(self.false_positives() as u64)
     }
 
     pub fn fired(&self, k: Injection) -> usize {
@@ -219,6 +249,7 @@ pub async fn run_async(cfg: SimConfig, sinks: Vec<Box<dyn Sink>>) -> anyhow::Res
         totals: pipeline.totals,
         collected,
         sites: produced.sites,
+        benign: produced.benign,
         checks: produced.checks,
         delivered: produced.delivered,
         undelivered: produced.undelivered,
@@ -248,7 +279,9 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
         checks: SimChecks::default(),
         plan: InjectPlan::new(&cfg.injections, cfg.inject_rate),
         sites: Mutex::new(Vec::new()),
+        benign: Mutex::new(Vec::new()),
         releases: cfg.releases,
+        reader_sample_every: cfg.reader_sample_every,
         // Without lost wake-ups a waiter only re-checks as a safety net; with them the
         // re-check is how the writer recovers, so keep it short.
         wait_recheck: if lost_wakeups {
@@ -286,6 +319,7 @@ struct Produced {
     elapsed: Duration,
     ops: OpStats,
     sites: Vec<InjectionSite>,
+    benign: Vec<BenignRace>,
     checks: std::collections::BTreeMap<&'static str, u64>,
     delivered: u64,
     undelivered: u64,
@@ -346,10 +380,12 @@ fn run_tasks(k: &Arc<Kernel>, cfg: &SimConfig) -> Produced {
         checks.insert("tasks_not_started", 1);
     }
     let sites = std::mem::take(&mut *k.sites.lock().unwrap_or_else(|e| e.into_inner()));
+    let benign = std::mem::take(&mut *k.benign.lock().unwrap_or_else(|e| e.into_inner()));
     Produced {
         elapsed,
         ops,
         sites,
+        benign,
         checks,
         delivered: k.ring.delivered(),
         undelivered: k.ring.undelivered(),

@@ -83,6 +83,7 @@ pub fn lock_vma_under_rcu(
                 break Ok(idx);
             }
             StartRead::AdmittedByFault => {
+                // Always streamed: an unsampled fault would be invisible by construction.
                 k.count(t, Counter::ReaderAcquireOk);
                 k.count(t, Counter::ReaderSampled);
                 return Ok(idx);
@@ -96,9 +97,17 @@ pub fn lock_vma_under_rcu(
             StartRead::Fail(why) => break Err(LockFail::Read(why)),
         }
     };
+    // Stream 1 in `reader_sample_every` results by this task's running count of both
+    // outcomes, as the eBPF side does per CPU (0 = count only).
+    t.acquires += 1;
+    let every = k.reader_sample_every;
+    let sampled = !t.quiet && every != 0 && t.acquires.is_multiple_of(u64::from(every));
     match got {
         Ok(idx) => {
             k.count(t, Counter::ReaderAcquireOk);
+            if !sampled {
+                return got;
+            }
             k.emit(t, || {
                 let mut ev = k.event(t, EventKind::ReaderAcquire, ProbeId::LockVmaUnderRcu);
                 k.read_vma(&mut ev, idx);
@@ -113,6 +122,9 @@ pub fn lock_vma_under_rcu(
             if why == LockFail::Read(ReadFail::Excluded) {
                 k.count(t, Counter::ReaderFailExcluded);
             }
+            if !sampled {
+                return got;
+            }
             // The fexit program only has (mm, addr) and a NULL return: no VMA to read.
             k.emit(t, || {
                 let mut ev = k.event(t, EventKind::ReaderAcquire, ProbeId::LockVmaUnderRcu);
@@ -124,9 +136,7 @@ pub fn lock_vma_under_rcu(
             });
         }
     }
-    if !t.quiet {
-        k.count(t, Counter::ReaderSampled);
-    }
+    k.count(t, Counter::ReaderSampled);
     got
 }
 
@@ -280,33 +290,43 @@ pub fn vma_refcount_put(k: &Kernel, t: &mut Task, idx: u32, visible: bool) {
     }
 }
 
-/// `rcuwait_wake_up(&mm->vma_writer_wait)`: wake the waiting task, if any; the event is
-/// the kprobe at entry, with the result (1 = a task was woken).
+/// `rcuwait_wake_up(&mm->vma_writer_wait)`: wake the waiting task, if any. Emitted as the
+/// eBPF kprobe does: only when a task waits there (`w->task` set), with the fields of the
+/// VMA that task excludes readers from, before the wake-up happens.
 pub fn rcuwait_wake_up(k: &Kernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u64)>) {
     let w = &mm.vma_writer_wait;
     let guard = w.task.lock().unwrap_or_else(|e| e.into_inner());
-    let woke = guard.is_some();
+    // Nobody waits yet (the excluder added the flag but has not entered
+    // rcuwait_wait_event): nothing to wake, and the kprobe emits nothing.
+    let Some(waiter) = guard.as_ref() else {
+        if let Some((idx, put_ts)) = put
+            && put_ts != 0
+        {
+            k.record_benign(put_ts, idx, mm.addr);
+        }
+        return;
+    };
     // Only a put the validator can see makes a detectable lost wake-up.
-    if woke
-        && let Some((idx, put_ts)) = put
+    if let Some((idx, put_ts)) = put
         && put_ts != 0
         && k.inject(t, Injection::LostWakeup, idx)
     {
         k.record_site(Injection::LostWakeup, put_ts, idx, mm.addr);
         return;
     }
+    let vma = waiter.vma;
     let addr = mm.writer_wait_addr(k.writer_wait_offset);
     k.emit(t, || {
         let mut ev = k.event(t, EventKind::WriterWake, ProbeId::RcuwaitWakeUp);
-        k.read_mm(&mut ev, mm);
+        k.read_vma(&mut ev, vma);
         ev.arg = addr;
-        ev.ret = i64::from(woke);
-        ev.flags |= flags::RET;
         ev
     });
-    if woke {
-        k.count(t, Counter::WriterWake);
-        w.wake.notify_all();
+    k.count(t, Counter::WriterWake);
+    // wake_up_process(): 0 if the task was running already.
+    if !w.sleeping.swap(false, Ordering::SeqCst) {
+        k.count(t, Counter::WriterWakeNoop);
     }
+    waiter.thread.unpark();
     drop(guard);
 }

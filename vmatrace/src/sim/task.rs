@@ -17,6 +17,10 @@ pub struct Task {
     /// Emit no events and inject nothing (used while repairing after an injected fault,
     /// so the repair is not itself reported as protocol traffic).
     pub quiet: bool,
+    /// Inject nothing (events are still emitted).
+    pub inject_off: bool,
+    /// `lock_vma_under_rcu` calls so far (for reader sampling).
+    pub acquires: u64,
 }
 
 impl Task {
@@ -34,6 +38,8 @@ impl Task {
             rng: Rng::new(seed, idx as u64 + 1),
             fatal_signal: false,
             quiet: false,
+            inject_off: false,
+            acquires: 0,
         }
     }
 

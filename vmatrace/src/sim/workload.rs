@@ -11,8 +11,8 @@ use vmatrace_common::model::generation::{TASK_KILLABLE, TASK_UNINTERRUPTIBLE};
 use super::checks::SimChecks;
 use super::kernel::Kernel;
 use super::lifecycle::{
-    mmap_write_lock, mmap_write_unlock, vm_area_alloc, vm_area_free, vma_mark_attached,
-    vma_mark_detached, vma_set_range,
+    mmap_write_downgrade, mmap_write_lock, mmap_write_unlock, vm_area_alloc, vm_area_free,
+    vma_mark_attached, vma_mark_detached, vma_set_range,
 };
 use super::mm::{SLOT_SPAN, SimMm};
 use super::reader::{LockFail, ReadFail, lock_vma_under_rcu, reader_put};
@@ -42,6 +42,8 @@ pub struct OpStats {
     pub mprotects: u64,
     pub munmaps: u64,
     pub mmaps: u64,
+    /// munmaps that ended with `mmap_write_downgrade`.
+    pub downgrades: u64,
     /// fork-like (`dup_mmap`): write-lock every VMA, killable on 6.19+.
     pub forks: u64,
     /// ... aborted by a fatal signal (-EINTR).
@@ -66,6 +68,7 @@ impl OpStats {
         self.mprotects += o.mprotects;
         self.munmaps += o.munmaps;
         self.mmaps += o.mmaps;
+        self.downgrades += o.downgrades;
         self.forks += o.forks;
         self.forks_interrupted += o.forks_interrupted;
         self.alloc_failures += o.alloc_failures;
@@ -103,12 +106,19 @@ pub fn run_task(
     let mut st = OpStats::default();
     let mm = &k.mms[t.mm];
     for n in 0..quota {
-        if n % 256 == 0
-            && (deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed))
-        {
+        let last = n + 1 == quota
+            || (n % 256 == 0
+                && (deadline.is_some_and(|d| Instant::now() >= d) || stop.load(Ordering::Relaxed)));
+        st.ops += 1;
+        if last {
+            // The task's last event must not be one whose verdict depends on the task's
+            // next event (a put that owes a wake-up is judged there): end with a clean
+            // fault, no fault injected.
+            t.inject_off = true;
+            fault(k, t, mm, &mut st);
+            t.inject_off = false;
             break;
         }
-        st.ops += 1;
         let r = t.rng.below(1000);
         if r < MPROTECT_PERMILLE {
             mprotect(k, t, mm, &mut st);
@@ -211,14 +221,22 @@ fn munmap_mmap(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
                 std::thread::yield_now();
             }
             vma_mark_detached(k, t, mm, old);
-            vm_area_free(k, t, old);
             // Usually mapped again (an munmap+mmap cycle), so most slots stay populated.
             if t.rng.below(8) != 0 {
+                vm_area_free(k, t, old);
                 if mmap_into(k, t, mm, slot) {
                     st.mmaps += 1;
                 } else {
                     st.alloc_failures += 1;
                 }
+            } else {
+                // A plain munmap downgrades to the read lock before freeing
+                // (vms_complete_munmap_vmas), so the VMA is freed after the write locks end.
+                st.downgrades += 1;
+                let r = mmap_write_downgrade(k, t, mm, g);
+                vm_area_free(k, t, old);
+                drop(r);
+                return;
             }
         }
         None => {

@@ -4,6 +4,7 @@
 //! (reference §1.4, §2.2).
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use vmatrace_common::event::{ProbeId, flags};
 use vmatrace_common::model::Generation;
@@ -13,7 +14,7 @@ use vmatrace_common::{Event, EventKind};
 use super::checks::SimChecks;
 use super::inject::Injection;
 use super::kernel::Kernel;
-use super::mm::SimMm;
+use super::mm::{SimMm, Waiter};
 use super::task::Task;
 
 /// `struct vma_exclude_readers_state` (7.x); on 6.x the same data lives in arguments and
@@ -31,17 +32,28 @@ pub struct Ves {
 
 /// `rcuwait_wait_event(&mm->vma_writer_wait, refcount_read(&vma->vm_refcnt) == target,
 /// state)`: 0, or -EINTR when a `TASK_KILLABLE` wait sees a fatal signal.
+///
+/// Like the kernel's: register in `w->task`, then loop { set the task state, check the
+/// condition, check for a fatal signal, sleep }. Sleeping is `park`: an `unpark` that
+/// comes between the check and the park makes the park return at once, which is what
+/// setting the task state before the check achieves in the kernel, so no wake-up is lost.
+/// The park is timed (`Kernel::wait_recheck`) so that a lost wake-up (injected) costs a
+/// delay instead of a hang.
 fn rcuwait_wait_event(k: &Kernel, t: &Task, mm: &SimMm, idx: u32, target: u32, state: u32) -> i64 {
     let v = k.vma(idx);
     let w = &mm.vma_writer_wait;
-    let mut task = w.task.lock().unwrap_or_else(|e| e.into_inner());
-    // rcu_assign_pointer(w->task, current)
-    *task = Some(t.tid);
-    let mut timed_out = false;
+    // prepare_to_rcuwait(): rcu_assign_pointer(w->task, current)
+    *w.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(Waiter {
+        tid: t.tid,
+        vma: idx,
+        thread: std::thread::current(),
+    });
+    let mut slept_out = false;
     let ret = loop {
-        // set_current_state(state); then the condition, then the signal.
-        if v.vm_refcnt.load(Ordering::Acquire) == target {
-            if timed_out {
+        // set_current_state(state)
+        w.sleeping.store(true, Ordering::SeqCst);
+        if v.vm_refcnt.load(Ordering::SeqCst) == target {
+            if slept_out {
                 SimChecks::bump(&k.checks.wait_timeout_recoveries);
             }
             break 0;
@@ -49,17 +61,14 @@ fn rcuwait_wait_event(k: &Kernel, t: &Task, mm: &SimMm, idx: u32, target: u32, s
         if state == TASK_KILLABLE && t.fatal_signal {
             break EINTR;
         }
-        // schedule(): the mutex is released while asleep, so a waker that decremented
-        // before taking it either ran before our check above or finds us asleep.
-        let (g, res) = w
-            .wake
-            .wait_timeout(task, k.wait_recheck)
-            .unwrap_or_else(|e| e.into_inner());
-        task = g;
-        timed_out = res.timed_out();
+        // schedule()
+        let t0 = Instant::now();
+        std::thread::park_timeout(k.wait_recheck);
+        slept_out = t0.elapsed() >= k.wait_recheck;
     };
-    // finish_rcuwait()
-    *task = None;
+    // finish_rcuwait(): __set_current_state(TASK_RUNNING); w->task = NULL
+    w.sleeping.store(false, Ordering::SeqCst);
+    *w.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
     ret
 }
 
@@ -263,11 +272,9 @@ pub fn vma_start_write_slow(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, stat
     let exit_event = |t: &Task, w: &mut super::ring::RingWriter<'_>, ret: i64| -> u64 {
         let mut ev: Event = k.event(t, EventKind::WriteLockExit, ProbeId::VmaStartWrite);
         k.read_vma(&mut ev, idx);
+        // void before 6.19: reported as success, as the eBPF side does.
         ev.ret = ret;
-        if k.generation != Generation::V6_15 {
-            ev.flags |= flags::RET;
-        }
-        ev.flags |= flags::PAIRED;
+        ev.flags |= flags::RET | flags::PAIRED;
         ev.entry_refcnt = entry_refcnt;
         ev.wait_ns = w.now_ns().saturating_sub(entry_ts);
         if ret == 0 {

@@ -198,7 +198,8 @@ pub fn ranking<'a>(
     out
 }
 
-fn matches_filter(a: &Aggregate, filter: &str) -> bool {
+/// Whether a row matches the Top screen's filter (comm or tgid substring; empty: all).
+pub fn matches_filter(a: &Aggregate, filter: &str) -> bool {
     if filter.is_empty() {
         return true;
     }

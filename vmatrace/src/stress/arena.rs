@@ -24,9 +24,10 @@ pub struct Arena {
     pub page: usize,
     /// Guarded arena only: a writer holds a slot while it is between munmap and mmap.
     busy: Vec<AtomicBool>,
-    /// Guarded arena only: a slot whose range could not be re-mapped (something else took
-    /// the hole); it is left alone from then on.
-    dead: Vec<AtomicBool>,
+    /// Guarded arena only: a slot whose range could not be re-mapped after munmap because
+    /// another mapping (a thread stack, a scratch chunk) took part of the hole. Writers
+    /// leave a vacant slot's range alone except to try re-mapping it.
+    vacant: Vec<AtomicBool>,
 }
 
 impl Arena {
@@ -40,7 +41,7 @@ impl Arena {
             slot_pages,
             page,
             busy: (0..slots).map(|_| AtomicBool::new(false)).collect(),
-            dead: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+            vacant: (0..slots).map(|_| AtomicBool::new(false)).collect(),
         })
     }
 
@@ -60,27 +61,28 @@ impl Arena {
         self.base + page * self.page
     }
 
-    /// Take a slot for exclusive reshaping; `None` when another writer has it or it is dead.
+    /// Take a slot for exclusive reshaping; `None` when another writer has it.
     pub fn try_claim(&self, slot: usize) -> Option<SlotClaim<'_>> {
-        if self.dead[slot].load(Ordering::Relaxed) {
-            return None;
-        }
         self.busy[slot]
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| SlotClaim { arena: self, slot })
     }
 
-    pub fn mark_dead(&self, slot: usize) {
-        self.dead[slot].store(true, Ordering::Relaxed);
+    pub fn is_vacant(&self, slot: usize) -> bool {
+        self.vacant[slot].load(Ordering::Relaxed)
+    }
+
+    pub fn set_vacant(&self, slot: usize, vacant: bool) {
+        self.vacant[slot].store(vacant, Ordering::Relaxed);
     }
 }
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        // Dead slots may hold someone else's mapping now: unmap slot by slot, skipping them.
+        // Vacant slots may hold someone else's mapping now: unmap slot by slot, skipping them.
         for slot in 0..self.slots {
-            if !self.dead[slot].load(Ordering::Relaxed) {
+            if !self.is_vacant(slot) {
                 let _ = sys::munmap(self.slot_addr(slot), self.slot_len());
             }
         }

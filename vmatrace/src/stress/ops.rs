@@ -28,6 +28,9 @@ pub enum Op {
     MremapGrow,
     /// `madvise(MADV_DONTNEED)` of part of a slot: readers fault the pages back in.
     MadviseDontneed,
+    /// A guarded slot's hole was taken by another mapping between munmap and the re-mmap
+    /// (the slot stays vacant and is retried later): a race the workload allows.
+    SlotTaken,
     /// `fork()` of the workload itself: `dup_mmap` write-locks every VMA of this mm.
     Fork,
     /// A helper process killed with SIGKILL while it was forking in a loop.
@@ -47,6 +50,7 @@ impl Op {
         Op::Mremap,
         Op::MremapGrow,
         Op::MadviseDontneed,
+        Op::SlotTaken,
         Op::Fork,
         Op::KilledDuringFork,
         Op::Error,
@@ -63,6 +67,7 @@ impl Op {
             Op::Mremap => "mremap",
             Op::MremapGrow => "mremap_grow",
             Op::MadviseDontneed => "madvise_dontneed",
+            Op::SlotTaken => "slot_taken",
             Op::Fork => "fork",
             Op::KilledDuringFork => "killed_during_fork",
             Op::Error => "errors",

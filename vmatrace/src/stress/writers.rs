@@ -96,6 +96,36 @@ fn madvise(s: &Shared, rng: &mut Rng) -> OpResult {
     Ok(())
 }
 
+/// Map a vacant guarded slot again. NOREPLACE: if another mapping took part of the hole
+/// since the munmap (the kernel is free to place new mappings there), leave it alone, count
+/// it, and try again on a later visit.
+fn remap_vacant(s: &Shared, a: &Arena, slot: usize) -> OpResult {
+    let (addr, len) = (a.slot_addr(slot), a.slot_len());
+    match sys::mmap_anon(
+        addr,
+        len,
+        sys::RW,
+        libc::MAP_FIXED_NOREPLACE | libc::MAP_POPULATE,
+    ) {
+        Ok(got) if got == addr => {
+            a.set_vacant(slot, false);
+            s.ops.add(Op::MmapReplace, 1);
+            Ok(())
+        }
+        Ok(got) => {
+            // A kernel that ignores MAP_FIXED_NOREPLACE placed it elsewhere: undo.
+            let _ = sys::munmap(got, len);
+            s.ops.add(Op::SlotTaken, 1);
+            Ok(())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            s.ops.add(Op::SlotTaken, 1);
+            Ok(())
+        }
+        Err(e) => Err((Op::MmapReplace, e)),
+    }
+}
+
 /// Reshape one guarded slot: unmap and re-map it, protect part of it `PROT_NONE` and back,
 /// or replace it. Readers copying from it meet EFAULT in between.
 fn guarded_cycle(s: &Shared, rng: &mut Rng) -> OpResult {
@@ -104,27 +134,15 @@ fn guarded_cycle(s: &Shared, rng: &mut Rng) -> OpResult {
         return Ok(());
     };
     let (addr, len) = (a.slot_addr(claim.slot), a.slot_len());
+    if a.is_vacant(claim.slot) {
+        return remap_vacant(s, a, claim.slot);
+    }
     match rng.below(3) {
         0 => {
             sys::munmap(addr, len).map_err(tag(Op::Munmap))?;
             s.ops.add(Op::Munmap, 1);
-            // NOREPLACE: if another mapping took the hole meanwhile, leave it alone.
-            match sys::mmap_anon(
-                addr,
-                len,
-                sys::RW,
-                libc::MAP_FIXED_NOREPLACE | libc::MAP_POPULATE,
-            ) {
-                Ok(got) if got == addr => s.ops.add(Op::MmapReplace, 1),
-                Ok(got) => {
-                    let _ = sys::munmap(got, len);
-                    a.mark_dead(claim.slot);
-                }
-                Err(e) => {
-                    a.mark_dead(claim.slot);
-                    return Err((Op::MmapReplace, e));
-                }
-            }
+            a.set_vacant(claim.slot, true);
+            remap_vacant(s, a, claim.slot)?;
         }
         1 => {
             let (sub, sub_len) = sub_range(a, claim.slot, rng);

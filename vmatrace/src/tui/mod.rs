@@ -16,7 +16,7 @@
 //! When the source ends first (replay EOF, simulation done) the dashboard stays up with
 //! "ENDED" in the header until the user quits.
 
-pub mod demo;
+pub mod launch;
 pub mod render;
 pub mod sink;
 pub mod state;
@@ -30,7 +30,6 @@ pub use state::{AppState, DashboardContext, ProgramCost, SelfCost, SourceKind};
 pub use terminal::{DashboardExit, run};
 
 use crate::pipeline::Pipeline;
-use crate::validate::Validator;
 
 /// Shared dashboard state, as held by the sink and the drawing loop.
 pub type SharedState = Arc<Mutex<AppState>>;
@@ -76,38 +75,32 @@ pub fn mark_source_ended(shared: &SharedState) {
 /// since the previous call, for the CPU share.
 pub fn set_program_stats(
     shared: &SharedState,
-    programs: Vec<ProgramCost>,
+    mut programs: Vec<ProgramCost>,
     interval: std::time::Duration,
 ) {
     let mut st = lock(shared);
-    let prev_ns: u64 = st
+    // The first reading is cumulative since load: only a difference is a CPU share.
+    let prev_ns: Option<u64> = st
         .live
         .self_cost
         .as_ref()
-        .map_or(0, |c| c.programs.iter().map(|p| p.run_time_ns).sum());
+        .map(|c| c.programs.iter().map(|p| p.run_time_ns).sum());
     let runs: u64 = programs.iter().map(|p| p.run_cnt).sum();
     let ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
     let secs = interval.as_secs_f64();
+    programs.sort_by(|a, b| b.run_time_ns.cmp(&a.run_time_ns).then(a.name.cmp(&b.name)));
     st.live.self_cost = Some(SelfCost {
         ns_per_run: if runs == 0 {
             0.0
         } else {
             ns as f64 / runs as f64
         },
-        cpu_fraction: if secs > 0.0 {
-            ns.saturating_sub(prev_ns) as f64 / 1e9 / secs
-        } else {
-            0.0
+        cpu_fraction: match prev_ns {
+            Some(prev) if secs > 0.0 => ns.saturating_sub(prev) as f64 / 1e9 / secs,
+            _ => 0.0,
         },
         programs,
     });
-}
-
-/// The validator's phase distribution for the Model screen.
-pub(crate) fn model_phases(_validator: &Validator) -> Option<Vec<(&'static str, u64)>> {
-    // The model helper adds `Validator::phase_counts()`; until it is on this branch the
-    // Model screen says that the distribution is not reported.
-    None
 }
 
 #[cfg(test)]

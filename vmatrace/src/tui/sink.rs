@@ -47,6 +47,11 @@ impl Sink for DashboardSink {
         self.state().live.set_counters(c);
     }
 
+    fn finish(&mut self, validator: &Validator, totals: &Totals) {
+        self.flush(validator, totals);
+        self.state().live.source_ended = true;
+    }
+
     fn flush(&mut self, validator: &Validator, totals: &Totals) {
         let mut st = self.state();
         let live = &mut st.live;
@@ -55,7 +60,9 @@ impl Sink for DashboardSink {
         live.totals.anomalies.clone_from(&totals.anomalies);
         live.stats.set_undecodable(totals.undecodable);
         live.stats.tick(std::time::Instant::now());
-        live.phases = super::model_phases(validator);
+        live.phases = Some(validator.phase_counts());
+        live.tracked_vmas = validator.tracked_vmas();
+        live.validator_evicted = validator.evicted();
         live.validator_resyncs = validator.losses_noted();
     }
 }

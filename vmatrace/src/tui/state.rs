@@ -114,6 +114,9 @@ pub struct DashboardData {
     pub anomaly_counts: BTreeMap<AnomalyKind, u64>,
     /// The validator's phase distribution of tracked VMAs (`None`: not reported).
     pub phases: Option<Vec<(&'static str, u64)>>,
+    /// VMAs the validator tracks, and how many it dropped at its cap.
+    pub tracked_vmas: usize,
+    pub validator_evicted: u64,
     /// Loss notifications the validator got (it resynchronised that many times).
     pub validator_resyncs: u64,
     /// Timestamp of the first event: anomaly times are shown relative to it.
@@ -136,6 +139,8 @@ impl DashboardData {
             anomalies_dropped: 0,
             anomaly_counts: BTreeMap::new(),
             phases: None,
+            tracked_vmas: 0,
+            validator_evicted: 0,
             validator_resyncs: 0,
             first_ts_ns: None,
             uptime: Duration::ZERO,

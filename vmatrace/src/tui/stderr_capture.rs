@@ -83,3 +83,25 @@ impl Drop for StderrCapture {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Raw writes to fd 2 (what a logger or a C library does) land in the capture, and
+    /// fd 2 is the original again afterwards.
+    #[test]
+    fn fd2_writes_are_captured_then_restored() {
+        let before = std::fs::read_link("/proc/self/fd/2").ok();
+        let lines: Captured = Arc::default();
+        let cap = StderrCapture::start(lines.clone()).expect("capture");
+        let msg = b"vmatrace-capture-test line one\nline two\n";
+        // SAFETY: writing a valid buffer to fd 2.
+        let n = unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+        assert_eq!(n, msg.len() as isize);
+        drop(cap);
+        let got = lines.lock().unwrap().clone();
+        assert_eq!(got, ["vmatrace-capture-test line one", "line two"]);
+        assert_eq!(std::fs::read_link("/proc/self/fd/2").ok(), before);
+    }
+}

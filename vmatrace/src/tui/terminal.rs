@@ -115,8 +115,18 @@ fn run_blocking(
     // next redraw, which is ugly but not wrong.
     let capture = StderrCapture::start(captured.clone()).ok();
     let started = Instant::now();
+    // Test hook (tests/tui_tmux.rs): panic in the drawing loop after N frames, to check
+    // that a renderer bug leaves a usable terminal and a readable message.
+    let panic_after: Option<u64> = std::env::var("VMATRACE_TUI_TEST_PANIC")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut frames = 0u64;
     let result = (|| -> anyhow::Result<DashboardExit> {
         loop {
+            frames += 1;
+            if panic_after == Some(frames) {
+                panic!("VMATRACE_TUI_TEST_PANIC: deliberate panic after {frames} frames");
+            }
             if PANICKED.load(Ordering::SeqCst) {
                 anyhow::bail!("a thread panicked; the dashboard stopped (message above)");
             }

@@ -86,29 +86,57 @@ struct VmaTrack {
     /// An exclusion was reported as never ended: the flag is stuck, and everything
     /// that follows from it on this VMA would only repeat that report.
     flag_stuck: bool,
-    excl: Option<Exclusion>,
-    /// `state` argument of the last `__vma_start_write` entry and its task.
-    start_write: Option<(u32, u32)>,
+    /// State that only exists around a write lock or exclusion, boxed so the record of
+    /// the many idle VMAs stays small (one cache line).
+    rare: Option<Box<Rare>>,
     /// Last closed window `(readers excluded, exclusion ended)`.
     window: Option<(u64, u64)>,
-    /// Reader successes whose sample had the flag set, waiting for their window.
-    suspects: Vec<Event>,
     /// Timestamp of the `vm_area_alloc`/`vm_area_dup` return that started this life.
     born_ts: u64,
     last_touch: u64,
 }
 
+#[derive(Debug, Default)]
+struct Rare {
+    excl: Option<Exclusion>,
+    /// `state` argument of the last `__vma_start_write` entry and its task.
+    start_write: Option<(u32, u32)>,
+    /// Reader successes whose sample had the flag set, waiting for their window.
+    suspects: Vec<Event>,
+}
+
 impl VmaTrack {
+    fn excl(&self) -> Option<Exclusion> {
+        self.rare.as_ref().and_then(|r| r.excl)
+    }
+
+    fn start_write(&self) -> Option<(u32, u32)> {
+        self.rare.as_ref().and_then(|r| r.start_write)
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Drop the boxed state once nothing is in it.
+    fn tidy(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.excl.is_none() && r.start_write.is_none() && r.suspects.is_empty())
+        {
+            self.rare = None;
+        }
+    }
+
     fn new(mm: u64, phase: Phase, born_ts: u64, tick: u64) -> Self {
         Self {
             mm,
             phase,
             write_locked: false,
             flag_stuck: false,
-            excl: None,
-            start_write: None,
+            rare: None,
             window: None,
-            suspects: Vec::new(),
             born_ts,
             last_touch: tick,
         }
@@ -119,7 +147,7 @@ impl VmaTrack {
         if self.write_locked && self.phase != Phase::WriteLocked {
             s.push_str(", write-locked");
         }
-        if let Some(x) = &self.excl {
+        if let Some(x) = &self.excl() {
             s.push_str(&format!(", excluder tid {}", x.tid));
             match x.detaching {
                 Some(true) => s.push_str(" (detach, target F)"),
@@ -253,10 +281,8 @@ impl Validator {
             t.phase = Phase::Unknown;
             t.write_locked = false;
             t.flag_stuck = false;
-            t.excl = None;
-            t.start_write = None;
+            t.rare = None;
             t.window = None;
-            t.suspects.clear();
         }
         self.mms.clear();
         self.pending_wakes.clear();
@@ -329,7 +355,7 @@ impl Validator {
         let Some((t, _)) = self.track(ev, sample) else {
             return;
         };
-        t.start_write = Some((ev.tid(), state));
+        t.rare().start_write = Some((ev.tid(), state));
     }
 
     fn on_write_lock_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
@@ -363,7 +389,7 @@ impl Validator {
                 && self
                     .vmas
                     .get(&ev.vma)
-                    .and_then(|t| t.start_write)
+                    .and_then(VmaTrack::start_write)
                     .is_none_or(|(tid, st)| tid != ev.tid() || st == 0 || st == TASK_KILLABLE);
             if !killable {
                 let state = self.state_of(ev.vma);
@@ -398,7 +424,9 @@ impl Validator {
         if t.born_ts > ts {
             return;
         }
-        t.start_write = None;
+        if let Some(r) = &mut t.rare {
+            r.start_write = None;
+        }
         let suspects = close_exclusion(t, tid, ts);
         let mut newly_locked = false;
         if success {
@@ -437,7 +465,7 @@ impl Validator {
         if t.born_ts > ev.ts_ns {
             return;
         }
-        t.excl = Some(excl);
+        t.rare().excl = Some(excl);
         set_phase(counts, t, Phase::Excluding);
     }
 
@@ -452,7 +480,7 @@ impl Validator {
         let mine = self
             .vmas
             .get(&ev.vma)
-            .and_then(|t| t.excl)
+            .and_then(VmaTrack::excl)
             .filter(|x| x.tid == tid);
         let detaching = if ves {
             Some(ev.ves_detaching != 0)
@@ -549,14 +577,18 @@ impl Validator {
         }
         let suspects = match result {
             ExcludeResult::Exclusive => {
-                let x = t.excl.get_or_insert(Exclusion {
-                    tid,
-                    detaching,
-                    state,
-                    exclusive_ts: None,
-                });
-                if x.tid == tid {
-                    x.exclusive_ts = Some(ts);
+                // Another task's exclusion still recorded means its end was never seen
+                // (tracing started mid-flight, or a gap): this one replaces it.
+                match &mut t.rare().excl {
+                    Some(x) if x.tid == tid => x.exclusive_ts = Some(ts),
+                    other => {
+                        *other = Some(Exclusion {
+                            tid,
+                            detaching,
+                            state,
+                            exclusive_ts: Some(ts),
+                        })
+                    }
                 }
                 set_phase(counts, t, Phase::Excluding);
                 Vec::new()
@@ -677,15 +709,16 @@ impl Validator {
                 self.emit(out, ev, f);
                 return;
             }
-            if t.suspects.len() == MAX_SUSPECTS {
-                t.suspects.remove(0);
+            let suspects = &mut t.rare().suspects;
+            if suspects.len() == MAX_SUSPECTS {
+                suspects.remove(0);
             }
-            t.suspects.push(*ev);
+            suspects.push(*ev);
         }
         if let Some(s) = sample {
             let phase = match Phase::of_refcnt(s.r) {
                 Phase::Attached | Phase::Readers if t.write_locked => Phase::WriteLocked,
-                Phase::Excluding if t.excl.is_none() => Phase::Unknown,
+                Phase::Excluding if t.excl().is_none() => Phase::Unknown,
                 p => p,
             };
             set_phase(counts, t, phase);
@@ -738,11 +771,15 @@ impl Validator {
             return;
         }
         // A new life: SLAB_TYPESAFE_BY_RCU reuses objects, nothing carries over.
-        self.forget(ev.vma);
-        self.make_room();
-        let t = VmaTrack::new(ev.mm, Phase::Detached, ev.ts_ns, self.observed);
+        let fresh = VmaTrack::new(ev.mm, Phase::Detached, ev.ts_ns, self.observed);
         self.counts[Phase::Detached.index()] += 1;
-        self.vmas.insert(ev.vma, t);
+        if let Some(t) = self.vmas.get_mut(&ev.vma) {
+            self.counts[t.phase.index()] -= 1;
+            *t = fresh;
+        } else {
+            self.make_room();
+            self.vmas.insert(ev.vma, fresh);
+        }
     }
 
     fn on_vma_free(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
@@ -922,8 +959,13 @@ impl Validator {
         if ev.vma == 0 {
             return None;
         }
-        if !self.vmas.contains_key(&ev.vma) {
+        if self.vmas.len() >= self.max_vmas && !self.vmas.contains_key(&ev.vma) {
             self.make_room();
+        }
+        let counts = &mut self.counts;
+        let observed = self.observed;
+        // One probe: the entry API finds or inserts.
+        let t = self.vmas.entry(ev.vma).or_insert_with(|| {
             let phase = sample.map_or(Phase::Unknown, |s| Phase::of_refcnt(s.r));
             // Tracing that starts mid-flight: a flag seen without its start-exclude gives
             // no excluder to check against, so the phase stays unknown.
@@ -932,12 +974,10 @@ impl Validator {
             } else {
                 phase
             };
-            self.counts[phase.index()] += 1;
-            self.vmas
-                .insert(ev.vma, VmaTrack::new(ev.mm, phase, 0, self.observed));
-        }
-        let t = self.vmas.get_mut(&ev.vma)?;
-        t.last_touch = self.observed;
+            counts[phase.index()] += 1;
+            VmaTrack::new(ev.mm, phase, 0, observed)
+        });
+        t.last_touch = observed;
         if ev.mm != 0 {
             t.mm = ev.mm;
         }
@@ -987,29 +1027,30 @@ fn set_phase(counts: &mut [u64; Phase::ALL.len()], t: &mut VmaTrack, phase: Phas
 /// The excluding task `tid` ended its exclusion at `ts`: close the window and return the
 /// suspect readers that fell inside it (the others were legal races and are dropped).
 fn close_exclusion(t: &mut VmaTrack, tid: u32, ts: u64) -> Vec<(Event, u64, u64)> {
-    let Some(x) = t.excl else {
+    let Some(x) = t.excl() else {
         return Vec::new();
     };
     if x.tid != tid {
         return Vec::new();
     }
-    t.excl = None;
     let mut found = Vec::new();
-    if let Some(from) = x.exclusive_ts {
-        t.window = Some((from, ts));
-        t.suspects.retain(|s| {
-            if from < s.ts_ns && s.ts_ns < ts {
-                found.push((*s, from, ts));
+    let window = x.exclusive_ts.map(|from| (from, ts));
+    if let Some(r) = &mut t.rare {
+        r.excl = None;
+        r.suspects.retain(|s| match window {
+            Some((from, to)) if from < s.ts_ns && s.ts_ns < to => {
+                found.push((*s, from, to));
                 false
-            } else {
-                // Before the readers were excluded: a legal race. After the end: it
-                // belongs to a later exclusion, keep it.
-                s.ts_ns > ts
             }
+            // Before the readers were excluded: a legal race. After the end: it belongs
+            // to a later exclusion, keep it.
+            _ => s.ts_ns > ts,
         });
-    } else {
-        t.suspects.retain(|s| s.ts_ns > ts);
     }
+    if window.is_some() {
+        t.window = window;
+    }
+    t.tidy();
     found
 }
 

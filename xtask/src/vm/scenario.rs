@@ -59,7 +59,10 @@ pub enum Check {
 pub struct Step {
     pub name: &'static str,
     pub argv: Vec<String>,
-    /// Started before `argv` and waited for after it (the workload under the tracer).
+    /// The workload under the tracer: `argv` starts in the background, this runs once the
+    /// tracer has said it is attached (its stderr contains [`READY`]), then the shell waits
+    /// for `argv`. Program load and BTF parsing take seconds under TCG, so a fixed head
+    /// start is not enough.
     pub background: Option<Vec<String>>,
     pub timeout_s: u32,
     /// Guest files whose content is sent back after the step (`<step>:<file>` sections).
@@ -76,6 +79,11 @@ pub struct Params {
 }
 
 pub const ANOMALY_LOG: &str = "/tmp/anomalies.jsonl";
+
+/// What `vmatrace run`/`record` print on stderr once every hook is attached.
+pub const READY: &str = "tracing kernel";
+/// How long the guest waits for [`READY`] before starting the workload anyway.
+pub const READY_TIMEOUT_S: u32 = 120;
 
 fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_string).collect()
@@ -111,14 +119,14 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
     if caps.run {
         v.push(Step {
             name: "run",
+            // The tracer outlives the workload (which starts once it is attached), so the
+            // workload's whole run is observed.
             argv: words(&format!(
                 "vmatrace run --headless --duration {} --json --anomaly-log {ANOMALY_LOG}",
-                p.duration + 2
+                p.duration + 4
             )),
-            // The tracer starts first (the shell backgrounds the workload after a pause),
-            // so the workload's whole run is observed.
             background: Some(words(&stress)),
-            timeout_s: budget + 30,
+            timeout_s: budget + READY_TIMEOUT_S,
             files: vec![ANOMALY_LOG],
             check: Check::RunSummary,
         });
@@ -175,21 +183,39 @@ pub fn init_script(steps: &[Step]) -> String {
     for st in steps {
         let n = st.name;
         let _ = writeln!(s, "echo \"vm: step {n}\"");
-        if let Some(bg) = &st.background {
-            // Give the tracer a head start to attach before the workload begins.
-            let _ = writeln!(
-                s,
-                "(sleep 3; exec timeout -s KILL {} {}) >/tmp/{n}.bg.out 2>/tmp/{n}.bg.err & BG=$!",
-                st.timeout_s,
-                sh_words(bg)
-            );
+        match &st.background {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "timeout -s KILL {} {} >/tmp/{n}.out 2>/tmp/{n}.err; RC=$?",
+                    st.timeout_s,
+                    sh_words(&st.argv)
+                );
+            }
+            Some(bg) => {
+                let _ = writeln!(
+                    s,
+                    "timeout -s KILL {} {} >/tmp/{n}.out 2>/tmp/{n}.err & TP=$!",
+                    st.timeout_s,
+                    sh_words(&st.argv)
+                );
+                let _ = writeln!(
+                    s,
+                    "i=0; while [ $i -lt {READY_TIMEOUT_S} ] && kill -0 $TP 2>/dev/null && ! grep -q '{READY}' /tmp/{n}.err; do sleep 1; i=$((i+1)); done"
+                );
+                let _ = writeln!(
+                    s,
+                    "echo \"vm: tracer ready after ${{i}}s; starting the workload\""
+                );
+                let _ = writeln!(
+                    s,
+                    "timeout -s KILL {} {} >/tmp/{n}.bg.out 2>/tmp/{n}.bg.err; BGRC=$?",
+                    st.timeout_s,
+                    sh_words(bg)
+                );
+                let _ = writeln!(s, "wait $TP; RC=$?");
+            }
         }
-        let _ = writeln!(
-            s,
-            "timeout -s KILL {} {} >/tmp/{n}.out 2>/tmp/{n}.err; RC=$?",
-            st.timeout_s,
-            sh_words(&st.argv)
-        );
         s.push_str(&mark(&format!("begin {n}")));
         let _ = writeln!(s, "cat /tmp/{n}.out >&3; echo >&3");
         s.push_str(&mark(&format!("end {n} rc=$RC")));
@@ -197,7 +223,6 @@ pub fn init_script(steps: &[Step]) -> String {
         let _ = writeln!(s, "cat /tmp/{n}.err >&3; echo >&3; cat /tmp/{n}.err");
         s.push_str(&mark(&format!("end {n}.stderr rc=0")));
         if st.background.is_some() {
-            let _ = writeln!(s, "wait $BG; BGRC=$?");
             s.push_str(&mark(&format!("begin {n}.background")));
             let _ = writeln!(s, "cat /tmp/{n}.bg.out >&3; echo >&3; cat /tmp/{n}.bg.err");
             s.push_str(&mark(&format!("end {n}.background rc=$BGRC")));
@@ -401,6 +426,13 @@ mod tests {
         }
         assert!(s.contains("mount -t bpf bpf /sys/fs/bpf"));
         assert!(s.contains("'vmatrace' 'run' '--headless'"));
+        // The workload waits for the tracer to be attached, and the shell for the tracer.
+        let ready = s
+            .find("grep -q 'tracing kernel' /tmp/run.err")
+            .expect("readiness wait");
+        let workload = s.find("'vmatrace' 'stress'").expect("workload");
+        let wait = s.find("wait $TP; RC=$?").expect("wait for the tracer");
+        assert!(ready < workload && workload < wait, "{s}");
         assert!(s.ends_with("poweroff -f\n"));
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
     }

@@ -28,7 +28,7 @@ use anyhow::{Context, bail};
 use super::{
     kernels::{self, KernelBuild},
     qemu::{self, Accel},
-    scenario::{self, Capabilities},
+    scenario::{self, Capabilities, READY, READY_TIMEOUT_S},
 };
 use crate::util::workspace_root;
 
@@ -80,20 +80,24 @@ exec 3>$EV
 "#
     ));
     let stress = format!("vmatrace stress --duration {duration} --forks");
-    let producer = duration + 3;
+    let producer = duration + 4;
     if caps.record || caps.run {
-        // The tracer first, then the workload after it has had time to attach.
-        s.push_str(&format!("(sleep 3; exec {stress}) >/dev/console 2>&1 &\n"));
+        // The tracer first; the workload once it says it is attached (seconds under TCG).
         if caps.record {
             s.push_str(&format!(
-                "vmatrace record -o - --duration {producer} >&3 2>/dev/console\n"
+                "vmatrace record -o - --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
             ));
         } else {
             s.push_str(&format!(
-                "vmatrace run --headless --json --duration {producer} >&3 2>/dev/console\n"
+                "vmatrace run --headless --json --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
             ));
         }
-        s.push_str("wait\n");
+        s.push_str(&format!(
+            "i=0; while [ $i -lt {READY_TIMEOUT_S} ] && kill -0 $TP 2>/dev/null && ! grep -q '{READY}' /tmp/tracer.err; do sleep 1; i=$((i+1)); done\n"
+        ));
+        s.push_str("cat /tmp/tracer.err\n");
+        s.push_str(&format!("{stress} 2>&1\n"));
+        s.push_str("wait $TP\ncat /tmp/tracer.err\n");
     } else {
         if caps.probes {
             s.push_str("vmatrace probes >&3 2>&1\n");
@@ -320,7 +324,14 @@ mod tests {
             record: true,
         };
         let s = stream_init(rec, 10);
-        assert!(s.contains("vmatrace record -o - --duration 13 >&3"), "{s}");
+        assert!(
+            s.contains("vmatrace record -o - --duration 14 >&3 2>/tmp/tracer.err & TP=$!"),
+            "{s}"
+        );
+        assert!(
+            s.find("grep -q 'tracing kernel'") < s.find("vmatrace stress"),
+            "{s}"
+        );
         assert!(s.contains("vmatrace stress --duration 10 --forks"));
         let run = stream_init(
             Capabilities {
@@ -330,7 +341,7 @@ mod tests {
             10,
         );
         assert!(
-            run.contains("vmatrace run --headless --json --duration 13 >&3"),
+            run.contains("vmatrace run --headless --json --duration 14 >&3"),
             "{run}"
         );
         let none = stream_init(

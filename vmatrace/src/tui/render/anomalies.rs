@@ -49,8 +49,7 @@ fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
         frame.render_widget(p.block(block("Anomalies")), area);
         return;
     }
-    let header =
-        Row::new(["#", "time", "severity", "kind", "task", "VMA start"]).style(title_style());
+    let header = Row::new(["#", "time", "sev", "kind", "task", "VMA start"]).style(title_style());
     let rows = visible.iter().map(|e| {
         let a = &e.anomaly;
         Row::new(vec![
@@ -82,7 +81,7 @@ fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
             Constraint::Length(4),
             Constraint::Length(9),
             Constraint::Length(7),
-            Constraint::Length(23),
+            Constraint::Length(25),
             Constraint::Min(12),
             Constraint::Length(12),
         ],

@@ -73,8 +73,9 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     lines.push(Line::raw(""));
     lines.push(Line::styled(
         format!(
-            "{} VMAs tracked · validator resyncs after losses: {}",
+            "{} VMAs tracked · {} evicted at the cap · resyncs after losses: {}",
             fmt::count(total),
+            fmt::count(d.validator_evicted),
             d.validator_resyncs
         ),
         dim(),

@@ -122,7 +122,15 @@ fn render_events(frame: &mut Frame, area: Rect, d: &DashboardData) {
         Row::new(vec![
             Cell::from(k.key()),
             Cell::from(Line::from(fmt::count(total)).right_aligned()),
-            Cell::from(Line::from(fmt::rate(r.last_rate(series))).right_aligned()),
+            // After the source ended the last interval's rate would be stale.
+            Cell::from(
+                Line::from(if d.source_ended {
+                    "-".to_string()
+                } else {
+                    fmt::rate(r.last_rate(series))
+                })
+                .right_aligned(),
+            ),
             Cell::from(Span::styled(
                 fmt::sparkline(&r.history(series, spark_w), spark_w),
                 Style::default().fg(ratatui::style::Color::Cyan),

@@ -7,6 +7,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Cell, Row, Table};
 
 use super::{block, fmt, title_style};
+use crate::stats::aggregates::matches_filter;
 use crate::stats::{Aggregate, SortKey, ranking};
 use crate::tui::state::{AppState, TopView};
 
@@ -93,7 +94,15 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
     let filter = if state.ui.filter.is_empty() {
         String::new()
     } else {
-        format!(", filter \"{}\"", state.ui.filter)
+        let table = match view {
+            TopView::Processes => d.stats.processes().values().collect::<Vec<_>>(),
+            TopView::Vmas => d.stats.vmas().values().collect(),
+        };
+        let matching = table
+            .into_iter()
+            .filter(|a| matches_filter(a, &state.ui.filter))
+            .count();
+        format!(", filter \"{}\": {matching} match", state.ui.filter)
     };
     let evicted = if evicted > 0 {
         format!(", {} evicted", fmt::count(evicted))
