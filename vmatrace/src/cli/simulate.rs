@@ -65,13 +65,20 @@ pub struct SimulateArgs {
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    // Under the dashboard an open-ended run is the useful default: quitting stops it.
+    let open_ended = a.tui && a.ops.is_none() && a.duration.is_none();
     let cfg = SimConfig {
         threads: a.threads,
         ops: match (a.ops, a.duration) {
+            _ if open_ended => None,
             (None, None) => Some(1_000_000),
             (ops, _) => ops,
         },
-        duration: a.duration,
+        duration: if open_ended {
+            Some(Duration::from_secs(365 * 86_400))
+        } else {
+            a.duration
+        },
         generation: a.generation,
         injections: a.inject,
         inject_rate: a.inject_rate,
