@@ -176,10 +176,11 @@ impl Sink for StatsSink {
             .counters(c, totals);
     }
     fn undecodable(&mut self, n: u64) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .undecodable(n);
+        // `Stats` also has an inherent `undecodable()` getter: name the trait method.
+        Sink::undecodable(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            n,
+        );
     }
 }
 
