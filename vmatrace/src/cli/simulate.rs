@@ -59,19 +59,26 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub json: bool,
     /// Show the live dashboard while the simulation runs (quit with q; the summary is
-    /// printed afterwards).
+    /// printed afterwards). Without --ops or --duration it runs until you quit.
     #[arg(long, conflicts_with = "json")]
     pub tui: bool,
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    // Under the dashboard an open-ended run is the useful default: quitting stops it.
+    let open_ended = a.tui && a.ops.is_none() && a.duration.is_none();
     let cfg = SimConfig {
         threads: a.threads,
         ops: match (a.ops, a.duration) {
+            _ if open_ended => None,
             (None, None) => Some(1_000_000),
             (ops, _) => ops,
         },
-        duration: a.duration,
+        duration: if open_ended {
+            Some(Duration::from_secs(365 * 86_400))
+        } else {
+            a.duration
+        },
         generation: a.generation,
         injections: a.inject,
         inject_rate: a.inject_rate,
