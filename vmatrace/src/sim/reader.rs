@@ -363,8 +363,10 @@ fn admit_ignoring_flag(
 }
 
 /// Drop a reader reference this task owns (`vma_end_read` / the error paths).
-/// `visible` says whether a real kernel would run the out-of-line `vma_refcount_put`
-/// here (only fault-retry sites do).
+/// `lease_release` marks the end of a fault handled under the VMA lock: with
+/// [`ReleaseVisibility::Kernel`](super::kernel::ReleaseVisibility) only those can be
+/// the out-of-line, probed `vma_refcount_put` (fault-retry sites); error-path and
+/// ephemeral puts are always inlined there.
 pub fn reader_put(k: &Kernel, t: &mut Task, idx: u32, lease_release: bool) {
     let v = k.vma(idx);
     v.holders.fetch_sub(1, Ordering::AcqRel);
