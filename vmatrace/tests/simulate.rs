@@ -95,7 +95,13 @@ impl Shape {
             EventKind::ReaderAcquire if ev.ret != 0 => {
                 self.reader_ok += 1;
                 let count_ok = (2..F).contains(&ev.refcnt) || ev.refcnt > F + 1;
-                if !count_ok || locked || !(ev.vm_start..ev.vm_end).contains(&ev.arg) {
+                // lock_vma_under_rcu: the VMA covers addr; lock_next_vma: the first VMA
+                // ending after from_addr.
+                let place_ok = match ev.probe() {
+                    ProbeId::LockNextVma => ev.arg < ev.vm_end,
+                    _ => (ev.vm_start..ev.vm_end).contains(&ev.arg),
+                };
+                if !count_ok || locked || !place_ok {
                     self.bad(
                         "a read-locked VMA is referenced, unlocked, and covers addr",
                         ev,
@@ -243,6 +249,10 @@ fn v7_emits_the_7x_event_set() {
         probes(&shape, EventKind::ExcludeEnter),
         [ProbeId::VmaStartExcludeReaders]
     );
+    assert_eq!(
+        probes(&shape, EventKind::ReaderAcquire),
+        [ProbeId::LockVmaUnderRcu, ProbeId::LockNextVma]
+    );
     // Only the slow path of vma_mark_detached is visible on 7.x.
     assert!(count(&shape, EventKind::DetachEnter) < out.ops.munmaps);
     for p in probes(&shape, EventKind::DetachEnter) {
@@ -272,6 +282,11 @@ fn v6_15_has_no_exclusion_events_and_no_killable_writers() {
     assert_clean(&out, &shape);
     assert_eq!(count(&shape, EventKind::ExcludeEnter), 0);
     assert_eq!(count(&shape, EventKind::ExcludeExit), 0);
+    // lock_next_vma arrived in 6.17; the 6.15 generation stands for 6.15-6.18.
+    assert_eq!(
+        probes(&shape, EventKind::ReaderAcquire),
+        [ProbeId::LockVmaUnderRcu]
+    );
     assert_eq!(count(&shape, EventKind::DetachEnter), out.ops.munmaps);
     assert_eq!(out.ops.forks_interrupted, 0);
 }
@@ -302,8 +317,16 @@ fn sampled_readers_and_kernel_releases_report_nothing() {
         let c = &out.totals.counters;
         let outcomes = c.get(Counter::ReaderAcquireOk) + c.get(Counter::ReaderAcquireFail);
         assert_eq!(outcomes, out.ops.faults);
-        let sampled = out.totals.events_of(EventKind::ReaderAcquire);
-        assert_eq!(sampled, c.get(Counter::ReaderSampled));
+        // Both reader probes stream samples; lock_vma_under_rcu's are 1 in 16 of its
+        // outcomes.
+        assert_eq!(
+            out.totals.events_of(EventKind::ReaderAcquire),
+            c.get(Counter::ReaderSampled)
+        );
+        let sampled = shape.by_probe[&(
+            EventKind::ReaderAcquire as u16,
+            ProbeId::LockVmaUnderRcu as u8,
+        )];
         assert!(
             sampled * 15 < outcomes && sampled * 17 > outcomes,
             "{sampled} of {outcomes}"
