@@ -418,12 +418,23 @@ pub fn rcuwait_wake_up(k: &Kernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u
     let w = &mm.vma_writer_wait;
     let guard = w.task.lock().unwrap_or_else(|e| e.into_inner());
     // Nobody waits yet (the excluder added the flag but has not entered
-    // rcuwait_wait_event): nothing to wake, and the kprobe emits nothing.
+    // rcuwait_wait_event): nothing to wake. The eBPF kprobe still streams the call with
+    // ret 0 (it fires while the exclusion is active), so the put is seen to have done its
+    // duty and no lost wake-up is owed.
     let Some(waiter) = guard.as_ref() else {
         if let Some((idx, put_ts)) = put
             && put_ts != 0
         {
             k.record_benign(put_ts, idx, mm.addr);
+            let addr = mm.writer_wait_addr(k.writer_wait_offset);
+            k.emit(t, || {
+                let mut ev = k.event(t, EventKind::WriterWake, ProbeId::RcuwaitWakeUp);
+                k.read_vma(&mut ev, idx);
+                ev.arg = addr;
+                ev.ret = 0;
+                ev.flags |= vmatrace_common::event::flags::RET;
+                ev
+            });
         }
         return;
     };
@@ -441,6 +452,8 @@ pub fn rcuwait_wake_up(k: &Kernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u
         let mut ev = k.event(t, EventKind::WriterWake, ProbeId::RcuwaitWakeUp);
         k.read_vma(&mut ev, vma);
         ev.arg = addr;
+        ev.ret = 1;
+        ev.flags |= vmatrace_common::event::flags::RET;
         ev
     });
     k.count(t, Counter::WriterWake);
