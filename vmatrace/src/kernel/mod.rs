@@ -14,6 +14,7 @@
 
 pub mod btf;
 pub mod caps;
+pub mod config;
 pub mod ftrace;
 pub mod generation;
 pub mod info;
