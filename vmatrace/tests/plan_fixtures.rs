@@ -300,10 +300,22 @@ fn debian_6_19_14_cloud() {
     );
     // Built with CONFIG_KPROBE_EVENTS_ON_NOTRACE=y, the kprobes on the notrace copies
     // come back (and the sleeping __vma_enter_locked's kretprobe warning with them).
+    assert!(
+        reason(&plan, "end_exclude")
+            .contains("after a fatal signal (-EINTR) at the -EINTR return of __vma_start_write"),
+        "{}",
+        reason(&plan, "end_exclude")
+    );
     let mut on = info.clone();
     on.config = Some(on_notrace_config());
     let plan = vmatrace::kernel::plan(&on, &Capabilities::assume_all()).unwrap();
     assert_eq!(compact(&plan), EXPECTED_6_19_ON_NOTRACE);
+    assert!(
+        reason(&plan, "end_exclude")
+            .contains("after a fatal signal (-EINTR) at the return of start-exclude"),
+        "{}",
+        reason(&plan, "end_exclude")
+    );
     assert!(
         plan.notes
             .iter()

@@ -601,10 +601,16 @@ fn end_exclude(p: &mut Planner<'_>) -> Observability {
     };
     // On the -EINTR path (6.19+, killable writers) start-exclude removes the flag itself
     // before returning: that end is seen at start-exclude's return.
-    let eintr = if p.generation.has_killable_writers() {
-        "; after a fatal signal (-EINTR) at the return of start-exclude"
-    } else {
-        ""
+    // Start-exclude is planned before end-exclude (LogicalEvent::ALL order), so whether
+    // its return is hooked is known here; 6.19 without kprobes on notrace has no hook.
+    let start_hooked = p.existing(ProbeId::VmaEnterLocked).is_some()
+        || p.existing(ProbeId::VmaStartExcludeReaders).is_some();
+    let eintr = match (p.generation.has_killable_writers(), start_hooked) {
+        (false, _) => "",
+        (true, true) => "; after a fatal signal (-EINTR) at the return of start-exclude",
+        (true, false) => {
+            "; after a fatal signal (-EINTR) at the -EINTR return of __vma_start_write"
+        }
     };
     proxy(
         format!(
