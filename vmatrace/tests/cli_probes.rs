@@ -47,7 +47,56 @@ fn offline_debian_7_2() {
         out.contains("coverage: 13 of 13 logical events observable, 3 via proxy"),
         "{out}"
     );
+    // Debian does not set CONFIG_KPROBE_EVENTS_ON_NOTRACE: the notrace vma_refcount_put
+    // cannot be kprobed, and the output says why.
+    assert!(!out.contains("kprobe      vma_refcount_put"), "{out}");
+    assert!(
+        out.contains(
+            "vma_refcount_put: notrace: out-of-line copy of an inline function; kprobe events \
+             refuse notrace functions without CONFIG_KPROBE_EVENTS_ON_NOTRACE"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("kernel config unknown"), "{out}");
+
+    // The same kernel with a config that allows kprobes on notrace functions.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        "CONFIG_KPROBES=y\nCONFIG_KPROBE_EVENTS_ON_NOTRACE=y\nCONFIG_DEBUG_INFO_BTF=y\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (code, out, err) = probes(&[
+        "--btf",
+        &fixture(n, "btf.zst"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+        "--filter-functions",
+        &fixture(n, "available_filter_functions"),
+        "--config",
+        config,
+    ]);
+    assert_eq!(code, 0, "{err}");
     assert!(out.contains("kprobe      vma_refcount_put"), "{out}");
+    assert!(
+        out.contains("KPROBE_EVENTS_ON_NOTRACE=y, KPROBES=y"),
+        "{out}"
+    );
+
+    // Something that is not a config is a clear error.
+    let (code, _, err) = probes(&[
+        "--btf",
+        &fixture(n, "btf.zst"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+        "--config",
+        &fixture(n, "kallsyms"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad kernel config"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
@@ -67,7 +116,20 @@ fn offline_json_is_the_plan() {
     assert!(v["capabilities"].is_null());
     let plan: vmatrace::kernel::plan::ProbePlan =
         serde_json::from_value(v["plan"].clone()).unwrap();
-    assert!(plan.points.iter().any(|p| p.program == "vel_kretprobe"));
+    // No config given: Debian's default, so the notrace __vma_enter_locked is not kprobed.
+    assert!(plan.points.iter().all(|p| !p.program.starts_with("vel_")));
+    let entry = &v["plan"]["coverage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["event"] == "start_exclude_entry")
+        .unwrap()["status"];
+    assert!(
+        entry
+            .to_string()
+            .contains("CONFIG_KPROBE_EVENTS_ON_NOTRACE"),
+        "{entry}"
+    );
 }
 
 #[test]

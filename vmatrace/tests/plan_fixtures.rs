@@ -49,6 +49,11 @@ fn load_uncached(name: &str) -> KernelInfo {
         Some(release),
     )
     .unwrap();
+    // The kernel config's relevant lines, from the image package's /boot/config-* (the
+    // 6.19/7.x `linux-binary` packages ship none: those plans assume Debian's default).
+    if let Some(c) = opt("config") {
+        info = info.with_config(&c).unwrap();
+    }
     info.mmap_lock_tracepoints = opt("tracepoints").map(|p| {
         std::fs::read_to_string(p)
             .unwrap()
@@ -121,7 +126,7 @@ end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit __vma_exclude_reader
 mark_detached_fast proxy: fentry vm_area_free vaf_fentry
 mark_detached_slow direct: fexit __vma_exclude_readers_for_detach verd_fexit
 reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit, fexit lock_next_vma lnv_fexit
-reader_release proxy: kprobe vma_refcount_put vrp_kprobe, kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+reader_release proxy: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
 vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
@@ -136,14 +141,13 @@ fn debian_7_2_13_cloud() {
     assert_eq!(compact(&plan), EXPECTED_7X);
     assert!(reason(&plan, "end_exclude").contains("__vma_end_exclude_readers is inlined"));
     assert!(reason(&plan, "mark_detached_fast").contains("vma_mark_detached is inline"));
-    // vma_refcount_put is out of line but notrace there: kprobe, never fentry.
-    let vrp: Vec<_> = plan
-        .points
-        .iter()
-        .filter(|p| p.target == "vma_refcount_put")
-        .collect();
-    assert_eq!(vrp.len(), 1);
-    assert_eq!(vrp[0].program, "vrp_kprobe");
+    // vma_refcount_put is out of line but notrace there: never fentry, and no kprobe
+    // either without CONFIG_KPROBE_EVENTS_ON_NOTRACE (Debian's default; EINVAL on 7.2).
+    assert!(plan.points.iter().all(|p| p.target != "vma_refcount_put"));
+    assert_eq!(
+        reason(&plan, "reader_release"),
+        "rcuwait_wake_up when the last reader leaves under a waiting writer; other releases are inlined"
+    );
     // Offsets as read from this kernel's BTF (protocol notes §3: 7.2.13 column).
     let o = plan.offsets;
     assert_eq!(
@@ -218,14 +222,27 @@ fn debian_7_2_13_without_kprobes_loses_only_the_notrace_release_hook() {
     );
 }
 
-#[test]
-fn debian_6_19_14_cloud() {
-    let info = load("debian-6.19.14-cloud");
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
-    assert_eq!(plan.generation, Generation::V6_19);
-    assert_eq!(
-        compact(&plan),
-        "\
+/// Debian's 6.19 build: `__vma_enter_locked` is out of line but notrace and Debian does
+/// not set `CONFIG_KPROBE_EVENTS_ON_NOTRACE`, so (as the eBPF helper saw: EINVAL) neither
+/// fentry nor kprobe attaches; the wait is seen as on 6.15-6.18, at its parents' return.
+const EXPECTED_6_19: &str = "\
+write_lock_request direct: fentry __vma_start_write vsw_fentry
+write_lock_result direct: fexit __vma_start_write vsw_fexit
+start_exclude_entry unobservable: __vma_enter_locked: notrace: out-of-line copy of an inline function; kprobe events refuse notrace functions without CONFIG_KPROBE_EVENTS_ON_NOTRACE (kernel config unknown: assumed not set, as in Debian's builds)
+start_exclude_return proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vmd_fexit
+end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vmd_fexit
+mark_detached_fast direct: fexit vma_mark_detached vmd_fexit
+mark_detached_slow direct: fexit vma_mark_detached vmd_fexit
+reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit, fexit lock_next_vma lnv_fexit
+reader_release proxy: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
+vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
+vma_free direct: fentry vm_area_free vaf_fentry";
+
+/// The same kernel built with `CONFIG_KPROBE_EVENTS_ON_NOTRACE=y`: both notrace copies
+/// are kprobed.
+const EXPECTED_6_19_ON_NOTRACE: &str = "\
 write_lock_request direct: fentry __vma_start_write vsw_fentry
 write_lock_result direct: fexit __vma_start_write vsw_fexit
 start_exclude_entry direct: kprobe __vma_enter_locked vel_kprobe
@@ -238,12 +255,67 @@ reader_release proxy: kprobe vma_refcount_put vrp_kprobe, kprobe rcuwait_wake_up
 writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
 vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
-vma_free direct: fentry vm_area_free vaf_fentry"
-    );
+vma_free direct: fentry vm_area_free vaf_fentry";
+
+/// A config with kprobes allowed on notrace functions (not Debian's).
+fn on_notrace_config() -> vmatrace::kernel::config::KernelConfig {
+    vmatrace::kernel::config::KernelConfig::parse(
+        "CONFIG_KPROBES=y\nCONFIG_KPROBE_EVENTS=y\nCONFIG_KPROBE_EVENTS_ON_NOTRACE=y\n",
+        "test",
+    )
+    .unwrap()
+}
+
+#[test]
+fn debian_6_19_14_cloud() {
+    let info = load("debian-6.19.14-cloud");
+    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    assert_eq!(plan.generation, Generation::V6_19);
+    assert_eq!(compact(&plan), EXPECTED_6_19);
     let o = plan.offsets;
     assert_eq!([o.vma_vm_lock_seq, o.vma_vm_refcnt], [0x28, 0x80]);
     assert_eq!([o.mm_mm_lock_seq, o.mm_vma_writer_wait], [0x1d0, 0x1c8]);
     assert_eq!(o.ves_exclusive, OFFSET_ABSENT);
+    assert!(
+        plan.notes
+            .iter()
+            .all(|n| !n.starts_with("kretprobes on sleeping")),
+        "{:#?}",
+        plan.notes
+    );
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.starts_with("kernel config unknown") && n.contains("assuming Debian's")),
+        "{:#?}",
+        plan.notes
+    );
+    assert!(
+        plan.notes.iter().any(|n| n
+            == "not attached: vma_refcount_put: notrace: out-of-line copy of an inline function; \
+                kprobe events refuse notrace functions without CONFIG_KPROBE_EVENTS_ON_NOTRACE \
+                (kernel config unknown: assumed not set, as in Debian's builds)"),
+        "{:#?}",
+        plan.notes
+    );
+    // Built with CONFIG_KPROBE_EVENTS_ON_NOTRACE=y, the kprobes on the notrace copies
+    // come back (and the sleeping __vma_enter_locked's kretprobe warning with them).
+    assert!(
+        reason(&plan, "end_exclude")
+            .contains("after a fatal signal (-EINTR) at the -EINTR return of __vma_start_write"),
+        "{}",
+        reason(&plan, "end_exclude")
+    );
+    let mut on = info.clone();
+    on.config = Some(on_notrace_config());
+    let plan = vmatrace::kernel::plan(&on, &Capabilities::assume_all()).unwrap();
+    assert_eq!(compact(&plan), EXPECTED_6_19_ON_NOTRACE);
+    assert!(
+        reason(&plan, "end_exclude")
+            .contains("after a fatal signal (-EINTR) at the return of start-exclude"),
+        "{}",
+        reason(&plan, "end_exclude")
+    );
     assert!(
         plan.notes
             .iter()
@@ -278,7 +350,7 @@ end_exclude proxy: fexit __vma_start_write vsw_fexit, fexit vma_mark_detached vm
 mark_detached_fast direct: fexit vma_mark_detached vmd_fexit
 mark_detached_slow direct: fexit vma_mark_detached vmd_fexit
 reader_acquire direct: fexit lock_vma_under_rcu lvur_fexit
-reader_release proxy: kprobe vma_refcount_put vrp_kprobe, kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
+reader_release proxy: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 writer_wakeup direct: kprobe rcuwait_wake_up rww_kprobe, kretprobe rcuwait_wake_up rww_kretprobe
 mm_write_unlock direct: tracepoint mmap_lock:mmap_lock_released mmap_lock_released, tracepoint mmap_lock:mmap_lock_acquire_returned mmap_lock_acquire_returned
 vma_alloc direct: fexit vm_area_alloc vaa_fexit, fexit vm_area_dup vad_fexit
@@ -447,6 +519,8 @@ fn clone_only_function_falls_back_to_kprobe_on_the_clone() {
 fn blacklisted_notrace_function_is_unobservable() {
     use vmatrace::kernel::ftrace::KprobeBlacklist;
     let mut info = load("debian-7.2.13-cloud");
+    // Allowed on notrace functions, so that only the blacklist stands in the way.
+    info.config = Some(on_notrace_config());
     info.kprobe_blacklist = Some(
         KprobeBlacklist::parse("0xffffffffb2700ef0-0xffffffffb2700f40\tvma_refcount_put\n")
             .unwrap(),
@@ -461,10 +535,35 @@ fn blacklisted_notrace_function_is_unobservable() {
 }
 
 #[test]
-fn untraceable_function_uses_kprobes() {
-    // __vma_start_write missing from the ftrace list (as if notrace): kprobe + kretprobe.
-    let info = edited_7_2(|k| k.to_string(), |f| f.replace("__vma_start_write\n", ""));
+fn untraceable_function_needs_kprobe_events_on_notrace() {
+    // __vma_start_write missing from the ftrace list (as if notrace): no fentry, and no
+    // kprobe under Debian's config.
+    let mut info = edited_7_2(|k| k.to_string(), |f| f.replace("__vma_start_write\n", ""));
     let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    assert!(plan.points.iter().all(|p| p.target != "__vma_start_write"));
+    assert_eq!(
+        reason(&plan, "write_lock_request"),
+        "__vma_start_write: notrace: out-of-line copy of an inline function; kprobe events \
+         refuse notrace functions without CONFIG_KPROBE_EVENTS_ON_NOTRACE (kernel config \
+         unknown: assumed not set, as in Debian's builds)"
+    );
+    // A config that says "not set" explicitly gives the same plan, with its own wording.
+    info.config = Some(
+        vmatrace::kernel::config::KernelConfig::parse(
+            "CONFIG_KPROBES=y\n# CONFIG_KPROBE_EVENTS_ON_NOTRACE is not set\n",
+            "test",
+        )
+        .unwrap(),
+    );
+    let plan = vmatrace::kernel::plan(&info, &Capabilities::assume_all()).unwrap();
+    assert!(
+        reason(&plan, "write_lock_request").ends_with("(not set in this kernel's config)"),
+        "{}",
+        reason(&plan, "write_lock_request")
+    );
+    // With CONFIG_KPROBE_EVENTS_ON_NOTRACE=y: kprobe + kretprobe.
+    info.config = Some(on_notrace_config());
+    let plan = vmatrace::kernel::plan(&info, &Capabilities::assume_all()).unwrap();
     let c = compact(&plan);
     assert!(
         c.contains("write_lock_request direct: kprobe __vma_start_write vsw_kprobe\n"),
@@ -538,7 +637,16 @@ fn debian_6_18_15_cloud_matches_the_host_plan() {
     assert_eq!(compact(&deb), expected);
     // The host's ftrace list is unreadable, so its plan relies on the kernel-source list
     // of notrace functions; Debian's 6.18 has a real list. Both must agree.
-    let host = plan(&load("host-6.18"), &Capabilities::assume_all()).unwrap();
+    // The host's own config has no CONFIG_KPROBES (its rcuwait_wake_up kprobe goes): plan
+    // it as if its config were unknown, which is Debian's.
+    let mut host = load("host-6.18");
+    assert!(
+        host.config
+            .as_ref()
+            .is_some_and(|c| !c.is_enabled("KPROBES"))
+    );
+    host.config = None;
+    let host = plan(&host, &Capabilities::assume_all()).unwrap();
     assert_eq!(compact(&host), compact(&deb));
     assert_eq!(host.offsets, deb.offsets);
 }

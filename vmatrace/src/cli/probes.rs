@@ -28,6 +28,11 @@ pub struct ProbesArgs {
     /// That kernel's /sys/kernel/debug/kprobes/blacklist.
     #[arg(long, value_name = "FILE", requires = "btf")]
     pub blacklist: Option<PathBuf>,
+    /// That kernel's build config (/boot/config-<release> or /proc/config.gz; plain, gzip
+    /// or zstd). Without it the plan assumes Debian's defaults (no kprobes on notrace
+    /// functions) and says so.
+    #[arg(long, value_name = "FILE", requires = "btf")]
+    pub config: Option<PathBuf>,
     /// That kernel's release string (shown in the plan).
     #[arg(long, value_name = "R", requires = "btf")]
     pub release: Option<String>,
@@ -43,7 +48,11 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<ExitCode> {
                 args.filter_functions.as_deref(),
                 args.blacklist.as_deref(),
                 args.release.clone(),
-            )?,
+            )
+            .and_then(|info| match &args.config {
+                Some(c) => info.with_config(c),
+                None => Ok(info),
+            })?,
             // Offline: what a normal root deployment on that kernel would get.
             Capabilities::assume_all(),
             true,

@@ -123,6 +123,7 @@ mod tests {
             filter_functions: None,
             kprobe_blacklist: None,
             mmap_lock_tracepoints: None,
+            config: None,
             remarks: Vec::new(),
         }
     }

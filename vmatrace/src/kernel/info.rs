@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::btf::Btf;
+use super::config::{KernelConfig, PROC_CONFIG_GZ};
 use super::ftrace::{FilterFunctions, KprobeBlacklist};
 use super::symbols::Kallsyms;
 
@@ -29,6 +30,9 @@ pub struct KernelInfo {
     pub kprobe_blacklist: Option<KprobeBlacklist>,
     /// Event names under `<tracefs>/events/mmap_lock`; `None` when unknown (offline).
     pub mmap_lock_tracepoints: Option<Vec<String>>,
+    /// The build configuration; `None` when neither `/proc/config.gz` nor
+    /// `/boot/config-<release>` is readable (or none was given offline).
+    pub config: Option<KernelConfig>,
     /// Why an optional source is missing (shown as plan notes).
     pub remarks: Vec<String>,
 }
@@ -95,8 +99,16 @@ impl KernelInfo {
             filter_functions,
             kprobe_blacklist,
             mmap_lock_tracepoints: None,
+            config: None,
             remarks,
         })
+    }
+
+    /// Add the kernel's build configuration (a `.config`, plain, gzip or zstd), as
+    /// `vmatrace probes --config FILE` does for an offline plan.
+    pub fn with_config(mut self, path: &Path) -> anyhow::Result<KernelInfo> {
+        self.config = Some(KernelConfig::read(path)?);
+        Ok(self)
     }
 
     /// Introspect the running kernel. BTF and kallsyms are required; the ftrace list,
@@ -163,6 +175,7 @@ impl KernelInfo {
             },
             Err(_) => None,
         };
+        let config = read_running_config(&release, &mut remarks);
         Ok(KernelInfo {
             release,
             btf,
@@ -170,7 +183,25 @@ impl KernelInfo {
             filter_functions,
             kprobe_blacklist,
             mmap_lock_tracepoints,
+            config,
             remarks,
         })
     }
+}
+
+/// `/proc/config.gz` (CONFIG_IKCONFIG_PROC), else `/boot/config-<release>` (Debian ships
+/// it in the image package). A corrupt file is a remark, not a failure: the planner then
+/// assumes Debian's defaults and says so.
+fn read_running_config(release: &str, remarks: &mut Vec<String>) -> Option<KernelConfig> {
+    let boot = PathBuf::from(format!("/boot/config-{release}"));
+    for path in [Path::new(PROC_CONFIG_GZ), boot.as_path()] {
+        if !path.exists() {
+            continue;
+        }
+        match KernelConfig::read(path) {
+            Ok(c) => return Some(c),
+            Err(e) => remarks.push(format!("{e:#}; ignored")),
+        }
+    }
+    None
 }

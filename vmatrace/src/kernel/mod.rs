@@ -1,8 +1,9 @@
 //! Kernel-facing introspection: symbols, ftrace, BTF, generation, offsets, probe plan.
 //! Everything here parses files; nothing needs root except reading the real /proc files.
 //!
-//! - [`KernelInfo`]: a kernel's BTF, kallsyms, ftrace list and kprobe blacklist, read
-//!   from the running system or from files;
+//! - [`KernelInfo`]: a kernel's BTF, kallsyms, ftrace list, kprobe blacklist and build
+//!   config ([`config::KernelConfig`]: `CONFIG_KPROBE_EVENTS_ON_NOTRACE` decides whether
+//!   notrace functions can be kprobed), read from the running system or from files;
 //! - [`Capabilities`]: what this process and kernel allow (kprobe PMU, tracing programs);
 //! - [`planner::plan`]: the [`plan::ProbePlan`] for a kernel; [`report`] renders it.
 //!
@@ -14,6 +15,7 @@
 
 pub mod btf;
 pub mod caps;
+pub mod config;
 pub mod ftrace;
 pub mod generation;
 pub mod info;

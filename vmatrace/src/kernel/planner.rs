@@ -8,7 +8,10 @@
 //!   `available_filter_functions`, or, when the list is unreadable, not known from the
 //!   kernel source to be `notrace`) and tracing programs can load;
 //! - otherwise kprobe/kretprobe, when the kprobe PMU exists, the copy is unique (a
-//!   duplicated name makes attach-by-name fail with EADDRNOTAVAIL) and not blacklisted;
+//!   duplicated name makes attach-by-name fail with EADDRNOTAVAIL), not blacklisted, and
+//!   ftrace-able, unless the kernel has `CONFIG_KPROBE_EVENTS_ON_NOTRACE=y` (without it
+//!   kprobe events on notrace functions fail with EINVAL; an unknown config is taken as
+//!   Debian's default: not set);
 //! - otherwise the function is unattachable, with the reason.
 //!
 //! Which function serves which logical event depends on the generation (see
@@ -93,6 +96,23 @@ impl Planner<'_> {
         }
     }
 
+    /// Whether kprobes may attach to notrace functions: `CONFIG_KPROBE_EVENTS_ON_NOTRACE`.
+    /// Unknown config: Debian's default (not set).
+    fn kprobe_on_notrace(&self) -> bool {
+        self.info
+            .config
+            .as_ref()
+            .is_some_and(|c| c.is_enabled("KPROBE_EVENTS_ON_NOTRACE"))
+    }
+
+    /// Why the notrace rule applies, for the reason text.
+    fn notrace_config_state(&self) -> &'static str {
+        match &self.info.config {
+            Some(_) => " (not set in this kernel's config)",
+            None => " (kernel config unknown: assumed not set, as in Debian's builds)",
+        }
+    }
+
     /// Decide how `probe`'s function can be attached.
     fn hook(&self, probe: ProbeId) -> Hook {
         let name = probe.kernel_name();
@@ -173,6 +193,27 @@ impl Planner<'_> {
         }
         if self
             .info
+            .config
+            .as_ref()
+            .is_some_and(|c| !c.is_enabled("KPROBES"))
+        {
+            why_not_kprobe.push("CONFIG_KPROBES is not set".to_string());
+        }
+        // trace_kprobe.c (__register_trace_kprobe -> within_notrace_func) refuses, with
+        // EINVAL, a kprobe event on a function without an ftrace site unless the kernel
+        // is built with CONFIG_KPROBE_EVENTS_ON_NOTRACE; the perf kprobe PMU aya uses goes
+        // through the same check.
+        let notrace = traceable == Some(false);
+        let refused_notrace = notrace && !self.kprobe_on_notrace();
+        if refused_notrace {
+            why_not_kprobe.push(
+                "kprobe events refuse notrace functions without \
+                 CONFIG_KPROBE_EVENTS_ON_NOTRACE"
+                    .to_string(),
+            );
+        }
+        if self
+            .info
             .kprobe_blacklist
             .as_ref()
             .is_some_and(|b| b.contains(&target))
@@ -189,6 +230,16 @@ impl Planner<'_> {
             return Hook::Attach {
                 target,
                 modes: tracing_modes,
+            };
+        }
+        if refused_notrace && why_not_kprobe.len() == 1 {
+            // The common case on distribution kernels: say it in one sentence.
+            return Hook::Unattachable {
+                reason: format!(
+                    "{name}: notrace: out-of-line copy of an inline function; kprobe events \
+                     refuse notrace functions without CONFIG_KPROBE_EVENTS_ON_NOTRACE{}",
+                    self.notrace_config_state()
+                ),
             };
         }
         Hook::Unattachable {
@@ -427,6 +478,13 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
         );
     }
     capability_notes(&mut p);
+    p.notes.push(match &info.config {
+        Some(c) => format!("kernel config ({}): {}", c.source, c.summary()),
+        None => "kernel config unknown (no /proc/config.gz or /boot/config-<release>, or no \
+                 --config): assuming Debian's defaults, CONFIG_KPROBE_EVENTS_ON_NOTRACE not \
+                 set, so notrace functions cannot be kprobed"
+            .into(),
+    });
     p.notes.extend(info.remarks.iter().cloned());
     // Signatures of the hooked functions, so the operator sees what the programs assume.
     for name in [
@@ -543,10 +601,16 @@ fn end_exclude(p: &mut Planner<'_>) -> Observability {
     };
     // On the -EINTR path (6.19+, killable writers) start-exclude removes the flag itself
     // before returning: that end is seen at start-exclude's return.
-    let eintr = if p.generation.has_killable_writers() {
-        "; after a fatal signal (-EINTR) at the return of start-exclude"
-    } else {
-        ""
+    // Start-exclude is planned before end-exclude (LogicalEvent::ALL order), so whether
+    // its return is hooked is known here; 6.19 without kprobes on notrace has no hook.
+    let start_hooked = p.existing(ProbeId::VmaEnterLocked).is_some()
+        || p.existing(ProbeId::VmaStartExcludeReaders).is_some();
+    let eintr = match (p.generation.has_killable_writers(), start_hooked) {
+        (false, _) => "",
+        (true, true) => "; after a fatal signal (-EINTR) at the return of start-exclude",
+        (true, false) => {
+            "; after a fatal signal (-EINTR) at the -EINTR return of __vma_start_write"
+        }
     };
     proxy(
         format!(
