@@ -343,3 +343,142 @@ fn replay_on_a_terminal_shows_the_dashboard_then_the_summary() {
     let _ = tmux(&["kill-server"]);
     assert_eq!(status.trim(), "exit=0");
 }
+
+#[test]
+fn speed_paces_by_the_recorded_timestamps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("slow.vmatrace");
+    let mut w = vmatrace::trace::TraceWriter::create(&path, &header(), false).expect("create");
+    // Three batches 300 ms apart (recorded time).
+    for i in 0..3u64 {
+        let t = 1_000_000_000 + i * 300_000_000;
+        w.write_events(t, &write_lock_events(100, b"stress", t, 500))
+            .expect("write");
+    }
+    w.finish(1_600_000_000).expect("finish");
+    let p = path.to_str().expect("utf8");
+    let s = json_summary(&run(&["replay", p, "--json", "--speed", "1"]));
+    assert_eq!(s["events"]["total"], 12);
+    // Recorded pace: at least the 600 ms the recording spans (an upper bound would
+    // depend on the machine's load, so none is asserted).
+    let wall = s["replay"]["wall_s"].as_f64().expect("wall_s");
+    assert!(wall >= 0.6, "replayed in {wall} s");
+    assert!((s["duration_s"].as_f64().expect("duration") - 0.6).abs() < 1e-9);
+    // --duration on replay is recorded time: the first 400 ms hold two batches.
+    let s = json_summary(&run(&["replay", p, "--json", "--duration", "400ms"]));
+    assert_eq!(s["events"]["total"], 8);
+    assert_eq!(s["stop_reason"], "duration");
+    let s = json_summary(&run(&["replay", p, "--json", "--speed", "4"]));
+    let wall4 = s["replay"]["wall_s"].as_f64().expect("wall_s");
+    assert!(wall4 >= 0.15, "replayed in {wall4} s at 4x");
+}
+
+/// SIGINT/SIGTERM end a follow that would otherwise wait forever: everything received is
+/// processed, the sinks are flushed, the summary printed, exit 0.
+#[test]
+fn signals_end_a_follow_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = dir.path().join("full.vmatrace");
+    write_sample(&full, false);
+    let bytes = std::fs::read(&full).expect("read");
+    // Everything but the end record: the follower keeps waiting for more.
+    let partial = dir.path().join("partial.vmatrace");
+    std::fs::write(&partial, &bytes[..bytes.len() - (16 + 16 + 4)]).expect("write");
+    let log = dir.path().join("a.jsonl");
+    for (sig, name, stdin) in [
+        (libc::SIGINT, "SIGINT", false),
+        (libc::SIGTERM, "SIGTERM", true),
+    ] {
+        let mut cmd = bin();
+        cmd.args([
+            "replay",
+            "--follow",
+            "--json",
+            "--anomaly-log",
+            log.to_str().expect("utf8"),
+        ]);
+        if stdin {
+            // A pipe that stays open: the reader blocks in read(2).
+            cmd.arg("-").stdin(Stdio::piped());
+        } else {
+            cmd.arg(partial.to_str().expect("utf8"));
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let _keep_open = if stdin {
+            let mut i = child.stdin.take().expect("stdin");
+            i.write_all(&bytes[..bytes.len() - 36]).expect("feed");
+            Some(i)
+        } else {
+            None
+        };
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: kill sends a signal to our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let out = child.wait_with_output().expect("wait");
+        let s = json_summary(&out);
+        assert_eq!(s["stop_reason"], name);
+        assert_eq!(
+            s["events"]["total"], 400,
+            "{name}: everything received was processed"
+        );
+        assert_eq!(s["replay"]["complete"], false);
+        assert_eq!(s["anomaly_log"]["write_errors"], 0);
+    }
+}
+
+/// A real anomaly from the validator, end to end: trace → replay → anomaly log line.
+#[test]
+fn anomalies_reach_the_log_with_redacted_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.vmatrace");
+    let mut w = vmatrace::trace::TraceWriter::create(&path, &header(), true).expect("create");
+    // vm_area_free of a VMA that still holds a reference.
+    let mut free = write_lock_events(300, b"victim", 1_500_000_000, 10)[0];
+    free.kind = vmatrace_common::EventKind::VmaFree as u16;
+    free.probe = 14;
+    free.refcnt = 1;
+    w.write_events(1_500_000_000, &[free]).expect("write");
+    w.finish(1_500_000_001).expect("finish");
+    let p = path.to_str().expect("utf8");
+    let log = dir.path().join("anomalies.jsonl");
+    let l = log.to_str().expect("utf8");
+    let s = json_summary(&run(&["replay", p, "--json", "--anomaly-log", l]));
+    assert_eq!(s["anomalies"]["total"], 1);
+    assert_eq!(s["anomalies"]["by_kind"]["free_while_referenced"], 1);
+    assert_eq!(s["anomaly_log"]["lines_written"], 1);
+    let text = std::fs::read_to_string(&log).expect("log");
+    let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+    assert_eq!(line["type"], "anomaly");
+    assert_eq!(line["kind"], "free_while_referenced");
+    assert_eq!(line["task"]["comm"], "victim");
+    assert_eq!(line["host"], "synthetic-host");
+    assert_eq!(line["time"], "2027-01-01T00:00:00.500000000Z");
+    assert!(
+        line["vma"]["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("h:"))
+    );
+    assert!(!text.contains("ffff8881"), "{text}");
+    let mode = std::fs::metadata(&log).expect("stat").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o640
+    );
+
+    std::fs::remove_file(&log).expect("rm");
+    let s = json_summary(&run(&[
+        "replay",
+        p,
+        "--json",
+        "--anomaly-log",
+        l,
+        "--raw-addresses",
+    ]));
+    assert_eq!(s["anomalies"]["total"], 1);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("\"addr\":\"0xffff888100000100\""), "{text}");
+}

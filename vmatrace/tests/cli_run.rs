@@ -54,6 +54,40 @@ fn run_without_privileges_exits_3_and_says_why() {
 }
 
 #[test]
+fn a_record_that_cannot_start_leaves_no_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.vmatrace");
+    let out = unprivileged(&[
+        "record",
+        "-o",
+        path.to_str().expect("utf8"),
+        "--duration",
+        "1",
+    ]);
+    // As nobody the temp dir is not writable (exit 1) or, when it is, privileges fail
+    // (exit 3); either way no empty trace is left behind.
+    assert!(matches!(out.status.code(), Some(1 | 3)), "{out:?}");
+    assert!(!path.exists(), "an empty trace was left behind");
+    if is_root() {
+        let out = run(&[
+            "record",
+            "-o",
+            path.to_str().expect("utf8"),
+            "--duration",
+            "1",
+        ]);
+        if out.status.code() == Some(3) {
+            assert!(!path.exists(), "an empty trace was left behind");
+        } else {
+            vmatrace::testing::skip(
+                "a_record_that_cannot_start_leaves_no_file",
+                "this kernel can attach: record started",
+            );
+        }
+    }
+}
+
+#[test]
 fn run_as_root_attaches_or_explains_exit_3() {
     if !is_root() {
         vmatrace::testing::skip("run_as_root_attaches_or_explains_exit_3", "not root");

@@ -360,6 +360,22 @@ fn bad_configuration_is_an_error() {
         ..SimConfig::default()
     };
     assert!(sim::run(cfg, Vec::new()).is_err());
+    for cfg in [
+        SimConfig {
+            threads: 100_000,
+            ..SimConfig::default()
+        },
+        SimConfig {
+            mms: Some(0),
+            ..SimConfig::default()
+        },
+        SimConfig {
+            inject_rate: 1.5,
+            ..SimConfig::default()
+        },
+    ] {
+        assert!(sim::run(cfg, Vec::new()).is_err());
+    }
 }
 
 /// The event-shape checks above are not vacuous either: injected faults violate them.

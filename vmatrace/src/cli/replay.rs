@@ -112,6 +112,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel(64);
     let replay_opts = ReplayOptions {
         speed: args.speed,
+        duration: args.out.duration,
         filter: (!args.filter.is_empty()).then(|| {
             let f = args.filter.clone();
             Arc::new(move |e: &vmatrace_common::Event| f.matches(e)) as replay::EventFilter
@@ -141,7 +142,6 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let stop_flag = Arc::clone(&stop);
-    let duration = args.out.duration;
     let reason = Arc::new(std::sync::Mutex::new(None::<String>));
     let r2 = Arc::clone(&reason);
     let (pipeline, wall, dash_result) = rt.block_on(async move {
@@ -150,9 +150,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             let quit = Arc::clone(&quit);
             let r2 = Arc::clone(&r2);
             async move {
+                // --duration is applied by the reader, in recorded time.
                 let why = tokio::select! {
                     sig = signals::terminated() => sig.to_string(),
-                    _ = signals::after(duration) => "duration".to_string(),
                     _ = quit.notified() => "quit".to_string(),
                 };
                 if let Ok(mut g) = r2.lock()
@@ -177,9 +177,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         });
         let mut dash_result = Ok(());
         if let Some(shared) = dashboard {
-            // The user reads the final numbers and quits; --duration also closes it.
-            let until = signals::after(duration);
-            match crate::tui::run(shared, until).await {
+            // The user reads the final numbers and quits.
+            match crate::tui::run(shared, std::future::pending::<()>()).await {
                 Ok(DashboardExit::UserQuit) => set_reason(&r2, "quit"),
                 Ok(DashboardExit::Signal) => set_reason(&r2, "signal"),
                 Ok(DashboardExit::Stopped) => {}
@@ -231,7 +230,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(e) => (Some(e.to_string()), true),
     };
     let stop_reason = reason.unwrap_or_else(|| {
-        if outcome.complete {
+        if outcome.duration_reached {
+            "duration".into()
+        } else if outcome.complete {
             "end of trace".into()
         } else if outcome.error.is_some() {
             "trace error".into()

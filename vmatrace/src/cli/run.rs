@@ -22,7 +22,7 @@ use crate::{
         clock::{clock_base_now, hostname},
         summary::{Summary, SummaryInput},
     },
-    kernel::{Capabilities, KernelInfo, PlanError, caps::TracingProbe, plan, plan::AttachMode},
+    kernel::{Capabilities, KernelInfo, caps::TracingProbe, plan, plan::AttachMode},
     live::{DEFAULT_RING_BUFFER_BYTES, LiveOptions, LiveSession, ProgramStat},
     pipeline::Pipeline,
     trace::{FilterInfo, HookRecord, Recorder, RecordingStatus, TraceHeader, TraceWriter},
@@ -162,6 +162,17 @@ fn make_raw_if_tty(fd: std::os::fd::RawFd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes a just-created output file when the session does not start.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 fn cgroup_id(spec: &str) -> anyhow::Result<u64> {
     if let Ok(id) = spec.parse::<u64>() {
         return Ok(id);
@@ -199,7 +210,9 @@ fn live(
     tui: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = config(live, filter)?;
-    // Open the trace output before attaching anything: a wrong path fails at once.
+    // Open the trace output before attaching anything: a wrong path fails at once. If
+    // the session then cannot start, the empty file is removed again.
+    let mut unfinished: Option<RemoveOnDrop> = None;
     let trace_out: Option<(Box<dyn std::io::Write + Send>, &str, bool)> = match record {
         None => None,
         Some(("-", compress)) => {
@@ -223,6 +236,7 @@ fn live(
                 .open(path)
                 .with_context(|| format!("cannot create the trace {path}"))?;
             make_raw_if_tty(std::os::fd::AsRawFd::as_raw_fd(&f))?;
+            unfinished = Some(RemoveOnDrop(Some(path.into())));
             Some((Box::new(f), path, compress))
         }
     };
@@ -256,9 +270,7 @@ fn live(
     let tracing = caps.probe_tracing_programs(&info);
     let plan = match plan(&info, &caps) {
         Ok(p) => p,
-        Err(e @ PlanError::Unsupported { .. }) => {
-            return Ok(cannot_attach(Missing::Kernel, &e.to_string()));
-        }
+        // Unsupported generation or unresolvable offsets: both are the kernel's.
         Err(e) => return Ok(cannot_attach(Missing::Kernel, &e.to_string())),
     };
     // The mm-wide mmap_lock tracepoints alone say nothing about any VMA's lock: a plan
@@ -361,6 +373,9 @@ fn live(
         let w = TraceWriter::new(w, &header, compress)
             .with_context(|| format!("cannot start the trace {path}"))?;
         let rec = Recorder::new(w, path, compress);
+        if let Some(f) = &mut unfinished {
+            f.0 = None;
+        }
         recording = Some(rec.status());
         pipeline.add_sink(Box::new(rec));
     }

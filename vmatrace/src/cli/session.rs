@@ -43,7 +43,8 @@ pub struct OutputArgs {
     /// instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Stop after this long: `10` (seconds), `500ms`, `10s`, `2m`, `1h`.
+    /// Stop after this long: `10` (seconds), `500ms`, `10s`, `2m`, `1h`. On replay: this
+    /// much recorded time from the first record, however fast it is replayed.
     #[arg(long, value_name = "TIME", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 }

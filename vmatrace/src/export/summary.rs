@@ -120,6 +120,11 @@ pub struct ValidatorSection {
     pub events_observed: u64,
     /// Times the validator forgot per-VMA state because of a loss.
     pub resyncs: u64,
+    /// VMAs the model tracks at the end, and how many it had to forget (table bound).
+    pub tracked_vmas: usize,
+    pub evicted_vmas: u64,
+    /// Tracked VMAs per model phase at the end (`unknown`, `detached`, `attached`, ...).
+    pub phases: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -195,7 +200,7 @@ fn logical_counts(t: &Totals, plan: Option<&ProbePlan>) -> BTreeMap<String, Logi
             L::StartExcludeEntry => (ev(K::ExcludeEnter), "exclude_enter events".into()),
             L::StartExcludeReturn => (ev(K::ExcludeExit), "exclude_exit events".into()),
             L::EndExclude => (
-                ev(K::WriteLockExit) + ev(K::DetachExit),
+                ev(K::WriteLockExit).saturating_add(ev(K::DetachExit)),
                 "write_lock_exit + detach_exit events (end-exclude is inlined into them)".into(),
             ),
             L::MarkDetachedFast => (
@@ -207,7 +212,8 @@ fn logical_counts(t: &Totals, plan: Option<&ProbePlan>) -> BTreeMap<String, Logi
                 "detach_enter events at __vma_exclude_readers_for_detach".into(),
             ),
             L::ReaderAcquire => {
-                let counted = ctr(Counter::ReaderAcquireOk) + ctr(Counter::ReaderAcquireFail);
+                let counted =
+                    ctr(Counter::ReaderAcquireOk).saturating_add(ctr(Counter::ReaderAcquireFail));
                 if counted > 0 {
                     (
                         counted,
@@ -263,7 +269,11 @@ impl Summary {
         let log_lost = i.anomaly_log.as_ref().map_or(0, |l| l.lines_lost);
         let unrecorded = i.recording.as_ref().map_or(0, |r| r.events_not_recorded);
         let losses = LossesSection {
-            total: kernel_losses.values().sum::<u64>() + t.undecodable + log_lost + unrecorded,
+            // Saturating: a corrupt trace may carry any counter values.
+            total: kernel_losses
+                .values()
+                .chain([&t.undecodable, &log_lost, &unrecorded])
+                .fold(0u64, |acc, v| acc.saturating_add(*v)),
             kernel: kernel_losses,
             undecodable: t.undecodable,
             anomaly_log_lines: log_lost,
@@ -349,6 +359,14 @@ impl Summary {
             validator: ValidatorSection {
                 events_observed: i.validator.observed(),
                 resyncs: i.validator.losses_noted(),
+                tracked_vmas: i.validator.tracked_vmas(),
+                evicted_vmas: i.validator.evicted(),
+                phases: i
+                    .validator
+                    .phase_counts()
+                    .into_iter()
+                    .map(|(k, n)| (k.to_string(), n))
+                    .collect(),
             },
             anomaly_log: i.anomaly_log,
             recording: i.recording,

@@ -307,3 +307,69 @@ fn kernel_losses_and_undecodable_records_are_logged() {
         ]
     );
 }
+
+mod any_input {
+    use proptest::prelude::*;
+    use vmatrace_common::event::EVENT_SIZE;
+
+    use super::*;
+    use crate::{
+        export::summary::{Summary, SummaryInput},
+        pipeline::{Pipeline, SharedSink, SourceItem},
+        stats::Stats,
+    };
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Arbitrary records (any kind, flags, pointers, comm bytes) through the
+        /// validator, the statistics, the anomaly log and the summary: no panic, and every
+        /// log line is JSON.
+        #[test]
+        fn arbitrary_events_never_panic_the_exporters(
+            raw in proptest::collection::vec(any::<u8>(), 0..(EVENT_SIZE * 64)),
+            counters in proptest::collection::vec(any::<u64>(), 0..20),
+            undecodable in any::<u64>(),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("a.jsonl");
+            let file = JsonLinesFile::open(&path, Rotation { max_bytes: Some(4096), keep: 2 })
+                .expect("open");
+            let log = AnomalyLogSink::new(file, ctx(), Redactor::with_key(5, 6));
+            let log_stats = log.stats();
+            let mut p = Pipeline::new(Generation::V7_0);
+            p.add_sink(Box::new(log));
+            let (sink, stats) = SharedSink::new(Stats::new(Generation::V7_0));
+            p.add_sink(Box::new(sink));
+            let events: Vec<Event> = raw.chunks_exact(EVENT_SIZE).filter_map(Event::from_bytes).collect();
+            p.handle(SourceItem::Events(events));
+            p.handle(SourceItem::Counters(CounterSnapshot { values: counters }));
+            p.handle(SourceItem::Undecodable(undecodable % 1000));
+            p.finish();
+            let header = TraceHeader::synthetic(Generation::V7_0);
+            let s = Summary::build(SummaryInput {
+                mode: "replay",
+                header: &header,
+                totals: &p.totals,
+                validator: &p.validator,
+                duration_ns: 1,
+                stop_reason: "end of trace".into(),
+                anomaly_log: Some(log_stats.lock().expect("stats").clone()),
+                recording: None,
+                replay: None,
+                stats: Some(stats.lock().expect("stats").snapshot()),
+                programs: Vec::new(),
+            });
+            let json: Value = serde_json::from_str(&s.to_json()).expect("summary is JSON");
+            prop_assert_eq!(&json["anomalies"]["total"], &Value::from(p.totals.anomalies_total()));
+            let _ = s.human();
+            for f in [path.clone(), dir.path().join("a.jsonl.1"), dir.path().join("a.jsonl.2")] {
+                if let Ok(text) = fs::read_to_string(&f) {
+                    for line in text.lines() {
+                        prop_assert!(serde_json::from_str::<Value>(line).is_ok(), "{}", line);
+                    }
+                }
+            }
+        }
+    }
+}

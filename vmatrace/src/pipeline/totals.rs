@@ -66,6 +66,9 @@ impl Totals {
 
     /// Sum of the kernel-side loss counters in a snapshot.
     pub fn kernel_losses(c: &CounterSnapshot) -> u64 {
-        LOSS_COUNTERS.iter().map(|k| c.get(*k)).sum()
+        // Saturating: a corrupt trace may carry any counter values.
+        LOSS_COUNTERS
+            .iter()
+            .fold(0u64, |acc, k| acc.saturating_add(c.get(*k)))
     }
 }

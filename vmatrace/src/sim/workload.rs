@@ -85,6 +85,9 @@ const FATAL_SIGNAL_CHANCE: f64 = 0.3;
 /// Populate each mm's tree before the tasks start (like exec + a few mmaps).
 pub fn populate(k: &Kernel, t: &mut Task) {
     for mm in &k.mms {
+        // A task of the owning process (its main thread: tid == tgid).
+        t.tgid = mm.tgid;
+        t.tid = mm.tgid;
         let g = mmap_write_lock(k, mm);
         for slot in 0..mm.tree.len() {
             if slot % 4 != 3 {

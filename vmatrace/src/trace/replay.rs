@@ -29,6 +29,10 @@ pub struct ReplayOptions {
     pub speed: Option<f64>,
     /// Userspace version of the kernel's task filters (`--pid`, `--comm`).
     pub filter: Option<EventFilter>,
+    /// Stop after this much recorded time from the first record (`--duration`): the same
+    /// slice of the trace however fast it is replayed or however late a followed stream
+    /// starts.
+    pub duration: Option<Duration>,
 }
 
 /// How a replay ended.
@@ -46,6 +50,8 @@ pub struct ReplayOutcome {
     pub complete: bool,
     /// Stopped early (signal) before the end of the trace.
     pub stopped: bool,
+    /// Stopped because `duration` of recorded time was replayed.
+    pub duration_reached: bool,
     /// The problem that ended reading (all records before it were delivered).
     pub error: Option<TraceError>,
 }
@@ -88,6 +94,13 @@ pub fn spawn(
                 };
                 let mono = rec.mono_ns();
                 let first = *out.first_mono_ns.get_or_insert(mono);
+                if let Some(d) = opts.duration
+                    && u128::from(mono.saturating_sub(first)) > d.as_nanos()
+                    && !matches!(rec, Record::End { .. })
+                {
+                    out.duration_reached = true;
+                    break;
+                }
                 out.last_mono_ns = Some(mono);
                 out.records += 1;
                 if let Some(speed) = opts.speed

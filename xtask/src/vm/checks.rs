@@ -78,6 +78,7 @@ const STRESS_OPS: &[&str] = &[
     "munmap",
     "mremap",
     "madvise_dontneed",
+    "huge_reshape",
 ];
 const FORK_OPS: &[&str] = &["fork", "killed_during_fork"];
 

@@ -67,7 +67,7 @@ pub fn duration_arg(args: &[String]) -> Option<u32> {
 
 /// What the guest runs: the workload in the background, and the producer of the stream
 /// on fd 3 (ttyS1).
-pub fn stream_init(caps: Capabilities, duration: u32) -> String {
+pub fn stream_init(caps: Capabilities, duration: u32, compress: bool) -> String {
     let mut s = String::from(scenario::GUEST_PRELUDE);
     // No udev in the guest: find the port by its name in sysfs.
     s.push_str(&format!(
@@ -84,8 +84,9 @@ exec 3>$EV
     if caps.record || caps.run {
         // The tracer first; the workload once it says it is attached (seconds under TCG).
         if caps.record {
+            let z = if compress { " --compress" } else { "" };
             s.push_str(&format!(
-                "vmatrace record -o - --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
+                "vmatrace record -o -{z} --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
             ));
         } else {
             s.push_str(&format!(
@@ -170,7 +171,11 @@ pub fn stream(kernel: Option<&str>, duration: u32, sink: Sink) -> anyhow::Result
     }
     let root = workspace_root();
     let initrd = root.join("target/vm/stream-initrd.cpio");
-    super::build_initramfs(&vmatrace, &stream_init(caps, duration), &initrd)?;
+    super::build_initramfs(
+        &vmatrace,
+        &stream_init(caps, duration, matches!(sink, Sink::File(_))),
+        &initrd,
+    )?;
     let dir = root.join("target/vm-artifacts/run-vm");
     fs::create_dir_all(&dir)?;
     let console = dir.join("console.log");
@@ -323,7 +328,7 @@ mod tests {
             run: true,
             record: true,
         };
-        let s = stream_init(rec, 10);
+        let s = stream_init(rec, 10, false);
         assert!(
             s.contains("vmatrace record -o - --duration 14 >&3 2>/tmp/tracer.err & TP=$!"),
             "{s}"
@@ -333,12 +338,14 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("vmatrace stress --duration 10 --forks"));
+        assert!(stream_init(rec, 10, true).contains("record -o - --compress --duration 14"));
         let run = stream_init(
             Capabilities {
                 record: false,
                 ..rec
             },
             10,
+            false,
         );
         assert!(
             run.contains("vmatrace run --headless --json --duration 14 >&3"),
@@ -351,6 +358,7 @@ mod tests {
                 ..Default::default()
             },
             5,
+            false,
         );
         assert!(
             none.contains("vmatrace probes >&3") && none.contains("--duration 5 --forks >&3"),
