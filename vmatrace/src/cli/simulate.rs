@@ -119,10 +119,11 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
 /// The simulation feeding the dashboard. The dashboard stays up after the run ends (the
 /// numbers are final then); quitting it early stops the simulated tasks.
 fn run_with_dashboard(cfg: SimConfig) -> anyhow::Result<SimOutcome> {
-    use std::io::IsTerminal as _;
-    if !std::io::stdout().is_terminal() {
-        anyhow::bail!("--tui needs a terminal on stdout; drop --tui (or use --json) otherwise");
-    }
+    // Fail before the simulation starts, not after (tui::run checks too).
+    anyhow::ensure!(
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        "--tui needs a terminal on stdout (run without --tui for the text or --json summary)"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -10,7 +10,7 @@
 //! What a real kernel would not show, the simulator does not emit either (7.x fast
 //! detach, attach, 6.15 exclusion), with one documented exception: by default every
 //! `vma_refcount_put` is visible ([`ReleaseVisibility::All`]); `Kernel` visibility shows
-//! only the fault-retry subset.
+//! only the fault-retry subset. User-level documentation: `docs/simulate.md`.
 
 pub mod checks;
 pub mod inject;

@@ -136,10 +136,25 @@ pub enum Sink {
     File(PathBuf),
 }
 
+/// The arguments without `--duration N`: it sets the guest's run time; the host's replay
+/// must read the stream to its end, or the guest blocks on a full port and never powers off.
+pub fn without_duration(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--duration" {
+            it.next();
+        } else if !a.starts_with("--duration=") {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 /// `cargo xtask run --vm [-- ARGS]`.
 pub fn run_vm(args: &[String]) -> anyhow::Result<()> {
     let duration = duration_arg(args).unwrap_or(DEFAULT_DURATION);
-    stream(None, duration, Sink::Follow(args.to_vec()))
+    stream(None, duration, Sink::Follow(without_duration(args)))
 }
 
 /// Boot `kernel` (a generation or build name; default: the newest cloud build) with the
@@ -318,6 +333,16 @@ mod tests {
         assert_eq!(duration_arg(&a(&["--duration=2.5"])), Some(3));
         assert_eq!(duration_arg(&a(&["--duration"])), None);
         assert_eq!(duration_arg(&a(&["--json"])), None);
+        assert_eq!(
+            without_duration(&a(&[
+                "--headless",
+                "--duration",
+                "4",
+                "--json",
+                "--duration=2"
+            ])),
+            a(&["--headless", "--json"])
+        );
     }
 
     #[test]
