@@ -164,19 +164,19 @@ struct StatsSink(Arc<Mutex<Stats>>);
 
 impl Sink for StatsSink {
     fn events(&mut self, events: &[Event]) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .events(events);
+        Sink::events(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            events,
+        );
     }
     fn counters(&mut self, c: &CounterSnapshot, totals: &Totals) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .counters(c, totals);
+        Sink::counters(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            c,
+            totals,
+        );
     }
     fn undecodable(&mut self, n: u64) {
-        // `Stats` also has an inherent `undecodable()` getter: name the trait method.
         Sink::undecodable(
             &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
             n,

@@ -130,7 +130,11 @@ fn in_kernel(a: &BenchArgs) -> anyhow::Result<()> {
         ));
     };
     let kernel = vm::ensure_kernel(&cache, &target.build)?;
-    let vmatrace = vm::build_static_vmatrace()?;
+    // A prebuilt static binary (e.g. from CI's vm-test job) saves a second release build.
+    let vmatrace = match std::env::var_os("VMATRACE_GUEST_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => vm::build_static_vmatrace()?,
+    };
     let caps = vm::capabilities(&vmatrace)?;
     if !caps.stress {
         return skip("this vmatrace has no `stress` subcommand (the workload)");

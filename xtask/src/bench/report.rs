@@ -207,7 +207,7 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
     );
     let _ = writeln!(
         s,
-        "  {:<40} {:<34} {:>10} {:>10}",
+        "  {:<50} {:<34} {:>10} {:>10}",
         "program", "function", "runs", "ns/run"
     );
     let mut prog_rows = Vec::new();
@@ -216,7 +216,7 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
             let per = (p.run_cnt > 0).then(|| p.run_time_ns as f64 / p.run_cnt as f64);
             let _ = writeln!(
                 s,
-                "  {:<40} {:<34} {:>10} {:>10}",
+                "  {:<50} {:<34} {:>10} {:>10}",
                 format!("{tool} {}", p.name),
                 p.function,
                 p.run_cnt,
