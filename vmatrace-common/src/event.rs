@@ -32,7 +32,11 @@ pub enum EventKind {
     ReaderAcquire = 7,
     /// `vma_refcount_put` entry (only its out-of-line copy, fault-retry sites).
     ReaderRelease = 8,
-    /// `rcuwait_wake_up(&mm->vma_writer_wait)` woke the excluding task. `arg` = rcuwait*.
+    /// `rcuwait_wake_up(&mm->vma_writer_wait)` called while that mm has an excluding task
+    /// (the last reader's put). `arg` = rcuwait*; VMA fields are the excluded VMA's.
+    /// `ret` (with `flags::RET`): 1 = a task was registered in `w->task` (kprobe entry) or
+    /// was woken (fexit); 0 = nobody registered yet — the legal race where the put comes
+    /// before the excluder enters `rcuwait_wait_event`.
     WriterWake = 9,
     /// All VMA write locks of `mm` end: `mmap_lock_released(write=true)` or a downgrade.
     MmWriteUnlock = 10,

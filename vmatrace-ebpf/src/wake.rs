@@ -29,7 +29,11 @@ fn excluder(w: u64) -> Option<Excluder> {
 
 #[inline(always)]
 fn emit_wake(pid_tgid: u64, ts: u64, w: u64, x: &Excluder, ret: Option<i64>) {
-    count(Counter::WriterWake);
+    // Only a call that finds (or wakes) a task counts as a wake-up; a call with nobody
+    // registered yet is still streamed, because the put that made it did its duty.
+    if ret != Some(0) {
+        count(Counter::WriterWake);
+    }
     let mut r = Reads::new();
     let mut ev = header(EventKind::WriterWake, ProbeId::RcuwaitWakeUp, pid_tgid, ts);
     // refcnt here is the value the waker's put left: F or F+1 for a real wake-up.
@@ -43,8 +47,12 @@ fn emit_wake(pid_tgid: u64, ts: u64, w: u64, x: &Excluder, ret: Option<i64>) {
 }
 
 /// Entry: emitted before the wake-up happens, so the record is ordered before the woken
-/// writer's return. Only when the writer is (still) excluding and `w->task` is set, i.e.
-/// somebody sleeps there.
+/// writer's return. Only while the writer is (still) excluding. `ret` says whether a task
+/// was registered in `w->task`: 0 is the legal race where the last reader's put comes
+/// after the excluder added the flag but before it entered `rcuwait_wait_event` — the
+/// kernel wakes nobody and the excluder finds its target on its first check. The event is
+/// streamed anyway: the validator's lost-wake-up rule asks whether the put *called*
+/// `rcuwait_wake_up`, not whether somebody was asleep.
 #[kprobe]
 pub fn rww_kprobe(ctx: ProbeContext) -> u32 {
     let w = ctx.arg::<u64>(0).unwrap_or(0);
@@ -57,12 +65,12 @@ pub fn rww_kprobe(ctx: ProbeContext) -> u32 {
     let mut r = Reads::new();
     // `struct rcuwait { struct task_struct *task; }`
     let task = r.at::<u64>(w, 0);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let ts = now();
+    emit_wake(pid_tgid, ts, w, &x, Some(i64::from(task != 0)));
     if task == 0 {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let ts = now();
-    emit_wake(pid_tgid, ts, w, &x, None);
     let e = Inflight {
         ts,
         ptr: w,
@@ -103,7 +111,9 @@ pub fn rww_fexit(ctx: FExitContext) -> u32 {
         return 0;
     };
     let ret = int_ret(ctx.ret::<u64>().unwrap_or(0));
-    if ret == 0 {
+    // ret 0 while the exclusion is active: a call that found nobody registered (see the
+    // kprobe); ret 0 after it ended is some unrelated late call.
+    if ret == 0 && x.active == 0 {
         return 0;
     }
     emit_wake(bpf_get_current_pid_tgid(), now(), w, &x, Some(ret));

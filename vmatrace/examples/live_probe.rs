@@ -7,7 +7,7 @@
 //! kernel (see the ebpf helper's report):
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --example live_probe --target x86_64-unknown-linux-gnu`
 //!
-//! Usage: `live_probe [--kprobes] [--seconds N] [--sample N]`
+//! Usage: `live_probe [--kprobes] [--gen 6.18|6.19|7] [--seconds N] [--sample N]`
 //! (`--workload N` is the child's mode: N seconds of readers, writers and forks.)
 
 #[path = "../tests/common/plans.rs"]
@@ -32,7 +32,7 @@ use vmatrace::{
     live::{LiveOptions, LiveSession, tracing_programs_supported},
     pipeline::{CounterSnapshot, SourceItem},
 };
-use vmatrace_common::{Config, Counter, Event, EventKind, event::flags};
+use vmatrace_common::{Config, Counter, Event, EventKind, event::flags, model::Generation};
 
 const F: u32 = 1 << 30;
 
@@ -62,7 +62,18 @@ fn main() -> anyhow::Result<()> {
     };
     println!("tracing programs supported: {tracing}");
     let use_tracing = tracing && !args.iter().any(|a| a == "--kprobes");
-    let plan = plans::plan_7x(use_tracing);
+    // `--gen 6.18` (6.16-6.18), `--gen 6.19`, default 7.x.
+    let gen_arg = args
+        .iter()
+        .position(|a| a == "--gen")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    let plan = match gen_arg {
+        Some("6.18") => plans::plan_6x(Generation::V6_15, use_tracing),
+        Some("6.19") => plans::plan_6x(Generation::V6_19, use_tracing),
+        _ => plans::plan_7x(use_tracing),
+    };
+    println!("plan: generation {}", plan.generation.label());
     let mut config = Config::DEFAULT;
     config.reader_sample_every = sample;
     let session = LiveSession::start(LiveOptions {

@@ -2,7 +2,7 @@
 # Manual real-kernel check: boot a Debian 7.x cloud kernel in QEMU with an initramfs that
 # runs the static `live_probe` example twice (fentry/fexit plan, then all-kprobe plan).
 #
-#   sh vmatrace/examples/live_probe_vm.sh <vmlinuz> [cache dir]
+#   sh vmatrace/examples/live_probe_vm.sh <vmlinuz> [cache dir] [live_probe args, e.g. "--gen 6.19"]
 #
 # Build the example first (static, so the initramfs needs no libraries):
 #   RUSTFLAGS="-C target-feature=+crt-static" \
@@ -13,6 +13,7 @@
 set -eu
 kernel=$1
 cache=${2:-$HOME/.cache/vmatrace/ebpf-manual}
+extra=${3:-}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$root/target/x86_64-unknown-linux-gnu/debug/examples/live_probe
 busybox=$(command -v busybox)
@@ -21,7 +22,7 @@ rd=$cache/initramfs
 rm -rf "$rd" && mkdir -p "$rd/bin" "$rd/proc" "$rd/sys" "$rd/dev" "$rd/tmp"
 cp "$busybox" "$rd/bin/busybox"
 cp "$bin" "$rd/live_probe"
-cat > "$rd/init" <<'INIT'
+cat > "$rd/init" <<INIT
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -31,11 +32,11 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
 echo "=== kallsyms"
-grep -E " (__vma_start_write|__vma_start_exclude_readers|__vma_exclude_readers_for_detach|lock_vma_under_rcu|lock_next_vma|vma_refcount_put|rcuwait_wake_up|vm_area_(alloc|dup|free))$" /proc/kallsyms
+grep -E " (__vma_start_write|__vma_start_exclude_readers|__vma_exclude_readers_for_detach|__vma_enter_locked|vma_mark_detached|lock_vma_under_rcu|lock_next_vma|vma_refcount_put|rcuwait_wake_up|vm_area_(alloc|dup|free))\$" /proc/kallsyms
 echo "=== live_probe: fentry/fexit plan"
-/live_probe --seconds 3 --sample 64
+/live_probe --seconds 3 --sample 64 $extra
 echo "=== live_probe: kprobe plan"
-/live_probe --kprobes --seconds 3 --sample 64
+/live_probe --kprobes --seconds 3 --sample 64 $extra
 echo "=== done"
 poweroff -f
 INIT

@@ -203,7 +203,8 @@ fn simulate_every_screen_evidence_resize_and_clean_quit() {
     tour(&t);
     t.keys(&["q"]);
     let s = assert_clean(&t, "EXIT=0");
-    assert!(s.contains("stopped before its end"), "{s}");
+    // Quitting stops the simulated tasks; the summary follows the dashboard.
+    assert!(s.contains("verdict: ok") && s.contains("detected"), "{s}");
 }
 
 #[test]
@@ -228,7 +229,7 @@ fn replay_every_screen_then_summary_after_quit() {
             return;
         };
         let s = t.wait_for("ENDED");
-        assert!(s.contains("replay sample.vmatrace") || i > 0, "{s}");
+        assert!(s.contains("sample.vmatrace") || i > 0, "{s}");
         for (key, needle) in [
             ("2", "Readers-exclusion wait"),
             ("3", "Top processes"),

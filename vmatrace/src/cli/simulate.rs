@@ -59,19 +59,26 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub json: bool,
     /// Show the live dashboard while the simulation runs (quit with q; the summary is
-    /// printed afterwards).
+    /// printed afterwards). Without --ops or --duration it runs until you quit.
     #[arg(long, conflicts_with = "json")]
     pub tui: bool,
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    // Under the dashboard an open-ended run is the useful default: quitting stops it.
+    let open_ended = a.tui && a.ops.is_none() && a.duration.is_none();
     let cfg = SimConfig {
         threads: a.threads,
         ops: match (a.ops, a.duration) {
+            _ if open_ended => None,
             (None, None) => Some(1_000_000),
             (ops, _) => ops,
         },
-        duration: a.duration,
+        duration: if open_ended {
+            Some(Duration::from_secs(365 * 86_400))
+        } else {
+            a.duration
+        },
         generation: a.generation,
         injections: a.inject,
         inject_rate: a.inject_rate,
@@ -112,6 +119,11 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
 /// The simulation feeding the dashboard. The dashboard stays up after the run ends (the
 /// numbers are final then); quitting it early stops the simulated tasks.
 fn run_with_dashboard(cfg: SimConfig) -> anyhow::Result<SimOutcome> {
+    // Fail before the simulation starts, not after (tui::run checks too).
+    anyhow::ensure!(
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        "--tui needs a terminal on stdout (run without --tui for the text or --json summary)"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -50,14 +50,14 @@ pub(super) fn errno_hint(errno: i32, mode: AttachMode) -> Option<&'static str> {
     Some(match errno {
         libc::ENOENT if kprobe => "no such symbol in kallsyms (inlined, or a module not loaded)",
         libc::EINVAL if kprobe => {
-            "the kernel refuses to probe this function (notrace, kprobe blacklist, or              kretprobe blacklist)"
+            "the kernel refuses to probe this function (notrace, kprobe blacklist, or kretprobe blacklist)"
         }
         libc::EADDRNOTAVAIL => {
-            "the name is ambiguous (several kallsyms entries); kprobes by name cannot              choose one"
+            "the name is ambiguous (several kallsyms entries); kprobes by name cannot choose one"
         }
         libc::EILSEQ => "the probe offset is not on an instruction boundary",
         libc::EPERM | libc::EACCES => {
-            "not permitted: missing CAP_BPF/CAP_PERFMON, lockdown, or this kernel refuses              tracing programs"
+            "not permitted: missing CAP_BPF/CAP_PERFMON, lockdown, or this kernel refuses tracing programs"
         }
         libc::EBUSY => "another trampoline or ftrace user holds this function exclusively",
         _ => return None,
@@ -185,6 +185,13 @@ mod tests {
         assert_eq!(errno_hint(libc::EINVAL, AttachMode::FEntry), None);
         assert!(errno_hint(libc::EADDRNOTAVAIL, AttachMode::KRetProbe).is_some());
         assert_eq!(errno_of(&anyhow!("no io error")), None);
+        for errno in 1..200 {
+            for mode in [AttachMode::KProbe, AttachMode::FEntry] {
+                if let Some(h) = errno_hint(errno, mode) {
+                    assert!(!h.contains("  "), "badly wrapped hint: {h:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub const LOSS_COUNTERS: &[Counter] = &[
     Counter::UnmatchedReturn,
     Counter::InflightMapFull,
     Counter::ProbeReadFailed,
+    Counter::MissedReturn,
 ];
 
 #[derive(Clone, Debug, Default)]

@@ -28,6 +28,15 @@ pub enum ReleaseVisibility {
     Kernel,
 }
 
+impl ReleaseVisibility {
+    pub const fn key(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Kernel => "kernel",
+        }
+    }
+}
+
 impl std::str::FromStr for ReleaseVisibility {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -11,6 +11,13 @@ pub const MM_STRIDE: u64 = 0x800;
 /// User address of the first tree slot and the span each slot covers.
 pub const USER_BASE: u64 = 0x7f3a_0000_0000;
 pub const SLOT_SPAN: u64 = 0x10_000;
+/// Process ids: mm `i` belongs to tgid `TGID_BASE + i * TGID_STRIDE`; its tasks have
+/// tids just above it (at most `MAX_TASKS`, so no two tasks share a tid).
+pub const TGID_BASE: u32 = 4200;
+pub const TGID_STRIDE: u32 = 10_000;
+pub const MAX_TASKS: usize = 4096;
+/// The tid of the simulated rogue second excluder (`double-exclusion`), per process.
+pub const ROGUE_TID_OFFSET: u32 = TGID_STRIDE - 1;
 
 /// `struct rcuwait`: one waiting task per mm (the mmap write lock holder), woken by the
 /// last reader. The mutex stands in for RCU protection of the `task` pointer (the waker
@@ -56,7 +63,7 @@ impl SimMm {
         Self {
             index,
             addr: MM_BASE + index as u64 * MM_STRIDE,
-            tgid: 4200 + index as u32 * 100,
+            tgid: TGID_BASE + index as u32 * TGID_STRIDE,
             mmap_lock: RwLock::new(()),
             // The sequence is even while unlocked.
             mm_lock_seq: AtomicU32::new(seq_start & !1),

@@ -140,6 +140,125 @@ pub fn lock_vma_under_rcu(
     got
 }
 
+/// What `lock_next_vma` returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextVma {
+    /// A read-locked VMA (slab index).
+    Locked(u32),
+    /// NULL: no VMA at or after the address.
+    End,
+    /// `ERR_PTR(-EAGAIN)`: the fallback found the VMA detached.
+    Again,
+}
+
+/// `-EAGAIN`
+const EAGAIN: i64 = -11;
+
+/// `lock_next_vma(mm, vmi, from_addr)` (6.17+, `/proc/pid/maps` and `PROCMAP_QUERY`): the
+/// first VMA at or after `from_addr`, read-locked by `vma_start_read`; when that fails,
+/// the fallback takes the mmap read lock and uses `vma_start_read_locked` (whose
+/// increment no probe sees). Emits the `ReaderAcquire` of its fexit program.
+pub fn lock_next_vma(k: &Kernel, t: &mut Task, mm: &SimMm, from_addr: u64) -> NextVma {
+    let first =
+        usize::try_from(from_addr.saturating_sub(super::mm::USER_BASE) / super::mm::SLOT_SPAN)
+            .unwrap_or(usize::MAX);
+    // mas_find(): the next populated slot.
+    let find = |from: usize| (from..mm.tree.len()).find_map(|s| mm.slot_of(s));
+    let mut misses = 0;
+    let result = loop {
+        let Some(idx) = find(first) else {
+            break NextVma::End;
+        };
+        match vma_start_read(k, t, mm, idx, from_addr) {
+            // Injected faults only target lock_vma_under_rcu's callers; treat as locked.
+            StartRead::Locked | StartRead::AdmittedByFault => {
+                // The VMA must not be behind the search position, and no other VMA may
+                // have been installed ahead of it since the lookup (the object may have
+                // been reused within this mm).
+                let end = k.vma(idx).vm_end.load(Ordering::Acquire);
+                if from_addr >= end || find(first) != Some(idx) {
+                    reader_put(k, t, idx, false);
+                    break next_vma_under_mmap_lock(k, mm, first);
+                }
+                break NextVma::Locked(idx);
+            }
+            // Detached under us: search again from the same address.
+            StartRead::Again => {
+                misses += 1;
+                if misses > MAX_MISSES {
+                    break next_vma_under_mmap_lock(k, mm, first);
+                }
+            }
+            StartRead::Fail(_) => break next_vma_under_mmap_lock(k, mm, first),
+        }
+    };
+    k.count(t, Counter::ReaderNextVma);
+    t.next_vmas += 1;
+    let every = k.reader_sample_every;
+    if t.quiet || every == 0 || !t.next_vmas.is_multiple_of(u64::from(every)) {
+        return result;
+    }
+    k.count(t, Counter::ReaderSampled);
+    k.emit(t, || {
+        let mut ev = k.event(t, EventKind::ReaderAcquire, ProbeId::LockNextVma);
+        match result {
+            NextVma::Locked(idx) => {
+                k.read_vma(&mut ev, idx);
+                ev.ret = Slab::addr(idx) as i64;
+            }
+            NextVma::End => {
+                k.read_mm(&mut ev, mm);
+                ev.ret = 0;
+            }
+            NextVma::Again => {
+                k.read_mm(&mut ev, mm);
+                ev.ret = EAGAIN;
+            }
+        }
+        ev.arg = from_addr;
+        ev.flags |= flags::RET;
+        ev
+    });
+    result
+}
+
+/// `lock_vma_under_mmap_lock()`: the fallback of `lock_next_vma`. Under the mmap read
+/// lock no writer runs, so the tree and the VMA ranges are stable.
+fn next_vma_under_mmap_lock(k: &Kernel, mm: &SimMm, first: usize) -> NextVma {
+    let g = mm.read_lock();
+    let r = match (first..mm.tree.len()).find_map(|s| mm.slot_of(s)) {
+        None => NextVma::End,
+        Some(idx) if vma_start_read_locked(k, idx) => NextVma::Locked(idx),
+        Some(_) => NextVma::Again,
+    };
+    drop(g);
+    r
+}
+
+/// `vma_start_read_locked(vma)`: the caller holds the mmap read lock, so no writer can
+/// be excluding; fails only on a detached VMA (or the reader limit).
+fn vma_start_read_locked(k: &Kernel, idx: u32) -> bool {
+    let v = k.vma(idx);
+    let mut old = v.vm_refcnt.load(Ordering::Relaxed);
+    loop {
+        if old == 0 || old > k.limit - 1 {
+            return false;
+        }
+        match v
+            .vm_refcnt
+            .compare_exchange_weak(old, old + 1, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => break,
+            Err(cur) => old = cur,
+        }
+    }
+    v.holders.fetch_add(1, Ordering::AcqRel);
+    if old & k.flag != 0 {
+        SimChecks::bump(&k.checks.reader_admitted_while_excluded);
+    }
+    true
+}
+
 /// `vma_start_read(mm, vma)` (6.18+ form; the checks are the same in 6.15–6.17).
 pub fn vma_start_read(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64) -> StartRead {
     let v = k.vma(idx);
@@ -244,8 +363,10 @@ fn admit_ignoring_flag(
 }
 
 /// Drop a reader reference this task owns (`vma_end_read` / the error paths).
-/// `visible` says whether a real kernel would run the out-of-line `vma_refcount_put`
-/// here (only fault-retry sites do).
+/// `lease_release` marks the end of a fault handled under the VMA lock: with
+/// [`ReleaseVisibility::Kernel`](super::kernel::ReleaseVisibility) only those can be
+/// the out-of-line, probed `vma_refcount_put` (fault-retry sites); error-path and
+/// ephemeral puts are always inlined there.
 pub fn reader_put(k: &Kernel, t: &mut Task, idx: u32, lease_release: bool) {
     let v = k.vma(idx);
     v.holders.fetch_sub(1, Ordering::AcqRel);
@@ -297,12 +418,23 @@ pub fn rcuwait_wake_up(k: &Kernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u
     let w = &mm.vma_writer_wait;
     let guard = w.task.lock().unwrap_or_else(|e| e.into_inner());
     // Nobody waits yet (the excluder added the flag but has not entered
-    // rcuwait_wait_event): nothing to wake, and the kprobe emits nothing.
+    // rcuwait_wait_event): nothing to wake. The eBPF kprobe still streams the call with
+    // ret 0 (it fires while the exclusion is active), so the put is seen to have done its
+    // duty and no lost wake-up is owed.
     let Some(waiter) = guard.as_ref() else {
         if let Some((idx, put_ts)) = put
             && put_ts != 0
         {
             k.record_benign(put_ts, idx, mm.addr);
+            let addr = mm.writer_wait_addr(k.writer_wait_offset);
+            k.emit(t, || {
+                let mut ev = k.event(t, EventKind::WriterWake, ProbeId::RcuwaitWakeUp);
+                k.read_vma(&mut ev, idx);
+                ev.arg = addr;
+                ev.ret = 0;
+                ev.flags |= vmatrace_common::event::flags::RET;
+                ev
+            });
         }
         return;
     };
@@ -320,6 +452,8 @@ pub fn rcuwait_wake_up(k: &Kernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u
         let mut ev = k.event(t, EventKind::WriterWake, ProbeId::RcuwaitWakeUp);
         k.read_vma(&mut ev, vma);
         ev.arg = addr;
+        ev.ret = 1;
+        ev.flags |= vmatrace_common::event::flags::RET;
         ev
     });
     k.count(t, Counter::WriterWake);

@@ -121,8 +121,11 @@ impl SimReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "vmatrace simulate: generation {}, {} tasks, seed {}, releases {:?}",
-            self.generation, self.threads, self.seed, self.releases
+            "vmatrace simulate: generation {}, {} tasks, seed {}, releases {}",
+            self.generation,
+            self.threads,
+            self.seed,
+            self.releases.key()
         );
         let o = &self.ops;
         let _ = writeln!(

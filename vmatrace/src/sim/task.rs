@@ -21,6 +21,8 @@ pub struct Task {
     pub inject_off: bool,
     /// `lock_vma_under_rcu` calls so far (for reader sampling).
     pub acquires: u64,
+    /// `lock_next_vma` calls so far (sampled separately, as on the eBPF side).
+    pub next_vmas: u64,
 }
 
 impl Task {
@@ -40,6 +42,7 @@ impl Task {
             quiet: false,
             inject_off: false,
             acquires: 0,
+            next_vmas: 0,
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
+use vmatrace_common::model::Generation;
 use vmatrace_common::model::generation::{TASK_KILLABLE, TASK_UNINTERRUPTIBLE};
 
 use super::checks::SimChecks;
@@ -14,8 +15,8 @@ use super::lifecycle::{
     mmap_write_downgrade, mmap_write_lock, mmap_write_unlock, vm_area_alloc, vm_area_free,
     vma_mark_attached, vma_mark_detached, vma_set_range,
 };
-use super::mm::{SLOT_SPAN, SimMm};
-use super::reader::{LockFail, ReadFail, lock_vma_under_rcu, reader_put};
+use super::mm::{SLOT_SPAN, SimMm, USER_BASE};
+use super::reader::{LockFail, NextVma, ReadFail, lock_next_vma, lock_vma_under_rcu, reader_put};
 use super::task::Task;
 use super::writer::vma_start_write;
 
@@ -44,6 +45,8 @@ pub struct OpStats {
     pub mmaps: u64,
     /// munmaps that ended with `mmap_write_downgrade`.
     pub downgrades: u64,
+    /// `/proc/pid/maps` reads (`lock_next_vma` walks).
+    pub maps_reads: u64,
     /// fork-like (`dup_mmap`): write-lock every VMA, killable on 6.19+.
     pub forks: u64,
     /// ... aborted by a fatal signal (-EINTR).
@@ -69,6 +72,7 @@ impl OpStats {
         self.munmaps += o.munmaps;
         self.mmaps += o.mmaps;
         self.downgrades += o.downgrades;
+        self.maps_reads += o.maps_reads;
         self.forks += o.forks;
         self.forks_interrupted += o.forks_interrupted;
         self.alloc_failures += o.alloc_failures;
@@ -79,12 +83,17 @@ impl OpStats {
 const MPROTECT_PERMILLE: u64 = 50;
 const MUNMAP_PERMILLE: u64 = 50;
 const FORK_PERMILLE: u64 = 15;
+/// `/proc/pid/maps` reads (`lock_next_vma`), on generations that have it (6.17+).
+const MAPS_PERMILLE: u64 = 10;
 /// Chance that a fork-like operation has a fatal signal pending (6.19+ only matters).
 const FATAL_SIGNAL_CHANCE: f64 = 0.3;
 
 /// Populate each mm's tree before the tasks start (like exec + a few mmaps).
 pub fn populate(k: &Kernel, t: &mut Task) {
     for mm in &k.mms {
+        // A task of the owning process (its main thread: tid == tgid).
+        t.tgid = mm.tgid;
+        t.tid = mm.tgid;
         let g = mmap_write_lock(k, mm);
         for slot in 0..mm.tree.len() {
             if slot % 4 != 3 {
@@ -126,6 +135,10 @@ pub fn run_task(
             munmap_mmap(k, t, mm, &mut st);
         } else if r < MPROTECT_PERMILLE + MUNMAP_PERMILLE + FORK_PERMILLE {
             fork(k, t, mm, &mut st);
+        } else if r < MPROTECT_PERMILLE + MUNMAP_PERMILLE + FORK_PERMILLE + MAPS_PERMILLE
+            && k.generation != Generation::V6_15
+        {
+            read_maps(k, t, mm, &mut st);
         } else {
             fault(k, t, mm, &mut st);
         }
@@ -186,6 +199,26 @@ fn check_lease(k: &Kernel, mm: &SimMm, idx: u32, addr: u64) {
         if !k.plan.any() {
             SimChecks::bump(&k.checks.reader_held_wrong_vma);
         }
+    }
+}
+
+/// A `/proc/pid/maps` read: walk every VMA with `lock_next_vma`, each read-locked while
+/// it is printed, released before the next.
+fn read_maps(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
+    st.maps_reads += 1;
+    let mut from = USER_BASE;
+    while let NextVma::Locked(idx) = lock_next_vma(k, t, mm, from) {
+        let v = k.vma(idx);
+        let start = v.vm_start.load(Ordering::Relaxed);
+        check_lease(k, mm, idx, start);
+        reader_put(k, t, idx, false);
+        // Continue after this VMA's slot (VMAs never span slots).
+        let slot =
+            usize::try_from(start.saturating_sub(USER_BASE) / SLOT_SPAN).unwrap_or(usize::MAX);
+        if slot + 1 >= mm.tree.len() {
+            break;
+        }
+        from = SimMm::slot_start(slot + 1);
     }
 }
 

@@ -127,7 +127,7 @@ fn end_exclude(k: &Kernel, idx: u32, ves: &mut Ves) {
 fn rogue_exclusion(k: &Kernel, t: &Task, idx: u32) {
     let v = k.vma(idx);
     // Another task of the same process (e.g. a kworker acting without the mmap lock).
-    let rogue_tid = t.tgid + 99;
+    let rogue_tid = t.tgid + super::mm::ROGUE_TID_OFFSET;
     let ts = k.ring.with(|w| {
         let seven = k.generation == Generation::V7_0;
         let (enter_kind, exit_kind, probe) = match k.generation {

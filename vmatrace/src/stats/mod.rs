@@ -211,6 +211,7 @@ impl Stats {
         self.newest_ts_ns = self.newest_ts_ns.max(ev.ts_ns);
         match kind {
             EventKind::ExcludeExit | EventKind::WriteLockExit => self.on_wait_exit(ev, kind),
+            EventKind::DetachExit => self.on_detach_exit(ev),
             EventKind::DetachEnter if is_slow_detach(ev) => {
                 self.slow_detaches += 1;
                 self.process_row(ev).slow_detaches += 1;
@@ -251,6 +252,23 @@ impl Stats {
         let interrupted = outcome == ExcludeOutcome::Interrupted;
         let detaching =
             kind == EventKind::ExcludeExit && ev.has(flags::VES) && ev.ves_detaching != 0;
+        self.record_exclusion(ev, interrupted, detaching);
+    }
+
+    /// 6.15–6.18: a detach that found readers waited for them inside the inlined
+    /// start-exclude of `vma_mark_detached`; its paired return carries that wait.
+    fn on_detach_exit(&mut self, ev: &Event) {
+        if self.wait_source == WaitSource::WriteLockExit
+            && ev.probe() == ProbeId::VmaMarkDetached
+            && ev.has(flags::PAIRED)
+            && ev.entry_refcnt > 1
+        {
+            self.record_exclusion(ev, false, true);
+        }
+    }
+
+    fn record_exclusion(&mut self, ev: &Event, interrupted: bool, detaching: bool) {
+        let paired = ev.has(flags::PAIRED);
         self.interrupted += u64::from(interrupted);
         self.detach_exclusions += u64::from(detaching);
         // Without the entry we do not know how long it waited: count the exclusion, keep

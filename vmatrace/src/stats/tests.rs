@@ -242,3 +242,29 @@ fn undecodable_kinds_are_ignored_without_panic() {
     assert_eq!(s.percentiles().count, 0);
     assert!(s.processes().is_empty());
 }
+
+#[test]
+fn old_kernels_count_detach_waits_from_vma_mark_detached() {
+    let mut s = Stats::new(Generation::V6_15);
+    let mut slow = ev(EventKind::DetachExit, 4, 0xa000);
+    slow.probe = ProbeId::VmaMarkDetached as u8;
+    slow.flags |= flags::PAIRED;
+    slow.entry_refcnt = 3;
+    slow.wait_ns = 40_000;
+    let mut fast = slow;
+    fast.entry_refcnt = 1;
+    fast.wait_ns = 30;
+    s.observe(&slow);
+    s.observe(&fast);
+    assert_eq!(
+        s.percentiles().count,
+        1,
+        "only the detach that waited for readers"
+    );
+    assert_eq!(s.detach_exclusions(), 1);
+    assert!(s.slowest().items()[0].detaching);
+    // On 7.x the same event is not an exclusion wait (start-exclude is probed there).
+    let mut s7 = Stats::new(Generation::V7_0);
+    s7.observe(&slow);
+    assert_eq!(s7.percentiles().count, 0);
+}

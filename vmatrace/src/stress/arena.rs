@@ -32,9 +32,29 @@ pub struct Arena {
 
 impl Arena {
     pub fn new(slots: usize, slot_pages: usize) -> io::Result<Self> {
+        Self::aligned(slots, slot_pages, 0)
+    }
+
+    /// An arena whose base is a multiple of `align` bytes (0: page-aligned), e.g. 2 MiB so
+    /// each slot can hold a transparent huge page.
+    pub fn aligned(slots: usize, slot_pages: usize, align: usize) -> io::Result<Self> {
         let page = sys::page_size();
         let len = slots * slot_pages * page;
-        let base = sys::mmap_anon(0, len, sys::RW, libc::MAP_NORESERVE)?;
+        let base = if align > page {
+            // Over-reserve, then trim the unaligned head and the tail.
+            let raw = sys::mmap_anon(0, len + align, sys::RW, libc::MAP_NORESERVE)?;
+            let base = raw.next_multiple_of(align);
+            if base > raw {
+                sys::munmap(raw, base - raw)?;
+            }
+            let tail = raw + len + align - (base + len);
+            if tail > 0 {
+                sys::munmap(base + len, tail)?;
+            }
+            base
+        } else {
+            sys::mmap_anon(0, len, sys::RW, libc::MAP_NORESERVE)?
+        };
         Ok(Self {
             base,
             slots,

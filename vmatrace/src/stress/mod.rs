@@ -41,11 +41,16 @@ pub struct StressConfig {
 const DIRECT_SLOTS: usize = 64;
 const GUARDED_SLOTS: usize = 32;
 const SLOT_PAGES: usize = 16;
+/// The huge-page arena: 8 slots of 2 MiB (16 MiB), each a THP candidate.
+const HUGE_SLOTS: usize = 8;
+const HUGE_SLOT_BYTES: usize = 2 << 20;
 
 /// State shared by all workload threads.
 pub struct Shared {
     pub direct: arena::Arena,
     pub guarded: arena::Arena,
+    /// 2 MiB-aligned slots with MADV_HUGEPAGE: accessible at all times, like `direct`.
+    pub huge: arena::Arena,
     pub ops: OpCounts,
     errors: Mutex<Vec<(Op, String)>>,
 }
@@ -77,9 +82,18 @@ pub fn run(cfg: &StressConfig) -> anyhow::Result<Report> {
         direct: arena::Arena::new(DIRECT_SLOTS, SLOT_PAGES).context("mapping the direct arena")?,
         guarded: arena::Arena::new(GUARDED_SLOTS, SLOT_PAGES)
             .context("mapping the guarded arena")?,
+        huge: arena::Arena::aligned(
+            HUGE_SLOTS,
+            HUGE_SLOT_BYTES / sys::page_size(),
+            HUGE_SLOT_BYTES,
+        )
+        .context("mapping the huge-page arena")?,
         ops: OpCounts::default(),
         errors: Mutex::new(Vec::new()),
     };
+    for slot in 0..shared.huge.slots {
+        sys::madvise_hugepage(shared.huge.slot_addr(slot), shared.huge.slot_len());
+    }
     // Each reader copies into its own memfd so pwrite does not serialise on one inode.
     // Created before any thread starts, so a failure cannot leave threads running.
     let sinks = (0..cfg.readers)
@@ -171,6 +185,7 @@ mod tests {
             Op::Mremap,
             Op::MremapGrow,
             Op::MadviseDontneed,
+            Op::HugeReshape,
         ] {
             assert!(n(op) > 0, "{} never happened: {:?}", op.key(), report.ops);
         }

@@ -28,6 +28,11 @@ pub enum Op {
     MremapGrow,
     /// `madvise(MADV_DONTNEED)` of part of a slot: readers fault the pages back in.
     MadviseDontneed,
+    /// A reshape (MAP_FIXED replace, MADV_DONTNEED, or mprotect) of a whole 2 MiB slot of
+    /// the huge-page arena, where a reader's fault zeroes a whole huge page while holding
+    /// the VMA read lock: writers and detaches then really find readers inside
+    /// (`__vma_exclude_readers_for_detach`, waits in start-exclude, writer wake-ups).
+    HugeReshape,
     /// A guarded slot's hole was taken by another mapping between munmap and the re-mmap
     /// (the slot stays vacant and is retried later): a race the workload allows.
     SlotTaken,
@@ -50,6 +55,7 @@ impl Op {
         Op::Mremap,
         Op::MremapGrow,
         Op::MadviseDontneed,
+        Op::HugeReshape,
         Op::SlotTaken,
         Op::Fork,
         Op::KilledDuringFork,
@@ -67,6 +73,7 @@ impl Op {
             Op::Mremap => "mremap",
             Op::MremapGrow => "mremap_grow",
             Op::MadviseDontneed => "madvise_dontneed",
+            Op::HugeReshape => "huge_reshape",
             Op::SlotTaken => "slot_taken",
             Op::Fork => "fork",
             Op::KilledDuringFork => "killed_during_fork",

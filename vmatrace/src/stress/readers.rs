@@ -29,6 +29,14 @@ pub fn run(shared: &Shared, sink: &OwnedFd, stop: &AtomicBool, seed: u64) {
             unsafe { p.write_volatile(seed as u8) };
             touches += 1;
         }
+        for _ in 0..4 {
+            let huge = &shared.huge;
+            let p = huge.page_addr(rng.below(huge.pages())) as *mut u8;
+            // SAFETY: as for the direct arena: the huge arena is only ever replaced by
+            // fresh RW mappings, dropped with MADV_DONTNEED, or switched RW/RWX.
+            unsafe { p.write_volatile(seed as u8) };
+            touches += 1;
+        }
         for _ in 0..16 {
             let page = rng.below(guarded.pages());
             let addr = guarded.page_addr(page);

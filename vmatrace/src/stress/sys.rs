@@ -63,6 +63,13 @@ pub fn madvise_dontneed(at: usize, len: usize) -> io::Result<()> {
     check(unsafe { libc::madvise(at as *mut c_void, len, libc::MADV_DONTNEED) })
 }
 
+/// Ask for transparent huge pages. Kernels without THP refuse (EINVAL); the workload
+/// then simply faults small pages there.
+pub fn madvise_hugepage(at: usize, len: usize) {
+    // SAFETY: a hint on workload-owned memory; no contents change.
+    let _ = unsafe { libc::madvise(at as *mut c_void, len, libc::MADV_HUGEPAGE) };
+}
+
 /// Move `len` bytes at `from` over `to` (replacing what is there).
 pub fn mremap_fixed(from: usize, len: usize, to: usize) -> io::Result<()> {
     // SAFETY: both ranges are workload-owned.

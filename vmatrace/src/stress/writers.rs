@@ -13,12 +13,13 @@ use super::{Shared, arena::Arena, ops::Op, rng::Rng, sys};
 pub fn run(shared: &Shared, stop: &AtomicBool, seed: u64) {
     let mut rng = Rng::new(seed);
     while !stop.load(Ordering::Relaxed) {
-        let r = match rng.below(8) {
+        let r = match rng.below(9) {
             0 | 1 => mprotect_toggle(shared, &mut rng),
             2 => mmap_replace(shared, &mut rng),
             3 => mremap_over(shared, &mut rng),
             4 => mremap_grow(shared),
             5 => madvise(shared, &mut rng),
+            6 => huge_reshape(shared, &mut rng),
             _ => guarded_cycle(shared, &mut rng),
         };
         if let Err((op, e)) = r {
@@ -93,6 +94,32 @@ fn madvise(s: &Shared, rng: &mut Rng) -> OpResult {
     let (addr, len) = sub_range(a, rng.below(a.slots), rng);
     sys::madvise_dontneed(addr, len).map_err(tag(Op::MadviseDontneed))?;
     s.ops.add(Op::MadviseDontneed, 1);
+    Ok(())
+}
+
+/// Reshape a whole 2 MiB slot while readers may be zeroing a huge page in it. Every
+/// variant keeps the slot readable and writable.
+fn huge_reshape(s: &Shared, rng: &mut Rng) -> OpResult {
+    let a = &s.huge;
+    let slot = rng.below(a.slots);
+    let (addr, len) = (a.slot_addr(slot), a.slot_len());
+    match rng.below(3) {
+        0 => {
+            sys::mmap_anon(addr, len, sys::RW, libc::MAP_FIXED).map_err(tag(Op::MmapReplace))?;
+            sys::madvise_hugepage(addr, len);
+            s.ops.add(Op::MmapReplace, 1);
+        }
+        1 => {
+            sys::madvise_dontneed(addr, len).map_err(tag(Op::MadviseDontneed))?;
+            s.ops.add(Op::MadviseDontneed, 1);
+        }
+        _ => {
+            sys::mprotect(addr, len, sys::RWX).map_err(tag(Op::Mprotect))?;
+            sys::mprotect(addr, len, sys::RW).map_err(tag(Op::Mprotect))?;
+            s.ops.add(Op::Mprotect, 2);
+        }
+    }
+    s.ops.add(Op::HugeReshape, 1);
     Ok(())
 }
 

@@ -5,18 +5,19 @@
 //! - [`render`]: pure functions `AppState -> Frame`, tested with `TestBackend` snapshots.
 //! - [`terminal`]: [`run`], the loop that owns the terminal.
 //!
-//! Wiring from a CLI command (inside a tokio runtime):
+//! Wiring from a CLI command (inside a tokio runtime), as `run`, `replay` and `simulate`
+//! do it:
 //! ```ignore
 //! let shared = tui::attach_to(&mut pipeline, ctx);             // before driving
-//! let driver = tui::spawn_driver(&shared, pipeline.drive(rx, flush_every));
+//! let driver = tokio::spawn(pipeline.drive(rx, flush_every));
 //! let exit = tui::run(shared, stop_future).await?;             // user quit, stop, signal
 //! stop_the_source();                                           // e.g. set its stop flag
 //! let pipeline = driver.await?;                                // drained, flushed
 //! ```
 //! When the source ends first (replay EOF, simulation done) the dashboard stays up with
-//! "ENDED" in the header until the user quits.
+//! "ENDED" in the header until the user quits (`DashboardSink::finish` or
+//! [`mark_source_ended`]). [`set_program_stats`] feeds the tracer's self-cost.
 
-pub mod launch;
 pub mod render;
 pub mod sink;
 pub mod state;
@@ -44,26 +45,6 @@ pub fn attach_to(pipeline: &mut Pipeline, ctx: DashboardContext) -> SharedState 
 
 fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, AppState> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Whether the dashboard can run here (stdout is a terminal).
-pub fn stdout_is_terminal() -> bool {
-    use std::io::IsTerminal;
-    std::io::stdout().is_terminal()
-}
-
-/// Spawn the task that drives the pipeline (e.g. `pipeline.drive(rx, every)`); when it
-/// finishes, the dashboard shows the source as ended. Await the handle after [`run`].
-pub fn spawn_driver<T: Send + 'static>(
-    shared: &SharedState,
-    driver: impl std::future::Future<Output = T> + Send + 'static,
-) -> tokio::task::JoinHandle<T> {
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let out = driver.await;
-        mark_source_ended(&shared);
-        out
-    })
 }
 
 /// Tell the dashboard the source has ended (numbers are final; the user quits when done).

@@ -253,6 +253,9 @@ fn fixture() -> AppState {
     let mut interrupted = exclude_exit(11_500, 3310, "java", 4, 48_000_000);
     interrupted.ret = -4;
     interrupted.ves_exclusive = 0;
+    // -EINTR returns with the flag already removed (the readers it waited for remain);
+    // F+1 here would be a genuine `exclusion_not_ended` for the validator.
+    interrupted.refcnt = 2;
     feed(SourceItem::Events(vec![interrupted]), &mut sink);
     let mut st = shared.lock().unwrap().clone();
     st.live.push_anomaly(&anomaly(

@@ -1,6 +1,7 @@
 //! A transition the model does not allow, with its evidence.
 //!
-//! The JSON form (the exported anomaly log) is documented in `docs/anomaly-log.md`;
+//! The JSON form (the exported anomaly log) is documented in `docs/anomaly-log.md`, the
+//! rule behind each kind in `docs/anomaly-kinds.md`;
 //! `AnomalyKind` keys are stable: never rename, only add.
 
 use serde::Serialize;

@@ -37,15 +37,24 @@ impl Recent {
     /// Up to [`EVIDENCE_EVENTS`] most recent events of `vma` (and the write-unlocks of
     /// its `mm`, which end its write lock), oldest first.
     pub fn of_vma(&self, vma: u64, mm: u64) -> Vec<Event> {
+        self.of_vma_until(vma, mm, None)
+    }
+
+    /// Like [`Recent::of_vma`], but ending with `last` (an anomaly decided after later
+    /// events arrived); the newest events when `last` has left the ring.
+    pub fn of_vma_until(&self, vma: u64, mm: u64, last: Option<&Event>) -> Vec<Event> {
         let len = if self.filled {
             self.ring.len()
         } else {
             self.next
         };
+        let newest = |i: usize| &self.ring[(self.next + self.ring.len() - 1 - i) % self.ring.len()];
+        let start = last
+            .and_then(|l| (0..len).find(|&i| newest(i) == l))
+            .unwrap_or(0);
         let mut out = Vec::with_capacity(EVIDENCE_EVENTS);
-        for i in 0..len {
-            let idx = (self.next + self.ring.len() - 1 - i) % self.ring.len();
-            let ev = &self.ring[idx];
+        for i in start..len {
+            let ev = newest(i);
             let unlock = ev.kind == EventKind::MmWriteUnlock as u16 && mm != 0 && ev.mm == mm;
             if (vma != 0 && ev.vma == vma) || unlock {
                 out.push(*ev);
@@ -75,5 +84,14 @@ mod tests {
         let ev = r.of_vma(0x100, 0);
         let ts: Vec<u64> = ev.iter().map(|e| e.ts_ns).collect();
         assert_eq!(ts, vec![12, 14, 16, 18]);
+        let mut until = Event::ZERO;
+        until.vma = 0x100;
+        until.ts_ns = 16;
+        let ts: Vec<u64> = r
+            .of_vma_until(0x100, 0, Some(&until))
+            .iter()
+            .map(|e| e.ts_ns)
+            .collect();
+        assert_eq!(ts, vec![12, 14, 16]);
     }
 }

@@ -200,6 +200,9 @@ fn reader_while_excluded_decided_when_the_window_closes() {
     let a = run(Generation::V7_0, &s.events);
     assert_eq!(kinds(&a), ["reader_while_excluded"]);
     assert_eq!(a[0].event.kind(), Some(EventKind::ReaderAcquire));
+    // Evidence ends with the offending reader, not with the later write-lock return.
+    assert_eq!(a[0].evidence.last(), Some(&a[0].event));
+    assert_eq!(a[0].evidence.len(), 4);
 }
 
 #[test]
@@ -919,5 +922,34 @@ fn lock_next_vma_error_pointer_is_not_a_reader_success() {
     let e = s.push(EventKind::ReaderAcquire, READER, 1, seq);
     e.probe = ProbeId::LockNextVma as u8;
     e.ret = -4; // ERR_PTR(-EINTR)
+    assert_clean(Generation::V7_0, &s);
+}
+
+#[test]
+fn ret_is_only_read_when_the_probe_read_it() {
+    // Without flags::RET the result of a 7.x __vma_start_write is unknown: no
+    // write_lock_not_taken; a stuck flag is still a stuck flag.
+    let mut s = Stream::new();
+    s.mmap_write_lock();
+    let e = s.push(EventKind::WriteLockExit, WRITER, 1, 3);
+    e.flags &= !flags::RET;
+    assert_clean(Generation::V7_0, &s);
+    s.events[0].refcnt = F + 1;
+    assert_eq!(
+        kinds(&run(Generation::V7_0, &s.events)),
+        ["exclusion_not_ended"]
+    );
+    // 6.15–6.18: void, so returning means success.
+    s.events[0].refcnt = 1;
+    assert_eq!(
+        kinds(&run(Generation::V6_15, &s.events)),
+        ["write_lock_not_taken"]
+    );
+    // A reader return without RET is not a success.
+    let mut s = Stream::new();
+    let seq = s.seq;
+    let e = s.push(EventKind::ReaderAcquire, READER, 1, seq);
+    e.ret = VMA as i64;
+    e.flags &= !flags::RET;
     assert_clean(Generation::V7_0, &s);
 }

@@ -360,7 +360,21 @@ impl Validator {
 
     fn on_write_lock_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         let stuck = self.stuck(ev.vma);
-        if ev.ret == 0 {
+        // `__vma_start_write` is void before 6.19: returning is success.
+        let ret = match ret_of(ev) {
+            None if self.generation == Generation::V6_15 => Some(0),
+            r => r,
+        };
+        if ret.is_none()
+            && let Some(s) = sample
+            && refcnt::flag_set(s.r)
+            && !refcnt::out_of_range(s.r)
+            && !stuck
+        {
+            // Success or -EINTR, the flag is gone by the return either way.
+            self.report_flag_stuck(ev, s, "__vma_start_write return", out);
+        }
+        if ret == Some(0) {
             if let Some(s) = sample {
                 if refcnt::flag_set(s.r) && !refcnt::out_of_range(s.r) && !stuck {
                     self.report_flag_stuck(ev, s, "__vma_start_write return", out);
@@ -384,7 +398,7 @@ impl Validator {
                     );
                 }
             }
-        } else if ev.ret == EINTR {
+        } else if ret == Some(EINTR) {
             let killable = self.generation.has_killable_writers()
                 && self
                     .vmas
@@ -414,7 +428,7 @@ impl Validator {
                 self.report_flag_stuck(ev, s, "__vma_start_write return (-EINTR)", out);
             }
         }
-        let success = ev.ret == 0;
+        let success = ret == Some(0);
         let tid = ev.tid();
         let mm = ev.mm;
         let ts = ev.ts_ns;
@@ -471,11 +485,14 @@ impl Validator {
 
     fn on_exclude_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         let ves = ev.has(flags::VES);
-        let result = ExcludeResult::decode(
-            self.generation,
-            ev.ret,
-            ves.then_some((ev.ves_detached != 0, ev.ves_exclusive != 0)),
-        );
+        let result = match ret_of(ev) {
+            Some(ret) => ExcludeResult::decode(
+                self.generation,
+                ret,
+                ves.then_some((ev.ves_detached != 0, ev.ves_exclusive != 0)),
+            ),
+            None => ExcludeResult::Unknown,
+        };
         let tid = ev.tid();
         let mine = self
             .vmas
@@ -655,7 +672,7 @@ impl Validator {
 
     fn on_reader_acquire(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         // `lock_next_vma` may return ERR_PTR(-EINTR / -EAGAIN): no reference held.
-        let success = ev.ret != 0 && !is_err_value(ev.ret);
+        let success = ret_of(ev).is_some_and(|r| r != 0 && !is_err_value(r));
         if success && let Some(s) = sample {
             if s.write_locked() == Some(true) && s.l != VM_LOCK_SEQ_INIT {
                 let state = self.state_of(ev.vma);
@@ -919,7 +936,7 @@ impl Validator {
 
     fn emit(&self, out: &mut Vec<Anomaly>, ev: &Event, f: Finding) {
         let mm = self.vmas.get(&ev.vma).map_or(ev.mm, |t| t.mm);
-        let mut evidence = self.recent.of_vma(ev.vma, mm);
+        let mut evidence = self.recent.of_vma_until(ev.vma, mm, Some(ev));
         if evidence.last() != Some(ev) {
             evidence.push(*ev);
         }
@@ -1009,6 +1026,11 @@ impl Validator {
         });
         self.evicted += (before - self.vmas.len()) as u64;
     }
+}
+
+/// The return value, when the probe read one (`flags::RET`).
+fn ret_of(ev: &Event) -> Option<i64> {
+    ev.has(flags::RET).then_some(ev.ret)
 }
 
 /// `IS_ERR_VALUE`: the top 4095 values are errnos, not pointers.

@@ -116,6 +116,51 @@ pub fn plan_7x(tracing: bool) -> ProbePlan {
     plan(Generation::V7_0, OFFSETS_7_2, pts)
 }
 
+/// The 6.x plan (6.16–6.18: `Generation::V6_15`, 6.19: `V6_19`): `vma_mark_detached` is
+/// global and covers every detach; 6.19's out-of-line `__vma_enter_locked` is notrace,
+/// so kprobes only.
+pub fn plan_6x(generation: Generation, tracing: bool) -> ProbePlan {
+    let (e, x) = if tracing {
+        ("fentry", "fexit")
+    } else {
+        ("kprobe", "kretprobe")
+    };
+    let mut pts = vec![
+        point(&format!("vsw_{e}"), "__vma_start_write"),
+        point(&format!("vsw_{x}"), "__vma_start_write"),
+        point(&format!("vmd_{e}"), "vma_mark_detached"),
+        point(&format!("vmd_{x}"), "vma_mark_detached"),
+    ];
+    if generation == Generation::V6_19 {
+        pts.push(point("vel_kprobe", "__vma_enter_locked"));
+        pts.push(point("vel_kretprobe", "__vma_enter_locked"));
+    }
+    if tracing {
+        pts.push(point("lvur_fexit", "lock_vma_under_rcu"));
+        pts.push(point("vaa_fexit", "vm_area_alloc"));
+        pts.push(point("vad_fexit", "vm_area_dup"));
+        pts.push(point("vaf_fentry", "vm_area_free"));
+        pts.push(point("lnv_fexit", "lock_next_vma"));
+    } else {
+        pts.push(point("lvur_kprobe", "lock_vma_under_rcu"));
+        pts.push(point("lvur_kretprobe", "lock_vma_under_rcu"));
+        pts.push(point("vaa_kretprobe", "vm_area_alloc"));
+        pts.push(point("vad_kretprobe", "vm_area_dup"));
+        pts.push(point("vaf_kprobe", "vm_area_free"));
+        pts.push(point("lnv_kretprobe", "lock_next_vma"));
+    }
+    pts.push(point("rww_kprobe", "rcuwait_wake_up"));
+    pts.push(point("rww_kretprobe", "rcuwait_wake_up"));
+    pts.push(point("vrp_kprobe", "vma_refcount_put"));
+    pts.extend(tracepoint_points());
+    let offsets = if generation == Generation::V6_19 {
+        OFFSETS_6_19
+    } else {
+        OFFSETS_6_18
+    };
+    plan(generation, offsets, pts)
+}
+
 /// Every kprobe/kretprobe/tracepoint program of the table (verifier test).
 pub fn non_tracing_programs() -> Vec<&'static str> {
     PROGRAMS

@@ -40,6 +40,8 @@ pub struct Params {
     pub duration: u32,
     pub readers: u32,
     pub writers: u32,
+    /// Whether the static vmatrace has `run` (the vmatrace phases need it).
+    pub vmatrace: bool,
     /// Whether a bpftrace binary is in the image.
     pub bpftrace: bool,
 }
@@ -63,43 +65,26 @@ pub struct Phase {
 /// Phase order: the tools alternate so slow drift of the guest hits both alike, and the
 /// baseline is taken at both ends.
 pub fn phases(p: &Params) -> Vec<Phase> {
-    let mut v = vec![
-        Phase {
-            name: "base1",
-            tool: Tool::None,
-            bpf_stats: false,
-        },
-        Phase {
-            name: "vmatrace",
-            tool: Tool::Vmatrace,
-            bpf_stats: false,
-        },
-    ];
-    if p.bpftrace {
-        v.push(Phase {
-            name: "bpftrace",
-            tool: Tool::Bpftrace,
-            bpf_stats: false,
-        });
-    }
-    v.push(Phase {
-        name: "vmatrace_stats",
-        tool: Tool::Vmatrace,
-        bpf_stats: true,
-    });
-    if p.bpftrace {
-        v.push(Phase {
-            name: "bpftrace_stats",
-            tool: Tool::Bpftrace,
-            bpf_stats: true,
-        });
-    }
-    v.push(Phase {
-        name: "base2",
-        tool: Tool::None,
-        bpf_stats: false,
-    });
-    v
+    let ph = |name, tool, bpf_stats| Phase {
+        name,
+        tool,
+        bpf_stats,
+    };
+    [
+        ph("base1", Tool::None, false),
+        ph("vmatrace", Tool::Vmatrace, false),
+        ph("bpftrace", Tool::Bpftrace, false),
+        ph("vmatrace_stats", Tool::Vmatrace, true),
+        ph("bpftrace_stats", Tool::Bpftrace, true),
+        ph("base2", Tool::None, false),
+    ]
+    .into_iter()
+    .filter(|x| match x.tool {
+        Tool::None => true,
+        Tool::Vmatrace => p.vmatrace,
+        Tool::Bpftrace => p.bpftrace,
+    })
+    .collect()
 }
 
 /// Seconds one phase may take at most (tool start-up under TCG included).
@@ -185,6 +170,7 @@ mod tests {
             duration: 7,
             readers: 2,
             writers: 2,
+            vmatrace: true,
             bpftrace,
         }
     }

@@ -78,6 +78,7 @@ const STRESS_OPS: &[&str] = &[
     "munmap",
     "mremap",
     "madvise_dontneed",
+    "huge_reshape",
 ];
 const FORK_OPS: &[&str] = &["fork", "killed_during_fork"];
 
@@ -116,6 +117,13 @@ pub fn stress(step: &str, j: &Value, forks: bool, v: &mut Verdict) {
             .unwrap_or_default()
     ));
 }
+
+/// Directly observed events that a workload cannot be expected to produce in a short run.
+/// `mark_detached_slow`: a detach follows the VMA's write lock, which already waited for
+/// readers and keeps new ones out, so the slow path needs a reader inside the tiny window of
+/// `vma_start_read` between its refcount increment and its sequence check. Zero is
+/// reported, not failed (bpftrace saw 0 of them under stress-ng too: environment.md §4).
+pub const RARE_EVENTS: &[&str] = &["mark_detached_slow"];
 
 /// Loss sources that have an explanation other than "vmatrace dropped events": a return
 /// whose entry ran before the programs were attached (or an entry whose return came after
@@ -162,9 +170,15 @@ pub fn run_summary(j: &Value, v: &mut Verdict) {
                     count.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
                 ));
                 if observed == "direct" && count.unwrap_or(0) == 0 {
-                    v.failures.push(format!(
-                        "run: directly observed event `{event}` was never seen under the workload"
-                    ));
+                    if RARE_EVENTS.contains(&event.as_str()) {
+                        v.info.push(format!(
+                            "run: rare event `{event}` not seen this run (allowed: a narrow race)"
+                        ));
+                    } else {
+                        v.failures.push(format!(
+                            "run: directly observed event `{event}` was never seen under the workload"
+                        ));
+                    }
                 }
             }
             v.info.push(format!("run: events {}", line.join(" ")));
@@ -298,7 +312,8 @@ mod tests {
             "plan": {"hooks_attached": 12, "hooks_failed": []},
             "events": {"by_logical_event": {
                 "write_lock_request": {"count": 5, "observed": "direct"},
-                "mark_detached_fast": {"count": 0, "observed": "unobservable"}}},
+                "mark_detached_fast": {"count": 0, "observed": "unobservable"},
+                "mark_detached_slow": {"count": 0, "observed": "direct"}}},
             "anomalies": {"total": 0}, "losses": {"total": 2, "kernel": {"unmatched_return": 2, "ringbuf_reserve_failed": 0}, "undecodable": 0}});
         run_summary(&good, &mut v);
         assert!(v.failures.is_empty(), "{:?}", v.failures);

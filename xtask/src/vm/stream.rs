@@ -67,7 +67,7 @@ pub fn duration_arg(args: &[String]) -> Option<u32> {
 
 /// What the guest runs: the workload in the background, and the producer of the stream
 /// on fd 3 (ttyS1).
-pub fn stream_init(caps: Capabilities, duration: u32) -> String {
+pub fn stream_init(caps: Capabilities, duration: u32, compress: bool) -> String {
     let mut s = String::from(scenario::GUEST_PRELUDE);
     // No udev in the guest: find the port by its name in sysfs.
     s.push_str(&format!(
@@ -84,8 +84,9 @@ exec 3>$EV
     if caps.record || caps.run {
         // The tracer first; the workload once it says it is attached (seconds under TCG).
         if caps.record {
+            let z = if compress { " --compress" } else { "" };
             s.push_str(&format!(
-                "vmatrace record -o - --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
+                "vmatrace record -o -{z} --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
             ));
         } else {
             s.push_str(&format!(
@@ -135,10 +136,25 @@ pub enum Sink {
     File(PathBuf),
 }
 
+/// The arguments without `--duration N`: it sets the guest's run time; the host's replay
+/// must read the stream to its end, or the guest blocks on a full port and never powers off.
+pub fn without_duration(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--duration" {
+            it.next();
+        } else if !a.starts_with("--duration=") {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 /// `cargo xtask run --vm [-- ARGS]`.
 pub fn run_vm(args: &[String]) -> anyhow::Result<()> {
     let duration = duration_arg(args).unwrap_or(DEFAULT_DURATION);
-    stream(None, duration, Sink::Follow(args.to_vec()))
+    stream(None, duration, Sink::Follow(without_duration(args)))
 }
 
 /// Boot `kernel` (a generation or build name; default: the newest cloud build) with the
@@ -170,7 +186,11 @@ pub fn stream(kernel: Option<&str>, duration: u32, sink: Sink) -> anyhow::Result
     }
     let root = workspace_root();
     let initrd = root.join("target/vm/stream-initrd.cpio");
-    super::build_initramfs(&vmatrace, &stream_init(caps, duration), &initrd)?;
+    super::build_initramfs(
+        &vmatrace,
+        &stream_init(caps, duration, matches!(sink, Sink::File(_))),
+        &initrd,
+    )?;
     let dir = root.join("target/vm-artifacts/run-vm");
     fs::create_dir_all(&dir)?;
     let console = dir.join("console.log");
@@ -313,6 +333,16 @@ mod tests {
         assert_eq!(duration_arg(&a(&["--duration=2.5"])), Some(3));
         assert_eq!(duration_arg(&a(&["--duration"])), None);
         assert_eq!(duration_arg(&a(&["--json"])), None);
+        assert_eq!(
+            without_duration(&a(&[
+                "--headless",
+                "--duration",
+                "4",
+                "--json",
+                "--duration=2"
+            ])),
+            a(&["--headless", "--json"])
+        );
     }
 
     #[test]
@@ -323,7 +353,7 @@ mod tests {
             run: true,
             record: true,
         };
-        let s = stream_init(rec, 10);
+        let s = stream_init(rec, 10, false);
         assert!(
             s.contains("vmatrace record -o - --duration 14 >&3 2>/tmp/tracer.err & TP=$!"),
             "{s}"
@@ -333,12 +363,14 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("vmatrace stress --duration 10 --forks"));
+        assert!(stream_init(rec, 10, true).contains("record -o - --compress --duration 14"));
         let run = stream_init(
             Capabilities {
                 record: false,
                 ..rec
             },
             10,
+            false,
         );
         assert!(
             run.contains("vmatrace run --headless --json --duration 14 >&3"),
@@ -351,6 +383,7 @@ mod tests {
                 ..Default::default()
             },
             5,
+            false,
         );
         assert!(
             none.contains("vmatrace probes >&3") && none.contains("--duration 5 --forks >&3"),

@@ -6,6 +6,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use vmatrace_common::model::Generation;
 use vmatrace_common::{Counter, EventKind};
 
 use super::{bad, block, dim, fmt, title_style, warn};
@@ -41,7 +42,7 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     };
     let [cov, events] =
         Layout::horizontal([Constraint::Length(cov_w), Constraint::Min(0)]).areas(top);
-    render_coverage(frame, cov, state.ctx.plan.as_ref());
+    render_coverage(frame, cov, state.ctx.plan.as_ref(), d);
     render_events(frame, events, d);
     let [losses, anomalies, readers] = Layout::horizontal([
         Constraint::Ratio(1, 3),
@@ -76,7 +77,40 @@ fn status_of(plan: &ProbePlan, ev: LogicalEvent) -> (&'static str, String, Style
     }
 }
 
-fn render_coverage(frame: &mut Frame, area: Rect, plan: Option<&ProbePlan>) {
+/// How many times a logical event was seen, where one stream kind or kernel counter
+/// stands for it (`None` when it is only inferred, e.g. end-exclude).
+fn logical_count(d: &DashboardData, ev: LogicalEvent, generation: Generation) -> Option<u64> {
+    let k = |kind: EventKind| d.events(kind as usize);
+    Some(match ev {
+        LogicalEvent::WriteLockRequest => k(EventKind::WriteLockEnter),
+        LogicalEvent::WriteLockResult => k(EventKind::WriteLockExit),
+        LogicalEvent::StartExcludeEntry => k(EventKind::ExcludeEnter),
+        LogicalEvent::StartExcludeReturn => k(EventKind::ExcludeExit),
+        LogicalEvent::EndExclude => return None,
+        // 6.x: `vma_mark_detached` sees every detach; 7.x only the slow path.
+        LogicalEvent::MarkDetachedFast if generation == Generation::V7_0 => return None,
+        LogicalEvent::MarkDetachedFast => {
+            k(EventKind::DetachEnter).saturating_sub(d.stats.slow_detaches())
+        }
+        LogicalEvent::MarkDetachedSlow => d.stats.slow_detaches(),
+        LogicalEvent::ReaderAcquire => {
+            d.stats.counter(Counter::ReaderAcquireOk) + d.stats.counter(Counter::ReaderAcquireFail)
+        }
+        LogicalEvent::ReaderRelease => d
+            .stats
+            .counter(Counter::ReaderRelease)
+            .max(k(EventKind::ReaderRelease)),
+        LogicalEvent::WriterWakeup => d
+            .stats
+            .counter(Counter::WriterWake)
+            .max(k(EventKind::WriterWake)),
+        LogicalEvent::MmWriteUnlock => k(EventKind::MmWriteUnlock),
+        LogicalEvent::VmaAlloc => k(EventKind::VmaAlloc),
+        LogicalEvent::VmaFree => k(EventKind::VmaFree),
+    })
+}
+
+fn render_coverage(frame: &mut Frame, area: Rect, plan: Option<&ProbePlan>, d: &DashboardData) {
     let Some(plan) = plan else {
         let p = Paragraph::new(vec![
             Line::raw("No probe plan:"),
@@ -86,29 +120,28 @@ fn render_coverage(frame: &mut Frame, area: Rect, plan: Option<&ProbePlan>) {
         frame.render_widget(p.block(block("Coverage")), area);
         return;
     };
+    // Counts and the attach detail only where they can be read; at 80 columns the
+    // status says enough (the Events table has the per-kind counts).
+    let wide = area.width >= 60;
     let rows = LogicalEvent::ALL.iter().map(|ev| {
         let (status, detail, style) = status_of(plan, *ev);
-        Row::new(vec![
+        let mut cells = vec![
             Cell::from(ev.key()),
             Cell::from(Span::styled(status, style)),
-            Cell::from(Span::styled(detail, dim())),
-        ])
+        ];
+        if wide {
+            let seen = logical_count(d, *ev, plan.generation).map_or("-".into(), fmt::count);
+            cells.push(Cell::from(Line::from(seen).right_aligned()));
+            cells.push(Cell::from(Span::styled(detail, dim())));
+        }
+        Row::new(cells)
     });
-    // The attach detail only where it can be read; at 80 columns the status says enough.
-    let detail_w = if area.width >= 50 {
-        area.width - 2 - 28
-    } else {
-        0
-    };
-    let t = Table::new(
-        rows,
-        [
-            Constraint::Length(20),
-            Constraint::Length(6),
-            Constraint::Length(detail_w),
-        ],
-    )
-    .block(block("Coverage"));
+    let mut widths = vec![Constraint::Length(20), Constraint::Length(6)];
+    if wide {
+        widths.extend([Constraint::Length(7), Constraint::Min(0)]);
+    }
+    let title = if wide { "Coverage · seen" } else { "Coverage" };
+    let t = Table::new(rows, widths).block(block(title));
     frame.render_widget(t, area);
 }
 
