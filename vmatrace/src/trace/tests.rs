@@ -450,3 +450,40 @@ mod through_the_pipeline {
         assert_eq!(st.events_recorded, 0);
     }
 }
+
+/// A follower of a live recording sees each flushed batch before the trace ends, also
+/// through zstd (a flush ends a zstd block).
+#[test]
+fn flushed_records_are_readable_before_the_end() {
+    for compress in [false, true] {
+        let (rx, tx) = std::io::pipe().expect("pipe");
+        let mut w = TraceWriter::new(tx, &header(), compress).expect("writer");
+        let batch: Vec<Event> = (0..3).map(|i| ev(i, EventKind::WriteLockEnter)).collect();
+        w.write_events(5, &batch).expect("write");
+        w.flush().expect("flush");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let mut r = TraceReader::new(rx).expect("header");
+            let first = r.next_record().expect("first record");
+            done_tx.send(first).expect("send");
+            // Then the rest, once the writer finishes.
+            while r.next_record().expect("valid").is_some() {}
+            r.records_read()
+        });
+        // The first record arrives while the writer is still open.
+        let first = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the flushed record was readable before the end");
+        assert_eq!(
+            first,
+            Some(Record::Events {
+                mono_ns: 5,
+                events: batch
+            }),
+            "compress={compress}"
+        );
+        w.write_counters(6, &[1]).expect("write");
+        w.finish(7).expect("finish");
+        assert_eq!(t.join().expect("reader"), 3);
+    }
+}
