@@ -126,30 +126,9 @@ impl Pipeline {
     /// EOF, or on shutdown after detaching and draining the ring buffer, so nothing that
     /// was captured is left unprocessed. Flushes the sinks every `flush_every`; at the end
     /// [`Pipeline::finish`]es them.
-    pub async fn drive(
-        mut self,
-        mut rx: mpsc::Receiver<SourceItem>,
-        flush_every: Duration,
-    ) -> Self {
-        let mut tick = tokio::time::interval(flush_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                item = rx.recv() => match item {
-                    Some(item) => {
-                        self.handle(item);
-                        // Drain what is already queued before yielding: batches, not wakeups.
-                        while let Ok(item) = rx.try_recv() {
-                            self.handle(item);
-                        }
-                    }
-                    None => break,
-                },
-                _ = tick.tick() => self.flush(),
-            }
-        }
-        self.finish();
-        self
+    pub async fn drive(self, rx: mpsc::Receiver<SourceItem>, flush_every: Duration) -> Self {
+        self.drive_until(rx, flush_every, std::future::pending())
+            .await
     }
 
     /// Like [`Pipeline::drive`], but also ends when `stop` resolves: the channel is closed
@@ -169,6 +148,7 @@ impl Pipeline {
                 item = rx.recv() => match item {
                     Some(item) => {
                         self.handle(item);
+                        // Drain what is already queued before yielding: batches, not wakeups.
                         while let Ok(item) = rx.try_recv() {
                             self.handle(item);
                         }
