@@ -52,11 +52,14 @@ pub enum WaitSource {
 
 impl WaitSource {
     /// The source a probe plan implies: start-exclude's return must be hooked directly for
-    /// `ExcludeExit` events to exist. `None` when there is no plan to ask.
-    pub fn for_plan(plan: &ProbePlan) -> Self {
-        match plan.status(LogicalEvent::StartExcludeReturn) {
-            Some(Observability::Direct { .. }) => WaitSource::ExcludeExit,
-            _ => WaitSource::WriteLockExit,
+    /// `ExcludeExit` events to exist. `None` when the plan does not say (a plan without
+    /// coverage, e.g. hand-made).
+    pub fn for_plan(plan: &ProbePlan) -> Option<Self> {
+        match plan.status(LogicalEvent::StartExcludeReturn)? {
+            Observability::Direct { .. } => Some(WaitSource::ExcludeExit),
+            Observability::Proxy { .. } | Observability::Unobservable { .. } => {
+                Some(WaitSource::WriteLockExit)
+            }
         }
     }
 
@@ -188,11 +191,12 @@ impl Stats {
         Self::with_caps(generation, MAX_PROCESSES, MAX_VMAS)
     }
 
-    /// Statistics for a session traced with `plan` (`None`: as [`Stats::new`]).
+    /// Statistics for a session traced with `plan` (`None`, or a plan without coverage:
+    /// as [`Stats::new`]).
     pub fn with_plan(generation: Generation, plan: Option<&ProbePlan>) -> Self {
         let mut s = Self::new(generation);
-        if let Some(p) = plan {
-            s.wait_source = WaitSource::for_plan(p);
+        if let Some(source) = plan.and_then(WaitSource::for_plan) {
+            s.wait_source = source;
             s.choice = SourceChoice::Fixed;
         }
         s

@@ -225,6 +225,17 @@ fn without_a_plan_the_source_follows_the_events() {
     assert_eq!((top.exclusions, top.max_wait_ns), (1, 700));
     assert_eq!(s.slowest().items().len(), 1);
     assert_eq!(s.write_lock_histogram().count(), 2);
+
+    // A plan that does not say how start-exclude is seen (hand-made, no coverage) is
+    // treated as no plan.
+    let mut bare = plan_with(direct());
+    bare.coverage.clear();
+    let mut s = Stats::with_plan(Generation::V7_0, Some(&bare));
+    s.observe(&exclude_exit(3, 0xa000, 700));
+    assert_eq!(s.wait_source(), WaitSource::ExcludeExit);
+    let mut s = Stats::with_plan(Generation::V7_0, Some(&bare));
+    s.observe(&paired_write_lock_exit(3, 0xa000, 900));
+    assert_eq!(s.percentiles().count, 1);
 }
 
 #[test]
