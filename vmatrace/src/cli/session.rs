@@ -149,7 +149,7 @@ pub fn add_output_sinks(
     header: &TraceHeader,
 ) -> anyhow::Result<OutputHandles> {
     let mut handles = OutputHandles::default();
-    let (sink, stats) = SharedSink::new(Stats::new(header.generation));
+    let (sink, stats) = SharedSink::new(Stats::with_plan(header.generation, header.plan.as_ref()));
     pipeline.add_sink(Box::new(sink));
     handles.stats = Some(stats);
     if let Some(path) = &out.anomaly_log {

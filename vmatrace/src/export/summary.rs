@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use vmatrace_common::{Counter, EventKind, event::ProbeId};
+use vmatrace_common::{Counter, EventKind, event::ProbeId, model::Generation};
 
 use super::anomaly_log::LogStats;
 use crate::{
@@ -186,31 +186,80 @@ fn observed_of(plan: Option<&ProbePlan>, ev: LogicalEvent) -> String {
     }
 }
 
-/// Counts per logical event, from event kinds, attach points and kernel counters.
-fn logical_counts(t: &Totals, plan: Option<&ProbePlan>) -> BTreeMap<String, LogicalCount> {
+/// Counts per logical event, from event kinds, attach points and kernel counters. Each
+/// count is taken from what the plan says observes the event (its own hook when direct,
+/// the proxy's events when a proxy), so a direct or proxy event that happened is never
+/// shown as 0.
+fn logical_counts(
+    t: &Totals,
+    generation: Generation,
+    plan: Option<&ProbePlan>,
+    stats: Option<&StatsSnapshot>,
+) -> BTreeMap<String, LogicalCount> {
     use EventKind as K;
     use LogicalEvent as L;
     let ev = |k: K| t.events_of(k);
     let ctr = |c: Counter| t.counters.get(c);
+    let is_proxy =
+        |le: L| plan.is_some_and(|p| matches!(p.status(le), Some(Observability::Proxy { .. })));
+    // A detach function's calls: its entry and return are both hooked when possible;
+    // either one alone still counts every call.
+    let calls = |p: ProbeId| {
+        t.events_of_probe(K::DetachEnter, p)
+            .max(t.events_of_probe(K::DetachExit, p))
+    };
+    let vmd_exits = t.events_of_probe(K::DetachExit, ProbeId::VmaMarkDetached);
     let mut m = BTreeMap::new();
     for &le in LogicalEvent::ALL {
         let (count, source): (u64, String) = match le {
             L::WriteLockRequest => (ev(K::WriteLockEnter), "write_lock_enter events".into()),
             L::WriteLockResult => (ev(K::WriteLockExit), "write_lock_exit events".into()),
             L::StartExcludeEntry => (ev(K::ExcludeEnter), "exclude_enter events".into()),
+            // Start-exclude not hooked (inlined, or notrace): it returns inside the write
+            // lock and the detach, whose returns are the proxy.
+            L::StartExcludeReturn if is_proxy(le) => (
+                ev(K::WriteLockExit).saturating_add(vmd_exits),
+                "write_lock_exit events + detach_exit events at vma_mark_detached \
+                 (start-exclude returns inside them)"
+                    .into(),
+            ),
             L::StartExcludeReturn => (ev(K::ExcludeExit), "exclude_exit events".into()),
             L::EndExclude => (
                 ev(K::WriteLockExit).saturating_add(ev(K::DetachExit)),
                 "write_lock_exit + detach_exit events (end-exclude is inlined into them)".into(),
             ),
-            L::MarkDetachedFast => (
-                t.events_of_probe(K::DetachEnter, ProbeId::VmaMarkDetached),
-                "detach_enter events at vma_mark_detached".into(),
-            ),
-            L::MarkDetachedSlow => (
-                t.events_of_probe(K::DetachEnter, ProbeId::VmaExcludeReadersForDetach),
-                "detach_enter events at __vma_exclude_readers_for_detach".into(),
-            ),
+            // 7.x: the fast path (1 → 0) has no hook; a freed VMA was detached.
+            L::MarkDetachedFast if is_proxy(le) => {
+                (ev(K::VmaFree), "vma_free events (proxy)".into())
+            }
+            L::MarkDetachedFast => match (generation, stats) {
+                (Generation::V7_0, _) => (
+                    calls(ProbeId::VmaMarkDetached),
+                    "detach events at vma_mark_detached".into(),
+                ),
+                (_, Some(st)) => (
+                    calls(ProbeId::VmaMarkDetached).saturating_sub(st.slow_detaches),
+                    "vma_mark_detached calls minus the slow ones (statistics)".into(),
+                ),
+                (_, None) => (
+                    calls(ProbeId::VmaMarkDetached),
+                    "vma_mark_detached calls, fast and slow (no statistics to tell them apart)"
+                        .into(),
+                ),
+            },
+            // ≤6.19 every detach goes through vma_mark_detached; the slow ones found readers
+            // (refcount above 1 at entry), which the statistics count.
+            L::MarkDetachedSlow => match (generation, stats) {
+                (Generation::V7_0, _) => (
+                    calls(ProbeId::VmaExcludeReadersForDetach),
+                    "detach events at __vma_exclude_readers_for_detach".into(),
+                ),
+                (_, Some(st)) => (
+                    st.slow_detaches,
+                    "vma_mark_detached calls that found readers (statistics)".into(),
+                ),
+                (_, None) => (0, "unknown without statistics".into()),
+            },
             L::ReaderAcquire => {
                 let counted =
                     ctr(Counter::ReaderAcquireOk).saturating_add(ctr(Counter::ReaderAcquireFail));
@@ -228,10 +277,22 @@ fn logical_counts(t: &Totals, plan: Option<&ProbePlan>) -> BTreeMap<String, Logi
             }
             L::ReaderRelease => {
                 let counted = ctr(Counter::ReaderRelease);
-                if counted > 0 {
-                    (counted, "kernel counter reader_release".into())
+                let (released, source) = if counted > 0 {
+                    (counted, "kernel counter reader_release")
                 } else {
-                    (ev(K::ReaderRelease), "reader_release events".into())
+                    (ev(K::ReaderRelease), "reader_release events")
+                };
+                // The proxy is vma_refcount_put's out-of-line copy and/or the last
+                // reader's rcuwait_wake_up (Debian kernels refuse the notrace put): the two
+                // can overlap, so the larger, not the sum.
+                let woke = ev(K::WriterWake).max(ctr(Counter::WriterWake));
+                if is_proxy(le) && woke > released {
+                    (
+                        woke,
+                        "writer_wake events or kernel counter (last reader's wake-up)".into(),
+                    )
+                } else {
+                    (released, source.into())
                 }
             }
             L::WriterWakeup => (
@@ -324,7 +385,12 @@ impl Summary {
             events: EventsSection {
                 total: t.total_events(),
                 by_kind,
-                by_logical_event: logical_counts(t, h.plan.as_ref()),
+                by_logical_event: logical_counts(
+                    t,
+                    h.generation,
+                    h.plan.as_ref(),
+                    i.stats.as_ref(),
+                ),
             },
             anomalies: AnomaliesSection {
                 total: t.anomalies_total(),
@@ -519,5 +585,161 @@ impl Summary {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vmatrace_common::{Event, event::flags};
+
+    use super::*;
+    use crate::kernel::plan::{EventCoverage, KernelId};
+    use crate::stats::Stats;
+
+    /// A plan with the Direct/Proxy statuses the planner gives a Debian kernel
+    /// (tests/plan_fixtures.rs); points are irrelevant to the counts.
+    fn plan(
+        generation: Generation,
+        proxies: &[LogicalEvent],
+        unobservable: &[LogicalEvent],
+    ) -> ProbePlan {
+        let coverage = LogicalEvent::ALL
+            .iter()
+            .map(|&event| EventCoverage {
+                event,
+                status: if proxies.contains(&event) {
+                    Observability::Proxy {
+                        via: "test".into(),
+                        points: vec![0],
+                    }
+                } else if unobservable.contains(&event) {
+                    Observability::Unobservable {
+                        reason: "test".into(),
+                    }
+                } else {
+                    Observability::Direct { points: vec![0] }
+                },
+            })
+            .collect();
+        ProbePlan {
+            kernel: KernelId::default(),
+            generation,
+            offsets: vmatrace_common::Offsets::ABSENT,
+            points: Vec::new(),
+            coverage,
+            notes: Vec::new(),
+        }
+    }
+
+    fn event(kind: EventKind, probe: ProbeId) -> Event {
+        let mut e = Event::ZERO;
+        e.kind = kind as u16;
+        e.probe = probe as u8;
+        e.pid_tgid = (7 << 32) | 8;
+        e.vma = 0xffff_8880_0000_2000;
+        e.mm = 0xffff_8880_0000_1000;
+        e.flags = flags::VMA_FIELDS;
+        e
+    }
+
+    /// A detach at `vma_mark_detached` (entry and paired return) that found `refcnt`.
+    fn vmd(refcnt: u32) -> [Event; 2] {
+        let mut enter = event(EventKind::DetachEnter, ProbeId::VmaMarkDetached);
+        enter.refcnt = refcnt;
+        let mut exit = event(EventKind::DetachExit, ProbeId::VmaMarkDetached);
+        exit.flags |= flags::PAIRED;
+        exit.entry_refcnt = refcnt;
+        [enter, exit]
+    }
+
+    fn counts(
+        generation: Generation,
+        plan: &ProbePlan,
+        events: &[Event],
+    ) -> BTreeMap<String, LogicalCount> {
+        let mut t = Totals::default();
+        let mut st = Stats::with_plan(generation, Some(plan));
+        for e in events {
+            t.count_event(e);
+            st.observe(e);
+        }
+        logical_counts(&t, generation, Some(plan), Some(&st.snapshot()))
+    }
+
+    #[test]
+    fn debian_6_19_proxies_count_what_they_observe() {
+        use LogicalEvent as L;
+        // EXPECTED_6_19: start-exclude notrace (entry unobservable, return a proxy).
+        let p = plan(
+            Generation::V6_19,
+            &[L::StartExcludeReturn, L::EndExclude, L::ReaderRelease],
+            &[L::StartExcludeEntry],
+        );
+        let mut evs = vec![
+            event(EventKind::WriteLockEnter, ProbeId::VmaStartWrite),
+            event(EventKind::WriteLockExit, ProbeId::VmaStartWrite),
+        ];
+        evs.extend(vmd(1));
+        evs.extend(vmd(1));
+        evs.extend(vmd(3));
+        let c = counts(Generation::V6_19, &p, &evs);
+        let n = |k: &str| c[k].count;
+        assert_eq!(c["start_exclude_return"].observed, "proxy");
+        // One write lock + three vma_mark_detached returns.
+        assert_eq!(n("start_exclude_return"), 4);
+        assert_eq!(n("start_exclude_entry"), 0);
+        assert_eq!(n("mark_detached_fast"), 2);
+        assert_eq!(n("mark_detached_slow"), 1);
+        assert_eq!(n("end_exclude"), 4);
+    }
+
+    #[test]
+    fn reader_release_proxy_without_vma_refcount_put_counts_wakeups() {
+        use LogicalEvent as L;
+        // Debian refuses the notrace vma_refcount_put: only rcuwait_wake_up is hooked.
+        let p = plan(Generation::V6_19, &[L::ReaderRelease], &[]);
+        let wake = event(EventKind::WriterWake, ProbeId::RcuwaitWakeUp);
+        let c = counts(Generation::V6_19, &p, &[wake, wake]);
+        assert_eq!(c["reader_release"].observed, "proxy");
+        assert_eq!(c["reader_release"].count, 2);
+        assert_eq!(c["writer_wakeup"].count, 2);
+    }
+
+    #[test]
+    fn direct_start_exclude_counts_exclude_exits() {
+        use LogicalEvent as L;
+        // EXPECTED_6_19_ON_NOTRACE: __vma_enter_locked kprobed.
+        let p = plan(Generation::V6_19, &[L::EndExclude, L::ReaderRelease], &[]);
+        let evs = [
+            event(EventKind::WriteLockExit, ProbeId::VmaStartWrite),
+            event(EventKind::ExcludeEnter, ProbeId::VmaEnterLocked),
+            event(EventKind::ExcludeExit, ProbeId::VmaEnterLocked),
+        ];
+        let c = counts(Generation::V6_19, &p, &evs);
+        assert_eq!(c["start_exclude_return"].observed, "direct");
+        assert_eq!(c["start_exclude_return"].count, 1);
+        assert_eq!(c["start_exclude_entry"].count, 1);
+    }
+
+    #[test]
+    fn debian_7x_detaches_count_at_their_hooks() {
+        use LogicalEvent as L;
+        // EXPECTED_7X: the fast detach is seen at vm_area_free; the slow one has only
+        // its return hooked in the coverage (the entry may be missing).
+        let p = plan(
+            Generation::V7_0,
+            &[L::EndExclude, L::MarkDetachedFast, L::ReaderRelease],
+            &[],
+        );
+        let evs = [
+            event(EventKind::DetachExit, ProbeId::VmaExcludeReadersForDetach),
+            event(EventKind::VmaFree, ProbeId::VmAreaFree),
+            event(EventKind::VmaFree, ProbeId::VmAreaFree),
+        ];
+        let c = counts(Generation::V7_0, &p, &evs);
+        assert_eq!(c["mark_detached_fast"].observed, "proxy");
+        assert_eq!(c["mark_detached_fast"].count, 2);
+        assert_eq!(c["mark_detached_slow"].observed, "direct");
+        assert_eq!(c["mark_detached_slow"].count, 1);
     }
 }

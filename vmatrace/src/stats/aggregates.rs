@@ -127,6 +127,10 @@ impl<K: Hash + Eq + Copy> BoundedTable<K> {
     pub fn values(&self) -> impl Iterator<Item = &Aggregate> {
         self.rows.values()
     }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Aggregate> {
+        self.rows.values_mut()
+    }
 }
 
 /// How a ranking is ordered (the Top screen's `s` key cycles through these).

@@ -24,6 +24,7 @@ pub use histogram::{HistogramSnapshot, Log2Histogram, Percentiles};
 pub use rates::Rates;
 pub use slowest::{SlowestWaits, WaitSample, WaitSampleRow};
 
+use crate::kernel::plan::{LogicalEvent, Observability, ProbePlan};
 use crate::pipeline::{CounterSnapshot, Sink, Totals, totals::LOSS_COUNTERS};
 use crate::validate::Validator;
 
@@ -35,23 +36,30 @@ pub const SLOWEST_WINDOW_NS: u64 = 60_000_000_000;
 /// Rows in the serialised rankings.
 pub const SNAPSHOT_TOP: usize = 20;
 
-/// Which event carries the readers-exclusion wait on this kernel generation.
+/// Which event carries the readers-exclusion wait in this session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitSource {
-    /// 6.19 and 7.x: return of start-exclude (`__vma_enter_locked` /
-    /// `__vma_start_exclude_readers`), `wait_ns` = time waiting for readers.
+    /// Start-exclude's return is hooked (`__vma_start_exclude_readers` on 7.x,
+    /// `__vma_enter_locked` on 6.19 with kprobes on notrace): `wait_ns` = time waiting for
+    /// readers.
     ExcludeExit,
-    /// 6.15–6.18: start-exclude is inlined into `__vma_start_write`; the whole slow path of
-    /// the write lock is the closest observable wait.
+    /// Start-exclude is not hooked (inlined on 6.15–6.18, notrace on Debian's 6.19): the
+    /// paired return of `__vma_start_write` (the whole write-lock slow path) plus the
+    /// paired returns of `vma_mark_detached` that found readers are the closest waits.
     WriteLockExit,
 }
 
 impl WaitSource {
-    pub fn for_generation(g: Generation) -> Self {
-        match g {
-            Generation::V6_15 => WaitSource::WriteLockExit,
-            Generation::V6_19 | Generation::V7_0 => WaitSource::ExcludeExit,
+    /// The source a probe plan implies: start-exclude's return must be hooked directly for
+    /// `ExcludeExit` events to exist. `None` when the plan does not say (a plan without
+    /// coverage, e.g. hand-made).
+    pub fn for_plan(plan: &ProbePlan) -> Option<Self> {
+        match plan.status(LogicalEvent::StartExcludeReturn)? {
+            Observability::Direct { .. } => Some(WaitSource::ExcludeExit),
+            Observability::Proxy { .. } | Observability::Unobservable { .. } => {
+                Some(WaitSource::WriteLockExit)
+            }
         }
     }
 
@@ -61,6 +69,16 @@ impl WaitSource {
             WaitSource::WriteLockExit => EventKind::WriteLockExit,
         }
     }
+}
+
+/// How the wait source was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceChoice {
+    /// From the probe plan (or a generation where start-exclude cannot be hooked): fixed.
+    Fixed,
+    /// No plan (replay of an old trace, simulation) on a kernel where start-exclude may be
+    /// hooked: `WriteLockExit` until the first `ExcludeExit` arrives, then `ExcludeExit`.
+    UntilExcludeExit,
 }
 
 /// How one start-exclude call ended.
@@ -142,6 +160,7 @@ pub struct StatsSnapshot {
 pub struct Stats {
     generation: Generation,
     wait_source: WaitSource,
+    choice: SourceChoice,
     exclusion: Log2Histogram,
     write_lock: Log2Histogram,
     detach_exclusions: u64,
@@ -166,14 +185,33 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Statistics without a probe plan: the wait source follows the events (see
+    /// [`WaitSource`]).
     pub fn new(generation: Generation) -> Self {
         Self::with_caps(generation, MAX_PROCESSES, MAX_VMAS)
     }
 
+    /// Statistics for a session traced with `plan` (`None`, or a plan without coverage:
+    /// as [`Stats::new`]).
+    pub fn with_plan(generation: Generation, plan: Option<&ProbePlan>) -> Self {
+        let mut s = Self::new(generation);
+        if let Some(source) = plan.and_then(WaitSource::for_plan) {
+            s.wait_source = source;
+            s.choice = SourceChoice::Fixed;
+        }
+        s
+    }
+
     pub fn with_caps(generation: Generation, max_processes: usize, max_vmas: usize) -> Self {
+        // 6.15–6.18 never have a start-exclude function to hook.
+        let choice = match generation {
+            Generation::V6_15 => SourceChoice::Fixed,
+            Generation::V6_19 | Generation::V7_0 => SourceChoice::UntilExcludeExit,
+        };
         Self {
             generation,
-            wait_source: WaitSource::for_generation(generation),
+            wait_source: WaitSource::WriteLockExit,
+            choice,
             exclusion: Log2Histogram::default(),
             write_lock: Log2Histogram::default(),
             detach_exclusions: 0,
@@ -235,6 +273,9 @@ impl Stats {
         if kind == EventKind::WriteLockExit && paired {
             self.write_lock.record(ev.wait_ns);
         }
+        if kind == EventKind::ExcludeExit && self.choice == SourceChoice::UntilExcludeExit {
+            self.switch_to_exclude_exit();
+        }
         if kind != self.wait_source.kind() {
             return;
         }
@@ -255,7 +296,28 @@ impl Stats {
         self.record_exclusion(ev, interrupted, detaching);
     }
 
-    /// 6.15–6.18: a detach that found readers waited for them inside the inlined
+    /// Start-exclude turned out to be hooked: the write-lock waits recorded as exclusion
+    /// waits so far would double count the exclusions, so they are forgotten (once per
+    /// session, and only the few before the first `ExcludeExit`).
+    #[cold]
+    fn switch_to_exclude_exit(&mut self) {
+        self.wait_source = WaitSource::ExcludeExit;
+        self.choice = SourceChoice::Fixed;
+        self.exclusion = Log2Histogram::default();
+        self.slowest = SlowestWaits::new(SLOWEST_WINDOW_NS);
+        self.detach_exclusions = 0;
+        self.interrupted = 0;
+        let forget = |a: &mut Aggregate| {
+            a.exclusions = 0;
+            a.total_wait_ns = 0;
+            a.max_wait_ns = 0;
+            a.interrupted = 0;
+        };
+        self.processes.values_mut().for_each(forget);
+        self.vmas.values_mut().for_each(forget);
+    }
+
+    /// Start-exclude not hooked: a detach that found readers waited for them inside the inlined
     /// start-exclude of `vma_mark_detached`; its paired return carries that wait.
     fn on_detach_exit(&mut self, ev: &Event) {
         if self.wait_source == WaitSource::WriteLockExit
@@ -366,7 +428,10 @@ impl Stats {
         let counters = std::mem::take(&mut self.counters);
         let undecodable = self.undecodable;
         let last_roll = self.last_roll;
+        let (wait_source, choice) = (self.wait_source, self.choice);
         *self = Self::with_caps(self.generation, self.processes.cap(), self.vmas.cap());
+        self.wait_source = wait_source;
+        self.choice = choice;
         self.counters_base = counters.clone();
         self.counters_at_roll = counters.clone();
         self.counters = counters;

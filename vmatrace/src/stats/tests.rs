@@ -3,6 +3,7 @@ use vmatrace_common::model::{Generation, generation::EINTR};
 use vmatrace_common::{Counter, Event, EventKind};
 
 use super::*;
+use crate::kernel::plan::{LogicalEvent, Observability, ProbePlan};
 
 fn comm(s: &str) -> [u8; 16] {
     let mut c = [0u8; 16];
@@ -111,14 +112,130 @@ fn old_kernels_use_write_lock_exit_as_the_wait() {
     assert_eq!(s.percentiles().max_ns, 777);
     assert_eq!(s.write_lock_histogram().count(), 1);
 
-    let mut s7 = Stats::new(Generation::V7_0);
+    let mut s7 = Stats::with_plan(Generation::V7_0, Some(&plan_with(direct())));
     s7.observe(&e);
     assert_eq!(
         s7.percentiles().count,
         0,
-        "7.x exclusion waits come from ExcludeExit"
+        "start-exclude hooked: exclusion waits come from ExcludeExit"
     );
     assert_eq!(s7.write_lock_histogram().count(), 1);
+}
+
+fn direct() -> Observability {
+    Observability::Direct { points: vec![0] }
+}
+
+/// A plan whose only interesting entry is how start-exclude's return is seen.
+fn plan_with(start_exclude_return: Observability) -> ProbePlan {
+    ProbePlan {
+        kernel: crate::kernel::plan::KernelId::default(),
+        generation: Generation::V6_19,
+        offsets: vmatrace_common::Offsets::ABSENT,
+        points: Vec::new(),
+        coverage: vec![crate::kernel::plan::EventCoverage {
+            event: LogicalEvent::StartExcludeReturn,
+            status: start_exclude_return,
+        }],
+        notes: Vec::new(),
+    }
+}
+
+fn proxy() -> Observability {
+    Observability::Proxy {
+        via: "fexit __vma_start_write, fexit vma_mark_detached".into(),
+        points: vec![0, 1],
+    }
+}
+
+fn paired_write_lock_exit(tgid: u32, vma: u64, wait_ns: u64) -> Event {
+    let mut e = ev(EventKind::WriteLockExit, tgid, vma);
+    e.flags |= flags::PAIRED | flags::RET;
+    e.wait_ns = wait_ns;
+    e
+}
+
+fn slow_vma_mark_detached(tgid: u32, vma: u64, wait_ns: u64) -> Event {
+    let mut e = ev(EventKind::DetachExit, tgid, vma);
+    e.probe = ProbeId::VmaMarkDetached as u8;
+    e.flags |= flags::PAIRED;
+    e.entry_refcnt = 2;
+    e.wait_ns = wait_ns;
+    e
+}
+
+#[test]
+fn debian_6_19_proxy_plan_measures_write_lock_and_detach_waits() {
+    // Debian's 6.19: __vma_enter_locked is notrace, start-exclude's return is a proxy.
+    let mut s = Stats::with_plan(Generation::V6_19, Some(&plan_with(proxy())));
+    assert_eq!(s.wait_source(), WaitSource::WriteLockExit);
+    s.observe(&paired_write_lock_exit(3, 0xa000, 900));
+    s.observe(&slow_vma_mark_detached(3, 0xb000, 50_000));
+    assert_eq!(s.percentiles().count, 2);
+    assert_eq!(s.percentiles().max_ns, 50_000);
+    assert_eq!(s.detach_exclusions(), 1);
+    assert_eq!(s.snapshot().top_processes[0].exclusions, 2);
+    // A reset keeps the plan's choice.
+    s.reset();
+    s.observe(&paired_write_lock_exit(3, 0xa000, 900));
+    assert_eq!(s.percentiles().count, 1);
+}
+
+#[test]
+fn direct_plan_on_6_19_uses_exclude_exit() {
+    // The same kernel with CONFIG_KPROBE_EVENTS_ON_NOTRACE=y: __vma_enter_locked kprobed.
+    let mut s = Stats::with_plan(Generation::V6_19, Some(&plan_with(direct())));
+    assert_eq!(s.wait_source(), WaitSource::ExcludeExit);
+    s.observe(&paired_write_lock_exit(3, 0xa000, 900));
+    s.observe(&slow_vma_mark_detached(3, 0xb000, 50_000));
+    assert_eq!(
+        s.percentiles().count,
+        0,
+        "waits come from exclude_exit only"
+    );
+    let mut x = exclude_exit(3, 0xa000, 700);
+    x.ret = 1;
+    s.observe(&x);
+    assert_eq!(s.percentiles().count, 1);
+    assert_eq!(s.write_lock_histogram().count(), 1);
+}
+
+#[test]
+fn without_a_plan_the_source_follows_the_events() {
+    // Replay of an old trace from Debian's 6.19: no exclude events ever arrive.
+    let mut s = Stats::new(Generation::V6_19);
+    s.observe(&paired_write_lock_exit(3, 0xa000, 900));
+    s.observe(&slow_vma_mark_detached(3, 0xb000, 50_000));
+    assert_eq!(s.wait_source(), WaitSource::WriteLockExit);
+    assert_eq!(s.percentiles().count, 2);
+
+    // A trace where start-exclude was hooked: the first exclude_exit switches the source
+    // and forgets the write-lock waits counted before it (they would double count).
+    let mut s = Stats::new(Generation::V7_0);
+    s.observe(&paired_write_lock_exit(3, 0xa000, 900));
+    assert_eq!(s.percentiles().count, 1);
+    s.observe(&exclude_exit(3, 0xa000, 700));
+    s.observe(&paired_write_lock_exit(3, 0xa000, 900));
+    s.observe(&slow_vma_mark_detached(3, 0xb000, 50_000));
+    assert_eq!(s.wait_source(), WaitSource::ExcludeExit);
+    assert_eq!(s.percentiles().count, 1);
+    assert_eq!(s.percentiles().max_ns, 700);
+    assert_eq!(s.detach_exclusions(), 0);
+    let top = &s.snapshot().top_processes[0];
+    assert_eq!((top.exclusions, top.max_wait_ns), (1, 700));
+    assert_eq!(s.slowest().items().len(), 1);
+    assert_eq!(s.write_lock_histogram().count(), 2);
+
+    // A plan that does not say how start-exclude is seen (hand-made, no coverage) is
+    // treated as no plan.
+    let mut bare = plan_with(direct());
+    bare.coverage.clear();
+    let mut s = Stats::with_plan(Generation::V7_0, Some(&bare));
+    s.observe(&exclude_exit(3, 0xa000, 700));
+    assert_eq!(s.wait_source(), WaitSource::ExcludeExit);
+    let mut s = Stats::with_plan(Generation::V7_0, Some(&bare));
+    s.observe(&paired_write_lock_exit(3, 0xa000, 900));
+    assert_eq!(s.percentiles().count, 1);
 }
 
 #[test]
@@ -263,8 +380,8 @@ fn old_kernels_count_detach_waits_from_vma_mark_detached() {
     );
     assert_eq!(s.detach_exclusions(), 1);
     assert!(s.slowest().items()[0].detaching);
-    // On 7.x the same event is not an exclusion wait (start-exclude is probed there).
-    let mut s7 = Stats::new(Generation::V7_0);
+    // With start-exclude hooked the same event is not an exclusion wait.
+    let mut s7 = Stats::with_plan(Generation::V7_0, Some(&plan_with(direct())));
     s7.observe(&slow);
     assert_eq!(s7.percentiles().count, 0);
 }

@@ -130,8 +130,13 @@ pub struct DashboardData {
 
 impl DashboardData {
     pub fn new(generation: Generation) -> Self {
+        Self::with_plan(generation, None)
+    }
+
+    /// The statistics follow the plan's view of start-exclude (see `stats::WaitSource`).
+    pub fn with_plan(generation: Generation, plan: Option<&ProbePlan>) -> Self {
         Self {
-            stats: Stats::new(generation),
+            stats: Stats::with_plan(generation, plan),
             totals: Totals::default(),
             events_base: [0; 16],
             anomalies: VecDeque::new(),
@@ -280,7 +285,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(ctx: DashboardContext) -> Self {
-        let live = DashboardData::new(ctx.generation);
+        let live = DashboardData::with_plan(ctx.generation, ctx.plan.as_ref());
         Self {
             ctx,
             live,

@@ -110,15 +110,17 @@ pub fn plan_7x(tracing: bool) -> ProbePlan {
     // Entry-time wake-ups (ordered before the woken writer's return) + the result.
     pts.push(point("rww_kprobe", "rcuwait_wake_up"));
     pts.push(point("rww_kretprobe", "rcuwait_wake_up"));
-    // notrace out-of-line copy: kprobe only (EINVAL on 7.2, reported per hook).
-    pts.push(point("vrp_kprobe", "vma_refcount_put"));
+    // No `vrp_kprobe`: `vma_refcount_put` is notrace and Debian's kernels (no
+    // CONFIG_KPROBE_EVENTS_ON_NOTRACE) refuse kprobes on it, as the planner knows.
     pts.extend(tracepoint_points());
     plan(Generation::V7_0, OFFSETS_7_2, pts)
 }
 
 /// The 6.x plan (6.16–6.18: `Generation::V6_15`, 6.19: `V6_19`): `vma_mark_detached` is
-/// global and covers every detach; 6.19's out-of-line `__vma_enter_locked` is notrace,
-/// so kprobes only.
+/// global and covers every detach. 6.19's out-of-line `__vma_enter_locked` is notrace:
+/// Debian's kernels (no CONFIG_KPROBE_EVENTS_ON_NOTRACE) refuse kprobes on it, so, as in
+/// the planner's plan, start-exclude is not hooked and its return is seen at the
+/// returns of `__vma_start_write` / `vma_mark_detached`.
 pub fn plan_6x(generation: Generation, tracing: bool) -> ProbePlan {
     let (e, x) = if tracing {
         ("fentry", "fexit")
@@ -131,10 +133,6 @@ pub fn plan_6x(generation: Generation, tracing: bool) -> ProbePlan {
         point(&format!("vmd_{e}"), "vma_mark_detached"),
         point(&format!("vmd_{x}"), "vma_mark_detached"),
     ];
-    if generation == Generation::V6_19 {
-        pts.push(point("vel_kprobe", "__vma_enter_locked"));
-        pts.push(point("vel_kretprobe", "__vma_enter_locked"));
-    }
     if tracing {
         pts.push(point("lvur_fexit", "lock_vma_under_rcu"));
         pts.push(point("vaa_fexit", "vm_area_alloc"));
@@ -151,7 +149,6 @@ pub fn plan_6x(generation: Generation, tracing: bool) -> ProbePlan {
     }
     pts.push(point("rww_kprobe", "rcuwait_wake_up"));
     pts.push(point("rww_kretprobe", "rcuwait_wake_up"));
-    pts.push(point("vrp_kprobe", "vma_refcount_put"));
     pts.extend(tracepoint_points());
     let offsets = if generation == Generation::V6_19 {
         OFFSETS_6_19

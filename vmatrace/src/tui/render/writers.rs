@@ -19,7 +19,8 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     let [hist, pct] = Layout::horizontal([Constraint::Min(0), Constraint::Length(30)]).areas(top);
     let title = match d.stats.wait_source() {
         WaitSource::ExcludeExit => "Readers-exclusion wait",
-        WaitSource::WriteLockExit => "Write-lock wait (exclusion inlined)",
+        // Start-exclude is inlined (6.15–6.18) or notrace (Debian 6.19): not hooked.
+        WaitSource::WriteLockExit => "Exclusion wait (write/detach proxy)",
     };
     render_histogram(frame, hist, d.stats.exclusion_histogram(), title);
     render_percentiles(frame, pct, d);
