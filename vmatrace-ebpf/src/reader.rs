@@ -49,9 +49,9 @@ fn failed_under_exclusion(mm: u64, addr: u64) -> bool {
 }
 
 /// Return half of `lock_vma_under_rcu(mm, addr)`. `entry` carries the kretprobe's saved
-/// arguments and entry time.
+/// arguments and entry time; `ts` was taken first thing at return (0: take it here).
 #[inline(always)]
-fn reader_exit(pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Option<Inflight>) {
+fn reader_exit(ts: u64, pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Option<Inflight>) {
     if ret != 0 {
         count(Counter::ReaderAcquireOk);
     } else {
@@ -75,7 +75,7 @@ fn reader_exit(pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Option<Inflig
         EventKind::ReaderAcquire,
         ProbeId::LockVmaUnderRcu,
         pid_tgid,
-        now(),
+        if ts != 0 { ts } else { now() },
     );
     if ret != 0 {
         fill_vma(&mut ev, ret, &mut r);
@@ -103,7 +103,7 @@ pub fn lvur_fexit(ctx: FExitContext) -> u32 {
         return 0;
     }
     let ret = ctx.ret::<u64>().unwrap_or(0);
-    reader_exit(pid_tgid, ctx.arg::<u64>(0), ctx.arg::<u64>(1), ret, None);
+    reader_exit(0, pid_tgid, ctx.arg::<u64>(0), ctx.arg::<u64>(1), ret, None);
     0
 }
 
@@ -130,6 +130,13 @@ pub fn lvur_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn lvur_kretprobe(ctx: RetProbeContext) -> u32 {
+    // First thing at return, so the sampled lock latency stops where the kernel did;
+    // skipped (a constant to the verifier) when nothing is sampled: this is the hot path.
+    let ts = if global!(CONFIG.reader_sample_every) != 0 {
+        now()
+    } else {
+        0
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return 0;
@@ -152,7 +159,7 @@ pub fn lvur_kretprobe(ctx: RetProbeContext) -> u32 {
         Some(e) => (e.ptr, e.arg1),
         None => (0, 0),
     };
-    reader_exit(pid_tgid, mm, addr, ret, entry);
+    reader_exit(ts, pid_tgid, mm, addr, ret, entry);
     0
 }
 

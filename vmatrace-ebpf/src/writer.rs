@@ -72,13 +72,12 @@ fn write_enter(vma: u64, a1: u64, a2: u64) {
     if !traced(pid_tgid) {
         return;
     }
-    let ts = now();
     let mut r = Reads::new();
     let mut ev = header(
         EventKind::WriteLockEnter,
         ProbeId::VmaStartWrite,
         pid_tgid,
-        ts,
+        now(),
     );
     fill_vma(&mut ev, vma, &mut r);
     ev.arg = match generation() {
@@ -86,11 +85,15 @@ fn write_enter(vma: u64, a1: u64, a2: u64) {
         GEN_7_0 => a1 as u32 as u64,
         _ => a1 as u32 as u64,
     };
+    register_excluder(ev.mm, vma, pid_tgid);
+    send(&mut ev, r);
+    // The entry time is taken last, after this program's own work (reads, send), so
+    // the return's `wait_ns` measures the kernel function, not the tracer.
     remember(
         &INFLIGHT_WRITE,
         pid_tgid,
         &Inflight {
-            ts,
+            ts: now(),
             ptr: vma,
             vma,
             arg1: a1,
@@ -99,14 +102,14 @@ fn write_enter(vma: u64, a1: u64, a2: u64) {
             pad: 0,
         },
     );
-    register_excluder(ev.mm, vma, pid_tgid);
-    send(&mut ev, r);
 }
 
 /// Return of `__vma_start_write`: `vma` from the fexit arguments, or 0 for the kretprobe
 /// (taken from the saved entry).
 #[inline(always)]
 fn write_exit(vma_arg: u64, raw_ret: u64) {
+    // First thing at return, so `wait_ns` stops where the kernel function did.
+    let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return;
@@ -121,7 +124,7 @@ fn write_exit(vma_arg: u64, raw_ret: u64) {
         EventKind::WriteLockExit,
         ProbeId::VmaStartWrite,
         pid_tgid,
-        now(),
+        ts,
     );
     fill_vma(&mut ev, vma, &mut r);
     // void before 6.19: the register holds garbage, report success.
@@ -184,13 +187,12 @@ fn exclude_enter_ves(ves: u64) {
     if !traced(pid_tgid) {
         return;
     }
-    let ts = now();
     let mut r = Reads::new();
     let mut ev = header(
         EventKind::ExcludeEnter,
         ProbeId::VmaStartExcludeReaders,
         pid_tgid,
-        ts,
+        now(),
     );
     let s = read_ves(ves, &mut r);
     ev.ves_state = s.state;
@@ -199,11 +201,15 @@ fn exclude_enter_ves(ves: u64) {
     ev.ves_exclusive = s.exclusive;
     ev.flags |= flags::VES;
     fill_vma(&mut ev, s.vma, &mut r);
+    register_excluder(ev.mm, s.vma, pid_tgid);
+    send(&mut ev, r);
+    // The entry time is taken last, after this program's own work (reads, send), so
+    // the return's `wait_ns` measures the kernel function, not the tracer.
     remember(
         &INFLIGHT_EXCLUDE,
         pid_tgid,
         &Inflight {
-            ts,
+            ts: now(),
             ptr: ves,
             vma: s.vma,
             arg1: s.state as u64,
@@ -212,8 +218,6 @@ fn exclude_enter_ves(ves: u64) {
             pad: 0,
         },
     );
-    register_excluder(ev.mm, s.vma, pid_tgid);
-    send(&mut ev, r);
 }
 
 /// Return of `__vma_start_exclude_readers`: the outputs `detached`/`exclusive` are read
@@ -221,6 +225,8 @@ fn exclude_enter_ves(ves: u64) {
 /// caller's frame, which is still there).
 #[inline(always)]
 fn exclude_exit_ves(ves_arg: u64, raw_ret: u64) {
+    // First thing at return, so `wait_ns` stops where the kernel function did.
+    let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return;
@@ -235,7 +241,7 @@ fn exclude_exit_ves(ves_arg: u64, raw_ret: u64) {
         EventKind::ExcludeExit,
         ProbeId::VmaStartExcludeReaders,
         pid_tgid,
-        now(),
+        ts,
     );
     if ves != 0 {
         let s = read_ves(ves, &mut r);
@@ -293,23 +299,26 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
     let vma = ctx.arg::<u64>(0).unwrap_or(0);
     let detaching = ctx.arg::<u64>(1).unwrap_or(0) as u8 & 1;
     let state = ctx.arg::<u64>(2).unwrap_or(0) as u32;
-    let ts = now();
     let mut r = Reads::new();
     let mut ev = header(
         EventKind::ExcludeEnter,
         ProbeId::VmaEnterLocked,
         pid_tgid,
-        ts,
+        now(),
     );
     fill_vma(&mut ev, vma, &mut r);
     ev.ves_state = state;
     ev.ves_detaching = detaching;
     ev.flags |= flags::VES;
+    register_excluder(ev.mm, vma, pid_tgid);
+    send(&mut ev, r);
+    // The entry time is taken last, after this program's own work (reads, send), so
+    // the return's `wait_ns` measures the kernel function, not the tracer.
     remember(
         &INFLIGHT_EXCLUDE,
         pid_tgid,
         &Inflight {
-            ts,
+            ts: now(),
             ptr: vma,
             vma,
             arg1: state as u64,
@@ -318,8 +327,6 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
             pad: 0,
         },
     );
-    register_excluder(ev.mm, vma, pid_tgid);
-    send(&mut ev, r);
     0
 }
 
@@ -328,6 +335,7 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
 /// generations read the same way.
 #[kretprobe]
 pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return 0;
@@ -339,7 +347,7 @@ pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
         EventKind::ExcludeExit,
         ProbeId::VmaEnterLocked,
         pid_tgid,
-        now(),
+        ts,
     );
     if let Some(e) = entry {
         fill_vma(&mut ev, e.vma, &mut r);
@@ -365,15 +373,18 @@ fn detach_enter(vma: u64, probe: ProbeId) {
     if !traced(pid_tgid) {
         return;
     }
-    let ts = now();
     let mut r = Reads::new();
-    let mut ev = header(EventKind::DetachEnter, probe, pid_tgid, ts);
+    let mut ev = header(EventKind::DetachEnter, probe, pid_tgid, now());
     fill_vma(&mut ev, vma, &mut r);
+    register_excluder(ev.mm, vma, pid_tgid);
+    send(&mut ev, r);
+    // The entry time is taken last, after this program's own work (reads, send), so
+    // the return's `wait_ns` measures the kernel function, not the tracer.
     remember(
         &INFLIGHT_DETACH,
         pid_tgid,
         &Inflight {
-            ts,
+            ts: now(),
             ptr: vma,
             vma,
             arg1: 0,
@@ -382,12 +393,12 @@ fn detach_enter(vma: u64, probe: ProbeId) {
             pad: 0,
         },
     );
-    register_excluder(ev.mm, vma, pid_tgid);
-    send(&mut ev, r);
 }
 
 #[inline(always)]
 fn detach_exit(vma_arg: u64, probe: ProbeId) {
+    // First thing at return, so `wait_ns` stops where the kernel function did.
+    let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return;
@@ -398,7 +409,7 @@ fn detach_exit(vma_arg: u64, probe: ProbeId) {
         _ => vma_arg,
     };
     let mut r = Reads::new();
-    let mut ev = header(EventKind::DetachExit, probe, pid_tgid, now());
+    let mut ev = header(EventKind::DetachExit, probe, pid_tgid, ts);
     fill_vma(&mut ev, vma, &mut r);
     if let Some(e) = entry {
         paired(&mut ev, e.ts, e.refcnt);

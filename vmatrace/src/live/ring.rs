@@ -18,6 +18,14 @@ use crate::pipeline::SourceItem;
 const MAX_BATCH: usize = 4096;
 /// How often the kernel counters are sent.
 const COUNTER_PERIOD: Duration = Duration::from_millis(250);
+/// How often the ring is drained without a wake-up. The programs submit with
+/// `BPF_RB_NO_WAKEUP` and force a wake-up only once a quarter of the ring is unread
+/// (`vmatrace-ebpf/src/emit.rs`: a wake-up per event cost more than the rest of the
+/// program), so below that fill level this timer is what delivers events: it bounds
+/// their latency to the dashboard, and nothing waits forever for a wake-up.
+pub const DRAIN_PERIOD: Duration = Duration::from_millis(50);
+/// Upper bound of batches read per `DRAIN_PERIOD` tick.
+const TIMER_BATCHES: usize = 16;
 
 /// Decode one ring-buffer record. `None`: too short, or an unknown kind.
 pub fn decode(record: &[u8]) -> Option<Event> {
@@ -88,6 +96,8 @@ pub(super) async fn stream(
         .context("registering the EVENTS ring buffer with the runtime")?;
     let mut tick = tokio::time::interval(COUNTER_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_tick = tokio::time::interval(DRAIN_PERIOD);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -102,6 +112,23 @@ pub(super) async fn stream(
                 drop(guard);
                 if !send(&tx, batch).await {
                     return Ok(());
+                }
+            }
+            _ = drain_tick.tick() => {
+                // Unlike the readiness branch this does not touch the readiness flag: a
+                // forced wake-up that arrives meanwhile still wakes the branch above,
+                // which then finds the ring (partly) drained, which is fine. At most
+                // `TIMER_BATCHES` batches per tick so `stop` is seen under a flood (a
+                // flood fills a quarter of the ring and forces wake-ups anyway).
+                for _ in 0..TIMER_BATCHES {
+                    let batch = drain(afd.get_mut());
+                    let exhausted = batch.exhausted;
+                    if !send(&tx, batch).await {
+                        return Ok(());
+                    }
+                    if exhausted {
+                        break;
+                    }
                 }
             }
             _ = tick.tick() => {
