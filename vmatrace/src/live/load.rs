@@ -185,8 +185,20 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
     };
 
     let mut links = Vec::new();
-    let mut hooks = Vec::with_capacity(plan.points.len());
-    for point in &plan.points {
+    let mut hooks: Vec<Option<HookStatus>> = vec![None; plan.points.len()];
+    // Return probes first: an entry that fires before its function's return probe exists
+    // leaves an in-flight record nobody pairs, which the next entry of that thread then
+    // reports as a missed return. Attaching takes seconds on a slow machine, so the
+    // window is not small. Hooks are still reported in plan order.
+    let mut order: Vec<usize> = (0..plan.points.len()).collect();
+    order.sort_by_key(|&i| {
+        !matches!(
+            plan.points[i].mode,
+            AttachMode::FExit | AttachMode::KRetProbe
+        )
+    });
+    for i in order {
+        let point = &plan.points[i];
         let result = if point.mode == AttachMode::Tracepoint
             && let Some(problem) = &tp_problem
         {
@@ -197,19 +209,22 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
         match result {
             Ok(link) => {
                 links.push(link);
-                hooks.push(HookStatus {
+                hooks[i] = Some(HookStatus {
                     point: point.clone(),
                     attached: true,
                     error: None,
                 });
             }
-            Err(e) => hooks.push(HookStatus {
-                point: point.clone(),
-                attached: false,
-                error: Some(error_chain(&e)),
-            }),
+            Err(e) => {
+                hooks[i] = Some(HookStatus {
+                    point: point.clone(),
+                    attached: false,
+                    error: Some(error_chain(&e)),
+                })
+            }
         }
     }
+    let hooks: Vec<HookStatus> = hooks.into_iter().flatten().collect();
     if links.is_empty() {
         let mut msg = String::from("no probe of the plan could be attached:");
         for h in &hooks {
