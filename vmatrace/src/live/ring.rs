@@ -140,7 +140,14 @@ pub(super) async fn stream(
         }
     }
     // Detach first so nothing new arrives, then drain what the programs already wrote.
-    drop(links.take());
+    // Reverse attach order: links were attached return probes first, so entry probes go
+    // first here — an entry without its return probe would leave an unpaired record that
+    // the thread's next entry reports as a missed return.
+    if let Some(mut links) = links.take() {
+        while let Some(link) = links.pop() {
+            drop(link);
+        }
+    }
     loop {
         let batch = drain(afd.get_mut());
         let exhausted = batch.exhausted;
