@@ -25,7 +25,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub ops: Option<u64>,
     /// Stop after this long (e.g. 10s, 500ms, 2m); with --ops, whichever comes first.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = super::session::parse_duration)]
     pub duration: Option<Duration>,
     /// Kernel generation to simulate: 7.0 (7.0 and later), 6.19, 6.15 (6.15-6.18).
     #[arg(long, default_value = "7.0", value_parser = parse_generation)]
@@ -158,26 +158,6 @@ fn run_with_dashboard(cfg: SimConfig) -> anyhow::Result<SimOutcome> {
     })
 }
 
-/// `10s`, `500ms`, `2m`, `1h`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration `{s}` (e.g. 10s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit in `{s}` (ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration `{s}`: {e}"))
-}
-
 /// A generation key, or a kernel version mapped to its generation.
 pub fn parse_generation(s: &str) -> Result<Generation, String> {
     let mut parts = s.trim().split('.');
@@ -199,13 +179,25 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("-1s").is_err());
+        assert_eq!(
+            super::super::session::parse_duration("10s"),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            super::super::session::parse_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(
+            super::super::session::parse_duration("2m"),
+            Ok(Duration::from_secs(120))
+        );
+        assert_eq!(
+            super::super::session::parse_duration("3"),
+            Ok(Duration::from_secs(3))
+        );
+        assert!(super::super::session::parse_duration("ten").is_err());
+        assert!(super::super::session::parse_duration("5 parsecs").is_err());
+        assert!(super::super::session::parse_duration("-1s").is_err());
     }
 
     #[test]
