@@ -48,9 +48,23 @@ counters! {
     /// (it had not gone to sleep yet), so the wake-up changed nothing. kretprobe mode only.
     WriterWakeNoop = 12, "writer_wake_noop";
     /// An entry probe found the same thread's previous entry of that function still in
-    /// flight: the previous call's return was missed (kretprobe instance pool exhausted
-    /// while writers slept, or the return probe was not attached).
+    /// flight: the previous call's return was missed. Measured cause: the kernel skipped
+    /// the return program (`ReturnRunsSkipped`); also possible with kretprobes when the
+    /// instance pool is exhausted while writers sleep.
     MissedReturn = 13, "missed_return";
+    /// Runs of this session's entry-side programs (fentry, kprobe, tracepoint) that the
+    /// kernel skipped: `recursion_misses` in the programs' fdinfo. A fentry program is
+    /// skipped when another run of the same program is active on the CPU, which happens
+    /// when a task is preempted inside the program (trampolines run with migration, not
+    /// preemption, disabled); a kprobe program when any kprobe program is active on the CPU
+    /// (an interrupt on top of one). Each is an event never seen, and usually the
+    /// `UnmatchedReturn` of its call. Kept by userspace (not in the `COUNTERS` map).
+    EntryRunsSkipped = 16, "entry_runs_skipped";
+    /// The same for return-side programs (fexit, kretprobe): each is a return never seen,
+    /// and usually the `MissedReturn` of that thread's next call.
+    ReturnRunsSkipped = 17, "return_runs_skipped";
 }
 
+/// Slots of the in-kernel `COUNTERS` map (counters below this index are kept by the
+/// programs; the ones above by userspace from the kernel's own per-program accounting).
 pub const COUNTER_SLOTS: u32 = 16;

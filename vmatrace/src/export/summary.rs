@@ -113,6 +113,8 @@ pub struct ProgramCostSection {
     pub run_cnt: u64,
     pub run_time_ns: u64,
     pub ns_per_run: Option<f64>,
+    /// Runs the kernel skipped (BPF recursion protection): events never seen.
+    pub skipped_runs: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -419,6 +421,7 @@ impl Summary {
                     run_cnt: p.run_cnt,
                     run_time_ns: p.run_time_ns,
                     ns_per_run: p.ns_per_run(),
+                    skipped_runs: p.skipped_runs,
                 })
                 .collect(),
             plan,
@@ -520,10 +523,11 @@ impl Summary {
         for p in &self.programs {
             let _ = writeln!(
                 s,
-                "program {}: {} runs, {:.0} ns/run",
+                "program {}: {} runs, {:.0} ns/run, {} skipped by the kernel",
                 p.name,
                 p.run_cnt,
-                p.ns_per_run.unwrap_or(0.0)
+                p.ns_per_run.unwrap_or(0.0),
+                p.skipped_runs
             );
         }
         if let Some(p) = &self.plan {

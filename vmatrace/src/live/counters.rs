@@ -1,23 +1,102 @@
-//! The per-CPU `COUNTERS` array, summed over CPUs into a [`CounterSnapshot`].
+//! The per-CPU `COUNTERS` array, summed over CPUs into a [`CounterSnapshot`], plus the
+//! kernel's own per-program skip counts (`recursion_misses`) as
+//! `Counter::EntryRunsSkipped` / `Counter::ReturnRunsSkipped`.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
-use vmatrace_common::counters::COUNTER_SLOTS;
+use vmatrace_common::{Counter, counters::COUNTER_SLOTS};
 
-use crate::pipeline::CounterSnapshot;
+use crate::{
+    kernel::{plan::AttachMode, programs::PROGRAMS},
+    pipeline::CounterSnapshot,
+};
 
 /// Sum per-CPU values; saturating, so a wrapped counter never panics.
 pub fn sum_per_cpu(values: &[u64]) -> u64 {
     values.iter().fold(0u64, |a, v| a.saturating_add(*v))
 }
 
-pub(super) fn snapshot(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<CounterSnapshot> {
-    let mut values = Vec::with_capacity(COUNTER_SLOTS as usize);
+/// A loaded program whose skipped runs are read from `/proc/self/fdinfo/<fd>`. The fd
+/// belongs to the session's `Ebpf`, which outlives every read.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SkipSource {
+    pub fd: RawFd,
+    /// fexit / kretprobe: a skipped run is a return never seen.
+    pub is_return: bool,
+}
+
+impl SkipSource {
+    /// `None` for a program the contract table does not know (cannot happen for planned
+    /// programs; tested in `kernel::programs`).
+    pub fn new(name: &str, fd: RawFd) -> Option<Self> {
+        let spec = PROGRAMS.iter().find(|p| p.name == name)?;
+        Some(Self {
+            fd,
+            is_return: matches!(spec.mode, AttachMode::FExit | AttachMode::KRetProbe),
+        })
+    }
+}
+
+/// Skip sources for the session's programs (by object name).
+pub(super) fn skip_sources(ebpf: &aya::Ebpf, names: &[String]) -> Vec<SkipSource> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let fd = ebpf.program(name)?.fd().ok()?.as_fd().as_raw_fd();
+            SkipSource::new(name, fd)
+        })
+        .collect()
+}
+
+/// `recursion_misses:` of a BPF program's fdinfo (kernel 5.12+; `bpf_prog_show_fdinfo`).
+/// Counted whether or not run-time statistics are enabled.
+pub fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Skipped runs of a program, 0 when the kernel does not report them.
+pub fn skipped_runs(fd: RawFd) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .as_deref()
+        .and_then(recursion_misses)
+        .unwrap_or(0)
+}
+
+pub(super) fn snapshot(
+    map: &PerCpuArray<MapData, u64>,
+    skips: &[SkipSource],
+) -> anyhow::Result<CounterSnapshot> {
+    let mut values = Vec::with_capacity(Counter::ALL.len());
     for i in 0..COUNTER_SLOTS {
         let per_cpu = map
             .get(&i, 0)
             .with_context(|| format!("reading COUNTERS[{i}]"))?;
         values.push(sum_per_cpu(&per_cpu));
+    }
+    let (mut entry, mut ret) = (0u64, 0u64);
+    for s in skips {
+        let n = skipped_runs(s.fd);
+        if s.is_return {
+            ret = ret.saturating_add(n);
+        } else {
+            entry = entry.saturating_add(n);
+        }
+    }
+    for (c, n) in [
+        (Counter::EntryRunsSkipped, entry),
+        (Counter::ReturnRunsSkipped, ret),
+    ] {
+        let i = c as usize;
+        if values.len() <= i {
+            values.resize(i + 1, 0);
+        }
+        values[i] = n;
     }
     Ok(CounterSnapshot { values })
 }
@@ -31,5 +110,30 @@ mod tests {
         assert_eq!(sum_per_cpu(&[1, 2, 3]), 6);
         assert_eq!(sum_per_cpu(&[]), 0);
         assert_eq!(sum_per_cpu(&[u64::MAX, 5]), u64::MAX);
+    }
+
+    #[test]
+    fn reads_recursion_misses_from_fdinfo() {
+        // The layout of `bpf_prog_show_fdinfo` (kernel/bpf/syscall.c).
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t26\n\
+                    prog_jited:\t1\nprog_tag:\t1f4b1b6e1e2f1c2a\nmemlock:\t4096\nprog_id:\t41\n\
+                    run_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t37\nverified_insns:\t312\n";
+        assert_eq!(recursion_misses(info), Some(37));
+        assert_eq!(recursion_misses("prog_id:\t41\n"), None);
+        assert_eq!(recursion_misses("recursion_misses:\tx\n"), None);
+    }
+
+    #[test]
+    fn return_programs_are_told_from_entry_programs() {
+        assert!(SkipSource::new("vsw_fexit", 3).unwrap().is_return);
+        assert!(SkipSource::new("rww_kretprobe", 3).unwrap().is_return);
+        assert!(!SkipSource::new("vsw_fentry", 3).unwrap().is_return);
+        assert!(!SkipSource::new("rww_kprobe", 3).unwrap().is_return);
+        assert!(SkipSource::new("no_such_program", 3).is_none());
+    }
+
+    #[test]
+    fn an_unreadable_fd_counts_zero() {
+        assert_eq!(skipped_runs(-1), 0);
     }
 }

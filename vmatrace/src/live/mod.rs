@@ -100,7 +100,10 @@ impl LiveSession {
 
     /// The current kernel counters (per-CPU values summed).
     pub fn counters(&self) -> anyhow::Result<crate::pipeline::CounterSnapshot> {
-        counters::snapshot(&self.inner.counters)
+        counters::snapshot(
+            &self.inner.counters,
+            &counters::skip_sources(&self.inner.ebpf, &self.inner.programs),
+        )
     }
 
     /// Stream until `stop` completes: ring-buffer records as [`SourceItem::Events`]

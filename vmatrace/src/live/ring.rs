@@ -85,9 +85,11 @@ pub(super) async fn stream(
         ring,
         counters: counter_map,
         ebpf,
-        programs: _,
+        programs,
         _stats,
     } = loaded;
+    // The programs' kernel-side skip counts ride along with every counter snapshot.
+    let skips = counters::skip_sources(&ebpf, &programs);
     let mut links = Some(links);
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
     // RingBuf (inside the AsyncFd) is dropped; we never swap the inner value.
@@ -132,7 +134,7 @@ pub(super) async fn stream(
                 }
             }
             _ = tick.tick() => {
-                let snap = counters::snapshot(&counter_map)?;
+                let snap = counters::snapshot(&counter_map, &skips)?;
                 if tx.send(SourceItem::Counters(snap)).await.is_err() {
                     return Ok(());
                 }
@@ -158,7 +160,7 @@ pub(super) async fn stream(
             break;
         }
     }
-    let snap = counters::snapshot(&counter_map)?;
+    let snap = counters::snapshot(&counter_map, &skips)?;
     let _ = tx.send(SourceItem::Counters(snap)).await;
     drop(ebpf);
     Ok(())

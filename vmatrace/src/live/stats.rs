@@ -4,7 +4,10 @@
 //! (`aya::programs::loaded_programs`), so a [`StatsHandle`] works from any task while the
 //! session itself is busy streaming.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd},
+};
 
 use aya::programs::loaded_programs;
 
@@ -21,6 +24,9 @@ pub struct ProgramStat {
     pub run_time_ns: u64,
     /// Instructions the verifier processed at load (if the kernel reports it).
     pub verified_insns: Option<u32>,
+    /// Runs the kernel skipped (`recursion_misses`: the program was already active on
+    /// that CPU); counted whether or not statistics are on.
+    pub skipped_runs: u64,
 }
 
 impl ProgramStat {
@@ -64,6 +70,11 @@ impl StatsHandle {
                         run_cnt: info.run_count(),
                         run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
                         verified_insns: info.verified_instruction_count(),
+                        // A new fd for the id (the session's own fds are not ours here).
+                        skipped_runs: info
+                            .fd()
+                            .map(|fd| super::counters::skipped_runs(fd.as_fd().as_raw_fd()))
+                            .unwrap_or(0),
                     },
                 );
             }
@@ -86,6 +97,7 @@ mod tests {
             run_cnt: 4,
             run_time_ns: 1000,
             verified_insns: None,
+            skipped_runs: 0,
         };
         assert_eq!(s.ns_per_run(), Some(250.0));
         s.run_cnt = 0;

@@ -14,6 +14,8 @@ pub const LOSS_COUNTERS: &[Counter] = &[
     Counter::InflightMapFull,
     Counter::ProbeReadFailed,
     Counter::MissedReturn,
+    Counter::EntryRunsSkipped,
+    Counter::ReturnRunsSkipped,
 ];
 
 #[derive(Clone, Debug, Default)]

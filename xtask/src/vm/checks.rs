@@ -125,16 +125,103 @@ pub fn stress(step: &str, j: &Value, forks: bool, v: &mut Verdict) {
 /// reported, not failed (bpftrace saw 0 of them under stress-ng too: environment.md §4).
 pub const RARE_EVENTS: &[&str] = &["mark_detached_slow"];
 
-/// Loss sources that have an explanation other than "vmatrace dropped events": a return
-/// whose entry ran before the programs were attached (or an entry whose return came after
-/// they were detached) cannot be paired.
-///
-/// `missed_return` is tolerated here but NOT yet explained: after return probes were
-/// attached first and detached last, Debian 6.19/7.3 guests still show 28–50 per 12 s run
-/// (7.3 cloud had 0 in one run). Each is counted and shown, and the validator
-/// resynchronises the affected VMA, so no false anomaly follows; the root cause is open
-/// (issue "Real-kernel test matrix").
-const EXPLAINED_LOSSES: &[&str] = &["unmatched_return", "missed_return"];
+/// Unmatched returns allowed beyond the kernel-reported entry skips: calls already in
+/// flight when the return probes were attached (the workload starts only after attach, so
+/// only the guest's few other tasks can be inside a traced function then).
+const ATTACH_SLACK: u64 = 16;
+
+/// Largest share of program runs the kernel may skip before the run fails. Skips happen
+/// when a task is preempted inside a fentry/fexit program and another task on that CPU
+/// enters the same program (the trampoline's per-CPU `prog->active` guard); Debian's
+/// 6.19/7.x kernels preempt (`preempt=lazy`), and TCG makes every program ~10× longer,
+/// so some are skipped; measured 0.3–0.7 % of streamed events. A bound, so a program
+/// that became much slower (or a recursion bug) fails the matrix.
+const MAX_SKIPPED_SHARE: f64 = 0.02;
+
+/// The losses of a run summary, judged: `Ok(explanation)` when every loss is accounted for
+/// by the kernel's own per-program skip counts (and attach-time calls in flight),
+/// `Err(reason)` otherwise. Invariants checked:
+/// - `missed_return` ≤ `return_runs_skipped`: an entry whose return was never seen is left
+///   in the in-flight map only when the kernel skipped the return program;
+/// - `unmatched_return` ≤ `entry_runs_skipped` + [`ATTACH_SLACK`];
+/// - skipped runs ≤ [`MAX_SKIPPED_SHARE`] of the events streamed;
+/// - every other loss source (ring buffer full, map full, failed reads, undecodable
+///   records, log or recording failures) is 0.
+pub fn judge_losses(j: &Value) -> Result<String, String> {
+    let total = at(j, "losses.total")
+        .and_then(Value::as_u64)
+        .ok_or("summary has no `losses.total`")?;
+    if total == 0 {
+        return Ok("losses 0".into());
+    }
+    let losses = j.get("losses").cloned().unwrap_or(Value::Null);
+    let kernel = |k: &str| {
+        at(&losses, &format!("kernel.{k}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let (missed, unmatched) = (kernel("missed_return"), kernel("unmatched_return"));
+    let (entry_skips, return_skips) = (kernel("entry_runs_skipped"), kernel("return_runs_skipped"));
+    let accounted = [
+        "missed_return",
+        "unmatched_return",
+        "entry_runs_skipped",
+        "return_runs_skipped",
+    ];
+    // Every non-zero loss source outside those four, flattened (`kernel.x`, `undecodable`).
+    let mut other = Vec::new();
+    if let Some(obj) = losses.as_object() {
+        for (k, x) in obj.iter().filter(|(k, _)| k.as_str() != "total") {
+            match x {
+                Value::Object(m) => other.extend(
+                    m.iter()
+                        .filter(|(k2, n)| {
+                            !accounted.contains(&k2.as_str()) && n.as_u64() != Some(0)
+                        })
+                        .map(|(k2, n)| format!("{k}.{k2}={n}")),
+                ),
+                n if n.as_u64() != Some(0) => other.push(format!("{k}={n}")),
+                _ => {}
+            }
+        }
+    }
+    let mut why = Vec::new();
+    if !other.is_empty() {
+        why.push(format!("unexplained losses: {}", other.join(" ")));
+    }
+    if missed > return_skips {
+        why.push(format!(
+            "missed_return {missed} > return_runs_skipped {return_skips}: returns were lost \
+             for another reason than the kernel skipping the return program"
+        ));
+    }
+    if unmatched > entry_skips + ATTACH_SLACK {
+        why.push(format!(
+            "unmatched_return {unmatched} > entry_runs_skipped {entry_skips} + {ATTACH_SLACK} \
+             (calls in flight at attach)"
+        ));
+    }
+    let events = at(j, "events.total").and_then(Value::as_u64).unwrap_or(0);
+    let skipped = entry_skips + return_skips;
+    let share = skipped as f64 / (events + skipped).max(1) as f64;
+    if share > MAX_SKIPPED_SHARE {
+        why.push(format!(
+            "the kernel skipped {skipped} program runs, {:.2} % of {events} events (bound {:.0} %)",
+            share * 100.0,
+            MAX_SKIPPED_SHARE * 100.0
+        ));
+    }
+    if why.is_empty() {
+        Ok(format!(
+            "losses {total}, explained: kernel skipped {entry_skips} entry and {return_skips} \
+             return program runs ({:.2} % of {events} events; BPF recursion protection), which \
+             account for missed_return={missed} and unmatched_return={unmatched}",
+            share * 100.0
+        ))
+    } else {
+        Err(format!("{total} events lost: {}; {losses}", why.join("; ")))
+    }
+}
 
 /// `vmatrace run --headless --json` (schema: docs/summary.md): the plan attached what it
 /// said, each directly observed logical event was seen, no anomalies, no unexplained loss.
@@ -215,47 +302,28 @@ pub fn run_summary(j: &Value, v: &mut Verdict) {
             .failures
             .push("run: summary has no `anomalies.total`".into()),
     }
-    let Some(total) = at(j, "losses.total").and_then(Value::as_u64) else {
-        v.failures.push("run: summary has no `losses.total`".into());
-        return;
-    };
-    if total == 0 {
-        v.info.push("run: losses 0".into());
-        return;
+    match judge_losses(j) {
+        Ok(line) => v.info.push(format!("run: {line}")),
+        Err(e) => v.failures.push(format!("run: {e}")),
     }
-    let losses = j.get("losses").cloned().unwrap_or(Value::Null);
-    // Every non-zero loss source, flattened: `kernel.unmatched_return`, `undecodable`, ...
-    let mut unexplained = Vec::new();
-    let mut explained = Vec::new();
-    if let Some(obj) = losses.as_object() {
-        for (k, x) in obj {
-            let nested: Vec<(String, u64)> = match x {
-                Value::Object(m) => m
-                    .iter()
-                    .filter_map(|(k2, n)| Some((k2.clone(), n.as_u64()?)))
-                    .collect(),
-                Value::Number(n) if k != "total" => {
-                    n.as_u64().map(|n| vec![(k.clone(), n)]).unwrap_or_default()
-                }
-                _ => Vec::new(),
-            };
-            for (name, n) in nested.into_iter().filter(|(_, n)| *n > 0) {
-                if EXPLAINED_LOSSES.contains(&name.as_str()) {
-                    explained.push(format!("{name}={n}"));
-                } else {
-                    unexplained.push(format!("{name}={n}"));
-                }
-            }
+    // Which programs the kernel skipped, so a failure names them.
+    if let Some(ps) = j.get("programs").and_then(Value::as_array) {
+        let skipped: Vec<String> = ps
+            .iter()
+            .filter_map(|p| {
+                let n = p
+                    .get("skipped_runs")
+                    .and_then(Value::as_u64)
+                    .filter(|n| *n > 0)?;
+                Some(format!("{}={n}", p.get("name")?.as_str()?))
+            })
+            .collect();
+        if !skipped.is_empty() {
+            v.info.push(format!(
+                "run: skipped runs by program: {}",
+                skipped.join(" ")
+            ));
         }
-    }
-    if unexplained.is_empty() && !explained.is_empty() {
-        v.info.push(format!(
-            "run: losses {total}, explained: {} (calls in flight at attach/detach)",
-            explained.join(" ")
-        ));
-    } else {
-        v.failures
-            .push(format!("run: {total} events lost: {losses}"));
     }
 }
 
@@ -324,9 +392,7 @@ mod tests {
         run_summary(&good, &mut v);
         assert!(v.failures.is_empty(), "{:?}", v.failures);
         assert!(
-            v.info
-                .iter()
-                .any(|l| l.contains("explained: unmatched_return=2")),
+            v.info.iter().any(|l| l.contains("unmatched_return=2")),
             "{:?}",
             v.info
         );
@@ -355,5 +421,53 @@ mod tests {
         let mut v = Verdict::default();
         run_summary(&json!({}), &mut v);
         assert_eq!(v.failures, ["run: summary has no `plan`"]);
+    }
+
+    fn losses(events: u64, kernel: serde_json::Value, undecodable: u64) -> serde_json::Value {
+        let total: u64 = kernel
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>()
+            + undecodable;
+        json!({"events": {"total": events},
+            "losses": {"total": total, "kernel": kernel, "undecodable": undecodable}})
+    }
+
+    #[test]
+    fn losses_are_explained_only_by_kernel_skips() {
+        assert_eq!(
+            judge_losses(&losses(10, json!({}), 0)).as_deref(),
+            Ok("losses 0")
+        );
+        // As measured on 7.3.4 cloud (TCG): every missed/unmatched return has its skip.
+        let ok = losses(
+            700_000,
+            json!({"missed_return": 1604, "unmatched_return": 2000,
+            "entry_runs_skipped": 2097, "return_runs_skipped": 2316, "ringbuf_reserve_failed": 0}),
+            0,
+        );
+        let line = judge_losses(&ok).unwrap();
+        assert!(line.contains("2097 entry and 2316 return"), "{line}");
+        // More missed returns than skipped return programs: something else lost them.
+        let e = judge_losses(&losses(700_000, json!({"missed_return": 30}), 0)).unwrap_err();
+        assert!(
+            e.contains("missed_return 30 > return_runs_skipped 0"),
+            "{e}"
+        );
+        // A few unmatched returns from calls in flight at attach are fine, many are not.
+        assert!(judge_losses(&losses(1000, json!({"unmatched_return": 3}), 0)).is_ok());
+        let e = judge_losses(&losses(1000, json!({"unmatched_return": 400}), 0)).unwrap_err();
+        assert!(e.contains("unmatched_return 400"), "{e}");
+        // Skips beyond the bound fail even when they account for everything.
+        let e = judge_losses(&losses(1000, json!({"entry_runs_skipped": 100}), 0)).unwrap_err();
+        assert!(e.contains("skipped 100 program runs"), "{e}");
+        // Any other loss is unexplained.
+        let e = judge_losses(&losses(1000, json!({"ringbuf_reserve_failed": 1}), 0)).unwrap_err();
+        assert!(e.contains("kernel.ringbuf_reserve_failed=1"), "{e}");
+        let e = judge_losses(&losses(1000, json!({}), 2)).unwrap_err();
+        assert!(e.contains("undecodable=2"), "{e}");
+        assert!(judge_losses(&json!({})).is_err());
     }
 }
