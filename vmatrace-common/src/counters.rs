@@ -52,17 +52,21 @@ counters! {
     /// the return program (`ReturnRunsSkipped`); also possible with kretprobes when the
     /// instance pool is exhausted while writers sleep.
     MissedReturn = 13, "missed_return";
-    /// Runs of this session's entry-side programs (fentry, kprobe, tracepoint) that the
-    /// kernel skipped: `recursion_misses` in the programs' fdinfo. A fentry program is
+    /// Runs of this session's entry programs (fentry, kprobe) that have a return program
+    /// (fexit, kretprobe) on the same function, which the kernel skipped:
+    /// `recursion_misses` in the programs' fdinfo. A fentry program is
     /// skipped when another run of the same program is active on the CPU, which happens
     /// when a task is preempted inside the program (trampolines run with migration, not
     /// preemption, disabled); a kprobe program when any kprobe program is active on the CPU
     /// (an interrupt on top of one). Each is an event never seen, and usually the
     /// `UnmatchedReturn` of its call. Kept by userspace (not in the `COUNTERS` map).
     EntryRunsSkipped = 16, "entry_runs_skipped";
-    /// The same for return-side programs (fexit, kretprobe): each is a return never seen,
-    /// and usually the `MissedReturn` of that thread's next call.
+    /// The same for their return programs (fexit, kretprobe): each is a return never
+    /// seen, and usually the `MissedReturn` of that thread's next call.
     ReturnRunsSkipped = 17, "return_runs_skipped";
+    /// The same for programs without a partner (`lock_vma_under_rcu` fexit, the VMA
+    /// lifetime hooks, tracepoints): each is one event or one counted outcome never seen.
+    SingleRunsSkipped = 18, "single_runs_skipped";
 }
 
 /// Slots of the in-kernel `COUNTERS` map (counters below this index are kept by the

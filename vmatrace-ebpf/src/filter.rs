@@ -7,17 +7,27 @@ use vmatrace_common::Counter;
 use crate::{
     emit::count,
     globals::{CONFIG, global},
+    maps::ARMED,
 };
 
 /// Whether the current task passes the filters; counts `Filtered` when it does not.
+/// Nobody is traced while the session is not armed (`ARMED`), and that is not counted.
 #[inline(always)]
 pub fn traced(pid_tgid: u64) -> bool {
+    if !armed() {
+        return false;
+    }
     if passes(pid_tgid) {
         true
     } else {
         count(Counter::Filtered);
         false
     }
+}
+
+#[inline(always)]
+fn armed() -> bool {
+    ARMED.get(0).is_some_and(|a| *a != 0)
 }
 
 #[inline(always)]

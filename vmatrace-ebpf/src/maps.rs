@@ -3,13 +3,20 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use vmatrace_common::{Event, counters::COUNTER_SLOTS};
 
 /// Every streamed [`Event`]. Resized at load time (`map_max_entries`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// `[0]` = 1 while the session is armed: set by userspace once every hook is attached,
+/// cleared before the first is detached. Until then the task filter refuses everyone, so
+/// a call that starts while only its return probe is attached (or ends after its entry
+/// probe was detached) is neither streamed nor reported as an unmatched return.
+#[map]
+pub static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// `vmatrace_common::Counter`-indexed per-CPU counters (plain increments, no atomics).
 #[map]

@@ -85,6 +85,8 @@ fn maps_exist_with_their_types() {
         assert_eq!(ty(m), BPF_MAP_TYPE_LRU_HASH, "{m}");
     }
     assert_eq!(ty(names::EXCLUDERS), BPF_MAP_TYPE_LRU_HASH);
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    assert_eq!(ty(names::ARMED), BPF_MAP_TYPE_ARRAY);
     // The globals live in .rodata (frozen before the programs load).
     assert!(obj.maps.contains_key(".rodata"), "no .rodata map");
 }
@@ -103,6 +105,7 @@ fn counters_map_has_a_slot_for_every_counter() {
     let userspace = [
         vmatrace_common::Counter::EntryRunsSkipped,
         vmatrace_common::Counter::ReturnRunsSkipped,
+        vmatrace_common::Counter::SingleRunsSkipped,
     ];
     for c in vmatrace_common::Counter::ALL {
         if userspace.contains(c) {

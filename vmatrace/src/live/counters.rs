@@ -23,8 +23,8 @@ pub fn sum_per_cpu(values: &[u64]) -> u64 {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct SkipSource {
     pub fd: RawFd,
-    /// fexit / kretprobe: a skipped run is a return never seen.
-    pub is_return: bool,
+    /// Which counter its skips go to.
+    pub counter: Counter,
 }
 
 impl SkipSource {
@@ -32,10 +32,26 @@ impl SkipSource {
     /// programs; tested in `kernel::programs`).
     pub fn new(name: &str, fd: RawFd) -> Option<Self> {
         let spec = PROGRAMS.iter().find(|p| p.name == name)?;
-        Some(Self {
-            fd,
-            is_return: matches!(spec.mode, AttachMode::FExit | AttachMode::KRetProbe),
-        })
+        // Entry and return halves pair through an in-flight map only when the object
+        // has both for this function (fentry+fexit or kprobe+kretprobe).
+        let partner = match spec.mode {
+            AttachMode::FEntry => Some(AttachMode::FExit),
+            AttachMode::FExit => Some(AttachMode::FEntry),
+            AttachMode::KProbe => Some(AttachMode::KRetProbe),
+            AttachMode::KRetProbe => Some(AttachMode::KProbe),
+            AttachMode::Tracepoint => None,
+        };
+        let paired = partner.is_some_and(|m| {
+            PROGRAMS
+                .iter()
+                .any(|p| p.probe == spec.probe && p.mode == m)
+        });
+        let counter = match spec.mode {
+            _ if !paired => Counter::SingleRunsSkipped,
+            AttachMode::FExit | AttachMode::KRetProbe => Counter::ReturnRunsSkipped,
+            _ => Counter::EntryRunsSkipped,
+        };
+        Some(Self { fd, counter })
     }
 }
 
@@ -79,19 +95,15 @@ pub(super) fn snapshot(
             .with_context(|| format!("reading COUNTERS[{i}]"))?;
         values.push(sum_per_cpu(&per_cpu));
     }
-    let (mut entry, mut ret) = (0u64, 0u64);
-    for s in skips {
-        let n = skipped_runs(s.fd);
-        if s.is_return {
-            ret = ret.saturating_add(n);
-        } else {
-            entry = entry.saturating_add(n);
-        }
-    }
-    for (c, n) in [
-        (Counter::EntryRunsSkipped, entry),
-        (Counter::ReturnRunsSkipped, ret),
+    for c in [
+        Counter::EntryRunsSkipped,
+        Counter::ReturnRunsSkipped,
+        Counter::SingleRunsSkipped,
     ] {
+        let n = skips
+            .iter()
+            .filter(|s| s.counter == c)
+            .fold(0u64, |a, s| a.saturating_add(skipped_runs(s.fd)));
         let i = c as usize;
         if values.len() <= i {
             values.resize(i + 1, 0);
@@ -124,11 +136,17 @@ mod tests {
     }
 
     #[test]
-    fn return_programs_are_told_from_entry_programs() {
-        assert!(SkipSource::new("vsw_fexit", 3).unwrap().is_return);
-        assert!(SkipSource::new("rww_kretprobe", 3).unwrap().is_return);
-        assert!(!SkipSource::new("vsw_fentry", 3).unwrap().is_return);
-        assert!(!SkipSource::new("rww_kprobe", 3).unwrap().is_return);
+    fn skips_are_sorted_by_what_they_lose() {
+        let c = |name| SkipSource::new(name, 3).unwrap().counter;
+        assert_eq!(c("vsw_fentry"), Counter::EntryRunsSkipped);
+        assert_eq!(c("vser_kprobe"), Counter::EntryRunsSkipped);
+        assert_eq!(c("vsw_fexit"), Counter::ReturnRunsSkipped);
+        assert_eq!(c("rww_kretprobe"), Counter::ReturnRunsSkipped);
+        // No fentry for lock_vma_under_rcu, no return for vm_area_free.
+        assert_eq!(c("lvur_fexit"), Counter::SingleRunsSkipped);
+        assert_eq!(c("vaf_fentry"), Counter::SingleRunsSkipped);
+        assert_eq!(c("mmap_lock_released"), Counter::SingleRunsSkipped);
+        assert_eq!(c("lvur_kretprobe"), Counter::ReturnRunsSkipped);
         assert!(SkipSource::new("no_such_program", 3).is_none());
     }
 

@@ -18,11 +18,26 @@ use super::{
 use crate::kernel::plan::AttachMode;
 
 /// Names in the eBPF object that userspace relies on (checked by the object test).
+/// Arm (every hook attached) or disarm (about to detach) the programs: see `ARMED` in
+/// `vmatrace-ebpf/src/maps.rs`.
+pub(super) fn set_armed(ebpf: &mut aya::Ebpf, on: bool) -> anyhow::Result<()> {
+    let map = ebpf
+        .map_mut(names::ARMED)
+        .context("the eBPF object has no ARMED map")?;
+    let mut armed: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)?;
+    armed
+        .set(0, u32::from(on), 0)
+        .context("writing the ARMED map")?;
+    Ok(())
+}
+
 pub mod names {
     /// `RingBuf` of [`vmatrace_common::Event`] records.
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` indexed by [`vmatrace_common::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// `Array<u32>` of one: 1 while the session is armed (every hook attached).
+    pub const ARMED: &str = "ARMED";
     /// In-flight maps pairing entry and return per thread, one per function family so
     /// nested calls (`__vma_start_write` → start-exclude) and the hot reader path do not
     /// disturb each other.
@@ -238,6 +253,9 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
         }
         bail!(msg);
     }
+
+    // Every hook is in place: from now on entries and returns pair up.
+    set_armed(&mut ebpf, true)?;
 
     let ring = RingBuf::try_from(
         ebpf.take_map(names::EVENTS)

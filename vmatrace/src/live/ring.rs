@@ -84,7 +84,7 @@ pub(super) async fn stream(
         links,
         ring,
         counters: counter_map,
-        ebpf,
+        mut ebpf,
         programs,
         _stats,
     } = loaded;
@@ -145,6 +145,11 @@ pub(super) async fn stream(
     // Reverse attach order: links were attached return probes first, so entry probes go
     // first here — an entry without its return probe would leave an unpaired record that
     // the thread's next entry reports as a missed return.
+    // Disarmed first, so a call that starts once its entry probe is gone is not reported
+    // as an unmatched return. Failing to disarm only costs such counts: go on detaching.
+    if let Err(e) = super::load::set_armed(&mut ebpf, false) {
+        eprintln!("vmatrace: {e:#}");
+    }
     if let Some(mut links) = links.take() {
         while let Some(link) = links.pop() {
             drop(link);

@@ -16,6 +16,7 @@ pub const LOSS_COUNTERS: &[Counter] = &[
     Counter::MissedReturn,
     Counter::EntryRunsSkipped,
     Counter::ReturnRunsSkipped,
+    Counter::SingleRunsSkipped,
 ];
 
 #[derive(Clone, Debug, Default)]
