@@ -246,6 +246,7 @@ fn boot(
         boot_timeout: Duration::from_secs(180),
         memory_mb: 2048,
         cpus: 2,
+        extra: Vec::new(),
     };
     qemu::boot(&b)
 }

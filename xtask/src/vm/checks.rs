@@ -227,6 +227,51 @@ pub fn judge_losses(j: &Value) -> Result<String, String> {
     }
 }
 
+/// Parts of the summary a replay of the recorded trace must reproduce exactly
+/// (docs/summary.md: everything derived from the events and counter records).
+const REPLAYED: &[&str] = &[
+    "/events",
+    "/anomalies",
+    "/losses/kernel",
+    "/counters",
+    "/reader",
+    "/wait_ns",
+];
+
+/// The live summary of a `record` run against the summary of replaying its trace: equal in
+/// every [`REPLAYED`] part, and the replay read the whole trace. `Ok` names what matched.
+pub fn replay_matches(live: &Value, replay: &Value) -> Result<String, String> {
+    if replay.pointer("/replay/complete") != Some(&Value::Bool(true)) {
+        return Err(format!(
+            "replay: the trace was not read to its end: {}",
+            replay.get("replay").cloned().unwrap_or(Value::Null)
+        ));
+    }
+    let mut differ = Vec::new();
+    for p in REPLAYED {
+        match (live.pointer(p), replay.pointer(p)) {
+            (Some(a), Some(b)) if a == b => {}
+            (a, b) => differ.push(format!(
+                "{p}: live {} vs replay {}",
+                a.map_or("missing".into(), Value::to_string),
+                b.map_or("missing".into(), Value::to_string)
+            )),
+        }
+    }
+    if differ.is_empty() {
+        let n = live
+            .pointer("/events/total")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        Ok(format!("{n} events, {}", REPLAYED.join(" ")))
+    } else {
+        Err(format!(
+            "replay differs from the live summary: {}",
+            differ.join("; ")
+        ))
+    }
+}
+
 /// `vmatrace run --headless --json` (schema: docs/summary.md): the plan attached what it
 /// said, each directly observed logical event was seen, no anomalies, no unexplained loss.
 pub fn run_summary(j: &Value, v: &mut Verdict) {
@@ -425,6 +470,36 @@ mod tests {
         let mut v = Verdict::default();
         run_summary(&json!({}), &mut v);
         assert_eq!(v.failures, ["run: summary has no `plan`"]);
+    }
+
+    #[test]
+    fn replay_must_reproduce_the_live_summary() {
+        let live = json!({"events": {"total": 3, "by_kind": {"a": 3}}, "anomalies": {"total": 0},
+            "losses": {"kernel": {"x": 1}, "unrecorded_events": 0}, "counters": {"c": 2},
+            "reader": {}, "wait_ns": {}});
+        let mut replay = live.clone();
+        replay["replay"] = json!({"complete": true});
+        // Parts outside REPLAYED (e.g. recording status) may differ.
+        replay["losses"]["unrecorded_events"] = json!(5);
+        assert!(
+            replay_matches(&live, &replay)
+                .unwrap()
+                .starts_with("3 events")
+        );
+        let mut other = replay.clone();
+        other["counters"]["c"] = json!(1);
+        let e = replay_matches(&live, &other).unwrap_err();
+        assert!(
+            e.contains("/counters: live {\"c\":2} vs replay {\"c\":1}"),
+            "{e}"
+        );
+        let mut part = replay.clone();
+        part["replay"]["complete"] = json!(false);
+        assert!(
+            replay_matches(&live, &part)
+                .unwrap_err()
+                .contains("not read to its end")
+        );
     }
 
     fn losses(events: u64, kernel: serde_json::Value, undecodable: u64) -> serde_json::Value {

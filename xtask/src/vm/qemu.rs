@@ -40,6 +40,8 @@ pub struct Boot<'a> {
     pub boot_timeout: Duration,
     pub memory_mb: u32,
     pub cpus: u32,
+    /// Further QEMU arguments (e.g. the virtio port a trace file comes back through).
+    pub extra: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -120,6 +122,7 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Outcome> {
         &format!("file:{}", console.display()),
         &format!("file:{}", results.display()),
     )
+    .args(&b.extra)
     .stdin(Stdio::null())
     .stdout(log.try_clone()?)
     .stderr(log)

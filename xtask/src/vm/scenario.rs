@@ -67,6 +67,9 @@ pub struct Step {
     pub timeout_s: u32,
     /// Guest files whose content is sent back after the step (`<step>:<file>` sections).
     pub files: Vec<&'static str>,
+    /// A (binary) guest file sent back through the virtio event port after the step; the
+    /// host finds it as [`TRACE_ON_HOST`] in the artifacts directory.
+    pub export: Option<&'static str>,
     pub check: Check,
 }
 
@@ -79,6 +82,9 @@ pub struct Params {
 }
 
 pub const ANOMALY_LOG: &str = "/tmp/anomalies.jsonl";
+/// The guest's recording of the traced run, and its name on the host once exported.
+pub const TRACE: &str = "/tmp/trace.vmatrace";
+pub const TRACE_ON_HOST: &str = "trace.vmatrace";
 
 /// What `vmatrace run`/`record` print on stderr once every hook is attached.
 pub const READY: &str = "tracing kernel";
@@ -110,6 +116,7 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
         background: None,
         timeout_s: 10,
         files: vec![],
+        export: None,
         check: Check::Info,
     }];
     if caps.probes {
@@ -119,21 +126,30 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
             background: None,
             timeout_s: 60,
             files: vec![],
+            export: None,
             check: Check::Plan,
         });
     }
     if caps.run {
+        // `record` is `run --headless` that also writes the trace: the host replays it and
+        // must arrive at the same summary.
+        let (cmd, export) = if caps.record {
+            (format!("record -o {TRACE} --compress"), Some(TRACE))
+        } else {
+            ("run --headless".to_string(), None)
+        };
         v.push(Step {
             name: "run",
             // The tracer outlives the workload (which starts once it is attached), so the
             // workload's whole run is observed.
             argv: words(&format!(
-                "vmatrace run --headless --duration {} --json --anomaly-log {ANOMALY_LOG}",
+                "vmatrace {cmd} --duration {} --json --anomaly-log {ANOMALY_LOG}",
                 p.duration + 4
             )),
             background: Some(words(&stress)),
             timeout_s: budget + READY_TIMEOUT_S,
             files: vec![ANOMALY_LOG],
+            export,
             check: Check::RunSummary,
         });
     } else if caps.stress {
@@ -143,6 +159,7 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
             background: None,
             timeout_s: budget,
             files: vec![],
+            export: None,
             check: Check::Stress { forks: true },
         });
     }
@@ -238,6 +255,14 @@ pub fn init_script(steps: &[Step]) -> String {
             let _ = writeln!(s, "cat {f} >&3 2>/dev/null; FRC=$?; echo >&3");
             s.push_str(&mark(&format!("end {n}:{f} rc=$FRC")));
         }
+        if let Some(f) = st.export {
+            // No udev in the guest: find the port by its name in sysfs.
+            let _ = writeln!(
+                s,
+                "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = {} ] && cat {f} > /dev/${{p##*/}}; done",
+                super::stream::PORT_NAME
+            );
+        }
         let _ = writeln!(s, "echo \"vm: step {n} exited $RC\"");
     }
     s.push_str(&mark("done"));
@@ -254,7 +279,7 @@ pub struct Verdict {
     pub direct_events: Vec<String>,
 }
 
-fn json_of(step: &str, body: &str) -> Result<serde_json::Value, String> {
+pub fn json_of(step: &str, body: &str) -> Result<serde_json::Value, String> {
     // Tolerate log lines before the JSON object: it starts at the first line opening '{'.
     let start = body
         .lines()

@@ -228,6 +228,7 @@ pub fn stream(kernel: Option<&str>, duration: u32, sink: Sink) -> anyhow::Result
         boot_timeout: Duration::from_secs(90),
         memory_mb: 1024,
         cpus: 2,
+        extra: Vec::new(),
     };
     let out_path = match &sink {
         Sink::File(p) => p.clone(),
