@@ -335,11 +335,13 @@ fn replay_on_a_terminal_shows_the_dashboard_then_the_summary() {
     tmux(&["send-keys", "-t", "t", "q"]);
     let after = wait_for("events: 400 streamed");
     assert!(after.contains("losses: 4"), "{after}");
+    // The shell creates the file before it writes the line: wait for the line itself.
     let t = std::time::Instant::now();
-    while !out_file.exists() && t.elapsed() < Duration::from_secs(5) {
+    let mut status = String::new();
+    while !status.contains('\n') && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
+        status = std::fs::read_to_string(&out_file).unwrap_or_default();
     }
-    let status = std::fs::read_to_string(&out_file).unwrap_or_default();
     let _ = tmux(&["kill-server"]);
     assert_eq!(status.trim(), "exit=0");
 }
