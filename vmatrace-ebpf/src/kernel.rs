@@ -6,7 +6,7 @@
 //! helper reads as 0 and sets `Reads::failed`, which the caller turns into the event's
 //! `READ_FAILED` flag and the `ProbeReadFailed` counter.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use vmatrace_common::{Event, OFFSET_ABSENT, event::flags};
 
 use crate::globals::global;
@@ -51,6 +51,52 @@ impl Reads {
     }
 }
 
+/// The first `N` bytes of a kernel struct, read with one helper call. Fields inside are
+/// then taken from this copy: their offsets are verifier constants (frozen `.rodata`), so
+/// the bounds test is decided at load time and the copy is a plain stack load. Helper
+/// calls are what the writer-path programs spend their time on (docs/performance.md).
+#[repr(C, align(8))]
+pub struct Block<const N: usize> {
+    bytes: [u8; N],
+    /// The base was NULL or the read failed: every field falls back to its own read.
+    valid: bool,
+}
+
+impl<const N: usize> Block<N> {
+    #[inline(always)]
+    pub fn read(base: u64) -> Self {
+        let mut b = Block {
+            bytes: [0u8; N],
+            valid: false,
+        };
+        if base != 0 {
+            // SAFETY: fault-safe kernel read into a stack buffer of exactly N bytes.
+            b.valid = unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut b.bytes) }.is_ok();
+        }
+        b
+    }
+
+    /// The `T` at `base + off`: from the block when it lies inside and is naturally
+    /// aligned, else read on its own (absent offsets and NULL bases read as 0).
+    #[inline(always)]
+    pub fn field<T: Copy + Default>(&self, base: u64, off: u32, r: &mut Reads) -> T {
+        let size = core::mem::size_of::<T>() as u32;
+        if self.valid && off < N as u32 && off + size <= N as u32 && off % size == 0 {
+            // SAFETY: in bounds (checked above) and aligned: the block is 8-aligned and
+            // `off` a multiple of T's size.
+            unsafe { core::ptr::read(self.bytes.as_ptr().add(off as usize) as *const T) }
+        } else {
+            r.at::<T>(base, off)
+        }
+    }
+}
+
+/// Bytes of a VMA's head read at once: `vm_start`, `vm_end`, `vm_mm`, `vm_flags` and
+/// `vm_lock_seq` lie in the first 48 bytes on 6.15–7.3 (`vm_refcnt` is further down).
+const VMA_HEAD: usize = 48;
+/// `struct vma_exclude_readers_state` is 16 bytes on 7.0–7.3.
+const VES_SIZE: usize = 16;
+
 /// `&mm->vma_writer_wait`, or 0 when the offset is absent or `mm` is NULL.
 #[inline(always)]
 pub fn writer_wait_of(mm: u64) -> u64 {
@@ -93,11 +139,12 @@ pub fn fill_vma(ev: &mut Event, vma: u64, r: &mut Reads) {
         return;
     }
     ev.refcnt = r.at::<u32>(vma, global!(OFFSETS.vma_vm_refcnt));
-    ev.vm_lock_seq = r.at::<u32>(vma, global!(OFFSETS.vma_vm_lock_seq));
-    ev.vm_start = r.at::<u64>(vma, global!(OFFSETS.vma_vm_start));
-    ev.vm_end = r.at::<u64>(vma, global!(OFFSETS.vma_vm_end));
-    ev.vm_flags = r.at::<u64>(vma, global!(OFFSETS.vma_vm_flags));
-    let mm = r.at::<u64>(vma, global!(OFFSETS.vma_vm_mm));
+    let head = Block::<VMA_HEAD>::read(vma);
+    ev.vm_lock_seq = head.field::<u32>(vma, global!(OFFSETS.vma_vm_lock_seq), r);
+    ev.vm_start = head.field::<u64>(vma, global!(OFFSETS.vma_vm_start), r);
+    ev.vm_end = head.field::<u64>(vma, global!(OFFSETS.vma_vm_end), r);
+    ev.vm_flags = head.field::<u64>(vma, global!(OFFSETS.vma_vm_flags), r);
+    let mm = head.field::<u64>(vma, global!(OFFSETS.vma_vm_mm), r);
     if Reads::present(global!(OFFSETS.vma_vm_refcnt)) {
         ev.flags |= flags::VMA_FIELDS;
     }
@@ -122,12 +169,13 @@ pub struct Ves {
 
 #[inline(always)]
 pub fn read_ves(ves: u64, r: &mut Reads) -> Ves {
+    let b = Block::<VES_SIZE>::read(ves);
     Ves {
-        vma: r.at::<u64>(ves, global!(OFFSETS.ves_vma)),
-        state: r.at::<u32>(ves, global!(OFFSETS.ves_state)),
-        detaching: r.at::<u8>(ves, global!(OFFSETS.ves_detaching)),
-        detached: r.at::<u8>(ves, global!(OFFSETS.ves_detached)),
-        exclusive: r.at::<u8>(ves, global!(OFFSETS.ves_exclusive)),
+        vma: b.field::<u64>(ves, global!(OFFSETS.ves_vma), r),
+        state: b.field::<u32>(ves, global!(OFFSETS.ves_state), r),
+        detaching: b.field::<u8>(ves, global!(OFFSETS.ves_detaching), r),
+        detached: b.field::<u8>(ves, global!(OFFSETS.ves_detached), r),
+        exclusive: b.field::<u8>(ves, global!(OFFSETS.ves_exclusive), r),
     }
 }
 
