@@ -12,9 +12,10 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{fentry, fexit, kprobe, kretprobe},
+    maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
+use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
 
 use crate::{
     emit::{count, header, now, paired, send},
@@ -62,6 +63,83 @@ fn retire_excluder(mm: u64, pid_tgid: u64) {
     }
 }
 
+/// The common end of every entry half: the task may now wait on its mm's rcuwait, the
+/// event goes out, and the entry is saved for the return. The entry time is taken last,
+/// after this program's own work (reads, send), so the return's `wait_ns` measures the
+/// kernel function, not the tracer.
+#[inline(always)]
+fn finish_entry(
+    map: &LruHashMap<u64, Inflight>,
+    pid_tgid: u64,
+    ev: &mut Event,
+    r: Reads,
+    mut saved: Inflight,
+) {
+    register_excluder(ev.mm, saved.vma, pid_tgid);
+    send(ev, r);
+    saved.refcnt = ev.refcnt;
+    saved.ts = now();
+    remember(map, pid_tgid, &saved);
+}
+
+/// What a return half starts from.
+struct Exit {
+    ts: u64,
+    pid_tgid: u64,
+    /// This thread's saved entry, if any.
+    entry: Option<Inflight>,
+    /// The pointer argument: from the fexit arguments, or (kretprobe: `ptr_arg` 0) the
+    /// one saved at entry.
+    ptr: u64,
+}
+
+/// The common start of every return half: the time first (so `wait_ns` stops where the
+/// kernel function did), then the filter, then this thread's saved entry (if any).
+#[inline(always)]
+fn begin_exit(map: &LruHashMap<u64, Inflight>, ptr_arg: u64) -> Option<Exit> {
+    let ts = now();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return None;
+    }
+    let entry = take(map, pid_tgid);
+    let ptr = match (ptr_arg, &entry) {
+        (0, Some(e)) => e.ptr,
+        _ => ptr_arg,
+    };
+    Some(Exit {
+        ts,
+        pid_tgid,
+        entry,
+        ptr,
+    })
+}
+
+/// The common end of every return half: pairing data, the exclusion (if any) is over,
+/// the event goes out.
+#[inline(always)]
+fn finish_exit(ev: &mut Event, r: Reads, entry: Option<Inflight>, mm: u64, pid_tgid: u64) {
+    if let Some(e) = entry {
+        paired(ev, e.ts, e.refcnt);
+    }
+    retire_excluder(mm, pid_tgid);
+    send(ev, r);
+}
+
+/// What an entry saves before its timestamp and refcount are known.
+#[inline(always)]
+const fn saved(ptr: u64, vma: u64, arg1: u64, arg2: u64) -> Inflight {
+    Inflight {
+        ts: 0,
+        ptr,
+        vma,
+        arg1,
+        arg2,
+        refcnt: 0,
+        pad: 0,
+    }
+}
+
 // ---------------------------------------------------------------- __vma_start_write
 
 /// `__vma_start_write(vma, seq)` (6.15–6.18), `(vma, seq, state)` (6.19),
@@ -85,22 +163,12 @@ fn write_enter(vma: u64, a1: u64, a2: u64) {
         GEN_7_0 => a1 as u32 as u64,
         _ => a1 as u32 as u64,
     };
-    register_excluder(ev.mm, vma, pid_tgid);
-    send(&mut ev, r);
-    // The entry time is taken last, after this program's own work (reads, send), so
-    // the return's `wait_ns` measures the kernel function, not the tracer.
-    remember(
+    finish_entry(
         &INFLIGHT_WRITE,
         pid_tgid,
-        &Inflight {
-            ts: now(),
-            ptr: vma,
-            vma,
-            arg1: a1,
-            arg2: a2,
-            refcnt: ev.refcnt,
-            pad: 0,
-        },
+        &mut ev,
+        r,
+        saved(vma, vma, a1, a2),
     );
 }
 
@@ -108,16 +176,14 @@ fn write_enter(vma: u64, a1: u64, a2: u64) {
 /// (taken from the saved entry).
 #[inline(always)]
 fn write_exit(vma_arg: u64, raw_ret: u64) {
-    // First thing at return, so `wait_ns` stops where the kernel function did.
-    let ts = now();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced(pid_tgid) {
+    let Some(Exit {
+        ts,
+        pid_tgid,
+        entry,
+        ptr: vma,
+    }) = begin_exit(&INFLIGHT_WRITE, vma_arg)
+    else {
         return;
-    }
-    let entry = take(&INFLIGHT_WRITE, pid_tgid);
-    let vma = match (vma_arg, &entry) {
-        (0, Some(e)) => e.ptr,
-        _ => vma_arg,
     };
     let mut r = Reads::new();
     let mut ev = header(
@@ -134,11 +200,8 @@ fn write_exit(vma_arg: u64, raw_ret: u64) {
         int_ret(raw_ret)
     };
     ev.flags |= flags::RET;
-    if let Some(e) = entry {
-        paired(&mut ev, e.ts, e.refcnt);
-    }
-    retire_excluder(ev.mm, pid_tgid);
-    send(&mut ev, r);
+    let mm = ev.mm;
+    finish_exit(&mut ev, r, entry, mm, pid_tgid);
 }
 
 #[fentry]
@@ -201,23 +264,8 @@ fn exclude_enter_ves(ves: u64) {
     ev.ves_exclusive = s.exclusive;
     ev.flags |= flags::VES;
     fill_vma(&mut ev, s.vma, &mut r);
-    register_excluder(ev.mm, s.vma, pid_tgid);
-    send(&mut ev, r);
-    // The entry time is taken last, after this program's own work (reads, send), so
-    // the return's `wait_ns` measures the kernel function, not the tracer.
-    remember(
-        &INFLIGHT_EXCLUDE,
-        pid_tgid,
-        &Inflight {
-            ts: now(),
-            ptr: ves,
-            vma: s.vma,
-            arg1: s.state as u64,
-            arg2: s.detaching as u64,
-            refcnt: ev.refcnt,
-            pad: 0,
-        },
-    );
+    let keep = saved(ves, s.vma, s.state as u64, s.detaching as u64);
+    finish_entry(&INFLIGHT_EXCLUDE, pid_tgid, &mut ev, r, keep);
 }
 
 /// Return of `__vma_start_exclude_readers`: the outputs `detached`/`exclusive` are read
@@ -225,16 +273,14 @@ fn exclude_enter_ves(ves: u64) {
 /// caller's frame, which is still there).
 #[inline(always)]
 fn exclude_exit_ves(ves_arg: u64, raw_ret: u64) {
-    // First thing at return, so `wait_ns` stops where the kernel function did.
-    let ts = now();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced(pid_tgid) {
+    let Some(Exit {
+        ts,
+        pid_tgid,
+        entry,
+        ptr: ves,
+    }) = begin_exit(&INFLIGHT_EXCLUDE, ves_arg)
+    else {
         return;
-    }
-    let entry = take(&INFLIGHT_EXCLUDE, pid_tgid);
-    let ves = match (ves_arg, &entry) {
-        (0, Some(e)) => e.ptr,
-        _ => ves_arg,
     };
     let mut r = Reads::new();
     let mut ev = header(
@@ -254,11 +300,8 @@ fn exclude_exit_ves(ves_arg: u64, raw_ret: u64) {
     }
     ev.ret = int_ret(raw_ret);
     ev.flags |= flags::RET;
-    if let Some(e) = entry {
-        paired(&mut ev, e.ts, e.refcnt);
-    }
-    retire_excluder(ev.mm, pid_tgid);
-    send(&mut ev, r);
+    let mm = ev.mm;
+    finish_exit(&mut ev, r, entry, mm, pid_tgid);
 }
 
 #[fentry]
@@ -310,23 +353,8 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
     ev.ves_state = state;
     ev.ves_detaching = detaching;
     ev.flags |= flags::VES;
-    register_excluder(ev.mm, vma, pid_tgid);
-    send(&mut ev, r);
-    // The entry time is taken last, after this program's own work (reads, send), so
-    // the return's `wait_ns` measures the kernel function, not the tracer.
-    remember(
-        &INFLIGHT_EXCLUDE,
-        pid_tgid,
-        &Inflight {
-            ts: now(),
-            ptr: vma,
-            vma,
-            arg1: state as u64,
-            arg2: detaching as u64,
-            refcnt: ev.refcnt,
-            pad: 0,
-        },
-    );
+    let keep = saved(vma, vma, state as u64, detaching as u64);
+    finish_entry(&INFLIGHT_EXCLUDE, pid_tgid, &mut ev, r, keep);
     0
 }
 
@@ -335,13 +363,16 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
 /// generations read the same way.
 #[kretprobe]
 pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
-    let ts = now();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced(pid_tgid) {
+    let Some(Exit {
+        ts,
+        pid_tgid,
+        entry,
+        ..
+    }) = begin_exit(&INFLIGHT_EXCLUDE, 0)
+    else {
         return 0;
-    }
+    };
     let ret = int_ret(ctx.ret::<u64>());
-    let entry = take(&INFLIGHT_EXCLUDE, pid_tgid);
     let mut r = Reads::new();
     let mut ev = header(
         EventKind::ExcludeExit,
@@ -356,12 +387,11 @@ pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
         ev.ves_exclusive = (ret == 1) as u8;
         ev.ves_detached = (ret == 0) as u8;
         ev.flags |= flags::VES;
-        paired(&mut ev, e.ts, e.refcnt);
     }
     ev.ret = ret;
     ev.flags |= flags::RET;
-    retire_excluder(ev.mm, pid_tgid);
-    send(&mut ev, r);
+    let mm = ev.mm;
+    finish_exit(&mut ev, r, entry, mm, pid_tgid);
     0
 }
 
@@ -376,52 +406,36 @@ fn detach_enter(vma: u64, probe: ProbeId) {
     let mut r = Reads::new();
     let mut ev = header(EventKind::DetachEnter, probe, pid_tgid, now());
     fill_vma(&mut ev, vma, &mut r);
-    register_excluder(ev.mm, vma, pid_tgid);
-    send(&mut ev, r);
-    // The entry time is taken last, after this program's own work (reads, send), so
-    // the return's `wait_ns` measures the kernel function, not the tracer.
-    remember(
+    finish_entry(
         &INFLIGHT_DETACH,
         pid_tgid,
-        &Inflight {
-            ts: now(),
-            ptr: vma,
-            vma,
-            arg1: 0,
-            arg2: 0,
-            refcnt: ev.refcnt,
-            pad: 0,
-        },
+        &mut ev,
+        r,
+        saved(vma, vma, 0, 0),
     );
 }
 
 #[inline(always)]
 fn detach_exit(vma_arg: u64, probe: ProbeId) {
-    // First thing at return, so `wait_ns` stops where the kernel function did.
-    let ts = now();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced(pid_tgid) {
+    let Some(Exit {
+        ts,
+        pid_tgid,
+        entry,
+        ptr: vma,
+    }) = begin_exit(&INFLIGHT_DETACH, vma_arg)
+    else {
         return;
-    }
-    let entry = take(&INFLIGHT_DETACH, pid_tgid);
-    let vma = match (vma_arg, &entry) {
-        (0, Some(e)) => e.ptr,
-        _ => vma_arg,
     };
     let mut r = Reads::new();
     let mut ev = header(EventKind::DetachExit, probe, pid_tgid, ts);
     fill_vma(&mut ev, vma, &mut r);
-    if let Some(e) = entry {
-        paired(&mut ev, e.ts, e.refcnt);
-    }
     // The VMA is detached but not freed (RCU-typesafe slab): its vm_mm is still valid.
     let mm = if ev.mm != 0 {
         ev.mm
     } else {
         mm_of(vma, &mut r)
     };
-    retire_excluder(mm, pid_tgid);
-    send(&mut ev, r);
+    finish_exit(&mut ev, r, entry, mm, pid_tgid);
 }
 
 #[fentry]
