@@ -75,7 +75,9 @@ fn finish_entry(
     r: Reads,
     mut saved: Inflight,
 ) {
-    register_excluder(ev.mm, saved.vma, pid_tgid);
+    if excludes_here(map) {
+        register_excluder(ev.mm, saved.vma, pid_tgid);
+    }
     send(ev, r);
     saved.refcnt = ev.refcnt;
     saved.ts = now();
@@ -118,12 +120,31 @@ fn begin_exit(map: &LruHashMap<u64, Inflight>, ptr_arg: u64) -> Option<Exit> {
 /// The common end of every return half: pairing data, the exclusion (if any) is over,
 /// the event goes out.
 #[inline(always)]
-fn finish_exit(ev: &mut Event, r: Reads, entry: Option<Inflight>, mm: u64, pid_tgid: u64) {
+fn finish_exit(
+    map: &LruHashMap<u64, Inflight>,
+    ev: &mut Event,
+    r: Reads,
+    entry: Option<Inflight>,
+    mm: u64,
+    pid_tgid: u64,
+) {
     if let Some(e) = entry {
         paired(ev, e.ts, e.refcnt);
     }
-    retire_excluder(mm, pid_tgid);
+    if excludes_here(map) {
+        retire_excluder(mm, pid_tgid);
+    }
     send(ev, r);
+}
+
+/// Whether the function of this in-flight map waits for readers itself, so its entry and
+/// return must (un)register the task in `EXCLUDERS`. On 7.x `__vma_start_write` leaves
+/// the wait to `__vma_start_exclude_readers`, whose own hooks do it: registering twice
+/// per write lock cost an LRU map update per call for nothing. Before 7.0 the wait is
+/// inlined into `__vma_start_write` (6.19: into the notrace `__vma_enter_locked`).
+#[inline(always)]
+fn excludes_here(map: &LruHashMap<u64, Inflight>) -> bool {
+    !(core::ptr::eq(map, &INFLIGHT_WRITE) && generation() == GEN_7_0)
 }
 
 /// What an entry saves before its timestamp and refcount are known.
@@ -201,7 +222,7 @@ fn write_exit(vma_arg: u64, raw_ret: u64) {
     };
     ev.flags |= flags::RET;
     let mm = ev.mm;
-    finish_exit(&mut ev, r, entry, mm, pid_tgid);
+    finish_exit(&INFLIGHT_WRITE, &mut ev, r, entry, mm, pid_tgid);
 }
 
 #[fentry]
@@ -301,7 +322,7 @@ fn exclude_exit_ves(ves_arg: u64, raw_ret: u64) {
     ev.ret = int_ret(raw_ret);
     ev.flags |= flags::RET;
     let mm = ev.mm;
-    finish_exit(&mut ev, r, entry, mm, pid_tgid);
+    finish_exit(&INFLIGHT_EXCLUDE, &mut ev, r, entry, mm, pid_tgid);
 }
 
 #[fentry]
@@ -391,7 +412,7 @@ pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
     ev.ret = ret;
     ev.flags |= flags::RET;
     let mm = ev.mm;
-    finish_exit(&mut ev, r, entry, mm, pid_tgid);
+    finish_exit(&INFLIGHT_EXCLUDE, &mut ev, r, entry, mm, pid_tgid);
     0
 }
 
@@ -435,7 +456,7 @@ fn detach_exit(vma_arg: u64, probe: ProbeId) {
     } else {
         mm_of(vma, &mut r)
     };
-    finish_exit(&mut ev, r, entry, mm, pid_tgid);
+    finish_exit(&INFLIGHT_DETACH, &mut ev, r, entry, mm, pid_tgid);
 }
 
 #[fentry]
