@@ -44,7 +44,7 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
         .filter(|p| !dpkg_installed(p))
         .collect();
     if missing.is_empty() {
-        println!("setup: apt packages present ({})", APT_PACKAGES.len());
+        eprintln!("setup: apt packages present ({})", APT_PACKAGES.len());
         return Ok(());
     }
     if !is_root() {
@@ -60,7 +60,7 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    println!("setup: installing {}", missing.join(" "));
+    eprintln!("setup: installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -81,10 +81,10 @@ fn bpf_linker_ok(path: &Path) -> bool {
 fn ensure_bpf_linker() -> anyhow::Result<()> {
     let path = cargo_bin_dir().join("bpf-linker");
     if bpf_linker_ok(&path) {
-        println!("setup: bpf-linker {BPF_LINKER_VERSION} present");
+        eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} present");
         return Ok(());
     }
-    println!(
+    eprintln!(
         "setup: building bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22 (about a minute)"
     );
     // Without LLVM 22's bin dir first in PATH, llvm-sys looks in /usr and fails to link -lLLVM.
@@ -113,7 +113,7 @@ fn check_debian_rustc() -> anyhow::Result<()> {
     if !Path::new("/usr/lib/rustlib/src/rust/library/core").is_dir() {
         bail!("rust-web-src is installed but /usr/lib/rustlib/src/rust/library/core is missing");
     }
-    println!("setup: eBPF compiler {}", v.trim());
+    eprintln!("setup: eBPF compiler {}", v.trim());
     Ok(())
 }
 
@@ -122,6 +122,6 @@ pub fn setup() -> anyhow::Result<()> {
     ensure_apt_packages()?;
     check_debian_rustc()?;
     ensure_bpf_linker()?;
-    println!("setup: done in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!("setup: done in {:.1}s", t.elapsed().as_secs_f64());
     Ok(())
 }

@@ -520,7 +520,8 @@ impl Summary {
                 );
             }
         }
-        for p in &self.programs {
+        // Costs only with statistics on (`--bpf-stats`); skipped runs always count.
+        for p in self.programs.iter().filter(|p| p.run_cnt > 0) {
             let _ = writeln!(
                 s,
                 "program {}: {} runs, {:.0} ns/run, {} skipped by the kernel",
@@ -528,6 +529,19 @@ impl Summary {
                 p.run_cnt,
                 p.ns_per_run.unwrap_or(0.0),
                 p.skipped_runs
+            );
+        }
+        let skipped: Vec<String> = self
+            .programs
+            .iter()
+            .filter(|p| p.run_cnt == 0 && p.skipped_runs > 0)
+            .map(|p| format!("{}={}", p.name, p.skipped_runs))
+            .collect();
+        if !skipped.is_empty() {
+            let _ = writeln!(
+                s,
+                "runs skipped by the kernel (BPF recursion protection): {}",
+                skipped.join(" ")
             );
         }
         if let Some(p) = &self.plan {

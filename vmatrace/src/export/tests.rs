@@ -373,3 +373,50 @@ mod any_input {
         }
     }
 }
+
+/// Program costs print only when statistics were on; kernel-skipped runs always do.
+#[test]
+fn human_summary_lists_costs_with_statistics_and_skips_always() {
+    use crate::{
+        export::summary::{Summary, SummaryInput},
+        live::ProgramStat,
+        pipeline::Pipeline,
+    };
+    let p = Pipeline::new(Generation::V7_0);
+    let header = TraceHeader::synthetic(Generation::V7_0);
+    let stat = |name: &str, run_cnt, skipped_runs| ProgramStat {
+        name: name.into(),
+        run_cnt,
+        run_time_ns: run_cnt * 100,
+        verified_insns: None,
+        skipped_runs,
+    };
+    let build = |programs| {
+        Summary::build(SummaryInput {
+            mode: "run",
+            header: &header,
+            totals: &p.totals,
+            validator: &p.validator,
+            duration_ns: 1,
+            stop_reason: "duration".into(),
+            anomaly_log: None,
+            recording: None,
+            replay: None,
+            stats: None,
+            programs,
+        })
+        .human()
+    };
+    let off = build(vec![stat("vsw_fentry", 0, 7), stat("vsw_fexit", 0, 0)]);
+    assert!(!off.contains("program vsw_fentry"), "{off}");
+    assert!(
+        off.contains("runs skipped by the kernel (BPF recursion protection): vsw_fentry=7\n"),
+        "{off}"
+    );
+    let on = build(vec![stat("vsw_fentry", 10, 2)]);
+    assert!(
+        on.contains("program vsw_fentry: 10 runs, 100 ns/run, 2 skipped by the kernel"),
+        "{on}"
+    );
+    assert!(!on.contains("runs skipped by the kernel (BPF"), "{on}");
+}

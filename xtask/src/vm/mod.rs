@@ -112,7 +112,7 @@ fn refresh_index(cache: &Path) -> anyhow::Result<Vec<KernelBuild>> {
         eprintln!("vm-test: {e:#}");
     }
     let index = apt.kernel_index()?;
-    println!(
+    eprintln!(
         "vm-test: apt index ({}) read in {:.1}s: {} linux packages",
         apt::SUITES.join(", "),
         t.elapsed().as_secs_f64(),
@@ -183,7 +183,7 @@ pub fn ensure_kernel(cache: &Path, b: &KernelBuild) -> anyhow::Result<PathBuf> {
     let image = kernels::extract_vmlinuz(&deb, cache, b);
     let _ = fs::remove_file(&deb);
     let image = image?;
-    println!(
+    eprintln!(
         "vm-test: fetched {} {} ({}) in {:.1}s",
         b.name,
         b.version,
@@ -249,7 +249,7 @@ pub fn build_static_vmatrace() -> anyhow::Result<PathBuf> {
             bin.display()
         );
     }
-    println!(
+    eprintln!(
         "vm-test: static vmatrace ready in {:.1}s",
         t.elapsed().as_secs_f64()
     );
