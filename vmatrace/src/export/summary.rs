@@ -49,6 +49,9 @@ pub struct Summary {
     pub programs: Vec<ProgramCostSection>,
     pub plan: Option<PlanSection>,
     pub validator: ValidatorSection,
+    /// What vmatrace itself used so far (this process: decode, validate, statistics,
+    /// sinks; not its BPF programs, which are in `programs`).
+    pub tracer: TracerSection,
     pub anomaly_log: Option<LogStats>,
     pub recording: Option<RecordingStatus>,
     pub replay: Option<ReplaySection>,
@@ -115,6 +118,32 @@ pub struct ProgramCostSection {
     pub ns_per_run: Option<f64>,
     /// Runs the kernel skipped (BPF recursion protection): events never seen.
     pub skipped_runs: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TracerSection {
+    /// User and system CPU seconds of this process (`getrusage(RUSAGE_SELF)`).
+    pub cpu_user_s: f64,
+    pub cpu_system_s: f64,
+    /// Peak resident set size, MiB.
+    pub max_rss_mib: f64,
+}
+
+impl TracerSection {
+    pub fn of_this_process() -> Self {
+        // SAFETY: getrusage fills the struct it is given; a zeroed rusage is valid input.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+            return Self::default();
+        }
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Self {
+            cpu_user_s: secs(u.ru_utime),
+            cpu_system_s: secs(u.ru_stime),
+            // ru_maxrss is in KiB on Linux.
+            max_rss_mib: u.ru_maxrss as f64 / 1024.0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -437,6 +466,7 @@ impl Summary {
                     .map(|(k, n)| (k.to_string(), n))
                     .collect(),
             },
+            tracer: TracerSection::of_this_process(),
             anomaly_log: i.anomaly_log,
             recording: i.recording,
             replay: i.replay,
@@ -520,6 +550,14 @@ impl Summary {
                 );
             }
         }
+        let _ = writeln!(
+            s,
+            "tracer process: {:.2} s CPU (user {:.2}, system {:.2}), peak RSS {:.0} MiB",
+            self.tracer.cpu_user_s + self.tracer.cpu_system_s,
+            self.tracer.cpu_user_s,
+            self.tracer.cpu_system_s,
+            self.tracer.max_rss_mib
+        );
         // Costs only with statistics on (`--bpf-stats`); skipped runs always count.
         for p in self.programs.iter().filter(|p| p.run_cnt > 0) {
             let _ = writeln!(

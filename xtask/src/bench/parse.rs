@@ -118,11 +118,15 @@ pub struct VmatraceRun {
     pub anomalies: u64,
     pub losses: u64,
     pub hooks_attached: u64,
+    /// CPU seconds of the vmatrace process itself (`tracer` in the summary).
+    pub tracer_cpu_s: f64,
+    pub duration_s: f64,
 }
 
 impl VmatraceRun {
     pub fn from_json(v: &Value) -> VmatraceRun {
         let u = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+        let f = |p: &str| v.pointer(p).and_then(Value::as_f64).unwrap_or(0.0);
         let programs = v
             .get("programs")
             .and_then(Value::as_array)
@@ -172,6 +176,8 @@ impl VmatraceRun {
             anomalies: u("/anomalies/total"),
             losses: u("/losses/total"),
             hooks_attached: u("/plan/hooks_attached"),
+            tracer_cpu_s: f("/tracer/cpu_user_s") + f("/tracer/cpu_system_s"),
+            duration_s: f("/duration_s"),
         }
     }
 }
@@ -390,6 +396,7 @@ fd 9\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 10\nprog_id:\t42\nrun_tim
         let v = json(
             "log line\n{\n \"events\": {\"total\": 9, \"by_logical_event\": {\"write_lock_request\": {\"count\": 4}}},\n \
              \"anomalies\": {\"total\": 0}, \"losses\": {\"total\": 2}, \"plan\": {\"hooks_attached\": 12},\n \
+             \"duration_s\": 12.5, \"tracer\": {\"cpu_user_s\": 1.25, \"cpu_system_s\": 0.5},\n \
              \"programs\": [{\"name\": \"vsw_fentry\", \"run_cnt\": 4, \"run_time_ns\": 400, \"ns_per_run\": 100.0}],\n \
              \"stats\": {\"exclusion_wait\": {\"buckets\": [{\"low_ns\": 1024, \"high_ns\": 2047, \"count\": 3}]}}\n}\n",
         )
@@ -398,6 +405,8 @@ fd 9\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 10\nprog_id:\t42\nrun_tim
         assert_eq!(r.events_total, 9);
         assert_eq!(r.losses, 2);
         assert_eq!(r.hooks_attached, 12);
+        assert_eq!(r.tracer_cpu_s, 1.75);
+        assert_eq!(r.duration_s, 12.5);
         assert_eq!(r.logical["write_lock_request"], 4);
         assert_eq!(r.programs[0].function, "__vma_start_write");
         assert_eq!(

@@ -333,13 +333,23 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
                 let _ = writeln!(s, "    {f:<60} {:>10} {:>10}", f1(a, vo), f1(c, bo));
             }
         }
-        if v.losses > 0 || v.anomalies > 0 {
-            let _ = writeln!(
-                s,
-                "  vmatrace {vp}: {} losses, {} anomalies",
-                v.losses, v.anomalies
-            );
-        }
+        // Where the tracer's cost goes: its own process (decode, validate, statistics)
+        // shares the guest's vCPUs with the workload; the BPF time is in the programs.
+        let bpf_s = v.programs.iter().map(|p| p.run_time_ns).sum::<u64>() as f64 / 1e9;
+        let _ = writeln!(
+            s,
+            "  vmatrace {vp}: {} events, {} losses, {} anomalies; tracer process {:.2} s CPU in {:.1} s{}",
+            v.events_total,
+            v.losses,
+            v.anomalies,
+            v.tracer_cpu_s,
+            v.duration_s,
+            if bpf_s > 0.0 {
+                format!(", BPF programs {bpf_s:.2} s")
+            } else {
+                String::new()
+            }
+        );
     }
     for p in phases {
         for e in &p.problems {
