@@ -251,6 +251,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         anomaly_log: handles.anomaly_log_stats(),
         stats: handles.stats_snapshot(),
         programs: Vec::new(),
+        startup_cpu_s: None,
         recording: None,
         replay: Some(ReplaySection {
             records: outcome.records,

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     export::{
         clock::{clock_base_now, hostname},
-        summary::{Summary, SummaryInput},
+        summary::{Summary, SummaryInput, TracerSection},
     },
     kernel::{Capabilities, KernelInfo, caps::TracingProbe, plan, plan::AttachMode},
     live::{DEFAULT_RING_BUFFER_BYTES, LiveOptions, LiveSession, ProgramStat},
@@ -404,6 +404,9 @@ fn live(
         );
     }
 
+    // What loading, verifying and attaching cost, so the summary can tell it apart.
+    let startup_cpu_s = Some(TracerSection::of_this_process().cpu_s());
+
     // 5. Stream until stopped; the session detaches, drains and closes the channel.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -522,6 +525,7 @@ fn live(
         recording: recording.map(|r| r.lock().map(|g| g.clone()).unwrap_or_default()),
         replay: None,
         programs: programs.lock().map(|g| g.clone()).unwrap_or_default(),
+        startup_cpu_s,
     });
     session::print_summary(&summary, out.json, stdout_taken);
     if let Err(e) = stream_result {

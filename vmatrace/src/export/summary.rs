@@ -127,6 +127,10 @@ pub struct TracerSection {
     pub cpu_system_s: f64,
     /// Peak resident set size, MiB.
     pub max_rss_mib: f64,
+    /// Live only: CPU seconds spent before tracing began (BTF parsing, program load and
+    /// verification, which the kernel charges to this process as system time, attach).
+    /// `cpu_user_s + cpu_system_s - startup_cpu_s` is the cost while tracing.
+    pub startup_cpu_s: Option<f64>,
 }
 
 impl TracerSection {
@@ -142,7 +146,13 @@ impl TracerSection {
             cpu_system_s: secs(u.ru_stime),
             // ru_maxrss is in KiB on Linux.
             max_rss_mib: u.ru_maxrss as f64 / 1024.0,
+            startup_cpu_s: None,
         }
+    }
+
+    /// CPU seconds (user + system) so far.
+    pub fn cpu_s(&self) -> f64 {
+        self.cpu_user_s + self.cpu_system_s
     }
 }
 
@@ -187,6 +197,8 @@ pub struct SummaryInput<'a> {
     pub stats: Option<StatsSnapshot>,
     /// BPF run-time statistics of the programs (live, with `--bpf-stats`).
     pub programs: Vec<crate::live::ProgramStat>,
+    /// Live: this process's CPU seconds when tracing began.
+    pub startup_cpu_s: Option<f64>,
 }
 
 const READER_COUNTERS: &[Counter] = &[
@@ -466,7 +478,10 @@ impl Summary {
                     .map(|(k, n)| (k.to_string(), n))
                     .collect(),
             },
-            tracer: TracerSection::of_this_process(),
+            tracer: TracerSection {
+                startup_cpu_s: i.startup_cpu_s,
+                ..TracerSection::of_this_process()
+            },
             anomaly_log: i.anomaly_log,
             recording: i.recording,
             replay: i.replay,
@@ -552,10 +567,14 @@ impl Summary {
         }
         let _ = writeln!(
             s,
-            "tracer process: {:.2} s CPU (user {:.2}, system {:.2}), peak RSS {:.0} MiB",
-            self.tracer.cpu_user_s + self.tracer.cpu_system_s,
+            "tracer process: {:.2} s CPU (user {:.2}, system {:.2}{}), peak RSS {:.0} MiB",
+            self.tracer.cpu_s(),
             self.tracer.cpu_user_s,
             self.tracer.cpu_system_s,
+            self.tracer
+                .startup_cpu_s
+                .map(|c| format!("; {c:.2} before tracing began"))
+                .unwrap_or_default(),
             self.tracer.max_rss_mib
         );
         // Costs only with statistics on (`--bpf-stats`); skipped runs always count.

@@ -359,6 +359,7 @@ mod any_input {
                 replay: None,
                 stats: Some(stats.lock().expect("stats").snapshot()),
                 programs: Vec::new(),
+                startup_cpu_s: None,
             });
             let json: Value = serde_json::from_str(&s.to_json()).expect("summary is JSON");
             prop_assert_eq!(&json["anomalies"]["total"], &Value::from(p.totals.anomalies_total()));
@@ -404,6 +405,7 @@ fn human_summary_lists_costs_with_statistics_and_skips_always() {
             replay: None,
             stats: None,
             programs,
+            startup_cpu_s: None,
         })
         .human()
     };

@@ -118,8 +118,10 @@ pub struct VmatraceRun {
     pub anomalies: u64,
     pub losses: u64,
     pub hooks_attached: u64,
-    /// CPU seconds of the vmatrace process itself (`tracer` in the summary).
+    /// CPU seconds of the vmatrace process itself (`tracer` in the summary), and the part
+    /// spent before tracing began (BTF, load, verification, attach).
     pub tracer_cpu_s: f64,
+    pub tracer_startup_s: f64,
     pub duration_s: f64,
 }
 
@@ -177,6 +179,7 @@ impl VmatraceRun {
             losses: u("/losses/total"),
             hooks_attached: u("/plan/hooks_attached"),
             tracer_cpu_s: f("/tracer/cpu_user_s") + f("/tracer/cpu_system_s"),
+            tracer_startup_s: f("/tracer/startup_cpu_s"),
             duration_s: f("/duration_s"),
         }
     }
@@ -396,7 +399,7 @@ fd 9\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 10\nprog_id:\t42\nrun_tim
         let v = json(
             "log line\n{\n \"events\": {\"total\": 9, \"by_logical_event\": {\"write_lock_request\": {\"count\": 4}}},\n \
              \"anomalies\": {\"total\": 0}, \"losses\": {\"total\": 2}, \"plan\": {\"hooks_attached\": 12},\n \
-             \"duration_s\": 12.5, \"tracer\": {\"cpu_user_s\": 1.25, \"cpu_system_s\": 0.5},\n \
+             \"duration_s\": 12.5, \"tracer\": {\"cpu_user_s\": 1.25, \"cpu_system_s\": 0.5, \"startup_cpu_s\": 0.25},\n \
              \"programs\": [{\"name\": \"vsw_fentry\", \"run_cnt\": 4, \"run_time_ns\": 400, \"ns_per_run\": 100.0}],\n \
              \"stats\": {\"exclusion_wait\": {\"buckets\": [{\"low_ns\": 1024, \"high_ns\": 2047, \"count\": 3}]}}\n}\n",
         )
@@ -406,6 +409,7 @@ fd 9\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 10\nprog_id:\t42\nrun_tim
         assert_eq!(r.losses, 2);
         assert_eq!(r.hooks_attached, 12);
         assert_eq!(r.tracer_cpu_s, 1.75);
+        assert_eq!(r.tracer_startup_s, 0.25);
         assert_eq!(r.duration_s, 12.5);
         assert_eq!(r.logical["write_lock_request"], 4);
         assert_eq!(r.programs[0].function, "__vma_start_write");

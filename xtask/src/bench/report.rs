@@ -338,12 +338,14 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
         let bpf_s = v.programs.iter().map(|p| p.run_time_ns).sum::<u64>() as f64 / 1e9;
         let _ = writeln!(
             s,
-            "  vmatrace {vp}: {} events, {} losses, {} anomalies; tracer process {:.2} s CPU in {:.1} s{}",
+            "  vmatrace {vp}: {} events, {} losses, {} anomalies; tracer process {:.2} s CPU \
+             while tracing for {:.1} s (+{:.2} s to load and attach){}",
             v.events_total,
             v.losses,
             v.anomalies,
-            v.tracer_cpu_s,
+            v.tracer_cpu_s - v.tracer_startup_s,
             v.duration_s,
+            v.tracer_startup_s,
             if bpf_s > 0.0 {
                 format!(", BPF programs {bpf_s:.2} s")
             } else {
