@@ -39,7 +39,11 @@ pub struct Inflight {
     pub arg2: u64,
     /// `vm_refcnt` at entry.
     pub refcnt: u32,
-    pub pad: u32,
+    /// 1 from the entry to its return; 0 once the return consumed it. The element stays
+    /// in the map (one per thread and family, reused in place by the next call), so a
+    /// call costs two lockless lookups instead of an insert and a delete, which take the
+    /// bucket and LRU locks.
+    pub live: u32,
 }
 
 const INFLIGHT_ENTRIES: u32 = 16384;

@@ -13,7 +13,7 @@ use crate::{
     emit::{count, counter_value, header, now, send},
     filter::traced,
     globals::global,
-    inflight::remember,
+    inflight::{remember, take},
     kernel::{EXCLUDE_READERS_FLAG, Reads, fill_mm, fill_vma, is_err_ptr, writer_wait_of},
     maps::{EXCLUDERS, INFLIGHT_READER, Inflight},
 };
@@ -122,7 +122,7 @@ pub fn lvur_kprobe(ctx: ProbeContext) -> u32 {
         arg1: ctx.arg::<u64>(1).unwrap_or(0),
         arg2: 0,
         refcnt: 0,
-        pad: 0,
+        live: 0,
     };
     remember(&INFLIGHT_READER, pid_tgid, &e);
     0
@@ -142,19 +142,8 @@ pub fn lvur_kretprobe(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let ret = ctx.ret::<u64>();
-    let entry = match INFLIGHT_READER.get_ptr(pid_tgid) {
-        Some(p) => {
-            // SAFETY: a value pointer from the lookup, read once.
-            let e = unsafe { *p };
-            let _ = INFLIGHT_READER.remove(pid_tgid);
-            Some(e)
-        }
-        None => {
-            // Still counted by outcome; only the arguments are unknown.
-            count(Counter::UnmatchedReturn);
-            None
-        }
-    };
+    // Without an entry the outcome is still counted; only the arguments are unknown.
+    let entry = take(&INFLIGHT_READER, pid_tgid);
     let (mm, addr) = match &entry {
         Some(e) => (e.ptr, e.arg1),
         None => (0, 0),

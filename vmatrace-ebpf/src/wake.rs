@@ -78,7 +78,7 @@ pub fn rww_kprobe(ctx: ProbeContext) -> u32 {
         arg1: task,
         arg2: 0,
         refcnt: 0,
-        pad: 0,
+        live: 0,
     };
     if INFLIGHT_WAKE.insert(pid_tgid, e, 0).is_err() {
         count(Counter::InflightMapFull);

@@ -157,7 +157,7 @@ const fn saved(ptr: u64, vma: u64, arg1: u64, arg2: u64) -> Inflight {
         arg1,
         arg2,
         refcnt: 0,
-        pad: 0,
+        live: 0,
     }
 }
 
