@@ -23,8 +23,17 @@ fn excluder(w: u64) -> Option<Excluder> {
     if w == 0 {
         return None;
     }
-    // SAFETY: a value pointer from the lookup, read once.
-    EXCLUDERS.get_ptr(w).map(|p| unsafe { *p })
+    // SAFETY: a value pointer from the lookup. `active` is read first: the excluder
+    // rewrites the element in place and sets `active` last (`writer::register_excluder`).
+    EXCLUDERS.get_ptr(w).map(|p| unsafe {
+        let active = core::ptr::read_volatile(&raw const (*p).active);
+        Excluder {
+            vma: core::ptr::read_volatile(&raw const (*p).vma),
+            pid_tgid: core::ptr::read_volatile(&raw const (*p).pid_tgid),
+            active,
+            pad: 0,
+        }
+    })
 }
 
 #[inline(always)]

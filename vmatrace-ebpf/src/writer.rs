@@ -39,6 +39,22 @@ fn register_excluder(mm: u64, vma: u64, pid_tgid: u64) {
         active: 1,
         pad: 0,
     };
+    // One element per mm, rewritten in place by each exclusion (the mmap write lock
+    // serialises excluders of one mm): a lockless lookup instead of an LRU insert, which
+    // takes the bucket and LRU locks, on every write lock. `rcuwait_wake_up` programs read
+    // the element concurrently, `active` first (`wake::excluder`): it is cleared before
+    // and set after the other fields, in program order (volatile stores, and x86 keeps
+    // stores in order), so a reader that sees `active` = 1 sees this exclusion's VMA.
+    if let Some(p) = EXCLUDERS.get_ptr_mut(w) {
+        // SAFETY: a value pointer from the lookup; only this mm's excluder writes it.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*p).active, 0);
+            core::ptr::write_volatile(&raw mut (*p).vma, vma);
+            core::ptr::write_volatile(&raw mut (*p).pid_tgid, pid_tgid);
+            core::ptr::write_volatile(&raw mut (*p).active, 1);
+        }
+        return;
+    }
     if EXCLUDERS.insert(w, x, 0).is_err() {
         count(Counter::InflightMapFull);
     }
