@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::vm::{
     self,
-    initramfs::{CpioWriter, Entry},
+    initramfs::{self, CpioWriter, Entry},
 };
 
 use super::guest::{BPFTRACE_SCRIPT, BPFTRACE_SCRIPT_PATH};
@@ -82,12 +82,7 @@ pub fn initramfs(
     let busybox = fs::read(vm::BUSYBOX)
         .with_context(|| format!("reading {} (cargo xtask setup installs it)", vm::BUSYBOX))?;
     let bin = fs::read(vmatrace).with_context(|| format!("reading {}", vmatrace.display()))?;
-    let mut dirs: BTreeSet<String> = [
-        "bin", "sbin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut dirs: BTreeSet<String> = initramfs::BASE_DIRS.iter().map(|s| s.to_string()).collect();
     let mut extra = Vec::new();
     if let Some(b) = bpftrace {
         for (guest, host) in &b.files {
@@ -105,30 +100,7 @@ pub fn initramfs(
     for d in &dirs {
         w.add(&Entry::Dir { path: d })?;
     }
-    w.add(&Entry::CharDev {
-        path: "dev/console",
-        major: 5,
-        minor: 1,
-    })?;
-    w.add(&Entry::File {
-        path: "bin/busybox",
-        mode: 0o755,
-        data: &busybox,
-    })?;
-    w.add(&Entry::Symlink {
-        path: "bin/sh",
-        target: "busybox",
-    })?;
-    w.add(&Entry::File {
-        path: "bin/vmatrace",
-        mode: 0o755,
-        data: &bin,
-    })?;
-    w.add(&Entry::File {
-        path: "init",
-        mode: 0o755,
-        data: init.as_bytes(),
-    })?;
+    initramfs::add_base(&mut w, &busybox, &bin, init)?;
     w.add(&Entry::File {
         path: BPFTRACE_SCRIPT_PATH.trim_start_matches('/'),
         mode: 0o644,

@@ -117,14 +117,19 @@ impl<W: Write> CpioWriter<W> {
     }
 }
 
-/// The whole guest image.
-pub fn build(busybox: &[u8], vmatrace: &[u8], init: &str) -> io::Result<Vec<u8>> {
-    let mut w = CpioWriter::new(Vec::with_capacity(busybox.len() + vmatrace.len() + 4096));
-    for d in [
-        "bin", "sbin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt",
-    ] {
-        w.add(&Entry::Dir { path: d })?;
-    }
+/// Directories every guest image has (mount points and `/bin`).
+pub const BASE_DIRS: &[&str] = &[
+    "bin", "sbin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt",
+];
+
+/// What every guest image holds besides its directories: the console, busybox with its
+/// `sh` link, the static `vmatrace` and `/init`. The directories must be written first.
+pub fn add_base<W: Write>(
+    w: &mut CpioWriter<W>,
+    busybox: &[u8],
+    vmatrace: &[u8],
+    init: &str,
+) -> io::Result<()> {
     w.add(&Entry::CharDev {
         path: "dev/console",
         major: 5,
@@ -148,7 +153,16 @@ pub fn build(busybox: &[u8], vmatrace: &[u8], init: &str) -> io::Result<Vec<u8>>
         path: "init",
         mode: 0o755,
         data: init.as_bytes(),
-    })?;
+    })
+}
+
+/// The whole guest image.
+pub fn build(busybox: &[u8], vmatrace: &[u8], init: &str) -> io::Result<Vec<u8>> {
+    let mut w = CpioWriter::new(Vec::with_capacity(busybox.len() + vmatrace.len() + 4096));
+    for d in BASE_DIRS {
+        w.add(&Entry::Dir { path: d })?;
+    }
+    add_base(&mut w, busybox, vmatrace, init)?;
     w.finish()
 }
 
