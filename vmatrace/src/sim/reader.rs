@@ -12,7 +12,7 @@ use super::inject::Injection;
 use super::kernel::Kernel;
 use super::mm::SimMm;
 use super::task::Task;
-use super::vma::Slab;
+use super::vma::{SimVma, Slab};
 
 /// Why `vma_start_read` returned NULL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,24 +239,41 @@ fn next_vma_under_mmap_lock(k: &Kernel, mm: &SimMm, first: usize) -> NextVma {
 /// be excluding; fails only on a detached VMA (or the reader limit).
 fn vma_start_read_locked(k: &Kernel, idx: u32) -> bool {
     let v = k.vma(idx);
+    match inc_not_zero_limited(k, v) {
+        Ok(old) => {
+            note_admitted(k, v, old);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// `__refcount_inc_not_zero_limited_acquire(&vm_refcnt, &old, VM_REFCNT_LIMIT)`:
+/// `Ok(old)` after the increment, `Err(old)` without a store when `old == 0` or
+/// `1 > limit - old`.
+fn inc_not_zero_limited(k: &Kernel, v: &SimVma) -> Result<u32, u32> {
     let mut old = v.vm_refcnt.load(Ordering::Relaxed);
     loop {
         if old == 0 || old > k.limit - 1 {
-            return false;
+            return Err(old);
         }
         match v
             .vm_refcnt
             .compare_exchange_weak(old, old + 1, Ordering::Acquire, Ordering::Relaxed)
         {
-            Ok(_) => break,
+            Ok(_) => return Ok(old),
             Err(cur) => old = cur,
         }
     }
+}
+
+/// A reader holds a reference now; one taken while readers were excluded is what the
+/// simulation's checks look for.
+fn note_admitted(k: &Kernel, v: &SimVma, old: u32) {
     v.holders.fetch_add(1, Ordering::AcqRel);
     if old & k.flag != 0 {
         SimChecks::bump(&k.checks.reader_admitted_while_excluded);
     }
-    true
 }
 
 /// `vma_start_read(mm, vma)` (6.18+ form; the checks are the same in 6.15–6.17).
@@ -278,12 +295,10 @@ pub fn vma_start_read(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64)
     }
     // 2. __refcount_inc_not_zero_limited_acquire(&vm_refcnt, &old, VM_REFCNT_LIMIT):
     //    fails without a store when old == 0 or 1 > limit - old.
-    let mut old = v.vm_refcnt.load(Ordering::Relaxed);
-    loop {
-        if old == 0 {
-            return StartRead::Again;
-        }
-        if old > k.limit - 1 {
+    let old = match inc_not_zero_limited(k, v) {
+        Ok(old) => old,
+        Err(0) => return StartRead::Again,
+        Err(old) => {
             if old & k.flag != 0
                 && k.inject(t, Injection::ReaderIgnoresFlag, idx)
                 && let Some(r) = admit_ignoring_flag(k, t, mm, idx, addr)
@@ -292,18 +307,8 @@ pub fn vma_start_read(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64)
             }
             return StartRead::Fail(ReadFail::Excluded);
         }
-        match v
-            .vm_refcnt
-            .compare_exchange_weak(old, old + 1, Ordering::Acquire, Ordering::Relaxed)
-        {
-            Ok(_) => break,
-            Err(cur) => old = cur,
-        }
-    }
-    v.holders.fetch_add(1, Ordering::AcqRel);
-    if old & k.flag != 0 {
-        SimChecks::bump(&k.checks.reader_admitted_while_excluded);
-    }
+    };
+    note_admitted(k, v, old);
     // An interrupt between the increment and the checks keeps the reference longer.
     if t.rng.below(PREEMPT_ONE_IN * 2) == 0 {
         std::thread::yield_now();
@@ -347,10 +352,7 @@ fn admit_ignoring_flag(
             return None;
         }
         let old = v.vm_refcnt.fetch_add(1, Ordering::Acquire);
-        v.holders.fetch_add(1, Ordering::AcqRel);
-        if old & k.flag != 0 {
-            SimChecks::bump(&k.checks.reader_admitted_while_excluded);
-        }
+        note_admitted(k, v, old);
         let mut ev = k.event(t, EventKind::ReaderAcquire, ProbeId::LockVmaUnderRcu);
         k.read_vma(&mut ev, idx);
         ev.arg = addr;
