@@ -256,12 +256,9 @@ pub fn init_script(steps: &[Step]) -> String {
             s.push_str(&mark(&format!("end {n}:{f} rc=$FRC")));
         }
         if let Some(f) = st.export {
-            // No udev in the guest: find the port by its name in sysfs.
-            let _ = writeln!(
-                s,
-                "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = {} ] && cat {f} > /dev/${{p##*/}}; done",
-                super::stream::PORT_NAME
-            );
+            s.push_str("PORT=\n");
+            s.push_str(&super::stream::find_port_sh("PORT"));
+            let _ = writeln!(s, "[ -n \"$PORT\" ] && cat {f} > $PORT");
         }
         let _ = writeln!(s, "echo \"vm: step {n} exited $RC\"");
     }

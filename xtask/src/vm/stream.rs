@@ -35,6 +35,15 @@ use crate::util::workspace_root;
 /// Name of the virtio serial port carrying the stream.
 pub const PORT_NAME: &str = "vmatrace.events";
 
+/// Guest shell that sets `$var` to the event port's device node when the guest has it
+/// (no udev in the guest: the port is found by its name in sysfs); `$var` keeps its value
+/// otherwise.
+pub fn find_port_sh(var: &str) -> String {
+    format!(
+        "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = {PORT_NAME} ] && {var}=/dev/${{p##*/}}; done\n"
+    )
+}
+
 /// QEMU arguments for the event port, written to `path` on the host (`/dev/stdout` to pipe
 /// it on).
 pub fn event_port_args(path: &Path) -> Vec<String> {
@@ -69,16 +78,9 @@ pub fn duration_arg(args: &[String]) -> Option<u32> {
 /// on fd 3 (ttyS1).
 pub fn stream_init(caps: Capabilities, duration: u32, compress: bool) -> String {
     let mut s = String::from(scenario::GUEST_PRELUDE);
-    // No udev in the guest: find the port by its name in sysfs.
-    s.push_str(&format!(
-        r#"EV=/dev/ttyS1
-for p in /sys/class/virtio-ports/*; do
-  [ "$(cat $p/name 2>/dev/null)" = {PORT_NAME} ] && EV=/dev/${{p##*/}}
-done
-echo "vm: event stream on $EV"
-exec 3>$EV
-"#
-    ));
+    s.push_str("EV=/dev/ttyS1\n");
+    s.push_str(&find_port_sh("EV"));
+    s.push_str("echo \"vm: event stream on $EV\"\nexec 3>$EV\n");
     let stress = format!("vmatrace stress --duration {duration} --forks");
     let producer = duration + 4;
     if caps.record || caps.run {
