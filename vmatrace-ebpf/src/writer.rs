@@ -79,8 +79,9 @@ fn retire_excluder(mm: u64, pid_tgid: u64) {
     }
 }
 
-/// The common end of every entry half: the task may now wait on its mm's rcuwait, the
-/// event goes out, and the entry is saved for the return. The entry time is taken last,
+/// The common end of every entry half: the task may now wait on its mm's rcuwait (when
+/// the function `waits` for readers itself), the event goes out, and the entry is saved
+/// for the return. The entry time is taken last,
 /// after this program's own work (reads, send), so the return's `wait_ns` measures the
 /// kernel function, not the tracer.
 #[inline(always)]
@@ -90,8 +91,9 @@ fn finish_entry(
     ev: &mut Event,
     r: Reads,
     mut saved: Inflight,
+    waits: bool,
 ) {
-    if excludes_here(map) {
+    if waits {
         register_excluder(ev.mm, saved.vma, pid_tgid);
     }
     send(ev, r);
@@ -133,34 +135,34 @@ fn begin_exit(map: &LruHashMap<u64, Inflight>, ptr_arg: u64) -> Option<Exit> {
     })
 }
 
-/// The common end of every return half: pairing data, the exclusion (if any) is over,
-/// the event goes out.
+/// The common end of every return half: pairing data, the exclusion (if the function
+/// `waits` for readers itself) is over, the event goes out.
 #[inline(always)]
 fn finish_exit(
-    map: &LruHashMap<u64, Inflight>,
     ev: &mut Event,
     r: Reads,
     entry: Option<Inflight>,
     mm: u64,
     pid_tgid: u64,
+    waits: bool,
 ) {
     if let Some(e) = entry {
         paired(ev, e.ts, e.refcnt);
     }
-    if excludes_here(map) {
+    if waits {
         retire_excluder(mm, pid_tgid);
     }
     send(ev, r);
 }
 
-/// Whether the function of this in-flight map waits for readers itself, so its entry and
-/// return must (un)register the task in `EXCLUDERS`. On 7.x `__vma_start_write` leaves
-/// the wait to `__vma_start_exclude_readers`, whose own hooks do it: registering twice
-/// per write lock cost an LRU map update per call for nothing. Before 7.0 the wait is
-/// inlined into `__vma_start_write` (6.19: into the notrace `__vma_enter_locked`).
+/// Whether `__vma_start_write` waits for readers itself, so its entry and return must
+/// (un)register the task in `EXCLUDERS`. Before 7.0 the wait is inlined into it (6.19:
+/// into the notrace `__vma_enter_locked`); on 7.x it is left to
+/// `__vma_start_exclude_readers`, whose own hooks register: doing it twice per write lock
+/// cost a map update per call for nothing.
 #[inline(always)]
-fn excludes_here(map: &LruHashMap<u64, Inflight>) -> bool {
-    !(core::ptr::eq(map, &INFLIGHT_WRITE) && generation() == GEN_7_0)
+fn write_lock_waits() -> bool {
+    generation() != GEN_7_0
 }
 
 /// What an entry saves before its timestamp and refcount are known.
@@ -206,6 +208,7 @@ fn write_enter(vma: u64, a1: u64, a2: u64) {
         &mut ev,
         r,
         saved(vma, vma, a1, a2),
+        write_lock_waits(),
     );
 }
 
@@ -238,7 +241,7 @@ fn write_exit(vma_arg: u64, raw_ret: u64) {
     };
     ev.flags |= flags::RET;
     let mm = ev.mm;
-    finish_exit(&INFLIGHT_WRITE, &mut ev, r, entry, mm, pid_tgid);
+    finish_exit(&mut ev, r, entry, mm, pid_tgid, write_lock_waits());
 }
 
 #[fentry]
@@ -302,7 +305,7 @@ fn exclude_enter_ves(ves: u64) {
     ev.flags |= flags::VES;
     fill_vma(&mut ev, s.vma, &mut r);
     let keep = saved(ves, s.vma, s.state as u64, s.detaching as u64);
-    finish_entry(&INFLIGHT_EXCLUDE, pid_tgid, &mut ev, r, keep);
+    finish_entry(&INFLIGHT_EXCLUDE, pid_tgid, &mut ev, r, keep, true);
 }
 
 /// Return of `__vma_start_exclude_readers`: the outputs `detached`/`exclusive` are read
@@ -338,7 +341,7 @@ fn exclude_exit_ves(ves_arg: u64, raw_ret: u64) {
     ev.ret = int_ret(raw_ret);
     ev.flags |= flags::RET;
     let mm = ev.mm;
-    finish_exit(&INFLIGHT_EXCLUDE, &mut ev, r, entry, mm, pid_tgid);
+    finish_exit(&mut ev, r, entry, mm, pid_tgid, true);
 }
 
 #[fentry]
@@ -391,7 +394,7 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
     ev.ves_detaching = detaching;
     ev.flags |= flags::VES;
     let keep = saved(vma, vma, state as u64, detaching as u64);
-    finish_entry(&INFLIGHT_EXCLUDE, pid_tgid, &mut ev, r, keep);
+    finish_entry(&INFLIGHT_EXCLUDE, pid_tgid, &mut ev, r, keep, true);
     0
 }
 
@@ -428,7 +431,7 @@ pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
     ev.ret = ret;
     ev.flags |= flags::RET;
     let mm = ev.mm;
-    finish_exit(&INFLIGHT_EXCLUDE, &mut ev, r, entry, mm, pid_tgid);
+    finish_exit(&mut ev, r, entry, mm, pid_tgid, true);
     0
 }
 
@@ -449,6 +452,7 @@ fn detach_enter(vma: u64, probe: ProbeId) {
         &mut ev,
         r,
         saved(vma, vma, 0, 0),
+        true,
     );
 }
 
@@ -472,7 +476,7 @@ fn detach_exit(vma_arg: u64, probe: ProbeId) {
     } else {
         mm_of(vma, &mut r)
     };
-    finish_exit(&INFLIGHT_DETACH, &mut ev, r, entry, mm, pid_tgid);
+    finish_exit(&mut ev, r, entry, mm, pid_tgid, true);
 }
 
 #[fentry]
