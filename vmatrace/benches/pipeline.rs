@@ -8,6 +8,8 @@
 //! back through `Pipeline` + `Stats` on this thread. Prints events/s and the resident
 //! memory; asserts only that every event went through.
 
+mod common;
+
 use std::{
     hint::black_box,
     sync::{Arc, Mutex, PoisonError},
@@ -184,32 +186,12 @@ impl Sink for StatsSink {
     }
 }
 
-/// CPU time of this thread: on a loaded machine wall time overstates the cost.
 fn thread_cpu_s() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return f64::NAN;
-    }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    common::thread_cpu().as_secs_f64()
 }
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    common::rss_kib().map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 fn write_trace(path: &std::path::Path, steady: u64) -> (u64, u64) {

@@ -8,8 +8,11 @@
 //! 7.x, ephemeral readers, `mmap_write_unlock`) and munmap-like churn (slow-path detach,
 //! `vm_area_free`, reuse by `vm_area_alloc`). Generated in chunks; only `observe` is timed.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{rss_kib, thread_cpu};
 use vmatrace::validate::Validator;
 use vmatrace_common::{
     Event, EventKind,
@@ -362,20 +365,6 @@ impl Gen {
     }
 }
 
-/// CPU time of this thread: on a shared, loaded machine wall time overstates the cost.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_THREAD_CPUTIME_ID needs nothing else.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// Wall and CPU time spent in `observe`.
 #[derive(Default)]
 struct Busy {
@@ -399,12 +388,6 @@ impl Busy {
             n as f64 / self.wall.as_secs_f64() / 1e6
         )
     }
-}
-
-fn rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn run(label: &str, cap: usize, hot_pct: u64, steady_events: u64) {
