@@ -75,6 +75,26 @@ async fn send(tx: &mpsc::Sender<SourceItem>, b: Batch) -> bool {
     b.events.is_empty() || tx.send(SourceItem::Events(b.events)).await.is_ok()
 }
 
+/// Drain up to `max` batches, stopping early once the ring is empty; `false` when the
+/// receiver is gone.
+async fn drain_batches(
+    ring: &mut RingBuf<MapData>,
+    tx: &mpsc::Sender<SourceItem>,
+    max: usize,
+) -> bool {
+    for _ in 0..max {
+        let batch = drain(ring);
+        let exhausted = batch.exhausted;
+        if !send(tx, batch).await {
+            return false;
+        }
+        if exhausted {
+            break;
+        }
+    }
+    true
+}
+
 pub(super) async fn stream(
     loaded: Loaded,
     tx: mpsc::Sender<SourceItem>,
@@ -122,15 +142,8 @@ pub(super) async fn stream(
                 // which then finds the ring (partly) drained, which is fine. At most
                 // `TIMER_BATCHES` batches per tick so `stop` is seen under a flood (a
                 // flood fills a quarter of the ring and forces wake-ups anyway).
-                for _ in 0..TIMER_BATCHES {
-                    let batch = drain(afd.get_mut());
-                    let exhausted = batch.exhausted;
-                    if !send(&tx, batch).await {
-                        return Ok(());
-                    }
-                    if exhausted {
-                        break;
-                    }
+                if !drain_batches(afd.get_mut(), &tx, TIMER_BATCHES).await {
+                    return Ok(());
                 }
             }
             _ = tick.tick() => {
@@ -141,12 +154,10 @@ pub(super) async fn stream(
             }
         }
     }
-    // Detach first so nothing new arrives, then drain what the programs already wrote.
-    // Reverse attach order: links were attached return probes first, so entry probes go
-    // first here — an entry without its return probe would leave an unpaired record that
-    // the thread's next entry reports as a missed return.
-    // Disarmed first, so a call that starts once its entry probe is gone is not reported
-    // as an unmatched return. Failing to disarm only costs such counts: go on detaching.
+    // Disarm, so a call that starts once its entry probe is gone is not reported as an
+    // unmatched return (failing to disarm only costs such counts: go on). Then detach so
+    // nothing new arrives, in reverse attach order (return probes were attached first, so
+    // they go last), and drain what the programs already wrote.
     if let Err(e) = super::load::set_armed(&mut ebpf, false) {
         eprintln!("vmatrace: {e:#}");
     }
@@ -155,15 +166,8 @@ pub(super) async fn stream(
             drop(link);
         }
     }
-    loop {
-        let batch = drain(afd.get_mut());
-        let exhausted = batch.exhausted;
-        if !send(&tx, batch).await {
-            return Ok(());
-        }
-        if exhausted {
-            break;
-        }
+    if !drain_batches(afd.get_mut(), &tx, usize::MAX).await {
+        return Ok(());
     }
     let snap = counters::snapshot(&counter_map, &skips)?;
     let _ = tx.send(SourceItem::Counters(snap)).await;
