@@ -20,6 +20,15 @@ pub struct StressArgs {
     /// helper processes while they fork.
     #[arg(long)]
     pub forks: bool,
+    /// Test aid (root): busy-wait this many microseconds (1–1000) right before and right
+    /// after the `vm_refcnt` increment in `vma_start_read` (kprobes inside
+    /// `lock_vma_under_rcu`), for this process's threads only. A writer that write-locks
+    /// and detaches the VMA meanwhile then finds the reader's transient reference: the
+    /// detach slow path (`__vma_exclude_readers_for_detach`), which is otherwise a race of
+    /// a few instructions. The probes only read the clock; they spin with preemption off.
+    /// Kprobe optimisation (`debug.kprobes-optimization`) is off while they are installed.
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub widen_race_us: Option<u64>,
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -48,6 +57,7 @@ pub fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
         readers: args.readers,
         writers: args.writers,
         forks: args.forks,
+        widen_race: args.widen_race_us.map(Duration::from_micros),
     };
     if !args.json {
         eprintln!(
@@ -66,6 +76,13 @@ pub fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        if let Some(w) = &report.race_widener {
+            println!(
+                "stress: race widened by {} µs at {}",
+                w.delay_us,
+                w.probes.join(", ")
+            );
+        }
         println!("stress: ran {:.1}s", report.duration_s);
         for (op, n) in &report.ops {
             println!("  {op:<20} {n:>12}");

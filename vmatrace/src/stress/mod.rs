@@ -9,6 +9,7 @@
 pub mod arena;
 pub mod fork;
 pub mod ops;
+pub mod race;
 mod readers;
 mod rng;
 pub mod sys;
@@ -34,6 +35,8 @@ pub struct StressConfig {
     pub readers: usize,
     pub writers: usize,
     pub forks: bool,
+    /// Busy-wait this long around `vma_start_read`'s refcount increment (see `race`).
+    pub widen_race: Option<Duration>,
 }
 
 /// Arena geometry: 64 slots of 16 pages each (4 MiB with 4 KiB pages) is small enough for
@@ -100,6 +103,8 @@ pub fn run(cfg: &StressConfig) -> anyhow::Result<Report> {
         .map(|_| memfd())
         .collect::<io::Result<Vec<_>>>()
         .context("memfd_create for the readers")?;
+    // Installed before any thread starts and dropped (detached) after they all stopped.
+    let widener = cfg.widen_race.map(race::install).transpose()?;
     let faults0 = sys::minor_faults();
     let stop = AtomicBool::new(false);
     let t0 = Instant::now();
@@ -149,6 +154,7 @@ pub fn run(cfg: &StressConfig) -> anyhow::Result<Report> {
         ops,
         minor_faults: sys::minor_faults().saturating_sub(faults0),
         errors,
+        race_widener: widener.map(|w| w.report.clone()),
     })
 }
 
@@ -167,6 +173,7 @@ mod tests {
             readers: 1,
             writers: 1,
             forks: false,
+            widen_race: None,
         })
         .expect("stress run");
         let n = |op: Op| {

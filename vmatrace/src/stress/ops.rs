@@ -30,8 +30,9 @@ pub enum Op {
     MadviseDontneed,
     /// A reshape (MAP_FIXED replace, MADV_DONTNEED, or mprotect) of a whole 2 MiB slot of
     /// the huge-page arena, where a reader's fault zeroes a whole huge page while holding
-    /// the VMA read lock: writers and detaches then really find readers inside
-    /// (`__vma_exclude_readers_for_detach`, waits in start-exclude, writer wake-ups).
+    /// the VMA read lock: write locks then really find readers inside (waits in
+    /// start-exclude, writer wake-ups). A detach cannot: it follows the write lock (see
+    /// `race` for the one reader that can still be inside).
     HugeReshape,
     /// A guarded slot's hole was taken by another mapping between munmap and the re-mmap
     /// (the slot stays vacant and is retried later): a race the workload allows.
@@ -115,6 +116,8 @@ pub struct Report {
     pub minor_faults: u64,
     /// First error message per failing operation, if any.
     pub errors: Vec<String>,
+    /// The kprobes `--widen-race-us` installed, if any.
+    pub race_widener: Option<super::race::WidenerReport>,
 }
 
 #[cfg(test)]

@@ -118,11 +118,33 @@ pub fn stress(step: &str, j: &Value, forks: bool, v: &mut Verdict) {
     ));
 }
 
-/// Directly observed events that a workload cannot be expected to produce in a short run.
-/// `mark_detached_slow`: a detach follows the VMA's write lock, which already waited for
-/// readers and keeps new ones out, so the slow path needs a reader inside the tiny window of
-/// `vma_start_read` between its refcount increment and its sequence check. Zero is
-/// reported, not failed (bpftrace saw 0 of them under stress-ng too: environment.md §4).
+/// The race step's workload really installed its delay probes (`stress --widen-race-us`).
+pub fn race_widener(step: &str, j: &Value, v: &mut Verdict) {
+    let probes = at(j, "race_widener.probes").and_then(Value::as_array);
+    match probes {
+        Some(p) if !p.is_empty() => v.info.push(format!(
+            "{step}: race widened by {} µs at {}",
+            at(j, "race_widener.delay_us")
+                .map(Value::to_string)
+                .unwrap_or_default(),
+            p.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        _ => v.failures.push(format!(
+            "{step}: the workload installed no race-widening probe"
+        )),
+    }
+}
+
+/// Directly observed events that a natural workload cannot be expected to produce in a
+/// short run. `mark_detached_slow`: a detach follows the VMA's write lock, which already
+/// waited for readers and keeps new ones out, so the slow path needs a reader that passed
+/// `vma_start_read`'s first sequence check before the write lock and increments the
+/// refcount after it: a window of a few instructions (bpftrace saw 0 of them under
+/// stress-ng too: environment.md §4). Zero is reported, not failed, in the `run` step; the
+/// `race` step widens that window (`stress --widen-race-us`) and requires them.
 pub const RARE_EVENTS: &[&str] = &["mark_detached_slow"];
 
 /// Unmatched returns allowed beyond the kernel-reported entry skips: calls already in
@@ -274,32 +296,32 @@ pub fn replay_matches(live: &Value, replay: &Value) -> Result<String, String> {
 
 /// `vmatrace run --headless --json` (schema: docs/summary.md): the plan attached what it
 /// said, each directly observed logical event was seen, no anomalies, no unexplained loss.
-pub fn run_summary(j: &Value, v: &mut Verdict) {
+pub fn run_summary(step: &str, j: &Value, race: bool, v: &mut Verdict) {
     let Some(plan) = j.get("plan").filter(|p| !p.is_null()) else {
-        v.failures.push("run: summary has no `plan`".into());
+        v.failures.push(format!("{step}: summary has no `plan`"));
         return;
     };
     let attached = plan.get("hooks_attached").and_then(Value::as_u64);
     let failed = plan.get("hooks_failed").and_then(Value::as_array);
     match (attached, failed) {
-        (Some(0), _) => v.failures.push("run: no hook attached".into()),
-        (Some(n), Some(f)) if f.is_empty() => {
-            v.info.push(format!("run: {n} hooks attached, none failed"))
-        }
+        (Some(0), _) => v.failures.push(format!("{step}: no hook attached")),
+        (Some(n), Some(f)) if f.is_empty() => v
+            .info
+            .push(format!("{step}: {n} hooks attached, none failed")),
         (Some(n), Some(f)) => v.failures.push(format!(
-            "run: {} planned hooks did not attach ({n} did): {}",
+            "{step}: {} planned hooks did not attach ({n} did): {}",
             f.len(),
             Value::Array(f.clone())
         )),
-        _ => v
-            .failures
-            .push("run: `plan.hooks_attached` / `plan.hooks_failed` missing".into()),
+        _ => v.failures.push(format!(
+            "{step}: `plan.hooks_attached` / `plan.hooks_failed` missing"
+        )),
     }
     match j.get("stop_reason").and_then(Value::as_str) {
         Some("duration") => {}
         other => v
             .failures
-            .push(format!("run: stopped by {other:?}, not by --duration")),
+            .push(format!("{step}: stopped by {other:?}, not by --duration")),
     }
     match at(j, "events.by_logical_event").and_then(Value::as_object) {
         Some(by) => {
@@ -311,19 +333,24 @@ pub fn run_summary(j: &Value, v: &mut Verdict) {
                     "{event}={}({observed})",
                     count.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
                 ));
-                if observed == "direct" && count.unwrap_or(0) == 0 {
-                    if RARE_EVENTS.contains(&event.as_str()) {
+                let rare = RARE_EVENTS.contains(&event.as_str());
+                if race && rare && observed != "unobservable" && count.unwrap_or(0) == 0 {
+                    v.failures.push(format!(
+                        "{step}: `{event}` was never seen although the workload widened its race"
+                    ));
+                } else if observed == "direct" && count.unwrap_or(0) == 0 {
+                    if rare {
                         v.info.push(format!(
-                            "run: rare event `{event}` not seen this run (allowed: a narrow race)"
+                            "{step}: rare event `{event}` not seen this run (allowed: a narrow race)"
                         ));
                     } else {
                         v.failures.push(format!(
-                            "run: directly observed event `{event}` was never seen under the workload"
+                            "{step}: directly observed event `{event}` was never seen under the workload"
                         ));
                     }
                 }
             }
-            v.info.push(format!("run: events {}", line.join(" ")));
+            v.info.push(format!("{step}: events {}", line.join(" ")));
             // The plan in the guest's `probes` step must agree with what `run` used.
             for e in &v.direct_events.clone() {
                 let run_says = by
@@ -332,28 +359,28 @@ pub fn run_summary(j: &Value, v: &mut Verdict) {
                     .and_then(Value::as_str);
                 if run_says != Some("direct") {
                     v.failures.push(format!(
-                        "run: `probes` planned `{e}` direct, `run` reports {run_says:?}"
+                        "{step}: `probes` planned `{e}` direct, `run` reports {run_says:?}"
                     ));
                 }
             }
         }
         None => v
             .failures
-            .push("run: summary has no `events.by_logical_event`".into()),
+            .push(format!("{step}: summary has no `events.by_logical_event`")),
     }
     match at(j, "anomalies.total").and_then(Value::as_u64) {
-        Some(0) => v.info.push("run: anomalies 0".into()),
+        Some(0) => v.info.push(format!("{step}: anomalies 0")),
         Some(n) => v.failures.push(format!(
-            "run: {n} anomalies: {}",
+            "{step}: {n} anomalies: {}",
             at(j, "anomalies.by_kind").cloned().unwrap_or(Value::Null)
         )),
         None => v
             .failures
-            .push("run: summary has no `anomalies.total`".into()),
+            .push(format!("{step}: summary has no `anomalies.total`")),
     }
     match judge_losses(j) {
-        Ok(line) => v.info.push(format!("run: {line}")),
-        Err(e) => v.failures.push(format!("run: {e}")),
+        Ok(line) => v.info.push(format!("{step}: {line}")),
+        Err(e) => v.failures.push(format!("{step}: {e}")),
     }
     // Which programs the kernel skipped, so a failure names them.
     if let Some(ps) = j.get("programs").and_then(Value::as_array) {
@@ -369,7 +396,7 @@ pub fn run_summary(j: &Value, v: &mut Verdict) {
             .collect();
         if !skipped.is_empty() {
             v.info.push(format!(
-                "run: skipped runs by program: {}",
+                "{step}: skipped runs by program: {}",
                 skipped.join(" ")
             ));
         }
@@ -438,13 +465,25 @@ mod tests {
                 "mark_detached_fast": {"count": 0, "observed": "unobservable"},
                 "mark_detached_slow": {"count": 0, "observed": "direct"}}},
             "anomalies": {"total": 0}, "losses": {"total": 2, "kernel": {"unmatched_return": 2, "ringbuf_reserve_failed": 0}, "undecodable": 0}});
-        run_summary(&good, &mut v);
+        run_summary("run", &good, false, &mut v);
         assert!(v.failures.is_empty(), "{:?}", v.failures);
         assert!(
             v.info.iter().any(|l| l.contains("unmatched_return=2")),
             "{:?}",
             v.info
         );
+        // The same summary fails the race step: its whole point is the slow detach.
+        let mut race = Verdict::default();
+        run_summary("race", &good, true, &mut race);
+        assert_eq!(
+            race.failures,
+            ["race: `mark_detached_slow` was never seen although the workload widened its race"]
+        );
+        let mut seen = good.clone();
+        seen["events"]["by_logical_event"]["mark_detached_slow"]["count"] = json!(7);
+        let mut race = Verdict::default();
+        run_summary("race", &seen, true, &mut race);
+        assert!(race.failures.is_empty(), "{:?}", race.failures);
 
         let mut v = Verdict {
             direct_events: vec!["vma_free".into()],
@@ -455,7 +494,7 @@ mod tests {
             "events": {"by_logical_event": {"write_lock_request": {"count": 0, "observed": "direct"}}},
             "anomalies": {"total": 2, "by_kind": {"x": 2}},
             "losses": {"total": 4, "kernel": {"ringbuf_reserve_failed": 4}}});
-        run_summary(&bad, &mut v);
+        run_summary("run", &bad, false, &mut v);
         let all = v.failures.join("\n");
         for want in [
             "did not attach",
@@ -468,7 +507,7 @@ mod tests {
             assert!(all.contains(want), "missing {want}: {all}");
         }
         let mut v = Verdict::default();
-        run_summary(&json!({}), &mut v);
+        run_summary("run", &json!({}), false, &mut v);
         assert_eq!(v.failures, ["run: summary has no `plan`"]);
     }
 

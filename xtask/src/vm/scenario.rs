@@ -49,8 +49,9 @@ pub enum Check {
     Plan,
     /// `vmatrace stress --json`.
     Stress { forks: bool },
-    /// `vmatrace run --headless --json` summary.
-    RunSummary,
+    /// `vmatrace run --headless --json` summary; `race`: the workload widened the detach
+    /// race, so `mark_detached_slow` must have been seen.
+    RunSummary { race: bool },
     /// Informational; only the exit status counts.
     Info,
 }
@@ -82,6 +83,10 @@ pub struct Params {
 }
 
 pub const ANOMALY_LOG: &str = "/tmp/anomalies.jsonl";
+pub const RACE_ANOMALY_LOG: &str = "/tmp/race-anomalies.jsonl";
+/// The busy-wait `stress --widen-race-us` puts around a reader's refcount increment: long
+/// next to a TCG writer's write-lock-to-detach stretch (a few µs), short next to a tick.
+pub const RACE_DELAY_US: u32 = 50;
 /// The guest's recording of the traced run, and its name on the host once exported.
 pub const TRACE: &str = "/tmp/trace.vmatrace";
 pub const TRACE_ON_HOST: &str = "trace.vmatrace";
@@ -150,7 +155,24 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
             timeout_s: budget + READY_TIMEOUT_S,
             files: vec![ANOMALY_LOG],
             export,
-            check: Check::RunSummary,
+            check: Check::RunSummary { race: false },
+        });
+        // The detach slow path needs a reader inside a few-instruction window (see
+        // `checks::RARE_EVENTS`); this run widens it and must see the kernel take it.
+        v.push(Step {
+            name: "race",
+            argv: words(&format!(
+                "vmatrace run --headless --duration {} --json --anomaly-log {RACE_ANOMALY_LOG}",
+                p.duration + 4
+            )),
+            background: Some(words(&format!(
+                "vmatrace stress --duration {} --readers {} --writers {} --widen-race-us {RACE_DELAY_US} --json",
+                p.duration, p.readers, p.writers
+            ))),
+            timeout_s: budget + READY_TIMEOUT_S,
+            files: vec![RACE_ANOMALY_LOG],
+            export: None,
+            check: Check::RunSummary { race: true },
         });
     } else if caps.stress {
         v.push(Step {
@@ -329,9 +351,9 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                 Ok(j) => super::checks::stress(st.name, &j, forks, &mut v),
                 Err(e) => v.failures.push(e),
             },
-            Check::RunSummary => {
+            Check::RunSummary { race } => {
                 match json_of(st.name, &sec.body) {
-                    Ok(j) => super::checks::run_summary(&j, &mut v),
+                    Ok(j) => super::checks::run_summary(st.name, &j, race, &mut v),
                     Err(e) => v.failures.push(e),
                 }
                 for f in &st.files {
@@ -358,7 +380,13 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                 let bg = r.section(&format!("{}.background", st.name));
                 match bg {
                     Some(b) if b.rc == Some(0) => match json_of("workload", &b.body) {
-                        Ok(j) => super::checks::stress("workload", &j, true, &mut v),
+                        Ok(j) => {
+                            let name = format!("{} workload", st.name);
+                            super::checks::stress(&name, &j, !race, &mut v);
+                            if race {
+                                super::checks::race_widener(&name, &j, &mut v);
+                            }
+                        }
                         Err(e) => v.failures.push(e),
                     },
                     Some(b) => v.failures.push(format!(
@@ -416,7 +444,7 @@ mod tests {
         };
         assert_eq!(names(today), ["kernel", "probes", "stress"]);
         let later = Capabilities { run: true, ..today };
-        assert_eq!(names(later), ["kernel", "probes", "run"]);
+        assert_eq!(names(later), ["kernel", "probes", "run", "race"]);
         let run = steps(later, &p)
             .into_iter()
             .find(|s| s.name == "run")

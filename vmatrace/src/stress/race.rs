@@ -1,0 +1,622 @@
+//! `vmatrace stress --widen-race-us N`: make the kernel's narrowest VMA-lock race happen on
+//! purpose, so the tracer's handling of it can be checked on a real kernel.
+//!
+//! The race: a detach (`vma_mark_detached`) finds the VMA's refcount above 1 and takes the
+//! slow path (`__vma_exclude_readers_for_detach` on 7.x, the waiting half of
+//! `vma_mark_detached` on 6.15–6.19). The detaching task already holds the VMA write lock,
+//! which waited for readers and makes new ones back off at `vma_start_read`'s first
+//! sequence check, so only a reader that passed that check *before* the write lock and
+//! increments `vm_refcnt` *after* it can be inside: a window of a few instructions, which
+//! natural workloads do not hit in minutes (bpftrace saw none under stress-ng either).
+//!
+//! The widener puts a busy-wait around that increment, for this process's threads only:
+//! two kprobes inside `lock_vma_under_rcu` (where `vma_start_read` is inlined), one on the
+//! `lock cmpxchg` that increments `vm_refcnt` (the delay falls between the sequence check
+//! and the increment) and one on the next instruction (the reader then holds its transient
+//! reference for the delay). A writer that write-locks and detaches the VMA meanwhile
+//! meets exactly the interleaving the kernel handles with the slow path. The programs only
+//! read the clock and the task id; they spin with preemption off for at most `delay`.
+//!
+//! Kernel-facing and Linux-only: the function's text is read from `/proc/kcore` at the
+//! address `/proc/kallsyms` gives, the field offset comes from BTF, and the programs are
+//! loaded with the raw `bpf(2)` and `perf_event_open(2)` calls (aya loads ELF objects;
+//! this is 15 instructions assembled here). The instruction matcher is pure and tested.
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{self, Read as _},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::unix::fs::FileExt as _,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::kernel::btf::Btf;
+
+/// The function whose inlined `vma_start_read` the widener delays: the page-fault reader.
+pub const FUNCTION: &str = "lock_vma_under_rcu";
+/// Longest delay accepted: the programs spin with preemption disabled.
+pub const MAX_DELAY: Duration = Duration::from_millis(1);
+
+/// One `vm_refcnt` increment found in the function: byte offsets of the `lock cmpxchg` and
+/// of the instruction after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Site {
+    pub cmpxchg: usize,
+    pub next: usize,
+}
+
+/// What the widener installed, for the workload's report.
+#[derive(Clone, Debug, Serialize)]
+pub struct WidenerReport {
+    pub function: &'static str,
+    /// `function+0xNN` of every kprobe.
+    pub probes: Vec<String>,
+    pub delay_us: u64,
+}
+
+/// Installed probes; dropping it detaches them (the fds are the only references) and then
+/// restores the kprobe optimisation setting.
+pub struct Widener {
+    pub report: WidenerReport,
+    _fds: Vec<OwnedFd>,
+    _unoptimized: Unoptimized,
+}
+
+/// `debug.kprobes-optimization`, turned off while the widener is installed. Optimising a
+/// kprobe rewrites the probed instruction into a jump while other CPUs run the function;
+/// measured in the Debian 7.3.4 TCG guest with the tracer's trampolines attached: an
+/// unhandled-int3 oops in 3 of 6 runs with optimisation on, 0 of 4 with it off. Plain
+/// int3 probes never rewrite the text again after they are armed.
+const KPROBES_OPTIMIZATION: &str = "/proc/sys/debug/kprobes-optimization";
+
+struct Unoptimized {
+    previous: Option<String>,
+}
+
+impl Unoptimized {
+    fn set() -> anyhow::Result<Self> {
+        let Ok(previous) = fs::read_to_string(KPROBES_OPTIMIZATION) else {
+            return Ok(Unoptimized { previous: None }); // no CONFIG_OPTPROBES: nothing to do
+        };
+        fs::write(KPROBES_OPTIMIZATION, "0")
+            .with_context(|| format!("turning kprobe optimisation off ({KPROBES_OPTIMIZATION})"))?;
+        Ok(Unoptimized {
+            previous: Some(previous.trim().to_string()),
+        })
+    }
+}
+
+impl Drop for Unoptimized {
+    fn drop(&mut self) {
+        if let Some(p) = &self.previous
+            && let Err(e) = fs::write(KPROBES_OPTIMIZATION, p)
+        {
+            eprintln!("stress: could not restore {KPROBES_OPTIMIZATION} to {p}: {e}");
+        }
+    }
+}
+
+/// Every `lock cmpxchg r32, mem` in `text` that increments the 32-bit `vm_refcnt` (at
+/// `field_offset` in `vm_area_struct`): its memory operand is `field_offset(%vma)`, or
+/// `(%reg)` where `%reg` was set a few instructions before by `lea field_offset(%vma),
+/// %reg` (how GCC 14 compiles `vma_start_read` in Debian's 7.3 build: the refcount's
+/// address lives in `%rbp`). Encodings: `F0 [REX without W] 0F B1 ModRM [SIB]
+/// [disp8|disp32]`; register and RIP-relative operands are skipped. A byte pattern is no
+/// proof of an instruction boundary: the kernel checks that when the kprobe is registered
+/// (EILSEQ otherwise), and the caller reports it.
+pub fn refcount_increments(text: &[u8], field_offset: u32) -> Vec<Site> {
+    let mut sites = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        match cmpxchg_at(text, i) {
+            Some(c)
+                if c.disp == i64::from(field_offset)
+                    || (c.disp == 0 && lea_before(text, i, c.base, field_offset)) =>
+            {
+                sites.push(Site {
+                    cmpxchg: i,
+                    next: c.end,
+                });
+                i = c.end;
+            }
+            _ => i += 1,
+        }
+    }
+    sites
+}
+
+/// A decoded `lock cmpxchg r32, disp(base)`.
+struct Cmpxchg {
+    end: usize,
+    base: u8,
+    disp: i64,
+}
+
+/// How far back [`lea_before`] looks for the address computation.
+const LEA_WINDOW: usize = 64;
+
+fn cmpxchg_at(t: &[u8], i: usize) -> Option<Cmpxchg> {
+    let b = |k: usize| t.get(k).copied();
+    if b(i)? != 0xF0 {
+        return None;
+    }
+    let mut p = i + 1;
+    let mut rex = 0;
+    if let Some(r @ 0x40..=0x4F) = b(p) {
+        if r & 0x08 != 0 {
+            return None; // REX.W: a 64-bit cmpxchg, not the 32-bit refcount
+        }
+        rex = r;
+        p += 1;
+    }
+    if b(p)? != 0x0F || b(p + 1)? != 0xB1 {
+        return None;
+    }
+    let modrm = b(p + 2)?;
+    p += 3;
+    let (md, rm) = (modrm >> 6, modrm & 7);
+    if md == 3 {
+        return None;
+    }
+    let mut base = rm;
+    if rm == 4 {
+        let sib = b(p)?;
+        p += 1;
+        if md == 0 && sib & 7 == 5 {
+            return None; // disp32 without a base register
+        }
+        base = sib & 7;
+    } else if md == 0 && rm == 5 {
+        return None; // RIP-relative
+    }
+    let disp: i64 = match md {
+        0 => 0,
+        1 => {
+            let d = b(p)? as i8;
+            p += 1;
+            d.into()
+        }
+        _ => {
+            let d = i32::from_le_bytes(t.get(p..p + 4)?.try_into().ok()?);
+            p += 4;
+            d.into()
+        }
+    };
+    Some(Cmpxchg {
+        end: p,
+        base: base | (rex & 1) << 3,
+        disp,
+    })
+}
+
+/// Whether `lea field_offset(%x), %base` (64-bit, disp8 or disp32, no SIB) ends within
+/// [`LEA_WINDOW`] bytes before `at`.
+fn lea_before(t: &[u8], at: usize, base: u8, field_offset: u32) -> bool {
+    (at.saturating_sub(LEA_WINDOW)..at).any(|j| {
+        let (Some(&rex), Some(&0x8D), Some(&modrm)) = (t.get(j), t.get(j + 1), t.get(j + 2)) else {
+            return false;
+        };
+        if rex & 0xF8 != 0x48 || modrm & 7 == 4 {
+            return false;
+        }
+        let dest = (modrm >> 3) & 7 | (rex & 4) << 1;
+        let disp = match modrm >> 6 {
+            1 => t.get(j + 3).map(|d| i64::from(*d as i8)),
+            2 => t
+                .get(j + 3..j + 7)
+                .and_then(|d| d.try_into().ok())
+                .map(|d| i64::from(i32::from_le_bytes(d))),
+            _ => None,
+        };
+        dest == base && disp == Some(i64::from(field_offset))
+    })
+}
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: (src << 4) | dst,
+        off,
+        imm,
+    }
+}
+
+const BPF_FUNC_KTIME_GET_NS: i32 = 5;
+const BPF_FUNC_GET_CURRENT_PID_TGID: i32 = 14;
+/// Loop bound the verifier can see; far more iterations than any accepted delay needs
+/// (each iteration reads the clock), and small enough to verify quickly (the verifier
+/// walks every iteration: ~8 instructions each, below its 1M-instruction budget).
+const MAX_SPINS: i32 = 100_000;
+
+/// The delay program: if the current task belongs to `tgid`, spin until `delay_ns` have
+/// passed (or [`MAX_SPINS`] clock reads). Each loop exit is the fall-through of its
+/// branch, so the verifier explores it first and never stacks more than one pending
+/// branch per iteration.
+pub fn delay_program(tgid: u32, delay_ns: u32) -> Vec<Insn> {
+    let tgid = tgid as i32; // pid_max is at most 2^22
+    let delay = delay_ns.min(i32::MAX as u32) as i32;
+    vec![
+        insn(0x85, 0, 0, 0, BPF_FUNC_GET_CURRENT_PID_TGID), // 0: call get_current_pid_tgid
+        insn(0x77, 0, 0, 0, 32),                            // 1: r0 >>= 32
+        insn(0x55, 0, 0, 10, tgid),                         // 2: if r0 != tgid goto 13
+        insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS),         // 3: call ktime_get_ns
+        insn(0xbf, 6, 0, 0, 0),                             // 4: r6 = r0 (start)
+        insn(0xb7, 7, 0, 0, 0),                             // 5: r7 = 0 (spins)
+        insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS),         // 6: call ktime_get_ns
+        insn(0x1f, 0, 6, 0, 0),                             // 7: r0 -= r6
+        insn(0xb5, 0, 0, 2, delay),                         // 8: if r0 <= delay goto 11
+        insn(0xb7, 0, 0, 0, 0),                             // 9: r0 = 0
+        insn(0x95, 0, 0, 0, 0),                             // 10: exit
+        insn(0x07, 7, 0, 0, 1),                             // 11: r7 += 1
+        insn(0xa5, 7, 0, -7, MAX_SPINS),                    // 12: if r7 < max goto 6
+        insn(0xb7, 0, 0, 0, 0),                             // 13: r0 = 0
+        insn(0x95, 0, 0, 0, 0),                             // 14: exit
+    ]
+}
+
+/// Install the widener for this process's threads.
+pub fn install(delay: Duration) -> anyhow::Result<Widener> {
+    if delay.is_zero() || delay > MAX_DELAY {
+        bail!("the race delay must be between 1 µs and {MAX_DELAY:?}, not {delay:?}");
+    }
+    let btf = fs::read(crate::kernel::info::VMLINUX_BTF).with_context(|| {
+        format!(
+            "reading {} (the race widener needs the vm_refcnt offset)",
+            crate::kernel::info::VMLINUX_BTF
+        )
+    })?;
+    let btf = Btf::parse(&btf).map_err(|e| anyhow::anyhow!("parsing kernel BTF: {e}"))?;
+    let field = btf
+        .member_offset("vm_area_struct", "vm_refcnt")
+        .map_err(|e| anyhow::anyhow!("kernel BTF: {e}"))?
+        .context("this kernel's vm_area_struct has no vm_refcnt (before 6.15): no race to widen")?
+        .offset;
+    let (addr, len) = function_extent(FUNCTION)?;
+    let text = read_kernel_text(addr, len)?;
+    let sites = refcount_increments(&text, field);
+    if sites.is_empty() {
+        bail!(
+            "no `lock cmpxchg` on vm_refcnt (+{field:#x}) in {FUNCTION} ({len} bytes): \
+             vma_start_read is not inlined there on this kernel, so the race cannot be widened; text: {}",
+            text.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+    }
+    let prog = load_program(
+        &delay_program(std::process::id(), delay.as_nanos() as u32),
+        "vmatrace_race",
+    )?;
+    let unoptimized = Unoptimized::set()?;
+    let mut fds = Vec::new();
+    let mut probes = Vec::new();
+    for s in &sites {
+        for off in [s.cmpxchg, s.next] {
+            let name = format!("{FUNCTION}+{off:#x}");
+            fds.push(
+                attach_kprobe(FUNCTION, off as u64, &prog)
+                    .with_context(|| format!("attaching the race widener at {name}"))?,
+            );
+            probes.push(name);
+        }
+    }
+    fds.push(prog);
+    Ok(Widener {
+        report: WidenerReport {
+            function: FUNCTION,
+            probes,
+            delay_us: delay.as_micros() as u64,
+        },
+        _fds: fds,
+        _unoptimized: unoptimized,
+    })
+}
+
+/// Start address of `name` and the distance to the next text symbol.
+fn function_extent(name: &str) -> anyhow::Result<(u64, usize)> {
+    let text = fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    function_extent_in(&text, name)
+}
+
+pub fn function_extent_in(kallsyms: &str, name: &str) -> anyhow::Result<(u64, usize)> {
+    let mut start = None;
+    let mut addrs = Vec::new();
+    for line in kallsyms.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(a), Some(kind), Some(sym)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T") || it.next().is_some() {
+            continue; // text of vmlinux only: module symbols carry `[module]`
+        }
+        let Ok(a) = u64::from_str_radix(a, 16) else {
+            continue;
+        };
+        if sym == name {
+            start = Some(a);
+        }
+        addrs.push(a);
+    }
+    let start = start.with_context(|| format!("{name} is not in /proc/kallsyms"))?;
+    if start == 0 {
+        bail!("/proc/kallsyms hides addresses (kptr_restrict): run as root");
+    }
+    let end = addrs
+        .into_iter()
+        .filter(|a| *a > start)
+        .min()
+        .with_context(|| format!("no text symbol after {name}"))?;
+    Ok((start, ((end - start) as usize).min(8192)))
+}
+
+/// `len` bytes of kernel text at `addr`, from `/proc/kcore` (an ELF core file whose
+/// `PT_LOAD` segments map kernel virtual addresses to file offsets).
+fn read_kernel_text(addr: u64, len: usize) -> anyhow::Result<Vec<u8>> {
+    let mut f = fs::File::open("/proc/kcore")
+        .context("opening /proc/kcore (needs root and a kernel with CONFIG_PROC_KCORE)")?;
+    let mut head = [0u8; 64];
+    f.read_exact(&mut head)
+        .context("reading the /proc/kcore header")?;
+    let phoff = u64::from_le_bytes(head[0x20..0x28].try_into()?);
+    let phentsize = u16::from_le_bytes(head[0x36..0x38].try_into()?) as u64;
+    let phnum = u16::from_le_bytes(head[0x38..0x3a].try_into()?) as u64;
+    if &head[..4] != b"\x7fELF" || phentsize < 56 {
+        bail!("/proc/kcore is not a 64-bit ELF core file");
+    }
+    let mut ph = vec![0u8; (phentsize * phnum) as usize];
+    f.read_exact_at(&mut ph, phoff)
+        .context("reading /proc/kcore program headers")?;
+    for h in ph.chunks_exact(phentsize as usize) {
+        let u = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
+        let (ty, offset, vaddr, filesz) =
+            (u32::from_le_bytes(h[0..4].try_into()?), u(8), u(16), u(32));
+        if ty == 1 && vaddr <= addr && addr + len as u64 <= vaddr + filesz {
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, offset + (addr - vaddr))
+                .with_context(|| format!("reading kernel text at {addr:#x} from /proc/kcore"))?;
+            return Ok(buf);
+        }
+    }
+    bail!("/proc/kcore maps no segment holding {addr:#x}")
+}
+
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a zero-initialised 128-byte `union bpf_attr` for `cmd`; pointers in
+    // it refer to buffers the caller keeps alive across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: BPF_PROG_LOAD returns a new descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn load_program(insns: &[Insn], name: &str) -> anyhow::Result<OwnedFd> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_KPROBE: u64 = 2;
+    let raw: Vec<u64> = insns
+        .iter()
+        .map(|i| {
+            u64::from(i.code)
+                | u64::from(i.regs) << 8
+                | u64::from(i.off as u16) << 16
+                | u64::from(i.imm as u32) << 32
+        })
+        .collect();
+    let license = c"GPL";
+    let load = |log: &mut [u8]| {
+        let mut attr = [0u64; 16];
+        attr[0] = BPF_PROG_TYPE_KPROBE | (raw.len() as u64) << 32; // prog_type, insn_cnt
+        attr[1] = raw.as_ptr() as u64; // insns
+        attr[2] = license.as_ptr() as u64; // license
+        if !log.is_empty() {
+            attr[3] = 1 | (log.len() as u64) << 32; // log_level, log_size
+            attr[4] = log.as_mut_ptr() as u64; // log_buf
+        }
+        // kern_version (attr[5] low) stays 0; prog_name: 16 bytes at byte offset 48.
+        let mut pname = [0u8; 16];
+        for (d, s) in pname.iter_mut().zip(name.bytes().take(15)) {
+            *d = s;
+        }
+        attr[6] = u64::from_le_bytes(pname[..8].try_into().unwrap_or_default());
+        attr[7] = u64::from_le_bytes(pname[8..].try_into().unwrap_or_default());
+        sys_bpf(BPF_PROG_LOAD, &mut attr)
+    };
+    // Without a log first: the verifier walks every loop iteration, and a level-1 log of
+    // that would overflow any buffer (ENOSPC). On failure, load again for the reason.
+    load(&mut []).map_err(|e| {
+        let mut log = vec![0u8; 256 * 1024];
+        let _ = load(&mut log);
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        let tail = String::from_utf8_lossy(&log[end.saturating_sub(600)..end]).into_owned();
+        anyhow::anyhow!(
+            "loading the race-widener program: {e}; verifier: {}",
+            tail.trim()
+        )
+    })
+}
+
+fn kprobe_pmu_type() -> anyhow::Result<u32> {
+    let p = "/sys/bus/event_source/devices/kprobe/type";
+    let s = fs::read_to_string(p)
+        .with_context(|| format!("reading {p}: this kernel has no kprobe PMU"))?;
+    s.trim()
+        .parse()
+        .with_context(|| format!("{p} holds {s:?}, not a PMU type"))
+}
+
+fn attach_kprobe(func: &str, offset: u64, prog: &OwnedFd) -> anyhow::Result<OwnedFd> {
+    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+    const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+    const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+    let name = CString::new(func)?;
+    // `struct perf_event_attr` (PERF_ATTR_SIZE_VER7, 128 bytes), zeroed, then: type and
+    // size, sample_period = 1, kprobe_func (config1) and probe_offset (config2).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(kprobe_pmu_type()?) | 128 << 32;
+    attr[2] = 1;
+    attr[7] = name.as_ptr() as u64;
+    attr[8] = offset;
+    // SAFETY: `attr` is a valid perf_event_attr of the size it declares; `name` outlives
+    // the call. pid -1 with cpu 0 is how kprobe events are opened for BPF: the program
+    // runs on every CPU.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1 as libc::c_int,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EILSEQ) {
+            bail!(
+                "{func}+{offset:#x} is not an instruction boundary (the matcher misread the text)"
+            );
+        }
+        return Err(e).context("perf_event_open(kprobe)");
+    }
+    // SAFETY: a new descriptor we own.
+    let ev = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: plain ioctls on our perf event fd; SET_BPF takes the program fd by value.
+    unsafe {
+        if libc::ioctl(ev.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) < 0 {
+            return Err(io::Error::last_os_error()).context("PERF_EVENT_IOC_SET_BPF");
+        }
+        if libc::ioctl(ev.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) < 0 {
+            return Err(io::Error::last_os_error()).context("PERF_EVENT_IOC_ENABLE");
+        }
+    }
+    Ok(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_refcount_cmpxchg_in_its_encodings() {
+        // mov 0x80(%rdi),%eax; lea 1(%rax),%edx; lock cmpxchg %edx,0x80(%rdi); jne -…
+        let text = [
+            0x8b, 0x87, 0x80, 0, 0, 0, 0x8d, 0x50, 0x01, //
+            0xf0, 0x0f, 0xb1, 0x97, 0x80, 0, 0, 0, // lock cmpxchg %edx,0x80(%rdi)
+            0x75, 0xf0, //
+            0xf0, 0x44, 0x0f, 0xb1, 0x83, 0x80, 0, 0, 0, // lock cmpxchg %r8d,0x80(%rbx)
+            0xf0, 0x48, 0x0f, 0xb1, 0x97, 0x80, 0, 0, 0, // REX.W: 64-bit, not ours
+            0xf0, 0x0f, 0xb1, 0x94, 0x24, 0x80, 0, 0, 0, // lock cmpxchg %edx,0x80(%rsp) (SIB)
+            0xf0, 0x0f, 0xb1, 0x57, 0x28, // disp8 0x28: another field
+            0xf0, 0x0f, 0xb1, 0xd1, // register form
+        ];
+        let sites = refcount_increments(&text, 0x80);
+        assert_eq!(
+            sites,
+            vec![
+                Site {
+                    cmpxchg: 9,
+                    next: 17
+                },
+                Site {
+                    cmpxchg: 19,
+                    next: 28
+                },
+                Site {
+                    cmpxchg: 37,
+                    next: 46
+                },
+            ]
+        );
+        assert_eq!(
+            refcount_increments(&text, 0x28),
+            vec![Site {
+                cmpxchg: 46,
+                next: 51
+            }]
+        );
+        // Debian 7.3.4 cloud, lock_vma_under_rcu+0x8a..+0xc0: the refcount's address is
+        // computed once (`lea 0x80(%rbx),%rbp`) and the cmpxchg uses `0x0(%rbp)`.
+        let deb734 = [
+            0x8b, 0x93, 0x80, 0, 0, 0, // mov 0x80(%rbx),%edx
+            0x48, 0x8d, 0xab, 0x80, 0, 0, 0, // lea 0x80(%rbx),%rbp
+            0xbe, 0xff, 0xff, 0xff, 0x3f, // mov $0x3fffffff,%esi
+            0x85, 0xd2, 0x0f, 0x84, 0xe1, 0x01, 0, 0, // test; je
+            0x89, 0xf0, 0x29, 0xd0, 0x85, 0xc0, 0x0f, 0x8e, 0x8a, 0, 0, 0, // limit check
+            0x8d, 0x4a, 0x01, 0x89, 0xd0, // lea 0x1(%rdx),%ecx; mov %edx,%eax
+            0xf0, 0x0f, 0xb1, 0x4d, 0x00, // lock cmpxchg %ecx,0x0(%rbp)
+            0x0f, 0x85, 0xd2, 0, 0, 0, // jne
+        ];
+        assert_eq!(
+            refcount_increments(&deb734, 0x80),
+            vec![Site {
+                cmpxchg: 43,
+                next: 48
+            }]
+        );
+        // Through another register than the lea's destination, or another field: no.
+        let mut other_reg = deb734;
+        other_reg[46] = 0x4e; // (%rsi)
+        assert!(refcount_increments(&other_reg, 0x80).is_empty());
+        assert!(refcount_increments(&deb734, 0x28).is_empty());
+        // A truncated instruction at the end is not a match, and never a panic.
+        assert!(refcount_increments(&text[..14], 0x80).is_empty());
+        assert!(refcount_increments(&[0xf0], 0x80).is_empty());
+    }
+
+    #[test]
+    fn delay_program_branches_stay_inside_and_end_in_exit() {
+        let p = delay_program(1234, 50_000);
+        for (i, ins) in p.iter().enumerate() {
+            let class = ins.code & 7;
+            if class == 5 && ins.code != 0x85 && ins.code != 0x95 {
+                let target = i as i64 + 1 + i64::from(ins.off);
+                assert!(
+                    (0..p.len() as i64).contains(&target),
+                    "jump at {i} leaves the program: {target}"
+                );
+            }
+        }
+        assert_eq!(p.last().map(|i| i.code), Some(0x95));
+        assert_eq!(p[2].imm, 1234);
+        assert_eq!(p[8].imm, 50_000);
+        // The loop goes back to the clock read.
+        assert_eq!(12 + 1 + i64::from(p[12].off), 6);
+    }
+
+    #[test]
+    fn function_extent_uses_the_next_text_symbol() {
+        let k = "ffffffff81000000 T _stext\n\
+                 ffffffff81234500 T lock_vma_under_rcu\n\
+                 ffffffff81234400 t before\n\
+                 ffffffff812346a0 t lock_next_vma\n\
+                 ffffffff81234600 d some_data\n\
+                 ffffffff81234580 t mod_fn\t[kvm]\n";
+        assert_eq!(
+            function_extent_in(k, "lock_vma_under_rcu").unwrap(),
+            (0xffffffff81234500, 0x1a0)
+        );
+        assert!(function_extent_in(k, "absent").is_err());
+        let hidden = "0000000000000000 T lock_vma_under_rcu\n0000000000000000 T x\n";
+        let e = function_extent_in(hidden, "lock_vma_under_rcu").unwrap_err();
+        assert!(e.to_string().contains("kptr_restrict"), "{e}");
+    }
+}
