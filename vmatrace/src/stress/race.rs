@@ -272,6 +272,11 @@ pub fn install(delay: Duration) -> anyhow::Result<Widener> {
     if delay.is_zero() || delay > MAX_DELAY {
         bail!("the race delay must be between 1 µs and {MAX_DELAY:?}, not {delay:?}");
     }
+    install_at(delay, find_sites()?)
+}
+
+/// The refcount increments in the running kernel's [`FUNCTION`] (root: `/proc/kcore`).
+pub fn find_sites() -> anyhow::Result<Vec<Site>> {
     let btf = fs::read(crate::kernel::info::VMLINUX_BTF).with_context(|| {
         format!(
             "reading {} (the race widener needs the vm_refcnt offset)",
@@ -290,10 +295,15 @@ pub fn install(delay: Duration) -> anyhow::Result<Widener> {
     if sites.is_empty() {
         bail!(
             "no `lock cmpxchg` on vm_refcnt (+{field:#x}) in {FUNCTION} ({len} bytes): \
-             vma_start_read is not inlined there on this kernel, so the race cannot be widened; text: {}",
+             vma_start_read is not inlined there on this kernel, so the race cannot be \
+             widened; the function's text: {}",
             text.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
     }
+    Ok(sites)
+}
+
+fn install_at(delay: Duration, sites: Vec<Site>) -> anyhow::Result<Widener> {
     let prog = load_program(
         &delay_program(std::process::id(), delay.as_nanos() as u32),
         "vmatrace_race",

@@ -318,11 +318,23 @@ fn boot_with_fallback(
             boot_timeout: Duration::from_secs(if accel == Accel::Kvm { 20 } else { 90 }),
             memory_mb: 1024,
             cpus: 2,
-            // A step exporting a file (the recorded trace) sends it through a virtio port.
-            extra: if steps.iter().any(|s| s.export.is_some()) {
-                stream::event_port_args(&dir.join(scenario::TRACE_ON_HOST))
-            } else {
-                Vec::new()
+            // A step exporting a file (a recorded trace) sends it through its virtio port.
+            extra: {
+                let ports: Vec<_> = steps
+                    .iter()
+                    .filter(|s| s.export.is_some())
+                    .map(|s| {
+                        (
+                            scenario::export_port(s.name),
+                            dir.join(scenario::export_on_host(s.name)),
+                        )
+                    })
+                    .collect();
+                if ports.is_empty() {
+                    Vec::new()
+                } else {
+                    stream::port_args(&ports)
+                }
             },
         };
         let out = qemu::boot(&boot)?;
@@ -449,15 +461,17 @@ fn run_one(
     let raw = fs::read(&o.results).unwrap_or_default();
     let res = results::parse(&raw);
     let mut verdict = scenario::judge(steps, &res);
-    // The recorded trace, replayed here, must give the guest's live summary.
-    if let Some(st) = steps.iter().find(|s| s.export.is_some())
-        && let Some(sec) = res.section(st.name)
-    {
+    // Each recorded trace, replayed here, must give its step's live summary.
+    for st in steps.iter().filter(|s| s.export.is_some()) {
+        let Some(sec) = res.section(st.name) else {
+            continue; // judged already: no output
+        };
+        let trace = dir.join(scenario::export_on_host(st.name));
         match scenario::json_of(st.name, &sec.body)
-            .and_then(|live| replay_on_host(vmatrace, &dir.join(scenario::TRACE_ON_HOST), &live))
+            .and_then(|live| replay_on_host(vmatrace, &trace, &live))
         {
-            Ok(line) => verdict.info.push(line),
-            Err(e) => verdict.failures.push(e),
+            Ok(line) => verdict.info.push(format!("{}: {line}", st.name)),
+            Err(e) => verdict.failures.push(format!("{}: {e}", st.name)),
         }
     }
     if o.timed_out {

@@ -68,8 +68,9 @@ pub struct Step {
     pub timeout_s: u32,
     /// Guest files whose content is sent back after the step (`<step>:<file>` sections).
     pub files: Vec<&'static str>,
-    /// A (binary) guest file sent back through the virtio event port after the step; the
-    /// host finds it as [`TRACE_ON_HOST`] in the artifacts directory.
+    /// A (binary) guest file sent back after the step through the step's own virtio port
+    /// ([`export_port`]); the host finds it as [`export_on_host`] in the artifacts
+    /// directory.
     pub export: Option<&'static str>,
     pub check: Check,
 }
@@ -87,9 +88,19 @@ pub const RACE_ANOMALY_LOG: &str = "/tmp/race-anomalies.jsonl";
 /// The busy-wait `stress --widen-race-us` puts around a reader's refcount increment: long
 /// next to a TCG writer's write-lock-to-detach stretch (a few µs), short next to a tick.
 pub const RACE_DELAY_US: u32 = 50;
-/// The guest's recording of the traced run, and its name on the host once exported.
+/// The guest's recordings of the traced runs.
 pub const TRACE: &str = "/tmp/trace.vmatrace";
-pub const TRACE_ON_HOST: &str = "trace.vmatrace";
+pub const RACE_TRACE: &str = "/tmp/race.vmatrace";
+
+/// The virtio port a step exports its file through.
+pub fn export_port(step: &str) -> String {
+    format!("vmatrace.{step}")
+}
+
+/// The exported file's name on the host, in the kernel's artifacts directory.
+pub fn export_on_host(step: &str) -> String {
+    format!("{step}.vmatrace")
+}
 
 /// What `vmatrace run`/`record` print on stderr once every hook is attached.
 pub const READY: &str = "tracing kernel";
@@ -159,10 +170,18 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
         });
         // The detach slow path needs a reader inside a few-instruction window (see
         // `checks::RARE_EVENTS`); this run widens it and must see the kernel take it.
+        let (cmd, export) = if caps.record {
+            (
+                format!("record -o {RACE_TRACE} --compress"),
+                Some(RACE_TRACE),
+            )
+        } else {
+            ("run --headless".to_string(), None)
+        };
         v.push(Step {
             name: "race",
             argv: words(&format!(
-                "vmatrace run --headless --duration {} --json --anomaly-log {RACE_ANOMALY_LOG}",
+                "vmatrace {cmd} --duration {} --json --anomaly-log {RACE_ANOMALY_LOG}",
                 p.duration + 4
             )),
             background: Some(words(&format!(
@@ -171,7 +190,7 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
             ))),
             timeout_s: budget + READY_TIMEOUT_S,
             files: vec![RACE_ANOMALY_LOG],
-            export: None,
+            export,
             check: Check::RunSummary { race: true },
         });
     } else if caps.stress {
@@ -279,7 +298,7 @@ pub fn init_script(steps: &[Step]) -> String {
         }
         if let Some(f) = st.export {
             s.push_str("PORT=\n");
-            s.push_str(&super::stream::find_port_sh("PORT"));
+            s.push_str(&super::stream::find_port_sh("PORT", &export_port(n)));
             let _ = writeln!(s, "[ -n \"$PORT\" ] && cat {f} > $PORT");
         }
         let _ = writeln!(s, "echo \"vm: step {n} exited $RC\"");

@@ -35,26 +35,31 @@ use crate::util::workspace_root;
 /// Name of the virtio serial port carrying the stream.
 pub const PORT_NAME: &str = "vmatrace.events";
 
-/// Guest shell that sets `$var` to the event port's device node when the guest has it
-/// (no udev in the guest: the port is found by its name in sysfs); `$var` keeps its value
-/// otherwise.
-pub fn find_port_sh(var: &str) -> String {
+/// Guest shell that sets `$var` to the device node of the virtio port called `name` when
+/// the guest has it (no udev in the guest: the port is found by its name in sysfs); `$var`
+/// keeps its value otherwise.
+pub fn find_port_sh(var: &str, name: &str) -> String {
     format!(
-        "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = {PORT_NAME} ] && {var}=/dev/${{p##*/}}; done\n"
+        "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = {name} ] && {var}=/dev/${{p##*/}}; done\n"
     )
 }
 
 /// QEMU arguments for the event port, written to `path` on the host (`/dev/stdout` to pipe
 /// it on).
 pub fn event_port_args(path: &Path) -> Vec<String> {
-    vec![
-        "-device".into(),
-        "virtio-serial-pci".into(),
-        "-chardev".into(),
-        format!("file,id=events,path={}", path.display()),
-        "-device".into(),
-        format!("virtserialport,chardev=events,name={PORT_NAME}"),
-    ]
+    port_args(&[(PORT_NAME.to_string(), path.to_path_buf())])
+}
+
+/// QEMU arguments for virtio serial ports on one controller: `(port name, host file)`.
+pub fn port_args(ports: &[(String, std::path::PathBuf)]) -> Vec<String> {
+    let mut v = vec!["-device".into(), "virtio-serial-pci".into()];
+    for (i, (name, path)) in ports.iter().enumerate() {
+        v.push("-chardev".into());
+        v.push(format!("file,id=port{i},path={}", path.display()));
+        v.push("-device".into());
+        v.push(format!("virtserialport,chardev=port{i},name={name}"));
+    }
+    v
 }
 
 /// Default guest run time when `--duration` is not among the arguments.
@@ -79,7 +84,7 @@ pub fn duration_arg(args: &[String]) -> Option<u32> {
 pub fn stream_init(caps: Capabilities, duration: u32, compress: bool) -> String {
     let mut s = String::from(scenario::GUEST_PRELUDE);
     s.push_str("EV=/dev/ttyS1\n");
-    s.push_str(&find_port_sh("EV"));
+    s.push_str(&find_port_sh("EV", PORT_NAME));
     s.push_str("echo \"vm: event stream on $EV\"\nexec 3>$EV\n");
     let stress = format!("vmatrace stress --duration {duration} --forks");
     let producer = duration + 4;
