@@ -114,12 +114,11 @@ fn words(s: &str) -> Vec<String> {
 /// The steps for one kernel. `vmatrace run` under the workload once the binary has it;
 /// until then the plan and the workload on their own.
 pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
-    let stress = format!(
-        "vmatrace stress --duration {} --readers {} --writers {} --forks --json",
+    let workload = format!(
+        "vmatrace stress --duration {} --readers {} --writers {}",
         p.duration, p.readers, p.writers
     );
-    // Generous: TCG is slow and the guest has two vCPUs for all threads.
-    let budget = 60 + 4 * p.duration;
+    let stress = format!("{workload} --forks --json");
     let mut v = vec![Step {
         name: "kernel",
         // The preemption model decides how often fentry/fexit runs are skipped (a task
@@ -147,64 +146,67 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
         });
     }
     if caps.run {
-        // `record` is `run --headless` that also writes the trace: the host replays it and
-        // must arrive at the same summary.
-        let (cmd, export) = if caps.record {
-            (format!("record -o {TRACE} --compress"), Some(TRACE))
-        } else {
-            ("run --headless".to_string(), None)
-        };
-        v.push(Step {
-            name: "run",
-            // The tracer outlives the workload (which starts once it is attached), so the
-            // workload's whole run is observed.
-            argv: words(&format!(
-                "vmatrace {cmd} --duration {} --json --anomaly-log {ANOMALY_LOG}",
-                p.duration + 4
-            )),
-            background: Some(words(&stress)),
-            timeout_s: budget + READY_TIMEOUT_S,
-            files: vec![ANOMALY_LOG],
-            export,
-            check: Check::RunSummary { race: false },
-        });
+        v.push(traced("run", caps, p, (TRACE, ANOMALY_LOG), &stress, false));
         // The detach slow path needs a reader inside a few-instruction window (see
         // `checks::RARE_EVENTS`); this run widens it and must see the kernel take it.
-        let (cmd, export) = if caps.record {
-            (
-                format!("record -o {RACE_TRACE} --compress"),
-                Some(RACE_TRACE),
-            )
-        } else {
-            ("run --headless".to_string(), None)
-        };
-        v.push(Step {
-            name: "race",
-            argv: words(&format!(
-                "vmatrace {cmd} --duration {} --json --anomaly-log {RACE_ANOMALY_LOG}",
-                p.duration + 4
-            )),
-            background: Some(words(&format!(
-                "vmatrace stress --duration {} --readers {} --writers {} --widen-race-us {RACE_DELAY_US} --json",
-                p.duration, p.readers, p.writers
-            ))),
-            timeout_s: budget + READY_TIMEOUT_S,
-            files: vec![RACE_ANOMALY_LOG],
-            export,
-            check: Check::RunSummary { race: true },
-        });
+        v.push(traced(
+            "race",
+            caps,
+            p,
+            (RACE_TRACE, RACE_ANOMALY_LOG),
+            &format!("{workload} --widen-race-us {RACE_DELAY_US} --json"),
+            true,
+        ));
     } else if caps.stress {
         v.push(Step {
             name: "stress",
             argv: words(&stress),
             background: None,
-            timeout_s: budget,
+            timeout_s: budget(p),
             files: vec![],
             export: None,
             check: Check::Stress { forks: true },
         });
     }
     v
+}
+
+/// Seconds a workload step may take. Generous: TCG is slow and the guest has two vCPUs
+/// for all threads.
+fn budget(p: &Params) -> u32 {
+    60 + 4 * p.duration
+}
+
+/// A traced run: the tracer in the background, `workload` once it is attached. `record`
+/// is `run --headless` that also writes the trace (`files.0`): the host replays it and must
+/// arrive at the same summary. The tracer outlives the workload, so the workload's whole
+/// run is observed.
+fn traced(
+    name: &'static str,
+    caps: Capabilities,
+    p: &Params,
+    files: (&'static str, &'static str),
+    workload: &str,
+    race: bool,
+) -> Step {
+    let (trace, anomaly_log) = files;
+    let (cmd, export) = if caps.record {
+        (format!("record -o {trace} --compress"), Some(trace))
+    } else {
+        ("run --headless".to_string(), None)
+    };
+    Step {
+        name,
+        argv: words(&format!(
+            "vmatrace {cmd} --duration {} --json --anomaly-log {anomaly_log}",
+            p.duration + 4
+        )),
+        background: Some(words(workload)),
+        timeout_s: budget(p) + READY_TIMEOUT_S,
+        files: vec![anomaly_log],
+        export,
+        check: Check::RunSummary { race },
+    }
 }
 
 /// The start of every guest `/init`: busybox applets, the filesystems vmatrace needs
