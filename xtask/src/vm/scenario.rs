@@ -245,10 +245,19 @@ pub fn sh_words(argv: &[String]) -> String {
 pub fn init_script(steps: &[Step]) -> String {
     let mut s = String::from(GUEST_PRELUDE);
     let mark = |what: &str| format!("echo \"{MARK}{what}{MARK_END}\" >&3\n");
+    // Progress lines go to the console and, with a kernel timestamp, to the kernel log
+    // (level 3, so `quiet` still prints them): a guest oops can then be placed against
+    // the step's phases (tracer started, workload started/ended).
+    let say = |s: &mut String, what: &str| {
+        let _ = writeln!(
+            s,
+            "echo \"vm: {what}\"; echo \"<3>vmatrace-vm: {what}\" > /dev/kmsg 2>/dev/null"
+        );
+    };
     s.push_str(&mark("booted $(uname -r)"));
     for st in steps {
         let n = st.name;
-        let _ = writeln!(s, "echo \"vm: step {n}\"");
+        say(&mut s, &format!("step {n}"));
         match &st.background {
             None => {
                 let _ = writeln!(
@@ -269,9 +278,9 @@ pub fn init_script(steps: &[Step]) -> String {
                     s,
                     "i=0; while [ $i -lt {READY_TIMEOUT_S} ] && kill -0 $TP 2>/dev/null && ! grep -q '{READY}' /tmp/{n}.err; do sleep 1; i=$((i+1)); done"
                 );
-                let _ = writeln!(
-                    s,
-                    "echo \"vm: tracer ready after ${{i}}s; starting the workload\""
+                say(
+                    &mut s,
+                    &format!("step {n}: tracer ready after ${{i}}s; starting the workload"),
                 );
                 let _ = writeln!(
                     s,
@@ -279,6 +288,7 @@ pub fn init_script(steps: &[Step]) -> String {
                     st.timeout_s,
                     sh_words(bg)
                 );
+                say(&mut s, &format!("step {n}: workload exited $BGRC"));
                 let _ = writeln!(s, "wait $TP; RC=$?");
             }
         }
@@ -303,7 +313,7 @@ pub fn init_script(steps: &[Step]) -> String {
             s.push_str(&super::stream::find_port_sh("PORT", &export_port(n)));
             let _ = writeln!(s, "[ -n \"$PORT\" ] && cat {f} > $PORT");
         }
-        let _ = writeln!(s, "echo \"vm: step {n} exited $RC\"");
+        say(&mut s, &format!("step {n} exited $RC"));
     }
     s.push_str(&mark("done"));
     s.push_str("exec 3>&-\nsync\npoweroff -f\n");
