@@ -25,7 +25,7 @@ pub struct StressArgs {
     /// `lock_vma_under_rcu`), for this process's threads only. A writer that write-locks
     /// and detaches the VMA meanwhile then finds the reader's transient reference: the
     /// detach slow path (`__vma_exclude_readers_for_detach`), which is otherwise a race of
-    /// a few instructions. The probes only read the clock; they spin with preemption off.
+    /// a few instructions. The probes only read the clock; they spin with interrupts off.
     /// Kprobe optimisation (`debug.kprobes-optimization`) is off while they are installed.
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub widen_race_us: Option<u64>,

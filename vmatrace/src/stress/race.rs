@@ -15,7 +15,8 @@
 //! and the increment) and one on the next instruction (the reader then holds its transient
 //! reference for the delay). A writer that write-locks and detaches the VMA meanwhile
 //! meets exactly the interleaving the kernel handles with the slow path. The programs only
-//! read the clock and the task id; they spin with preemption off for at most `delay`.
+//! read the clock and the task id; they spin (in the int3 handler: interrupts off) for at
+//! most `delay`.
 //!
 //! Kernel-facing and Linux-only: the function's text is read from `/proc/kcore` at the
 //! address `/proc/kallsyms` gives, the field offset comes from BTF, and the programs are
@@ -38,7 +39,7 @@ use crate::kernel::btf::Btf;
 
 /// The function whose inlined `vma_start_read` the widener delays: the page-fault reader.
 pub const FUNCTION: &str = "lock_vma_under_rcu";
-/// Longest delay accepted: the programs spin with preemption disabled.
+/// Longest delay accepted: the programs spin inside the int3 handler, interrupts off.
 pub const MAX_DELAY: Duration = Duration::from_millis(1);
 
 /// One `vm_refcnt` increment found in the function: byte offsets of the `lock cmpxchg` and
