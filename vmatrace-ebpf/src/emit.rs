@@ -68,7 +68,7 @@ pub fn paired(ev: &mut Event, entry_ts: u64, entry_refcnt: u32) {
 /// instead; a wake-up is forced only once a quarter of the ring is filled, so a burst
 /// is drained long before the ring overflows.
 #[inline(always)]
-pub fn send(ev: &mut Event, r: Reads) {
+pub fn send<const D: bool>(ev: &mut Event, r: Reads<D>) {
     if r.failed {
         ev.flags |= flags::READ_FAILED;
         count(Counter::ProbeReadFailed);

@@ -31,20 +31,27 @@ pub fn remember(map: &LruHashMap<u64, Inflight>, pid_tgid: u64, e: &Inflight) {
     }
 }
 
-/// Take the entry saved by this thread's entry probe; `UnmatchedReturn` when there is
-/// none (the call began before the programs were armed, the LRU evicted the element, or
-/// the kernel skipped the entry program).
+/// Take the entry saved by this thread's entry probe (`live` 1 in the copy, 0 in the
+/// map); [`Inflight::NONE`] and `UnmatchedReturn` when there is none (the call began
+/// before the programs were armed, the LRU evicted the element, or the kernel skipped the
+/// entry program).
+///
+/// A plain struct, not an `Option`: the absent case must still define every field. LLVM
+/// computes `wait_ns = ts - entry.ts` before testing whether there was an entry, and with
+/// an `Option` the payload of `None` is a stack slot that may hold a pointer from earlier
+/// in the program; the verifier refuses that subtraction.
 #[inline(always)]
-pub fn take(map: &LruHashMap<u64, Inflight>, pid_tgid: u64) -> Option<Inflight> {
+pub fn take(map: &LruHashMap<u64, Inflight>, pid_tgid: u64) -> Inflight {
     if let Some(p) = map.get_ptr_mut(pid_tgid) {
         // SAFETY: a value pointer from the lookup; this thread's own element.
         unsafe {
             if (*p).live != 0 {
+                let e = *p;
                 (*p).live = 0;
-                return Some(*p);
+                return e;
             }
         }
     }
     count(Counter::UnmatchedReturn);
-    None
+    Inflight::NONE
 }

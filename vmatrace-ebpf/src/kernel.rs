@@ -1,10 +1,20 @@
 //! Reading kernel structs at the BTF offsets of the running kernel.
 //!
-//! Every read goes through `bpf_probe_read_kernel` (the programs never dereference kernel
-//! pointers directly: kprobe arguments are plain scalars to the verifier). An absent
-//! offset (`OFFSET_ABSENT`) or a NULL base reads as 0 without a helper call; a failing
-//! helper reads as 0 and sets `Reads::failed`, which the caller turns into the event's
-//! `READ_FAILED` flag and the `ProbeReadFailed` counter.
+//! Two ways to read, chosen per program at compile time (`Reads<DIRECT>`):
+//! - kprobe/kretprobe programs see their arguments as plain scalars, so every read goes
+//!   through `bpf_probe_read_kernel` (`DIRECT = false`);
+//! - fentry/fexit programs get typed pointers (the verifier knows `vma` is a
+//!   `struct vm_area_struct *` from the function's BTF), so a field is a plain load
+//!   (`DIRECT = true`): the verifier checks it against the BTF layout and turns it into a
+//!   fault-safe `PROBE_MEM` load, an instruction instead of a helper call. Pointers loaded
+//!   that way (`vma->vm_mm`, `ves->vma`) are typed again, so the walk stays direct. A
+//!   pointer that went through a map (a saved entry) is a scalar again: only the probe
+//!   reads may use it.
+//!
+//! An absent offset (`OFFSET_ABSENT`) or a NULL base reads as 0 without touching memory; a
+//! failing helper reads as 0 and sets `Reads::failed`, which the caller turns into the
+//! event's `READ_FAILED` flag and the `ProbeReadFailed` counter (a direct load that faults
+//! reads as 0 without a trace: the kernel's exception fixup).
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use vmatrace_common::{Event, OFFSET_ABSENT, event::flags};
@@ -14,13 +24,14 @@ use crate::globals::global;
 /// `VMA_LOCK_OFFSET` / `VM_REFCNT_EXCLUDE_READERS_FLAG`: bit 30 on every generation.
 pub const EXCLUDE_READERS_FLAG: u32 = 1 << 30;
 
-/// Accumulates failed reads for one event.
+/// Accumulates failed reads for one event; `DIRECT`: plain loads through BTF-typed
+/// pointers (fentry/fexit only, see the module comment).
 #[derive(Clone, Copy)]
-pub struct Reads {
+pub struct Reads<const DIRECT: bool = false> {
     pub failed: bool,
 }
 
-impl Reads {
+impl<const DIRECT: bool> Reads<DIRECT> {
     #[inline(always)]
     pub const fn new() -> Self {
         Self { failed: false }
@@ -33,6 +44,12 @@ impl Reads {
             return T::default();
         }
         let p = base.wrapping_add(off as u64) as *const T;
+        if DIRECT {
+            // SAFETY: `base` is a BTF-typed kernel pointer of a tracing program and `off` a
+            // verifier constant from BTF: the verifier checks the access against the type
+            // and emits a fault-safe load.
+            return unsafe { core::ptr::read_volatile(p) };
+        }
         // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-safe path; a
         // bad address returns an error instead of faulting.
         match unsafe { bpf_probe_read_kernel(p) } {
@@ -63,13 +80,15 @@ pub struct Block<const N: usize> {
 }
 
 impl<const N: usize> Block<N> {
+    /// With `DIRECT` reads nothing: each field is then its own plain load, cheaper than one
+    /// helper call for the block.
     #[inline(always)]
-    pub fn read(base: u64) -> Self {
+    pub fn read<const DIRECT: bool>(base: u64) -> Self {
         let mut b = Block {
             bytes: [0u8; N],
             valid: false,
         };
-        if base != 0 {
+        if !DIRECT && base != 0 {
             // SAFETY: fault-safe kernel read into a stack buffer of exactly N bytes.
             b.valid = unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut b.bytes) }.is_ok();
         }
@@ -79,7 +98,12 @@ impl<const N: usize> Block<N> {
     /// The `T` at `base + off`: from the block when it lies inside and is naturally
     /// aligned, else read on its own (absent offsets and NULL bases read as 0).
     #[inline(always)]
-    pub fn field<T: Copy + Default>(&self, base: u64, off: u32, r: &mut Reads) -> T {
+    pub fn field<T: Copy + Default, const D: bool>(
+        &self,
+        base: u64,
+        off: u32,
+        r: &mut Reads<D>,
+    ) -> T {
         let size = core::mem::size_of::<T>() as u32;
         if self.valid && off < N as u32 && off + size <= N as u32 && off % size == 0 {
             // SAFETY: in bounds (checked above) and aligned: the block is 8-aligned and
@@ -110,9 +134,9 @@ pub fn writer_wait_of(mm: u64) -> u64 {
 
 /// `mm->mm_lock_seq.sequence`; `None` when the offset is absent or `mm` is NULL.
 #[inline(always)]
-pub fn mm_seq(mm: u64, r: &mut Reads) -> Option<u32> {
+pub fn mm_seq<const D: bool>(mm: u64, r: &mut Reads<D>) -> Option<u32> {
     let off = global!(OFFSETS.mm_mm_lock_seq);
-    if mm != 0 && Reads::present(off) {
+    if mm != 0 && Reads::<false>::present(off) {
         Some(r.at::<u32>(mm, off))
     } else {
         None
@@ -121,7 +145,7 @@ pub fn mm_seq(mm: u64, r: &mut Reads) -> Option<u32> {
 
 /// `mm->mm_lock_seq.sequence` into the event (sets `MM_SEQ`).
 #[inline(always)]
-pub fn fill_mm(ev: &mut Event, mm: u64, r: &mut Reads) {
+pub fn fill_mm<const D: bool>(ev: &mut Event, mm: u64, r: &mut Reads<D>) {
     ev.mm = mm;
     if let Some(seq) = mm_seq(mm, r) {
         ev.mm_lock_seq = seq;
@@ -133,19 +157,19 @@ pub fn fill_mm(ev: &mut Event, mm: u64, r: &mut Reads) {
 /// protocol is about), then `vm_lock_seq`, then the mm's sequence. Sets `VMA_FIELDS` and,
 /// through [`fill_mm`], `MM_SEQ`.
 #[inline(always)]
-pub fn fill_vma(ev: &mut Event, vma: u64, r: &mut Reads) {
+pub fn fill_vma<const D: bool>(ev: &mut Event, vma: u64, r: &mut Reads<D>) {
     ev.vma = vma;
     if vma == 0 {
         return;
     }
     ev.refcnt = r.at::<u32>(vma, global!(OFFSETS.vma_vm_refcnt));
-    let head = Block::<VMA_HEAD>::read(vma);
-    ev.vm_lock_seq = head.field::<u32>(vma, global!(OFFSETS.vma_vm_lock_seq), r);
-    ev.vm_start = head.field::<u64>(vma, global!(OFFSETS.vma_vm_start), r);
-    ev.vm_end = head.field::<u64>(vma, global!(OFFSETS.vma_vm_end), r);
-    ev.vm_flags = head.field::<u64>(vma, global!(OFFSETS.vma_vm_flags), r);
-    let mm = head.field::<u64>(vma, global!(OFFSETS.vma_vm_mm), r);
-    if Reads::present(global!(OFFSETS.vma_vm_refcnt)) {
+    let head = Block::<VMA_HEAD>::read::<D>(vma);
+    ev.vm_lock_seq = head.field::<u32, D>(vma, global!(OFFSETS.vma_vm_lock_seq), r);
+    ev.vm_start = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_start), r);
+    ev.vm_end = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_end), r);
+    ev.vm_flags = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_flags), r);
+    let mm = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_mm), r);
+    if Reads::<false>::present(global!(OFFSETS.vma_vm_refcnt)) {
         ev.flags |= flags::VMA_FIELDS;
     }
     fill_mm(ev, mm, r);
@@ -153,7 +177,7 @@ pub fn fill_vma(ev: &mut Event, vma: u64, r: &mut Reads) {
 
 /// The `mm` of a VMA.
 #[inline(always)]
-pub fn mm_of(vma: u64, r: &mut Reads) -> u64 {
+pub fn mm_of<const D: bool>(vma: u64, r: &mut Reads<D>) -> u64 {
     r.at::<u64>(vma, global!(OFFSETS.vma_vm_mm))
 }
 
@@ -168,14 +192,14 @@ pub struct Ves {
 }
 
 #[inline(always)]
-pub fn read_ves(ves: u64, r: &mut Reads) -> Ves {
-    let b = Block::<VES_SIZE>::read(ves);
+pub fn read_ves<const D: bool>(ves: u64, r: &mut Reads<D>) -> Ves {
+    let b = Block::<VES_SIZE>::read::<D>(ves);
     Ves {
-        vma: b.field::<u64>(ves, global!(OFFSETS.ves_vma), r),
-        state: b.field::<u32>(ves, global!(OFFSETS.ves_state), r),
-        detaching: b.field::<u8>(ves, global!(OFFSETS.ves_detaching), r),
-        detached: b.field::<u8>(ves, global!(OFFSETS.ves_detached), r),
-        exclusive: b.field::<u8>(ves, global!(OFFSETS.ves_exclusive), r),
+        vma: b.field::<u64, D>(ves, global!(OFFSETS.ves_vma), r),
+        state: b.field::<u32, D>(ves, global!(OFFSETS.ves_state), r),
+        detaching: b.field::<u8, D>(ves, global!(OFFSETS.ves_detaching), r),
+        detached: b.field::<u8, D>(ves, global!(OFFSETS.ves_detached), r),
+        exclusive: b.field::<u8, D>(ves, global!(OFFSETS.ves_exclusive), r),
     }
 }
 

@@ -15,6 +15,10 @@ use crate::{
 };
 
 /// `arg` = the `mm` (alloc) or the original VMA (dup), 0 from a kretprobe.
+///
+/// Always probe reads: the new VMA is the return value, which aya's `FExitContext::ret`
+/// takes through `bpf_get_func_ret`, so the verifier sees a plain number, not a typed
+/// pointer (a direct load was refused: "invalid mem access 'scalar'").
 #[inline(always)]
 fn alloc_exit(probe: ProbeId, arg: u64, vma: u64) {
     // A failed allocation starts no life.
@@ -25,7 +29,7 @@ fn alloc_exit(probe: ProbeId, arg: u64, vma: u64) {
     if !traced(pid_tgid) {
         return;
     }
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     let mut ev = header(EventKind::VmaAlloc, probe, pid_tgid, now());
     fill_vma(&mut ev, vma, &mut r);
     ev.arg = arg;
@@ -33,12 +37,12 @@ fn alloc_exit(probe: ProbeId, arg: u64, vma: u64) {
 }
 
 #[inline(always)]
-fn free_enter(vma: u64) {
+fn free_enter<const D: bool>(vma: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return;
     }
-    let mut r = Reads::new();
+    let mut r = Reads::<D>::new();
     let mut ev = header(EventKind::VmaFree, ProbeId::VmAreaFree, pid_tgid, now());
     fill_vma(&mut ev, vma, &mut r);
     send(&mut ev, r);
@@ -72,12 +76,12 @@ pub fn vad_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[fentry]
 pub fn vaf_fentry(ctx: FEntryContext) -> u32 {
-    free_enter(ctx.arg::<u64>(0));
+    free_enter::<true>(ctx.arg::<u64>(0));
     0
 }
 
 #[kprobe]
 pub fn vaf_kprobe(ctx: ProbeContext) -> u32 {
-    free_enter(ctx.arg::<u64>(0).unwrap_or(0));
+    free_enter::<false>(ctx.arg::<u64>(0).unwrap_or(0));
     0
 }

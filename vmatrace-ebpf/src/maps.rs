@@ -46,6 +46,25 @@ pub struct Inflight {
     pub live: u32,
 }
 
+impl Inflight {
+    /// No entry (`live` 0), every field defined: what `take` returns when there is none.
+    pub const NONE: Inflight = Inflight {
+        ts: 0,
+        ptr: 0,
+        vma: 0,
+        arg1: 0,
+        arg2: 0,
+        refcnt: 0,
+        live: 0,
+    };
+
+    /// Whether this is a saved entry (from `take`) rather than [`Inflight::NONE`].
+    #[inline(always)]
+    pub fn found(&self) -> bool {
+        self.live != 0
+    }
+}
+
 const INFLIGHT_ENTRIES: u32 = 16384;
 
 /// `__vma_start_write`.

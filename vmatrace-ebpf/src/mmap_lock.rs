@@ -47,7 +47,7 @@ pub fn mmap_lock_released(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let mm = field::<u64>(&ctx, global!(MMAP_LOCK_TP.mm)).unwrap_or(0);
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     // The odd sequence that is about to end.
     let seq = mm_seq(mm, &mut r);
     emit_unlock(ProbeId::MmapLockReleased, pid_tgid, mm, 1, seq, r);
@@ -62,7 +62,7 @@ pub fn mmap_lock_acquire_returned(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let mm = field::<u64>(&ctx, global!(MMAP_LOCK_TP.mm)).unwrap_or(0);
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     // Even (or unreadable): an ordinary read lock. Odd: a write lock being downgraded.
     let Some(seq) = mm_seq(mm, &mut r) else {
         return 0;

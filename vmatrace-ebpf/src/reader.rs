@@ -41,7 +41,7 @@ fn failed_under_exclusion(mm: u64, addr: u64) -> bool {
     if x.active == 0 || x.vma == 0 {
         return false;
     }
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     let refcnt = r.at::<u32>(x.vma, global!(OFFSETS.vma_vm_refcnt));
     let start = r.at::<u64>(x.vma, global!(OFFSETS.vma_vm_start));
     let end = r.at::<u64>(x.vma, global!(OFFSETS.vma_vm_end));
@@ -51,7 +51,7 @@ fn failed_under_exclusion(mm: u64, addr: u64) -> bool {
 /// Return half of `lock_vma_under_rcu(mm, addr)`. `entry` carries the kretprobe's saved
 /// arguments and entry time; `ts` was taken first thing at return (0: take it here).
 #[inline(always)]
-fn reader_exit(ts: u64, pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Option<Inflight>) {
+fn reader_exit(ts: u64, pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Inflight) {
     if ret != 0 {
         count(Counter::ReaderAcquireOk);
     } else {
@@ -70,7 +70,7 @@ fn reader_exit(ts: u64, pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Opti
         return;
     }
     count(Counter::ReaderSampled);
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     let mut ev = header(
         EventKind::ReaderAcquire,
         ProbeId::LockVmaUnderRcu,
@@ -90,8 +90,8 @@ fn reader_exit(ts: u64, pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Opti
     ev.flags |= flags::RET;
     // The lock latency, when the kretprobe's entry saw the call start. Not flagged
     // PAIRED: there is no VMA at entry, so no entry refcount.
-    if let Some(e) = entry {
-        ev.wait_ns = ev.ts_ns.wrapping_sub(e.ts);
+    if entry.found() {
+        ev.wait_ns = ev.ts_ns.wrapping_sub(entry.ts);
     }
     send(&mut ev, r);
 }
@@ -103,7 +103,14 @@ pub fn lvur_fexit(ctx: FExitContext) -> u32 {
         return 0;
     }
     let ret = ctx.ret::<u64>().unwrap_or(0);
-    reader_exit(0, pid_tgid, ctx.arg::<u64>(0), ctx.arg::<u64>(1), ret, None);
+    reader_exit(
+        0,
+        pid_tgid,
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1),
+        ret,
+        Inflight::NONE,
+    );
     0
 }
 
@@ -144,10 +151,7 @@ pub fn lvur_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret = ctx.ret::<u64>();
     // Without an entry the outcome is still counted; only the arguments are unknown.
     let entry = take(&INFLIGHT_READER, pid_tgid);
-    let (mm, addr) = match &entry {
-        Some(e) => (e.ptr, e.arg1),
-        None => (0, 0),
-    };
+    let (mm, addr) = (entry.ptr, entry.arg1);
     reader_exit(ts, pid_tgid, mm, addr, ret, entry);
     0
 }
@@ -161,7 +165,7 @@ fn next_vma_exit(pid_tgid: u64, mm: u64, from_addr: u64, ret: u64) {
         return;
     }
     count(Counter::ReaderSampled);
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     let mut ev = header(
         EventKind::ReaderAcquire,
         ProbeId::LockNextVma,
@@ -209,7 +213,7 @@ pub fn vrp_kprobe(ctx: ProbeContext) -> u32 {
         return 0;
     }
     count(Counter::ReaderRelease);
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     let mut ev = header(
         EventKind::ReaderRelease,
         ProbeId::VmaRefcountPut,

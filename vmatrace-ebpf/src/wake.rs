@@ -43,7 +43,7 @@ fn emit_wake(pid_tgid: u64, ts: u64, w: u64, x: &Excluder, ret: Option<i64>) {
     if ret != Some(0) {
         count(Counter::WriterWake);
     }
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     let mut ev = header(EventKind::WriterWake, ProbeId::RcuwaitWakeUp, pid_tgid, ts);
     // refcnt here is the value the waker's put left: F or F+1 for a real wake-up.
     fill_vma(&mut ev, x.vma, &mut r);
@@ -71,7 +71,7 @@ pub fn rww_kprobe(ctx: ProbeContext) -> u32 {
     if x.active == 0 {
         return 0;
     }
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     // `struct rcuwait { struct task_struct *task; }`
     let task = r.at::<u64>(w, 0);
     let pid_tgid = bpf_get_current_pid_tgid();

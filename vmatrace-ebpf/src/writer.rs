@@ -85,11 +85,11 @@ fn retire_excluder(mm: u64, pid_tgid: u64) {
 /// after this program's own work (reads, send), so the return's `wait_ns` measures the
 /// kernel function, not the tracer.
 #[inline(always)]
-fn finish_entry(
+fn finish_entry<const D: bool>(
     map: &LruHashMap<u64, Inflight>,
     pid_tgid: u64,
     ev: &mut Event,
-    r: Reads,
+    r: Reads<D>,
     mut saved: Inflight,
     waits: bool,
 ) {
@@ -106,26 +106,29 @@ fn finish_entry(
 struct Exit {
     ts: u64,
     pid_tgid: u64,
-    /// This thread's saved entry, if any.
-    entry: Option<Inflight>,
+    /// This thread's saved entry, or `Inflight::NONE`.
+    entry: Inflight,
     /// The pointer argument: from the fexit arguments, or (kretprobe: `ptr_arg` 0) the
     /// one saved at entry.
     ptr: u64,
 }
 
 /// The common start of every return half: the time first (so `wait_ns` stops where the
-/// kernel function did), then the filter, then this thread's saved entry (if any).
+/// kernel function did), then the filter, then this thread's saved entry (if any). With
+/// direct reads (`D`, fexit) the pointer is always the typed argument: the saved one went
+/// through a map and is a plain number to the verifier.
 #[inline(always)]
-fn begin_exit(map: &LruHashMap<u64, Inflight>, ptr_arg: u64) -> Option<Exit> {
+fn begin_exit<const D: bool>(map: &LruHashMap<u64, Inflight>, ptr_arg: u64) -> Option<Exit> {
     let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return None;
     }
     let entry = take(map, pid_tgid);
-    let ptr = match (ptr_arg, &entry) {
-        (0, Some(e)) => e.ptr,
-        _ => ptr_arg,
+    let ptr = if !D && ptr_arg == 0 && entry.found() {
+        entry.ptr
+    } else {
+        ptr_arg
     };
     Some(Exit {
         ts,
@@ -138,16 +141,16 @@ fn begin_exit(map: &LruHashMap<u64, Inflight>, ptr_arg: u64) -> Option<Exit> {
 /// The common end of every return half: pairing data, the exclusion (if the function
 /// `waits` for readers itself) is over, the event goes out.
 #[inline(always)]
-fn finish_exit(
+fn finish_exit<const D: bool>(
     ev: &mut Event,
-    r: Reads,
-    entry: Option<Inflight>,
+    r: Reads<D>,
+    entry: Inflight,
     mm: u64,
     pid_tgid: u64,
     waits: bool,
 ) {
-    if let Some(e) = entry {
-        paired(ev, e.ts, e.refcnt);
+    if entry.found() {
+        paired(ev, entry.ts, entry.refcnt);
     }
     if waits {
         retire_excluder(mm, pid_tgid);
@@ -184,12 +187,12 @@ const fn saved(ptr: u64, vma: u64, arg1: u64, arg2: u64) -> Inflight {
 /// `__vma_start_write(vma, seq)` (6.15–6.18), `(vma, seq, state)` (6.19),
 /// `(vma, state)` (7.x): `arg` = the seq argument before 6.19, the state after.
 #[inline(always)]
-fn write_enter(vma: u64, a1: u64, a2: u64) {
+fn write_enter<const D: bool>(vma: u64, a1: u64, a2: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return;
     }
-    let mut r = Reads::new();
+    let mut r = Reads::<D>::new();
     let mut ev = header(
         EventKind::WriteLockEnter,
         ProbeId::VmaStartWrite,
@@ -215,17 +218,17 @@ fn write_enter(vma: u64, a1: u64, a2: u64) {
 /// Return of `__vma_start_write`: `vma` from the fexit arguments, or 0 for the kretprobe
 /// (taken from the saved entry).
 #[inline(always)]
-fn write_exit(vma_arg: u64, raw_ret: u64) {
+fn write_exit<const D: bool>(vma_arg: u64, raw_ret: u64) {
     let Some(Exit {
         ts,
         pid_tgid,
         entry,
         ptr: vma,
-    }) = begin_exit(&INFLIGHT_WRITE, vma_arg)
+    }) = begin_exit::<D>(&INFLIGHT_WRITE, vma_arg)
     else {
         return;
     };
-    let mut r = Reads::new();
+    let mut r = Reads::<D>::new();
     let mut ev = header(
         EventKind::WriteLockExit,
         ProbeId::VmaStartWrite,
@@ -253,20 +256,20 @@ pub fn vsw_fentry(ctx: FEntryContext) -> u32 {
     } else {
         0
     };
-    write_enter(ctx.arg::<u64>(0), ctx.arg::<u64>(1), a2);
+    write_enter::<true>(ctx.arg::<u64>(0), ctx.arg::<u64>(1), a2);
     0
 }
 
 #[fexit]
 pub fn vsw_fexit(ctx: FExitContext) -> u32 {
     let ret = ctx.ret::<u64>().unwrap_or(0);
-    write_exit(ctx.arg::<u64>(0), ret);
+    write_exit::<true>(ctx.arg::<u64>(0), ret);
     0
 }
 
 #[kprobe]
 pub fn vsw_kprobe(ctx: ProbeContext) -> u32 {
-    write_enter(
+    write_enter::<false>(
         ctx.arg::<u64>(0).unwrap_or(0),
         ctx.arg::<u64>(1).unwrap_or(0),
         ctx.arg::<u64>(2).unwrap_or(0),
@@ -276,7 +279,7 @@ pub fn vsw_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn vsw_kretprobe(ctx: RetProbeContext) -> u32 {
-    write_exit(0, ctx.ret::<u64>());
+    write_exit::<false>(0, ctx.ret::<u64>());
     0
 }
 
@@ -285,12 +288,12 @@ pub fn vsw_kretprobe(ctx: RetProbeContext) -> u32 {
 /// Entry of `__vma_start_exclude_readers(ves)` (7.x): all five `ves` fields (the outputs
 /// must still be 0 here).
 #[inline(always)]
-fn exclude_enter_ves(ves: u64) {
+fn exclude_enter_ves<const D: bool>(ves: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return;
     }
-    let mut r = Reads::new();
+    let mut r = Reads::<D>::new();
     let mut ev = header(
         EventKind::ExcludeEnter,
         ProbeId::VmaStartExcludeReaders,
@@ -312,17 +315,17 @@ fn exclude_enter_ves(ves: u64) {
 /// through `ves` (fexit argument, or the pointer saved at entry: the struct lives in the
 /// caller's frame, which is still there).
 #[inline(always)]
-fn exclude_exit_ves(ves_arg: u64, raw_ret: u64) {
+fn exclude_exit_ves<const D: bool>(ves_arg: u64, raw_ret: u64) {
     let Some(Exit {
         ts,
         pid_tgid,
         entry,
         ptr: ves,
-    }) = begin_exit(&INFLIGHT_EXCLUDE, ves_arg)
+    }) = begin_exit::<D>(&INFLIGHT_EXCLUDE, ves_arg)
     else {
         return;
     };
-    let mut r = Reads::new();
+    let mut r = Reads::<D>::new();
     let mut ev = header(
         EventKind::ExcludeExit,
         ProbeId::VmaStartExcludeReaders,
@@ -346,26 +349,26 @@ fn exclude_exit_ves(ves_arg: u64, raw_ret: u64) {
 
 #[fentry]
 pub fn vser_fentry(ctx: FEntryContext) -> u32 {
-    exclude_enter_ves(ctx.arg::<u64>(0));
+    exclude_enter_ves::<true>(ctx.arg::<u64>(0));
     0
 }
 
 #[fexit]
 pub fn vser_fexit(ctx: FExitContext) -> u32 {
     let ret = ctx.ret::<u64>().unwrap_or(0);
-    exclude_exit_ves(ctx.arg::<u64>(0), ret);
+    exclude_exit_ves::<true>(ctx.arg::<u64>(0), ret);
     0
 }
 
 #[kprobe]
 pub fn vser_kprobe(ctx: ProbeContext) -> u32 {
-    exclude_enter_ves(ctx.arg::<u64>(0).unwrap_or(0));
+    exclude_enter_ves::<false>(ctx.arg::<u64>(0).unwrap_or(0));
     0
 }
 
 #[kretprobe]
 pub fn vser_kretprobe(ctx: RetProbeContext) -> u32 {
-    exclude_exit_ves(0, ctx.ret::<u64>());
+    exclude_exit_ves::<false>(0, ctx.ret::<u64>());
     0
 }
 
@@ -382,7 +385,7 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
     let vma = ctx.arg::<u64>(0).unwrap_or(0);
     let detaching = ctx.arg::<u64>(1).unwrap_or(0) as u8 & 1;
     let state = ctx.arg::<u64>(2).unwrap_or(0) as u32;
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     let mut ev = header(
         EventKind::ExcludeEnter,
         ProbeId::VmaEnterLocked,
@@ -408,19 +411,20 @@ pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
         pid_tgid,
         entry,
         ..
-    }) = begin_exit(&INFLIGHT_EXCLUDE, 0)
+    }) = begin_exit::<false>(&INFLIGHT_EXCLUDE, 0)
     else {
         return 0;
     };
     let ret = int_ret(ctx.ret::<u64>());
-    let mut r = Reads::new();
+    let mut r = Reads::<false>::new();
     let mut ev = header(
         EventKind::ExcludeExit,
         ProbeId::VmaEnterLocked,
         pid_tgid,
         ts,
     );
-    if let Some(e) = entry {
+    if entry.found() {
+        let e = entry;
         fill_vma(&mut ev, e.vma, &mut r);
         ev.ves_state = e.arg1 as u32;
         ev.ves_detaching = e.arg2 as u8;
@@ -438,12 +442,12 @@ pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
 // ------------------------------------------------------------------------- detach
 
 #[inline(always)]
-fn detach_enter(vma: u64, probe: ProbeId) {
+fn detach_enter<const D: bool>(vma: u64, probe: ProbeId) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return;
     }
-    let mut r = Reads::new();
+    let mut r = Reads::<D>::new();
     let mut ev = header(EventKind::DetachEnter, probe, pid_tgid, now());
     fill_vma(&mut ev, vma, &mut r);
     finish_entry(
@@ -457,17 +461,17 @@ fn detach_enter(vma: u64, probe: ProbeId) {
 }
 
 #[inline(always)]
-fn detach_exit(vma_arg: u64, probe: ProbeId) {
+fn detach_exit<const D: bool>(vma_arg: u64, probe: ProbeId) {
     let Some(Exit {
         ts,
         pid_tgid,
         entry,
         ptr: vma,
-    }) = begin_exit(&INFLIGHT_DETACH, vma_arg)
+    }) = begin_exit::<D>(&INFLIGHT_DETACH, vma_arg)
     else {
         return;
     };
-    let mut r = Reads::new();
+    let mut r = Reads::<D>::new();
     let mut ev = header(EventKind::DetachExit, probe, pid_tgid, ts);
     fill_vma(&mut ev, vma, &mut r);
     // The VMA is detached but not freed (RCU-typesafe slab): its vm_mm is still valid.
@@ -481,43 +485,43 @@ fn detach_exit(vma_arg: u64, probe: ProbeId) {
 
 #[fentry]
 pub fn vmd_fentry(ctx: FEntryContext) -> u32 {
-    detach_enter(ctx.arg::<u64>(0), ProbeId::VmaMarkDetached);
+    detach_enter::<true>(ctx.arg::<u64>(0), ProbeId::VmaMarkDetached);
     0
 }
 
 #[fexit]
 pub fn vmd_fexit(ctx: FExitContext) -> u32 {
-    detach_exit(ctx.arg::<u64>(0), ProbeId::VmaMarkDetached);
+    detach_exit::<true>(ctx.arg::<u64>(0), ProbeId::VmaMarkDetached);
     0
 }
 
 #[kprobe]
 pub fn vmd_kprobe(ctx: ProbeContext) -> u32 {
-    detach_enter(ctx.arg::<u64>(0).unwrap_or(0), ProbeId::VmaMarkDetached);
+    detach_enter::<false>(ctx.arg::<u64>(0).unwrap_or(0), ProbeId::VmaMarkDetached);
     0
 }
 
 #[kretprobe]
 pub fn vmd_kretprobe(_ctx: RetProbeContext) -> u32 {
-    detach_exit(0, ProbeId::VmaMarkDetached);
+    detach_exit::<false>(0, ProbeId::VmaMarkDetached);
     0
 }
 
 #[fentry]
 pub fn verd_fentry(ctx: FEntryContext) -> u32 {
-    detach_enter(ctx.arg::<u64>(0), ProbeId::VmaExcludeReadersForDetach);
+    detach_enter::<true>(ctx.arg::<u64>(0), ProbeId::VmaExcludeReadersForDetach);
     0
 }
 
 #[fexit]
 pub fn verd_fexit(ctx: FExitContext) -> u32 {
-    detach_exit(ctx.arg::<u64>(0), ProbeId::VmaExcludeReadersForDetach);
+    detach_exit::<true>(ctx.arg::<u64>(0), ProbeId::VmaExcludeReadersForDetach);
     0
 }
 
 #[kprobe]
 pub fn verd_kprobe(ctx: ProbeContext) -> u32 {
-    detach_enter(
+    detach_enter::<false>(
         ctx.arg::<u64>(0).unwrap_or(0),
         ProbeId::VmaExcludeReadersForDetach,
     );
@@ -526,6 +530,6 @@ pub fn verd_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn verd_kretprobe(_ctx: RetProbeContext) -> u32 {
-    detach_exit(0, ProbeId::VmaExcludeReadersForDetach);
+    detach_exit::<false>(0, ProbeId::VmaExcludeReadersForDetach);
     0
 }
