@@ -78,6 +78,10 @@ pub struct Config {
     pub reader_sample_every: u32,
     /// Only trace tasks in this cgroup v2 id (0 = all).
     pub filter_cgroup: u64,
+    /// Unread bytes in the event ring at which a program forces a wake-up of the reader (a
+    /// quarter of the ring; the loader sets it from the ring size it creates). Known at
+    /// load time, so the programs do not ask the ring for its size on every event.
+    pub ring_wake_bytes: u64,
 }
 
 impl Config {
@@ -88,6 +92,7 @@ impl Config {
         filter_comm_len: 0,
         reader_sample_every: 0,
         filter_cgroup: 0,
+        ring_wake_bytes: 64 * 1024,
     };
 }
 

@@ -169,6 +169,7 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
     };
 
     let ring_bytes = ring_size(opts.ring_buffer_bytes);
+    config.ring_wake_bytes = u64::from(ring_bytes / 4);
     let mut ebpf = loader(
         &plan.offsets,
         &config,
