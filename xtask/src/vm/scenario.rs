@@ -177,10 +177,19 @@ fn budget(p: &Params) -> u32 {
     60 + 4 * p.duration
 }
 
+/// Seconds the tracer runs beyond the workload's `--duration`: the workload starts once
+/// the tracer is attached and must end before it, so its whole run is observed and the
+/// tracer detaches from a quiet guest.
+const TRACER_MARGIN_S: u32 = 4;
+/// The same for the race step, whose workload first spends ~4 s under TCG setting up the
+/// widener (BTF, kallsyms, /proc/kcore) before its `--duration` starts. With the plain
+/// margin the tracer detached (rewriting ftrace sites) while the widener's kprobes still
+/// spun, and the RT guest oopsed on a text-patching int3 at that moment in 2 of 11 runs.
+const RACE_TRACER_MARGIN_S: u32 = 12;
+
 /// A traced run: the tracer in the background, `workload` once it is attached. `record`
 /// is `run --headless` that also writes the trace (`files.0`): the host replays it and must
-/// arrive at the same summary. The tracer outlives the workload, so the workload's whole
-/// run is observed.
+/// arrive at the same summary. The tracer outlives the workload ([`TRACER_MARGIN_S`]).
 fn traced(
     name: &'static str,
     caps: Capabilities,
@@ -199,7 +208,12 @@ fn traced(
         name,
         argv: words(&format!(
             "vmatrace {cmd} --duration {} --json --anomaly-log {anomaly_log}",
-            p.duration + 4
+            p.duration
+                + if race {
+                    RACE_TRACER_MARGIN_S
+                } else {
+                    TRACER_MARGIN_S
+                }
         )),
         background: Some(words(workload)),
         timeout_s: budget(p) + READY_TIMEOUT_S,
