@@ -298,8 +298,8 @@ impl AccelChoice {
 
 /// Boot one kernel with the scenario; falls back from KVM to TCG on the first failure.
 /// Boots after the first when the guest kernel dies for a reason outside vmatrace (before
-/// /init, or on a text-patching int3): the RT guest does both under TCG at roughly one
-/// run in six, so one retry left a visible failure rate in CI.
+/// /init, or on a text-patching int3): one retry was not enough in a clean-clone CI run,
+/// where the retried RT guest died at boot too.
 const GUEST_RETRIES: u32 = 2;
 
 /// The first `Oops: int3` of a console log with the instruction pointer it names.
@@ -370,7 +370,7 @@ fn boot_with_fallback(
         let console = fs::read(&out.console).unwrap_or_default();
         let console = String::from_utf8_lossy(&console);
         if out.boot_time.is_none() {
-            // Seen twice in many boots: the 7.3 RT kernel oopsed under TCG at 1.0–1.5 s
+            // Seen in a few of many boots: the 7.3 RT kernel oopsed under TCG at 1.0–1.7 s
             // (int3 in sched_clock_cpu, hrtimer_start_range_ns: static-key patching), long
             // before /init. A guest that never reached init says nothing about vmatrace:
             // boot it again, and say so.
@@ -392,9 +392,9 @@ fn boot_with_fallback(
             // vmatrace only asks for attach and detach; the patching and the trap are the
             // kernel's and TCG's: the RT guest also does it at boot, before any vmatrace
             // code runs (above). Measured since the race step turns kprobe optimisation
-            // off and guests boot with tsc=reliable: 2 of 11 runs of the RT guest (both at
-            // ~38 s: the race step's tracer detaching while the widener still ran, since
-            // fixed by `RACE_TRACER_MARGIN_S`), 0 of ~11 on each other kernel. The
+            // off: 2 of 11 runs of the RT guest (both at ~38 s: the race step's tracer
+            // detaching while the widener still ran, since fixed by
+            // `RACE_TRACER_MARGIN_S`), 0 of ~11 on each other kernel. The
             // whole scenario runs again, so nothing is judged on a half run; each retry is
             // printed.
             retries += 1;
