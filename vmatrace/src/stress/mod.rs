@@ -47,7 +47,7 @@ const SLOT_PAGES: usize = 16;
 /// Slots of the direct and guarded arenas when the race is widened: the slow detach needs
 /// a delayed reader on the very VMA a writer detaches, so readers and writers share two
 /// slots instead of spreading over 64 (measured on 7.3.4 cloud, TCG, 8 s: 2–10 slow
-/// detaches with 64 slots).
+/// detaches with 64 slots, 13–31 with 2).
 const RACE_SLOTS: usize = 2;
 /// The huge-page arena: 8 slots of 2 MiB (16 MiB), each a THP candidate.
 const HUGE_SLOTS: usize = 8;
