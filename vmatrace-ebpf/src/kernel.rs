@@ -60,12 +60,12 @@ impl<const DIRECT: bool> Reads<DIRECT> {
             }
         }
     }
+}
 
-    /// Whether the offset exists on this kernel (a verifier constant).
-    #[inline(always)]
-    pub fn present(off: u32) -> bool {
-        off != OFFSET_ABSENT
-    }
+/// Whether the offset exists on this kernel (a verifier constant).
+#[inline(always)]
+pub fn present(off: u32) -> bool {
+    off != OFFSET_ABSENT
 }
 
 /// The first `N` bytes of a kernel struct, read with one helper call. Fields inside are
@@ -136,7 +136,7 @@ pub fn writer_wait_of(mm: u64) -> u64 {
 #[inline(always)]
 pub fn mm_seq<const D: bool>(mm: u64, r: &mut Reads<D>) -> Option<u32> {
     let off = global!(OFFSETS.mm_mm_lock_seq);
-    if mm != 0 && Reads::<false>::present(off) {
+    if mm != 0 && present(off) {
         Some(r.at::<u32>(mm, off))
     } else {
         None
@@ -169,7 +169,7 @@ pub fn fill_vma<const D: bool>(ev: &mut Event, vma: u64, r: &mut Reads<D>) {
     ev.vm_end = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_end), r);
     ev.vm_flags = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_flags), r);
     let mm = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_mm), r);
-    if Reads::<false>::present(global!(OFFSETS.vma_vm_refcnt)) {
+    if present(global!(OFFSETS.vma_vm_refcnt)) {
         ev.flags |= flags::VMA_FIELDS;
     }
     fill_mm(ev, mm, r);

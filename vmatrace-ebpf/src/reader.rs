@@ -125,11 +125,8 @@ pub fn lvur_kprobe(ctx: ProbeContext) -> u32 {
     let e = Inflight {
         ts: now(),
         ptr: mm,
-        vma: 0,
         arg1: ctx.arg::<u64>(1).unwrap_or(0),
-        arg2: 0,
-        refcnt: 0,
-        live: 0,
+        ..Inflight::NONE
     };
     remember(&INFLIGHT_READER, pid_tgid, &e);
     0

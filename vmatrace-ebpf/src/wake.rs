@@ -85,9 +85,7 @@ pub fn rww_kprobe(ctx: ProbeContext) -> u32 {
         ptr: w,
         vma: x.vma,
         arg1: task,
-        arg2: 0,
-        refcnt: 0,
-        live: 0,
+        ..Inflight::NONE
     };
     if INFLIGHT_WAKE.insert(pid_tgid, e, 0).is_err() {
         count(Counter::InflightMapFull);

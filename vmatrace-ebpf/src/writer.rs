@@ -22,7 +22,7 @@ use crate::{
     filter::traced,
     globals::{GEN_6_15, GEN_6_19, GEN_7_0, generation},
     inflight::{remember, take},
-    kernel::{Reads, fill_vma, int_ret, mm_of, read_ves, writer_wait_of},
+    kernel::{Reads, Ves, fill_vma, int_ret, mm_of, read_ves, writer_wait_of},
     maps::{EXCLUDERS, Excluder, INFLIGHT_DETACH, INFLIGHT_EXCLUDE, INFLIGHT_WRITE, Inflight},
 };
 
@@ -172,14 +172,25 @@ fn write_lock_waits() -> bool {
 #[inline(always)]
 const fn saved(ptr: u64, vma: u64, arg1: u64, arg2: u64) -> Inflight {
     Inflight {
-        ts: 0,
         ptr,
         vma,
         arg1,
         arg2,
-        refcnt: 0,
-        live: 0,
+        ..Inflight::NONE
     }
+}
+
+/// The `ves` fields and its VMA into the event (sets `VES`); the fields, for the caller.
+#[inline(always)]
+fn fill_ves<const D: bool>(ev: &mut Event, ves: u64, r: &mut Reads<D>) -> Ves {
+    let s = read_ves(ves, r);
+    ev.ves_state = s.state;
+    ev.ves_detaching = s.detaching;
+    ev.ves_detached = s.detached;
+    ev.ves_exclusive = s.exclusive;
+    ev.flags |= flags::VES;
+    fill_vma(ev, s.vma, r);
+    s
 }
 
 // ---------------------------------------------------------------- __vma_start_write
@@ -300,13 +311,7 @@ fn exclude_enter_ves<const D: bool>(ves: u64) {
         pid_tgid,
         now(),
     );
-    let s = read_ves(ves, &mut r);
-    ev.ves_state = s.state;
-    ev.ves_detaching = s.detaching;
-    ev.ves_detached = s.detached;
-    ev.ves_exclusive = s.exclusive;
-    ev.flags |= flags::VES;
-    fill_vma(&mut ev, s.vma, &mut r);
+    let s = fill_ves(&mut ev, ves, &mut r);
     let keep = saved(ves, s.vma, s.state as u64, s.detaching as u64);
     finish_entry(&INFLIGHT_EXCLUDE, pid_tgid, &mut ev, r, keep, true);
 }
@@ -333,13 +338,7 @@ fn exclude_exit_ves<const D: bool>(ves_arg: u64, raw_ret: u64) {
         ts,
     );
     if ves != 0 {
-        let s = read_ves(ves, &mut r);
-        ev.ves_state = s.state;
-        ev.ves_detaching = s.detaching;
-        ev.ves_detached = s.detached;
-        ev.ves_exclusive = s.exclusive;
-        ev.flags |= flags::VES;
-        fill_vma(&mut ev, s.vma, &mut r);
+        fill_ves(&mut ev, ves, &mut r);
     }
     ev.ret = int_ret(raw_ret);
     ev.flags |= flags::RET;

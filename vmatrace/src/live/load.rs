@@ -17,7 +17,6 @@ use super::{
 };
 use crate::kernel::plan::AttachMode;
 
-/// Names in the eBPF object that userspace relies on (checked by the object test).
 /// Arm (every hook attached) or disarm (about to detach) the programs: see `ARMED` in
 /// `vmatrace-ebpf/src/maps.rs`.
 pub(super) fn set_armed(ebpf: &mut aya::Ebpf, on: bool) -> anyhow::Result<()> {
@@ -31,6 +30,7 @@ pub(super) fn set_armed(ebpf: &mut aya::Ebpf, on: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Names in the eBPF object that userspace relies on (checked by the object test).
 pub mod names {
     /// `RingBuf` of [`vmatrace_common::Event`] records.
     pub const EVENTS: &str = "EVENTS";

@@ -340,6 +340,8 @@ fn function_extent(name: &str) -> anyhow::Result<(u64, usize)> {
     function_extent_in(&text, name)
 }
 
+/// Not `kernel::symbols::Kallsyms`: that one keeps whole functions only and drops `.cold`
+/// and `.part` fragments, but a fragment right after the function is where its text ends.
 pub fn function_extent_in(kallsyms: &str, name: &str) -> anyhow::Result<(u64, usize)> {
     let mut start = None;
     let mut addrs = Vec::new();

@@ -296,7 +296,6 @@ impl AccelChoice {
     }
 }
 
-/// Boot one kernel with the scenario; falls back from KVM to TCG on the first failure.
 /// Boots after the first when the guest kernel dies for a reason outside vmatrace (before
 /// /init, or on a text-patching int3): one retry was not enough in a clean-clone CI run,
 /// where the retried RT guest died at boot too.
@@ -313,6 +312,37 @@ fn int3_oops(console: &str) -> Option<String> {
     })
 }
 
+/// Why the guest died of something outside vmatrace, if it did: it never reached /init,
+/// or its kernel oopsed on an int3 the text-patching handler no longer recognised.
+fn death_outside_vmatrace(out: &qemu::Outcome) -> Option<String> {
+    let console = fs::read(&out.console).unwrap_or_default();
+    let console = String::from_utf8_lossy(&console);
+    if out.boot_time.is_none() {
+        // Seen in a few of many boots: the 7.3 RT kernel oopsed under TCG at 1.0–1.7 s
+        // (int3 in sched_clock_cpu, hrtimer_start_range_ns: static-key patching), long
+        // before /init.
+        let why = console
+            .lines()
+            .find(|l| l.contains("Oops") || l.contains("Kernel panic"))
+            .unwrap_or("no init report");
+        return Some(format!("the guest died before /init ({})", why.trim()));
+    }
+    // The kernel was rewriting live code (ftrace sites and trampolines as programs attach
+    // and detach, static keys, kprobes) and a vCPU still executed the temporary int3.
+    // vmatrace only asks for attach and detach; the patching and the trap are the
+    // kernel's and TCG's: the RT guest also does it at boot, before any vmatrace code
+    // runs (above). Measured since the race step turns kprobe optimisation off: 2 of 11
+    // runs of the RT guest (both at ~38 s: the race step's tracer detaching while the
+    // widener still ran, since fixed by `RACE_TRACER_MARGIN_S`), 0 of ~11 on each other
+    // kernel.
+    int3_oops(&console)
+        .map(|why| format!("the guest kernel oopsed on a text-patching int3 ({why})"))
+}
+
+/// Boot one kernel with the scenario; falls back from KVM to TCG on the first failure,
+/// and boots again (up to [`GUEST_RETRIES`] times) when the guest died of something
+/// outside vmatrace. The whole scenario runs again, so nothing is judged on a half run;
+/// each retry is printed.
 fn boot_with_fallback(
     choice: &mut AccelChoice,
     kernel: &Path,
@@ -322,6 +352,18 @@ fn boot_with_fallback(
 ) -> anyhow::Result<(qemu::Outcome, Accel)> {
     let timeout =
         Duration::from_secs(90 + steps.iter().map(|s| u64::from(s.timeout_s)).sum::<u64>());
+    // A step exporting a file (a recorded trace) sends it through its virtio port.
+    let ports: Vec<_> = steps
+        .iter()
+        .filter(|s| s.export.is_some())
+        .map(|s| {
+            (
+                scenario::export_port(s.name),
+                dir.join(scenario::export_on_host(s.name)),
+            )
+        })
+        .collect();
+    let extra = stream::port_args(&ports);
     let mut retries = 0;
     loop {
         let accel = choice.accel;
@@ -334,24 +376,7 @@ fn boot_with_fallback(
             boot_timeout: Duration::from_secs(if accel == Accel::Kvm { 20 } else { 90 }),
             memory_mb: 1024,
             cpus: 2,
-            // A step exporting a file (a recorded trace) sends it through its virtio port.
-            extra: {
-                let ports: Vec<_> = steps
-                    .iter()
-                    .filter(|s| s.export.is_some())
-                    .map(|s| {
-                        (
-                            scenario::export_port(s.name),
-                            dir.join(scenario::export_on_host(s.name)),
-                        )
-                    })
-                    .collect();
-                if ports.is_empty() {
-                    Vec::new()
-                } else {
-                    stream::port_args(&ports)
-                }
-            },
+            extra: extra.clone(),
         };
         let out = qemu::boot(&boot)?;
         if accel == Accel::Kvm && !choice.tried_kvm {
@@ -364,43 +389,11 @@ fn boot_with_fallback(
                 continue;
             }
         }
-        if retries == GUEST_RETRIES {
-            return Ok((out, accel));
-        }
-        let console = fs::read(&out.console).unwrap_or_default();
-        let console = String::from_utf8_lossy(&console);
-        if out.boot_time.is_none() {
-            // Seen in a few of many boots: the 7.3 RT kernel oopsed under TCG at 1.0–1.7 s
-            // (int3 in sched_clock_cpu, hrtimer_start_range_ns: static-key patching), long
-            // before /init. A guest that never reached init says nothing about vmatrace:
-            // boot it again, and say so.
+        if retries < GUEST_RETRIES
+            && let Some(why) = death_outside_vmatrace(&out)
+        {
             retries += 1;
-            let why = console
-                .lines()
-                .find(|l| l.contains("Oops") || l.contains("Kernel panic"))
-                .unwrap_or("no init report");
-            println!(
-                "vm-test: the guest died before /init ({}); booting it again",
-                why.trim()
-            );
-            continue;
-        }
-        if let Some(why) = int3_oops(&console) {
-            // An int3 the kernel's text-patching handler no longer recognised: the kernel
-            // was rewriting live code (ftrace sites and trampolines as programs attach and
-            // detach, static keys, kprobes) and a vCPU still executed the temporary int3.
-            // vmatrace only asks for attach and detach; the patching and the trap are the
-            // kernel's and TCG's: the RT guest also does it at boot, before any vmatrace
-            // code runs (above). Measured since the race step turns kprobe optimisation
-            // off: 2 of 11 runs of the RT guest (both at ~38 s: the race step's tracer
-            // detaching while the widener still ran, since fixed by
-            // `RACE_TRACER_MARGIN_S`), 0 of ~11 on each other kernel. The
-            // whole scenario runs again, so nothing is judged on a half run; each retry is
-            // printed.
-            retries += 1;
-            println!(
-                "vm-test: the guest kernel oopsed on a text-patching int3 ({why}); booting it again"
-            );
+            println!("vm-test: {why}; booting it again");
             continue;
         }
         return Ok((out, accel));

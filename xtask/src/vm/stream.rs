@@ -50,8 +50,12 @@ pub fn event_port_args(path: &Path) -> Vec<String> {
     port_args(&[(PORT_NAME.to_string(), path.to_path_buf())])
 }
 
-/// QEMU arguments for virtio serial ports on one controller: `(port name, host file)`.
+/// QEMU arguments for virtio serial ports on one controller: `(port name, host file)`;
+/// none (no controller either) without ports.
 pub fn port_args(ports: &[(String, std::path::PathBuf)]) -> Vec<String> {
+    if ports.is_empty() {
+        return Vec::new();
+    }
     let mut v = vec!["-device".into(), "virtio-serial-pci".into()];
     for (i, (name, path)) in ports.iter().enumerate() {
         v.push("-chardev".into());
