@@ -206,6 +206,9 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1e999").is_err());
     }
