@@ -103,22 +103,29 @@ fn finish_entry<const D: bool>(
 }
 
 /// What a return half starts from.
-struct Exit {
-    ts: u64,
+struct Exit<const D: bool> {
     pid_tgid: u64,
     /// This thread's saved entry, or `Inflight::NONE`.
     entry: Inflight,
     /// The pointer argument: from the fexit arguments, or (kretprobe: `ptr_arg` 0) the
     /// one saved at entry.
     ptr: u64,
+    /// The event, header filled in with the return's time.
+    ev: Event,
+    r: Reads<D>,
 }
 
 /// The common start of every return half: the time first (so `wait_ns` stops where the
-/// kernel function did), then the filter, then this thread's saved entry (if any). With
-/// direct reads (`D`, fexit) the pointer is always the typed argument: the saved one went
-/// through a map and is a plain number to the verifier.
+/// kernel function did), then the filter, then this thread's saved entry (if any), then
+/// the event's header. With direct reads (`D`, fexit) the pointer is always the typed
+/// argument: the saved one went through a map and is a plain number to the verifier.
 #[inline(always)]
-fn begin_exit<const D: bool>(map: &LruHashMap<u64, Inflight>, ptr_arg: u64) -> Option<Exit> {
+fn begin_exit<const D: bool>(
+    map: &LruHashMap<u64, Inflight>,
+    ptr_arg: u64,
+    kind: EventKind,
+    probe: ProbeId,
+) -> Option<Exit<D>> {
     let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
@@ -131,10 +138,11 @@ fn begin_exit<const D: bool>(map: &LruHashMap<u64, Inflight>, ptr_arg: u64) -> O
         ptr_arg
     };
     Some(Exit {
-        ts,
         pid_tgid,
         entry,
         ptr,
+        ev: header(kind, probe, pid_tgid, ts),
+        r: Reads::new(),
     })
 }
 
@@ -231,21 +239,20 @@ fn write_enter<const D: bool>(vma: u64, a1: u64, a2: u64) {
 #[inline(always)]
 fn write_exit<const D: bool>(vma_arg: u64, raw_ret: u64) {
     let Some(Exit {
-        ts,
         pid_tgid,
         entry,
         ptr: vma,
-    }) = begin_exit::<D>(&INFLIGHT_WRITE, vma_arg)
+        mut ev,
+        mut r,
+    }) = begin_exit::<D>(
+        &INFLIGHT_WRITE,
+        vma_arg,
+        EventKind::WriteLockExit,
+        ProbeId::VmaStartWrite,
+    )
     else {
         return;
     };
-    let mut r = Reads::<D>::new();
-    let mut ev = header(
-        EventKind::WriteLockExit,
-        ProbeId::VmaStartWrite,
-        pid_tgid,
-        ts,
-    );
     fill_vma(&mut ev, vma, &mut r);
     // void before 6.19: the register holds garbage, report success.
     ev.ret = if generation() == GEN_6_15 {
@@ -322,21 +329,20 @@ fn exclude_enter_ves<const D: bool>(ves: u64) {
 #[inline(always)]
 fn exclude_exit_ves<const D: bool>(ves_arg: u64, raw_ret: u64) {
     let Some(Exit {
-        ts,
         pid_tgid,
         entry,
         ptr: ves,
-    }) = begin_exit::<D>(&INFLIGHT_EXCLUDE, ves_arg)
+        mut ev,
+        mut r,
+    }) = begin_exit::<D>(
+        &INFLIGHT_EXCLUDE,
+        ves_arg,
+        EventKind::ExcludeExit,
+        ProbeId::VmaStartExcludeReaders,
+    )
     else {
         return;
     };
-    let mut r = Reads::<D>::new();
-    let mut ev = header(
-        EventKind::ExcludeExit,
-        ProbeId::VmaStartExcludeReaders,
-        pid_tgid,
-        ts,
-    );
     if ves != 0 {
         fill_ves(&mut ev, ves, &mut r);
     }
@@ -406,22 +412,21 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
     let Some(Exit {
-        ts,
         pid_tgid,
         entry,
+        mut ev,
+        mut r,
         ..
-    }) = begin_exit::<false>(&INFLIGHT_EXCLUDE, 0)
+    }) = begin_exit::<false>(
+        &INFLIGHT_EXCLUDE,
+        0,
+        EventKind::ExcludeExit,
+        ProbeId::VmaEnterLocked,
+    )
     else {
         return 0;
     };
     let ret = int_ret(ctx.ret::<u64>());
-    let mut r = Reads::<false>::new();
-    let mut ev = header(
-        EventKind::ExcludeExit,
-        ProbeId::VmaEnterLocked,
-        pid_tgid,
-        ts,
-    );
     if entry.found() {
         let e = entry;
         fill_vma(&mut ev, e.vma, &mut r);
@@ -462,16 +467,15 @@ fn detach_enter<const D: bool>(vma: u64, probe: ProbeId) {
 #[inline(always)]
 fn detach_exit<const D: bool>(vma_arg: u64, probe: ProbeId) {
     let Some(Exit {
-        ts,
         pid_tgid,
         entry,
         ptr: vma,
-    }) = begin_exit::<D>(&INFLIGHT_DETACH, vma_arg)
+        mut ev,
+        mut r,
+    }) = begin_exit::<D>(&INFLIGHT_DETACH, vma_arg, EventKind::DetachExit, probe)
     else {
         return;
     };
-    let mut r = Reads::<D>::new();
-    let mut ev = header(EventKind::DetachExit, probe, pid_tgid, ts);
     fill_vma(&mut ev, vma, &mut r);
     // The VMA is detached but not freed (RCU-typesafe slab): its vm_mm is still valid.
     let mm = if ev.mm != 0 {
