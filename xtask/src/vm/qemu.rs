@@ -89,8 +89,9 @@ pub fn command(b: &Boot<'_>, console: &str, second_serial: &str) -> Command {
         // ("IO-APIC + timer doesn't work!", a panic at 0.05 s); the timer itself works.
         // Not tsc=reliable: tried, because on a loaded host the clocksource watchdog once
         // marked TCG's TSC unstable mid-run and the sched_clock static-key patch oopsed the
-        // RT guest (int3); with it the RT guest oopsed the same way at boot (~1–1.7 s,
-        // sched_clock_init_late flipping the key) in 2 of ~15 boots instead of 1 in ~40.
+        // RT guest (int3). It did not help: the RT guest oopsed the same way at boot
+        // (~1–1.7 s, static-key patching) with it and without it, in about 1 of 5 boots
+        // lately; `vm::death_outside_vmatrace` boots such a guest again.
         .args([
             "-append",
             "console=ttyS0 quiet panic=-1 oops=panic no_timer_check",
