@@ -82,6 +82,13 @@ pub struct Config {
     /// quarter of the ring; the loader sets it from the ring size it creates). Known at
     /// load time, so the programs do not ask the ring for its size on every event.
     pub ring_wake_bytes: u64,
+    /// 1: entry programs stream their own event (`--stream-entries`), so a wait still in
+    /// progress is visible before it ends. 0 (default): an entry only saves what its
+    /// return needs, and the return's event stands for both (`flags::FOLDED`): half the
+    /// events and the cheaper program on every write lock.
+    pub stream_entries: u32,
+    /// Keeps the size a multiple of 8; always 0.
+    pub reserved: u32,
 }
 
 impl Config {
@@ -93,6 +100,8 @@ impl Config {
         reader_sample_every: 0,
         filter_cgroup: 0,
         ring_wake_bytes: 64 * 1024,
+        stream_entries: 0,
+        reserved: 0,
     };
 }
 

@@ -178,6 +178,11 @@ pub mod flags {
     pub const PAIRED: u16 = 1 << 4;
     /// A `bpf_probe_read_kernel` failed while filling this event.
     pub const READ_FAILED: u16 = 1 << 5;
+    /// This return event also stands for its entry, which was not streamed (the default:
+    /// an entry program then only saves what the return needs, see `Event::folded_entry`).
+    /// `arg` holds the entry's `vm_lock_seq` (high half) and the entry event's own `arg`
+    /// (low half); the entry's `vm_refcnt` is `entry_refcnt`, its time `ts_ns - wait_ns`.
+    pub const FOLDED: u16 = 1 << 6;
 }
 
 /// One observed sample. 128 bytes, 8-aligned, no implicit padding.
@@ -271,6 +276,42 @@ impl Event {
         self.flags & flag != 0
     }
 
+    /// The entry event a [`flags::FOLDED`] return stands for, and the return as it would
+    /// have been streamed next to it; `None` for any other event.
+    ///
+    /// The entry is what its program would have sent: same task, VMA, mm and `ves` inputs
+    /// (`state`, `detaching`: the callee does not change them), the entry's time,
+    /// `vm_refcnt` and `vm_lock_seq`, no return value. Two things are the return's: `cpu`
+    /// (a waiting writer may return on another CPU) and `mm_lock_seq`, which cannot move
+    /// in between because every folded function runs under the mmap write lock.
+    pub fn unfold(&self) -> Option<(Event, Event)> {
+        if !self.has(flags::FOLDED) || !self.has(flags::PAIRED) {
+            return None;
+        }
+        let enter = match self.kind()? {
+            EventKind::WriteLockExit => EventKind::WriteLockEnter,
+            EventKind::ExcludeExit => EventKind::ExcludeEnter,
+            EventKind::DetachExit => EventKind::DetachEnter,
+            _ => return None,
+        };
+        let mut exit = *self;
+        exit.arg = 0;
+        exit.flags &= !flags::FOLDED;
+        let mut entry = exit;
+        entry.kind = enter as u16;
+        entry.ts_ns = self.ts_ns.wrapping_sub(self.wait_ns);
+        entry.refcnt = self.entry_refcnt;
+        entry.vm_lock_seq = (self.arg >> 32) as u32;
+        entry.arg = self.arg & 0xffff_ffff;
+        entry.ret = 0;
+        entry.wait_ns = 0;
+        entry.entry_refcnt = 0;
+        entry.ves_detached = 0;
+        entry.ves_exclusive = 0;
+        entry.flags &= !(flags::RET | flags::PAIRED);
+        Some((entry, exit))
+    }
+
     /// Decode one record from a byte slice (ring-buffer item or trace file).
     /// Returns `None` if the slice is too short; never panics.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
@@ -326,5 +367,69 @@ mod tests {
         }
         assert_eq!(EventKind::from_u16(0), None);
         assert_eq!(EventKind::from_u16(999), None);
+    }
+
+    /// A start-exclude return that folded its entry: writer excluded readers from a VMA
+    /// that had one reader (entry `vm_refcnt` 2), return with F+1.
+    fn folded_exclude() -> Event {
+        let mut e = Event::ZERO;
+        e.kind = EventKind::ExcludeExit as u16;
+        e.probe = ProbeId::VmaStartExcludeReaders as u8;
+        e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::VES | flags::RET | flags::PAIRED;
+        e.flags |= flags::FOLDED;
+        e.ts_ns = 10_000;
+        e.wait_ns = 2_500;
+        e.pid_tgid = (7u64 << 32) | 9;
+        e.vma = 0xffff_8880_0000_1000;
+        e.refcnt = 0x4000_0001;
+        e.entry_refcnt = 2;
+        e.vm_lock_seq = 41;
+        e.mm_lock_seq = 43;
+        e.arg = (41u64 << 32) | 0x102;
+        e.ves_state = 2;
+        e.ves_exclusive = 1;
+        e
+    }
+
+    #[test]
+    fn a_folded_return_unfolds_into_its_entry_and_itself() {
+        let f = folded_exclude();
+        let (entry, exit) = f.unfold().unwrap();
+        assert_eq!(entry.kind(), Some(EventKind::ExcludeEnter));
+        assert_eq!(entry.ts_ns, 7_500);
+        assert_eq!((entry.refcnt, entry.vm_lock_seq, entry.arg), (2, 41, 0x102));
+        assert_eq!((entry.ves_state, entry.ves_exclusive, entry.ret), (2, 0, 0));
+        assert!(!entry.has(flags::RET) && !entry.has(flags::PAIRED) && !entry.has(flags::FOLDED));
+        assert!(entry.has(flags::VES) && entry.has(flags::VMA_FIELDS));
+        assert_eq!((entry.vma, entry.pid_tgid, entry.mm_lock_seq), (f.vma, f.pid_tgid, 43));
+        // The return is the one that would have been streamed: no fold, no packed arg.
+        let mut want = f;
+        want.flags &= !flags::FOLDED;
+        want.arg = 0;
+        assert_eq!(exit, want);
+    }
+
+    #[test]
+    fn only_folded_paired_returns_unfold() {
+        let mut f = folded_exclude();
+        f.flags &= !flags::FOLDED;
+        assert!(f.unfold().is_none());
+        let mut f = folded_exclude();
+        f.flags &= !flags::PAIRED;
+        assert!(f.unfold().is_none());
+        let mut f = folded_exclude();
+        f.kind = EventKind::ReaderAcquire as u16;
+        assert!(f.unfold().is_none());
+        let mut f = folded_exclude();
+        f.kind = 999;
+        assert!(f.unfold().is_none());
+        for (exit, enter) in [
+            (EventKind::WriteLockExit, EventKind::WriteLockEnter),
+            (EventKind::DetachExit, EventKind::DetachEnter),
+        ] {
+            let mut f = folded_exclude();
+            f.kind = exit as u16;
+            assert_eq!(f.unfold().unwrap().0.kind(), Some(enter));
+        }
     }
 }

@@ -175,6 +175,34 @@ pub fn fill_vma<const D: bool>(ev: &mut Event, vma: u64, r: &mut Reads<D>) {
     fill_mm(ev, mm, r);
 }
 
+/// What a folded entry reads of its VMA: the count and write sequence its return reports
+/// as the entry's, and the mm (the `EXCLUDERS` key).
+#[derive(Clone, Copy, Default)]
+pub struct Head {
+    pub refcnt: u32,
+    pub lock_seq: u32,
+    pub mm: u64,
+}
+
+#[inline(always)]
+pub fn read_head<const D: bool>(vma: u64, r: &mut Reads<D>) -> Head {
+    if vma == 0 {
+        return Head::default();
+    }
+    let head = Block::<VMA_HEAD>::read::<D>(vma);
+    Head {
+        refcnt: r.at::<u32>(vma, global!(OFFSETS.vma_vm_refcnt)),
+        lock_seq: head.field::<u32, D>(vma, global!(OFFSETS.vma_vm_lock_seq), r),
+        mm: head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_mm), r),
+    }
+}
+
+/// `ves->vma`.
+#[inline(always)]
+pub fn ves_vma<const D: bool>(ves: u64, r: &mut Reads<D>) -> u64 {
+    r.at::<u64>(ves, global!(OFFSETS.ves_vma))
+}
+
 /// The `mm` of a VMA.
 #[inline(always)]
 pub fn mm_of<const D: bool>(vma: u64, r: &mut Reads<D>) -> u64 {

@@ -39,6 +39,14 @@ pub struct Inflight {
     pub arg2: u64,
     /// `vm_refcnt` at entry.
     pub refcnt: u32,
+    /// `vm_lock_seq` at entry (folded entries only).
+    pub lock_seq: u32,
+    /// The entry event's `arg` (folded entries only).
+    pub entry_arg: u32,
+    /// 1: the entry sent no event; its return stands for both (`flags::FOLDED`).
+    pub folded: u32,
+    /// 1: a read of the folded entry failed (its return is marked `READ_FAILED`).
+    pub read_failed: u32,
     /// 1 from the entry to its return; 0 once the return consumed it. The element stays
     /// in the map (one per thread and family, reused in place by the next call), so a
     /// call costs two lockless lookups instead of an insert and a delete, which take the
@@ -55,6 +63,10 @@ impl Inflight {
         arg1: 0,
         arg2: 0,
         refcnt: 0,
+        lock_seq: 0,
+        entry_arg: 0,
+        folded: 0,
+        read_failed: 0,
         live: 0,
     };
 

@@ -20,9 +20,9 @@ use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
 use crate::{
     emit::{count, header, now, paired, send},
     filter::traced,
-    globals::{GEN_6_15, GEN_6_19, GEN_7_0, generation},
+    globals::{GEN_6_15, GEN_6_19, GEN_7_0, generation, global},
     inflight::{remember, take},
-    kernel::{Reads, Ves, fill_vma, int_ret, mm_of, read_ves, writer_wait_of},
+    kernel::{Reads, Ves, fill_vma, int_ret, mm_of, read_head, read_ves, ves_vma, writer_wait_of},
     maps::{EXCLUDERS, Excluder, INFLIGHT_DETACH, INFLIGHT_EXCLUDE, INFLIGHT_WRITE, Inflight},
 };
 
@@ -79,25 +79,56 @@ fn retire_excluder(mm: u64, pid_tgid: u64) {
     }
 }
 
-/// The common end of every entry half: the task may now wait on its mm's rcuwait (when
-/// the function `waits` for readers itself), the event goes out, and the entry is saved
-/// for the return. The entry time is taken last,
-/// after this program's own work (reads, send), so the return's `wait_ns` measures the
-/// kernel function, not the tracer.
+/// Whether entry programs stream their own event (`--stream-entries`) instead of folding
+/// it into the return's (a verifier constant: the other branch is pruned).
 #[inline(always)]
-fn finish_entry<const D: bool>(
+fn streams_entries() -> bool {
+    global!(CONFIG.stream_entries) != 0
+}
+
+/// The common body of every entry half: the task may now wait on its mm's rcuwait (when
+/// the function `waits` for readers itself), and the entry is saved for the return.
+///
+/// By default nothing is streamed here: the entry saves the VMA's `vm_refcnt` and
+/// `vm_lock_seq`, and the return's event carries them (`flags::FOLDED`; userspace unfolds
+/// it, `Event::unfold`). That halves the events of the writer path and makes the entry
+/// as cheap as a map update. With `--stream-entries` the entry sends its own event
+/// (`kind`, filled by `fill`), so a wait still in progress is visible before it ends.
+///
+/// The entry time is taken last, after this program's own work, so the return's
+/// `wait_ns` measures the kernel function, not the tracer.
+#[inline(always)]
+fn entry<const D: bool>(
     map: &LruHashMap<u64, Inflight>,
     pid_tgid: u64,
-    ev: &mut Event,
-    r: Reads<D>,
+    (kind, probe): (EventKind, ProbeId),
+    vma: u64,
     mut saved: Inflight,
     waits: bool,
+    mut r: Reads<D>,
+    fill: impl FnOnce(&mut Event, &mut Reads<D>),
 ) {
-    if waits {
-        register_excluder(ev.mm, saved.vma, pid_tgid);
+    if streams_entries() {
+        let mut ev = header(kind, probe, pid_tgid, now());
+        fill(&mut ev, &mut r);
+        if waits {
+            register_excluder(ev.mm, vma, pid_tgid);
+        }
+        saved.refcnt = ev.refcnt;
+        send(&mut ev, r);
+    } else {
+        let h = read_head(vma, &mut r);
+        if waits {
+            register_excluder(h.mm, vma, pid_tgid);
+        }
+        saved.refcnt = h.refcnt;
+        saved.lock_seq = h.lock_seq;
+        saved.folded = 1;
+        if r.failed {
+            count(Counter::ProbeReadFailed);
+            saved.read_failed = 1;
+        }
     }
-    send(ev, r);
-    saved.refcnt = ev.refcnt;
     saved.ts = now();
     remember(map, pid_tgid, &saved);
 }
@@ -159,6 +190,13 @@ fn finish_exit<const D: bool>(
 ) {
     if entry.found() {
         paired(ev, entry.ts, entry.refcnt);
+        if entry.folded != 0 {
+            ev.flags |= flags::FOLDED;
+            ev.arg = (u64::from(entry.lock_seq) << 32) | u64::from(entry.entry_arg);
+            if entry.read_failed != 0 {
+                ev.flags |= flags::READ_FAILED;
+            }
+        }
     }
     if waits {
         retire_excluder(mm, pid_tgid);
@@ -211,26 +249,24 @@ fn write_enter<const D: bool>(vma: u64, a1: u64, a2: u64) {
     if !traced(pid_tgid) {
         return;
     }
-    let mut r = Reads::<D>::new();
-    let mut ev = header(
-        EventKind::WriteLockEnter,
-        ProbeId::VmaStartWrite,
-        pid_tgid,
-        now(),
-    );
-    fill_vma(&mut ev, vma, &mut r);
-    ev.arg = match generation() {
-        GEN_6_19 => a2 as u32 as u64,
-        GEN_7_0 => a1 as u32 as u64,
-        _ => a1 as u32 as u64,
+    let arg = match generation() {
+        GEN_6_19 => a2 as u32,
+        _ => a1 as u32,
     };
-    finish_entry(
+    let mut keep = saved(vma, vma, a1, a2);
+    keep.entry_arg = arg;
+    entry::<D>(
         &INFLIGHT_WRITE,
         pid_tgid,
-        &mut ev,
-        r,
-        saved(vma, vma, a1, a2),
+        (EventKind::WriteLockEnter, ProbeId::VmaStartWrite),
+        vma,
+        keep,
         write_lock_waits(),
+        Reads::new(),
+        |ev, r| {
+            fill_vma(ev, vma, r);
+            ev.arg = u64::from(arg);
+        },
     );
 }
 
@@ -312,15 +348,19 @@ fn exclude_enter_ves<const D: bool>(ves: u64) {
         return;
     }
     let mut r = Reads::<D>::new();
-    let mut ev = header(
-        EventKind::ExcludeEnter,
-        ProbeId::VmaStartExcludeReaders,
+    let vma = ves_vma(ves, &mut r);
+    entry::<D>(
+        &INFLIGHT_EXCLUDE,
         pid_tgid,
-        now(),
+        (EventKind::ExcludeEnter, ProbeId::VmaStartExcludeReaders),
+        vma,
+        saved(ves, vma, 0, 0),
+        true,
+        r,
+        |ev, r| {
+            fill_ves(ev, ves, r);
+        },
     );
-    let s = fill_ves(&mut ev, ves, &mut r);
-    let keep = saved(ves, s.vma, s.state as u64, s.detaching as u64);
-    finish_entry(&INFLIGHT_EXCLUDE, pid_tgid, &mut ev, r, keep, true);
 }
 
 /// Return of `__vma_start_exclude_readers`: the outputs `detached`/`exclusive` are read
@@ -390,19 +430,21 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
     let vma = ctx.arg::<u64>(0).unwrap_or(0);
     let detaching = ctx.arg::<u64>(1).unwrap_or(0) as u8 & 1;
     let state = ctx.arg::<u64>(2).unwrap_or(0) as u32;
-    let mut r = Reads::<false>::new();
-    let mut ev = header(
-        EventKind::ExcludeEnter,
-        ProbeId::VmaEnterLocked,
+    entry::<false>(
+        &INFLIGHT_EXCLUDE,
         pid_tgid,
-        now(),
+        (EventKind::ExcludeEnter, ProbeId::VmaEnterLocked),
+        vma,
+        saved(vma, vma, state as u64, detaching as u64),
+        true,
+        Reads::new(),
+        |ev, r| {
+            fill_vma(ev, vma, r);
+            ev.ves_state = state;
+            ev.ves_detaching = detaching;
+            ev.flags |= flags::VES;
+        },
     );
-    fill_vma(&mut ev, vma, &mut r);
-    ev.ves_state = state;
-    ev.ves_detaching = detaching;
-    ev.flags |= flags::VES;
-    let keep = saved(vma, vma, state as u64, detaching as u64);
-    finish_entry(&INFLIGHT_EXCLUDE, pid_tgid, &mut ev, r, keep, true);
     0
 }
 
@@ -451,16 +493,15 @@ fn detach_enter<const D: bool>(vma: u64, probe: ProbeId) {
     if !traced(pid_tgid) {
         return;
     }
-    let mut r = Reads::<D>::new();
-    let mut ev = header(EventKind::DetachEnter, probe, pid_tgid, now());
-    fill_vma(&mut ev, vma, &mut r);
-    finish_entry(
+    entry::<D>(
         &INFLIGHT_DETACH,
         pid_tgid,
-        &mut ev,
-        r,
+        (EventKind::DetachEnter, probe),
+        vma,
         saved(vma, vma, 0, 0),
         true,
+        Reads::new(),
+        |ev, r| fill_vma(ev, vma, r),
     );
 }
 

@@ -41,6 +41,7 @@ fn filtering_config() -> Config {
     c.filter_comm_len = 4;
     c.filter_cgroup = 1;
     c.reader_sample_every = 64;
+    c.stream_entries = 1;
     c
 }
 
@@ -48,6 +49,7 @@ fn sampling_config() -> Config {
     let mut c = Config::DEFAULT;
     c.self_tgid = std::process::id();
     c.reader_sample_every = 1;
+    c.stream_entries = 1;
     c
 }
 
@@ -61,19 +63,19 @@ struct Setup {
 fn setups() -> Vec<Setup> {
     vec![
         Setup {
-            label: "6.18 offsets, gen 6.15, no filters",
+            label: "6.18 offsets, gen 6.15, no filters, entries folded",
             generation: Generation::V6_15 as u32,
             offsets: OFFSETS_6_18,
             config: Config::DEFAULT,
         },
         Setup {
-            label: "6.19 offsets, gen 6.19, all filters",
+            label: "6.19 offsets, gen 6.19, all filters, entries streamed",
             generation: Generation::V6_19 as u32,
             offsets: OFFSETS_6_19,
             config: filtering_config(),
         },
         Setup {
-            label: "7.2 offsets (ves), gen 7.0, sample every reader",
+            label: "7.2 offsets (ves), gen 7.0, sample every reader, entries streamed",
             generation: Generation::V7_0 as u32,
             offsets: OFFSETS_7_2,
             config: sampling_config(),

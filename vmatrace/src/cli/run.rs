@@ -53,6 +53,12 @@ pub struct LiveArgs {
     /// Size of the event ring buffer (a power of two; rounded up).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_bytes: u32,
+    /// Stream every writer-path entry (`__vma_start_write`, start-exclude, detach) as its
+    /// own event, so a wait still in progress shows before it ends. By default an entry
+    /// only saves what its return needs and the return's event stands for both: half the
+    /// events, and a much cheaper entry program (docs/performance.md).
+    #[arg(long)]
+    pub stream_entries: bool,
     /// Enable the kernel's BPF run-time statistics for the session (costs ~20 ns per
     /// program run) to report the tracer's own overhead.
     #[arg(long)]
@@ -195,6 +201,7 @@ fn config(live: &LiveArgs, filter: &FilterArgs) -> anyhow::Result<Config> {
         c.filter_comm_len = n as u32;
     }
     c.reader_sample_every = live.reader_sample;
+    c.stream_entries = u32::from(live.stream_entries);
     if let Some(cg) = &live.cgroup {
         c.filter_cgroup = cgroup_id(cg)?;
     }
@@ -361,6 +368,7 @@ fn live(
             comm: filter.comm.clone(),
             cgroup: (config.filter_cgroup != 0).then_some(config.filter_cgroup),
             reader_sample_every: config.reader_sample_every,
+            stream_entries: config.stream_entries != 0,
         },
     };
 

@@ -98,6 +98,10 @@ pub struct FilterInfo {
     pub cgroup: Option<u64>,
     /// Stream one in N reader acquires (0 = count only).
     pub reader_sample_every: u32,
+    /// Writer-path entries were streamed as their own events (`--stream-entries`);
+    /// otherwise each return stood for its entry (`flags::FOLDED`, unfolded before the
+    /// trace was written).
+    pub stream_entries: bool,
 }
 
 /// What happened to one attach point when the session started.

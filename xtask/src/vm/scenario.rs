@@ -204,10 +204,14 @@ fn traced(
     } else {
         ("run --headless".to_string(), None)
     };
+    // The race step streams every entry as its own event (`--stream-entries`), the `run`
+    // step folds them into their returns (the default): both forms of the writer path
+    // run on every kernel of the matrix.
+    let entries = if race { " --stream-entries" } else { "" };
     Step {
         name,
         argv: words(&format!(
-            "vmatrace {cmd} --duration {} --json --anomaly-log {anomaly_log}",
+            "vmatrace {cmd}{entries} --duration {} --json --anomaly-log {anomaly_log}",
             p.duration
                 + if race {
                     RACE_TRACER_MARGIN_S
