@@ -87,8 +87,10 @@ pub struct Config {
     /// return needs, and the return's event stands for both (`flags::FOLDED`): half the
     /// events and the cheaper program on every write lock.
     pub stream_entries: u32,
-    /// Keeps the size a multiple of 8; always 0.
-    pub reserved: u32,
+    /// 1 (7.x, set from the plan): `__vma_start_write` has no entry program. Its first
+    /// act is to call `__vma_start_exclude_readers` (`detaching` 0), whose entry saves
+    /// what the write lock's return needs as well (`write_lock_request` is a proxy).
+    pub write_entry_from_exclude: u32,
 }
 
 impl Config {
@@ -101,7 +103,7 @@ impl Config {
         filter_cgroup: 0,
         ring_wake_bytes: 64 * 1024,
         stream_entries: 0,
-        reserved: 0,
+        write_entry_from_exclude: 0,
     };
 }
 

@@ -401,7 +401,10 @@ mod tests {
         assert_eq!((entry.ves_state, entry.ves_exclusive, entry.ret), (2, 0, 0));
         assert!(!entry.has(flags::RET) && !entry.has(flags::PAIRED) && !entry.has(flags::FOLDED));
         assert!(entry.has(flags::VES) && entry.has(flags::VMA_FIELDS));
-        assert_eq!((entry.vma, entry.pid_tgid, entry.mm_lock_seq), (f.vma, f.pid_tgid, 43));
+        assert_eq!(
+            (entry.vma, entry.pid_tgid, entry.mm_lock_seq),
+            (f.vma, f.pid_tgid, 43)
+        );
         // The return is the one that would have been streamed: no fold, no packed arg.
         let mut want = f;
         want.flags &= !flags::FOLDED;

@@ -55,3 +55,49 @@ pub fn take(map: &LruHashMap<u64, Inflight>, pid_tgid: u64) -> Inflight {
     count(Counter::UnmatchedReturn);
     Inflight::NONE
 }
+
+/// The entry of the `__vma_start_write` call this thread is returning from, saved by its
+/// start-exclude (`Inflight::outer`), as that call's own entry would have saved it: `live`
+/// 1, `ptr` the VMA, the entry event's `arg` the task state, folded (no
+/// `__vma_start_write` entry event exists to stream); [`Inflight::NONE`] and
+/// `UnmatchedReturn` when there is none. `vma` (0: not known, kretprobe) must match: an
+/// element left `outer` by a skipped return must not pair with another VMA's write lock.
+#[inline(always)]
+pub fn take_outer(map: &LruHashMap<u64, Inflight>, pid_tgid: u64, vma: u64) -> Inflight {
+    if let Some(p) = map.get_ptr_mut(pid_tgid) {
+        // SAFETY: a value pointer from the lookup; this thread's own element.
+        unsafe {
+            if (*p).outer == OUTER_LOST {
+                // Start-exclude's return found no entry and counted it already.
+                (*p).outer = 0;
+                return Inflight::NONE;
+            }
+            if (*p).outer != 0 && (vma == 0 || (*p).vma == vma) {
+                let mut e = *p;
+                (*p).outer = 0;
+                e.live = 1;
+                e.ptr = e.vma;
+                e.entry_arg = e.arg1 as u32;
+                e.folded = 1;
+                return e;
+            }
+        }
+    }
+    count(Counter::UnmatchedReturn);
+    Inflight::NONE
+}
+
+/// `Inflight::outer` once start-exclude's return found no entry (the kernel skipped the
+/// entry program): `__vma_start_write`'s return then has none either, and must not count
+/// the same loss a second time.
+const OUTER_LOST: u32 = 2;
+
+/// Start-exclude's return of a `__vma_start_write` call found no entry: mark the thread's
+/// element so [`take_outer`] returns nothing without counting again.
+#[inline(always)]
+pub fn note_outer_lost(map: &LruHashMap<u64, Inflight>, pid_tgid: u64) {
+    if let Some(p) = map.get_ptr_mut(pid_tgid) {
+        // SAFETY: a value pointer from the lookup; this thread's own element.
+        unsafe { (*p).outer = OUTER_LOST }
+    }
+}

@@ -197,12 +197,6 @@ pub fn read_head<const D: bool>(vma: u64, r: &mut Reads<D>) -> Head {
     }
 }
 
-/// `ves->vma`.
-#[inline(always)]
-pub fn ves_vma<const D: bool>(ves: u64, r: &mut Reads<D>) -> u64 {
-    r.at::<u64>(ves, global!(OFFSETS.ves_vma))
-}
-
 /// The `mm` of a VMA.
 #[inline(always)]
 pub fn mm_of<const D: bool>(vma: u64, r: &mut Reads<D>) -> u64 {

@@ -47,6 +47,12 @@ pub struct Inflight {
     pub folded: u32,
     /// 1: a read of the folded entry failed (its return is marked `READ_FAILED`).
     pub read_failed: u32,
+    /// 1: a start-exclude entry of `__vma_start_write` (`detaching` 0) that also stands
+    /// for that call's entry (`CONFIG.write_entry_from_exclude`): `__vma_start_write`'s
+    /// return consumes it (`inflight::take_outer`) after start-exclude's return took the
+    /// element's `live`.
+    pub outer: u32,
+    pub pad: u32,
     /// 1 from the entry to its return; 0 once the return consumed it. The element stays
     /// in the map (one per thread and family, reused in place by the next call), so a
     /// call costs two lockless lookups instead of an insert and a delete, which take the
@@ -67,6 +73,8 @@ impl Inflight {
         entry_arg: 0,
         folded: 0,
         read_failed: 0,
+        outer: 0,
+        pad: 0,
         live: 0,
     };
 

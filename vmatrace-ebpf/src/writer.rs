@@ -21,8 +21,8 @@ use crate::{
     emit::{count, header, now, paired, send},
     filter::traced,
     globals::{GEN_6_15, GEN_6_19, GEN_7_0, generation, global},
-    inflight::{remember, take},
-    kernel::{Reads, Ves, fill_vma, int_ret, mm_of, read_head, read_ves, ves_vma, writer_wait_of},
+    inflight::{note_outer_lost, remember, take, take_outer},
+    kernel::{Reads, Ves, fill_vma, int_ret, mm_of, read_head, read_ves, writer_wait_of},
     maps::{EXCLUDERS, Excluder, INFLIGHT_DETACH, INFLIGHT_EXCLUDE, INFLIGHT_WRITE, Inflight},
 };
 
@@ -77,6 +77,13 @@ fn retire_excluder(mm: u64, pid_tgid: u64) {
             }
         }
     }
+}
+
+/// Whether `__vma_start_write`'s entry is the one its start-exclude saved (7.x: the write
+/// lock has no entry program, `CONFIG.write_entry_from_exclude`; a verifier constant).
+#[inline(always)]
+fn write_entry_from_exclude() -> bool {
+    global!(CONFIG.write_entry_from_exclude) != 0
 }
 
 /// Whether entry programs stream their own event (`--stream-entries`) instead of folding
@@ -152,17 +159,17 @@ struct Exit<const D: bool> {
 /// argument: the saved one went through a map and is a plain number to the verifier.
 #[inline(always)]
 fn begin_exit<const D: bool>(
-    map: &LruHashMap<u64, Inflight>,
     ptr_arg: u64,
     kind: EventKind,
     probe: ProbeId,
+    take_entry: impl FnOnce(u64) -> Inflight,
 ) -> Option<Exit<D>> {
     let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return None;
     }
-    let entry = take(map, pid_tgid);
+    let entry = take_entry(pid_tgid);
     let ptr = if !D && ptr_arg == 0 && entry.found() {
         entry.ptr
     } else {
@@ -281,10 +288,16 @@ fn write_exit<const D: bool>(vma_arg: u64, raw_ret: u64) {
         mut ev,
         mut r,
     }) = begin_exit::<D>(
-        &INFLIGHT_WRITE,
         vma_arg,
         EventKind::WriteLockExit,
         ProbeId::VmaStartWrite,
+        |pid_tgid| {
+            if write_entry_from_exclude() {
+                take_outer(&INFLIGHT_EXCLUDE, pid_tgid, vma_arg)
+            } else {
+                take(&INFLIGHT_WRITE, pid_tgid)
+            }
+        },
     )
     else {
         return;
@@ -348,13 +361,16 @@ fn exclude_enter_ves<const D: bool>(ves: u64) {
         return;
     }
     let mut r = Reads::<D>::new();
-    let vma = ves_vma(ves, &mut r);
+    let s = read_ves(ves, &mut r);
+    let mut keep = saved(ves, s.vma, u64::from(s.state), u64::from(s.detaching));
+    // `__vma_start_write`'s call (not the detach's): also that call's entry.
+    keep.outer = u32::from(write_entry_from_exclude() && s.detaching == 0);
     entry::<D>(
         &INFLIGHT_EXCLUDE,
         pid_tgid,
         (EventKind::ExcludeEnter, ProbeId::VmaStartExcludeReaders),
-        vma,
-        saved(ves, vma, 0, 0),
+        s.vma,
+        keep,
         true,
         r,
         |ev, r| {
@@ -375,16 +391,19 @@ fn exclude_exit_ves<const D: bool>(ves_arg: u64, raw_ret: u64) {
         mut ev,
         mut r,
     }) = begin_exit::<D>(
-        &INFLIGHT_EXCLUDE,
         ves_arg,
         EventKind::ExcludeExit,
         ProbeId::VmaStartExcludeReaders,
+        |pid_tgid| take(&INFLIGHT_EXCLUDE, pid_tgid),
     )
     else {
         return;
     };
     if ves != 0 {
-        fill_ves(&mut ev, ves, &mut r);
+        let s = fill_ves(&mut ev, ves, &mut r);
+        if !entry.found() && write_entry_from_exclude() && s.detaching == 0 {
+            note_outer_lost(&INFLIGHT_EXCLUDE, pid_tgid);
+        }
     }
     ev.ret = int_ret(raw_ret);
     ev.flags |= flags::RET;
@@ -460,10 +479,10 @@ pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
         mut r,
         ..
     }) = begin_exit::<false>(
-        &INFLIGHT_EXCLUDE,
         0,
         EventKind::ExcludeExit,
         ProbeId::VmaEnterLocked,
+        |pid_tgid| take(&INFLIGHT_EXCLUDE, pid_tgid),
     )
     else {
         return 0;
@@ -513,7 +532,9 @@ fn detach_exit<const D: bool>(vma_arg: u64, probe: ProbeId) {
         ptr: vma,
         mut ev,
         mut r,
-    }) = begin_exit::<D>(&INFLIGHT_DETACH, vma_arg, EventKind::DetachExit, probe)
+    }) = begin_exit::<D>(vma_arg, EventKind::DetachExit, probe, |pid_tgid| {
+        take(&INFLIGHT_DETACH, pid_tgid)
+    })
     else {
         return;
     };

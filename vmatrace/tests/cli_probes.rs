@@ -44,7 +44,7 @@ fn offline_debian_7_2() {
         "{out}"
     );
     assert!(
-        out.contains("coverage: 13 of 13 logical events observable, 3 via proxy"),
+        out.contains("coverage: 13 of 13 logical events observable, 4 via proxy"),
         "{out}"
     );
     // Debian does not set CONFIG_KPROBE_EVENTS_ON_NOTRACE: the notrace vma_refcount_put

@@ -31,8 +31,11 @@ impl Sink for Capture {
     }
 }
 
+/// An anomaly as compared: kind, VMA, time.
+type Seen = (&'static str, u64, u64);
+
 #[derive(Clone, Default)]
-struct Anomalies(Arc<Mutex<Vec<(&'static str, u64, u64)>>>);
+struct Anomalies(Arc<Mutex<Vec<Seen>>>);
 
 impl Sink for Anomalies {
     fn anomaly(&mut self, a: &Anomaly) {
@@ -43,7 +46,8 @@ impl Sink for Anomalies {
     }
 }
 
-fn simulated(generation: Generation, seed: u64) -> Vec<Event> {
+/// One simulated stream and the faults that fired in it.
+fn simulated(generation: Generation, seed: u64) -> (Vec<Event>, Vec<Injection>) {
     let cap = Capture::default();
     let cfg = SimConfig {
         threads: 8,
@@ -55,11 +59,13 @@ fn simulated(generation: Generation, seed: u64) -> Vec<Event> {
         ..SimConfig::default()
     };
     let out = sim::run(cfg, vec![Box::new(cap.clone())]).expect("simulation runs");
-    for k in Injection::ALL {
-        assert!(out.fired(*k) > 0, "{k} never fired: the streams would not test it");
-    }
+    let fired = Injection::ALL
+        .iter()
+        .copied()
+        .filter(|k| out.fired(*k) > 0)
+        .collect();
     let evs = cap.0.lock().unwrap().clone();
-    evs
+    (evs, fired)
 }
 
 fn family(kind: EventKind) -> Option<(u8, bool)> {
@@ -131,7 +137,7 @@ fn paired(evs: &[Event]) -> Vec<Event> {
 }
 
 struct Outcome {
-    anomalies: Vec<(&'static str, u64, u64)>,
+    anomalies: Vec<Seen>,
     events: [u64; 16],
 }
 
@@ -154,21 +160,40 @@ fn validate(generation: Generation, evs: &[Event]) -> Outcome {
 #[test]
 fn folded_entries_give_the_same_anomalies_and_counts_on_every_generation() {
     for generation in [Generation::V6_15, Generation::V6_19, Generation::V7_0] {
-        for seed in [3, 17] {
-            let original = paired(&simulated(generation, seed));
+        // Tasks run on OS threads, so which faults fire depends on the interleaving: more
+        // seeds until every kind has fired in some stream (each stream is compared).
+        let mut fired_somewhere = std::collections::BTreeSet::new();
+        let mut streams = 0;
+        for seed in [3, 17, 29, 41, 53, 67, 79, 97] {
+            if streams >= 2 && fired_somewhere.len() == Injection::ALL.len() {
+                break;
+            }
+            streams += 1;
+            let (evs, fired) = simulated(generation, seed);
+            fired_somewhere.extend(fired.iter().map(|k| k.to_string()));
+            let original = paired(&evs);
             let (folded, n) = fold(&original);
             assert!(n > 1000, "{}: only {n} entries folded", generation.key());
             assert_eq!(folded.len(), original.len() - n);
             let want = validate(generation, &original);
             let got = validate(generation, &folded);
             println!(
-                "{} seed {seed}: {} events, {n} entries folded, {} anomalies",
+                "{} seed {seed}: {} events, {n} entries folded, {} anomalies, {} fault kinds fired",
                 generation.key(),
                 original.len(),
-                want.anomalies.len()
+                want.anomalies.len(),
+                fired.len()
             );
-            assert!(!want.anomalies.is_empty(), "the injected faults were not reported");
-            assert_eq!(got.events, want.events, "{}: per-kind counts", generation.key());
+            assert!(
+                !want.anomalies.is_empty(),
+                "the injected faults were not reported"
+            );
+            assert_eq!(
+                got.events,
+                want.events,
+                "{}: per-kind counts",
+                generation.key()
+            );
             let first_difference = want
                 .anomalies
                 .iter()
@@ -183,5 +208,11 @@ fn folded_entries_give_the_same_anomalies_and_counts_on_every_generation() {
                 want.anomalies.len()
             );
         }
+        assert_eq!(
+            fired_somewhere.len(),
+            Injection::ALL.len(),
+            "{}: some fault kinds never fired in {streams} streams: {fired_somewhere:?}",
+            generation.key()
+        );
     }
 }

@@ -116,9 +116,10 @@ fn host_caps() -> Capabilities {
 
 /// The plan protocol notes §5 predict for Debian's 7.x cloud builds: start-exclude
 /// direct via fentry/fexit; end-exclude and the fast detach via proxies;
-/// `vma_refcount_put` (notrace) through a kprobe.
+/// `vma_refcount_put` (notrace) through a kprobe. The write lock's request is seen at
+/// start-exclude's entry (its first callee), so `__vma_start_write` has no entry program.
 const EXPECTED_7X: &str = "\
-write_lock_request direct: fentry __vma_start_write vsw_fentry
+write_lock_request proxy: fentry __vma_start_exclude_readers vser_fentry
 write_lock_result direct: fexit __vma_start_write vsw_fexit
 start_exclude_entry direct: fentry __vma_start_exclude_readers vser_fentry
 start_exclude_return direct: fexit __vma_start_exclude_readers vser_fexit
@@ -168,7 +169,14 @@ fn debian_7_2_13_cloud() {
     );
     assert_eq!(
         report::coverage_summary(&plan),
-        "13 of 13 logical events observable, 3 via proxy"
+        "13 of 13 logical events observable, 4 via proxy"
+    );
+    assert!(reason(&plan, "write_lock_request").contains("ves->detaching = 0"));
+    assert!(plan.write_entry_from_exclude());
+    assert!(
+        plan.points
+            .iter()
+            .all(|p| p.program != "vsw_fentry" && p.program != "vsw_kprobe")
     );
 }
 
@@ -431,7 +439,7 @@ fn table_shows_every_event_and_point() {
     let info = load("debian-7.2.13-cloud");
     let plan = plan(&info, &Capabilities::assume_all()).unwrap();
     let t = report::render_table(&plan);
-    assert!(t.contains("coverage: 13 of 13 logical events observable, 3 via proxy"));
+    assert!(t.contains("coverage: 13 of 13 logical events observable, 4 via proxy"));
     for c in &plan.coverage {
         assert!(t.contains(c.event.key()), "{} missing", c.event.key());
     }
@@ -542,7 +550,7 @@ fn untraceable_function_needs_kprobe_events_on_notrace() {
     let plan = plan(&info, &Capabilities::assume_all()).unwrap();
     assert!(plan.points.iter().all(|p| p.target != "__vma_start_write"));
     assert_eq!(
-        reason(&plan, "write_lock_request"),
+        reason(&plan, "write_lock_result"),
         "__vma_start_write: notrace: out-of-line copy of an inline function; kprobe events \
          refuse notrace functions without CONFIG_KPROBE_EVENTS_ON_NOTRACE (kernel config \
          unknown: assumed not set, as in Debian's builds)"
@@ -557,20 +565,21 @@ fn untraceable_function_needs_kprobe_events_on_notrace() {
     );
     let plan = vmatrace::kernel::plan(&info, &Capabilities::assume_all()).unwrap();
     assert!(
-        reason(&plan, "write_lock_request").ends_with("(not set in this kernel's config)"),
+        reason(&plan, "write_lock_result").ends_with("(not set in this kernel's config)"),
         "{}",
-        reason(&plan, "write_lock_request")
+        reason(&plan, "write_lock_result")
     );
     // With CONFIG_KPROBE_EVENTS_ON_NOTRACE=y: kprobe + kretprobe.
     info.config = Some(on_notrace_config());
     let plan = vmatrace::kernel::plan(&info, &Capabilities::assume_all()).unwrap();
     let c = compact(&plan);
+    // 7.x: the request is seen at start-exclude's entry, so no kprobe on entry.
     assert!(
-        c.contains("write_lock_request direct: kprobe __vma_start_write vsw_kprobe\n"),
+        c.contains("write_lock_request proxy: fentry __vma_start_exclude_readers vser_fentry\n"),
         "{c}"
     );
     assert!(
-        c.contains("write_lock_result direct: kprobe __vma_start_write vsw_kprobe, kretprobe __vma_start_write vsw_kretprobe\n"),
+        c.contains("write_lock_result direct: kretprobe __vma_start_write vsw_kretprobe\n"),
         "{c}"
     );
 }

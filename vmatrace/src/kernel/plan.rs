@@ -156,6 +156,20 @@ impl ProbePlan {
         self.points.iter().filter(move |p| p.probe == probe)
     }
 
+    /// Whether `__vma_start_write`'s entry is observed at start-exclude's entry (7.x):
+    /// the programs must then pair its return with that entry
+    /// (`Config::write_entry_from_exclude`).
+    pub fn write_entry_from_exclude(&self) -> bool {
+        matches!(
+            self.status(LogicalEvent::WriteLockRequest),
+            Some(Observability::Proxy { points, .. })
+                if points.iter().any(|&i| self
+                    .points
+                    .get(i)
+                    .is_some_and(|p| p.probe == ProbeId::VmaStartExcludeReaders))
+        )
+    }
+
     /// The refcount's readers-excluded flag on this kernel (`VMA_LOCK_OFFSET` before
     /// 7.0, `VM_REFCNT_EXCLUDE_READERS_FLAG` from 7.0; bit 30 in both).
     pub fn exclude_readers_flag(&self) -> u32 {

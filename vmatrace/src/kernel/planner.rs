@@ -86,6 +86,9 @@ struct Planner<'a> {
     /// Functions that could not be attached, with the reason (reported as notes even
     /// when another attach point covers their event).
     failed: BTreeMap<ProbeId, String>,
+    /// `__vma_start_write` gets no entry program: its entry is taken at start-exclude's
+    /// (7.x, see [`write_lock_request`]).
+    write_entry_from_exclude: bool,
 }
 
 impl Planner<'_> {
@@ -260,6 +263,11 @@ impl Planner<'_> {
         match self.hook(probe) {
             Hook::Attach { target, modes } => Ok(modes
                 .into_iter()
+                .filter(|&mode| {
+                    !(probe == ProbeId::VmaStartWrite
+                        && self.write_entry_from_exclude
+                        && matches!(mode, AttachMode::FEntry | AttachMode::KProbe))
+                })
                 .filter_map(|mode| {
                     let program = program_for(probe, mode)?;
                     self.points.push(AttachPoint {
@@ -405,6 +413,7 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
         points: Vec::new(),
         notes: Vec::new(),
         failed: BTreeMap::new(),
+        write_entry_from_exclude: false,
     };
     p.notes.push(format!(
         "generation {} ({}); readers-excluded flag 0x{:x}",
@@ -418,7 +427,7 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
     let mut coverage = Vec::new();
     for &event in LogicalEvent::ALL {
         let status = match event {
-            E::WriteLockRequest => direct(p.entry(P::VmaStartWrite)),
+            E::WriteLockRequest => write_lock_request(&mut p),
             E::WriteLockResult => direct(p.exit(P::VmaStartWrite)),
             E::StartExcludeEntry => start_exclude(&mut p, true),
             E::StartExcludeReturn => start_exclude(&mut p, false),
@@ -537,6 +546,29 @@ fn reader_release(p: &mut Planner<'_>) -> Observability {
         any_of(vec![put, wake]),
         "vma_end_read/vma_refcount_put are inline",
     )
+}
+
+/// 7.x: `__vma_start_write(vma, state)` calls `__vma_start_exclude_readers(&ves)` before it
+/// touches the VMA (it only reads the mm's sequence first), with `ves.vma = vma`,
+/// `ves.state = state`, `ves.detaching = false`. That entry's sample (time, `vm_refcnt`,
+/// `vm_lock_seq`, state) is therefore the write lock's, and `__vma_start_write`'s own
+/// entry program, a second program run on every write lock, is left out. Its return
+/// takes the entry start-exclude saved (`vmatrace-ebpf` `inflight::take_outer`). Where
+/// start-exclude's entry cannot be attached, `__vma_start_write`'s own is used.
+fn write_lock_request(p: &mut Planner<'_>) -> Observability {
+    if p.generation == Generation::V7_0
+        && let Ok(points) = p.entry(ProbeId::VmaStartExcludeReaders)
+    {
+        p.write_entry_from_exclude = true;
+        return Observability::Proxy {
+            via: "the entry of __vma_start_exclude_readers with ves->detaching = 0: \
+                  __vma_start_write calls it first, with the same VMA and state, so its \
+                  entry sample is the write lock's (one program less per write lock)"
+                .into(),
+            points,
+        };
+    }
+    direct(p.entry(ProbeId::VmaStartWrite))
 }
 
 fn start_exclude(p: &mut Planner<'_>, entry: bool) -> Observability {

@@ -143,6 +143,7 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
     if config.self_tgid == 0 {
         config.self_tgid = std::process::id();
     }
+    config.write_entry_from_exclude = u32::from(plan.write_entry_from_exclude());
     let generation = plan.generation as u32;
     let needs_tracefs = plan.points.iter().any(|p| p.mode == AttachMode::Tracepoint);
     let mut tp = MmapLockTpOffsets::DEFAULT;

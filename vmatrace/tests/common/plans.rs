@@ -90,7 +90,9 @@ pub fn plan_7x(tracing: bool) -> ProbePlan {
         }
         pts.push(point(&format!("{base}_{x}"), target));
     };
-    pair(&mut pts, "vsw", "__vma_start_write", true);
+    // No `__vma_start_write` entry: start-exclude's entry stands for it (the planner's
+    // `write_lock_request` proxy).
+    pair(&mut pts, "vsw", "__vma_start_write", false);
     pair(&mut pts, "vser", "__vma_start_exclude_readers", true);
     pair(&mut pts, "verd", "__vma_exclude_readers_for_detach", true);
     if tracing {
