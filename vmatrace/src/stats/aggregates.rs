@@ -5,9 +5,11 @@
 //! activity) and count what they dropped, so a ranking is never silently partial.
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash};
 
 use serde::Serialize;
+
+use crate::validate::hash::AddrHasher;
 
 /// What is counted for one process or one VMA.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,7 +57,9 @@ pub fn comm_to_string(comm: &[u8; 16]) -> String {
 /// counted in `evicted`.
 #[derive(Clone, Debug)]
 pub struct BoundedTable<K> {
-    rows: HashMap<K, Aggregate>,
+    /// Keyed by tgid or (mm, VMA): the validator's multiply-fold hasher, not SipHash,
+    /// which cost more than the rest of the per-event accounting.
+    rows: HashMap<K, Aggregate, BuildHasherDefault<AddrHasher>>,
     cap: usize,
     evicted: u64,
 }
@@ -63,7 +67,7 @@ pub struct BoundedTable<K> {
 impl<K: Hash + Eq + Copy> BoundedTable<K> {
     pub fn new(cap: usize) -> Self {
         Self {
-            rows: HashMap::new(),
+            rows: HashMap::default(),
             cap: cap.max(2),
             evicted: 0,
         }

@@ -3,7 +3,7 @@
 
 pub mod anomaly;
 mod evidence;
-mod hash;
+pub(crate) mod hash;
 pub mod phase;
 pub mod validator;
 
