@@ -16,11 +16,13 @@ use crate::{
 
 /// `arg` = the `mm` (alloc) or the original VMA (dup), 0 from a kretprobe.
 ///
-/// Always probe reads: the new VMA is the return value, which aya's `FExitContext::ret`
-/// takes through `bpf_get_func_ret`, so the verifier sees a plain number, not a typed
-/// pointer (a direct load was refused: "invalid mem access 'scalar'").
+/// fexit (`D`): the new VMA is read as the context slot after the arguments
+/// (`ctx.arg(1)`: both functions take one argument). The verifier types that slot by the
+/// function's BTF return type, `struct vm_area_struct *`, so its fields are direct loads.
+/// (aya's `FExitContext::ret` goes through `bpf_get_func_ret`, which yields a plain number
+/// the verifier refuses to load through: every field then cost a probe-read call.)
 #[inline(always)]
-fn alloc_exit(probe: ProbeId, arg: u64, vma: u64) {
+fn alloc_exit<const D: bool>(probe: ProbeId, arg: u64, vma: u64) {
     // A failed allocation starts no life.
     if vma == 0 {
         return;
@@ -29,7 +31,7 @@ fn alloc_exit(probe: ProbeId, arg: u64, vma: u64) {
     if !traced(pid_tgid) {
         return;
     }
-    let mut r = Reads::<false>::new();
+    let mut r = Reads::<D>::new();
     let mut ev = header(EventKind::VmaAlloc, probe, pid_tgid, now());
     fill_vma(&mut ev, vma, &mut r);
     ev.arg = arg;
@@ -48,29 +50,34 @@ fn free_enter<const D: bool>(vma: u64) {
     send(&mut ev, r);
 }
 
+/// The return value as the typed context slot after the one argument (see `alloc_exit`).
+const RET_SLOT: usize = 1;
+
 #[fexit]
 pub fn vaa_fexit(ctx: FExitContext) -> u32 {
-    let ret = ctx.ret::<u64>().unwrap_or(0);
-    alloc_exit(ProbeId::VmAreaAlloc, ctx.arg::<u64>(0), ret);
+    alloc_exit::<true>(
+        ProbeId::VmAreaAlloc,
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(RET_SLOT),
+    );
     0
 }
 
 #[kretprobe]
 pub fn vaa_kretprobe(ctx: RetProbeContext) -> u32 {
-    alloc_exit(ProbeId::VmAreaAlloc, 0, ctx.ret::<u64>());
+    alloc_exit::<false>(ProbeId::VmAreaAlloc, 0, ctx.ret::<u64>());
     0
 }
 
 #[fexit]
 pub fn vad_fexit(ctx: FExitContext) -> u32 {
-    let ret = ctx.ret::<u64>().unwrap_or(0);
-    alloc_exit(ProbeId::VmAreaDup, ctx.arg::<u64>(0), ret);
+    alloc_exit::<true>(ProbeId::VmAreaDup, ctx.arg::<u64>(0), ctx.arg::<u64>(RET_SLOT));
     0
 }
 
 #[kretprobe]
 pub fn vad_kretprobe(ctx: RetProbeContext) -> u32 {
-    alloc_exit(ProbeId::VmAreaDup, 0, ctx.ret::<u64>());
+    alloc_exit::<false>(ProbeId::VmAreaDup, 0, ctx.ret::<u64>());
     0
 }
 
