@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, generated},
+    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns},
 };
 use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
 
@@ -34,6 +34,22 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// A record with the common header filled in.
+#[inline(always)]
+pub fn header(kind: EventKind, probe: ProbeId, pid_tgid: u64, ts: u64) -> Event {
+    let mut ev = Event::ZERO;
+    ev.ts_ns = ts;
+    ev.pid_tgid = pid_tgid;
+    ev.kind = kind as u16;
+    ev.probe = probe as u8;
+    // SAFETY: helper without arguments.
+    ev.cpu = unsafe { bpf_get_smp_processor_id() };
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+    ev
+}
+
 /// Attach the pairing data of a return event.
 #[inline(always)]
 pub fn paired(ev: &mut Event, entry_ts: u64, entry_refcnt: u32) {
@@ -42,55 +58,31 @@ pub fn paired(ev: &mut Event, entry_ts: u64, entry_refcnt: u32) {
     ev.flags |= flags::PAIRED;
 }
 
-/// Build a record where it is sent and send it: the ring slot is reserved first, the
-/// header written into it, `fill` writes the rest, and the slot is submitted. Read
-/// failures become a flag and a counter, a full ring buffer becomes
-/// `RingbufReserveFailed` (and `fill` does not run). Never silent.
+/// Finish and send a record: read failures become a flag and a counter, a full ring
+/// buffer becomes `RingbufReserveFailed`. Never silent.
 ///
-/// Building the 128-byte record in the slot saves zeroing one on the stack and copying it
-/// over (`bpf_ringbuf_output`, which copies, measured no cheaper than reserve + submit).
-/// `fill` must only write the record: bookkeeping that has to happen even when the ring
-/// is full belongs to the caller.
-///
-/// The slot is submitted without waking the reader (`BPF_RB_NO_WAKEUP`): a wake-up per
-/// event (what flags 0 asks for whenever the reader has caught up, i.e. almost always at
-/// a few hundred events per second) queues an irq_work and a wake-up of the reader thread
-/// inside this program run, which cost 20–660 µs per event under TCG
-/// (docs/performance.md). The reader drains on a timer instead; a wake-up is forced only
-/// once a quarter of the ring is filled, so a burst is drained long before the ring
-/// overflows.
+/// The record is reserved in the ring and submitted without waking the reader
+/// (`BPF_RB_NO_WAKEUP`): a wake-up per event (what flags 0 asks for whenever the reader
+/// has caught up, i.e. almost always at a few hundred events per second) queues an
+/// irq_work and a wake-up of the reader thread inside this program run, which cost
+/// 20–660 µs per event under TCG (docs/performance.md). The reader drains on a timer
+/// instead; a wake-up is forced only once a quarter of the ring is filled, so a burst
+/// is drained long before the ring overflows. (`bpf_ringbuf_output`, one helper call
+/// instead of reserve + submit, measured no cheaper: its in-kernel copy of the record
+/// costs what the second call saves.)
 #[inline(always)]
-pub fn emit<const D: bool>(
-    kind: EventKind,
-    probe: ProbeId,
-    pid_tgid: u64,
-    ts: u64,
-    mut r: Reads<D>,
-    fill: impl FnOnce(&mut Event, &mut Reads<D>),
-) {
-    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
-        count(Counter::RingbufReserveFailed);
-        return;
-    };
-    // SAFETY: the reservation is this program's alone until submitted, 8-aligned and
-    // `size_of::<Event>()` bytes; every byte is written below before anyone reads it.
-    let ev = unsafe { &mut *slot.as_mut_ptr() };
-    *ev = Event::ZERO;
-    ev.ts_ns = ts;
-    ev.pid_tgid = pid_tgid;
-    ev.kind = kind as u16;
-    ev.probe = probe as u8;
-    // SAFETY: helpers; the comm one writes at most 16 bytes into the record's `comm`.
-    unsafe {
-        ev.cpu = bpf_get_smp_processor_id();
-        generated::bpf_get_current_comm(ev.comm.as_mut_ptr().cast(), ev.comm.len() as u32);
-    }
-    fill(ev, &mut r);
+pub fn send<const D: bool>(ev: &mut Event, r: Reads<D>) {
     if r.failed {
         ev.flags |= flags::READ_FAILED;
         count(Counter::ProbeReadFailed);
     }
-    slot.submit(wakeup_flag());
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut slot) => {
+            slot.write(*ev);
+            slot.submit(wakeup_flag());
+        }
+        None => count(Counter::RingbufReserveFailed),
+    }
 }
 
 /// `BPF_RB_FORCE_WAKEUP` once the unread data reaches `CONFIG.ring_wake_bytes` (a quarter

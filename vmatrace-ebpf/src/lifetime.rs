@@ -9,7 +9,7 @@ use aya_ebpf::{
 use vmatrace_common::{EventKind, event::ProbeId};
 
 use crate::{
-    emit::{emit, now},
+    emit::{header, now, send},
     filter::traced,
     kernel::{Reads, fill_vma},
 };
@@ -31,17 +31,11 @@ fn alloc_exit<const D: bool>(probe: ProbeId, arg: u64, vma: u64) {
     if !traced(pid_tgid) {
         return;
     }
-    emit::<D>(
-        EventKind::VmaAlloc,
-        probe,
-        pid_tgid,
-        now(),
-        Reads::new(),
-        |ev, r| {
-            fill_vma(ev, vma, r);
-            ev.arg = arg;
-        },
-    );
+    let mut r = Reads::<D>::new();
+    let mut ev = header(EventKind::VmaAlloc, probe, pid_tgid, now());
+    fill_vma(&mut ev, vma, &mut r);
+    ev.arg = arg;
+    send(&mut ev, r);
 }
 
 #[inline(always)]
@@ -50,14 +44,10 @@ fn free_enter<const D: bool>(vma: u64) {
     if !traced(pid_tgid) {
         return;
     }
-    emit::<D>(
-        EventKind::VmaFree,
-        ProbeId::VmAreaFree,
-        pid_tgid,
-        now(),
-        Reads::new(),
-        |ev, r| fill_vma(ev, vma, r),
-    );
+    let mut r = Reads::<D>::new();
+    let mut ev = header(EventKind::VmaFree, ProbeId::VmAreaFree, pid_tgid, now());
+    fill_vma(&mut ev, vma, &mut r);
+    send(&mut ev, r);
 }
 
 /// The return value as the typed context slot after the one argument (see `alloc_exit`).
@@ -81,11 +71,7 @@ pub fn vaa_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[fexit]
 pub fn vad_fexit(ctx: FExitContext) -> u32 {
-    alloc_exit::<true>(
-        ProbeId::VmAreaDup,
-        ctx.arg::<u64>(0),
-        ctx.arg::<u64>(RET_SLOT),
-    );
+    alloc_exit::<true>(ProbeId::VmAreaDup, ctx.arg::<u64>(0), ctx.arg::<u64>(RET_SLOT));
     0
 }
 

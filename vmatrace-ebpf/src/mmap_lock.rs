@@ -12,7 +12,7 @@ use aya_ebpf::{
 use vmatrace_common::{EventKind, event::ProbeId, event::flags};
 
 use crate::{
-    emit::{emit, now},
+    emit::{header, now, send},
     filter::traced,
     globals::global,
     kernel::{Reads, mm_seq},
@@ -26,21 +26,14 @@ fn field<T: Copy>(ctx: &TracePointContext, off: u32) -> Option<T> {
 
 #[inline(always)]
 fn emit_unlock(probe: ProbeId, pid_tgid: u64, mm: u64, write: u8, seq: Option<u32>, r: Reads) {
-    emit(
-        EventKind::MmWriteUnlock,
-        probe,
-        pid_tgid,
-        now(),
-        r,
-        |ev, _| {
-            ev.mm = mm;
-            if let Some(seq) = seq {
-                ev.mm_lock_seq = seq;
-                ev.flags |= flags::MM_SEQ;
-            }
-            ev.arg = write as u64;
-        },
-    );
+    let mut ev = header(EventKind::MmWriteUnlock, probe, pid_tgid, now());
+    ev.mm = mm;
+    if let Some(seq) = seq {
+        ev.mm_lock_seq = seq;
+        ev.flags |= flags::MM_SEQ;
+    }
+    ev.arg = write as u64;
+    send(&mut ev, r);
 }
 
 #[tracepoint]

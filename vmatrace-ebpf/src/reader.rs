@@ -10,7 +10,7 @@ use aya_ebpf::{
 use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
 
 use crate::{
-    emit::{count, counter_value, emit, now},
+    emit::{count, counter_value, header, now, send},
     filter::traced,
     globals::global,
     inflight::{remember, take},
@@ -70,31 +70,30 @@ fn reader_exit(ts: u64, pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Infl
         return;
     }
     count(Counter::ReaderSampled);
-    emit::<false>(
+    let mut r = Reads::<false>::new();
+    let mut ev = header(
         EventKind::ReaderAcquire,
         ProbeId::LockVmaUnderRcu,
         pid_tgid,
         if ts != 0 { ts } else { now() },
-        Reads::new(),
-        |ev, r| {
-            if ret != 0 {
-                fill_vma(ev, ret, r);
-            } else {
-                fill_mm(ev, mm, r);
-            }
-            if ev.mm == 0 {
-                ev.mm = mm;
-            }
-            ev.arg = addr;
-            ev.ret = ret as i64;
-            ev.flags |= flags::RET;
-            // The lock latency, when the kretprobe's entry saw the call start. Not flagged
-            // PAIRED: there is no VMA at entry, so no entry refcount.
-            if entry.found() {
-                ev.wait_ns = ev.ts_ns.wrapping_sub(entry.ts);
-            }
-        },
     );
+    if ret != 0 {
+        fill_vma(&mut ev, ret, &mut r);
+    } else {
+        fill_mm(&mut ev, mm, &mut r);
+    }
+    if ev.mm == 0 {
+        ev.mm = mm;
+    }
+    ev.arg = addr;
+    ev.ret = ret as i64;
+    ev.flags |= flags::RET;
+    // The lock latency, when the kretprobe's entry saw the call start. Not flagged
+    // PAIRED: there is no VMA at entry, so no entry refcount.
+    if entry.found() {
+        ev.wait_ns = ev.ts_ns.wrapping_sub(entry.ts);
+    }
+    send(&mut ev, r);
 }
 
 #[fexit]
@@ -163,23 +162,22 @@ fn next_vma_exit(pid_tgid: u64, mm: u64, from_addr: u64, ret: u64) {
         return;
     }
     count(Counter::ReaderSampled);
-    emit::<false>(
+    let mut r = Reads::<false>::new();
+    let mut ev = header(
         EventKind::ReaderAcquire,
         ProbeId::LockNextVma,
         pid_tgid,
         now(),
-        Reads::new(),
-        |ev, r| {
-            if ret != 0 && !is_err_ptr(ret) {
-                fill_vma(ev, ret, r);
-            } else if mm != 0 {
-                fill_mm(ev, mm, r);
-            }
-            ev.arg = from_addr;
-            ev.ret = ret as i64;
-            ev.flags |= flags::RET;
-        },
     );
+    if ret != 0 && !is_err_ptr(ret) {
+        fill_vma(&mut ev, ret, &mut r);
+    } else if mm != 0 {
+        fill_mm(&mut ev, mm, &mut r);
+    }
+    ev.arg = from_addr;
+    ev.ret = ret as i64;
+    ev.flags |= flags::RET;
+    send(&mut ev, r);
 }
 
 #[fexit]
@@ -212,14 +210,14 @@ pub fn vrp_kprobe(ctx: ProbeContext) -> u32 {
         return 0;
     }
     count(Counter::ReaderRelease);
-    let vma = ctx.arg::<u64>(0).unwrap_or(0);
-    emit::<false>(
+    let mut r = Reads::<false>::new();
+    let mut ev = header(
         EventKind::ReaderRelease,
         ProbeId::VmaRefcountPut,
         pid_tgid,
         now(),
-        Reads::new(),
-        |ev, r| fill_vma(ev, vma, r),
     );
+    fill_vma(&mut ev, ctx.arg::<u64>(0).unwrap_or(0), &mut r);
+    send(&mut ev, r);
     0
 }

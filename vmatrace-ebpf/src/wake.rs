@@ -13,7 +13,7 @@ use aya_ebpf::{
 use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
 
 use crate::{
-    emit::{count, emit, now},
+    emit::{count, header, now, send},
     kernel::{Reads, fill_vma, int_ret},
     maps::{EXCLUDERS, Excluder, INFLIGHT_WAKE, Inflight},
 };
@@ -43,23 +43,16 @@ fn emit_wake(pid_tgid: u64, ts: u64, w: u64, x: &Excluder, ret: Option<i64>) {
     if ret != Some(0) {
         count(Counter::WriterWake);
     }
-    let vma = x.vma;
-    emit::<false>(
-        EventKind::WriterWake,
-        ProbeId::RcuwaitWakeUp,
-        pid_tgid,
-        ts,
-        Reads::new(),
-        |ev, r| {
-            // refcnt here is the value the waker's put left: F or F+1 for a real wake-up.
-            fill_vma(ev, vma, r);
-            ev.arg = w;
-            if let Some(ret) = ret {
-                ev.ret = ret;
-                ev.flags |= flags::RET;
-            }
-        },
-    );
+    let mut r = Reads::<false>::new();
+    let mut ev = header(EventKind::WriterWake, ProbeId::RcuwaitWakeUp, pid_tgid, ts);
+    // refcnt here is the value the waker's put left: F or F+1 for a real wake-up.
+    fill_vma(&mut ev, x.vma, &mut r);
+    ev.arg = w;
+    if let Some(ret) = ret {
+        ev.ret = ret;
+        ev.flags |= flags::RET;
+    }
+    send(&mut ev, r);
 }
 
 /// Entry: emitted before the wake-up happens, so the record is ordered before the woken

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
 
 use crate::{
-    emit::{count, emit, now, paired},
+    emit::{count, header, now, paired, send},
     filter::traced,
     globals::{GEN_6_15, GEN_6_19, GEN_7_0, generation, global},
     inflight::{note_outer_lost, remember, take, take_outer},
@@ -115,14 +115,20 @@ fn entry<const D: bool>(
     mut r: Reads<D>,
     fill: impl FnOnce(&mut Event, &mut Reads<D>),
 ) {
-    let h = read_head(vma, &mut r);
-    if waits {
-        register_excluder(h.mm, vma, pid_tgid);
-    }
-    saved.refcnt = h.refcnt;
     if streams_entries() {
-        emit::<D>(kind, probe, pid_tgid, now(), r, fill);
+        let mut ev = header(kind, probe, pid_tgid, now());
+        fill(&mut ev, &mut r);
+        if waits {
+            register_excluder(ev.mm, vma, pid_tgid);
+        }
+        saved.refcnt = ev.refcnt;
+        send(&mut ev, r);
     } else {
+        let h = read_head(vma, &mut r);
+        if waits {
+            register_excluder(h.mm, vma, pid_tgid);
+        }
+        saved.refcnt = h.refcnt;
         saved.lock_seq = h.lock_seq;
         saved.folded = 1;
         if r.failed {
@@ -135,26 +141,29 @@ fn entry<const D: bool>(
 }
 
 /// What a return half starts from.
-struct Exit {
+struct Exit<const D: bool> {
     pid_tgid: u64,
-    /// The return's time.
-    ts: u64,
     /// This thread's saved entry, or `Inflight::NONE`.
     entry: Inflight,
     /// The pointer argument: from the fexit arguments, or (kretprobe: `ptr_arg` 0) the
     /// one saved at entry.
     ptr: u64,
+    /// The event, header filled in with the return's time.
+    ev: Event,
+    r: Reads<D>,
 }
 
 /// The common start of every return half: the time first (so `wait_ns` stops where the
-/// kernel function did), then the filter, then this thread's saved entry (if any). With
-/// direct reads (`D`, fexit) the pointer is always the typed argument: the saved one went
-/// through a map and is a plain number to the verifier.
+/// kernel function did), then the filter, then this thread's saved entry (if any), then
+/// the event's header. With direct reads (`D`, fexit) the pointer is always the typed
+/// argument: the saved one went through a map and is a plain number to the verifier.
 #[inline(always)]
 fn begin_exit<const D: bool>(
     ptr_arg: u64,
+    kind: EventKind,
+    probe: ProbeId,
     take_entry: impl FnOnce(u64) -> Inflight,
-) -> Option<Exit> {
+) -> Option<Exit<D>> {
     let ts = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
@@ -168,42 +177,38 @@ fn begin_exit<const D: bool>(
     };
     Some(Exit {
         pid_tgid,
-        ts,
         entry,
         ptr,
+        ev: header(kind, probe, pid_tgid, ts),
+        r: Reads::new(),
     })
 }
 
-/// The common end of every return half: the exclusion (if the function `waits` for
-/// readers itself) is over for `mm`, then the event goes out: `fill` writes the
-/// function's fields, the pairing data with the entry (folded into this event unless the
-/// entry streamed its own) is added here.
+/// The common end of every return half: pairing data, the exclusion (if the function
+/// `waits` for readers itself) is over, the event goes out.
 #[inline(always)]
 fn finish_exit<const D: bool>(
-    x: &Exit,
-    (kind, probe): (EventKind, ProbeId),
+    ev: &mut Event,
     r: Reads<D>,
+    entry: Inflight,
     mm: u64,
+    pid_tgid: u64,
     waits: bool,
-    fill: impl FnOnce(&mut Event, &mut Reads<D>),
 ) {
-    if waits {
-        retire_excluder(mm, x.pid_tgid);
-    }
-    let entry = x.entry;
-    emit::<D>(kind, probe, x.pid_tgid, x.ts, r, |ev, r| {
-        fill(ev, r);
-        if entry.found() {
-            paired(ev, entry.ts, entry.refcnt);
-            if entry.folded != 0 {
-                ev.flags |= flags::FOLDED;
-                ev.arg = (u64::from(entry.lock_seq) << 32) | u64::from(entry.entry_arg);
-                if entry.read_failed != 0 {
-                    ev.flags |= flags::READ_FAILED;
-                }
+    if entry.found() {
+        paired(ev, entry.ts, entry.refcnt);
+        if entry.folded != 0 {
+            ev.flags |= flags::FOLDED;
+            ev.arg = (u64::from(entry.lock_seq) << 32) | u64::from(entry.entry_arg);
+            if entry.read_failed != 0 {
+                ev.flags |= flags::READ_FAILED;
             }
         }
-    });
+    }
+    if waits {
+        retire_excluder(mm, pid_tgid);
+    }
+    send(ev, r);
 }
 
 /// Whether `__vma_start_write` waits for readers itself, so its entry and return must
@@ -228,15 +233,17 @@ const fn saved(ptr: u64, vma: u64, arg1: u64, arg2: u64) -> Inflight {
     }
 }
 
-/// The `ves` fields and its VMA into the event (sets `VES`).
+/// The `ves` fields and its VMA into the event (sets `VES`); the fields, for the caller.
 #[inline(always)]
-fn put_ves<const D: bool>(ev: &mut Event, s: &Ves, r: &mut Reads<D>) {
+fn fill_ves<const D: bool>(ev: &mut Event, ves: u64, r: &mut Reads<D>) -> Ves {
+    let s = read_ves(ves, r);
     ev.ves_state = s.state;
     ev.ves_detaching = s.detaching;
     ev.ves_detached = s.detached;
     ev.ves_exclusive = s.exclusive;
     ev.flags |= flags::VES;
     fill_vma(ev, s.vma, r);
+    s
 }
 
 // ---------------------------------------------------------------- __vma_start_write
@@ -274,37 +281,37 @@ fn write_enter<const D: bool>(vma: u64, a1: u64, a2: u64) {
 /// (taken from the saved entry).
 #[inline(always)]
 fn write_exit<const D: bool>(vma_arg: u64, raw_ret: u64) {
-    let Some(x) = begin_exit::<D>(vma_arg, |pid_tgid| {
-        if write_entry_from_exclude() {
-            take_outer(&INFLIGHT_EXCLUDE, pid_tgid, vma_arg)
-        } else {
-            take(&INFLIGHT_WRITE, pid_tgid)
-        }
-    }) else {
+    let Some(Exit {
+        pid_tgid,
+        entry,
+        ptr: vma,
+        mut ev,
+        mut r,
+    }) = begin_exit::<D>(
+        vma_arg,
+        EventKind::WriteLockExit,
+        ProbeId::VmaStartWrite,
+        |pid_tgid| {
+            if write_entry_from_exclude() {
+                take_outer(&INFLIGHT_EXCLUDE, pid_tgid, vma_arg)
+            } else {
+                take(&INFLIGHT_WRITE, pid_tgid)
+            }
+        },
+    )
+    else {
         return;
     };
-    let vma = x.ptr;
-    let waits = write_lock_waits();
-    let mut r = Reads::<D>::new();
-    let mm = if waits { mm_of(vma, &mut r) } else { 0 };
+    fill_vma(&mut ev, vma, &mut r);
     // void before 6.19: the register holds garbage, report success.
-    let ret = if generation() == GEN_6_15 {
+    ev.ret = if generation() == GEN_6_15 {
         0
     } else {
         int_ret(raw_ret)
     };
-    finish_exit(
-        &x,
-        (EventKind::WriteLockExit, ProbeId::VmaStartWrite),
-        r,
-        mm,
-        waits,
-        |ev, r| {
-            fill_vma(ev, vma, r);
-            ev.ret = ret;
-            ev.flags |= flags::RET;
-        },
-    );
+    ev.flags |= flags::RET;
+    let mm = ev.mm;
+    finish_exit(&mut ev, r, entry, mm, pid_tgid, write_lock_waits());
 }
 
 #[fentry]
@@ -366,7 +373,9 @@ fn exclude_enter_ves<const D: bool>(ves: u64) {
         keep,
         true,
         r,
-        |ev, r| put_ves(ev, &s, r),
+        |ev, r| {
+            fill_ves(ev, ves, r);
+        },
     );
 }
 
@@ -375,31 +384,31 @@ fn exclude_enter_ves<const D: bool>(ves: u64) {
 /// caller's frame, which is still there).
 #[inline(always)]
 fn exclude_exit_ves<const D: bool>(ves_arg: u64, raw_ret: u64) {
-    let Some(x) = begin_exit::<D>(ves_arg, |pid_tgid| take(&INFLIGHT_EXCLUDE, pid_tgid)) else {
+    let Some(Exit {
+        pid_tgid,
+        entry,
+        ptr: ves,
+        mut ev,
+        mut r,
+    }) = begin_exit::<D>(
+        ves_arg,
+        EventKind::ExcludeExit,
+        ProbeId::VmaStartExcludeReaders,
+        |pid_tgid| take(&INFLIGHT_EXCLUDE, pid_tgid),
+    )
+    else {
         return;
     };
-    let ves = x.ptr;
-    let mut r = Reads::<D>::new();
-    let s = read_ves(ves, &mut r);
-    if ves != 0 && !x.entry.found() && write_entry_from_exclude() && s.detaching == 0 {
-        note_outer_lost(&INFLIGHT_EXCLUDE, x.pid_tgid);
+    if ves != 0 {
+        let s = fill_ves(&mut ev, ves, &mut r);
+        if !entry.found() && write_entry_from_exclude() && s.detaching == 0 {
+            note_outer_lost(&INFLIGHT_EXCLUDE, pid_tgid);
+        }
     }
-    let mm = mm_of(s.vma, &mut r);
-    let ret = int_ret(raw_ret);
-    finish_exit(
-        &x,
-        (EventKind::ExcludeExit, ProbeId::VmaStartExcludeReaders),
-        r,
-        mm,
-        true,
-        |ev, r| {
-            if ves != 0 {
-                put_ves(ev, &s, r);
-            }
-            ev.ret = ret;
-            ev.flags |= flags::RET;
-        },
-    );
+    ev.ret = int_ret(raw_ret);
+    ev.flags |= flags::RET;
+    let mm = ev.mm;
+    finish_exit(&mut ev, r, entry, mm, pid_tgid, true);
 }
 
 #[fentry]
@@ -463,32 +472,35 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
 /// generations read the same way.
 #[kretprobe]
 pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
-    let Some(x) = begin_exit::<false>(0, |pid_tgid| take(&INFLIGHT_EXCLUDE, pid_tgid)) else {
+    let Some(Exit {
+        pid_tgid,
+        entry,
+        mut ev,
+        mut r,
+        ..
+    }) = begin_exit::<false>(
+        0,
+        EventKind::ExcludeExit,
+        ProbeId::VmaEnterLocked,
+        |pid_tgid| take(&INFLIGHT_EXCLUDE, pid_tgid),
+    )
+    else {
         return 0;
     };
     let ret = int_ret(ctx.ret::<u64>());
-    let e = x.entry;
-    let mut r = Reads::<false>::new();
-    let mm = if e.found() { mm_of(e.vma, &mut r) } else { 0 };
-    finish_exit(
-        &x,
-        (EventKind::ExcludeExit, ProbeId::VmaEnterLocked),
-        r,
-        mm,
-        true,
-        |ev, r| {
-            if e.found() {
-                fill_vma(ev, e.vma, r);
-                ev.ves_state = e.arg1 as u32;
-                ev.ves_detaching = e.arg2 as u8;
-                ev.ves_exclusive = (ret == 1) as u8;
-                ev.ves_detached = (ret == 0) as u8;
-                ev.flags |= flags::VES;
-            }
-            ev.ret = ret;
-            ev.flags |= flags::RET;
-        },
-    );
+    if entry.found() {
+        let e = entry;
+        fill_vma(&mut ev, e.vma, &mut r);
+        ev.ves_state = e.arg1 as u32;
+        ev.ves_detaching = e.arg2 as u8;
+        ev.ves_exclusive = (ret == 1) as u8;
+        ev.ves_detached = (ret == 0) as u8;
+        ev.flags |= flags::VES;
+    }
+    ev.ret = ret;
+    ev.flags |= flags::RET;
+    let mm = ev.mm;
+    finish_exit(&mut ev, r, entry, mm, pid_tgid, true);
     0
 }
 
@@ -514,16 +526,26 @@ fn detach_enter<const D: bool>(vma: u64, probe: ProbeId) {
 
 #[inline(always)]
 fn detach_exit<const D: bool>(vma_arg: u64, probe: ProbeId) {
-    let Some(x) = begin_exit::<D>(vma_arg, |pid_tgid| take(&INFLIGHT_DETACH, pid_tgid)) else {
+    let Some(Exit {
+        pid_tgid,
+        entry,
+        ptr: vma,
+        mut ev,
+        mut r,
+    }) = begin_exit::<D>(vma_arg, EventKind::DetachExit, probe, |pid_tgid| {
+        take(&INFLIGHT_DETACH, pid_tgid)
+    })
+    else {
         return;
     };
-    let vma = x.ptr;
-    let mut r = Reads::<D>::new();
+    fill_vma(&mut ev, vma, &mut r);
     // The VMA is detached but not freed (RCU-typesafe slab): its vm_mm is still valid.
-    let mm = mm_of(vma, &mut r);
-    finish_exit(&x, (EventKind::DetachExit, probe), r, mm, true, |ev, r| {
-        fill_vma(ev, vma, r)
-    });
+    let mm = if ev.mm != 0 {
+        ev.mm
+    } else {
+        mm_of(vma, &mut r)
+    };
+    finish_exit(&mut ev, r, entry, mm, pid_tgid, true);
 }
 
 #[fentry]
