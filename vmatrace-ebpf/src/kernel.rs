@@ -197,12 +197,6 @@ pub fn read_head<const D: bool>(vma: u64, r: &mut Reads<D>) -> Head {
     }
 }
 
-/// The `mm` of a VMA.
-#[inline(always)]
-pub fn mm_of<const D: bool>(vma: u64, r: &mut Reads<D>) -> u64 {
-    r.at::<u64>(vma, global!(OFFSETS.vma_vm_mm))
-}
-
 /// `struct vma_exclude_readers_state` (7.0+), read in full.
 #[derive(Clone, Copy, Default)]
 pub struct Ves {

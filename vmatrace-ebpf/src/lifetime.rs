@@ -71,7 +71,11 @@ pub fn vaa_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[fexit]
 pub fn vad_fexit(ctx: FExitContext) -> u32 {
-    alloc_exit::<true>(ProbeId::VmAreaDup, ctx.arg::<u64>(0), ctx.arg::<u64>(RET_SLOT));
+    alloc_exit::<true>(
+        ProbeId::VmAreaDup,
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(RET_SLOT),
+    );
     0
 }
 

@@ -110,15 +110,47 @@ pub static INFLIGHT_READER: LruHashMap<u64, Inflight> =
 pub static INFLIGHT_WAKE: LruHashMap<u64, Inflight> =
     LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
 
-/// A task excluding readers from a VMA of some mm.
+/// A task excluding readers from a VMA of some mm: the last one that started to.
+///
+/// Whether its exclusion is still in progress is not stored here but read from its call's
+/// in-flight element (`family`'s map, key `pid_tgid`: `live` and the same VMA, see
+/// [`excluding`]): the return, which clears `live` anyway, then has nothing to undo here,
+/// one map lookup less on every writer-path return. `rcuwait_wake_up` is rare next to
+/// write locks, so the extra lookup lands on the rare side.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Excluder {
     pub vma: u64,
     pub pid_tgid: u64,
-    /// 1 from the writer's/detacher's entry to its return: it may be waiting.
-    pub active: u32,
-    pub pad: u32,
+    /// 0 while the excluder rewrites the element in place, 1 once it is consistent.
+    pub ready: u32,
+    /// [`FAMILY_WRITE`], [`FAMILY_EXCLUDE`] or [`FAMILY_DETACH`].
+    pub family: u32,
+}
+
+/// Which in-flight map holds an excluder's call.
+pub const FAMILY_WRITE: u32 = 0;
+pub const FAMILY_EXCLUDE: u32 = 1;
+pub const FAMILY_DETACH: u32 = 2;
+
+/// Whether `x`'s exclusion is in progress: its call's in-flight element is live (between
+/// the entry and the return) for the same VMA.
+#[inline(always)]
+pub fn excluding(x: &Excluder) -> bool {
+    if x.ready == 0 || x.vma == 0 {
+        return false;
+    }
+    let e = match x.family {
+        FAMILY_WRITE => INFLIGHT_WRITE.get_ptr(x.pid_tgid),
+        FAMILY_EXCLUDE => INFLIGHT_EXCLUDE.get_ptr(x.pid_tgid),
+        _ => INFLIGHT_DETACH.get_ptr(x.pid_tgid),
+    };
+    // SAFETY: a value pointer from the lookup; the owning thread writes it concurrently,
+    // each field is read once.
+    e.is_some_and(|p| unsafe {
+        core::ptr::read_volatile(&raw const (*p).live) != 0
+            && core::ptr::read_volatile(&raw const (*p).vma) == x.vma
+    })
 }
 
 /// Keyed by `&mm->vma_writer_wait` (mm + offset). Only excluders wait on that rcuwait,

@@ -15,7 +15,7 @@ use crate::{
     globals::global,
     inflight::{remember, take},
     kernel::{EXCLUDE_READERS_FLAG, Reads, fill_mm, fill_vma, is_err_ptr, writer_wait_of},
-    maps::{EXCLUDERS, INFLIGHT_READER, Inflight},
+    maps::{EXCLUDERS, INFLIGHT_READER, Inflight, excluding},
 };
 
 /// Whether to stream this call: 1 in N by this CPU's running count of `c`.
@@ -38,7 +38,7 @@ fn failed_under_exclusion(mm: u64, addr: u64) -> bool {
     };
     // SAFETY: a value pointer from the lookup, read once.
     let x = unsafe { *x };
-    if x.active == 0 || x.vma == 0 {
+    if !excluding(&x) {
         return false;
     }
     let mut r = Reads::<false>::new();

@@ -15,7 +15,7 @@ use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
 use crate::{
     emit::{count, header, now, send},
     kernel::{Reads, fill_vma, int_ret},
-    maps::{EXCLUDERS, Excluder, INFLIGHT_WAKE, Inflight},
+    maps::{EXCLUDERS, Excluder, INFLIGHT_WAKE, Inflight, excluding},
 };
 
 #[inline(always)]
@@ -23,15 +23,15 @@ fn excluder(w: u64) -> Option<Excluder> {
     if w == 0 {
         return None;
     }
-    // SAFETY: a value pointer from the lookup. `active` is read first: the excluder
-    // rewrites the element in place and sets `active` last (`writer::register_excluder`).
+    // SAFETY: a value pointer from the lookup. `ready` is read first: the excluder
+    // rewrites the element in place and sets `ready` last (`writer::register_excluder`).
     EXCLUDERS.get_ptr(w).map(|p| unsafe {
-        let active = core::ptr::read_volatile(&raw const (*p).active);
+        let ready = core::ptr::read_volatile(&raw const (*p).ready);
         Excluder {
             vma: core::ptr::read_volatile(&raw const (*p).vma),
             pid_tgid: core::ptr::read_volatile(&raw const (*p).pid_tgid),
-            active,
-            pad: 0,
+            ready,
+            family: core::ptr::read_volatile(&raw const (*p).family),
         }
     })
 }
@@ -68,7 +68,7 @@ pub fn rww_kprobe(ctx: ProbeContext) -> u32 {
     let Some(x) = excluder(w) else {
         return 0;
     };
-    if x.active == 0 {
+    if !excluding(&x) {
         return 0;
     }
     let mut r = Reads::<false>::new();
@@ -109,7 +109,7 @@ pub fn rww_kretprobe(ctx: RetProbeContext) -> u32 {
 }
 
 /// fexit variant: `ret` = 1 means a task was woken. The writer may already have returned
-/// (its excluder entry is then inactive but still present), so only the return value
+/// (its exclusion then no longer `excluding`, the element still present), so only the return value
 /// decides. Records can be ordered after the woken writer's return: prefer the kprobe.
 #[fexit]
 pub fn rww_fexit(ctx: FExitContext) -> u32 {
@@ -120,7 +120,7 @@ pub fn rww_fexit(ctx: FExitContext) -> u32 {
     let ret = int_ret(ctx.ret::<u64>().unwrap_or(0));
     // ret 0 while the exclusion is active: a call that found nobody registered (see the
     // kprobe); ret 0 after it ended is some unrelated late call.
-    if ret == 0 && x.active == 0 {
+    if ret == 0 && !excluding(&x) {
         return 0;
     }
     emit_wake(bpf_get_current_pid_tgid(), now(), w, &x, Some(ret));

@@ -22,13 +22,17 @@ use crate::{
     filter::traced,
     globals::{GEN_6_15, GEN_6_19, GEN_7_0, generation, global},
     inflight::{note_outer_lost, remember, take, take_outer},
-    kernel::{Reads, Ves, fill_vma, int_ret, mm_of, read_head, read_ves, writer_wait_of},
-    maps::{EXCLUDERS, Excluder, INFLIGHT_DETACH, INFLIGHT_EXCLUDE, INFLIGHT_WRITE, Inflight},
+    kernel::{Reads, Ves, fill_vma, int_ret, read_head, read_ves, writer_wait_of},
+    maps::{
+        EXCLUDERS, Excluder, FAMILY_DETACH, FAMILY_EXCLUDE, FAMILY_WRITE, INFLIGHT_DETACH,
+        INFLIGHT_EXCLUDE, INFLIGHT_WRITE, Inflight,
+    },
 };
 
-/// This task may now wait on `vma->vm_mm->vma_writer_wait`.
+/// This task may now wait on `vma->vm_mm->vma_writer_wait`, inside a call whose
+/// in-flight element is in `family`'s map.
 #[inline(always)]
-fn register_excluder(mm: u64, vma: u64, pid_tgid: u64) {
+fn register_excluder(mm: u64, vma: u64, pid_tgid: u64, family: u32) {
     let w = writer_wait_of(mm);
     if w == 0 {
         return;
@@ -36,46 +40,30 @@ fn register_excluder(mm: u64, vma: u64, pid_tgid: u64) {
     let x = Excluder {
         vma,
         pid_tgid,
-        active: 1,
-        pad: 0,
+        ready: 1,
+        family,
     };
     // One element per mm, rewritten in place by each exclusion (the mmap write lock
     // serialises excluders of one mm): a lockless lookup instead of an LRU insert, which
     // takes the bucket and LRU locks, on every write lock. `rcuwait_wake_up` programs read
-    // the element concurrently, `active` first (`wake::excluder`): it is cleared before
+    // the element concurrently, `ready` first (`wake::excluder`): it is cleared before
     // and set after the other fields, in program order (volatile stores, and x86 keeps
-    // stores in order), so a reader that sees `active` = 1 sees this exclusion's VMA.
+    // stores in order), so a reader that sees `ready` = 1 sees this exclusion's fields.
+    // Nothing is undone at the return: the call's in-flight element says whether the
+    // exclusion is still in progress (`maps::excluding`).
     if let Some(p) = EXCLUDERS.get_ptr_mut(w) {
         // SAFETY: a value pointer from the lookup; only this mm's excluder writes it.
         unsafe {
-            core::ptr::write_volatile(&raw mut (*p).active, 0);
+            core::ptr::write_volatile(&raw mut (*p).ready, 0);
             core::ptr::write_volatile(&raw mut (*p).vma, vma);
             core::ptr::write_volatile(&raw mut (*p).pid_tgid, pid_tgid);
-            core::ptr::write_volatile(&raw mut (*p).active, 1);
+            core::ptr::write_volatile(&raw mut (*p).family, family);
+            core::ptr::write_volatile(&raw mut (*p).ready, 1);
         }
         return;
     }
     if EXCLUDERS.insert(w, x, 0).is_err() {
         count(Counter::InflightMapFull);
-    }
-}
-
-/// The exclusion (if any) is over: nobody waits on this mm's rcuwait any more. The entry
-/// stays (marked inactive) so a late `rcuwait_wake_up` fexit can still tell that `w` is a
-/// writer wait.
-#[inline(always)]
-fn retire_excluder(mm: u64, pid_tgid: u64) {
-    let w = writer_wait_of(mm);
-    if w == 0 {
-        return;
-    }
-    if let Some(x) = EXCLUDERS.get_ptr_mut(w) {
-        // SAFETY: a value pointer from the lookup; only this field is written.
-        unsafe {
-            if (*x).pid_tgid == pid_tgid {
-                (*x).active = 0;
-            }
-        }
     }
 }
 
@@ -106,7 +94,7 @@ fn streams_entries() -> bool {
 /// `wait_ns` measures the kernel function, not the tracer.
 #[inline(always)]
 fn entry<const D: bool>(
-    map: &LruHashMap<u64, Inflight>,
+    (map, family): (&LruHashMap<u64, Inflight>, u32),
     pid_tgid: u64,
     (kind, probe): (EventKind, ProbeId),
     vma: u64,
@@ -119,14 +107,14 @@ fn entry<const D: bool>(
         let mut ev = header(kind, probe, pid_tgid, now());
         fill(&mut ev, &mut r);
         if waits {
-            register_excluder(ev.mm, vma, pid_tgid);
+            register_excluder(ev.mm, vma, pid_tgid, family);
         }
         saved.refcnt = ev.refcnt;
         send(&mut ev, r);
     } else {
         let h = read_head(vma, &mut r);
         if waits {
-            register_excluder(h.mm, vma, pid_tgid);
+            register_excluder(h.mm, vma, pid_tgid, family);
         }
         saved.refcnt = h.refcnt;
         saved.lock_seq = h.lock_seq;
@@ -184,17 +172,11 @@ fn begin_exit<const D: bool>(
     })
 }
 
-/// The common end of every return half: pairing data, the exclusion (if the function
-/// `waits` for readers itself) is over, the event goes out.
+/// The common end of every return half: pairing data (folded into this event unless the
+/// entry streamed its own), then the event goes out. Nothing to undo in `EXCLUDERS`:
+/// taking the entry ended the exclusion there (`maps::excluding`).
 #[inline(always)]
-fn finish_exit<const D: bool>(
-    ev: &mut Event,
-    r: Reads<D>,
-    entry: Inflight,
-    mm: u64,
-    pid_tgid: u64,
-    waits: bool,
-) {
+fn finish_exit<const D: bool>(ev: &mut Event, r: Reads<D>, entry: Inflight) {
     if entry.found() {
         paired(ev, entry.ts, entry.refcnt);
         if entry.folded != 0 {
@@ -204,9 +186,6 @@ fn finish_exit<const D: bool>(
                 ev.flags |= flags::READ_FAILED;
             }
         }
-    }
-    if waits {
-        retire_excluder(mm, pid_tgid);
     }
     send(ev, r);
 }
@@ -263,7 +242,7 @@ fn write_enter<const D: bool>(vma: u64, a1: u64, a2: u64) {
     let mut keep = saved(vma, vma, a1, a2);
     keep.entry_arg = arg;
     entry::<D>(
-        &INFLIGHT_WRITE,
+        (&INFLIGHT_WRITE, FAMILY_WRITE),
         pid_tgid,
         (EventKind::WriteLockEnter, ProbeId::VmaStartWrite),
         vma,
@@ -282,11 +261,11 @@ fn write_enter<const D: bool>(vma: u64, a1: u64, a2: u64) {
 #[inline(always)]
 fn write_exit<const D: bool>(vma_arg: u64, raw_ret: u64) {
     let Some(Exit {
-        pid_tgid,
         entry,
         ptr: vma,
         mut ev,
         mut r,
+        ..
     }) = begin_exit::<D>(
         vma_arg,
         EventKind::WriteLockExit,
@@ -310,8 +289,7 @@ fn write_exit<const D: bool>(vma_arg: u64, raw_ret: u64) {
         int_ret(raw_ret)
     };
     ev.flags |= flags::RET;
-    let mm = ev.mm;
-    finish_exit(&mut ev, r, entry, mm, pid_tgid, write_lock_waits());
+    finish_exit(&mut ev, r, entry);
 }
 
 #[fentry]
@@ -366,7 +344,7 @@ fn exclude_enter_ves<const D: bool>(ves: u64) {
     // `__vma_start_write`'s call (not the detach's): also that call's entry.
     keep.outer = u32::from(write_entry_from_exclude() && s.detaching == 0);
     entry::<D>(
-        &INFLIGHT_EXCLUDE,
+        (&INFLIGHT_EXCLUDE, FAMILY_EXCLUDE),
         pid_tgid,
         (EventKind::ExcludeEnter, ProbeId::VmaStartExcludeReaders),
         s.vma,
@@ -407,8 +385,7 @@ fn exclude_exit_ves<const D: bool>(ves_arg: u64, raw_ret: u64) {
     }
     ev.ret = int_ret(raw_ret);
     ev.flags |= flags::RET;
-    let mm = ev.mm;
-    finish_exit(&mut ev, r, entry, mm, pid_tgid, true);
+    finish_exit(&mut ev, r, entry);
 }
 
 #[fentry]
@@ -450,7 +427,7 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
     let detaching = ctx.arg::<u64>(1).unwrap_or(0) as u8 & 1;
     let state = ctx.arg::<u64>(2).unwrap_or(0) as u32;
     entry::<false>(
-        &INFLIGHT_EXCLUDE,
+        (&INFLIGHT_EXCLUDE, FAMILY_EXCLUDE),
         pid_tgid,
         (EventKind::ExcludeEnter, ProbeId::VmaEnterLocked),
         vma,
@@ -473,7 +450,6 @@ pub fn vel_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
     let Some(Exit {
-        pid_tgid,
         entry,
         mut ev,
         mut r,
@@ -499,8 +475,7 @@ pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
     }
     ev.ret = ret;
     ev.flags |= flags::RET;
-    let mm = ev.mm;
-    finish_exit(&mut ev, r, entry, mm, pid_tgid, true);
+    finish_exit(&mut ev, r, entry);
     0
 }
 
@@ -513,7 +488,7 @@ fn detach_enter<const D: bool>(vma: u64, probe: ProbeId) {
         return;
     }
     entry::<D>(
-        &INFLIGHT_DETACH,
+        (&INFLIGHT_DETACH, FAMILY_DETACH),
         pid_tgid,
         (EventKind::DetachEnter, probe),
         vma,
@@ -527,11 +502,11 @@ fn detach_enter<const D: bool>(vma: u64, probe: ProbeId) {
 #[inline(always)]
 fn detach_exit<const D: bool>(vma_arg: u64, probe: ProbeId) {
     let Some(Exit {
-        pid_tgid,
         entry,
         ptr: vma,
         mut ev,
         mut r,
+        ..
     }) = begin_exit::<D>(vma_arg, EventKind::DetachExit, probe, |pid_tgid| {
         take(&INFLIGHT_DETACH, pid_tgid)
     })
@@ -539,13 +514,7 @@ fn detach_exit<const D: bool>(vma_arg: u64, probe: ProbeId) {
         return;
     };
     fill_vma(&mut ev, vma, &mut r);
-    // The VMA is detached but not freed (RCU-typesafe slab): its vm_mm is still valid.
-    let mm = if ev.mm != 0 {
-        ev.mm
-    } else {
-        mm_of(vma, &mut r)
-    };
-    finish_exit(&mut ev, r, entry, mm, pid_tgid, true);
+    finish_exit(&mut ev, r, entry);
 }
 
 #[fentry]
