@@ -93,11 +93,20 @@ pub fn take_outer(map: &LruHashMap<u64, Inflight>, pid_tgid: u64, vma: u64) -> I
 const OUTER_LOST: u32 = 2;
 
 /// Start-exclude's return of a `__vma_start_write` call found no entry: mark the thread's
-/// element so [`take_outer`] returns nothing without counting again.
+/// element so [`take_outer`] returns nothing without counting again. A thread whose very
+/// first call lost its entry has no element yet: one is made for the mark.
 #[inline(always)]
 pub fn note_outer_lost(map: &LruHashMap<u64, Inflight>, pid_tgid: u64) {
     if let Some(p) = map.get_ptr_mut(pid_tgid) {
         // SAFETY: a value pointer from the lookup; this thread's own element.
         unsafe { (*p).outer = OUTER_LOST }
+        return;
+    }
+    let mark = Inflight {
+        outer: OUTER_LOST,
+        ..Inflight::NONE
+    };
+    if map.insert(pid_tgid, mark, BPF_NOEXIST as u64).is_err() {
+        count(Counter::InflightMapFull);
     }
 }
