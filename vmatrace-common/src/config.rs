@@ -78,10 +78,11 @@ pub struct Config {
     pub reader_sample_every: u32,
     /// Only trace tasks in this cgroup v2 id (0 = all).
     pub filter_cgroup: u64,
-    /// Unread bytes in the event ring at which a program forces a wake-up of the reader (a
-    /// quarter of the ring; the loader sets it from the ring size it creates). Known at
-    /// load time, so the programs do not ask the ring for its size on every event.
-    pub ring_wake_bytes: u64,
+    /// Records a CPU submits between two forced wake-ups of the reader: a quarter of the
+    /// ring's records shared out over the possible CPUs (the loader sets it from the ring
+    /// size it creates and the CPU count), so all CPUs together force one before a quarter
+    /// of the ring can be unread. Counted per CPU, with no question to the ring.
+    pub wake_every_records: u64,
     /// 1: entry programs stream their own event (`--stream-entries`), so a wait still in
     /// progress is visible before it ends. 0 (default): an entry only saves what its
     /// return needs, and the return's event stands for both (`flags::FOLDED`): half the
@@ -101,7 +102,7 @@ impl Config {
         filter_comm_len: 0,
         reader_sample_every: 0,
         filter_cgroup: 0,
-        ring_wake_bytes: 64 * 1024,
+        wake_every_records: 128,
         stream_entries: 0,
         write_entry_from_exclude: 0,
     };

@@ -1,7 +1,7 @@
 //! Building and sending event records; per-CPU counters.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns},
 };
 use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
@@ -9,7 +9,7 @@ use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
 use crate::{
     globals::global,
     kernel::Reads,
-    maps::{COUNTERS, EVENTS},
+    maps::{COUNTERS, EVENTS, SINCE_WAKE},
 };
 
 /// Add one to a per-CPU counter (no atomics needed: the slot is this CPU's, and BPF
@@ -85,14 +85,23 @@ pub fn send<const D: bool>(ev: &mut Event, r: Reads<D>) {
     }
 }
 
-/// `BPF_RB_FORCE_WAKEUP` once the unread data reaches `CONFIG.ring_wake_bytes` (a quarter
-/// of the ring, set by the loader, which sizes the ring), else `BPF_RB_NO_WAKEUP`.
+/// `BPF_RB_FORCE_WAKEUP` once this CPU has submitted `CONFIG.wake_every_records` records
+/// since its last forced wake-up (a quarter of the ring shared out over the CPUs, set by
+/// the loader), else `BPF_RB_NO_WAKEUP`. A per-CPU count is a few instructions (the
+/// verifier inlines per-CPU array lookups); asking the ring for its unread bytes was a
+/// helper call on every event.
 #[inline(always)]
 fn wakeup_flag() -> u64 {
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if avail >= global!(CONFIG.ring_wake_bytes) {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
+    let every = global!(CONFIG.wake_every_records);
+    if let Some(n) = SINCE_WAKE.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs do not nest on one CPU.
+        unsafe {
+            *n += 1;
+            if *n >= every {
+                *n = 0;
+                return BPF_RB_FORCE_WAKEUP as u64;
+            }
+        }
     }
+    BPF_RB_NO_WAKEUP as u64
 }

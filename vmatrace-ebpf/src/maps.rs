@@ -18,6 +18,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 pub static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
+/// `[0]`: records this CPU submitted since it last forced a wake-up of the reader
+/// (`emit::wakeup_flag`).
+#[map]
+pub static SINCE_WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// `vmatrace_common::Counter`-indexed per-CPU counters (plain increments, no atomics).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

@@ -81,6 +81,7 @@ fn maps_exist_with_their_types() {
     const BPF_MAP_TYPE_RINGBUF: u32 = 27;
     assert_eq!(ty(names::EVENTS), BPF_MAP_TYPE_RINGBUF);
     assert_eq!(ty(names::COUNTERS), BPF_MAP_TYPE_PERCPU_ARRAY);
+    assert_eq!(ty(names::SINCE_WAKE), BPF_MAP_TYPE_PERCPU_ARRAY);
     for m in names::INFLIGHT_MAPS {
         assert_eq!(ty(m), BPF_MAP_TYPE_LRU_HASH, "{m}");
     }

@@ -38,6 +38,7 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     /// `Array<u32>` of one: 1 while the session is armed (every hook attached).
     pub const ARMED: &str = "ARMED";
+    pub const SINCE_WAKE: &str = "SINCE_WAKE";
     /// In-flight maps pairing entry and return per thread, one per function family so
     /// nested calls (`__vma_start_write` → start-exclude) and the hot reader path do not
     /// disturb each other.
@@ -170,7 +171,7 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
     };
 
     let ring_bytes = ring_size(opts.ring_buffer_bytes);
-    config.ring_wake_bytes = u64::from(ring_bytes / 4);
+    config.wake_every_records = wake_every_records(ring_bytes, possible_cpus());
     let mut ebpf = loader(
         &plan.offsets,
         &config,
@@ -344,5 +345,31 @@ mod tests {
         assert_eq!(ring_size(5000), 8192);
         assert_eq!(ring_size(8 << 20), 8 << 20);
         assert_eq!(ring_size(u32::MAX), 1 << 31);
+    }
+}
+
+/// `Config::wake_every_records`: a quarter of the ring's records over `cpus`, at least 1.
+pub fn wake_every_records(ring_bytes: u32, cpus: usize) -> u64 {
+    let quarter = u64::from(ring_bytes / 4) / vmatrace_common::event::EVENT_SIZE as u64;
+    (quarter / cpus.max(1) as u64).max(1)
+}
+
+/// Possible CPUs (per-CPU maps have a slot for each); 1 if unknown.
+fn possible_cpus() -> usize {
+    aya::util::nr_cpus().unwrap_or(1)
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::wake_every_records;
+
+    #[test]
+    fn a_quarter_of_the_ring_over_the_cpus() {
+        // 8 MiB ring: 65 536 records, a quarter is 16 384.
+        assert_eq!(wake_every_records(8 << 20, 2), 8192);
+        assert_eq!(wake_every_records(8 << 20, 64), 256);
+        assert_eq!(wake_every_records(8 << 20, 0), 16384);
+        // A tiny ring on a big machine still wakes, every record.
+        assert_eq!(wake_every_records(4096, 512), 1);
     }
 }
