@@ -40,6 +40,10 @@ pub struct Offsets {
     pub ves_detached: u32,
     /// `vma_exclude_readers_state.exclusive` (7.0+)
     pub ves_exclusive: u32,
+    /// `task_struct.comm` (`char[16]`): fentry/fexit programs read it with two loads
+    /// through `bpf_get_current_task_btf()` instead of the `bpf_get_current_comm` helper.
+    /// Absent: the helper.
+    pub task_comm: u32,
 }
 
 impl Offsets {
@@ -58,6 +62,7 @@ impl Offsets {
         ves_detaching: OFFSET_ABSENT,
         ves_detached: OFFSET_ABSENT,
         ves_exclusive: OFFSET_ABSENT,
+        task_comm: OFFSET_ABSENT,
     };
 }
 

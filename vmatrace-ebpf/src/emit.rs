@@ -2,13 +2,15 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
 };
 use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
 
 use crate::{
     globals::global,
-    kernel::Reads,
+    kernel::{Reads, present},
     maps::{COUNTERS, EVENTS, SINCE_WAKE},
 };
 
@@ -34,9 +36,9 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// A record with the common header filled in.
+/// A record with the common header filled in. `D`: a fentry/fexit program (see `comm`).
 #[inline(always)]
-pub fn header(kind: EventKind, probe: ProbeId, pid_tgid: u64, ts: u64) -> Event {
+pub fn header<const D: bool>(kind: EventKind, probe: ProbeId, pid_tgid: u64, ts: u64) -> Event {
     let mut ev = Event::ZERO;
     ev.ts_ns = ts;
     ev.pid_tgid = pid_tgid;
@@ -44,10 +46,33 @@ pub fn header(kind: EventKind, probe: ProbeId, pid_tgid: u64, ts: u64) -> Event 
     ev.probe = probe as u8;
     // SAFETY: helper without arguments.
     ev.cpu = unsafe { bpf_get_smp_processor_id() };
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
-    }
+    comm::<D>(&mut ev.comm);
     ev
+}
+
+/// The current task's `comm`. In fentry/fexit programs (`D`), when BTF gave
+/// `task_struct.comm`'s offset, two 8-byte loads through `bpf_get_current_task_btf()`,
+/// whose result the verifier types as `struct task_struct *` (fault-safe `PROBE_MEM`
+/// loads, checked against the layout); otherwise the `bpf_get_current_comm` helper, which
+/// copies the name byte-wise with `strscpy` on every event.
+#[inline(always)]
+fn comm<const D: bool>(out: &mut [u8; 16]) {
+    let off = global!(OFFSETS.task_comm);
+    if D && present(off) {
+        // SAFETY: the helper returns the current task, never NULL; `off` is the BTF
+        // offset of its 16-byte `comm`, so both loads stay inside it.
+        unsafe {
+            let task = bpf_get_current_task_btf() as u64;
+            let lo = core::ptr::read_volatile(task.wrapping_add(u64::from(off)) as *const u64);
+            let hi = core::ptr::read_volatile(task.wrapping_add(u64::from(off) + 8) as *const u64);
+            out[..8].copy_from_slice(&lo.to_le_bytes());
+            out[8..].copy_from_slice(&hi.to_le_bytes());
+        }
+        return;
+    }
+    if let Ok(c) = bpf_get_current_comm() {
+        *out = c;
+    }
 }
 
 /// Attach the pairing data of a return event.

@@ -32,7 +32,7 @@ fn alloc_exit<const D: bool>(probe: ProbeId, arg: u64, vma: u64) {
         return;
     }
     let mut r = Reads::<D>::new();
-    let mut ev = header(EventKind::VmaAlloc, probe, pid_tgid, now());
+    let mut ev = header::<D>(EventKind::VmaAlloc, probe, pid_tgid, now());
     fill_vma(&mut ev, vma, &mut r);
     ev.arg = arg;
     send(&mut ev, r);
@@ -45,7 +45,7 @@ fn free_enter<const D: bool>(vma: u64) {
         return;
     }
     let mut r = Reads::<D>::new();
-    let mut ev = header(EventKind::VmaFree, ProbeId::VmAreaFree, pid_tgid, now());
+    let mut ev = header::<D>(EventKind::VmaFree, ProbeId::VmAreaFree, pid_tgid, now());
     fill_vma(&mut ev, vma, &mut r);
     send(&mut ev, r);
 }

@@ -26,7 +26,7 @@ fn field<T: Copy>(ctx: &TracePointContext, off: u32) -> Option<T> {
 
 #[inline(always)]
 fn emit_unlock(probe: ProbeId, pid_tgid: u64, mm: u64, write: u8, seq: Option<u32>, r: Reads) {
-    let mut ev = header(EventKind::MmWriteUnlock, probe, pid_tgid, now());
+    let mut ev = header::<false>(EventKind::MmWriteUnlock, probe, pid_tgid, now());
     ev.mm = mm;
     if let Some(seq) = seq {
         ev.mm_lock_seq = seq;

@@ -71,7 +71,7 @@ fn reader_exit(ts: u64, pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Infl
     }
     count(Counter::ReaderSampled);
     let mut r = Reads::<false>::new();
-    let mut ev = header(
+    let mut ev = header::<false>(
         EventKind::ReaderAcquire,
         ProbeId::LockVmaUnderRcu,
         pid_tgid,
@@ -163,7 +163,7 @@ fn next_vma_exit(pid_tgid: u64, mm: u64, from_addr: u64, ret: u64) {
     }
     count(Counter::ReaderSampled);
     let mut r = Reads::<false>::new();
-    let mut ev = header(
+    let mut ev = header::<false>(
         EventKind::ReaderAcquire,
         ProbeId::LockNextVma,
         pid_tgid,
@@ -211,7 +211,7 @@ pub fn vrp_kprobe(ctx: ProbeContext) -> u32 {
     }
     count(Counter::ReaderRelease);
     let mut r = Reads::<false>::new();
-    let mut ev = header(
+    let mut ev = header::<false>(
         EventKind::ReaderRelease,
         ProbeId::VmaRefcountPut,
         pid_tgid,

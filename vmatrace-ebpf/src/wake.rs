@@ -44,7 +44,7 @@ fn emit_wake(pid_tgid: u64, ts: u64, w: u64, x: &Excluder, ret: Option<i64>) {
         count(Counter::WriterWake);
     }
     let mut r = Reads::<false>::new();
-    let mut ev = header(EventKind::WriterWake, ProbeId::RcuwaitWakeUp, pid_tgid, ts);
+    let mut ev = header::<false>(EventKind::WriterWake, ProbeId::RcuwaitWakeUp, pid_tgid, ts);
     // refcnt here is the value the waker's put left: F or F+1 for a real wake-up.
     fill_vma(&mut ev, x.vma, &mut r);
     ev.arg = w;

@@ -104,7 +104,7 @@ fn entry<const D: bool>(
     fill: impl FnOnce(&mut Event, &mut Reads<D>),
 ) {
     if streams_entries() {
-        let mut ev = header(kind, probe, pid_tgid, now());
+        let mut ev = header::<D>(kind, probe, pid_tgid, now());
         fill(&mut ev, &mut r);
         if waits {
             register_excluder(ev.mm, vma, pid_tgid, family);
@@ -167,7 +167,7 @@ fn begin_exit<const D: bool>(
         pid_tgid,
         entry,
         ptr,
-        ev: header(kind, probe, pid_tgid, ts),
+        ev: header::<D>(kind, probe, pid_tgid, ts),
         r: Reads::new(),
     })
 }

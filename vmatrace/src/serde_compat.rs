@@ -53,6 +53,9 @@ pub mod offsets {
         ves_detaching: Option<u32>,
         ves_detached: Option<u32>,
         ves_exclusive: Option<u32>,
+        /// Missing in traces written before it existed: absent.
+        #[serde(default)]
+        task_comm: Option<u32>,
     }
 
     fn opt(v: u32) -> Option<u32> {
@@ -77,6 +80,7 @@ pub mod offsets {
             ves_detaching: opt(o.ves_detaching),
             ves_detached: opt(o.ves_detached),
             ves_exclusive: opt(o.ves_exclusive),
+            task_comm: opt(o.task_comm),
         }
         .serialize(s)
     }
@@ -96,6 +100,7 @@ pub mod offsets {
             ves_detaching: raw(n.ves_detaching),
             ves_detached: raw(n.ves_detached),
             ves_exclusive: raw(n.ves_exclusive),
+            task_comm: raw(n.task_comm),
         })
     }
 }

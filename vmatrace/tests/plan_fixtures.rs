@@ -167,6 +167,8 @@ fn debian_7_2_13_cloud() {
         ],
         [0, 8, 12, 13, 14]
     );
+    // `char comm[16]`: its size is checked through the array type (16 × 1 byte).
+    assert_eq!(o.task_comm, 0xd10);
     assert_eq!(
         report::coverage_summary(&plan),
         "13 of 13 logical events observable, 4 via proxy"
@@ -193,6 +195,7 @@ fn debian_7_3_4_cloud() {
     assert_eq!([o.vma_vm_lock_seq, o.vma_vm_refcnt], [0x28, 0x80]);
     assert_eq!([o.mm_mm_lock_seq, o.mm_vma_writer_wait], [0x1d0, 0x1c8]);
     assert_eq!([o.ves_detaching, o.ves_exclusive], [12, 14]);
+    assert_eq!(o.task_comm, 0xd50);
 }
 
 #[test]
@@ -657,5 +660,11 @@ fn debian_6_18_15_cloud_matches_the_host_plan() {
     host.config = None;
     let host = plan(&host, &Capabilities::assume_all()).unwrap();
     assert_eq!(compact(&host), compact(&deb));
-    assert_eq!(host.offsets, deb.offsets);
+    // The VMA and mm fields agree; `task_struct` depends on the build's config.
+    assert_eq!((host.offsets.task_comm, deb.offsets.task_comm), (0x6d8, 0xcb0));
+    let vma_mm = |o: &vmatrace_common::Offsets| vmatrace_common::Offsets {
+        task_comm: vmatrace_common::OFFSET_ABSENT,
+        ..*o
+    };
+    assert_eq!(vma_mm(&host.offsets), vma_mm(&deb.offsets));
 }

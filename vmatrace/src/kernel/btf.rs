@@ -504,6 +504,24 @@ impl Btf {
                 Some(t.size_or_type)
             }
             Kind::Ptr => Some(8),
+            // Element size × count (one level: the arrays read here hold scalars).
+            Kind::Array => match t.array {
+                Some((elem, n)) => {
+                    let e = self.get(self.skip_mods(elem)?)?;
+                    match e.kind {
+                        Kind::Int | Kind::Enum | Kind::Float | Kind::Ptr => {
+                            let size = if e.kind == Kind::Ptr {
+                                8
+                            } else {
+                                e.size_or_type
+                            };
+                            size.checked_mul(n)
+                        }
+                        _ => None,
+                    }
+                }
+                None => None,
+            },
             _ => None,
         })
     }

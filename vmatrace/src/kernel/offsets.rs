@@ -95,6 +95,7 @@ fn required(btf: &Btf, f: &Field) -> Result<u32, OffsetError> {
 const VMA: &str = "vm_area_struct";
 const MM: &str = "mm_struct";
 const VES: &str = "vma_exclude_readers_state";
+const TASK: &str = "task_struct";
 
 /// Resolve every offset the programs read. Fields of `vm_area_struct` and `mm_struct` are
 /// required on every generation; the `vma_exclude_readers_state` ones on 7.0+ only (and
@@ -117,6 +118,8 @@ pub fn resolve(btf: &Btf, generation: Generation) -> Result<Offsets, OffsetError
     o.mm_mm_lock_seq = required(btf, &f(MM, &["mm_lock_seq.sequence"], Some(4)))?;
     // struct rcuwait { struct task_struct *task; }
     o.mm_vma_writer_wait = required(btf, &f(MM, &["vma_writer_wait.task"], Some(8)))?;
+    // Optional: without it the programs use the `bpf_get_current_comm` helper.
+    o.task_comm = required(btf, &f(TASK, &["comm"], Some(16))).unwrap_or(OFFSET_ABSENT);
     if generation == Generation::V7_0 {
         o.ves_vma = required(btf, &f(VES, &["vma"], Some(8)))?;
         o.ves_state = required(btf, &f(VES, &["state"], Some(4)))?;
@@ -128,7 +131,7 @@ pub fn resolve(btf: &Btf, generation: Generation) -> Result<Offsets, OffsetError
 }
 
 /// `(name, offset)` pairs in declaration order, for display.
-pub fn named(o: &Offsets) -> [(&'static str, Option<u32>); 13] {
+pub fn named(o: &Offsets) -> [(&'static str, Option<u32>); 14] {
     let v = |x: u32| (x != OFFSET_ABSENT).then_some(x);
     [
         ("vm_area_struct.vm_start", v(o.vma_vm_start)),
@@ -144,6 +147,7 @@ pub fn named(o: &Offsets) -> [(&'static str, Option<u32>); 13] {
         ("vma_exclude_readers_state.detaching", v(o.ves_detaching)),
         ("vma_exclude_readers_state.detached", v(o.ves_detached)),
         ("vma_exclude_readers_state.exclusive", v(o.ves_exclusive)),
+        ("task_struct.comm", v(o.task_comm)),
     ]
 }
 

@@ -34,6 +34,7 @@ pub const OFFSETS_7_2: Offsets = {
     o.ves_detaching = 12;
     o.ves_detached = 13;
     o.ves_exclusive = 14;
+    o.task_comm = 0xd10;
     o
 };
 

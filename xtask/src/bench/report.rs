@@ -447,7 +447,10 @@ mod tests {
             b(1 << 21, 1),
         ];
         let v = histograms_agree(&ours, &theirs).unwrap();
-        assert!(v.contains("p90 ≤2047 vs ≤8191 ns (near a floor: not compared)"), "{v}");
+        assert!(
+            v.contains("p90 ≤2047 vs ≤8191 ns (near a floor: not compared)"),
+            "{v}"
+        );
         assert!(v.contains("floors ≤511 vs ≤2047 ns"), "{v}");
         // The same shapes with a tail two buckets apart disagree.
         let mut late = theirs;
