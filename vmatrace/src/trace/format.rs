@@ -47,7 +47,8 @@ pub const MAX_COUNTER_SLOTS: usize = 64;
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordTag {
-    /// `n × 128` bytes: [`Event`] records exactly as the ring buffer delivered them.
+    /// `n × 128` bytes: [`Event`] records as the ring buffer delivered them, folded
+    /// returns (`flags::FOLDED`) written as the entry and return events they stand for.
     Events = 1,
     /// `n × u64`: cumulative kernel counters indexed by [`Counter`].
     Counters = 2,
