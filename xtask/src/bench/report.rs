@@ -445,44 +445,27 @@ mod tests {
     /// starts at a lower quantile), the waits above the floors agree.
     #[test]
     fn the_kernels_waits_are_compared_above_both_floors() {
-        let ours = [
-            b(256, 2022),
-            b(512, 38857),
-            b(1024, 14509),
-            b(2048, 3882),
-            b(4096, 800),
-            b(8192, 31),
-            b(1 << 14, 46),
-            b(1 << 15, 30),
-            b(1 << 16, 30),
-            b(1 << 17, 27),
-            b(1 << 18, 25),
-            b(1 << 19, 49),
-            b(1 << 20, 109),
-            b(1 << 21, 311),
-            b(1 << 22, 60),
-            b(1 << 23, 3),
-        ];
-        let theirs = [
-            b(1024, 68662),
-            b(2048, 28670),
-            b(4096, 6257),
-            b(8192, 1840),
-            b(1 << 14, 128),
-            b(1 << 15, 140),
-            b(1 << 16, 99),
-            b(1 << 17, 56),
-            b(1 << 18, 31),
-            b(1 << 19, 47),
-            b(1 << 20, 161),
-            b(1 << 21, 341),
-            b(1 << 22, 34),
-        ];
+        // Consecutive log2 buckets from `low` on.
+        let run = |low: u64, counts: &[u64]| -> Vec<Bucket> {
+            counts
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| b(low << i, n))
+                .collect()
+        };
+        let ours = run(
+            256,
+            &[2022, 38857, 14509, 3882, 800, 31, 46, 30, 30, 27, 25, 49, 109, 311, 60, 3],
+        );
+        let theirs = run(
+            1024,
+            &[68662, 28670, 6257, 1840, 128, 140, 99, 56, 31, 47, 161, 341, 34],
+        );
         let v = histograms_agree(&ours, &theirs).unwrap();
         assert!(v.contains("waits ≥16384 ns (floors ≤511 vs ≤2047 ns): 690 vs 1037"), "{v}");
         assert!(v.contains("all waits, not compared: p50 ≤1023 vs ≤2047"), "{v}");
         // The same shapes with bpftrace's long waits 4× longer disagree.
-        let mut late = theirs.to_vec();
+        let mut late = theirs.clone();
         for x in late.iter_mut().skip(4) {
             *x = b(x.low * 4, x.count);
         }
