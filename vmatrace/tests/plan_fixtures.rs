@@ -661,7 +661,10 @@ fn debian_6_18_15_cloud_matches_the_host_plan() {
     let host = plan(&host, &Capabilities::assume_all()).unwrap();
     assert_eq!(compact(&host), compact(&deb));
     // The VMA and mm fields agree; `task_struct` depends on the build's config.
-    assert_eq!((host.offsets.task_comm, deb.offsets.task_comm), (0x6d8, 0xcb0));
+    assert_eq!(
+        (host.offsets.task_comm, deb.offsets.task_comm),
+        (0x6d8, 0xcb0)
+    );
     let vma_mm = |o: &vmatrace_common::Offsets| vmatrace_common::Offsets {
         task_comm: vmatrace_common::OFFSET_ABSENT,
         ..*o

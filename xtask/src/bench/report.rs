@@ -87,14 +87,22 @@ pub fn histograms_agree(a: &[Bucket], b: &[Bucket]) -> Result<String, String> {
     for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
         if let (Some(x), Some(y)) = (quantile_bucket(&ta, q), quantile_bucket(&tb, q)) {
             ok &= x.abs_diff(y) <= 1;
-            notes.push(format!("{label} ≤{} vs ≤{} ns", bucket_high(x), bucket_high(y)));
+            notes.push(format!(
+                "{label} ≤{} vs ≤{} ns",
+                bucket_high(x),
+                bucket_high(y)
+            ));
         }
     }
     let whole: Vec<String> = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
         .iter()
         .filter_map(|&(label, q)| {
             let (x, y) = (quantile_bucket(a, q)?, quantile_bucket(b, q)?);
-            Some(format!("{label} ≤{} vs ≤{}", bucket_high(x), bucket_high(y)))
+            Some(format!(
+                "{label} ≤{} vs ≤{}",
+                bucket_high(x),
+                bucket_high(y)
+            ))
         })
         .collect();
     notes.push(format!("(all waits, not compared: {})", whole.join(", ")));
@@ -455,15 +463,25 @@ mod tests {
         };
         let ours = run(
             256,
-            &[2022, 38857, 14509, 3882, 800, 31, 46, 30, 30, 27, 25, 49, 109, 311, 60, 3],
+            &[
+                2022, 38857, 14509, 3882, 800, 31, 46, 30, 30, 27, 25, 49, 109, 311, 60, 3,
+            ],
         );
         let theirs = run(
             1024,
-            &[68662, 28670, 6257, 1840, 128, 140, 99, 56, 31, 47, 161, 341, 34],
+            &[
+                68662, 28670, 6257, 1840, 128, 140, 99, 56, 31, 47, 161, 341, 34,
+            ],
         );
         let v = histograms_agree(&ours, &theirs).unwrap();
-        assert!(v.contains("waits ≥16384 ns (floors ≤511 vs ≤2047 ns): 690 vs 1037"), "{v}");
-        assert!(v.contains("all waits, not compared: p50 ≤1023 vs ≤2047"), "{v}");
+        assert!(
+            v.contains("waits ≥16384 ns (floors ≤511 vs ≤2047 ns): 690 vs 1037"),
+            "{v}"
+        );
+        assert!(
+            v.contains("all waits, not compared: p50 ≤1023 vs ≤2047"),
+            "{v}"
+        );
         // The same shapes with bpftrace's long waits 4× longer disagree.
         let mut late = theirs.clone();
         for x in late.iter_mut().skip(4) {
