@@ -252,6 +252,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         stats: handles.stats_snapshot(),
         programs: Vec::new(),
         startup_cpu_s: None,
+        stop_cpu_s: None,
         recording: None,
         replay: Some(ReplaySection {
             records: outcome.records,

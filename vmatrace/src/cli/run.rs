@@ -427,6 +427,10 @@ fn live(
     let duration = out.duration;
     let stats_handle = session.stats_handle();
     let (r2, p2) = (Arc::clone(&reason), Arc::clone(&programs));
+    // This process's CPU when the stop fires, before the session disarms, detaches and
+    // drains: tracing's own cost is what lies between it and `startup_cpu_s`.
+    let stop_cpu: Arc<Mutex<Option<f64>>> = Arc::new(Mutex::new(None));
+    let stop_cpu2 = Arc::clone(&stop_cpu);
     let (pipeline, stream_result, dash_result) = rt.block_on(async move {
         let (tx, rx) = mpsc::channel(256);
         let quit = Arc::new(tokio::sync::Notify::new());
@@ -440,6 +444,9 @@ fn live(
                     _ = quit.notified() => "quit".to_string(),
                 };
                 set_once(&r2, why);
+                if let Ok(mut c) = stop_cpu2.lock() {
+                    *c = Some(TracerSection::of_this_process().cpu_s());
+                }
             }
         };
         let stream = tokio::spawn(session.stream(tx, stop));
@@ -534,6 +541,7 @@ fn live(
         replay: None,
         programs: programs.lock().map(|g| g.clone()).unwrap_or_default(),
         startup_cpu_s,
+        stop_cpu_s: stop_cpu.lock().ok().and_then(|c| *c),
     });
     session::print_summary(&summary, out.json, stdout_taken);
     if let Err(e) = stream_result {

@@ -129,8 +129,11 @@ pub struct TracerSection {
     pub max_rss_mib: f64,
     /// Live only: CPU seconds spent before tracing began (BTF parsing, program load and
     /// verification, which the kernel charges to this process as system time, attach).
-    /// `cpu_user_s + cpu_system_s - startup_cpu_s` is the cost while tracing.
+    /// `stop_cpu_s - startup_cpu_s` is the cost while tracing.
     pub startup_cpu_s: Option<f64>,
+    /// Live only: CPU seconds when the session was told to stop, before it disarmed,
+    /// detached (which the kernel charges as system time) and drained the ring.
+    pub stop_cpu_s: Option<f64>,
 }
 
 impl TracerSection {
@@ -147,6 +150,7 @@ impl TracerSection {
             // ru_maxrss is in KiB on Linux.
             max_rss_mib: u.ru_maxrss as f64 / 1024.0,
             startup_cpu_s: None,
+            stop_cpu_s: None,
         }
     }
 
@@ -199,6 +203,8 @@ pub struct SummaryInput<'a> {
     pub programs: Vec<crate::live::ProgramStat>,
     /// Live: this process's CPU seconds when tracing began.
     pub startup_cpu_s: Option<f64>,
+    /// Live: this process's CPU seconds when the stop fired (before detaching).
+    pub stop_cpu_s: Option<f64>,
 }
 
 const READER_COUNTERS: &[Counter] = &[
@@ -480,6 +486,7 @@ impl Summary {
             },
             tracer: TracerSection {
                 startup_cpu_s: i.startup_cpu_s,
+                stop_cpu_s: i.stop_cpu_s,
                 ..TracerSection::of_this_process()
             },
             anomaly_log: i.anomaly_log,
@@ -574,7 +581,13 @@ impl Summary {
             self.tracer
                 .startup_cpu_s
                 .map(|c| format!("; {c:.2} before tracing began"))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                + &self
+                    .tracer
+                    .startup_cpu_s
+                    .zip(self.tracer.stop_cpu_s)
+                    .map(|(a, b)| format!(", {:.2} while tracing", b - a))
+                    .unwrap_or_default(),
             self.tracer.max_rss_mib
         );
         // Costs only with statistics on (`--bpf-stats`); skipped runs always count.

@@ -360,6 +360,7 @@ mod any_input {
                 stats: Some(stats.lock().expect("stats").snapshot()),
                 programs: Vec::new(),
                 startup_cpu_s: None,
+                stop_cpu_s: None,
             });
             let json: Value = serde_json::from_str(&s.to_json()).expect("summary is JSON");
             prop_assert_eq!(&json["anomalies"]["total"], &Value::from(p.totals.anomalies_total()));
@@ -406,6 +407,7 @@ fn human_summary_lists_costs_with_statistics_and_skips_always() {
             stats: None,
             programs,
             startup_cpu_s: None,
+            stop_cpu_s: None,
         })
         .human()
     };

@@ -16,14 +16,21 @@ use crate::pipeline::SourceItem;
 /// Events per `SourceItem::Events` batch: large enough to amortise channel wake-ups,
 /// small enough that the pipeline sees a steady flow.
 const MAX_BATCH: usize = 4096;
-/// How often the kernel counters are sent.
-const COUNTER_PERIOD: Duration = Duration::from_millis(250);
+/// How often the kernel counters are sent. Each snapshot is ~60 system calls (16 per-CPU
+/// map lookups, each program's fdinfo for its skipped runs); with the drain timer below,
+/// the timers were most of an idle tracer's CPU under TCG (0.43 s per 11 s with no
+/// events at 250 ms / 50 ms; docs/performance.md). Once a second is what the dashboard
+/// shows anyway.
+const COUNTER_PERIOD: Duration = Duration::from_millis(1000);
 /// How often the ring is drained without a wake-up. The programs submit with
 /// `BPF_RB_NO_WAKEUP` and force a wake-up only once a quarter of the ring is unread
 /// (`vmatrace-ebpf/src/emit.rs`: a wake-up per event cost more than the rest of the
 /// program), so below that fill level this timer is what delivers events: it bounds
-/// their latency to the dashboard, and nothing waits forever for a wake-up.
-pub const DRAIN_PERIOD: Duration = Duration::from_millis(50);
+/// their latency to the dashboard, and nothing waits forever for a wake-up. 200 ms: each
+/// tick is a wake-up of this thread whether or not anything arrived (see
+/// `COUNTER_PERIOD`), and a fifth of a second is below what a person notices on the
+/// dashboard.
+pub const DRAIN_PERIOD: Duration = Duration::from_millis(200);
 /// Upper bound of batches read per `DRAIN_PERIOD` tick.
 const TIMER_BATCHES: usize = 16;
 

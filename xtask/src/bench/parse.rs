@@ -122,6 +122,9 @@ pub struct VmatraceRun {
     /// spent before tracing began (BTF, load, verification, attach).
     pub tracer_cpu_s: f64,
     pub tracer_startup_s: f64,
+    /// CPU seconds when the stop fired, before disarming, detaching and the last drain
+    /// (`tracer.stop_cpu_s`; `None` from a vmatrace that does not report it).
+    pub tracer_stop_s: Option<f64>,
     pub duration_s: f64,
 }
 
@@ -180,6 +183,7 @@ impl VmatraceRun {
             hooks_attached: u("/plan/hooks_attached"),
             tracer_cpu_s: f("/tracer/cpu_user_s") + f("/tracer/cpu_system_s"),
             tracer_startup_s: f("/tracer/startup_cpu_s"),
+            tracer_stop_s: v.pointer("/tracer/stop_cpu_s").and_then(Value::as_f64),
             duration_s: f("/duration_s"),
         }
     }
@@ -399,7 +403,7 @@ fd 9\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 10\nprog_id:\t42\nrun_tim
         let v = json(
             "log line\n{\n \"events\": {\"total\": 9, \"by_logical_event\": {\"write_lock_request\": {\"count\": 4}}},\n \
              \"anomalies\": {\"total\": 0}, \"losses\": {\"total\": 2}, \"plan\": {\"hooks_attached\": 12},\n \
-             \"duration_s\": 12.5, \"tracer\": {\"cpu_user_s\": 1.25, \"cpu_system_s\": 0.5, \"startup_cpu_s\": 0.25},\n \
+             \"duration_s\": 12.5, \"tracer\": {\"cpu_user_s\": 1.25, \"cpu_system_s\": 0.5, \"startup_cpu_s\": 0.25, \"stop_cpu_s\": 1.5},\n \
              \"programs\": [{\"name\": \"vsw_fentry\", \"run_cnt\": 4, \"run_time_ns\": 400, \"ns_per_run\": 100.0}],\n \
              \"stats\": {\"exclusion_wait\": {\"buckets\": [{\"low_ns\": 1024, \"high_ns\": 2047, \"count\": 3}]}}\n}\n",
         )
@@ -409,6 +413,7 @@ fd 9\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 10\nprog_id:\t42\nrun_tim
         assert_eq!(r.losses, 2);
         assert_eq!(r.hooks_attached, 12);
         assert_eq!(r.tracer_cpu_s, 1.75);
+        assert_eq!(r.tracer_stop_s, Some(1.5));
         assert_eq!(r.tracer_startup_s, 0.25);
         assert_eq!(r.duration_s, 12.5);
         assert_eq!(r.logical["write_lock_request"], 4);

@@ -394,16 +394,21 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
         // Where the tracer's cost goes: its own process (decode, validate, statistics)
         // shares the guest's vCPUs with the workload; the BPF time is in the programs.
         let bpf_s = v.programs.iter().map(|p| p.run_time_ns).sum::<u64>() as f64 / 1e9;
+        // Tracing proper ends when the stop fires; detaching (trampoline teardown, charged
+        // as system time) and the last drain come after the workload has ended.
+        let stop = v.tracer_stop_s.unwrap_or(v.tracer_cpu_s);
         let _ = writeln!(
             s,
             "  vmatrace {vp}: {} events, {} losses, {} anomalies; tracer process {:.2} s CPU \
-             while tracing for {:.1} s (+{:.2} s to load and attach){}",
+             while tracing for {:.1} s (+{:.2} s to load and attach, +{:.2} s to detach and \
+             drain){}",
             v.events_total,
             v.losses,
             v.anomalies,
-            v.tracer_cpu_s - v.tracer_startup_s,
+            stop - v.tracer_startup_s,
             v.duration_s,
             v.tracer_startup_s,
+            v.tracer_cpu_s - stop,
             if bpf_s > 0.0 {
                 format!(", BPF programs {bpf_s:.2} s")
             } else {
