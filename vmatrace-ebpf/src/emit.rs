@@ -51,23 +51,19 @@ pub fn header<const D: bool>(kind: EventKind, probe: ProbeId, pid_tgid: u64, ts:
 }
 
 /// The current task's `comm`. In fentry/fexit programs (`D`), when BTF gave
-/// `task_struct.comm`'s offset, two 8-byte loads through `bpf_get_current_task_btf()`,
-/// whose result the verifier types as `struct task_struct *` (fault-safe `PROBE_MEM`
-/// loads, checked against the layout); otherwise the `bpf_get_current_comm` helper, which
-/// copies the name byte-wise with `strscpy` on every event.
+/// `task_struct.comm`'s offset, two direct 8-byte loads through
+/// `bpf_get_current_task_btf()`, which the verifier types as `struct task_struct *`
+/// (see `kernel::Reads`); otherwise the `bpf_get_current_comm` helper, whose `strscpy_pad`
+/// copy was the largest single cost of a streaming program under TCG.
 #[inline(always)]
 fn comm<const D: bool>(out: &mut [u8; 16]) {
     let off = global!(OFFSETS.task_comm);
     if D && present(off) {
-        // SAFETY: the helper returns the current task, never NULL; `off` is the BTF
-        // offset of its 16-byte `comm`, so both loads stay inside it.
-        unsafe {
-            let task = bpf_get_current_task_btf() as u64;
-            let lo = core::ptr::read_volatile(task.wrapping_add(u64::from(off)) as *const u64);
-            let hi = core::ptr::read_volatile(task.wrapping_add(u64::from(off) + 8) as *const u64);
-            out[..8].copy_from_slice(&lo.to_le_bytes());
-            out[8..].copy_from_slice(&hi.to_le_bytes());
-        }
+        // SAFETY: helper without arguments; it returns the current task, never NULL.
+        let task = unsafe { bpf_get_current_task_btf() } as u64;
+        let mut r = Reads::<true>::new();
+        out[..8].copy_from_slice(&r.at::<u64>(task, off).to_le_bytes());
+        out[8..].copy_from_slice(&r.at::<u64>(task, off + 8).to_le_bytes());
         return;
     }
     if let Ok(c) = bpf_get_current_comm() {

@@ -153,30 +153,29 @@ pub fn fill_mm<const D: bool>(ev: &mut Event, mm: u64, r: &mut Reads<D>) {
     }
 }
 
-/// The VMA's identity and lock state into the event: `vm_refcnt` first (the value the
-/// protocol is about), then `vm_lock_seq`, then the mm's sequence. Sets `VMA_FIELDS` and,
-/// through [`fill_mm`], `MM_SEQ`.
+/// The VMA's identity and lock state into the event: [`read_head`]'s fields, then the
+/// range and flags from the same head block, then the mm's sequence. Sets `VMA_FIELDS`
+/// and, through [`fill_mm`], `MM_SEQ`.
 #[inline(always)]
 pub fn fill_vma<const D: bool>(ev: &mut Event, vma: u64, r: &mut Reads<D>) {
     ev.vma = vma;
     if vma == 0 {
         return;
     }
-    ev.refcnt = r.at::<u32>(vma, global!(OFFSETS.vma_vm_refcnt));
-    let head = Block::<VMA_HEAD>::read::<D>(vma);
-    ev.vm_lock_seq = head.field::<u32, D>(vma, global!(OFFSETS.vma_vm_lock_seq), r);
+    let (h, head) = read_head_block(vma, r);
+    ev.refcnt = h.refcnt;
+    ev.vm_lock_seq = h.lock_seq;
     ev.vm_start = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_start), r);
     ev.vm_end = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_end), r);
     ev.vm_flags = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_flags), r);
-    let mm = head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_mm), r);
     if present(global!(OFFSETS.vma_vm_refcnt)) {
         ev.flags |= flags::VMA_FIELDS;
     }
-    fill_mm(ev, mm, r);
+    fill_mm(ev, h.mm, r);
 }
 
-/// What a folded entry reads of its VMA: the count and write sequence its return reports
-/// as the entry's, and the mm (the `EXCLUDERS` key).
+/// The lock state of a VMA: the count and write sequence (what a folded entry hands to
+/// its return), and the mm (the `EXCLUDERS` key).
 #[derive(Clone, Copy, Default)]
 pub struct Head {
     pub refcnt: u32,
@@ -184,17 +183,27 @@ pub struct Head {
     pub mm: u64,
 }
 
+/// A VMA's [`Head`]; NULL reads as all 0.
 #[inline(always)]
 pub fn read_head<const D: bool>(vma: u64, r: &mut Reads<D>) -> Head {
     if vma == 0 {
         return Head::default();
     }
+    read_head_block(vma, r).0
+}
+
+/// [`Head`] and the head block it came from (for [`fill_vma`]'s other fields).
+/// `vm_refcnt` is read first, the value the protocol is about.
+#[inline(always)]
+fn read_head_block<const D: bool>(vma: u64, r: &mut Reads<D>) -> (Head, Block<VMA_HEAD>) {
+    let refcnt = r.at::<u32>(vma, global!(OFFSETS.vma_vm_refcnt));
     let head = Block::<VMA_HEAD>::read::<D>(vma);
-    Head {
-        refcnt: r.at::<u32>(vma, global!(OFFSETS.vma_vm_refcnt)),
+    let h = Head {
+        refcnt,
         lock_seq: head.field::<u32, D>(vma, global!(OFFSETS.vma_vm_lock_seq), r),
         mm: head.field::<u64, D>(vma, global!(OFFSETS.vma_vm_mm), r),
-    }
+    };
+    (h, head)
 }
 
 /// `struct vma_exclude_readers_state` (7.0+), read in full.

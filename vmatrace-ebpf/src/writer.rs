@@ -103,20 +103,16 @@ fn entry<const D: bool>(
     mut r: Reads<D>,
     fill: impl FnOnce(&mut Event, &mut Reads<D>),
 ) {
+    let h = read_head(vma, &mut r);
+    if waits {
+        register_excluder(h.mm, vma, pid_tgid, family);
+    }
+    saved.refcnt = h.refcnt;
     if streams_entries() {
         let mut ev = header::<D>(kind, probe, pid_tgid, now());
         fill(&mut ev, &mut r);
-        if waits {
-            register_excluder(ev.mm, vma, pid_tgid, family);
-        }
-        saved.refcnt = ev.refcnt;
         send(&mut ev, r);
     } else {
-        let h = read_head(vma, &mut r);
-        if waits {
-            register_excluder(h.mm, vma, pid_tgid, family);
-        }
-        saved.refcnt = h.refcnt;
         saved.lock_seq = h.lock_seq;
         saved.folded = 1;
         if r.failed {
@@ -190,8 +186,8 @@ fn finish_exit<const D: bool>(ev: &mut Event, r: Reads<D>, entry: Inflight) {
     send(ev, r);
 }
 
-/// Whether `__vma_start_write` waits for readers itself, so its entry and return must
-/// (un)register the task in `EXCLUDERS`. Before 7.0 the wait is inlined into it (6.19:
+/// Whether `__vma_start_write` waits for readers itself, so its entry must register the
+/// task in `EXCLUDERS`. Before 7.0 the wait is inlined into it (6.19:
 /// into the notrace `__vma_enter_locked`); on 7.x it is left to
 /// `__vma_start_exclude_readers`, whose own hooks register: doing it twice per write lock
 /// cost a map update per call for nothing.
@@ -212,17 +208,15 @@ const fn saved(ptr: u64, vma: u64, arg1: u64, arg2: u64) -> Inflight {
     }
 }
 
-/// The `ves` fields and its VMA into the event (sets `VES`); the fields, for the caller.
+/// The `ves` fields and its VMA into the event (sets `VES`).
 #[inline(always)]
-fn fill_ves<const D: bool>(ev: &mut Event, ves: u64, r: &mut Reads<D>) -> Ves {
-    let s = read_ves(ves, r);
+fn put_ves<const D: bool>(ev: &mut Event, s: &Ves, r: &mut Reads<D>) {
     ev.ves_state = s.state;
     ev.ves_detaching = s.detaching;
     ev.ves_detached = s.detached;
     ev.ves_exclusive = s.exclusive;
     ev.flags |= flags::VES;
     fill_vma(ev, s.vma, r);
-    s
 }
 
 // ---------------------------------------------------------------- __vma_start_write
@@ -351,9 +345,7 @@ fn exclude_enter_ves<const D: bool>(ves: u64) {
         keep,
         true,
         r,
-        |ev, r| {
-            fill_ves(ev, ves, r);
-        },
+        |ev, r| put_ves(ev, &s, r),
     );
 }
 
@@ -378,7 +370,8 @@ fn exclude_exit_ves<const D: bool>(ves_arg: u64, raw_ret: u64) {
         return;
     };
     if ves != 0 {
-        let s = fill_ves(&mut ev, ves, &mut r);
+        let s = read_ves(ves, &mut r);
+        put_ves(&mut ev, &s, &mut r);
         if !entry.found() && write_entry_from_exclude() && s.detaching == 0 {
             note_outer_lost(&INFLIGHT_EXCLUDE, pid_tgid);
         }

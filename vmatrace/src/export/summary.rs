@@ -158,6 +158,11 @@ impl TracerSection {
     pub fn cpu_s(&self) -> f64 {
         self.cpu_user_s + self.cpu_system_s
     }
+
+    /// Live: CPU seconds between the start of tracing and the stop.
+    pub fn tracing_cpu_s(&self) -> Option<f64> {
+        Some(self.stop_cpu_s? - self.startup_cpu_s?)
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -578,16 +583,17 @@ impl Summary {
             self.tracer.cpu_s(),
             self.tracer.cpu_user_s,
             self.tracer.cpu_system_s,
-            self.tracer
-                .startup_cpu_s
-                .map(|c| format!("; {c:.2} before tracing began"))
-                .unwrap_or_default()
-                + &self
-                    .tracer
+            [
+                self.tracer
                     .startup_cpu_s
-                    .zip(self.tracer.stop_cpu_s)
-                    .map(|(a, b)| format!(", {:.2} while tracing", b - a))
-                    .unwrap_or_default(),
+                    .map(|c| format!("; {c:.2} before tracing began")),
+                self.tracer
+                    .tracing_cpu_s()
+                    .map(|c| format!(", {c:.2} while tracing")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<String>(),
             self.tracer.max_rss_mib
         );
         // Costs only with statistics on (`--bpf-stats`); skipped runs always count.

@@ -86,9 +86,9 @@ struct Planner<'a> {
     /// Functions that could not be attached, with the reason (reported as notes even
     /// when another attach point covers their event).
     failed: BTreeMap<ProbeId, String>,
-    /// `__vma_start_write` gets no entry program: its entry is taken at start-exclude's
-    /// (7.x, see [`write_lock_request`]).
-    write_entry_from_exclude: bool,
+    /// Functions that get no entry program because their entry is observed at another
+    /// function's (7.x `__vma_start_write`, see [`write_lock_request`]).
+    entry_elsewhere: Vec<ProbeId>,
 }
 
 impl Planner<'_> {
@@ -264,8 +264,7 @@ impl Planner<'_> {
             Hook::Attach { target, modes } => Ok(modes
                 .into_iter()
                 .filter(|&mode| {
-                    !(probe == ProbeId::VmaStartWrite
-                        && self.write_entry_from_exclude
+                    !(self.entry_elsewhere.contains(&probe)
                         && matches!(mode, AttachMode::FEntry | AttachMode::KProbe))
                 })
                 .filter_map(|mode| {
@@ -413,7 +412,7 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
         points: Vec::new(),
         notes: Vec::new(),
         failed: BTreeMap::new(),
-        write_entry_from_exclude: false,
+        entry_elsewhere: Vec::new(),
     };
     p.notes.push(format!(
         "generation {} ({}); readers-excluded flag 0x{:x}",
@@ -559,7 +558,7 @@ fn write_lock_request(p: &mut Planner<'_>) -> Observability {
     if p.generation == Generation::V7_0
         && let Ok(points) = p.entry(ProbeId::VmaStartExcludeReaders)
     {
-        p.write_entry_from_exclude = true;
+        p.entry_elsewhere.push(ProbeId::VmaStartWrite);
         return Observability::Proxy {
             via: "the entry of __vma_start_exclude_readers with ves->detaching = 0: \
                   __vma_start_write calls it first, with the same VMA and state, so its \
