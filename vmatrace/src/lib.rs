@@ -9,6 +9,7 @@ pub mod cli;
 pub mod export;
 pub mod kernel;
 pub mod live;
+pub mod logging;
 pub mod pipeline;
 pub mod serde_compat;
 pub mod sim;

@@ -1,14 +1,23 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use vmatrace::cli::exit;
 
 fn main() -> ExitCode {
+    vmatrace::logging::init();
+    exit::install_panic_hook();
     let cli = vmatrace::cli::Cli::parse();
-    match vmatrace::cli::dispatch(cli) {
-        Ok(code) => code,
+    let status = match vmatrace::cli::dispatch(cli) {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("vmatrace: {e:#}");
-            ExitCode::FAILURE
+            exit::status_of(&e)
         }
+    };
+    // A panic on any thread is a bug: never report success after one, whatever the
+    // command made of the lost thread.
+    if exit::panicked() && status == 0 {
+        return ExitCode::from(exit::EXIT_ERROR);
     }
+    ExitCode::from(status)
 }

@@ -187,7 +187,16 @@ fn anomaly_log_failures_are_reported_not_fatal() {
     write_sample(&path, false);
     let p = path.to_str().expect("utf8");
     if std::path::Path::new("/dev/full").exists() {
-        let s = json_summary(&run(&["replay", p, "--json", "--anomaly-log", "/dev/full"]));
+        let out = run(&["replay", p, "--json", "--anomaly-log", "/dev/full"]);
+        // The first lost line is visible on stderr (a logger is installed), once.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.matches("vmatrace: warning: anomaly log /dev/full: No space left on device")
+                .count(),
+            1,
+            "{err}"
+        );
+        let s = json_summary(&out);
         // Two loss lines (ring buffer, undecodable) could not be written.
         assert_eq!(s["anomaly_log"]["lines_lost"], 2);
         assert_eq!(s["losses"]["anomaly_log_lines"], 2);

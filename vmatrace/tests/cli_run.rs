@@ -129,7 +129,7 @@ fn record_output_errors_come_first() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot create the trace /nonexistent-dir/t.vmatrace"),
+        err.contains("-o /nonexistent-dir/t.vmatrace: no directory /nonexistent-dir"),
         "{err}"
     );
 }
@@ -163,4 +163,112 @@ fn help_is_precise() {
     let out = run(&["replay", "--help"]);
     let h = String::from_utf8_lossy(&out.stdout);
     assert!(h.contains("--follow") && h.contains("--speed"), "{h}");
+}
+
+/// Files in `dir`, sorted (to see that nothing was created or left behind).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 14.1: a `record` that fails (here: nothing attaches, exit 3; or refused) must not
+/// remove, truncate or create anything the user had or did not ask for.
+#[test]
+fn a_failed_record_never_costs_the_user_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/sample-7.3.4-cloud.vmatrace");
+    let precious = std::fs::read(&sample).expect("sample trace");
+    let old = dir.path().join("x.vmatrace");
+    std::fs::write(&old, &precious).expect("copy");
+    let link = dir.path().join("link.vmatrace");
+    std::os::unix::fs::symlink(&old, &link).expect("symlink");
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+
+    // Existing file or a link to one: refused without --force, untouched.
+    for target in [&old, &link] {
+        let out = run(&["record", "-o", &s(target), "--duration", "1"]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+        assert_eq!(std::fs::read(&old).expect("read"), precious);
+    }
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+
+    // --force: replaced only by a complete recording; a failed one leaves it as it was.
+    let out = run(&["record", "-o", &s(&old), "--force", "--duration", "1"]);
+    let after = std::fs::read(&old).expect("still there");
+    match out.status.code() {
+        Some(3) => assert_eq!(after, precious, "a failed --force record changed the file"),
+        Some(0) => assert!(after.starts_with(b"VMATRACE") || after != precious),
+        other => panic!(
+            "unexpected exit {other:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+    let attaches = out.status.code() == Some(0);
+
+    // A new path: created only once tracing starts.
+    let new = dir.path().join("new.vmatrace");
+    let out = run(&["record", "-o", &s(&new), "--duration", "1"]);
+    if !attaches {
+        assert_eq!(out.status.code(), Some(3));
+        assert!(
+            !new.exists(),
+            "a record that never started created its output"
+        );
+    }
+    assert_eq!(
+        listing(dir.path()),
+        if attaches {
+            vec!["link.vmatrace", "new.vmatrace", "x.vmatrace"]
+        } else {
+            vec!["link.vmatrace", "x.vmatrace"]
+        },
+        "no temporary file is left behind"
+    );
+
+    // A FIFO (like a device or a serial port) is written as it is, never removed. The
+    // test holds it open read-write so an attaching host does not block on open.
+    let fifo = dir.path().join("pipe");
+    let c = std::ffi::CString::new(s(&fifo)).expect("cstr");
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let _hold = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("hold");
+    let out = run(&["record", "-o", &s(&fifo), "--duration", "1"]);
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .expect("fifo still there")
+            .file_type()
+            .is_fifo()
+    );
+
+    // Unprivileged: refused before anything is created.
+    let mine = dir.path().join("mine.vmatrace");
+    let out = unprivileged(&["record", "-o", &s(&mine), "--duration", "1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!mine.exists());
 }

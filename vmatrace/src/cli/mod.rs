@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod exit;
 pub mod model;
 pub mod probes;
 pub mod replay;
@@ -10,13 +11,9 @@ pub mod session;
 pub mod signals;
 pub mod simulate;
 pub mod stress;
+pub mod trace_output;
 
-/// Exit status: the kernel offers nothing to attach to, or this process may not attach
-/// (not root / missing capabilities, no BTF, unsupported kernel, every hook failed).
-/// `cargo xtask run` relies on it to fall back to a VM.
-pub const EXIT_CANNOT_ATTACH: u8 = 3;
-/// Exit status: the trace given to `replay` is not a trace, or is corrupt or truncated.
-pub const EXIT_BAD_TRACE: u8 = 4;
+pub use exit::{EXIT_BAD_TRACE, EXIT_CANNOT_ATTACH};
 
 /// vmatrace — trace and validate the kernel's per-VMA lock (vm_refcnt) live.
 #[derive(Debug, Parser)]
@@ -45,7 +42,8 @@ pub enum Command {
     Replay(replay::ReplayArgs),
 }
 
-pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+/// Run the command; an error carries its exit status ([`exit::status_of`]).
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run::run(a),
         Command::Record(a) => run::record(a),

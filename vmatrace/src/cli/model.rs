@@ -4,7 +4,7 @@
 //! JSON, `--check` runs the exhaustive check of the kernel's invariants and prints the
 //! number of states explored (and a counterexample trace if one is found).
 
-use std::{io::Write, process::ExitCode};
+use std::io::Write;
 
 use anyhow::Context;
 use serde_json::json;
@@ -43,7 +43,7 @@ fn parse_generation(s: &str) -> Result<Generation, String> {
         })
 }
 
-pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     if args.check {
         return check(args.generation, &mut stdout);
@@ -59,7 +59,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
     stdout
         .write_all(text.as_bytes())
         .context("writing the automaton to stdout")?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 pub fn to_json(a: &Automaton) -> serde_json::Value {
@@ -78,7 +78,8 @@ pub fn to_json(a: &Automaton) -> serde_json::Value {
     })
 }
 
-fn check(generation: Generation, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+/// Explore the model; a violated invariant is an error (status 1) after its counterexample.
+fn check(generation: Generation, out: &mut impl Write) -> anyhow::Result<()> {
     let roles = [
         Role::Reader,
         Role::Reader,
@@ -116,11 +117,15 @@ fn check(generation: Generation, out: &mut impl Write) -> anyhow::Result<ExitCod
     match x.violation {
         Some(cx) => {
             write!(out, "{cx}")?;
-            Ok(ExitCode::from(1))
+            Err(super::exit::Failure::Unverified(format!(
+                "generation {}: an invariant of the model does not hold",
+                generation.key()
+            ))
+            .into())
         }
         None => {
             writeln!(out, "all invariants hold")?;
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
     }
 }
@@ -213,9 +218,9 @@ mod tests {
     #[test]
     fn check_reports_states_and_passes() {
         let mut out = Vec::new();
-        let code = check(Generation::V6_19, &mut out).expect("check runs");
+        let res = check(Generation::V6_19, &mut out);
         let text = String::from_utf8_lossy(&out);
-        assert_eq!(code, ExitCode::SUCCESS, "{text}");
+        assert!(res.is_ok(), "{text}");
         assert!(
             text.contains(" states, ") && text.contains("all invariants hold"),
             "{text}"

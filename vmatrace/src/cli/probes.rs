@@ -3,7 +3,6 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 
@@ -38,7 +37,7 @@ pub struct ProbesArgs {
     pub release: Option<String>,
 }
 
-pub fn run(args: ProbesArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
     let mut tracing = None;
     let (info, caps, offline) = match (&args.btf, &args.kallsyms) {
         (Some(btf), Some(kallsyms)) => (
@@ -105,7 +104,7 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<ExitCode> {
     // A closed pipe (`vmatrace probes | head`) is not an error worth a panic.
     match std::io::stdout().lock().write_all(out.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(ExitCode::SUCCESS),
+        _ => Ok(()),
     }
 }
 

@@ -1,32 +1,33 @@
 //! `vmatrace replay`: run a recorded trace through the same pipeline as a live session.
+//!
+//! Signals are handled from the start, also while a followed stream is still searched for
+//! the trace's start; whatever ends the replay, the summary tells what was read.
 
 use std::{
     fs::File,
     io::{IsTerminal, Read},
-    process::ExitCode,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, mpsc as std_mpsc},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use tokio::sync::mpsc;
+use vmatrace_common::model::Generation;
 
 use super::{
-    EXIT_BAD_TRACE,
+    exit::Failure,
+    run::run_dashboard,
     session::{self, FilterArgs, OutputArgs},
-    signals,
+    signals::{self, Stop, StopReason},
 };
 use crate::{
     export::summary::{ReplaySection, Summary, SummaryInput},
     pipeline::Pipeline,
     trace::{
-        ReadOptions, ReplayOptions, ReplayOutcome, TraceError, TraceReader,
-        replay::{self, GrowingFile},
+        ReadOptions, ReplayOptions, ReplayOutcome, TraceError, TraceHeader, TraceReader,
+        replay::{self, GrowingFile, Progress},
     },
-    tui::{DashboardContext, DashboardExit, SourceKind},
+    tui::{DashboardContext, SharedState, SourceKind},
 };
 
 /// Replay a trace written by `vmatrace record` through the validator, the statistics and
@@ -61,70 +62,63 @@ pub struct ReplayArgs {
     pub out: OutputArgs,
 }
 
-fn set_reason(slot: &std::sync::Mutex<Option<String>>, why: &str) {
-    if let Ok(mut g) = slot.lock()
-        && g.is_none()
-    {
-        *g = Some(why.to_string());
-    }
-}
+/// Replay factors outside this range are refused: slower than 1/1000 of the recorded
+/// pace a trace never ends, faster than a million times is "as fast as possible".
+const SPEED_RANGE: std::ops::RangeInclusive<f64> = 1e-3..=1e6;
 
 fn parse_speed(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) if SPEED_RANGE.contains(&v) => Ok(v),
         _ => Err(format!(
-            "{s:?}: the speed factor must be a positive number (1 = recorded pace)"
+            "{s:?}: the speed factor is a number from 0.001 to 1000000 (1 = recorded pace; \
+             leave it out for as fast as possible)"
         )),
     }
 }
 
-pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let input: Box<dyn Read + Send> = if args.input == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        let f = File::open(&args.input)
-            .with_context(|| format!("cannot open the trace {}", args.input))?;
-        let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
-        if args.follow && regular {
-            Box::new(GrowingFile::new(f, Arc::clone(&stop)))
-        } else {
-            Box::new(f)
-        }
-    };
+pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    if args.tui && !std::io::stdout().is_terminal() {
+        return Err(Failure::Usage(
+            "--tui needs a terminal on stdout; use --headless (or --json) otherwise".into(),
+        )
+        .into());
+    }
+    let rt = signals::runtime()?;
+    let stop = Stop::new();
+    let on_hup = args.out.on_hangup();
+    signals::install(&rt, &stop, on_hup.clone())?;
+    let input = open_input(&args, &stop)?;
     let opts = ReadOptions {
         scan_for_magic: args.follow,
         allow_trailing: args.follow,
     };
-    let reader = match TraceReader::with_options(input, opts) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("vmatrace: {}: {e}", args.input);
-            return Ok(ExitCode::from(EXIT_BAD_TRACE));
+    let reader = match find_start(input, opts, &stop) {
+        Start::Found(r) => *r,
+        Start::Stopped => {
+            // Nothing of a trace yet: say so, with a summary like any other stop.
+            let (header, outcome) = (unknown_header(), ReplayOutcome::default());
+            let pipeline = Pipeline::new(header.generation);
+            let report = Report::without_trace(&header, &pipeline, &outcome, stop.reason());
+            session::print_summary(&report.summary(), args.out.json, false);
+            eprintln!("vmatrace: {}: stopped before the trace started", args.input);
+            return Ok(());
+        }
+        Start::Failed(e) => {
+            let header = unknown_header();
+            let outcome = ReplayOutcome {
+                error: Some(e),
+                ..ReplayOutcome::default()
+            };
+            let pipeline = Pipeline::new(header.generation);
+            let report = Report::without_trace(&header, &pipeline, &outcome, None);
+            session::print_summary(&report.summary(), args.out.json, false);
+            return Err(failure(&args.input, outcome.error.as_ref()));
         }
     };
     let header = reader.header().clone();
     let skipped = reader.skipped();
-
     let mut pipeline = Pipeline::new(header.generation);
-    let handles = session::add_output_sinks(&mut pipeline, &args.out, &header)?;
-
-    let (tx, rx) = mpsc::channel(64);
-    let replay_opts = ReplayOptions {
-        speed: args.speed,
-        duration: args.out.duration,
-        filter: (!args.filter.is_empty()).then(|| {
-            let f = args.filter.clone();
-            Arc::new(move |e: &vmatrace_common::Event| f.matches(e)) as replay::EventFilter
-        }),
-    };
-    let started = Instant::now();
-    let thread = replay::spawn(reader, tx, replay_opts, Arc::clone(&stop))
-        .context("cannot start the reader thread")?;
-
-    if args.tui && !std::io::stdout().is_terminal() {
-        anyhow::bail!("--tui needs a terminal on stdout; use --headless (or --json) otherwise");
-    }
+    let handles = session::add_output_sinks(&mut pipeline, &args.out, &header, &on_hup)?;
     let dashboard = (!args.headless && std::io::stdout().is_terminal()).then(|| {
         let ctx = DashboardContext::new(
             SourceKind::Replay,
@@ -135,147 +129,263 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .with_plan(header.plan.clone());
         crate::tui::attach_to(&mut pipeline, ctx)
     });
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let stop_flag = Arc::clone(&stop);
-    let reason = Arc::new(std::sync::Mutex::new(None::<String>));
-    let r2 = Arc::clone(&reason);
-    let (pipeline, wall, dash_result) = rt.block_on(async move {
-        let quit = Arc::new(tokio::sync::Notify::new());
-        let stop_fut = {
-            let quit = Arc::clone(&quit);
-            let r2 = Arc::clone(&r2);
-            async move {
-                // --duration is applied by the reader, in recorded time.
-                let why = tokio::select! {
-                    sig = signals::terminated() => sig.to_string(),
-                    _ = quit.notified() => "quit".to_string(),
-                };
-                if let Ok(mut g) = r2.lock()
-                    && g.is_none()
-                {
-                    *g = Some(why);
-                }
-                stop_flag.store(true, Ordering::Relaxed);
-            }
-        };
-        let ended = dashboard.clone();
-        let driver = tokio::spawn(async move {
-            let p = pipeline
-                .drive_until(rx, Duration::from_millis(250), stop_fut)
-                .await;
-            // Throughput is measured to here, not to when the user closes the dashboard.
-            let wall = started.elapsed();
-            if let Some(shared) = &ended {
-                crate::tui::mark_source_ended(shared);
-            }
-            (p, wall)
-        });
-        let mut dash_result = Ok(());
-        if let Some(shared) = dashboard {
-            // The user reads the final numbers and quits.
-            match crate::tui::run(shared, std::future::pending::<()>()).await {
-                Ok(DashboardExit::UserQuit) => set_reason(&r2, "quit"),
-                Ok(DashboardExit::Signal) => set_reason(&r2, "signal"),
-                Ok(DashboardExit::Stopped) => {}
-                Err(e) => dash_result = Err(e),
-            }
-            quit.notify_one();
-        }
-        match driver.await {
-            Ok((p, wall)) => (Some(p), wall, dash_result),
-            Err(e) => (
-                None,
-                Duration::ZERO,
-                Err(anyhow::anyhow!("pipeline task: {e}")),
-            ),
-        }
-    });
-    if let Err(e) = &dash_result {
-        eprintln!("vmatrace: {e:#}");
-    }
-    let Some(pipeline) = pipeline else {
-        return Ok(ExitCode::FAILURE);
+    let played = play(&rt, &stop, &args, reader, pipeline, dashboard)?;
+    let report = Report {
+        header: &header,
+        pipeline: &played.pipeline,
+        outcome: &played.outcome,
+        stop: stop.reason(),
+        handles: Some(&handles),
+        wall: played.wall,
+        skipped,
     };
-    let reason = reason.lock().ok().and_then(|mut g| g.take());
+    session::print_summary(&report.summary(), args.out.json, false);
+    match &played.outcome.error {
+        None => Ok(()),
+        // A followed stream that just stops is how a VM's serial output ends.
+        Some(TraceError::MissingEnd { .. }) if args.follow => Ok(()),
+        Some(e) => Err(failure(&args.input, Some(e))),
+    }
+}
 
-    // A reader blocked on a read of stdin cannot be interrupted: give it a moment, then
-    // summarise without its outcome rather than hang.
+/// The input, opened (errors here are status 1: nothing was read).
+fn open_input(args: &ReplayArgs, stop: &Stop) -> anyhow::Result<Box<dyn Read + Send>> {
+    if args.input == "-" {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    let f =
+        File::open(&args.input).with_context(|| format!("cannot open the trace {}", args.input))?;
+    let md = f
+        .metadata()
+        .with_context(|| format!("cannot read the trace {}", args.input))?;
+    anyhow::ensure!(
+        !md.is_dir(),
+        "cannot read the trace {}: it is a directory",
+        args.input
+    );
+    Ok(if args.follow && md.is_file() {
+        Box::new(GrowingFile::new(f, stop.flag()))
+    } else {
+        Box::new(f)
+    })
+}
+
+enum Start {
+    Found(Box<TraceReader>),
+    /// A stop came while the start was still being searched for.
+    Stopped,
+    Failed(TraceError),
+}
+
+/// Read the header on a thread of its own: a followed stream may show nothing for a long
+/// time (a VM still booting), and a signal must still end the replay cleanly.
+fn find_start(input: Box<dyn Read + Send>, opts: ReadOptions, stop: &Stop) -> Start {
+    let (tx, rx) = std_mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("vmatrace-header".into())
+        .spawn(move || {
+            let _ = tx.send(TraceReader::with_options(input, opts));
+        });
+    if let Err(e) = spawned {
+        return Start::Failed(TraceError::Io {
+            offset: 0,
+            source: e,
+        });
+    }
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(r)) => return Start::Found(Box::new(r)),
+            Ok(Err(e)) => return Start::Failed(e),
+            // The thread panicked (the panic hook makes the exit status 1).
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return Start::Stopped,
+            Err(std_mpsc::RecvTimeoutError::Timeout) if stop.is_requested() => {
+                return Start::Stopped;
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// The header of a replay that never read one.
+fn unknown_header() -> TraceHeader {
+    let mut h = TraceHeader::synthetic(Generation::V7_0);
+    h.source = "unknown".into();
+    h.kernel_release = "unknown (no trace header was read)".into();
+    h
+}
+
+/// Status 4 for a damaged trace, 1 for a failed read (a directory, EIO): the trace may
+/// be fine, the machine is not.
+fn failure(input: &str, e: Option<&TraceError>) -> anyhow::Error {
+    match e {
+        Some(e @ TraceError::Io { .. }) => anyhow::anyhow!("{input}: {e}"),
+        Some(e) => Failure::BadTrace(format!("{input}: {e}")).into(),
+        None => anyhow::anyhow!("{input}: the replay failed"),
+    }
+}
+
+struct Played {
+    pipeline: Pipeline,
+    outcome: ReplayOutcome,
+    /// Until the source ended (throughput), not until the user closed the dashboard.
+    wall: Duration,
+}
+
+/// Run the reader thread into the pipeline (and the dashboard) until the trace ends or
+/// a stop.
+fn play(
+    rt: &tokio::runtime::Runtime,
+    stop: &Stop,
+    args: &ReplayArgs,
+    reader: TraceReader,
+    pipeline: Pipeline,
+    dashboard: Option<SharedState>,
+) -> anyhow::Result<Played> {
+    let (tx, rx) = mpsc::channel(64);
+    let progress = Arc::new(Progress::default());
+    let replay_opts = ReplayOptions {
+        speed: args.speed,
+        duration: args.out.duration,
+        filter: (!args.filter.is_empty()).then(|| {
+            let f = args.filter.clone();
+            Arc::new(move |e: &vmatrace_common::Event| f.matches(e)) as replay::EventFilter
+        }),
+        progress: Arc::clone(&progress),
+    };
+    let started = Instant::now();
+    let thread = replay::spawn(reader, tx, replay_opts, stop.flag())
+        .context("cannot start the reader thread")?;
+    let (pipeline, wall) = rt
+        .block_on(async {
+            let ended = dashboard.clone();
+            let stop_fut = {
+                let stop = stop.clone();
+                async move { stop.requested().await }
+            };
+            let driver = tokio::spawn(async move {
+                let p = pipeline
+                    .drive_until(rx, Duration::from_millis(250), stop_fut)
+                    .await;
+                let wall = started.elapsed();
+                if let Some(shared) = &ended {
+                    crate::tui::mark_source_ended(shared);
+                }
+                (p, wall)
+            });
+            if let Some(shared) = dashboard {
+                // The user reads the final numbers and quits; --duration is the reader's.
+                run_dashboard(shared, stop, None).await;
+            }
+            driver.await
+        })
+        .context("the pipeline task failed")?;
+    Ok(Played {
+        outcome: join_reader(thread, &progress),
+        pipeline,
+        wall,
+    })
+}
+
+/// The reader's outcome. A reader blocked on a read of stdin or a FIFO cannot be
+/// interrupted: give it a moment, then take what it published.
+fn join_reader(
+    thread: std::thread::JoinHandle<ReplayOutcome>,
+    progress: &Progress,
+) -> ReplayOutcome {
     let deadline = Instant::now() + Duration::from_secs(1);
     while !thread.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let outcome = if thread.is_finished() {
-        thread.join().unwrap_or_else(|_| ReplayOutcome {
-            error: None,
-            stopped: true,
-            ..ReplayOutcome::default()
-        })
-    } else {
-        ReplayOutcome {
-            stopped: true,
-            events: pipeline.totals.total_events(),
-            ..ReplayOutcome::default()
-        }
-    };
-
-    let (error_text, bad) = match &outcome.error {
-        None => (None, false),
-        // A followed stream that just stops is how a VM's serial output ends.
-        Some(e @ TraceError::MissingEnd { .. }) if args.follow => (Some(e.to_string()), false),
-        Some(e) => (Some(e.to_string()), true),
-    };
-    let stop_reason = reason.unwrap_or_else(|| {
-        if outcome.duration_reached {
-            "duration".into()
-        } else if outcome.complete {
-            "end of trace".into()
-        } else if outcome.error.is_some() {
-            "trace error".into()
-        } else {
-            "end of input".into()
-        }
-    });
-    let wall_s = wall.as_secs_f64();
-    let summary = Summary::build(SummaryInput {
-        mode: "replay",
-        header: &header,
-        totals: &pipeline.totals,
-        validator: &pipeline.validator,
-        duration_ns: outcome.recorded_duration_ns(),
-        stop_reason,
-        anomaly_log: handles.anomaly_log_stats(),
-        stats: handles.stats_snapshot(),
-        programs: Vec::new(),
-        startup_cpu_s: None,
-        stop_cpu_s: None,
-        recording: None,
-        replay: Some(ReplaySection {
-            records: outcome.records,
-            events: outcome.events,
-            filtered: outcome.filtered,
-            complete: outcome.complete,
-            error: error_text.clone(),
-            wall_s,
-            events_per_s: if wall_s > 0.0 {
-                outcome.events as f64 / wall_s
-            } else {
-                0.0
-            },
-            skipped_bytes: skipped,
-        }),
-    });
-    session::print_summary(&summary, args.out.json, false);
-    if let Some(e) = error_text {
-        eprintln!("vmatrace: {}: {e}", args.input);
+    if !thread.is_finished() {
+        return progress.outcome();
     }
-    Ok(if bad {
-        ExitCode::from(EXIT_BAD_TRACE)
-    } else {
-        ExitCode::SUCCESS
+    thread.join().unwrap_or_else(|_| {
+        // Panicked: the hook printed it and the exit status will be 1.
+        let mut o = progress.outcome();
+        o.error = Some(TraceError::Io {
+            offset: 0,
+            source: std::io::Error::other("the reader thread panicked (a bug in vmatrace)"),
+        });
+        o
     })
+}
+
+fn stop_reason(given: Option<StopReason>, o: &ReplayOutcome) -> StopReason {
+    given.unwrap_or(if o.duration_reached {
+        StopReason::Duration
+    } else if o.complete {
+        StopReason::EndOfTrace
+    } else if o.error.is_some() {
+        StopReason::TraceError
+    } else {
+        StopReason::EndOfInput
+    })
+}
+
+/// Everything a replay summary is made of.
+struct Report<'a> {
+    header: &'a TraceHeader,
+    pipeline: &'a Pipeline,
+    outcome: &'a ReplayOutcome,
+    stop: Option<StopReason>,
+    handles: Option<&'a session::OutputHandles>,
+    wall: Duration,
+    skipped: u64,
+}
+
+impl<'a> Report<'a> {
+    fn summary(&self) -> Summary {
+        let wall_s = self.wall.as_secs_f64();
+        let o = self.outcome;
+        Summary::build(SummaryInput {
+            mode: "replay",
+            header: self.header,
+            totals: &self.pipeline.totals,
+            validator: &self.pipeline.validator,
+            duration_ns: o.recorded_duration_ns(),
+            stop_reason: stop_reason(self.stop, o).key().into(),
+            anomaly_log: self
+                .handles
+                .and_then(session::OutputHandles::anomaly_log_stats),
+            stats: self
+                .handles
+                .and_then(session::OutputHandles::stats_snapshot),
+            programs: Vec::new(),
+            startup_cpu_s: None,
+            stop_cpu_s: None,
+            recording: None,
+            replay: Some(ReplaySection {
+                records: o.records,
+                events: o.events,
+                filtered: o.filtered,
+                complete: o.complete,
+                error: o.error.as_ref().map(ToString::to_string),
+                wall_s,
+                events_per_s: if wall_s > 0.0 {
+                    o.events as f64 / wall_s
+                } else {
+                    0.0
+                },
+                skipped_bytes: self.skipped,
+            }),
+        })
+    }
+
+    /// A replay that never got to a trace header.
+    fn without_trace(
+        header: &'a TraceHeader,
+        pipeline: &'a Pipeline,
+        outcome: &'a ReplayOutcome,
+        stop: Option<StopReason>,
+    ) -> Report<'a> {
+        Report {
+            header,
+            pipeline,
+            outcome,
+            stop,
+            handles: None,
+            wall: Duration::ZERO,
+            skipped: 0,
+        }
+    }
 }

@@ -1,9 +1,12 @@
 //! `vmatrace run` (and `vmatrace record`, which is `run` plus a trace file): detect the
 //! kernel, plan the probes, attach, and feed the live stream through the pipeline.
+//!
+//! The phases, each a function: signals first (nothing may kill the session half-way),
+//! then [`plan_here`] (privileges, kernel, plan), [`attach`], the trace output (only now
+//! is a file created), [`stream`] until a stop, and the summary.
 
 use std::{
     io::IsTerminal,
-    process::ExitCode,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -13,30 +16,27 @@ use tokio::sync::mpsc;
 use vmatrace_common::Config;
 
 use super::{
-    EXIT_CANNOT_ATTACH,
+    exit::{Failure, Missing},
     session::{self, FilterArgs, OutputArgs},
-    signals,
+    signals::{self, Stop, StopReason},
+    trace_output::{Pending, TraceTarget},
 };
 use crate::{
     export::{
         clock::{clock_base_now, hostname},
         summary::{Summary, SummaryInput, TracerSection},
     },
-    kernel::{Capabilities, KernelInfo, caps::TracingProbe, plan, plan::AttachMode},
+    kernel::{
+        Capabilities, KernelInfo,
+        caps::TracingProbe,
+        plan,
+        plan::{AttachMode, ProbePlan},
+    },
     live::{DEFAULT_RING_BUFFER_BYTES, LiveOptions, LiveSession, ProgramStat},
     pipeline::Pipeline,
     trace::{FilterInfo, HookRecord, Recorder, RecordingStatus, TraceHeader, TraceWriter},
-    tui::{DashboardContext, DashboardExit, ProgramCost, SourceKind},
+    tui::{DashboardContext, DashboardExit, ProgramCost, SharedState, SourceKind},
 };
-
-/// Keep the first stop reason (several triggers may fire during shutdown).
-fn set_once(slot: &Mutex<Option<String>>, why: String) {
-    if let Ok(mut g) = slot.lock()
-        && g.is_none()
-    {
-        *g = Some(why);
-    }
-}
 
 /// Options of every live session.
 #[derive(Clone, Debug, clap::Args)]
@@ -86,10 +86,15 @@ pub struct RunArgs {
 /// `vmatrace replay` reads without root (format: docs/trace-format.md).
 #[derive(Debug, clap::Args)]
 pub struct RecordArgs {
-    /// The trace file (created mode 0600, truncated), or `-` for stdout (the summary then
-    /// goes to stderr).
+    /// The trace file (created mode 0600 once tracing starts), a device or FIFO, or `-`
+    /// for stdout (the summary then goes to stderr). An existing file is refused unless
+    /// --force.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: String,
+    /// Replace an existing FILE, but only once the new recording is complete: until then
+    /// it goes to a temporary file beside it, removed if the session fails.
+    #[arg(long)]
+    pub force: bool,
     /// Compress the records with zstd (about 5-10× smaller).
     #[arg(long)]
     pub compress: bool,
@@ -101,82 +106,34 @@ pub struct RecordArgs {
     pub out: OutputArgs,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// A recording asked for by `record`.
+struct Recording {
+    output: String,
+    force: bool,
+    compress: bool,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let tui = !args.headless && std::io::stdout().is_terminal();
     live("run", &args.live, &args.filter, &args.out, None, tui)
 }
 
-pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+pub fn record(args: RecordArgs) -> anyhow::Result<()> {
+    // Checked now, so a wrong path fails before anything is attached; nothing is created
+    // until tracing starts.
+    let rec = Recording {
+        output: args.output.clone(),
+        force: args.force,
+        compress: args.compress,
+    };
     live(
         "record",
         &args.live,
         &args.filter,
         &args.out,
-        Some((args.output.as_str(), args.compress)),
+        Some(rec),
         false,
     )
-}
-
-/// Why a live session cannot start here.
-enum Missing {
-    /// Not root / capabilities: what to do is about privileges.
-    Privileges,
-    /// The kernel or the machine cannot attach (BTF, generation, PMU, tracing programs).
-    Kernel,
-}
-
-/// Print why nothing can be traced here and what to do; exit status 3.
-fn cannot_attach(missing: Missing, what: &str) -> ExitCode {
-    let todo = match missing {
-        Missing::Privileges => {
-            "  - run as root (e.g. `sudo vmatrace run`), or give the binary CAP_BPF and \
-             CAP_PERFMON: `setcap cap_bpf,cap_perfmon+ep vmatrace`;\n"
-        }
-        Missing::Kernel => {
-            "  - trace a real Debian kernel in QEMU instead: `cargo xtask run --vm`;\n  \
-             - `vmatrace probes` shows what this kernel offers and why each hook is out;\n"
-        }
-    };
-    eprintln!(
-        "vmatrace: cannot trace on this machine: {what}\n\
-         what to do:\n{todo}  \
-         - to analyse a trace recorded elsewhere: `vmatrace replay FILE` (no root needed)."
-    );
-    ExitCode::from(EXIT_CANNOT_ATTACH)
-}
-
-/// A serial line or terminal as trace output must pass bytes unchanged (no `\n` →
-/// `\r\n`, no flow-control characters): put it in raw mode.
-fn make_raw_if_tty(fd: std::os::fd::RawFd) -> anyhow::Result<()> {
-    // SAFETY: isatty only inspects the descriptor.
-    if unsafe { libc::isatty(fd) } != 1 {
-        return Ok(());
-    }
-    // SAFETY: termios is plain data; tcgetattr fills it for a valid terminal fd.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is an open terminal, `t` a valid out-pointer.
-    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("tcgetattr on the trace output");
-    }
-    // SAFETY: cfmakeraw only edits the struct.
-    unsafe { libc::cfmakeraw(&mut t) };
-    // SAFETY: as above; TCSANOW applies the settings at once.
-    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("cannot put the trace output terminal in raw mode");
-    }
-    Ok(())
-}
-
-/// Removes a just-created output file when the session does not start.
-struct RemoveOnDrop(Option<std::path::PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
 }
 
 fn cgroup_id(spec: &str) -> anyhow::Result<u64> {
@@ -213,110 +170,200 @@ fn live(
     live: &LiveArgs,
     filter: &FilterArgs,
     out: &OutputArgs,
-    record: Option<(&str, bool)>,
+    record: Option<Recording>,
     tui: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<()> {
     let config = config(live, filter)?;
-    // Open the trace output before attaching anything: a wrong path fails at once. If
-    // the session then cannot start, the empty file is removed again.
-    let mut unfinished: Option<RemoveOnDrop> = None;
-    let trace_out: Option<(Box<dyn std::io::Write + Send>, &str, bool)> = match record {
+    let rt = signals::runtime()?;
+    let stop = Stop::new();
+    let on_hup = out.on_hangup();
+    signals::install(&rt, &stop, on_hup.clone())?;
+    check_privileges()?;
+    // Checked now, so a wrong path fails before anything is attached; nothing is created
+    // until tracing starts.
+    let record = match record {
+        Some(r) => Some((TraceTarget::check(&r.output, r.force)?, r)),
         None => None,
-        Some(("-", compress)) => {
-            // SAFETY: tcgetpgrp/getpgrp only query; fd 1 may be anything.
-            let interactive = unsafe { libc::tcgetpgrp(1) == libc::getpgrp() };
-            anyhow::ensure!(
-                !interactive,
-                "refusing to write a binary trace to your terminal: redirect stdout or use -o FILE"
-            );
-            // A serial line on stdout (a VM's ttyS1 as `>&3`) must pass bytes unchanged.
-            make_raw_if_tty(1)?;
-            Some((Box::new(std::io::stdout()), "-", compress))
-        }
-        Some((path, compress)) => {
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create the trace {path}"))?;
-            make_raw_if_tty(std::os::fd::AsRawFd::as_raw_fd(&f))?;
-            unfinished = Some(RemoveOnDrop(Some(path.into())));
-            Some((Box::new(f), path, compress))
-        }
     };
+    let plan = plan_here()?;
+    let session = attach(plan.clone(), config, live)?;
+    let header = header(plan, &session, &config, filter);
 
-    // 1. Privileges first: without them every later step fails with a less clear EPERM.
-    let mut caps = Capabilities::detect();
-    if !caps.can_bpf() {
+    let mut pipeline = Pipeline::new(header.generation);
+    let handles = session::add_output_sinks(&mut pipeline, out, &header, &on_hup)?;
+    let stdout_taken = matches!(record, Some((TraceTarget::Stdout, _)));
+    let (recording, pending) = match record {
+        Some((target, rec)) => {
+            let (status, pending) = add_recorder(&mut pipeline, target, &rec, &header)?;
+            (Some(status), pending)
+        }
+        None => (None, None),
+    };
+    let dashboard = tui.then(|| {
+        let ctx = DashboardContext::new(
+            SourceKind::Live,
+            header.kernel_release.clone(),
+            header.generation,
+        )
+        .with_detail(format!(
+            "{}/{} hooks",
+            header.hooks.iter().filter(|h| h.attached).count(),
+            header.hooks.len()
+        ))
+        .with_plan(header.plan.clone());
+        crate::tui::attach_to(&mut pipeline, ctx)
+    });
+    if dashboard.is_none() {
+        announce(&header, out.duration);
+    }
+    // What loading, verifying and attaching cost, so the summary can tell it apart.
+    let startup_cpu_s = Some(TracerSection::of_this_process().cpu_s());
+    let streamed = stream(&rt, &stop, session, pipeline, dashboard, out.duration);
+    let recording = recording.map(|r| r.lock().map(|g| g.clone()).unwrap_or_default());
+    let summary = Summary::build(SummaryInput {
+        mode,
+        header: &header,
+        totals: &streamed.pipeline.totals,
+        validator: &streamed.pipeline.validator,
+        duration_ns: u64::try_from(streamed.wall.as_nanos()).unwrap_or(u64::MAX),
+        stop_reason: stop
+            .reason()
+            .unwrap_or(StopReason::SourceEnded)
+            .key()
+            .into(),
+        anomaly_log: handles.anomaly_log_stats(),
+        stats: handles.stats_snapshot(),
+        recording: recording.clone(),
+        replay: None,
+        programs: streamed.programs,
+        startup_cpu_s,
+        stop_cpu_s: streamed.stop_cpu_s,
+    });
+    session::print_summary(&summary, out.json, stdout_taken);
+    if let Some(p) = pending {
+        finish_replacement(p, recording.as_ref())?;
+    }
+    match streamed.error {
+        Some(e) => Err(Failure::Unverified(format!("capture ended with an error: {e:#}")).into()),
+        None => Ok(()),
+    }
+}
+
+/// Privileges first: without them every later step fails with a less clear EPERM.
+fn check_privileges() -> anyhow::Result<()> {
+    if !Capabilities::detect().can_bpf() {
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
-        return Ok(cannot_attach(
+        return Err(Failure::cannot_attach(
             Missing::Privileges,
-            &format!(
+            format!(
                 "loading BPF programs needs root, or CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); \
-             this process runs as euid {euid} without them"
+                 this process runs as euid {euid} without them"
             ),
-        ));
+        )
+        .into());
     }
-    // 2. The kernel: BTF, symbols, generation, offsets → the plan.
-    let info = match KernelInfo::from_running_kernel() {
-        Ok(i) => i,
-        Err(e) => {
-            return Ok(cannot_attach(
-                Missing::Kernel,
-                &format!(
-                    "cannot introspect the running kernel ({e:#}); vmatrace needs its BTF \
+    Ok(())
+}
+
+/// The running kernel and the probe plan: every way this can fail is a
+/// [`Failure::CannotAttach`] saying what is missing.
+fn plan_here() -> anyhow::Result<ProbePlan> {
+    let mut caps = Capabilities::detect();
+    let info = KernelInfo::from_running_kernel().map_err(|e| {
+        Failure::cannot_attach(
+            Missing::Kernel,
+            format!(
+                "cannot introspect the running kernel ({e:#}); vmatrace needs its BTF \
                  (CONFIG_DEBUG_INFO_BTF=y, /sys/kernel/btf/vmlinux) and /proc/kallsyms"
-                ),
-            ));
-        }
-    };
+            ),
+        )
+    })?;
     let tracing = caps.probe_tracing_programs(&info);
-    let plan = match plan(&info, &caps) {
-        Ok(p) => p,
-        // Unsupported generation or unresolvable offsets: both are the kernel's.
-        Err(e) => return Ok(cannot_attach(Missing::Kernel, &e.to_string())),
-    };
+    // Unsupported generation or unresolvable offsets: both are the kernel's.
+    let plan =
+        plan(&info, &caps).map_err(|e| Failure::cannot_attach(Missing::Kernel, e.to_string()))?;
     // The mm-wide mmap_lock tracepoints alone say nothing about any VMA's lock: a plan
     // without a single function hook cannot validate anything.
     if !plan.points.iter().any(|p| p.mode != AttachMode::Tracepoint) {
-        let mut why = format!(
-            "none of the per-VMA lock functions of kernel {} can be attached here{}",
-            plan.kernel.release,
-            if plan.points.is_empty() {
-                String::new()
-            } else {
-                " (only the mm-wide mmap_lock tracepoints could)".to_string()
-            }
-        );
-        if !caps.kprobes {
-            why += "; kprobes: no kprobe PMU (/sys/bus/event_source/devices/kprobe)";
-        }
-        match &tracing {
-            TracingProbe::Refused(e) => why += &format!("; fentry/fexit: refused ({e})"),
-            TracingProbe::Unknown(e) => why += &format!("; fentry/fexit: unknown ({e})"),
-            TracingProbe::Loads => {}
-        }
-        for n in &plan.notes {
-            why += &format!("\n  note: {n}");
-        }
-        return Ok(cannot_attach(Missing::Kernel, &why));
+        return Err(Failure::cannot_attach(
+            Missing::Kernel,
+            nothing_attachable(&plan, &caps, &tracing),
+        )
+        .into());
     }
+    Ok(plan)
+}
 
-    // 3. Load and attach.
-    let session = match LiveSession::start(LiveOptions {
-        plan: plan.clone(),
+fn nothing_attachable(plan: &ProbePlan, caps: &Capabilities, tracing: &TracingProbe) -> String {
+    let mut why = format!(
+        "none of the per-VMA lock functions of kernel {} can be attached here{}",
+        plan.kernel.release,
+        if plan.points.is_empty() {
+            ""
+        } else {
+            " (only the mm-wide mmap_lock tracepoints could)"
+        }
+    );
+    if !caps.kprobes {
+        why += "; kprobes: no kprobe PMU (/sys/bus/event_source/devices/kprobe)";
+    }
+    match tracing {
+        TracingProbe::Refused(e) => why += &format!("; fentry/fexit: refused ({e})"),
+        TracingProbe::Unknown(e) => why += &format!("; fentry/fexit: unknown ({e})"),
+        TracingProbe::Loads => {}
+    }
+    for n in &plan.notes {
+        why += &format!("\n  note: {n}");
+    }
+    why
+}
+
+/// Load and attach per plan; at least one function hook must attach.
+fn attach(plan: ProbePlan, config: Config, live: &LiveArgs) -> anyhow::Result<LiveSession> {
+    let session = LiveSession::start(LiveOptions {
+        plan,
         config,
         ring_buffer_bytes: live.ring_buffer_bytes,
         enable_stats: live.bpf_stats,
-    }) {
-        Ok(s) => s,
-        Err(e) => return Ok(cannot_attach(Missing::Kernel, &format!("{e:#}"))),
-    };
-    let hooks: Vec<HookRecord> = session
+    })
+    .map_err(|e| Failure::cannot_attach(Missing::Kernel, format!("{e:#}")))?;
+    let functions_attached = session
+        .hooks()
+        .iter()
+        .filter(|h| h.attached && h.point.mode != AttachMode::Tracepoint)
+        .count();
+    if functions_attached == 0 {
+        let errors: String = session
+            .hooks()
+            .iter()
+            .filter(|h| !h.attached)
+            .map(|h| {
+                format!(
+                    "\n  {} ({}): {}",
+                    h.point.target,
+                    h.point.mode.key(),
+                    h.error.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        return Err(Failure::cannot_attach(
+            Missing::Kernel,
+            format!("no per-VMA lock function hook attached{errors}"),
+        )
+        .into());
+    }
+    Ok(session)
+}
+
+/// The session's header: what the summary, the anomaly log and a recording describe.
+fn header(
+    plan: ProbePlan,
+    session: &LiveSession,
+    config: &Config,
+    filter: &FilterArgs,
+) -> TraceHeader {
+    let hooks = session
         .hooks()
         .iter()
         .map(|h| HookRecord {
@@ -327,32 +374,7 @@ fn live(
             error: h.error.clone(),
         })
         .collect();
-    let attached = hooks.iter().filter(|h| h.attached).count();
-    let functions_attached = session
-        .hooks()
-        .iter()
-        .filter(|h| h.attached && h.point.mode != AttachMode::Tracepoint)
-        .count();
-    if functions_attached == 0 {
-        let errors: Vec<String> = hooks
-            .iter()
-            .filter(|h| !h.attached)
-            .map(|h| {
-                format!(
-                    "\n  {} ({}): {}",
-                    h.target,
-                    h.mode,
-                    h.error.as_deref().unwrap_or("?")
-                )
-            })
-            .collect();
-        return Ok(cannot_attach(
-            Missing::Kernel,
-            &format!("no per-VMA lock function hook attached{}", errors.concat()),
-        ));
-    }
-
-    let header = TraceHeader {
+    TraceHeader {
         vmatrace_version: env!("CARGO_PKG_VERSION").to_string(),
         source: "live".into(),
         host: hostname(),
@@ -370,183 +392,177 @@ fn live(
             reader_sample_every: config.reader_sample_every,
             stream_entries: config.stream_entries != 0,
         },
-    };
+    }
+}
 
-    // 4. The pipeline and its sinks.
-    let mut pipeline = Pipeline::new(header.generation);
-    let handles = session::add_output_sinks(&mut pipeline, out, &header)?;
-    let mut recording: Option<Arc<Mutex<RecordingStatus>>> = None;
-    let stdout_taken = matches!(record, Some(("-", _)));
-    if let Some((w, path, compress)) = trace_out {
-        let w = TraceWriter::new(w, &header, compress)
-            .with_context(|| format!("cannot start the trace {path}"))?;
-        let rec = Recorder::new(w, path, compress);
-        if let Some(f) = &mut unfinished {
-            f.0 = None;
+/// Open the trace output (tracing has started: only now is a file created) and add the
+/// recorder to the pipeline.
+fn add_recorder(
+    pipeline: &mut Pipeline,
+    target: TraceTarget,
+    rec: &Recording,
+    header: &TraceHeader,
+) -> anyhow::Result<(Arc<Mutex<RecordingStatus>>, Option<Pending>)> {
+    let (w, pending) = target.open()?.into_parts();
+    let w = TraceWriter::new(w, header, rec.compress)
+        .with_context(|| format!("cannot start the trace {}", rec.output))?;
+    let recorder = Recorder::new(w, &rec.output, rec.compress);
+    let status = recorder.status();
+    pipeline.add_sink(Box::new(recorder));
+    Ok((status, pending))
+}
+
+/// `--force`: the new recording replaces the old file only if it is complete.
+fn finish_replacement(p: Pending, recording: Option<&RecordingStatus>) -> anyhow::Result<()> {
+    match recording {
+        Some(r) if r.complete && r.error.is_none() => p.commit(),
+        _ => {
+            let kept = p.keep();
+            Err(anyhow::anyhow!(
+                "the recording did not complete: the old file was left as it was, and what was \
+                 recorded is in {}",
+                kept.display()
+            ))
         }
-        recording = Some(rec.status());
-        pipeline.add_sink(Box::new(rec));
     }
-    // The dashboard, when on a terminal: its sink sees every batch; quitting it is one
-    // more stop trigger.
-    let dashboard = tui.then(|| {
-        let ctx = DashboardContext::new(
-            SourceKind::Live,
-            header.kernel_release.clone(),
-            header.generation,
-        )
-        .with_detail(format!("{attached}/{} hooks", header.hooks.len()))
-        .with_plan(header.plan.clone());
-        crate::tui::attach_to(&mut pipeline, ctx)
-    });
-    if dashboard.is_none() {
-        eprintln!(
-            "vmatrace: tracing kernel {} (generation {}), {attached}/{} hooks attached{}; \
-             SIGINT or SIGTERM stops",
-            header.kernel_release,
-            header.generation.key(),
-            header.hooks.len(),
-            out.duration
-                .map(|d| format!(", for {:.1} s", d.as_secs_f64()))
-                .unwrap_or_default()
-        );
-    }
+}
 
-    // What loading, verifying and attaching cost, so the summary can tell it apart.
-    let startup_cpu_s = Some(TracerSection::of_this_process().cpu_s());
+fn announce(header: &TraceHeader, duration: Option<Duration>) {
+    eprintln!(
+        "vmatrace: tracing kernel {} (generation {}), {}/{} hooks attached{}; \
+         SIGINT or SIGTERM stops",
+        header.kernel_release,
+        header.generation.key(),
+        header.hooks.iter().filter(|h| h.attached).count(),
+        header.hooks.len(),
+        duration
+            .map(|d| format!(", for {:.1} s", d.as_secs_f64()))
+            .unwrap_or_default()
+    );
+}
 
-    // 5. Stream until stopped; the session detaches, drains and closes the channel.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+/// What streaming produced.
+struct Streamed {
+    pipeline: Pipeline,
+    wall: Duration,
+    error: Option<anyhow::Error>,
+    programs: Vec<ProgramStat>,
+    /// This process's CPU when the stop fired, before the session disarmed, detached and
+    /// drained: tracing's own cost lies between it and the start-up CPU.
+    stop_cpu_s: Option<f64>,
+}
+
+/// Stream until a signal, `duration`, the dashboard's quit or the source's end; the
+/// session detaches, drains and closes the channel, the pipeline finishes its sinks.
+fn stream(
+    rt: &tokio::runtime::Runtime,
+    stop: &Stop,
+    session: LiveSession,
+    pipeline: Pipeline,
+    dashboard: Option<SharedState>,
+    duration: Option<Duration>,
+) -> Streamed {
     let started = Instant::now();
-    let reason = Arc::new(Mutex::new(None::<String>));
     let programs = Arc::new(Mutex::new(Vec::<ProgramStat>::new()));
-    let duration = out.duration;
+    let stop_cpu = Arc::new(Mutex::new(None::<f64>));
     let stats_handle = session.stats_handle();
-    let (r2, p2) = (Arc::clone(&reason), Arc::clone(&programs));
-    // This process's CPU when the stop fires, before the session disarms, detaches and
-    // drains: tracing's own cost is what lies between it and `startup_cpu_s`.
-    let stop_cpu: Arc<Mutex<Option<f64>>> = Arc::new(Mutex::new(None));
-    let stop_cpu2 = Arc::clone(&stop_cpu);
-    let (pipeline, stream_result, dash_result) = rt.block_on(async move {
+    let (pipeline, error) = rt.block_on(async {
         let (tx, rx) = mpsc::channel(256);
-        let quit = Arc::new(tokio::sync::Notify::new());
-        let stop = {
-            let quit = Arc::clone(&quit);
-            let r2 = Arc::clone(&r2);
+        let stop_fut = {
+            let (stop, stop_cpu) = (stop.clone(), Arc::clone(&stop_cpu));
             async move {
-                let why = tokio::select! {
-                    sig = signals::terminated() => sig.to_string(),
-                    _ = signals::after(duration) => "duration".to_string(),
-                    _ = quit.notified() => "quit".to_string(),
-                };
-                set_once(&r2, why);
-                if let Ok(mut c) = stop_cpu2.lock() {
+                tokio::select! {
+                    () = stop.requested() => {}
+                    () = signals::after(duration) => stop.request(StopReason::Duration),
+                }
+                if let Ok(mut c) = stop_cpu.lock() {
                     *c = Some(TracerSection::of_this_process().cpu_s());
                 }
             }
         };
-        let stream = tokio::spawn(session.stream(tx, stop));
-        // BPF run-time statistics, sampled while the programs exist (for the dashboard
-        // and the summary); a no-op list when statistics are off.
-        let sampler = {
-            let shared = dashboard.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                let mut last = Instant::now();
-                loop {
-                    tick.tick().await;
-                    let now = stats_handle.program_stats();
-                    if now.is_empty() {
-                        continue;
-                    }
-                    if let Some(shared) = &shared {
-                        let costs = now
-                            .iter()
-                            .map(|p| ProgramCost {
-                                name: p.name.clone(),
-                                run_cnt: p.run_cnt,
-                                run_time_ns: p.run_time_ns,
-                            })
-                            .collect();
-                        crate::tui::set_program_stats(shared, costs, last.elapsed());
-                    }
-                    last = Instant::now();
-                    if let Ok(mut g) = p2.lock() {
-                        *g = now;
-                    }
-                }
-            })
-        };
+        let capture = tokio::spawn(session.stream(tx, stop_fut));
+        let sampler = tokio::spawn(sample_program_stats(
+            stats_handle,
+            dashboard.clone(),
+            Arc::clone(&programs),
+        ));
         let driver = tokio::spawn(pipeline.drive(rx, Duration::from_millis(250)));
-        let mut dash_result = Ok(());
         if let Some(shared) = dashboard {
-            // The dashboard stops on its own keys and signals; either way the capture
-            // must stop too.
-            let until = {
-                let r2 = Arc::clone(&r2);
-                async move {
-                    signals::after(duration).await;
-                    set_once(&r2, "duration".into());
-                }
-            };
-            match crate::tui::run(shared.clone(), until).await {
-                Ok(DashboardExit::UserQuit) => set_once(&r2, "quit".into()),
-                Ok(DashboardExit::Signal) => set_once(&r2, "signal".into()),
-                Ok(DashboardExit::Stopped) => {}
-                Err(e) => dash_result = Err(e),
-            }
-            quit.notify_one();
+            run_dashboard(shared, stop, duration).await;
         }
-        let res = match stream.await {
-            Ok(r) => r,
-            Err(e) => Err(anyhow::anyhow!("the capture task failed: {e}")),
+        let error = match capture.await {
+            Ok(r) => r.err(),
+            Err(e) => Some(anyhow::anyhow!("the capture task failed: {e}")),
         };
         sampler.abort();
-        let pipeline = match driver.await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("vmatrace: the pipeline task failed: {e}");
-                None
-            }
-        };
-        (pipeline, res, dash_result)
+        (driver.await, error)
     });
-    let Some(pipeline) = pipeline else {
-        return Ok(ExitCode::FAILURE);
-    };
-    if let Err(e) = dash_result {
-        eprintln!("vmatrace: dashboard: {e:#}");
-    }
-    let elapsed = started.elapsed();
-    let stop_reason = reason
-        .lock()
-        .ok()
-        .and_then(|mut g| g.take())
-        .unwrap_or_else(|| "source ended".into());
-
-    let summary = Summary::build(SummaryInput {
-        mode,
-        header: &header,
-        totals: &pipeline.totals,
-        validator: &pipeline.validator,
-        duration_ns: u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-        stop_reason,
-        anomaly_log: handles.anomaly_log_stats(),
-        stats: handles.stats_snapshot(),
-        recording: recording.map(|r| r.lock().map(|g| g.clone()).unwrap_or_default()),
-        replay: None,
+    let pipeline = pipeline.unwrap_or_else(|e| {
+        // The pipeline task panicked (the panic hook made the exit status 1): summarise
+        // an empty pipeline rather than nothing.
+        eprintln!("vmatrace: the pipeline task failed: {e}");
+        Pipeline::new(vmatrace_common::model::Generation::V7_0)
+    });
+    Streamed {
+        pipeline,
+        wall: started.elapsed(),
+        error,
         programs: programs.lock().map(|g| g.clone()).unwrap_or_default(),
-        startup_cpu_s,
         stop_cpu_s: stop_cpu.lock().ok().and_then(|c| *c),
-    });
-    session::print_summary(&summary, out.json, stdout_taken);
-    if let Err(e) = stream_result {
-        eprintln!("vmatrace: capture ended with an error: {e:#}");
-        return Ok(ExitCode::FAILURE);
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The dashboard stops on its own keys and signals; either way the capture stops too.
+pub async fn run_dashboard(shared: SharedState, stop: &Stop, duration: Option<Duration>) {
+    let until = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = stop.requested() => {}
+                () = signals::after(duration) => stop.request(StopReason::Duration),
+            }
+        }
+    };
+    match crate::tui::run(shared, until).await {
+        Ok(DashboardExit::UserQuit) => stop.request(StopReason::Quit),
+        Ok(DashboardExit::Signal) => stop.request(StopReason::Signal(signals::Signal::Int)),
+        Ok(DashboardExit::Stopped) => {}
+        Err(e) => {
+            eprintln!("vmatrace: dashboard: {e:#}");
+            stop.request(StopReason::Quit);
+        }
+    }
+}
+
+/// BPF run-time statistics, sampled while the programs exist (for the dashboard and the
+/// summary); nothing when statistics are off.
+async fn sample_program_stats(
+    stats: crate::live::StatsHandle,
+    dashboard: Option<SharedState>,
+    into: Arc<Mutex<Vec<ProgramStat>>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = Instant::now();
+    loop {
+        tick.tick().await;
+        let now = stats.program_stats();
+        if now.is_empty() {
+            continue;
+        }
+        if let Some(shared) = &dashboard {
+            let costs = now
+                .iter()
+                .map(|p| ProgramCost {
+                    name: p.name.clone(),
+                    run_cnt: p.run_cnt,
+                    run_time_ns: p.run_time_ns,
+                })
+                .collect();
+            crate::tui::set_program_stats(shared, costs, last.elapsed());
+        }
+        last = Instant::now();
+        if let Ok(mut g) = into.lock() {
+            *g = now;
+        }
+    }
 }

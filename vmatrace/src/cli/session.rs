@@ -4,13 +4,14 @@
 use std::{
     io::Write,
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, atomic::AtomicBool},
     time::Duration,
 };
 
 use anyhow::Context;
 use vmatrace_common::Event;
 
+use super::signals::OnHangup;
 use crate::{
     export::{
         AnomalyLogSink, JsonLinesFile, LogContext, LogStats, Redactor, Rotation, summary::Summary,
@@ -47,6 +48,18 @@ pub struct OutputArgs {
     /// much recorded time from the first record, however fast it is replayed.
     #[arg(long, value_name = "TIME", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+}
+
+impl OutputArgs {
+    /// SIGHUP reopens the anomaly log when there is one (after an outside rotation, e.g.
+    /// logrotate), and otherwise stops the session like SIGTERM.
+    pub fn on_hangup(&self) -> OnHangup {
+        if self.anomaly_log.is_some() {
+            OnHangup::Reopen(Arc::new(AtomicBool::new(false)))
+        } else {
+            OnHangup::Stop
+        }
+    }
 }
 
 /// Task filters. Live they are applied in the kernel; on replay in userspace.
@@ -147,6 +160,7 @@ pub fn add_output_sinks(
     pipeline: &mut Pipeline,
     out: &OutputArgs,
     header: &TraceHeader,
+    on_hup: &OnHangup,
 ) -> anyhow::Result<OutputHandles> {
     let mut handles = OutputHandles::default();
     let (sink, stats) = SharedSink::new(Stats::with_plan(header.generation, header.plan.as_ref()));
@@ -157,8 +171,11 @@ pub fn add_output_sinks(
             max_bytes: out.anomaly_log_max_bytes,
             keep: out.anomaly_log_keep,
         };
-        let file = JsonLinesFile::open(path, rotation)
+        let mut file = JsonLinesFile::open(path, rotation)
             .with_context(|| format!("cannot open the anomaly log {}", path.display()))?;
+        if let OnHangup::Reopen(flag) = on_hup {
+            file = file.reopen_on(Arc::clone(flag));
+        }
         let redactor = if out.raw_addresses {
             Redactor::raw()
         } else {

@@ -3,24 +3,27 @@
 //! Exit code: 0 when the run verified what it set out to: without `--inject`, no anomaly
 //! and no simulator invariant violation; with `--inject`, every armed fault fired and
 //! every one was reported with its anomaly kind. 1 otherwise (the summary says why);
-//! nothing lost and no leaked reference in both cases.
+//! nothing lost and no leaked reference in both cases. SIGINT, SIGTERM and SIGHUP stop
+//! the simulated tasks; the summary of what ran is printed.
 
-use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use vmatrace_common::model::Generation;
 
+use super::{
+    exit::Failure,
+    signals::{self, OnHangup, Stop, StopReason},
+};
 use crate::sim::{self, Injection, ReleaseVisibility, SimConfig, SimOutcome, SimReport};
 use crate::tui::{self, AppState, DashboardContext, DashboardSink, SourceKind};
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
-    /// Simulated tasks (OS threads); four share one mm.
-    #[arg(long, default_value_t = 8)]
-    pub threads: usize,
+    /// Simulated tasks (OS threads, 1-1024); four share one mm.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
     /// Total operations over all tasks (default 1000000 unless --duration is given).
     #[arg(long)]
     pub ops: Option<u64>,
@@ -35,8 +38,8 @@ pub struct SimulateArgs {
     /// free-while-referenced.
     #[arg(long = "inject", value_name = "KIND")]
     pub inject: Vec<Injection>,
-    /// Probability that an armed fault fires at a point where it can.
-    #[arg(long, default_value_t = 0.02)]
+    /// Probability that an armed fault fires at a point where it can (0 to 1).
+    #[arg(long, default_value_t = 0.02, value_parser = parse_probability)]
     pub inject_rate: f64,
     /// Seed of every task's random stream.
     #[arg(long, default_value_t = 1)]
@@ -48,9 +51,9 @@ pub struct SimulateArgs {
     /// tracer's sampling.
     #[arg(long, default_value_t = 1)]
     pub reader_sample_every: u32,
-    /// Number of simulated mms (processes); default one per four tasks.
-    #[arg(long)]
-    pub mms: Option<usize>,
+    /// Number of simulated mms (processes, at least 1); default one per four tasks.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub mms: Option<u16>,
     /// Initial mm_lock_seq (rounded down to even); e.g. 4294960000 to run through the
     /// sequence wraparound.
     #[arg(long, default_value_t = 0)]
@@ -64,11 +67,22 @@ pub struct SimulateArgs {
     pub tui: bool,
 }
 
-pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+fn parse_probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?}: a probability is a number from 0 to 1")),
+    }
+}
+
+pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
+    // Signals are handled before the tasks start: they end the run with a summary.
+    let rt = signals::runtime()?;
+    let stop = Stop::new();
+    signals::install(&rt, &stop, OnHangup::Stop)?;
     // Under the dashboard an open-ended run is the useful default: quitting stops it.
     let open_ended = a.tui && a.ops.is_none() && a.duration.is_none();
     let cfg = SimConfig {
-        threads: a.threads,
+        threads: usize::from(a.threads),
         ops: match (a.ops, a.duration) {
             _ if open_ended => None,
             (None, None) => Some(1_000_000),
@@ -85,16 +99,24 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         releases: a.releases,
         reader_sample_every: a.reader_sample_every,
-        mms: a.mms,
+        mms: a.mms.map(usize::from),
         seq_start: a.seq_start,
-        stop: Arc::new(AtomicBool::new(false)),
+        stop: stop.flag(),
     };
     let outcome = if a.tui {
-        run_with_dashboard(cfg)?
+        run_with_dashboard(&rt, cfg, &stop)?
     } else {
         sim::run(cfg, Vec::new())?
     };
-    let report = SimReport::new(&outcome);
+    let mut report = SimReport::new(&outcome);
+    report.stop_reason = stop.reason().map_or_else(
+        || match outcome.config.ops {
+            Some(n) if outcome.ops.ops >= n => StopReason::OpsDone.key(),
+            _ if a.duration.is_some() => StopReason::Duration.key(),
+            _ => StopReason::OpsDone.key(),
+        },
+        StopReason::key,
+    );
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -109,25 +131,30 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(if report.verdict.ok {
-        ExitCode::SUCCESS
+    if report.verdict.ok {
+        Ok(())
     } else {
-        ExitCode::FAILURE
-    })
+        Err(Failure::Unverified(format!(
+            "the simulation did not verify: {}",
+            report.verdict.reasons.join("; ")
+        ))
+        .into())
+    }
 }
 
 /// The simulation feeding the dashboard. The dashboard stays up after the run ends (the
 /// numbers are final then); quitting it early stops the simulated tasks.
-fn run_with_dashboard(cfg: SimConfig) -> anyhow::Result<SimOutcome> {
+fn run_with_dashboard(
+    rt: &tokio::runtime::Runtime,
+    cfg: SimConfig,
+    stop: &Stop,
+) -> anyhow::Result<SimOutcome> {
     // Fail before the simulation starts, not after (tui::run checks too).
     anyhow::ensure!(
         std::io::IsTerminal::is_terminal(&std::io::stdout()),
         "--tui needs a terminal on stdout (run without --tui for the text or --json summary)"
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let stop = stop.clone();
     rt.block_on(async move {
         let faults: Vec<&str> = cfg.injections.iter().map(|i| i.key()).collect();
         let ctx = DashboardContext::new(SourceKind::Simulate, "simulated", cfg.generation)
@@ -142,7 +169,6 @@ fn run_with_dashboard(cfg: SimConfig) -> anyhow::Result<SimOutcome> {
                 }
             ));
         let shared = Arc::new(Mutex::new(AppState::new(ctx)));
-        let stop = cfg.stop.clone();
         let sink = Box::new(DashboardSink::new(shared.clone()));
         let ended = shared.clone();
         let run = tokio::spawn(async move {
@@ -150,8 +176,12 @@ fn run_with_dashboard(cfg: SimConfig) -> anyhow::Result<SimOutcome> {
             tui::mark_source_ended(&ended);
             r
         });
-        let exit = tui::run(shared, std::future::pending()).await;
-        stop.store(true, Ordering::Relaxed);
+        let until = {
+            let stop = stop.clone();
+            async move { stop.requested().await }
+        };
+        let exit = tui::run(shared, until).await;
+        stop.request(StopReason::Quit);
         let outcome = run.await.context("simulation task failed")??;
         exit?;
         Ok(outcome)

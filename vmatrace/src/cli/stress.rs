@@ -1,6 +1,6 @@
 //! `vmatrace stress`: run the VMA-lock workload (see `crate::stress`) and print what it did.
 
-use std::{process::ExitCode, time::Duration};
+use std::time::Duration;
 
 use crate::stress::{self, StressConfig};
 
@@ -44,10 +44,10 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: StressArgs) -> anyhow::Result<()> {
     if args.fork_victim {
         stress::fork::victim()?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     if args.readers == 0 && args.writers == 0 && !args.forks {
         anyhow::bail!("nothing to do: give --readers, --writers or --forks");
@@ -98,8 +98,10 @@ pub fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
         .and_then(|v| v.as_u64())
         .unwrap_or(0);
     if failed > 0 {
-        eprintln!("stress: {failed} operations failed (first error per operation above)");
-        return Ok(ExitCode::FAILURE);
+        return Err(super::exit::Failure::Unverified(format!(
+            "stress: {failed} operations failed (first error per operation above)"
+        ))
+        .into());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

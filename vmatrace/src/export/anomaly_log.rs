@@ -10,7 +10,10 @@ use std::{
     io::{self, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use serde::Serialize;
@@ -72,6 +75,11 @@ pub struct JsonLinesFile {
     size: u64,
     /// A write failed part-way: start the next line on a fresh line.
     torn: bool,
+    /// Lines lost since the last successful write: the first loss of a run of failures
+    /// is logged, and the recovery, not every line in between.
+    failing: u64,
+    /// Raised by SIGHUP (log rotation by an outside tool): reopen the path.
+    reopen_requested: Option<Arc<AtomicBool>>,
     stats: Arc<Mutex<LogStats>>,
 }
 
@@ -85,6 +93,8 @@ impl JsonLinesFile {
             file: None,
             size: 0,
             torn: false,
+            failing: 0,
+            reopen_requested: None,
             stats: Arc::new(Mutex::new(LogStats {
                 path: path.display().to_string(),
                 ..LogStats::default()
@@ -96,6 +106,29 @@ impl JsonLinesFile {
 
     pub fn stats(&self) -> Arc<Mutex<LogStats>> {
         Arc::clone(&self.stats)
+    }
+
+    /// Reopen the path whenever `flag` is raised (SIGHUP after an outside rotation).
+    pub fn reopen_on(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.reopen_requested = Some(flag);
+        self
+    }
+
+    /// Close and reopen the file if a reopen was requested: the rotated file is released
+    /// promptly even when no line is due. Failures are counted like a failed line.
+    pub fn poll_reopen(&mut self) {
+        if let Some(flag) = &self.reopen_requested
+            && flag.swap(false, Ordering::Relaxed)
+        {
+            self.file = None;
+            if let Err(e) = self.reopen() {
+                log::warn!("anomaly log {}: cannot reopen: {e}", self.path.display());
+                self.with_stats(|s| {
+                    s.write_errors += 1;
+                    s.last_error = Some(format!("reopen: {e}"));
+                });
+            }
+        }
     }
 
     fn with_stats(&self, f: impl FnOnce(&mut LogStats)) {
@@ -158,16 +191,37 @@ impl JsonLinesFile {
 
     /// Append one line (`line` without its newline). Never panics; failures are counted.
     pub fn write_line(&mut self, line: &[u8]) {
-        if let Err(e) = self.try_write(line) {
-            self.torn = true;
-            self.file = None;
-            log::warn!("anomaly log {}: {e}", self.path.display());
-            self.with_stats(|s| {
-                s.write_errors += 1;
-                s.lines_lost += 1;
-                s.last_error = Some(e.to_string());
-            });
+        self.poll_reopen();
+        match self.try_write(line) {
+            Ok(()) if self.failing > 0 => {
+                log::warn!(
+                    "anomaly log {}: writable again; {} line(s) were lost",
+                    self.path.display(),
+                    self.failing
+                );
+                self.failing = 0;
+            }
+            Ok(()) => {}
+            Err(e) => self.lost_line(&e),
         }
+    }
+
+    fn lost_line(&mut self, e: &io::Error) {
+        self.torn = true;
+        self.file = None;
+        if self.failing == 0 {
+            log::warn!(
+                "anomaly log {}: {e}; this line and further ones are lost until it is \
+                 writable again (counted in the summary)",
+                self.path.display()
+            );
+        }
+        self.failing += 1;
+        self.with_stats(|s| {
+            s.write_errors += 1;
+            s.lines_lost += 1;
+            s.last_error = Some(e.to_string());
+        });
     }
 
     fn try_write(&mut self, line: &[u8]) -> io::Result<()> {
@@ -354,6 +408,10 @@ impl Sink for AnomalyLogSink {
     fn undecodable(&mut self, n: u64) {
         self.undecodable += n;
         self.loss("undecodable", n, self.undecodable);
+    }
+
+    fn flush(&mut self, _validator: &Validator, _totals: &Totals) {
+        self.file.poll_reopen();
     }
 
     fn finish(&mut self, _validator: &Validator, _totals: &Totals) {

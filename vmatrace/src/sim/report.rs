@@ -51,6 +51,8 @@ pub struct SimReport {
     pub events_undelivered: u64,
     pub validator_observed: u64,
     pub leaked_refs: usize,
+    /// Why the run ended (`ops done`, `duration`, `SIGINT`, …): set by the command.
+    pub stop_reason: &'static str,
     pub verdict: Verdict,
 }
 
@@ -113,6 +115,7 @@ impl SimReport {
             events_undelivered: o.undelivered,
             validator_observed: o.validator_observed,
             leaked_refs: o.leaked_refs.len(),
+            stop_reason: "ops done",
             verdict,
         }
     }
@@ -121,11 +124,12 @@ impl SimReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "vmatrace simulate: generation {}, {} tasks, seed {}, releases {}",
+            "vmatrace simulate: generation {}, {} tasks, seed {}, releases {}; stopped: {}",
             self.generation,
             self.threads,
             self.seed,
-            self.releases.key()
+            self.releases.key(),
+            self.stop_reason
         );
         let o = &self.ops;
         let _ = writeln!(

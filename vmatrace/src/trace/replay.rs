@@ -6,7 +6,7 @@ use std::{
     io::{self, Read},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -33,6 +33,48 @@ pub struct ReplayOptions {
     /// slice of the trace however fast it is replayed or however late a followed stream
     /// starts.
     pub duration: Option<Duration>,
+    /// Counts published as reading goes, for a summary while the reader thread is still
+    /// blocked in a read (a FIFO or stdin that stays open after a signal).
+    pub progress: Arc<Progress>,
+}
+
+/// What the reader thread has delivered so far.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub records: AtomicU64,
+    pub events: AtomicU64,
+    pub filtered: AtomicU64,
+    /// `u64::MAX` until the first record.
+    pub first_mono_ns: AtomicU64,
+    pub last_mono_ns: AtomicU64,
+}
+
+impl Progress {
+    fn publish(&self, o: &ReplayOutcome) {
+        self.records.store(o.records, Ordering::Relaxed);
+        self.events.store(o.events, Ordering::Relaxed);
+        self.filtered.store(o.filtered, Ordering::Relaxed);
+        if let (Some(a), Some(b)) = (o.first_mono_ns, o.last_mono_ns) {
+            self.first_mono_ns.store(a, Ordering::Relaxed);
+            self.last_mono_ns.store(b, Ordering::Relaxed);
+        }
+    }
+
+    /// The outcome of a reader that did not finish: what it had delivered, stopped.
+    pub fn outcome(&self) -> ReplayOutcome {
+        let first = self.first_mono_ns.load(Ordering::Relaxed);
+        let last = self.last_mono_ns.load(Ordering::Relaxed);
+        let seen = self.records.load(Ordering::Relaxed) > 0;
+        ReplayOutcome {
+            records: self.records.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
+            first_mono_ns: seen.then_some(first),
+            last_mono_ns: seen.then_some(last),
+            stopped: true,
+            ..ReplayOutcome::default()
+        }
+    }
 }
 
 /// How a replay ended.
@@ -106,21 +148,27 @@ pub fn spawn(
                 if let Some(speed) = opts.speed
                     && speed > 0.0
                 {
-                    let due = Duration::from_nanos(mono.saturating_sub(first))
-                        .div_f64(speed)
-                        .min(Duration::from_secs(86_400 * 365));
+                    // Checked: a tiny factor must not overflow a Duration (it panics).
+                    let cap = Duration::from_secs(86_400 * 365);
+                    let due = Duration::try_from_secs_f64(
+                        mono.saturating_sub(first) as f64 / 1e9 / speed,
+                    )
+                    .map_or(cap, |d| d.min(cap));
                     if !sleep_until(start + due, &stop) {
                         out.stopped = true;
                         break;
                     }
                 }
+                opts.progress.publish(&out);
                 let item = match rec {
                     Record::Events { mut events, .. } => {
                         out.events += events.len() as u64;
+                        opts.progress.publish(&out);
                         if let Some(f) = &opts.filter {
                             let before = events.len();
                             events.retain(|e| f(e));
                             out.filtered += (before - events.len()) as u64;
+                            opts.progress.publish(&out);
                             if events.is_empty() {
                                 continue;
                             }

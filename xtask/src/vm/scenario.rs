@@ -200,7 +200,7 @@ fn traced(
 ) -> Step {
     let (trace, anomaly_log) = files;
     let (cmd, export) = if caps.record {
-        (format!("record -o {trace} --compress"), Some(trace))
+        (format!("record -o {trace} --force --compress"), Some(trace))
     } else {
         ("run --headless".to_string(), None)
     };
