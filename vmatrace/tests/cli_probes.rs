@@ -194,3 +194,80 @@ fn running_kernel_explains_what_can_attach() {
         );
     }
 }
+
+/// A BTF file far over any real one's size: a sparse file, and a zstd bomb (a few KB
+/// that inflate to 100 MiB). Both are refused by size, naming the file and the limit,
+/// before anything is parsed.
+#[test]
+fn oversized_inputs_are_refused_by_size() {
+    let n = "debian-7.2.13-cloud";
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("sparse-btf");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let bomb = dir.path().join("bomb.zst");
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..100 {
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    }
+    std::fs::write(&bomb, enc.finish().unwrap()).unwrap();
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 64 << 10);
+    for (btf, inflated) in [(&sparse, ""), (&bomb, " once zstd-inflated")] {
+        let btf = btf.to_str().unwrap();
+        let (code, _, err) = probes(&["--btf", btf, "--kallsyms", &fixture(n, "kallsyms")]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "{btf}: more than 64 MiB{inflated}, the limit for a vmlinux BTF"
+            )),
+            "{err}"
+        );
+    }
+    // The same for the other inputs, by their own limits.
+    let bomb = bomb.to_str().unwrap();
+    let (code, _, err) = probes(&[
+        "--btf",
+        &fixture(n, "btf.zst"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+        "--config",
+        bomb,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("more than 16 MiB once zstd-inflated, the limit for a kernel config"),
+        "{err}"
+    );
+    let (code, _, err) = probes(&[
+        "--btf",
+        &fixture(n, "btf.zst"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+        "--filter-functions",
+        bomb,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the limit for an ftrace function list"),
+        "{err}"
+    );
+}
+
+/// `/dev/zero` never ends: the read stops at the limit instead of filling memory.
+#[test]
+fn dev_zero_as_btf_is_refused_by_size() {
+    if !std::path::Path::new("/dev/zero").exists() {
+        vmatrace::testing::skip("dev_zero_as_btf_is_refused_by_size", "no /dev/zero");
+        return;
+    }
+    let n = "debian-7.2.13-cloud";
+    let (code, _, err) = probes(&["--btf", "/dev/zero", "--kallsyms", &fixture(n, "kallsyms")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("/dev/zero: more than 64 MiB, the limit for a vmlinux BTF"),
+        "{err}"
+    );
+}

@@ -19,6 +19,7 @@ pub mod config;
 pub mod ftrace;
 pub mod generation;
 pub mod info;
+pub mod input;
 pub mod offsets;
 pub mod plan;
 pub mod planner;
