@@ -7,7 +7,11 @@ fn main() -> ExitCode {
     match vmatrace::cli::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vmatrace: {e:#}");
+            // An error can quote a trace (a header field, a plan note): spelled out.
+            eprintln!(
+                "vmatrace: {}",
+                vmatrace::export::printable(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -20,7 +20,10 @@ use super::{
     signals,
 };
 use crate::{
-    export::summary::{ReplaySection, Summary, SummaryInput},
+    export::{
+        printable,
+        summary::{ReplaySection, Summary, SummaryInput},
+    },
     pipeline::Pipeline,
     trace::{
         ReadOptions, ReplayOptions, ReplayOutcome, TraceError, TraceReader,
@@ -99,7 +102,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let reader = match TraceReader::with_options(input, opts) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("vmatrace: {}: {e}", args.input);
+            eprintln!("vmatrace: {}", printable(&format!("{}: {e}", args.input)));
             return Ok(ExitCode::from(EXIT_BAD_TRACE));
         }
     };
@@ -196,7 +199,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     });
     if let Err(e) = &dash_result {
-        eprintln!("vmatrace: {e:#}");
+        eprintln!("vmatrace: {}", printable(&format!("{e:#}")));
     }
     let Some(pipeline) = pipeline else {
         return Ok(ExitCode::FAILURE);
@@ -271,7 +274,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     });
     session::print_summary(&summary, args.out.json, false);
     if let Some(e) = error_text {
-        eprintln!("vmatrace: {}: {e}", args.input);
+        eprintln!("vmatrace: {}", printable(&format!("{}: {e}", args.input)));
     }
     Ok(if bad {
         ExitCode::from(EXIT_BAD_TRACE)

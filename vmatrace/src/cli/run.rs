@@ -20,6 +20,7 @@ use super::{
 use crate::{
     export::{
         clock::{clock_base_now, hostname},
+        printable,
         summary::{Summary, SummaryInput, TracerSection},
     },
     kernel::{Capabilities, KernelInfo, caps::TracingProbe, plan, plan::AttachMode},
@@ -403,7 +404,7 @@ fn live(
         eprintln!(
             "vmatrace: tracing kernel {} (generation {}), {attached}/{} hooks attached{}; \
              SIGINT or SIGTERM stops",
-            header.kernel_release,
+            printable(&header.kernel_release),
             header.generation.key(),
             header.hooks.len(),
             out.duration
