@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use super::btf::Btf;
 use super::config::{KernelConfig, PROC_CONFIG_GZ};
+use super::consistency;
 use super::ftrace::{FilterFunctions, KprobeBlacklist};
 use super::input::{self, read_capped, read_capped_text};
 use super::symbols::Kallsyms;
@@ -49,6 +50,7 @@ impl KernelInfo {
         kprobe_blacklist: Option<&Path>,
         release: Option<String>,
     ) -> anyhow::Result<KernelInfo> {
+        let files = format!("{} with {}", btf.display(), kallsyms.display());
         let btf_bytes = read_capped(btf, input::BTF)?;
         let btf = Btf::parse(&btf_bytes).with_context(|| format!("{}: bad BTF", btf.display()))?;
         let kallsyms = Kallsyms::parse(&read_capped_text(kallsyms, input::KALLSYMS)?)
@@ -73,7 +75,7 @@ impl KernelInfo {
                     .to_string(),
             );
         }
-        Ok(KernelInfo {
+        let info = KernelInfo {
             release: release.unwrap_or_else(|| "offline".to_string()),
             btf,
             kallsyms,
@@ -82,7 +84,11 @@ impl KernelInfo {
             mmap_lock_tracepoints: None,
             config: None,
             remarks,
-        })
+        };
+        // Files gathered by hand can be from two machines: refuse a pair that cannot be
+        // one kernel rather than plan with "inlined" for every missing function.
+        consistency::check(&info).map_err(|why| anyhow::anyhow!("{files}: {why}"))?;
+        Ok(info)
     }
 
     /// Add the kernel's build configuration (a `.config`, plain, gzip or zstd), as

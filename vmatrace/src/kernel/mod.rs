@@ -16,6 +16,7 @@
 pub mod btf;
 pub mod caps;
 pub mod config;
+pub mod consistency;
 pub mod ftrace;
 pub mod generation;
 pub mod info;
