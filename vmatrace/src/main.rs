@@ -10,7 +10,12 @@ fn main() -> ExitCode {
     let status = match vmatrace::cli::dispatch(cli) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("vmatrace: {e:#}");
+            // An error can quote a trace (a header field, a plan note): spelled out,
+            // keeping the message's own line breaks.
+            eprintln!(
+                "vmatrace: {}",
+                vmatrace::export::text::printable_lines(&format!("{e:#}"))
+            );
             exit::status_of(&e)
         }
     };

@@ -194,3 +194,202 @@ fn running_kernel_explains_what_can_attach() {
         );
     }
 }
+
+/// A BTF file far over any real one's size: a sparse file, and a zstd bomb (a few KB
+/// that inflate to 100 MiB). Both are refused by size, naming the file and the limit,
+/// before anything is parsed.
+#[test]
+fn oversized_inputs_are_refused_by_size() {
+    let n = "debian-7.2.13-cloud";
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("sparse-btf");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let bomb = dir.path().join("bomb.zst");
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..100 {
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    }
+    std::fs::write(&bomb, enc.finish().unwrap()).unwrap();
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 64 << 10);
+    for (btf, inflated) in [(&sparse, ""), (&bomb, " once zstd-inflated")] {
+        let btf = btf.to_str().unwrap();
+        let (code, _, err) = probes(&["--btf", btf, "--kallsyms", &fixture(n, "kallsyms")]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "{btf}: more than 64 MiB{inflated}, the limit for a vmlinux BTF"
+            )),
+            "{err}"
+        );
+    }
+    // The same for the other inputs, by their own limits.
+    let bomb = bomb.to_str().unwrap();
+    let (code, _, err) = probes(&[
+        "--btf",
+        &fixture(n, "btf.zst"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+        "--config",
+        bomb,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("more than 16 MiB once zstd-inflated, the limit for a kernel config"),
+        "{err}"
+    );
+    let (code, _, err) = probes(&[
+        "--btf",
+        &fixture(n, "btf.zst"),
+        "--kallsyms",
+        &fixture(n, "kallsyms"),
+        "--filter-functions",
+        bomb,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the limit for an ftrace function list"),
+        "{err}"
+    );
+}
+
+/// `/dev/zero` never ends: the read stops at the limit instead of filling memory.
+#[test]
+fn dev_zero_as_btf_is_refused_by_size() {
+    if !std::path::Path::new("/dev/zero").exists() {
+        vmatrace::testing::skip("dev_zero_as_btf_is_refused_by_size", "no /dev/zero");
+        return;
+    }
+    let n = "debian-7.2.13-cloud";
+    let (code, _, err) = probes(&["--btf", "/dev/zero", "--kallsyms", &fixture(n, "kallsyms")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("/dev/zero: more than 64 MiB, the limit for a vmlinux BTF"),
+        "{err}"
+    );
+}
+
+/// `probes --btf B --kallsyms K`: the exit status and stderr.
+fn pair(btf: &str, kallsyms: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["--btf", btf, "--kallsyms", kallsyms];
+    args.extend_from_slice(extra);
+    let (code, _, err) = probes(&args);
+    (code, err)
+}
+
+/// Inputs that cannot be one kernel's are refused with the reason, instead of a plan
+/// that calls every missing function "inlined".
+#[test]
+fn mismatched_or_empty_planner_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let stray = dir.path().join("stray");
+    std::fs::write(&stray, "ffffffff81000000 T do_exit\n").unwrap();
+    let b72 = fixture("debian-7.2.13-cloud", "btf.zst");
+    let (code, err) = pair(&b72, empty.to_str().unwrap(), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the kallsyms dump has no text symbols"),
+        "{err}"
+    );
+    let (code, err) = pair(&b72, stray.to_str().unwrap(), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the BTF and the kallsyms dump are from different kernels"),
+        "{err}"
+    );
+
+    // 7.3.4's BTF with 6.19's symbols, and 6.19's BTF with 7.2's.
+    let (code, err) = pair(
+        &fixture("debian-7.3.4-cloud", "btf.zst"),
+        &fixture("debian-6.19.14-cloud", "kallsyms"),
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "the BTF and the kallsyms dump are from different kernels: the BTF is a 7.0+ \
+             kernel's (struct vma_exclude_readers_state), the kallsyms has none of its \
+             __vma_start_exclude_readers, __vma_exclude_readers_for_detach but 6.19's \
+             __vma_enter_locked"
+        ),
+        "{err}"
+    );
+    for k in ["debian-7.2.13-cloud", "debian-7.3.4-cloud"] {
+        let (code, err) = pair(
+            &fixture("debian-6.19.14-cloud", "btf.zst"),
+            &fixture(k, "kallsyms"),
+            &[],
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(
+                "from different kernels: the BTF is a kernel's from before 7.0 (no struct \
+                 vma_exclude_readers_state), the kallsyms has 7.0's __vma_start_exclude_readers"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("cannot resolve field offsets"), "{err}");
+    }
+
+    // A 7.x release string with a 6.19 BTF (and its own kallsyms).
+    let (code, err) = pair(
+        &fixture("debian-6.19.14-cloud", "btf.zst"),
+        &fixture("debian-6.19.14-cloud", "kallsyms"),
+        &["--release", "7.3.4+deb13-cloud-amd64"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the release is 7.3.4+deb13-cloud-amd64 (7.3): they are from different"),
+        "{err}"
+    );
+}
+
+/// Every fixture's own BTF, kallsyms and release go together; a BTF with another
+/// fixture's kallsyms is refused whenever the two sit on different sides of 7.0, and
+/// any refusal says the files are from different kernels.
+#[test]
+fn every_fixture_pair_is_consistent_and_cross_era_pairs_are_not() {
+    let names = [
+        "debian-6.16.12-cloud",
+        "debian-6.18.15-cloud",
+        "debian-6.19.14-cloud",
+        "debian-7.2.13-cloud",
+        "debian-7.3.4-cloud",
+        "host-6.18",
+    ];
+    let release = |n: &str| {
+        std::fs::read_to_string(fixture(n, "release"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    for b in names {
+        for k in names {
+            let r = release(b);
+            let (code, err) = pair(
+                &fixture(b, "btf.zst"),
+                &fixture(k, "kallsyms"),
+                &["--release", &r],
+            );
+            // Within an era a pair may still be told apart (6.18's BTF declares
+            // lock_next_vma, which 6.16 does not have): refused, then for that reason.
+            let cross = b.contains("-7.") != k.contains("-7.");
+            match (b == k, cross) {
+                (true, _) => assert_eq!(code, 0, "{b}: {err}"),
+                (false, true) => assert_eq!(code, 1, "{b} with {k}: {err}"),
+                (false, false) => assert!(code == 0 || code == 1, "{b} with {k}: {err}"),
+            }
+            if code != 0 {
+                assert!(
+                    err.contains("from different kernels"),
+                    "{b} with {k}: {err}"
+                );
+            }
+        }
+    }
+}

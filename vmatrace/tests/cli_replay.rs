@@ -493,3 +493,57 @@ fn anomalies_reach_the_log_with_redacted_addresses() {
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains("\"addr\":\"0xffff888100000100\""), "{text}");
 }
+
+/// A trace whose header and tasks carry terminal control sequences (retitle, clear
+/// screen, the one-byte CSI): the text summary and the messages on stderr spell them
+/// out instead of sending them to the reader's terminal.
+#[test]
+fn trace_strings_reach_the_terminal_escaped() {
+    const EVIL: &str = "\x1b]0;pwned\x07\x1b[2J";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("evil.vmatrace");
+    let mut h = header();
+    h.kernel_release = format!("7.2{EVIL}");
+    h.host = format!("host\u{9b}2J{EVIL}");
+    let mut plan = common::plans::plan_7x(true);
+    plan.notes.push(format!("note{EVIL}"));
+    plan.coverage.push(vmatrace::kernel::plan::EventCoverage {
+        event: vmatrace::kernel::plan::LogicalEvent::EndExclude,
+        status: vmatrace::kernel::plan::Observability::Unobservable {
+            reason: format!("inlined{EVIL}"),
+        },
+    });
+    h.plan = Some(plan);
+    h.hooks.push(vmatrace::trace::HookRecord {
+        target: format!("fn{EVIL}"),
+        program: "prog".into(),
+        mode: "kprobe".into(),
+        attached: false,
+        error: Some(format!("refused{EVIL}")),
+    });
+    let mut w = vmatrace::trace::TraceWriter::create(&path, &h, false).expect("create");
+    let evs = write_lock_events(300, EVIL.as_bytes(), 1_500_000_000, 10);
+    w.write_events(1_500_000_000, &evs).expect("write");
+    w.finish(1_500_000_100).expect("finish");
+    // Cut the end record off: the replay also reports an error on stderr.
+    let bytes = std::fs::read(&path).expect("read");
+    let cut = dir.path().join(format!("evil{EVIL}.vmatrace"));
+    std::fs::write(&cut, &bytes[..bytes.len() - 8]).expect("write");
+    for p in [&path, &cut] {
+        let out = run(&["replay", p.to_str().expect("utf8"), "--headless"]);
+        let all = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+        let text = String::from_utf8_lossy(&all);
+        assert!(!all.contains(&0x1b), "{text:?}");
+        assert!(
+            !text.contains('\u{9b}') && !text.contains('\x07'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("kernel 7.2\\x1b]0;pwned\\x07\\x1b[2J"),
+            "{text}"
+        );
+        assert!(text.contains("host\\x9b2J\\x1b]0;pwned"), "{text}");
+        assert!(text.contains("inlined\\x1b]0;pwned"), "{text}");
+        assert!(text.contains("fn\\x1b]0;pwned"), "{text}");
+    }
+}

@@ -21,7 +21,10 @@ use super::{
     signals::{self, Stop, StopReason},
 };
 use crate::{
-    export::summary::{ReplaySection, Summary, SummaryInput},
+    export::{
+        printable,
+        summary::{ReplaySection, Summary, SummaryInput},
+    },
     pipeline::Pipeline,
     trace::{
         ReadOptions, ReplayOptions, ReplayOutcome, TraceError, TraceHeader, TraceReader,
@@ -100,7 +103,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             let pipeline = Pipeline::new(header.generation);
             let report = Report::without_trace(&header, &pipeline, &outcome, stop.reason());
             session::print_summary(&report.summary(), args.out.json, false);
-            eprintln!("vmatrace: {}: stopped before the trace started", args.input);
+            eprintln!("vmatrace: {}: stopped before the trace started", printable(&args.input));
             return Ok(());
         }
         Start::Failed(e) => {

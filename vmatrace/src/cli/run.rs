@@ -24,6 +24,7 @@ use super::{
 use crate::{
     export::{
         clock::{clock_base_now, hostname},
+        printable,
         summary::{Summary, SummaryInput, TracerSection},
     },
     kernel::{
@@ -431,7 +432,7 @@ fn announce(header: &TraceHeader, duration: Option<Duration>) {
     eprintln!(
         "vmatrace: tracing kernel {} (generation {}), {}/{} hooks attached{}; \
          SIGINT or SIGTERM stops",
-        header.kernel_release,
+        printable(&header.kernel_release),
         header.generation.key(),
         header.hooks.iter().filter(|h| h.attached).count(),
         header.hooks.len(),

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 use vmatrace_common::{Event, EventKind, event::flags};
 
-use super::redact::Redactor;
+use super::redact::{Redactor, Role};
 
 /// `comm` up to its first NUL, lossily decoded.
 pub fn comm(e: &Event) -> String {
@@ -75,19 +75,36 @@ pub fn event_json(e: &Event, r: &Redactor) -> Value {
             }),
         );
     }
-    // `arg` is a user address for reader acquires and an `rcuwait *` for wakeups: the
-    // pointer test redacts the latter whatever the kind.
-    let arg = match e.kind() {
-        Some(EventKind::WriterWake) => r.pointer(e.arg),
-        _ => r.maybe_pointer(e.arg),
-    };
-    m.insert("arg".into(), arg);
+    let kind = e.kind();
+    m.insert("arg".into(), r.arg(e.arg, arg_role(kind)));
     if e.has(flags::RET) {
-        m.insert("ret".into(), r.ret(e.ret));
+        m.insert("ret".into(), r.ret(e.ret, ret_role(kind)));
     }
     if e.has(flags::PAIRED) {
         m.insert("wait_ns".into(), json!(e.wait_ns));
         m.insert("entry_refcnt".into(), json!(e.entry_refcnt));
     }
     Value::Object(m)
+}
+
+/// What `arg` holds for each kind, as the eBPF programs fill it (`EventKind` docs,
+/// `docs/ebpf.md`): the task state or `mm_lock_seq` argument, a fold (entry
+/// `vm_lock_seq` << 32 | entry `arg`), the tracepoint's `write`, a faulting or iterated
+/// user address, or nothing, except for these two kinds.
+pub fn arg_role(kind: Option<EventKind>) -> Role {
+    match kind {
+        // The mm's `rcuwait *`; `vm_area_alloc`'s mm, `vm_area_dup`'s original VMA.
+        Some(EventKind::WriterWake | EventKind::VmaAlloc) => Role::Pointer,
+        _ => Role::Value,
+    }
+}
+
+/// What `ret` holds for each kind that sets `flags::RET`: 0 / -EINTR (6.19's 1), or
+/// whether `rcuwait_wake_up` found a task, except for a reader's acquire.
+pub fn ret_role(kind: Option<EventKind>) -> Role {
+    match kind {
+        // `lock_vma_under_rcu`: the VMA or NULL; `lock_next_vma`: also an `ERR_PTR`.
+        Some(EventKind::ReaderAcquire) => Role::Pointer,
+        _ => Role::Value,
+    }
 }

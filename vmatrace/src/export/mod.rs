@@ -6,9 +6,11 @@ pub mod clock;
 pub mod event_json;
 pub mod redact;
 pub mod summary;
+pub mod text;
 
 pub use anomaly_log::{AnomalyLogSink, JsonLinesFile, LogContext, LogStats, Rotation};
 pub use redact::Redactor;
+pub use text::printable;
 
 #[cfg(test)]
 mod tests;

@@ -15,10 +15,34 @@ pub struct Redactor {
     key: Option<(u64, u64)>,
 }
 
-/// True for values in the x86-64 kernel half that are not small negative errnos
-/// (`ERR_PTR` values -1..-4095 stay readable).
+/// What a field holds, by the eBPF programs' contract for its event kind (not by the
+/// shape of its value: a 5-level-paging direct map starts at `0xff11_0000_0000_0000`,
+/// below the range a value test written for 4-level paging looks at).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A kernel pointer: hashed whatever its value; NULL is `null`, and an `ERR_PTR`
+    /// (a pointer-typed return carrying `-MAX_ERRNO..-1`) stays a readable errno.
+    Pointer,
+    /// A number, a flag or a user-space address, or a field the kind leaves unused (or a
+    /// kind this build does not know). Kept as a number, except in the kernel half: no
+    /// number the programs write lands there, and a trace file is input, so such a
+    /// value is hashed rather than trusted.
+    Value,
+}
+
+/// `MAX_ERRNO` (include/linux/err.h): `ERR_PTR` values are the top 4095 of the space.
+const MAX_ERRNO: u64 = 4095;
+
+/// `IS_ERR_VALUE`: a negative errno in a pointer-sized value.
+pub fn is_err_value(v: u64) -> bool {
+    v >= MAX_ERRNO.wrapping_neg()
+}
+
+/// True for values in the kernel half of the address space (bit 63 set: from
+/// `0xffff_8000_0000_0000` with 4-level paging, from `0xff00_0000_0000_0000` with
+/// 5-level) that are not `ERR_PTR` errnos.
 pub fn looks_like_kernel_address(v: u64) -> bool {
-    (0xffff_8000_0000_0000..=0xffff_ffff_ffff_f000).contains(&v)
+    v >> 63 == 1 && !is_err_value(v)
 }
 
 impl Redactor {
@@ -71,22 +95,24 @@ impl Redactor {
         })
     }
 
-    /// A value that is sometimes a kernel pointer (an argument or return value): pointers
-    /// are redacted, anything else is kept as a number.
-    pub fn maybe_pointer(&self, v: u64) -> Value {
-        if looks_like_kernel_address(v) {
-            self.pointer(v)
-        } else {
-            Value::from(v)
+    /// An argument (`Event::arg`) of the given role.
+    pub fn arg(&self, v: u64, role: Role) -> Value {
+        match role {
+            Role::Pointer => self.pointer(v),
+            Role::Value if looks_like_kernel_address(v) => self.pointer(v),
+            Role::Value => Value::from(v),
         }
     }
 
-    /// A signed return value: kernel pointers redacted, errnos and small values kept.
-    pub fn ret(&self, v: i64) -> Value {
-        if looks_like_kernel_address(v as u64) {
-            self.pointer(v as u64)
-        } else {
-            Value::from(v)
+    /// A return value (`Event::ret`, sign-extended) of the given role: errnos stay
+    /// numbers in every role.
+    pub fn ret(&self, v: i64, role: Role) -> Value {
+        let bits = v as u64;
+        match role {
+            Role::Pointer if is_err_value(bits) => Value::from(v),
+            Role::Pointer => self.pointer(bits),
+            Role::Value if looks_like_kernel_address(bits) => self.pointer(bits),
+            Role::Value => Value::from(v),
         }
     }
 }
@@ -130,15 +156,45 @@ mod tests {
     #[test]
     fn errnos_and_user_values_stay_readable() {
         let r = Redactor::with_key(9, 9);
-        assert_eq!(r.ret(-4), Value::from(-4));
-        assert_eq!(r.ret(-4095), Value::from(-4095));
-        assert_eq!(r.ret(0), Value::from(0));
-        assert!(r.ret(0xffff_8881_0000_0000u64 as i64).as_str().is_some());
+        for role in [Role::Pointer, Role::Value] {
+            assert_eq!(r.ret(-4, role), Value::from(-4));
+            assert_eq!(r.ret(-4095, role), Value::from(-4095));
+        }
+        assert_eq!(r.ret(0, Role::Value), Value::from(0));
+        assert_eq!(r.ret(0, Role::Pointer), Value::Null);
         assert_eq!(
-            r.maybe_pointer(0x7fff_0000_1000),
+            r.arg(0x7fff_0000_1000, Role::Value),
             Value::from(0x7fff_0000_1000u64)
         );
-        assert!(r.maybe_pointer(0xffff_ffff_8100_0000).as_str().is_some());
+        // The 5-level user half ends below bit 56: still a user address.
+        assert_eq!(
+            r.arg(0x00ff_ffff_ffff_f000, Role::Value),
+            Value::from(0x00ff_ffff_ffff_f000u64)
+        );
+    }
+
+    /// 4-level (`0xffff_8…`) and 5-level (`0xff11_…` direct map, `0xff33_…` as seen on a
+    /// recording host) kernel pointers are hashed in every pointer-capable position.
+    #[test]
+    fn kernel_pointers_of_both_paging_layouts_are_hashed() {
+        let r = Redactor::with_key(9, 9);
+        for p in [
+            0xffff_8881_0000_0000u64,
+            0xffff_ffff_8100_0000,
+            0xff11_0000_0000_1000,
+            0xff33_1fd7_4245_8c00,
+            0xff00_0000_0000_0000,
+            0x8000_0000_0000_0000,
+        ] {
+            assert!(looks_like_kernel_address(p), "{p:#x}");
+            let hashed = |v: Value| v.as_str().is_some_and(|s| s.starts_with("h:"));
+            assert!(hashed(r.arg(p, Role::Pointer)), "{p:#x}");
+            assert!(hashed(r.arg(p, Role::Value)), "{p:#x}");
+            assert!(hashed(r.ret(p as i64, Role::Pointer)), "{p:#x}");
+            assert!(hashed(r.ret(p as i64, Role::Value)), "{p:#x}");
+        }
+        // By role, even a value no test would take for an address is hashed.
+        assert!(r.arg(0x1000, Role::Pointer).as_str().is_some());
     }
 
     #[test]

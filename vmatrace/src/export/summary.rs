@@ -9,6 +9,7 @@ use serde::Serialize;
 use vmatrace_common::{Counter, EventKind, event::ProbeId, model::Generation};
 
 use super::anomaly_log::LogStats;
+use super::text::printable as p;
 use crate::{
     kernel::plan::{LogicalEvent, Observability, ProbePlan},
     pipeline::{Totals, totals::LOSS_COUNTERS},
@@ -506,6 +507,8 @@ impl Summary {
     }
 
     /// The text form, for a terminal.
+    /// Every string that can come from a trace (host, kernel release, plan, errors) goes
+    /// through [`printable`](p): this text is meant for a terminal.
     pub fn human(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
@@ -515,14 +518,14 @@ impl Summary {
             self.vmatrace_version,
             self.mode,
             if self.host.is_empty() {
-                "?"
+                "?".into()
             } else {
-                &self.host
+                p(&self.host)
             },
-            self.kernel,
-            self.generation,
+            p(&self.kernel),
+            p(&self.generation),
             self.duration_s,
-            self.stop_reason
+            p(&self.stop_reason)
         );
         let _ = writeln!(s, "events: {} streamed", self.events.total);
         for (k, c) in &self.events.by_logical_event {
@@ -597,21 +600,21 @@ impl Summary {
             self.tracer.max_rss_mib
         );
         // Costs only with statistics on (`--bpf-stats`); skipped runs always count.
-        for p in self.programs.iter().filter(|p| p.run_cnt > 0) {
+        for prog in self.programs.iter().filter(|q| q.run_cnt > 0) {
             let _ = writeln!(
                 s,
                 "program {}: {} runs, {:.0} ns/run, {} skipped by the kernel",
-                p.name,
-                p.run_cnt,
-                p.ns_per_run.unwrap_or(0.0),
-                p.skipped_runs
+                p(&prog.name),
+                prog.run_cnt,
+                prog.ns_per_run.unwrap_or(0.0),
+                prog.skipped_runs
             );
         }
         let skipped: Vec<String> = self
             .programs
             .iter()
-            .filter(|p| p.run_cnt == 0 && p.skipped_runs > 0)
-            .map(|p| format!("{}={}", p.name, p.skipped_runs))
+            .filter(|q| q.run_cnt == 0 && q.skipped_runs > 0)
+            .map(|q| format!("{}={}", p(&q.name), q.skipped_runs))
             .collect();
         if !skipped.is_empty() {
             let _ = writeln!(
@@ -620,19 +623,19 @@ impl Summary {
                 skipped.join(" ")
             );
         }
-        if let Some(p) = &self.plan {
+        if let Some(plan) = &self.plan {
             let _ = writeln!(
                 s,
                 "hooks: {} attached, {} failed",
-                p.hooks_attached,
-                p.hooks_failed.len()
+                plan.hooks_attached,
+                plan.hooks_failed.len()
             );
-            for f in &p.hooks_failed {
-                let _ = writeln!(s, "  {} ({}): {}", f.target, f.program, f.error);
+            for f in &plan.hooks_failed {
+                let _ = writeln!(s, "  {} ({}): {}", p(&f.target), p(&f.program), p(&f.error));
             }
-            for (k, v) in &p.coverage {
+            for (k, v) in &plan.coverage {
                 if !v.starts_with("direct") {
-                    let _ = writeln!(s, "  {k}: {v}");
+                    let _ = writeln!(s, "  {}: {}", p(k), p(v));
                 }
             }
         }
@@ -640,13 +643,13 @@ impl Summary {
             let _ = writeln!(
                 s,
                 "anomaly log {}: {} lines, {} rotations, {} write errors{}",
-                l.path,
+                p(&l.path),
                 l.lines_written,
                 l.rotations,
                 l.write_errors,
                 l.last_error
                     .as_ref()
-                    .map(|e| format!(" (last: {e})"))
+                    .map(|e| format!(" (last: {})", p(e)))
                     .unwrap_or_default()
             );
         }
@@ -654,13 +657,13 @@ impl Summary {
             let _ = writeln!(
                 s,
                 "recording {}: {} events, {} bytes{}{}",
-                r.path,
+                p(&r.path),
                 r.events_recorded,
                 r.bytes,
                 if r.complete { "" } else { ", INCOMPLETE" },
                 r.error
                     .as_ref()
-                    .map(|e| format!(" ({e}; {} events not recorded)", r.events_not_recorded))
+                    .map(|e| format!(" ({}; {} events not recorded)", p(e), r.events_not_recorded))
                     .unwrap_or_default()
             );
         }
@@ -675,7 +678,7 @@ impl Summary {
                 if r.complete { "" } else { ", trace incomplete" }
             );
             if let Some(e) = &r.error {
-                let _ = writeln!(s, "  {e}");
+                let _ = writeln!(s, "  {}", p(e));
             }
         }
         s

@@ -474,6 +474,15 @@ impl Btf {
         struct_name: &str,
         path: &str,
     ) -> Result<Option<MemberLoc>, BtfError> {
+        Ok(self.member_in(struct_name, path)?.map(|(loc, _)| loc))
+    }
+
+    /// [`Btf::member_offset`], with the size of the struct the path was found in.
+    pub fn member_in(
+        &self,
+        struct_name: &str,
+        path: &str,
+    ) -> Result<Option<(MemberLoc, u32)>, BtfError> {
         // Several structs can share a name (e.g. from different headers); the first that
         // has the whole path wins.
         'outer: for sid in self.ids_by_name(struct_name, Kind::Struct) {
@@ -488,10 +497,11 @@ impl Btf {
                     None => continue 'outer,
                 }
             }
-            return Ok(Some(MemberLoc {
+            let loc = MemberLoc {
                 offset,
                 type_id: cur,
-            }));
+            };
+            return Ok(Some((loc, self.get(sid)?.size_or_type)));
         }
         Ok(None)
     }

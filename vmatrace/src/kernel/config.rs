@@ -3,7 +3,6 @@
 //! of the file is parsed but not interpreted.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::Context;
@@ -79,18 +78,7 @@ impl KernelConfig {
 
     /// Read a config file: plain text, gzip (`/proc/config.gz`) or zstd.
     pub fn read(path: &Path) -> anyhow::Result<KernelConfig> {
-        let raw = super::info::read_maybe_zstd(path)?;
-        let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(raw.as_slice())
-                .read_to_end(&mut out)
-                .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
-            out
-        } else {
-            raw
-        };
-        let text = String::from_utf8(bytes)
-            .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
+        let text = super::input::read_capped_text(path, super::input::CONFIG)?;
         KernelConfig::parse(&text, path.display().to_string())
             .with_context(|| format!("{}: bad kernel config", path.display()))
     }

@@ -1,14 +1,15 @@
 //! Everything the planner knows about one kernel, read from the running system or from
 //! files (an operator's dumps of another kernel, or the test fixtures).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use super::btf::Btf;
 use super::config::{KernelConfig, PROC_CONFIG_GZ};
+use super::consistency;
 use super::ftrace::{FilterFunctions, KprobeBlacklist};
+use super::input::{self, read_capped, read_capped_text};
 use super::symbols::Kallsyms;
 
 /// Where the kernel's tracing filesystem may be mounted, in order of preference.
@@ -37,25 +38,6 @@ pub struct KernelInfo {
     pub remarks: Vec<String>,
 }
 
-/// Read a file, transparently decompressing zstd (fixtures and fleet dumps are often
-/// compressed; BTF itself is ~5 MB).
-pub fn read_maybe_zstd(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut raw))
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return zstd::stream::decode_all(raw.as_slice())
-            .with_context(|| format!("{}: corrupt zstd data", path.display()));
-    }
-    Ok(raw)
-}
-
-fn read_text(path: &Path) -> anyhow::Result<String> {
-    let bytes = read_maybe_zstd(path)?;
-    String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8 text", path.display()))
-}
-
 impl KernelInfo {
     /// Build from files. `btf` is a raw BTF blob (e.g. a copy of `/sys/kernel/btf/vmlinux`,
     /// optionally zstd-compressed); `kallsyms` a `/proc/kallsyms` dump. The optional lists
@@ -68,19 +50,20 @@ impl KernelInfo {
         kprobe_blacklist: Option<&Path>,
         release: Option<String>,
     ) -> anyhow::Result<KernelInfo> {
-        let btf_bytes = read_maybe_zstd(btf)?;
+        let files = format!("{} with {}", btf.display(), kallsyms.display());
+        let btf_bytes = read_capped(btf, input::BTF)?;
         let btf = Btf::parse(&btf_bytes).with_context(|| format!("{}: bad BTF", btf.display()))?;
-        let kallsyms = Kallsyms::parse(&read_text(kallsyms)?)
+        let kallsyms = Kallsyms::parse(&read_capped_text(kallsyms, input::KALLSYMS)?)
             .with_context(|| format!("{}: bad kallsyms dump", kallsyms.display()))?;
         let filter_functions = filter_functions
             .map(|p| {
-                FilterFunctions::parse(&read_text(p)?)
+                FilterFunctions::parse(&read_capped_text(p, input::FTRACE_LIST)?)
                     .with_context(|| format!("{}: bad available_filter_functions", p.display()))
             })
             .transpose()?;
         let kprobe_blacklist = kprobe_blacklist
             .map(|p| {
-                KprobeBlacklist::parse(&read_text(p)?)
+                KprobeBlacklist::parse(&read_capped_text(p, input::FTRACE_LIST)?)
                     .with_context(|| format!("{}: bad kprobe blacklist", p.display()))
             })
             .transpose()?;
@@ -92,7 +75,7 @@ impl KernelInfo {
                     .to_string(),
             );
         }
-        Ok(KernelInfo {
+        let info = KernelInfo {
             release: release.unwrap_or_else(|| "offline".to_string()),
             btf,
             kallsyms,
@@ -101,7 +84,11 @@ impl KernelInfo {
             mmap_lock_tracepoints: None,
             config: None,
             remarks,
-        })
+        };
+        // Files gathered by hand can be from two machines: refuse a pair that cannot be
+        // one kernel rather than plan with "inlined" for every missing function.
+        consistency::check(&info).map_err(|why| anyhow::anyhow!("{files}: {why}"))?;
+        Ok(info)
     }
 
     /// Add the kernel's build configuration (a `.config`, plain, gzip or zstd), as
@@ -115,11 +102,14 @@ impl KernelInfo {
     /// the kprobe blacklist and the tracepoint directory are optional (not root, not
     /// mounted) and their absence is recorded in `remarks`.
     pub fn from_running_kernel() -> anyhow::Result<KernelInfo> {
-        let btf_bytes = std::fs::read(VMLINUX_BTF).with_context(|| {
-            format!("cannot read {VMLINUX_BTF} (kernel built without CONFIG_DEBUG_INFO_BTF?)")
-        })?;
+        if !Path::new(VMLINUX_BTF).exists() {
+            anyhow::bail!(
+                "cannot read {VMLINUX_BTF} (kernel built without CONFIG_DEBUG_INFO_BTF?)"
+            );
+        }
+        let btf_bytes = read_capped(Path::new(VMLINUX_BTF), input::BTF)?;
         let btf = Btf::parse(&btf_bytes).with_context(|| format!("{VMLINUX_BTF}: bad BTF"))?;
-        let kallsyms = Kallsyms::parse(&read_text(Path::new(KALLSYMS))?)
+        let kallsyms = Kallsyms::parse(&read_capped_text(Path::new(KALLSYMS), input::KALLSYMS)?)
             .with_context(|| format!("{KALLSYMS}: unexpected format"))?;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
@@ -135,14 +125,13 @@ impl KernelInfo {
         match &tracefs {
             Some(dir) => {
                 let aff = dir.join("available_filter_functions");
-                match std::fs::read_to_string(&aff) {
+                match read_capped_text(&aff, input::FTRACE_LIST) {
                     Ok(text) => match FilterFunctions::parse(&text) {
                         Ok(f) => filter_functions = Some(f),
                         Err(e) => remarks.push(format!("{}: {e}; ignored", aff.display())),
                     },
                     Err(e) => remarks.push(format!(
-                        "cannot read {} ({e}): notrace functions are taken from the kernel source",
-                        aff.display()
+                        "{e:#}: notrace functions are taken from the kernel source"
                     )),
                 }
                 let ev = dir.join("events/mmap_lock");
@@ -165,16 +154,17 @@ impl KernelInfo {
                     .to_string(),
             ),
         }
-        let kprobe_blacklist = match std::fs::read_to_string(KPROBE_BLACKLIST) {
-            Ok(text) => match KprobeBlacklist::parse(&text) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    remarks.push(format!("{KPROBE_BLACKLIST}: {e}; ignored"));
-                    None
-                }
-            },
-            Err(_) => None,
-        };
+        let kprobe_blacklist =
+            match read_capped_text(Path::new(KPROBE_BLACKLIST), input::FTRACE_LIST) {
+                Ok(text) => match KprobeBlacklist::parse(&text) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        remarks.push(format!("{KPROBE_BLACKLIST}: {e}; ignored"));
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
         let config = read_running_config(&release, &mut remarks);
         Ok(KernelInfo {
             release,

@@ -16,9 +16,11 @@
 pub mod btf;
 pub mod caps;
 pub mod config;
+pub mod consistency;
 pub mod ftrace;
 pub mod generation;
 pub mod info;
+pub mod input;
 pub mod offsets;
 pub mod plan;
 pub mod planner;

@@ -26,6 +26,15 @@ pub enum OffsetError {
         size: Option<u32>,
         want: u32,
     },
+    /// The field is not where the programs can read it: past the end of its struct, or
+    /// not aligned for its size (a corrupt or hand-made BTF).
+    BadPlace {
+        structure: &'static str,
+        path: &'static str,
+        offset: u32,
+        size: u32,
+        struct_size: u32,
+    },
     Btf(BtfError),
 }
 
@@ -45,6 +54,26 @@ impl fmt::Display for OffsetError {
                 "{structure}.{path} is {} bytes, expected {want}",
                 size.map_or("?".to_string(), |s| s.to_string())
             ),
+            OffsetError::BadPlace {
+                structure,
+                path,
+                offset,
+                size,
+                struct_size,
+            } => {
+                let why = if offset
+                    .checked_add(*size)
+                    .is_none_or(|end| end > *struct_size)
+                {
+                    format!("lies past the end of the {struct_size}-byte struct")
+                } else {
+                    format!("is not aligned for a {size}-byte field")
+                };
+                write!(
+                    f,
+                    "{structure}.{path} at offset {offset:#x} ({size} bytes) {why}"
+                )
+            }
             OffsetError::Btf(e) => write!(f, "{e}"),
         }
     }
@@ -67,22 +96,43 @@ struct Field {
 
 fn resolve_one(btf: &Btf, f: &Field) -> Result<Option<u32>, OffsetError> {
     for path in f.paths {
-        if let Some(loc) = btf.member_offset(f.structure, path)? {
-            if let Some(want) = f.size {
-                let size = btf.size_of(loc.type_id)?;
-                if size != Some(want) {
-                    return Err(OffsetError::BadSize {
-                        structure: f.structure,
-                        path,
-                        size,
-                        want,
-                    });
-                }
+        if let Some((loc, struct_size)) = btf.member_in(f.structure, path)? {
+            let size = btf.size_of(loc.type_id)?;
+            if let Some(want) = f.size
+                && size != Some(want)
+            {
+                return Err(OffsetError::BadSize {
+                    structure: f.structure,
+                    path,
+                    size,
+                    want,
+                });
+            }
+            let size = size.unwrap_or(0);
+            if !well_placed(loc.offset, size, struct_size) {
+                return Err(OffsetError::BadPlace {
+                    structure: f.structure,
+                    path,
+                    offset: loc.offset,
+                    size,
+                    struct_size,
+                });
             }
             return Ok(Some(loc.offset));
         }
     }
     Ok(None)
+}
+
+/// Inside its struct and naturally aligned (scalars of 2, 4, 8 bytes; a `char[16]` such
+/// as `comm` needs no alignment). The programs load fields at these offsets as given: a
+/// field past the end reads the next object, a misaligned one a torn value.
+fn well_placed(offset: u32, size: u32, struct_size: u32) -> bool {
+    let inside = offset
+        .checked_add(size)
+        .is_some_and(|end| end <= struct_size);
+    let align = if matches!(size, 2 | 4 | 8) { size } else { 1 };
+    inside && offset.is_multiple_of(align)
 }
 
 fn required(btf: &Btf, f: &Field) -> Result<u32, OffsetError> {
@@ -157,6 +207,17 @@ mod tests {
     use super::*;
 
     fn base(b: &mut Builder, with_ves: bool, refcnt_size: u32) -> Vec<u8> {
+        base_at(b, with_ves, refcnt_size, 0x80, 192)
+    }
+
+    /// [`base`] with `vm_refcnt` at `refcnt_at` in a `vma_size`-byte `vm_area_struct`.
+    fn base_at(
+        b: &mut Builder,
+        with_ves: bool,
+        refcnt_size: u32,
+        refcnt_at: u32,
+        vma_size: u32,
+    ) -> Vec<u8> {
         let ulong = b.int("long unsigned int", 8);
         let uint = b.int("unsigned int", 4);
         let int = b.int(if refcnt_size == 4 { "int" } else { "long" }, refcnt_size);
@@ -192,13 +253,13 @@ mod tests {
         let vma = b.composite(
             false,
             "vm_area_struct",
-            192,
+            vma_size,
             &[
                 ("", un, 0, 0),
                 ("vm_mm", mmp, 0x10 * 8, 0),
                 ("", flags_un, 0x20 * 8, 0),
                 ("vm_lock_seq", uint, 0x28 * 8, 0),
-                ("vm_refcnt", rc_t, 0x80 * 8, 0),
+                ("vm_refcnt", rc_t, refcnt_at * 8, 0),
             ],
         );
         let vmap = b.ptr(vma);
@@ -268,6 +329,45 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// `vm_refcnt` past the end of `vm_area_struct`, or at an odd offset: the BTF cannot
+    /// be right, and the programs would read some other memory.
+    #[test]
+    fn misplaced_fields_are_rejected() {
+        let place = |at, size| {
+            let btf = Btf::parse(&base_at(&mut Builder::new(), false, 4, at, size)).unwrap();
+            resolve(&btf, Generation::V6_15).map(|o| o.vma_vm_refcnt)
+        };
+        assert_eq!(place(0x80, 192), Ok(0x80));
+        assert_eq!(place(188, 192), Ok(188));
+        let past = place(0x200, 192).unwrap_err();
+        assert!(
+            matches!(
+                past,
+                OffsetError::BadPlace {
+                    path: "vm_refcnt.refs.counter",
+                    offset: 0x200,
+                    size: 4,
+                    struct_size: 192,
+                    ..
+                }
+            ),
+            "{past:?}"
+        );
+        assert_eq!(
+            past.to_string(),
+            "vm_area_struct.vm_refcnt.refs.counter at offset 0x200 (4 bytes) lies past the \
+             end of the 192-byte struct"
+        );
+        // The last 4 bytes straddle the end.
+        assert!(matches!(place(190, 192), Err(OffsetError::BadPlace { .. })));
+        let odd = place(0x81, 192).unwrap_err();
+        assert_eq!(
+            odd.to_string(),
+            "vm_area_struct.vm_refcnt.refs.counter at offset 0x81 (4 bytes) is not aligned \
+             for a 4-byte field"
+        );
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub enum Resolved<'a> {
 pub struct Kallsyms {
     by_base: HashMap<String, Vec<Symbol>>,
     count: usize,
+    /// Base names that have only fragments (`.part.N`, `.cold`) or other suffixed copies:
+    /// the function exists in the kernel, just not whole under its name.
+    fragments: std::collections::HashSet<String>,
     /// Every address was 0: `kptr_restrict` hid them (the names are still usable).
     pub addresses_hidden: bool,
 }
@@ -124,6 +127,8 @@ impl Kallsyms {
                 continue;
             }
             let Some((base, _)) = clone_base(name) else {
+                let base = name.split('.').next().unwrap_or(name);
+                k.fragments.insert(base.to_string());
                 continue;
             };
             k.by_base.entry(base.to_string()).or_default().push(Symbol {
@@ -145,6 +150,11 @@ impl Kallsyms {
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Whether `name` has a fragment or a suffixed copy that is not a whole function.
+    pub fn has_fragment(&self, name: &str) -> bool {
+        self.fragments.contains(name)
     }
 
     /// Every whole out-of-line copy of `name` (exact name and clones), vmlinux first.

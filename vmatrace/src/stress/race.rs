@@ -35,7 +35,7 @@ use std::{
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::kernel::btf::Btf;
+use crate::kernel::{btf::Btf, input};
 
 /// The function whose inlined `vma_start_read` the widener delays: the page-fault reader.
 pub const FUNCTION: &str = "lock_vma_under_rcu";
@@ -278,7 +278,11 @@ pub fn install(delay: Duration) -> anyhow::Result<Widener> {
 
 /// The refcount increments in the running kernel's [`FUNCTION`] (root: `/proc/kcore`).
 pub fn find_sites() -> anyhow::Result<Vec<Site>> {
-    let btf = fs::read(crate::kernel::info::VMLINUX_BTF).with_context(|| {
+    let btf = input::read_capped(
+        std::path::Path::new(crate::kernel::info::VMLINUX_BTF),
+        input::BTF,
+    )
+    .with_context(|| {
         format!(
             "reading {} (the race widener needs the vm_refcnt offset)",
             crate::kernel::info::VMLINUX_BTF
@@ -336,7 +340,7 @@ fn install_at(delay: Duration, sites: Vec<Site>) -> anyhow::Result<Widener> {
 
 /// Start address of `name` and the distance to the next text symbol.
 fn function_extent(name: &str) -> anyhow::Result<(u64, usize)> {
-    let text = fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    let text = input::read_capped_text(std::path::Path::new("/proc/kallsyms"), input::KALLSYMS)?;
     function_extent_in(&text, name)
 }
 

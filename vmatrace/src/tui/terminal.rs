@@ -171,7 +171,7 @@ fn run_blocking(
     // What was logged while the screen was ours is still worth reading afterwards.
     let st = lock(shared);
     for l in &st.log {
-        eprintln!("{l}");
+        eprintln!("{}", crate::export::printable(l));
     }
     result
 }

@@ -582,3 +582,52 @@ fn snapshot_empty_simulate_session() {
     press(&mut st, &[KeyCode::Char('4')]);
     insta::assert_snapshot!("empty_anomalies_80x24", draw(&st, 80, 24));
 }
+
+// ---- text from the trace ----
+
+/// Terminal control sequences in the kernel release, a comm, the source and the plan
+/// reach the screen spelled out: no ESC (nor BEL, nor the one-byte CSI) in any cell.
+#[test]
+fn trace_strings_are_rendered_escaped() {
+    const EVIL: &str = "\x1b]0;pwned\x07\x1b[2J";
+    let mut plan = sample_plan();
+    plan.coverage[0].status = Observability::Unobservable {
+        reason: format!("inlined{EVIL}"),
+    };
+    let ctx = DashboardContext::new(SourceKind::Replay, format!("7.2{EVIL}"), Generation::V7_0)
+        .with_detail(format!("t\u{9b}2J{EVIL}"))
+        .with_plan(Some(plan));
+    let mut st = AppState::new(ctx);
+    let name = std::str::from_utf8(&EVIL.as_bytes()[..14]).unwrap();
+    st.live.push_anomaly(&anomaly(
+        3_210,
+        AnomalyKind::ExcludeTargetMismatch,
+        Severity::Error,
+        1201,
+        name,
+    ));
+    st.log.push_back(format!("log{EVIL}"));
+    st.ui.log_pane = true;
+    let mut screens = Vec::new();
+    for keys in [
+        &[KeyCode::Char('1')][..],
+        &[KeyCode::Char('4')],
+        &[KeyCode::Enter],
+    ] {
+        press(&mut st, keys);
+        screens.push(draw(&st, 200, 60));
+    }
+    let all = screens.join("\n");
+    for c in ['\x1b', '\x07', '\u{9b}'] {
+        assert!(!all.contains(c), "{c:?} in {all}");
+    }
+    for want in [
+        "kernel 7.2\\x1b]0;pwned\\x07",
+        "t\\x9b2J\\x1b]0;pwned",
+        "inlined\\x1b]0;pwned",
+        "\\x1b]0;pwned\\x07\\x1b[2J[1201]",
+        "log\\x1b]0;pwned",
+    ] {
+        assert!(all.contains(want), "{want} not in {all}");
+    }
+}

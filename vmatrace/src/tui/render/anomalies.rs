@@ -11,7 +11,6 @@ use vmatrace_common::event::flags;
 use vmatrace_common::model::Generation;
 
 use super::{bad, block, dim, fmt, title_style, warn};
-use crate::stats::aggregates::comm_to_string;
 use crate::tui::state::{AnomalyEntry, AppState};
 use crate::validate::Severity;
 
@@ -33,7 +32,7 @@ fn severity(s: Severity) -> Span<'static> {
 }
 
 fn task(ev: &Event) -> String {
-    format!("{}[{}/{}]", comm_to_string(&ev.comm), ev.tgid(), ev.tid())
+    format!("{}[{}/{}]", fmt::comm(&ev.comm), ev.tgid(), ev.tid())
 }
 
 fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
@@ -57,11 +56,7 @@ fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
             Cell::from(fmt::rel_time(d.relative_ns(a.event.ts_ns))),
             Cell::from(severity(a.severity)),
             Cell::from(a.kind.key()),
-            Cell::from(format!(
-                "{}[{}]",
-                comm_to_string(&a.event.comm),
-                a.event.tgid()
-            )),
+            Cell::from(format!("{}[{}]", fmt::comm(&a.event.comm), a.event.tgid())),
             Cell::from(format!("{:x}", a.event.vm_start)),
         ])
     });
@@ -124,11 +119,11 @@ fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyE
                 fmt::size(ev.vm_end.saturating_sub(ev.vm_start))
             )),
         ]),
-        Line::from(vec![label("state"), Span::raw(a.state.clone())]),
-        Line::from(vec![label("expected"), Span::raw(a.expected.clone())]),
+        Line::from(vec![label("state"), Span::raw(fmt::text(&a.state))]),
+        Line::from(vec![label("expected"), Span::raw(fmt::text(&a.expected))]),
         Line::from(vec![
             label("observed"),
-            Span::styled(a.observed.clone(), warn()),
+            Span::styled(fmt::text(&a.observed), warn()),
         ]),
     ];
     let detail_h = (detail.len() as u16 + 2).min(area.height / 2);

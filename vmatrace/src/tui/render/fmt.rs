@@ -2,6 +2,21 @@
 
 use vmatrace_common::model::Generation;
 
+use crate::export::printable;
+use crate::stats::aggregates::comm_to_string;
+
+/// Text from the trace or the session (kernel release, plan notes, log lines) with its
+/// control characters spelled out. ratatui drops them silently, which would leave the
+/// rest of an escape sequence (`]0;title`) looking like part of the name.
+pub fn text(s: &str) -> String {
+    printable(s).into_owned()
+}
+
+/// A task's `comm`, as [`text`].
+pub fn comm(c: &[u8; 16]) -> String {
+    text(&comm_to_string(c))
+}
+
 /// 1234 → "1234", 12345 → "12.3k", 1234567 → "1.23M".
 pub fn count(n: u64) -> String {
     match n {

@@ -92,7 +92,7 @@ fn render_header(frame: &mut Frame, area: Rect, state: &AppState) {
     let source = if ctx.source_detail.is_empty() {
         ctx.source.label().to_string()
     } else {
-        format!("{} {}", ctx.source.label(), ctx.source_detail)
+        format!("{} {}", ctx.source.label(), fmt::text(&ctx.source_detail))
     };
     let (status, status_style) = if state.paused() {
         ("PAUSED", warn().add_modifier(Modifier::REVERSED))
@@ -121,7 +121,10 @@ fn render_header(frame: &mut Frame, area: Rect, state: &AppState) {
         sep.clone(),
         Span::raw(format!("gen {}", ctx.generation.key())),
         sep.clone(),
-        Span::raw(format!("kernel {}", fmt::clip(&ctx.kernel_release, 24))),
+        Span::raw(format!(
+            "kernel {}",
+            fmt::clip(&fmt::text(&ctx.kernel_release), 24)
+        )),
         sep,
         Span::raw(source),
     ];
@@ -177,7 +180,7 @@ pub(crate) fn render_log(frame: &mut Frame, area: Rect, state: &AppState) {
         .log
         .iter()
         .skip(state.log.len().saturating_sub(rows))
-        .map(|l| Line::raw(l.clone()))
+        .map(|l| Line::raw(fmt::text(l)))
         .collect();
     let body = if lines.is_empty() {
         Paragraph::new(Line::styled("(no log messages)", dim()))

@@ -60,7 +60,7 @@ fn status_of(plan: &ProbePlan, ev: LogicalEvent) -> (&'static str, String, Style
         points
             .iter()
             .filter_map(|i| plan.points.get(*i))
-            .map(|p| format!("{} {}", p.mode.key(), p.target))
+            .map(|p| format!("{} {}", p.mode.key(), fmt::text(&p.target)))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -71,8 +71,8 @@ fn status_of(plan: &ProbePlan, ev: LogicalEvent) -> (&'static str, String, Style
         .map(|c| &c.status)
     {
         Some(Observability::Direct { points }) => ("direct", point_desc(points), Style::default()),
-        Some(Observability::Proxy { via, .. }) => ("proxy", via.clone(), warn()),
-        Some(Observability::Unobservable { reason }) => ("none", reason.clone(), dim()),
+        Some(Observability::Proxy { via, .. }) => ("proxy", fmt::text(via), warn()),
+        Some(Observability::Unobservable { reason }) => ("none", fmt::text(reason), dim()),
         None => ("none", "not in plan".into(), dim()),
     }
 }

@@ -65,7 +65,7 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
     ]);
     let right = |s: String| Cell::from(Line::from(s).right_aligned());
     let body = rows.iter().map(|a: &Aggregate| {
-        let mut cells = vec![Cell::from(format!("{}[{}]", a.comm_str(), a.tgid))];
+        let mut cells = vec![Cell::from(format!("{}[{}]", fmt::comm(&a.comm), a.tgid))];
         if view == TopView::Vmas {
             cells.push(Cell::from(fmt::vma_range(a.vm_start, a.vm_end)));
         }

@@ -7,7 +7,6 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
 
 use super::{bad, block, dim, fmt, title_style};
-use crate::stats::aggregates::comm_to_string;
 use crate::stats::histogram::bucket_range;
 use crate::stats::{Log2Histogram, WaitSource};
 use crate::tui::state::{AppState, DashboardData};
@@ -121,7 +120,7 @@ fn render_slowest(frame: &mut Frame, area: Rect, d: &DashboardData) {
         };
         Row::new(vec![
             Cell::from(Line::from(fmt::ns(w.wait_ns)).right_aligned()),
-            Cell::from(format!("{}[{}]", comm_to_string(&w.comm), w.tgid)),
+            Cell::from(format!("{}[{}]", fmt::comm(&w.comm), w.tgid)),
             Cell::from(w.tid.to_string()),
             Cell::from(fmt::vma_range(w.vm_start, w.vm_end)),
             Cell::from(what),
