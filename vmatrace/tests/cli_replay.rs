@@ -484,3 +484,89 @@ fn anomalies_reach_the_log_with_redacted_addresses() {
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains("\"addr\":\"0xffff888100000100\""), "{text}");
 }
+
+/// Run `replay` with `bytes` on standard input.
+fn replay_stdin(args: &[&str], bytes: &[u8]) -> std::process::Output {
+    let mut child = bin()
+        .arg("replay")
+        .args(args)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(bytes).expect("feed");
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
+/// `record --compress -o -` cut exactly where it flushed: following it ends cleanly at
+/// the last complete record (a missing end record, exit 0), as for a plain stream;
+/// without --follow it is an incomplete trace (exit 4), never a corrupt one.
+#[test]
+fn follow_ends_a_compressed_stream_cut_at_a_flush_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("live.vmatrace");
+    let mut w = vmatrace::trace::TraceWriter::create(&path, &header(), true).expect("create");
+    for i in 0..10u64 {
+        let t = 1_000_000_000 + i * 1000;
+        w.write_events(t, &write_lock_events(100, b"stress", t, 500))
+            .expect("write");
+    }
+    w.flush().expect("flush");
+    let flushed = usize::try_from(w.bytes()).expect("size");
+    w.write_counters(1_000_100_000, &counters(0, 1))
+        .expect("write");
+    w.finish(1_000_200_000).expect("finish");
+    let bytes = std::fs::read(&path).expect("read");
+    let cut = &bytes[..flushed];
+
+    let out = replay_stdin(&["--follow", "--json"], cut);
+    let s = json_summary(&out);
+    assert_eq!(s["events"]["total"], 40);
+    assert_eq!(s["replay"]["complete"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without an end record"), "{err}");
+    assert!(!err.contains("incomplete frame"), "{err}");
+
+    let out = replay_stdin(&["--json"], cut);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without an end record"), "{err}");
+}
+
+/// `--follow` used to stop at the end record and ignore the rest of the stream: an early
+/// end record could hide anything after it. What follows is now counted and reported
+/// (exit 4), on a followed file (which must not wait forever after the end) and on stdin.
+#[test]
+fn follow_reports_data_after_the_end_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for compress in [false, true] {
+        let path = dir.path().join(format!("t{compress}.vmatrace"));
+        write_sample(&path, compress);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let trailing = bytes.clone();
+        bytes.extend_from_slice(&trailing);
+        std::fs::write(&path, &bytes).expect("write");
+        let n = trailing.len() as u64;
+
+        let t = std::time::Instant::now();
+        let out = run(&["replay", "--follow", "--json", path.to_str().expect("utf8")]);
+        assert!(t.elapsed() < Duration::from_secs(20), "the follower waited");
+        let stdin = replay_stdin(&["--follow", "--json"], &bytes);
+        for out in [out, stdin] {
+            assert_eq!(out.status.code(), Some(4), "compress={compress}");
+            let s: Value = serde_json::from_slice(&out.stdout).expect("summary");
+            assert_eq!(s["events"]["total"], 400);
+            assert_eq!(s["replay"]["complete"], true);
+            assert_eq!(s["replay"]["trailing_bytes"], n);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("{n} bytes follow the end record")),
+                "{err}"
+            );
+        }
+    }
+}

@@ -80,6 +80,7 @@ fn parse_speed(s: &str) -> Result<f64, String> {
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
+    let mut end_seen = None;
     let input: Box<dyn Read + Send> = if args.input == "-" {
         Box::new(std::io::stdin())
     } else {
@@ -87,14 +88,16 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot open the trace {}", args.input))?;
         let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
         if args.follow && regular {
-            Box::new(GrowingFile::new(f, Arc::clone(&stop)))
+            let g = GrowingFile::new(f, Arc::clone(&stop));
+            end_seen = Some(g.end_seen());
+            Box::new(g)
         } else {
             Box::new(f)
         }
     };
     let opts = ReadOptions {
         scan_for_magic: args.follow,
-        allow_trailing: args.follow,
+        end_seen,
     };
     let reader = match TraceReader::with_options(input, opts) {
         Ok(r) => r,
@@ -267,6 +270,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 0.0
             },
             skipped_bytes: skipped,
+            trailing_bytes: outcome.trailing_bytes,
         }),
     });
     session::print_summary(&summary, args.out.json, false);

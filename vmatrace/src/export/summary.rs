@@ -190,6 +190,9 @@ pub struct ReplaySection {
     pub events_per_s: f64,
     /// Bytes of console output skipped before the trace started (`--follow`).
     pub skipped_bytes: u64,
+    /// Bytes after the end record: not part of the trace, reported as an error (an early
+    /// end record must not hide what follows it).
+    pub trailing_bytes: u64,
 }
 
 /// Everything the summary is made from.
@@ -674,6 +677,13 @@ impl Summary {
                 r.events_per_s,
                 if r.complete { "" } else { ", trace incomplete" }
             );
+            if r.trailing_bytes > 0 {
+                let _ = writeln!(
+                    s,
+                    "  {} bytes after the end record were not read as trace",
+                    r.trailing_bytes
+                );
+            }
             if let Some(e) = &r.error {
                 let _ = writeln!(s, "  {e}");
             }

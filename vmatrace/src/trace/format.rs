@@ -227,6 +227,14 @@ pub enum TraceError {
         offset: u64,
         compressed: bool,
     },
+    /// The trace is complete but `bytes` more follow its end record (counted to the end
+    /// of the input: inside the zstd frame, then after it). An early end record must not
+    /// hide records behind it.
+    TrailingData {
+        offset: u64,
+        bytes: u64,
+        compressed: bool,
+    },
     /// The underlying read failed (not a format problem).
     Io {
         offset: u64,
@@ -282,6 +290,15 @@ impl std::fmt::Display for TraceError {
             TraceError::MissingEnd { offset, compressed } => write!(
                 f,
                 "trace incomplete: it stops {} without an end record (the recording was interrupted); everything before was read",
+                Self::place(*offset, *compressed)
+            ),
+            TraceError::TrailingData {
+                offset,
+                bytes,
+                compressed,
+            } => write!(
+                f,
+                "{bytes} bytes follow the end record {} (ignored; the trace before them was read)",
                 Self::place(*offset, *compressed)
             ),
             TraceError::Io { offset, source } => {

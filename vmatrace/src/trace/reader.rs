@@ -2,7 +2,13 @@
 //! with its byte offset. Never panics and never allocates more than `MAX_PAYLOAD_LEN`
 //! for one record, whatever the input.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read};
+use std::{
+    io::{BufRead, BufReader, ErrorKind, Read},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use vmatrace_common::{Event, event::EVENT_SIZE};
 
@@ -12,19 +18,40 @@ use super::format::{
 };
 
 /// Options for opening a stream.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ReadOptions {
     /// Skip bytes before the magic number (a serial console prints boot messages before
     /// the trace starts). The number skipped is in [`TraceReader::skipped`].
     pub scan_for_magic: bool,
-    /// After the end record, do not check that nothing follows (a followed stream may
-    /// carry other output after the trace).
-    pub allow_trailing: bool,
+    /// Set once the end record has been read. What follows it is counted up to the end of
+    /// the input and reported ([`TraceError::TrailingData`]); an input that waits for more
+    /// data at EOF (a followed file that is still growing) must stop waiting when this is
+    /// set, or counting would never end.
+    pub end_seen: Option<Arc<AtomicBool>>,
+}
+
+type Raw = BufReader<Box<dyn Read + Send>>;
+
+/// The record stream: the raw input, or one zstd frame over it. The frame is decoded
+/// alone (not as a sequence of frames) so that bytes after it are counted as trailing
+/// data instead of failing to decode.
+enum Body {
+    Plain(Raw),
+    Zstd(zstd::stream::read::Decoder<'static, Raw>),
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Body::Plain(r) => r.read(buf),
+            Body::Zstd(d) => d.read(buf),
+        }
+    }
 }
 
 /// Sequential reader of records.
 pub struct TraceReader {
-    body: Box<dyn Read + Send>,
+    body: Body,
     header: TraceHeader,
     compressed: bool,
     /// Position in body coordinates: file offset for uncompressed traces, offset into the
@@ -34,11 +61,22 @@ pub struct TraceReader {
     records: u64,
     events: u64,
     finished: bool,
-    allow_trailing: bool,
+    end_seen: Option<Arc<AtomicBool>>,
+    /// Bytes found after the end record.
+    trailing: u64,
+    /// The problem found after the end record, reported by the call after it.
+    after_end: Option<TraceError>,
     buf: Vec<u8>,
 }
 
-/// Read until `buf` is full or EOF; returns how much was read.
+/// Read until `buf` is full or the data ends; returns how much was read.
+///
+/// A zstd stream that stops inside its frame reports `UnexpectedEof` ("incomplete frame")
+/// after it has delivered everything it could decode. That is how a live compressed
+/// recording ends when it is cut (`record --compress -o -` flushes whole blocks, the frame
+/// is only closed by the end record), so it ends the data here exactly like EOF ends a
+/// plain stream: the caller then tells a cut between two records (a missing end record)
+/// from a cut inside one (a truncation), the same way for both.
 fn fill(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -46,6 +84,7 @@ fn fill(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(e),
         }
     }
@@ -84,7 +123,7 @@ impl TraceReader {
         r: R,
         opts: ReadOptions,
     ) -> Result<Self, TraceError> {
-        let mut raw = BufReader::with_capacity(256 * 1024, r);
+        let mut raw: Raw = BufReader::with_capacity(256 * 1024, Box::new(r));
         let io = |offset: u64| move |source| TraceError::Io { offset, source };
 
         let mut skipped = 0u64;
@@ -167,11 +206,11 @@ impl TraceReader {
             })?;
         let body_at = hdr_at + hdr.len() as u64;
         let compressed = flags & FLAG_ZSTD != 0;
-        let body: Box<dyn Read + Send> = if compressed {
+        let body = if compressed {
             let dec = zstd::stream::read::Decoder::with_buffer(raw).map_err(io(body_at))?;
-            Box::new(dec)
+            Body::Zstd(dec.single_frame())
         } else {
-            Box::new(raw)
+            Body::Plain(raw)
         };
         Ok(Self {
             body,
@@ -182,7 +221,9 @@ impl TraceReader {
             records: 0,
             events: 0,
             finished: false,
-            allow_trailing: opts.allow_trailing,
+            end_seen: opts.end_seen,
+            trailing: 0,
+            after_end: None,
             buf: Vec::new(),
         })
     }
@@ -209,6 +250,11 @@ impl TraceReader {
         self.events
     }
 
+    /// Bytes that followed the end record (counted once it has been read).
+    pub fn trailing_bytes(&self) -> u64 {
+        self.trailing
+    }
+
     fn read_err(&self, offset: u64, e: std::io::Error) -> TraceError {
         if self.compressed {
             TraceError::Corrupt {
@@ -230,14 +276,16 @@ impl TraceReader {
     }
 
     /// The next record, `Ok(None)` after the end record. A stream that ends between two
-    /// records without an end record gives [`TraceError::MissingEnd`].
+    /// records without an end record gives [`TraceError::MissingEnd`]; data after the end
+    /// record gives [`TraceError::TrailingData`] on the call after the one that returned
+    /// the end record (the trace itself is complete; something else is in the input).
     pub fn next_record(&mut self) -> Result<Option<Record>, TraceError> {
         if self.finished {
-            return Ok(None);
+            return self.after_end.take().map_or(Ok(None), Err);
         }
         let at = self.offset;
         let mut h = [0u8; RECORD_HEADER_LEN];
-        let n = fill(&mut *self.body, &mut h).map_err(|e| self.read_err(at, e))?;
+        let n = fill(&mut self.body, &mut h).map_err(|e| self.read_err(at, e))?;
         if n == 0 {
             return Err(TraceError::MissingEnd {
                 offset: at,
@@ -270,7 +318,7 @@ impl TraceReader {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         buf.resize(total, 0);
-        let n = match fill(&mut *self.body, &mut buf) {
+        let n = match fill(&mut self.body, &mut buf) {
             Ok(n) => n,
             Err(e) => {
                 self.buf = buf;
@@ -303,9 +351,7 @@ impl TraceReader {
         }
         if matches!(rec, Record::End { .. }) {
             self.finished = true;
-            if !self.allow_trailing {
-                self.check_trailing()?;
-            }
+            self.after_end = self.check_trailing().err();
         }
         Ok(Some(rec))
     }
@@ -376,20 +422,54 @@ impl TraceReader {
         })
     }
 
+    /// Count everything after the end record, up to the end of the input: an early end
+    /// record must not hide what follows it (a followed stream would otherwise stop there
+    /// and silently drop the rest).
     fn check_trailing(&mut self) -> Result<(), TraceError> {
-        let mut one = [0u8; 1];
+        if let Some(f) = &self.end_seen {
+            f.store(true, Ordering::Release);
+        }
         let at = self.offset;
-        match fill(&mut *self.body, &mut one) {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(self.corrupt(at, "data follows the end record".into())),
-            Err(e) => Err(self.read_err(at, e)),
+        // Inside the record stream (the rest of the zstd frame, decoded)...
+        let inside = drain(&mut self.body).map_err(|e| self.read_err(at, e))?;
+        // ...then the raw input after the frame.
+        let after = match &mut self.body {
+            Body::Zstd(d) => {
+                drain(d.get_mut()).map_err(|source| TraceError::Io { offset: at, source })?
+            }
+            Body::Plain(_) => 0,
+        };
+        self.trailing = inside.saturating_add(after);
+        if self.trailing == 0 {
+            return Ok(());
+        }
+        Err(TraceError::TrailingData {
+            offset: at,
+            bytes: self.trailing,
+            compressed: self.compressed,
+        })
+    }
+}
+
+/// Read `r` to its end, counting bytes (a fixed buffer: never grows with the input).
+/// `UnexpectedEof` ends it like EOF (see [`fill`]).
+fn drain(r: &mut dyn Read) -> std::io::Result<u64> {
+    let mut buf = [0u8; 8192];
+    let mut n = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => n = n.saturating_add(k as u64),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(n),
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// Consume bytes up to and including the magic number; returns how many bytes came
 /// before it, or `None` at EOF without a magic.
-fn scan_to_magic<R: Read>(r: &mut BufReader<R>) -> std::io::Result<Option<u64>> {
+fn scan_to_magic(r: &mut Raw) -> std::io::Result<Option<u64>> {
     let mut consumed_total = 0u64;
     // How many bytes of MAGIC matched at the end of what was consumed so far.
     let mut matched = 0usize;

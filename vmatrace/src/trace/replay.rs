@@ -48,6 +48,8 @@ pub struct ReplayOutcome {
     pub last_mono_ns: Option<u64>,
     /// The end record was reached: the trace is complete.
     pub complete: bool,
+    /// Bytes after the end record (then `error` is [`TraceError::TrailingData`]).
+    pub trailing_bytes: u64,
     /// Stopped early (signal) before the end of the trace.
     pub stopped: bool,
     /// Stopped because `duration` of recorded time was replayed.
@@ -133,6 +135,9 @@ pub fn spawn(
                     Record::Undecodable { count, .. } => SourceItem::Undecodable(count),
                     Record::End { .. } => {
                         out.complete = true;
+                        // The reader has counted what follows the end record.
+                        out.trailing_bytes = reader.trailing_bytes();
+                        out.error = reader.next_record().err();
                         break;
                     }
                 };
@@ -161,10 +166,12 @@ fn sleep_until(when: Instant, stop: &AtomicBool) -> bool {
 }
 
 /// A regular file that is still being written: at EOF wait for more data instead of
-/// ending, until `stop` is set (then report EOF). The trace's end record ends reading.
+/// ending, until `stop` is set or the trace's end record has been read (then report EOF:
+/// what is already in the file after the end record is still counted).
 pub struct GrowingFile {
     file: File,
     stop: Arc<AtomicBool>,
+    end_seen: Arc<AtomicBool>,
     poll: Duration,
 }
 
@@ -173,8 +180,14 @@ impl GrowingFile {
         Self {
             file,
             stop,
+            end_seen: Arc::new(AtomicBool::new(false)),
             poll: Duration::from_millis(100),
         }
+    }
+
+    /// The flag to pass as [`super::ReadOptions::end_seen`].
+    pub fn end_seen(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.end_seen)
     }
 }
 
@@ -182,7 +195,11 @@ impl Read for GrowingFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let n = self.file.read(buf)?;
-            if n > 0 || buf.is_empty() || self.stop.load(Ordering::Relaxed) {
+            if n > 0
+                || buf.is_empty()
+                || self.stop.load(Ordering::Relaxed)
+                || self.end_seen.load(Ordering::Acquire)
+            {
                 return Ok(n);
             }
             thread::sleep(self.poll);

@@ -1,6 +1,9 @@
 //! Round trips and hostile input for the trace reader.
 
-use std::io::Cursor;
+use std::{
+    io::Cursor,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use proptest::prelude::*;
 use vmatrace_common::{Event, EventKind, model::Generation};
@@ -227,17 +230,51 @@ fn every_single_bit_flip_is_detected() {
     }
 }
 
+/// Data after the end record is counted to the end of the input and reported, also when
+/// following a stream (an early end record must not silently hide what follows).
 #[test]
-fn trailing_data_is_reported_unless_allowed() {
-    let (mut bytes, recs) = sample(false);
-    bytes.extend_from_slice(b"junk");
-    assert!(read_all(bytes.clone(), ReadOptions::default()).is_err());
-    let opts = ReadOptions {
-        allow_trailing: true,
-        ..ReadOptions::default()
-    };
-    let (_, got) = read_all(bytes, opts).expect("trailing allowed");
-    assert_eq!(got.len(), recs.len() + 1);
+fn trailing_data_is_counted_and_reported() {
+    for compress in [false, true] {
+        for scan in [false, true] {
+            let (mut bytes, recs) = sample(compress);
+            bytes.extend_from_slice(b"junk after the trace");
+            let opts = ReadOptions {
+                scan_for_magic: scan,
+                end_seen: Some(Arc::new(AtomicBool::new(false))),
+            };
+            let flag = opts.end_seen.clone().expect("flag");
+            let mut r = TraceReader::with_options(Cursor::new(bytes), opts).expect("header");
+            for _ in 0..recs.len() {
+                assert!(r.next_record().expect("record").is_some());
+            }
+            assert!(!flag.load(std::sync::atomic::Ordering::Acquire));
+            assert!(matches!(r.next_record(), Ok(Some(Record::End { .. }))));
+            assert!(flag.load(std::sync::atomic::Ordering::Acquire));
+            assert_eq!(r.trailing_bytes(), 20, "compress={compress}");
+            match r.next_record() {
+                Err(e @ TraceError::TrailingData { bytes: 20, .. }) => {
+                    assert!(e.to_string().contains("20 bytes follow the end record"));
+                }
+                other => panic!("expected trailing data, got {other:?}"),
+            }
+            assert!(matches!(r.next_record(), Ok(None)));
+        }
+    }
+}
+
+/// An end record placed early (a whole second trace after the first here) does not end
+/// reading silently: everything after it is counted.
+#[test]
+fn an_early_end_record_does_not_hide_what_follows() {
+    let (first, _) = sample(true);
+    let (second, _) = sample(true);
+    let mut bytes = first;
+    bytes.extend_from_slice(&second);
+    let err = read_all(bytes, ReadOptions::default()).expect_err("trailing data");
+    assert!(
+        matches!(err, TraceError::TrailingData { bytes, .. } if bytes == second.len() as u64),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -249,7 +286,7 @@ fn scan_skips_console_noise_before_the_magic() {
         noisy.extend_from_slice(&bytes);
         let opts = ReadOptions {
             scan_for_magic: true,
-            allow_trailing: true,
+            ..ReadOptions::default()
         };
         let mut r = TraceReader::with_options(Cursor::new(noisy), opts).expect("found");
         assert_eq!(r.skipped(), noise);
@@ -261,7 +298,7 @@ fn scan_skips_console_noise_before_the_magic() {
     }
     let opts = ReadOptions {
         scan_for_magic: true,
-        allow_trailing: true,
+        ..ReadOptions::default()
     };
     assert!(matches!(
         TraceReader::with_options(Cursor::new(b"no trace here".to_vec()), opts),
@@ -286,7 +323,7 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096), scan in any::<bool>()) {
-        let opts = ReadOptions { scan_for_magic: scan, allow_trailing: false };
+        let opts = ReadOptions { scan_for_magic: scan, ..ReadOptions::default() };
         let r = read_all(data, opts);
         prop_assert!(r.is_err());
     }
@@ -485,5 +522,67 @@ fn flushed_records_are_readable_before_the_end() {
         w.write_counters(6, &[1]).expect("write");
         w.finish(7).expect("finish");
         assert_eq!(t.join().expect("reader"), 3);
+    }
+}
+
+/// The bytes of a compressed trace as written so far (the writer is still open).
+fn written_so_far(shared: &SharedBuf) -> Vec<u8> {
+    shared.0.lock().expect("lock").clone()
+}
+
+/// A live compressed recording (`record --compress -o -`) cut right after a flush ends at
+/// its last complete record, like a plain one: a missing end record (tolerated when
+/// following), not an "incomplete frame" corruption.
+#[test]
+fn compressed_stream_cut_at_a_flush_is_a_missing_end() {
+    let shared = SharedBuf::default();
+    let mut w = TraceWriter::new(shared.clone(), &header(), true).expect("writer");
+    let batch: Vec<Event> = (0..3).map(|i| ev(i, EventKind::WriteLockEnter)).collect();
+    w.write_events(5, &batch).expect("write");
+    w.flush().expect("flush");
+    let first = written_so_far(&shared);
+    w.write_counters(6, &[1, 2]).expect("write");
+    w.flush().expect("flush");
+    let second = written_so_far(&shared);
+    for (cut, records) in [(first, 1), (second, 2)] {
+        let mut r = TraceReader::new(Cursor::new(cut)).expect("header");
+        for _ in 0..records {
+            assert!(r.next_record().expect("complete record").is_some());
+        }
+        match r.next_record() {
+            Err(TraceError::MissingEnd {
+                compressed: true, ..
+            }) => {}
+            other => panic!("expected a missing end record, got {other:?}"),
+        }
+    }
+}
+
+/// A compressed stream whose decoded records stop inside a record is still a truncation,
+/// as for a plain trace.
+#[test]
+fn compressed_stream_cut_inside_a_record_is_truncated() {
+    use std::io::Write;
+    let (plain, _) = sample(false);
+    let json_len = u32::from_le_bytes([plain[12], plain[13], plain[14], plain[15]]) as usize;
+    let body_at = 16 + json_len + 4;
+    let mut cut = plain[..body_at].to_vec();
+    cut[10] |= format::FLAG_ZSTD as u8;
+    // The first record and half of the second, flushed but the frame left open.
+    let first_len = 16 + 5 * 128 + 4;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("encoder");
+    enc.write_all(&plain[body_at..body_at + first_len + 20])
+        .expect("compress");
+    enc.flush().expect("flush");
+    cut.extend_from_slice(enc.get_ref());
+    let mut r = TraceReader::new(Cursor::new(cut)).expect("header");
+    assert!(r.next_record().expect("first record").is_some());
+    match r.next_record() {
+        Err(TraceError::Truncated {
+            what: "a record payload",
+            compressed: true,
+            ..
+        }) => {}
+        other => panic!("expected a truncated record, got {other:?}"),
     }
 }
