@@ -570,3 +570,25 @@ fn follow_reports_data_after_the_end_record() {
         }
     }
 }
+
+/// A trace claiming 2 × 2⁶³ undecodable records: the count saturates (it used to wrap to
+/// "losses: 0 (nothing lost)", or panic a debug build) and the summary says so.
+#[test]
+fn undecodable_counts_from_a_trace_saturate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wrap.vmatrace");
+    let mut w = vmatrace::trace::TraceWriter::create(&path, &header(), false).expect("create");
+    w.write_undecodable(1_000_000_000, 1 << 63).expect("write");
+    w.write_undecodable(1_000_000_001, 1 << 63).expect("write");
+    w.finish(1_000_000_002).expect("finish");
+    let out = run(&["replay", path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("losses: ≥ 18446744073709551615 (saturated)"),
+        "{text}"
+    );
+    let s = json_summary(&run(&["replay", path.to_str().expect("utf8"), "--json"]));
+    assert_eq!(s["losses"]["undecodable"], u64::MAX);
+    assert_eq!(s["losses"]["saturated"][0], "undecodable");
+}

@@ -352,7 +352,7 @@ impl Sink for AnomalyLogSink {
     }
 
     fn undecodable(&mut self, n: u64) {
-        self.undecodable += n;
+        self.undecodable = self.undecodable.saturating_add(n);
         self.loss("undecodable", n, self.undecodable);
     }
 

@@ -82,7 +82,8 @@ impl Pipeline {
                 self.totals.counters = c;
             }
             SourceItem::Undecodable(n) => {
-                self.totals.undecodable += n;
+                // Saturating: the count comes from the trace, which may carry any value.
+                self.totals.undecodable = self.totals.undecodable.saturating_add(n);
                 self.validator.note_loss();
                 for s in &mut self.sinks {
                     s.undecodable(n);

@@ -345,9 +345,9 @@ impl TraceReader {
         self.buf = buf;
         let rec = rec?;
         self.offset = payload_at + total as u64;
-        self.records += 1;
+        self.records = self.records.saturating_add(1);
         if let Record::Events { events, .. } = &rec {
-            self.events += events.len() as u64;
+            self.events = self.events.saturating_add(events.len() as u64);
         }
         if matches!(rec, Record::End { .. }) {
             self.finished = true;

@@ -104,7 +104,7 @@ pub fn spawn(
                     break;
                 }
                 out.last_mono_ns = Some(mono);
-                out.records += 1;
+                out.records = out.records.saturating_add(1);
                 if let Some(speed) = opts.speed
                     && speed > 0.0
                 {
@@ -118,11 +118,12 @@ pub fn spawn(
                 }
                 let item = match rec {
                     Record::Events { mut events, .. } => {
-                        out.events += events.len() as u64;
+                        out.events = out.events.saturating_add(events.len() as u64);
                         if let Some(f) = &opts.filter {
                             let before = events.len();
                             events.retain(|e| f(e));
-                            out.filtered += (before - events.len()) as u64;
+                            out.filtered =
+                                out.filtered.saturating_add((before - events.len()) as u64);
                             if events.is_empty() {
                                 continue;
                             }
