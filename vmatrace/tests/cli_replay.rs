@@ -385,7 +385,8 @@ fn signals_end_a_follow_cleanly() {
     let bytes = std::fs::read(&full).expect("read");
     // Everything but the end record: the follower keeps waiting for more.
     let partial = dir.path().join("partial.vmatrace");
-    std::fs::write(&partial, &bytes[..bytes.len() - (16 + 16 + 4)]).expect("write");
+    let end_record = vmatrace::trace::format::RECORD_HEADER_LEN + 16 + 4;
+    std::fs::write(&partial, &bytes[..bytes.len() - end_record]).expect("write");
     let log = dir.path().join("a.jsonl");
     for (sig, name, stdin) in [
         (libc::SIGINT, "SIGINT", false),
@@ -412,7 +413,8 @@ fn signals_end_a_follow_cleanly() {
             .expect("spawn");
         let _keep_open = if stdin {
             let mut i = child.stdin.take().expect("stdin");
-            i.write_all(&bytes[..bytes.len() - 36]).expect("feed");
+            i.write_all(&bytes[..bytes.len() - end_record])
+                .expect("feed");
             Some(i)
         } else {
             None
@@ -591,4 +593,47 @@ fn undecodable_counts_from_a_trace_saturate() {
     let s = json_summary(&run(&["replay", path.to_str().expect("utf8"), "--json"]));
     assert_eq!(s["losses"]["undecodable"], u64::MAX);
     assert_eq!(s["losses"]["saturated"][0], "undecodable");
+}
+
+/// Records moved, copied or deleted whole (every checksum valid) used to replay with 0
+/// anomalies and no warning. Sequence numbers (format version 2) report them as losses by
+/// reason, in `losses` and in the replay section, and the validator resynchronises.
+#[test]
+fn reordered_duplicated_and_deleted_records_are_losses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.vmatrace");
+    write_sample(&path, false);
+    let (head, recs) = split_records(&std::fs::read(&path).expect("read"));
+    assert_eq!(recs.len(), 103);
+
+    let mut swapped = recs.clone();
+    swapped.swap(10, 11);
+    let moved = dir.path().join("swapped.vmatrace");
+    std::fs::write(&moved, join_records(&head, &swapped)).expect("write");
+    let s = json_summary(&run(&["replay", moved.to_str().expect("utf8"), "--json"]));
+    assert_eq!(s["losses"]["trace_records"]["reordered"], 1);
+    assert_eq!(s["losses"]["trace_records"]["missing"], 0);
+    assert_eq!(s["replay"]["record_losses"]["reordered"], 1);
+    assert_eq!(s["losses"]["total"], 3 + 1 + 1);
+    assert_eq!(s["events"]["total"], 396, "the late record is not replayed");
+    assert_eq!(s["validator"]["resyncs"], 3);
+
+    // A followed stream (no end record to count against): one record copied, one lost.
+    let mut v = recs[..102].to_vec();
+    v.remove(20);
+    v.insert(5, recs[4].clone());
+    let bytes = join_records(&head, &v);
+    let s = json_summary(&replay_stdin(&["--follow", "--json"], &bytes));
+    assert_eq!(s["losses"]["trace_records"]["duplicate"], 1);
+    assert_eq!(s["losses"]["trace_records"]["missing"], 1);
+    assert_eq!(s["replay"]["record_losses"]["duplicate"], 1);
+    assert_eq!(s["events"]["total"], 396);
+    let out = replay_stdin(&["--follow"], &bytes);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("trace records duplicated"), "{text}");
+    assert!(text.contains("trace records missing"), "{text}");
+    assert!(
+        text.contains("records out of sequence: 1 missing, 1 duplicated, 0 reordered"),
+        "{text}"
+    );
 }

@@ -271,6 +271,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             },
             skipped_bytes: skipped,
             trailing_bytes: outcome.trailing_bytes,
+            record_losses: outcome.sequence,
         }),
     });
     session::print_summary(&summary, args.out.json, false);

@@ -16,7 +16,7 @@ use crate::{
         totals::{LOSS_COUNTERS, saturated, sum},
     },
     stats::{Percentiles, StatsSnapshot},
-    trace::{RecordingStatus, TraceHeader},
+    trace::{RecordingStatus, SequenceLosses, TraceHeader},
     validate::Validator,
 };
 
@@ -95,6 +95,9 @@ pub struct LossesSection {
     pub anomaly_log_lines: u64,
     /// Events not written to the trace after a recording failure.
     pub unrecorded_events: u64,
+    /// Replay: trace records missing, duplicated or reordered (sequence numbers, format
+    /// version 2). Their events were not validated; the validator resynchronised.
+    pub trace_records: SequenceLosses,
     /// Entries above (`total` included) that reached `u64::MAX`: counts saturate instead of
     /// wrapping, so the true value may be larger. Empty normally.
     pub saturated: Vec<String>,
@@ -107,6 +110,9 @@ impl LossesSection {
             ("undecodable", self.undecodable),
             ("anomaly_log_lines", self.anomaly_log_lines),
             ("unrecorded_events", self.unrecorded_events),
+            ("trace_records.missing", self.trace_records.missing),
+            ("trace_records.duplicate", self.trace_records.duplicate),
+            ("trace_records.reordered", self.trace_records.reordered),
         ])
     }
 
@@ -228,6 +234,8 @@ pub struct ReplaySection {
     /// Bytes after the end record: not part of the trace, reported as an error (an early
     /// end record must not hide what follows it).
     pub trailing_bytes: u64,
+    /// Records missing, duplicated or reordered by reason (also in `losses`).
+    pub record_losses: SequenceLosses,
 }
 
 /// Everything the summary is made from.
@@ -427,6 +435,7 @@ impl Summary {
             undecodable: t.undecodable,
             anomaly_log_lines: log_lost,
             unrecorded_events: unrecorded,
+            trace_records: t.sequence,
             saturated: Vec::new(),
         };
         // Saturating: a corrupt trace may carry any counter values.
@@ -595,6 +604,15 @@ impl Summary {
             ("undecodable", self.losses.undecodable),
             ("anomaly log lines", self.losses.anomaly_log_lines),
             ("unrecorded events", self.losses.unrecorded_events),
+            ("trace records missing", self.losses.trace_records.missing),
+            (
+                "trace records duplicated",
+                self.losses.trace_records.duplicate,
+            ),
+            (
+                "trace records reordered",
+                self.losses.trace_records.reordered,
+            ),
         ] {
             if n > 0 {
                 let _ = writeln!(s, "  {k:<28} {:>10}", count(n));
@@ -712,6 +730,16 @@ impl Summary {
                 r.events_per_s,
                 if r.complete { "" } else { ", trace incomplete" }
             );
+            let q = &r.record_losses;
+            if q.total() > 0 {
+                let _ = writeln!(
+                    s,
+                    "  records out of sequence: {} missing, {} duplicated, {} reordered (skipped; the validator resynchronised)",
+                    count(q.missing),
+                    count(q.duplicate),
+                    count(q.reordered)
+                );
+            }
             if r.trailing_bytes > 0 {
                 let _ = writeln!(
                     s,

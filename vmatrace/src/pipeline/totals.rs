@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use vmatrace_common::{Counter, Event, EventKind};
 
 use super::source::CounterSnapshot;
-use crate::validate::{Anomaly, AnomalyKind};
+use crate::{
+    trace::SequenceLosses,
+    validate::{Anomaly, AnomalyKind},
+};
 
 /// Counters that mean "something was lost" (the validator resynchronises when they rise).
 pub const LOSS_COUNTERS: &[Counter] = &[
@@ -29,6 +32,8 @@ pub struct Totals {
     pub events: [u64; 16],
     /// Records with an unknown kind or short length.
     pub undecodable: u64,
+    /// Replay only: trace records missing, duplicated or reordered (latest snapshot).
+    pub sequence: SequenceLosses,
     /// Latest kernel counter snapshot.
     pub counters: CounterSnapshot,
     pub anomalies: BTreeMap<AnomalyKind, u64>,

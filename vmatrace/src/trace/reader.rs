@@ -12,9 +12,13 @@ use std::{
 
 use vmatrace_common::{Event, event::EVENT_SIZE};
 
-use super::format::{
-    CRC_LEN, FLAG_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_COUNTER_SLOTS, MAX_HEADER_LEN,
-    MAX_PAYLOAD_LEN, PREFIX_LEN, RECORD_HEADER_LEN, Record, RecordTag, TraceError, TraceHeader,
+use super::{
+    format::{
+        CRC_LEN, FLAG_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_COUNTER_SLOTS, MAX_HEADER_LEN,
+        MAX_PAYLOAD_LEN, MIN_FORMAT_VERSION, PREFIX_LEN, RECORD_HEADER_LEN, Record, RecordTag,
+        TraceError, TraceHeader, record_header_len,
+    },
+    sequence::{SequenceCheck, SequenceLosses, Verdict},
 };
 
 /// Options for opening a stream.
@@ -60,6 +64,9 @@ pub struct TraceReader {
     skipped: u64,
     records: u64,
     events: u64,
+    /// Format version (decides the record header's length and the order check).
+    version: u16,
+    sequence: SequenceCheck,
     finished: bool,
     end_seen: Option<Arc<AtomicBool>>,
     /// Bytes found after the end record.
@@ -165,7 +172,7 @@ impl TraceReader {
             });
         }
         let version = le_u16(&prefix, 8);
-        if version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(TraceError::UnsupportedVersion { found: version });
         }
         let flags = le_u16(&prefix, 10);
@@ -220,6 +227,8 @@ impl TraceReader {
             skipped,
             records: 0,
             events: 0,
+            version,
+            sequence: SequenceCheck::default(),
             finished: false,
             end_seen: opts.end_seen,
             trailing: 0,
@@ -248,6 +257,17 @@ impl TraceReader {
 
     pub fn events_read(&self) -> u64 {
         self.events
+    }
+
+    /// Format version of the trace.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Records missing, duplicated or reordered so far (always zero for version 1
+    /// traces, which carry no sequence numbers).
+    pub fn sequence(&self) -> SequenceLosses {
+        self.sequence.losses()
     }
 
     /// Bytes that followed the end record (counted once it has been read).
@@ -280,19 +300,31 @@ impl TraceReader {
     /// record gives [`TraceError::TrailingData`] on the call after the one that returned
     /// the end record (the trace itself is complete; something else is in the input).
     pub fn next_record(&mut self) -> Result<Option<Record>, TraceError> {
-        if self.finished {
-            return self.after_end.take().map_or(Ok(None), Err);
+        loop {
+            if self.finished {
+                return self.after_end.take().map_or(Ok(None), Err);
+            }
+            if let Some(rec) = self.read_record()? {
+                return Ok(Some(rec));
+            }
+            // A duplicated or late record, counted in `sequence()`: read on.
         }
+    }
+
+    /// One record from the stream; `None` when the order check dropped it.
+    fn read_record(&mut self) -> Result<Option<Record>, TraceError> {
         let at = self.offset;
+        let hlen = record_header_len(self.version);
         let mut h = [0u8; RECORD_HEADER_LEN];
-        let n = fill(&mut self.body, &mut h).map_err(|e| self.read_err(at, e))?;
+        let h = &mut h[..hlen];
+        let n = fill(&mut self.body, h).map_err(|e| self.read_err(at, e))?;
         if n == 0 {
             return Err(TraceError::MissingEnd {
                 offset: at,
                 compressed: self.compressed,
             });
         }
-        if n < RECORD_HEADER_LEN {
+        if n < hlen {
             return Err(TraceError::Truncated {
                 offset: at + n as u64,
                 what: "a record header",
@@ -305,15 +337,16 @@ impl TraceReader {
         if h[1..4] != [0, 0, 0] {
             return Err(self.corrupt(at + 1, "reserved record header bytes are not zero".into()));
         }
-        let len = le_u32(&h, 4);
+        let len = le_u32(h, 4);
         if len > MAX_PAYLOAD_LEN {
             return Err(self.corrupt(
                 at + 4,
                 format!("record length {len} exceeds the limit of {MAX_PAYLOAD_LEN}"),
             ));
         }
-        let mono_ns = le_u64(&h, 8);
-        let payload_at = at + RECORD_HEADER_LEN as u64;
+        let mono_ns = le_u64(h, 8);
+        let seq = (hlen == RECORD_HEADER_LEN).then(|| le_u64(h, 16));
+        let payload_at = at + hlen as u64;
         let total = len as usize + CRC_LEN;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -335,13 +368,21 @@ impl TraceReader {
         }
         let (payload, crc) = buf.split_at(len as usize);
         let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&h);
+        hasher.update(h);
         hasher.update(payload);
         if hasher.finalize() != le_u32(crc, 0) {
             self.buf = buf;
             return Err(self.corrupt(at, format!("checksum mismatch in a {tag:?} record")));
         }
-        let rec = self.decode(tag, mono_ns, payload, at);
+        // Checked after the checksum: a damaged number is corruption, not a reordering.
+        if let Some(seq) = seq
+            && self.sequence.check(seq) == Verdict::Drop
+        {
+            self.buf = buf;
+            self.offset = payload_at + total as u64;
+            return Ok(None);
+        }
+        let rec = self.decode(tag, mono_ns, seq, payload, at);
         self.buf = buf;
         let rec = rec?;
         self.offset = payload_at + total as u64;
@@ -360,6 +401,7 @@ impl TraceReader {
         &self,
         tag: RecordTag,
         mono_ns: u64,
+        seq: Option<u64>,
         payload: &[u8],
         at: u64,
     ) -> Result<Record, TraceError> {
@@ -404,7 +446,20 @@ impl TraceReader {
                     return Err(self.corrupt(at, format!("end record of {len} bytes, expected 16")));
                 }
                 let (records, events) = (le_u64(payload, 0), le_u64(payload, 8));
-                if records != self.records || events != self.events {
+                if let Some(seq) = seq
+                    && seq != records
+                {
+                    return Err(self.corrupt(
+                        at,
+                        format!(
+                            "end record says {records} records were written but is record {seq}"
+                        ),
+                    ));
+                }
+                // Records the order check dropped or saw missing are already reported as
+                // losses: the counts cannot match then, and say nothing more.
+                let exact = self.sequence.losses().total() == 0;
+                if exact && (records != self.records || events != self.events) {
                     return Err(self.corrupt(
                         at,
                         format!(

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::{
     format::{Record, TraceError},
     reader::TraceReader,
+    sequence::SequenceLosses,
 };
 use crate::pipeline::{CounterSnapshot, SourceItem};
 
@@ -50,6 +51,8 @@ pub struct ReplayOutcome {
     pub complete: bool,
     /// Bytes after the end record (then `error` is [`TraceError::TrailingData`]).
     pub trailing_bytes: u64,
+    /// Records lost to the order check (version 2 traces).
+    pub sequence: SequenceLosses,
     /// Stopped early (signal) before the end of the trace.
     pub stopped: bool,
     /// Stopped because `duration` of recorded time was replayed.
@@ -86,7 +89,19 @@ pub fn spawn(
                     out.stopped = true;
                     break;
                 }
-                let rec = match reader.next_record() {
+                let next = reader.next_record();
+                // Before the record that revealed a gap: the validator must resync first.
+                if reader.sequence() != out.sequence {
+                    out.sequence = reader.sequence();
+                    if tx
+                        .blocking_send(SourceItem::Sequence(out.sequence))
+                        .is_err()
+                    {
+                        out.stopped = true;
+                        break;
+                    }
+                }
+                let rec = match next {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(e) => {

@@ -161,14 +161,15 @@ fn every_truncation_is_an_error_with_offset() {
 fn truncation_offsets_are_exact_for_plain_traces() {
     let (bytes, _) = sample(false);
     // Cut in the middle of the second record's payload.
+    const H: usize = format::RECORD_HEADER_LEN;
     let body_at = bytes.len()
-        - (16 + 5 * 128 + 4)
-        - (16 + 24 + 4)
-        - (16 + 8 + 4)
-        - (16 + 3 * 128 + 4)
-        - (16 + 16 + 4);
-    let second = body_at + 16 + 5 * 128 + 4;
-    let cut = second + 16 + 10;
+        - (H + 5 * 128 + 4)
+        - (H + 24 + 4)
+        - (H + 8 + 4)
+        - (H + 3 * 128 + 4)
+        - (H + 16 + 4);
+    let second = body_at + H + 5 * 128 + 4;
+    let cut = second + H + 10;
     match read_all(bytes[..cut].to_vec(), ReadOptions::default()) {
         Err(TraceError::Truncated {
             offset,
@@ -569,9 +570,9 @@ fn compressed_stream_cut_inside_a_record_is_truncated() {
     let mut cut = plain[..body_at].to_vec();
     cut[10] |= format::FLAG_ZSTD as u8;
     // The first record and half of the second, flushed but the frame left open.
-    let first_len = 16 + 5 * 128 + 4;
+    let first_len = format::RECORD_HEADER_LEN + 5 * 128 + 4;
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("encoder");
-    enc.write_all(&plain[body_at..body_at + first_len + 20])
+    enc.write_all(&plain[body_at..body_at + first_len + format::RECORD_HEADER_LEN + 10])
         .expect("compress");
     enc.flush().expect("flush");
     cut.extend_from_slice(enc.get_ref());
@@ -585,4 +586,72 @@ fn compressed_stream_cut_inside_a_record_is_truncated() {
         }) => {}
         other => panic!("expected a truncated record, got {other:?}"),
     }
+}
+
+/// Version 1 traces (no sequence numbers), such as the shipped samples, still read.
+#[test]
+fn version_1_traces_still_read() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data");
+    for name in ["sample-7.x.vmatrace", "sample-7.3.4-cloud.vmatrace"] {
+        let f = std::fs::File::open(dir.join(name)).expect("sample");
+        let mut r = TraceReader::new(f).expect("version 1 header");
+        assert_eq!(r.version(), 1);
+        while r.next_record().expect("valid").is_some() {}
+        assert_eq!(r.sequence(), SequenceLosses::default());
+        assert!(r.records_read() > 1, "{name}");
+    }
+}
+
+/// A plain trace's prefix + header, and its records (version 2 framing).
+fn split(bytes: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let json_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+    let mut at = 16 + json_len + 4;
+    let head = bytes[..at].to_vec();
+    let mut recs = Vec::new();
+    while at < bytes.len() {
+        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let end = at + format::RECORD_HEADER_LEN + len as usize + 4;
+        recs.push(bytes[at..end].to_vec());
+        at = end;
+    }
+    (head, recs)
+}
+
+/// Records copied, moved or deleted whole keep valid checksums: the sequence numbers
+/// catch them, the reader skips what is out of order and counts why.
+#[test]
+fn records_out_of_sequence_are_skipped_and_counted() {
+    let (bytes, recs) = sample(false);
+    let (head, raw) = split(&bytes);
+    assert_eq!(raw.len(), recs.len() + 1);
+    let read = |order: &[usize]| {
+        let mut b = head.clone();
+        for &i in order {
+            b.extend_from_slice(&raw[i]);
+        }
+        let mut r = TraceReader::new(Cursor::new(b)).expect("header");
+        let mut got = Vec::new();
+        let end = loop {
+            match r.next_record() {
+                Ok(Some(rec)) => got.push(rec),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        (got.len(), r.sequence(), end)
+    };
+    let l = |missing, duplicate, reordered| SequenceLosses {
+        missing,
+        duplicate,
+        reordered,
+    };
+    // Duplicate, swap, deletion: the trace still ends with its end record.
+    assert!(matches!(read(&[0, 1, 1, 2, 3, 4]), (5, s, None) if s == l(0, 1, 0)));
+    assert!(matches!(read(&[0, 2, 1, 3, 4]), (4, s, None) if s == l(0, 0, 1)));
+    assert!(matches!(read(&[0, 1, 3, 4]), (4, s, None) if s == l(1, 0, 0)));
+    // An early end record: the records after it are trailing data.
+    assert!(matches!(
+        read(&[0, 4, 1, 2, 3]),
+        (2, s, Some(TraceError::TrailingData { .. })) if s == l(3, 0, 0)
+    ));
 }
