@@ -57,6 +57,9 @@ pub const CRC_LEN: usize = 4;
 /// Sanity bounds: a corrupt length must not make the reader allocate gigabytes.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
 pub const MAX_PAYLOAD_LEN: u32 = 16 << 20;
+/// Largest zstd window a reader accepts (8 MiB; the writer's level 3 uses 2 MiB): a
+/// corrupt frame header cannot make the decoder allocate more.
+pub const MAX_ZSTD_WINDOW_LOG: u32 = 23;
 /// Most counter slots a `Counters` record may carry.
 pub const MAX_COUNTER_SLOTS: usize = 64;
 

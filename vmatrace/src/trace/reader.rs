@@ -1,6 +1,8 @@
 //! Reading a trace: validates every structure and checksum and reports the first problem
-//! with its byte offset. Never panics and never allocates more than `MAX_PAYLOAD_LEN`
-//! for one record, whatever the input.
+//! with its byte offset. Never panics, whatever the input; buffers grow with the data that
+//! arrives (never with a declared length alone), at most `MAX_PAYLOAD_LEN` for one record,
+//! and the zstd window is capped (`MAX_ZSTD_WINDOW_LOG`). `tests/fuzz_inputs.rs` checks
+//! all of this on mutated traces.
 
 use std::{
     io::{BufRead, BufReader, ErrorKind, Read},
@@ -15,8 +17,8 @@ use vmatrace_common::{Event, event::EVENT_SIZE};
 use super::{
     format::{
         CRC_LEN, FLAG_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_COUNTER_SLOTS, MAX_HEADER_LEN,
-        MAX_PAYLOAD_LEN, MIN_FORMAT_VERSION, PREFIX_LEN, RECORD_HEADER_LEN, Record, RecordTag,
-        TraceError, TraceHeader, record_header_len,
+        MAX_PAYLOAD_LEN, MAX_ZSTD_WINDOW_LOG, MIN_FORMAT_VERSION, PREFIX_LEN, RECORD_HEADER_LEN,
+        Record, RecordTag, TraceError, TraceHeader, record_header_len,
     },
     sequence::{SequenceCheck, SequenceLosses, Verdict},
 };
@@ -188,9 +190,10 @@ impl TraceReader {
             });
         }
         let hdr_at = base + PREFIX_LEN as u64;
-        let mut hdr = vec![0u8; header_len as usize + CRC_LEN];
-        let n = fill(&mut raw, &mut hdr).map_err(io(hdr_at))?;
-        if n < hdr.len() {
+        let want = header_len as usize + CRC_LEN;
+        let mut hdr = Vec::new();
+        let n = fill_vec(&mut raw, &mut hdr, want).map_err(io(hdr_at))?;
+        if n < want {
             return Err(TraceError::Truncated {
                 offset: hdr_at + n as u64,
                 what: "the JSON header",
@@ -214,7 +217,11 @@ impl TraceReader {
         let body_at = hdr_at + hdr.len() as u64;
         let compressed = flags & FLAG_ZSTD != 0;
         let body = if compressed {
-            let dec = zstd::stream::read::Decoder::with_buffer(raw).map_err(io(body_at))?;
+            let mut dec = zstd::stream::read::Decoder::with_buffer(raw).map_err(io(body_at))?;
+            // A damaged frame header must not make the decoder allocate its default
+            // maximum window (128 MiB): the writer's frames need far less.
+            dec.window_log_max(MAX_ZSTD_WINDOW_LOG)
+                .map_err(io(body_at))?;
             Body::Zstd(dec.single_frame())
         } else {
             Body::Plain(raw)
@@ -349,9 +356,7 @@ impl TraceReader {
         let payload_at = at + hlen as u64;
         let total = len as usize + CRC_LEN;
         let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        buf.resize(total, 0);
-        let n = match fill(&mut self.body, &mut buf) {
+        let n = match fill_vec(&mut self.body, &mut buf, total) {
             Ok(n) => n,
             Err(e) => {
                 self.buf = buf;
@@ -504,6 +509,25 @@ impl TraceReader {
             compressed: self.compressed,
         })
     }
+}
+
+/// Read up to `want` bytes into `buf` (cleared first) and return how many came. The
+/// buffer grows with the data that actually arrives, not with the length a (possibly
+/// corrupt) header declared: a short input never costs a 16 MiB allocation.
+fn fill_vec(r: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    buf.clear();
+    const STEP: usize = 64 * 1024;
+    while buf.len() < want {
+        let at = buf.len();
+        let chunk = (want - at).min(STEP.max(at));
+        buf.resize(at + chunk, 0);
+        let n = fill(r, &mut buf[at..])?;
+        buf.truncate(at + n);
+        if n < chunk {
+            break;
+        }
+    }
+    Ok(buf.len())
 }
 
 /// Read `r` to its end, counting bytes (a fixed buffer: never grows with the input).
