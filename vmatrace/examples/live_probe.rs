@@ -119,6 +119,7 @@ fn main() -> anyhow::Result<()> {
                     SourceItem::Events(b) => events.extend(b),
                     SourceItem::Counters(c) => counters = c,
                     SourceItem::Undecodable(n) => undecodable += n,
+                    SourceItem::Sequence(_) => unreachable!("a live source has no record sequence"),
                 }
             }
             println!("undecodable records: {undecodable}");

@@ -394,7 +394,8 @@ fn signals_end_a_follow_cleanly() {
     let bytes = std::fs::read(&full).expect("read");
     // Everything but the end record: the follower keeps waiting for more.
     let partial = dir.path().join("partial.vmatrace");
-    std::fs::write(&partial, &bytes[..bytes.len() - (16 + 16 + 4)]).expect("write");
+    let end_record = vmatrace::trace::format::RECORD_HEADER_LEN + 16 + 4;
+    std::fs::write(&partial, &bytes[..bytes.len() - end_record]).expect("write");
     let log = dir.path().join("a.jsonl");
     for (sig, name, stdin) in [
         (libc::SIGINT, "SIGINT", false),
@@ -421,7 +422,8 @@ fn signals_end_a_follow_cleanly() {
             .expect("spawn");
         let _keep_open = if stdin {
             let mut i = child.stdin.take().expect("stdin");
-            i.write_all(&bytes[..bytes.len() - 36]).expect("feed");
+            i.write_all(&bytes[..bytes.len() - end_record])
+                .expect("feed");
             Some(i)
         } else {
             None
@@ -546,4 +548,154 @@ fn trace_strings_reach_the_terminal_escaped() {
         assert!(text.contains("inlined\\x1b]0;pwned"), "{text}");
         assert!(text.contains("fn\\x1b]0;pwned"), "{text}");
     }
+}
+/// Run `replay` with `bytes` on standard input.
+fn replay_stdin(args: &[&str], bytes: &[u8]) -> std::process::Output {
+    let mut child = bin()
+        .arg("replay")
+        .args(args)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(bytes).expect("feed");
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
+/// `record --compress -o -` cut exactly where it flushed: following it ends cleanly at
+/// the last complete record (a missing end record, exit 0), as for a plain stream;
+/// without --follow it is an incomplete trace (exit 4), never a corrupt one.
+#[test]
+fn follow_ends_a_compressed_stream_cut_at_a_flush_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("live.vmatrace");
+    let mut w = vmatrace::trace::TraceWriter::create(&path, &header(), true).expect("create");
+    for i in 0..10u64 {
+        let t = 1_000_000_000 + i * 1000;
+        w.write_events(t, &write_lock_events(100, b"stress", t, 500))
+            .expect("write");
+    }
+    w.flush().expect("flush");
+    let flushed = usize::try_from(w.bytes()).expect("size");
+    w.write_counters(1_000_100_000, &counters(0, 1))
+        .expect("write");
+    w.finish(1_000_200_000).expect("finish");
+    let bytes = std::fs::read(&path).expect("read");
+    let cut = &bytes[..flushed];
+
+    let out = replay_stdin(&["--follow", "--json"], cut);
+    let s = json_summary(&out);
+    assert_eq!(s["events"]["total"], 40);
+    assert_eq!(s["replay"]["complete"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without an end record"), "{err}");
+    assert!(!err.contains("incomplete frame"), "{err}");
+
+    let out = replay_stdin(&["--json"], cut);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without an end record"), "{err}");
+}
+
+/// `--follow` used to stop at the end record and ignore the rest of the stream: an early
+/// end record could hide anything after it. What follows is now counted and reported
+/// (exit 4), on a followed file (which must not wait forever after the end) and on stdin.
+#[test]
+fn follow_reports_data_after_the_end_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for compress in [false, true] {
+        let path = dir.path().join(format!("t{compress}.vmatrace"));
+        write_sample(&path, compress);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let trailing = bytes.clone();
+        bytes.extend_from_slice(&trailing);
+        std::fs::write(&path, &bytes).expect("write");
+        let n = trailing.len() as u64;
+
+        let t = std::time::Instant::now();
+        let out = run(&["replay", "--follow", "--json", path.to_str().expect("utf8")]);
+        assert!(t.elapsed() < Duration::from_secs(20), "the follower waited");
+        let stdin = replay_stdin(&["--follow", "--json"], &bytes);
+        for out in [out, stdin] {
+            assert_eq!(out.status.code(), Some(4), "compress={compress}");
+            let s: Value = serde_json::from_slice(&out.stdout).expect("summary");
+            assert_eq!(s["events"]["total"], 400);
+            assert_eq!(s["replay"]["complete"], true);
+            assert_eq!(s["replay"]["trailing_bytes"], n);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("{n} bytes follow the end record")),
+                "{err}"
+            );
+        }
+    }
+}
+
+/// A trace claiming 2 × 2⁶³ undecodable records: the count saturates (it used to wrap to
+/// "losses: 0 (nothing lost)", or panic a debug build) and the summary says so.
+#[test]
+fn undecodable_counts_from_a_trace_saturate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wrap.vmatrace");
+    let mut w = vmatrace::trace::TraceWriter::create(&path, &header(), false).expect("create");
+    w.write_undecodable(1_000_000_000, 1 << 63).expect("write");
+    w.write_undecodable(1_000_000_001, 1 << 63).expect("write");
+    w.finish(1_000_000_002).expect("finish");
+    let out = run(&["replay", path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("losses: ≥ 18446744073709551615 (saturated)"),
+        "{text}"
+    );
+    let s = json_summary(&run(&["replay", path.to_str().expect("utf8"), "--json"]));
+    assert_eq!(s["losses"]["undecodable"], u64::MAX);
+    assert_eq!(s["losses"]["saturated"][0], "undecodable");
+}
+
+/// Records moved, copied or deleted whole (every checksum valid) used to replay with 0
+/// anomalies and no warning. Sequence numbers (format version 2) report them as losses by
+/// reason, in `losses` and in the replay section, and the validator resynchronises.
+#[test]
+fn reordered_duplicated_and_deleted_records_are_losses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.vmatrace");
+    write_sample(&path, false);
+    let (head, recs) = split_records(&std::fs::read(&path).expect("read"));
+    assert_eq!(recs.len(), 103);
+
+    let mut swapped = recs.clone();
+    swapped.swap(10, 11);
+    let moved = dir.path().join("swapped.vmatrace");
+    std::fs::write(&moved, join_records(&head, &swapped)).expect("write");
+    let s = json_summary(&run(&["replay", moved.to_str().expect("utf8"), "--json"]));
+    assert_eq!(s["losses"]["trace_records"]["reordered"], 1);
+    assert_eq!(s["losses"]["trace_records"]["missing"], 0);
+    assert_eq!(s["replay"]["record_losses"]["reordered"], 1);
+    assert_eq!(s["losses"]["total"], 3 + 1 + 1);
+    assert_eq!(s["events"]["total"], 396, "the late record is not replayed");
+    assert_eq!(s["validator"]["resyncs"], 3);
+
+    // A followed stream (no end record to count against): one record copied, one lost.
+    let mut v = recs[..102].to_vec();
+    v.remove(20);
+    v.insert(5, recs[4].clone());
+    let bytes = join_records(&head, &v);
+    let s = json_summary(&replay_stdin(&["--follow", "--json"], &bytes));
+    assert_eq!(s["losses"]["trace_records"]["duplicate"], 1);
+    assert_eq!(s["losses"]["trace_records"]["missing"], 1);
+    assert_eq!(s["replay"]["record_losses"]["duplicate"], 1);
+    assert_eq!(s["events"]["total"], 396);
+    let out = replay_stdin(&["--follow"], &bytes);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("trace records duplicated"), "{text}");
+    assert!(text.contains("trace records missing"), "{text}");
+    assert!(
+        text.contains("records out of sequence: 1 missing, 1 duplicated, 0 reordered"),
+        "{text}"
+    );
 }

@@ -107,6 +107,7 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
             SourceItem::Events(b) => events.extend(b),
             SourceItem::Counters(c) => counters = c,
             SourceItem::Undecodable(n) => undecodable += n,
+            SourceItem::Sequence(_) => unreachable!("a live source has no record sequence"),
         }
     }
     let before_stop = events.len();
@@ -121,6 +122,7 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
                 SourceItem::Events(b) => events.extend(b),
                 SourceItem::Counters(c) => counters = c,
                 SourceItem::Undecodable(n) => undecodable += n,
+                SourceItem::Sequence(_) => unreachable!("a live source has no record sequence"),
             }
         }
     };

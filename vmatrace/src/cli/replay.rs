@@ -6,7 +6,7 @@
 use std::{
     fs::File,
     io::{IsTerminal, Read},
-    sync::{Arc, mpsc as std_mpsc},
+    sync::{Arc, atomic::AtomicBool, mpsc as std_mpsc},
     time::{Duration, Instant},
 };
 
@@ -90,10 +90,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let stop = Stop::new();
     let on_hup = args.out.on_hangup();
     signals::install(&rt, &stop, on_hup.clone())?;
-    let input = open_input(&args, &stop)?;
+    let (input, end_seen) = open_input(&args, &stop)?;
     let opts = ReadOptions {
         scan_for_magic: args.follow,
-        allow_trailing: args.follow,
+        end_seen,
     };
     let reader = match find_start(input, opts, &stop) {
         Start::Found(r) => *r,
@@ -103,7 +103,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             let pipeline = Pipeline::new(header.generation);
             let report = Report::without_trace(&header, &pipeline, &outcome, stop.reason());
             session::print_summary(&report.summary(), args.out.json, false);
-            eprintln!("vmatrace: {}: stopped before the trace started", printable(&args.input));
+            eprintln!(
+                "vmatrace: {}: stopped before the trace started",
+                printable(&args.input)
+            );
             return Ok(());
         }
         Start::Failed(e) => {
@@ -151,10 +154,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The input, opened (errors here are status 1: nothing was read).
-fn open_input(args: &ReplayArgs, stop: &Stop) -> anyhow::Result<Box<dyn Read + Send>> {
+/// The input, opened (errors here are status 1: nothing was read), and for a followed
+/// file the flag that tells it the end record was read (it then stops waiting).
+fn open_input(
+    args: &ReplayArgs,
+    stop: &Stop,
+) -> anyhow::Result<(Box<dyn Read + Send>, Option<Arc<AtomicBool>>)> {
     if args.input == "-" {
-        return Ok(Box::new(std::io::stdin()));
+        return Ok((Box::new(std::io::stdin()), None));
     }
     let f =
         File::open(&args.input).with_context(|| format!("cannot open the trace {}", args.input))?;
@@ -167,9 +174,11 @@ fn open_input(args: &ReplayArgs, stop: &Stop) -> anyhow::Result<Box<dyn Read + S
         args.input
     );
     Ok(if args.follow && md.is_file() {
-        Box::new(GrowingFile::new(f, stop.flag()))
+        let g = GrowingFile::new(f, stop.flag());
+        let end_seen = g.end_seen();
+        (Box::new(g), Some(end_seen))
     } else {
-        Box::new(f)
+        (Box::new(f), None)
     })
 }
 
@@ -370,6 +379,8 @@ impl<'a> Report<'a> {
                     0.0
                 },
                 skipped_bytes: self.skipped,
+                trailing_bytes: o.trailing_bytes,
+                record_losses: o.sequence,
             }),
         })
     }

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     pipeline::{CounterSnapshot, Sink, Totals, totals::LOSS_COUNTERS},
-    trace::TraceHeader,
+    trace::{SequenceLosses, TraceHeader},
     validate::{Anomaly, Validator},
 };
 
@@ -405,8 +405,21 @@ impl Sink for AnomalyLogSink {
         self.last_counters = c.clone();
     }
 
+    fn sequence(&mut self, now: &SequenceLosses, before: &SequenceLosses) {
+        for (key, now, before) in [
+            ("trace_records_missing", now.missing, before.missing),
+            ("trace_records_duplicate", now.duplicate, before.duplicate),
+            ("trace_records_reordered", now.reordered, before.reordered),
+        ] {
+            // `missing` can go down (a late record was found): only rises are losses.
+            if now > before {
+                self.loss(key, now - before, now);
+            }
+        }
+    }
+
     fn undecodable(&mut self, n: u64) {
-        self.undecodable += n;
+        self.undecodable = self.undecodable.saturating_add(n);
         self.loss("undecodable", n, self.undecodable);
     }
 

@@ -12,9 +12,12 @@ use super::anomaly_log::LogStats;
 use super::text::printable as p;
 use crate::{
     kernel::plan::{LogicalEvent, Observability, ProbePlan},
-    pipeline::{Totals, totals::LOSS_COUNTERS},
+    pipeline::{
+        Totals,
+        totals::{LOSS_COUNTERS, saturated, sum},
+    },
     stats::{Percentiles, StatsSnapshot},
-    trace::{RecordingStatus, TraceHeader},
+    trace::{RecordingStatus, SequenceLosses, TraceHeader},
     validate::Validator,
 };
 
@@ -93,6 +96,44 @@ pub struct LossesSection {
     pub anomaly_log_lines: u64,
     /// Events not written to the trace after a recording failure.
     pub unrecorded_events: u64,
+    /// Replay: trace records missing, duplicated or reordered (sequence numbers, format
+    /// version 2). Their events were not validated; the validator resynchronised.
+    pub trace_records: SequenceLosses,
+    /// Entries above (`total` included) that reached `u64::MAX`: counts saturate instead of
+    /// wrapping, so the true value may be larger. Empty normally.
+    pub saturated: Vec<String>,
+}
+
+impl LossesSection {
+    /// Every entry by name, kernel counters first.
+    fn entries(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.kernel.iter().map(|(k, n)| (k.as_str(), *n)).chain([
+            ("undecodable", self.undecodable),
+            ("anomaly_log_lines", self.anomaly_log_lines),
+            ("unrecorded_events", self.unrecorded_events),
+            ("trace_records.missing", self.trace_records.missing),
+            ("trace_records.duplicate", self.trace_records.duplicate),
+            ("trace_records.reordered", self.trace_records.reordered),
+        ])
+    }
+
+    /// Names of the saturated entries (`total` last).
+    fn saturated_names(&self) -> Vec<String> {
+        self.entries()
+            .chain([("total", self.total)])
+            .filter(|(_, n)| saturated(*n))
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+}
+
+/// A count for the text summary: a saturated one says that the true value may be larger.
+fn count(n: u64) -> String {
+    if saturated(n) {
+        format!("≥ {n} (saturated)")
+    } else {
+        n.to_string()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -191,6 +232,11 @@ pub struct ReplaySection {
     pub events_per_s: f64,
     /// Bytes of console output skipped before the trace started (`--follow`).
     pub skipped_bytes: u64,
+    /// Bytes after the end record: not part of the trace, reported as an error (an early
+    /// end record must not hide what follows it).
+    pub trailing_bytes: u64,
+    /// Records missing, duplicated or reordered by reason (also in `losses`).
+    pub record_losses: SequenceLosses,
 }
 
 /// Everything the summary is made from.
@@ -384,17 +430,18 @@ impl Summary {
             .collect();
         let log_lost = i.anomaly_log.as_ref().map_or(0, |l| l.lines_lost);
         let unrecorded = i.recording.as_ref().map_or(0, |r| r.events_not_recorded);
-        let losses = LossesSection {
-            // Saturating: a corrupt trace may carry any counter values.
-            total: kernel_losses
-                .values()
-                .chain([&t.undecodable, &log_lost, &unrecorded])
-                .fold(0u64, |acc, v| acc.saturating_add(*v)),
+        let mut losses = LossesSection {
+            total: 0,
             kernel: kernel_losses,
             undecodable: t.undecodable,
             anomaly_log_lines: log_lost,
             unrecorded_events: unrecorded,
+            trace_records: t.sequence,
+            saturated: Vec::new(),
         };
+        // Saturating: a corrupt trace may carry any counter values.
+        losses.total = sum(losses.entries().map(|(_, n)| n));
+        losses.saturated = losses.saturated_names();
         let plan = h.plan.as_ref().map(|p| PlanSection {
             coverage: p
                 .coverage
@@ -527,7 +574,7 @@ impl Summary {
             self.duration_s,
             p(&self.stop_reason)
         );
-        let _ = writeln!(s, "events: {} streamed", self.events.total);
+        let _ = writeln!(s, "events: {} streamed", count(self.events.total));
         for (k, c) in &self.events.by_logical_event {
             if c.count > 0 || c.observed == "direct" || c.observed == "proxy" {
                 let _ = writeln!(
@@ -537,14 +584,14 @@ impl Summary {
                 );
             }
         }
-        let _ = writeln!(s, "anomalies: {}", self.anomalies.total);
+        let _ = writeln!(s, "anomalies: {}", count(self.anomalies.total));
         for (k, n) in &self.anomalies.by_kind {
-            let _ = writeln!(s, "  {k:<28} {n:>10}");
+            let _ = writeln!(s, "  {k:<28} {:>10}", count(*n));
         }
         let _ = writeln!(
             s,
             "losses: {}{}",
-            self.losses.total,
+            count(self.losses.total),
             if self.losses.total == 0 {
                 " (nothing lost)"
             } else {
@@ -553,16 +600,25 @@ impl Summary {
         );
         for (k, n) in &self.losses.kernel {
             if *n > 0 {
-                let _ = writeln!(s, "  {k:<28} {n:>10}");
+                let _ = writeln!(s, "  {k:<28} {:>10}", count(*n));
             }
         }
         for (k, n) in [
             ("undecodable", self.losses.undecodable),
             ("anomaly log lines", self.losses.anomaly_log_lines),
             ("unrecorded events", self.losses.unrecorded_events),
+            ("trace records missing", self.losses.trace_records.missing),
+            (
+                "trace records duplicated",
+                self.losses.trace_records.duplicate,
+            ),
+            (
+                "trace records reordered",
+                self.losses.trace_records.reordered,
+            ),
         ] {
             if n > 0 {
-                let _ = writeln!(s, "  {k:<28} {n:>10}");
+                let _ = writeln!(s, "  {k:<28} {:>10}", count(n));
             }
         }
         if self.reader.values().any(|n| *n > 0) {
@@ -677,6 +733,23 @@ impl Summary {
                 r.events_per_s,
                 if r.complete { "" } else { ", trace incomplete" }
             );
+            let q = &r.record_losses;
+            if q.total() > 0 {
+                let _ = writeln!(
+                    s,
+                    "  records out of sequence: {} missing, {} duplicated, {} reordered (skipped; the validator resynchronised)",
+                    count(q.missing),
+                    count(q.duplicate),
+                    count(q.reordered)
+                );
+            }
+            if r.trailing_bytes > 0 {
+                let _ = writeln!(
+                    s,
+                    "  {} bytes after the end record were not read as trace",
+                    r.trailing_bytes
+                );
+            }
             if let Some(e) = &r.error {
                 let _ = writeln!(s, "  {}", p(e));
             }

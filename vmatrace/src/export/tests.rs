@@ -424,3 +424,71 @@ fn human_summary_lists_costs_with_statistics_and_skips_always() {
     );
     assert!(!on.contains("runs skipped by the kernel (BPF"), "{on}");
 }
+
+/// Counts fed from a trace saturate instead of wrapping: two `Undecodable` records of 2⁶³
+/// used to sum to 0 and print "losses: 0 (nothing lost)" (or panic a debug build). The
+/// summary says which counts saturated. Counter snapshots that jump between 0 and
+/// `u64::MAX` (deltas that overflow) do not break the anomaly log or the statistics.
+#[test]
+fn loss_counts_saturate_and_the_summary_says_so() {
+    use vmatrace_common::Counter;
+
+    use crate::{
+        export::summary::{Summary, SummaryInput},
+        pipeline::{Pipeline, SharedSink, SourceItem},
+        stats::Stats,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = JsonLinesFile::open(&dir.path().join("a.jsonl"), Rotation::default()).expect("open");
+    let log = AnomalyLogSink::new(file, ctx(), Redactor::with_key(5, 6));
+    let mut p = Pipeline::new(Generation::V7_0);
+    p.add_sink(Box::new(log));
+    let (sink, stats) = SharedSink::new(Stats::new(Generation::V7_0));
+    p.add_sink(Box::new(sink));
+    for n in [1 << 63, 1 << 63, 1] {
+        p.handle(SourceItem::Undecodable(n));
+    }
+    for v in [u64::MAX, 0, u64::MAX] {
+        let mut values = vec![0u64; Counter::ALL.len()];
+        values[Counter::RingbufReserveFailed as usize] = v;
+        values[Counter::ReaderAcquireOk as usize] = v;
+        p.handle(SourceItem::Counters(CounterSnapshot { values }));
+        p.flush();
+        stats.lock().expect("stats").roll_rates(1000);
+    }
+    p.finish();
+    assert_eq!(p.totals.undecodable, u64::MAX);
+    let header = TraceHeader::synthetic(Generation::V7_0);
+    let s = Summary::build(SummaryInput {
+        mode: "replay",
+        header: &header,
+        totals: &p.totals,
+        validator: &p.validator,
+        duration_ns: 1,
+        stop_reason: "end of trace".into(),
+        anomaly_log: None,
+        recording: None,
+        replay: None,
+        stats: Some(stats.lock().expect("stats").snapshot()),
+        programs: Vec::new(),
+        startup_cpu_s: None,
+        stop_cpu_s: None,
+    });
+    assert_eq!(s.losses.undecodable, u64::MAX);
+    assert_eq!(s.losses.total, u64::MAX);
+    assert_eq!(
+        s.losses.saturated,
+        ["ringbuf_reserve_failed", "undecodable", "total"]
+    );
+    let text = s.human();
+    assert!(
+        text.contains("losses: ≥ 18446744073709551615 (saturated)\n"),
+        "{text}"
+    );
+    assert!(!text.contains("nothing lost"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("undecodable") && l.ends_with("≥ 18446744073709551615 (saturated)")),
+        "{text}"
+    );
+}

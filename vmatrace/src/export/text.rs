@@ -31,10 +31,7 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 /// Like [`printable`], but line breaks stay: for messages of several lines (an error
 /// with its advice) that quote trace text.
 pub fn printable_lines(s: &str) -> String {
-    s.split('\n')
-        .map(printable)
-        .collect::<Vec<_>>()
-        .join("\n")
+    s.split('\n').map(printable).collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ pub use shared::SharedSink;
 pub use source::{CounterSnapshot, SourceItem};
 pub use totals::Totals;
 
-use crate::validate::{Anomaly, Validator};
+use crate::{
+    trace::SequenceLosses,
+    validate::{Anomaly, Validator},
+};
 
 /// A consumer of the validated stream. Implementations must not block for long: they run
 /// on the pipeline task.
@@ -29,6 +32,9 @@ pub trait Sink: Send {
     fn counters(&mut self, _c: &CounterSnapshot, _totals: &Totals) {}
     /// `n` ring-buffer records could not be decoded (already counted in [`Totals`]).
     fn undecodable(&mut self, _n: u64) {}
+    /// A replayed trace lost records to the order check: the new cumulative counts, and
+    /// the previous ones (`Totals::sequence` before this snapshot).
+    fn sequence(&mut self, _now: &SequenceLosses, _before: &SequenceLosses) {}
     /// Called after each drained burst and at shutdown.
     fn flush(&mut self, _validator: &Validator, _totals: &Totals) {}
     /// Called once when the source has ended, after the last `flush`: close files,
@@ -81,8 +87,20 @@ impl Pipeline {
                 }
                 self.totals.counters = c;
             }
+            SourceItem::Sequence(s) => {
+                // Records of the trace are gone (or dropped as out of order): the per-VMA
+                // histories have gaps, as after a kernel-side loss.
+                if s.total() > self.totals.sequence.total() {
+                    self.validator.note_loss();
+                }
+                for sink in &mut self.sinks {
+                    sink.sequence(&s, &self.totals.sequence);
+                }
+                self.totals.sequence = s;
+            }
             SourceItem::Undecodable(n) => {
-                self.totals.undecodable += n;
+                // Saturating: the count comes from the trace, which may carry any value.
+                self.totals.undecodable = self.totals.undecodable.saturating_add(n);
                 self.validator.note_loss();
                 for s in &mut self.sinks {
                     s.undecodable(n);

@@ -25,4 +25,8 @@ pub enum SourceItem {
     Counters(CounterSnapshot),
     /// Records userspace could not decode (short or unknown kind): counted, not dropped silently.
     Undecodable(u64),
+    /// A replayed trace's records lost to the order check so far (missing, duplicated,
+    /// reordered; replaces the previous snapshot). Sent before the record that revealed
+    /// a gap, so the validator resynchronises before judging it.
+    Sequence(crate::trace::SequenceLosses),
 }

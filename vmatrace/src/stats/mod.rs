@@ -475,7 +475,8 @@ impl Stats {
     }
 
     pub fn total_losses(&self) -> u64 {
-        self.losses().values().sum()
+        // Saturating: the counters may come from a trace holding any values.
+        crate::pipeline::totals::sum(self.losses().values().copied())
     }
 
     /// Readers-exclusion wait percentiles (the summary's headline numbers).

@@ -51,7 +51,8 @@ impl Rates {
     #[inline]
     pub fn add(&mut self, series: usize, n: u64) {
         if let Some(c) = self.current.get_mut(series) {
-            *c += n;
+            // Saturating: deltas of counter snapshots from a trace can be anything.
+            *c = c.saturating_add(n);
         }
     }
 

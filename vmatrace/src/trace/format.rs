@@ -13,13 +13,17 @@
 //!   1  3  zero
 //!   4  4  payload length L (u32 LE)          <= MAX_PAYLOAD_LEN
 //!   8  8  CLOCK_MONOTONIC ns when the record was written (u64 LE)
-//!  16  L  payload
-//!  16+L 4 CRC-32 of the 16 header bytes and the payload
+//!  16  8  sequence number: records before this one (u64 LE; version 2)
+//!  24  L  payload
+//!  24+L 4 CRC-32 of the 24 header bytes and the payload
 //! ```
 //!
 //! Every integer is little-endian. A trace ends with an `End` record that repeats how many
 //! records and events were written, so a reader can tell a complete trace from a truncated
-//! one even when the cut falls exactly between two records.
+//! one even when the cut falls exactly between two records. Sequence numbers tell a
+//! missing, duplicated or reordered record even when every checksum is valid
+//! ([`super::sequence`]). Version 1 traces (16-byte record headers, no sequence numbers)
+//! are still read.
 
 use serde::{Deserialize, Serialize};
 use vmatrace_common::{Counter, Event, Offsets, event::EVENT_SIZE, model::Generation};
@@ -27,19 +31,35 @@ use vmatrace_common::{Counter, Event, Offsets, event::EVENT_SIZE, model::Generat
 use crate::kernel::plan::ProbePlan;
 
 pub const MAGIC: [u8; 8] = *b"VMATRACE";
-/// Bumped on any incompatible change of the prefix, framing or payloads. Readers refuse
-/// other versions (with a message naming both).
-pub const FORMAT_VERSION: u16 = 1;
+/// Bumped on any incompatible change of the prefix, framing or payloads. Writers write
+/// this one; readers read `MIN_FORMAT_VERSION..=FORMAT_VERSION` and refuse others (with a
+/// message naming both). 2: record sequence numbers.
+pub const FORMAT_VERSION: u16 = 2;
+pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Flag bit: the body is a single zstd stream.
 pub const FLAG_ZSTD: u16 = 1 << 0;
 pub const KNOWN_FLAGS: u16 = FLAG_ZSTD;
 
 pub const PREFIX_LEN: usize = 16;
-pub const RECORD_HEADER_LEN: usize = 16;
+pub const RECORD_HEADER_LEN: usize = 24;
+/// Version 1 record headers had no sequence number.
+pub const RECORD_HEADER_LEN_V1: usize = 16;
+
+/// Record header length of a format version.
+pub const fn record_header_len(version: u16) -> usize {
+    if version >= 2 {
+        RECORD_HEADER_LEN
+    } else {
+        RECORD_HEADER_LEN_V1
+    }
+}
 pub const CRC_LEN: usize = 4;
 /// Sanity bounds: a corrupt length must not make the reader allocate gigabytes.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
 pub const MAX_PAYLOAD_LEN: u32 = 16 << 20;
+/// Largest zstd window a reader accepts (8 MiB; the writer's level 3 uses 2 MiB): a
+/// corrupt frame header cannot make the decoder allocate more.
+pub const MAX_ZSTD_WINDOW_LOG: u32 = 23;
 /// Most counter slots a `Counters` record may carry.
 pub const MAX_COUNTER_SLOTS: usize = 64;
 
@@ -227,6 +247,14 @@ pub enum TraceError {
         offset: u64,
         compressed: bool,
     },
+    /// The trace is complete but `bytes` more follow its end record (counted to the end
+    /// of the input: inside the zstd frame, then after it). An early end record must not
+    /// hide records behind it.
+    TrailingData {
+        offset: u64,
+        bytes: u64,
+        compressed: bool,
+    },
     /// The underlying read failed (not a format problem).
     Io {
         offset: u64,
@@ -254,7 +282,7 @@ impl std::fmt::Display for TraceError {
             ),
             TraceError::UnsupportedVersion { found } => write!(
                 f,
-                "trace format version {found} is not supported (this vmatrace reads version {FORMAT_VERSION})"
+                "trace format version {found} is not supported (this vmatrace reads versions {MIN_FORMAT_VERSION} to {FORMAT_VERSION})"
             ),
             TraceError::UnknownFlags { flags } => write!(
                 f,
@@ -284,6 +312,15 @@ impl std::fmt::Display for TraceError {
                 "trace incomplete: it stops {} without an end record (the recording was interrupted); everything before was read",
                 Self::place(*offset, *compressed)
             ),
+            TraceError::TrailingData {
+                offset,
+                bytes,
+                compressed,
+            } => write!(
+                f,
+                "{bytes} bytes follow the end record {} (ignored; the trace before them was read)",
+                Self::place(*offset, *compressed)
+            ),
             TraceError::Io { offset, source } => {
                 write!(f, "reading the trace failed at byte {offset}: {source}")
             }
@@ -300,8 +337,9 @@ impl std::error::Error for TraceError {
     }
 }
 
-/// Encode a record's header + payload + CRC into `out` (cleared first).
-pub fn encode_record(out: &mut Vec<u8>, tag: RecordTag, mono_ns: u64, payload: &[&[u8]]) {
+/// Encode a record's header + payload + CRC into `out` (cleared first). `seq`: records
+/// written before this one.
+pub fn encode_record(out: &mut Vec<u8>, tag: RecordTag, mono_ns: u64, seq: u64, payload: &[&[u8]]) {
     out.clear();
     let len: usize = payload.iter().map(|p| p.len()).sum();
     out.push(tag as u8);
@@ -309,6 +347,7 @@ pub fn encode_record(out: &mut Vec<u8>, tag: RecordTag, mono_ns: u64, payload: &
     // Callers keep payloads far below MAX_PAYLOAD_LEN (batches are split).
     out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&mono_ns.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
     for p in payload {
         out.extend_from_slice(p);
     }

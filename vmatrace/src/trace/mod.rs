@@ -10,12 +10,14 @@ pub mod format;
 pub mod reader;
 pub mod recorder;
 pub mod replay;
+pub mod sequence;
 pub mod writer;
 
 pub use format::{ClockBase, FilterInfo, HookRecord, Record, TraceError, TraceHeader};
 pub use reader::{ReadOptions, TraceReader};
 pub use recorder::{Recorder, RecordingStatus};
 pub use replay::{ReplayOptions, ReplayOutcome};
+pub use sequence::SequenceLosses;
 pub use writer::TraceWriter;
 
 #[cfg(test)]

@@ -1,30 +1,63 @@
 //! Reading a trace: validates every structure and checksum and reports the first problem
-//! with its byte offset. Never panics and never allocates more than `MAX_PAYLOAD_LEN`
-//! for one record, whatever the input.
+//! with its byte offset. Never panics, whatever the input; buffers grow with the data that
+//! arrives (never with a declared length alone), at most `MAX_PAYLOAD_LEN` for one record,
+//! and the zstd window is capped (`MAX_ZSTD_WINDOW_LOG`). `tests/fuzz_inputs.rs` checks
+//! all of this on mutated traces.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read};
+use std::{
+    io::{BufRead, BufReader, ErrorKind, Read},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use vmatrace_common::{Event, event::EVENT_SIZE};
 
-use super::format::{
-    CRC_LEN, FLAG_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_COUNTER_SLOTS, MAX_HEADER_LEN,
-    MAX_PAYLOAD_LEN, PREFIX_LEN, RECORD_HEADER_LEN, Record, RecordTag, TraceError, TraceHeader,
+use super::{
+    format::{
+        CRC_LEN, FLAG_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_COUNTER_SLOTS, MAX_HEADER_LEN,
+        MAX_PAYLOAD_LEN, MAX_ZSTD_WINDOW_LOG, MIN_FORMAT_VERSION, PREFIX_LEN, RECORD_HEADER_LEN,
+        Record, RecordTag, TraceError, TraceHeader, record_header_len,
+    },
+    sequence::{SequenceCheck, SequenceLosses, Verdict},
 };
 
 /// Options for opening a stream.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ReadOptions {
     /// Skip bytes before the magic number (a serial console prints boot messages before
     /// the trace starts). The number skipped is in [`TraceReader::skipped`].
     pub scan_for_magic: bool,
-    /// After the end record, do not check that nothing follows (a followed stream may
-    /// carry other output after the trace).
-    pub allow_trailing: bool,
+    /// Set once the end record has been read. What follows it is counted up to the end of
+    /// the input and reported ([`TraceError::TrailingData`]); an input that waits for more
+    /// data at EOF (a followed file that is still growing) must stop waiting when this is
+    /// set, or counting would never end.
+    pub end_seen: Option<Arc<AtomicBool>>,
+}
+
+type Raw = BufReader<Box<dyn Read + Send>>;
+
+/// The record stream: the raw input, or one zstd frame over it. The frame is decoded
+/// alone (not as a sequence of frames) so that bytes after it are counted as trailing
+/// data instead of failing to decode.
+enum Body {
+    Plain(Raw),
+    Zstd(zstd::stream::read::Decoder<'static, Raw>),
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Body::Plain(r) => r.read(buf),
+            Body::Zstd(d) => d.read(buf),
+        }
+    }
 }
 
 /// Sequential reader of records.
 pub struct TraceReader {
-    body: Box<dyn Read + Send>,
+    body: Body,
     header: TraceHeader,
     compressed: bool,
     /// Position in body coordinates: file offset for uncompressed traces, offset into the
@@ -33,12 +66,26 @@ pub struct TraceReader {
     skipped: u64,
     records: u64,
     events: u64,
+    /// Format version (decides the record header's length and the order check).
+    version: u16,
+    sequence: SequenceCheck,
     finished: bool,
-    allow_trailing: bool,
+    end_seen: Option<Arc<AtomicBool>>,
+    /// Bytes found after the end record.
+    trailing: u64,
+    /// The problem found after the end record, reported by the call after it.
+    after_end: Option<TraceError>,
     buf: Vec<u8>,
 }
 
-/// Read until `buf` is full or EOF; returns how much was read.
+/// Read until `buf` is full or the data ends; returns how much was read.
+///
+/// A zstd stream that stops inside its frame reports `UnexpectedEof` ("incomplete frame")
+/// after it has delivered everything it could decode. That is how a live compressed
+/// recording ends when it is cut (`record --compress -o -` flushes whole blocks, the frame
+/// is only closed by the end record), so it ends the data here exactly like EOF ends a
+/// plain stream: the caller then tells a cut between two records (a missing end record)
+/// from a cut inside one (a truncation), the same way for both.
 fn fill(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -46,6 +93,7 @@ fn fill(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(e),
         }
     }
@@ -84,7 +132,7 @@ impl TraceReader {
         r: R,
         opts: ReadOptions,
     ) -> Result<Self, TraceError> {
-        let mut raw = BufReader::with_capacity(256 * 1024, r);
+        let mut raw: Raw = BufReader::with_capacity(256 * 1024, Box::new(r));
         let io = |offset: u64| move |source| TraceError::Io { offset, source };
 
         let mut skipped = 0u64;
@@ -126,7 +174,7 @@ impl TraceReader {
             });
         }
         let version = le_u16(&prefix, 8);
-        if version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(TraceError::UnsupportedVersion { found: version });
         }
         let flags = le_u16(&prefix, 10);
@@ -142,9 +190,10 @@ impl TraceReader {
             });
         }
         let hdr_at = base + PREFIX_LEN as u64;
-        let mut hdr = vec![0u8; header_len as usize + CRC_LEN];
-        let n = fill(&mut raw, &mut hdr).map_err(io(hdr_at))?;
-        if n < hdr.len() {
+        let want = header_len as usize + CRC_LEN;
+        let mut hdr = Vec::new();
+        let n = fill_vec(&mut raw, &mut hdr, want).map_err(io(hdr_at))?;
+        if n < want {
             return Err(TraceError::Truncated {
                 offset: hdr_at + n as u64,
                 what: "the JSON header",
@@ -167,11 +216,15 @@ impl TraceReader {
             })?;
         let body_at = hdr_at + hdr.len() as u64;
         let compressed = flags & FLAG_ZSTD != 0;
-        let body: Box<dyn Read + Send> = if compressed {
-            let dec = zstd::stream::read::Decoder::with_buffer(raw).map_err(io(body_at))?;
-            Box::new(dec)
+        let body = if compressed {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(raw).map_err(io(body_at))?;
+            // A damaged frame header must not make the decoder allocate its default
+            // maximum window (128 MiB): the writer's frames need far less.
+            dec.window_log_max(MAX_ZSTD_WINDOW_LOG)
+                .map_err(io(body_at))?;
+            Body::Zstd(dec.single_frame())
         } else {
-            Box::new(raw)
+            Body::Plain(raw)
         };
         Ok(Self {
             body,
@@ -181,8 +234,12 @@ impl TraceReader {
             skipped,
             records: 0,
             events: 0,
+            version,
+            sequence: SequenceCheck::default(),
             finished: false,
-            allow_trailing: opts.allow_trailing,
+            end_seen: opts.end_seen,
+            trailing: 0,
+            after_end: None,
             buf: Vec::new(),
         })
     }
@@ -209,6 +266,22 @@ impl TraceReader {
         self.events
     }
 
+    /// Format version of the trace.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Records missing, duplicated or reordered so far (always zero for version 1
+    /// traces, which carry no sequence numbers).
+    pub fn sequence(&self) -> SequenceLosses {
+        self.sequence.losses()
+    }
+
+    /// Bytes that followed the end record (counted once it has been read).
+    pub fn trailing_bytes(&self) -> u64 {
+        self.trailing
+    }
+
     fn read_err(&self, offset: u64, e: std::io::Error) -> TraceError {
         if self.compressed {
             TraceError::Corrupt {
@@ -230,21 +303,35 @@ impl TraceReader {
     }
 
     /// The next record, `Ok(None)` after the end record. A stream that ends between two
-    /// records without an end record gives [`TraceError::MissingEnd`].
+    /// records without an end record gives [`TraceError::MissingEnd`]; data after the end
+    /// record gives [`TraceError::TrailingData`] on the call after the one that returned
+    /// the end record (the trace itself is complete; something else is in the input).
     pub fn next_record(&mut self) -> Result<Option<Record>, TraceError> {
-        if self.finished {
-            return Ok(None);
+        loop {
+            if self.finished {
+                return self.after_end.take().map_or(Ok(None), Err);
+            }
+            if let Some(rec) = self.read_record()? {
+                return Ok(Some(rec));
+            }
+            // A duplicated or late record, counted in `sequence()`: read on.
         }
+    }
+
+    /// One record from the stream; `None` when the order check dropped it.
+    fn read_record(&mut self) -> Result<Option<Record>, TraceError> {
         let at = self.offset;
+        let hlen = record_header_len(self.version);
         let mut h = [0u8; RECORD_HEADER_LEN];
-        let n = fill(&mut *self.body, &mut h).map_err(|e| self.read_err(at, e))?;
+        let h = &mut h[..hlen];
+        let n = fill(&mut self.body, h).map_err(|e| self.read_err(at, e))?;
         if n == 0 {
             return Err(TraceError::MissingEnd {
                 offset: at,
                 compressed: self.compressed,
             });
         }
-        if n < RECORD_HEADER_LEN {
+        if n < hlen {
             return Err(TraceError::Truncated {
                 offset: at + n as u64,
                 what: "a record header",
@@ -257,20 +344,19 @@ impl TraceReader {
         if h[1..4] != [0, 0, 0] {
             return Err(self.corrupt(at + 1, "reserved record header bytes are not zero".into()));
         }
-        let len = le_u32(&h, 4);
+        let len = le_u32(h, 4);
         if len > MAX_PAYLOAD_LEN {
             return Err(self.corrupt(
                 at + 4,
                 format!("record length {len} exceeds the limit of {MAX_PAYLOAD_LEN}"),
             ));
         }
-        let mono_ns = le_u64(&h, 8);
-        let payload_at = at + RECORD_HEADER_LEN as u64;
+        let mono_ns = le_u64(h, 8);
+        let seq = (hlen == RECORD_HEADER_LEN).then(|| le_u64(h, 16));
+        let payload_at = at + hlen as u64;
         let total = len as usize + CRC_LEN;
         let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        buf.resize(total, 0);
-        let n = match fill(&mut *self.body, &mut buf) {
+        let n = match fill_vec(&mut self.body, &mut buf, total) {
             Ok(n) => n,
             Err(e) => {
                 self.buf = buf;
@@ -287,25 +373,31 @@ impl TraceReader {
         }
         let (payload, crc) = buf.split_at(len as usize);
         let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&h);
+        hasher.update(h);
         hasher.update(payload);
         if hasher.finalize() != le_u32(crc, 0) {
             self.buf = buf;
             return Err(self.corrupt(at, format!("checksum mismatch in a {tag:?} record")));
         }
-        let rec = self.decode(tag, mono_ns, payload, at);
+        // Checked after the checksum: a damaged number is corruption, not a reordering.
+        if let Some(seq) = seq
+            && self.sequence.check(seq) == Verdict::Drop
+        {
+            self.buf = buf;
+            self.offset = payload_at + total as u64;
+            return Ok(None);
+        }
+        let rec = self.decode(tag, mono_ns, seq, payload, at);
         self.buf = buf;
         let rec = rec?;
         self.offset = payload_at + total as u64;
-        self.records += 1;
+        self.records = self.records.saturating_add(1);
         if let Record::Events { events, .. } = &rec {
-            self.events += events.len() as u64;
+            self.events = self.events.saturating_add(events.len() as u64);
         }
         if matches!(rec, Record::End { .. }) {
             self.finished = true;
-            if !self.allow_trailing {
-                self.check_trailing()?;
-            }
+            self.after_end = self.check_trailing().err();
         }
         Ok(Some(rec))
     }
@@ -314,6 +406,7 @@ impl TraceReader {
         &self,
         tag: RecordTag,
         mono_ns: u64,
+        seq: Option<u64>,
         payload: &[u8],
         at: u64,
     ) -> Result<Record, TraceError> {
@@ -358,7 +451,20 @@ impl TraceReader {
                     return Err(self.corrupt(at, format!("end record of {len} bytes, expected 16")));
                 }
                 let (records, events) = (le_u64(payload, 0), le_u64(payload, 8));
-                if records != self.records || events != self.events {
+                if let Some(seq) = seq
+                    && seq != records
+                {
+                    return Err(self.corrupt(
+                        at,
+                        format!(
+                            "end record says {records} records were written but is record {seq}"
+                        ),
+                    ));
+                }
+                // Records the order check dropped or saw missing are already reported as
+                // losses: the counts cannot match then, and say nothing more.
+                let exact = self.sequence.losses().total() == 0;
+                if exact && (records != self.records || events != self.events) {
                     return Err(self.corrupt(
                         at,
                         format!(
@@ -376,20 +482,73 @@ impl TraceReader {
         })
     }
 
+    /// Count everything after the end record, up to the end of the input: an early end
+    /// record must not hide what follows it (a followed stream would otherwise stop there
+    /// and silently drop the rest).
     fn check_trailing(&mut self) -> Result<(), TraceError> {
-        let mut one = [0u8; 1];
+        if let Some(f) = &self.end_seen {
+            f.store(true, Ordering::Release);
+        }
         let at = self.offset;
-        match fill(&mut *self.body, &mut one) {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(self.corrupt(at, "data follows the end record".into())),
-            Err(e) => Err(self.read_err(at, e)),
+        // Inside the record stream (the rest of the zstd frame, decoded)...
+        let inside = drain(&mut self.body).map_err(|e| self.read_err(at, e))?;
+        // ...then the raw input after the frame.
+        let after = match &mut self.body {
+            Body::Zstd(d) => {
+                drain(d.get_mut()).map_err(|source| TraceError::Io { offset: at, source })?
+            }
+            Body::Plain(_) => 0,
+        };
+        self.trailing = inside.saturating_add(after);
+        if self.trailing == 0 {
+            return Ok(());
+        }
+        Err(TraceError::TrailingData {
+            offset: at,
+            bytes: self.trailing,
+            compressed: self.compressed,
+        })
+    }
+}
+
+/// Read up to `want` bytes into `buf` (cleared first) and return how many came. The
+/// buffer grows with the data that actually arrives, not with the length a (possibly
+/// corrupt) header declared: a short input never costs a 16 MiB allocation.
+fn fill_vec(r: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    buf.clear();
+    const STEP: usize = 64 * 1024;
+    while buf.len() < want {
+        let at = buf.len();
+        let chunk = (want - at).min(STEP.max(at));
+        buf.resize(at + chunk, 0);
+        let n = fill(r, &mut buf[at..])?;
+        buf.truncate(at + n);
+        if n < chunk {
+            break;
+        }
+    }
+    Ok(buf.len())
+}
+
+/// Read `r` to its end, counting bytes (a fixed buffer: never grows with the input).
+/// `UnexpectedEof` ends it like EOF (see [`fill`]).
+fn drain(r: &mut dyn Read) -> std::io::Result<u64> {
+    let mut buf = [0u8; 8192];
+    let mut n = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => n = n.saturating_add(k as u64),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(n),
+            Err(e) => return Err(e),
         }
     }
 }
 
 /// Consume bytes up to and including the magic number; returns how many bytes came
 /// before it, or `None` at EOF without a magic.
-fn scan_to_magic<R: Read>(r: &mut BufReader<R>) -> std::io::Result<Option<u64>> {
+fn scan_to_magic(r: &mut Raw) -> std::io::Result<Option<u64>> {
     let mut consumed_total = 0u64;
     // How many bytes of MAGIC matched at the end of what was consumed so far.
     let mut matched = 0usize;

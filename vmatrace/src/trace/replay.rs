@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::{
     format::{Record, TraceError},
     reader::TraceReader,
+    sequence::SequenceLosses,
 };
 use crate::pipeline::{CounterSnapshot, SourceItem};
 
@@ -90,6 +91,10 @@ pub struct ReplayOutcome {
     pub last_mono_ns: Option<u64>,
     /// The end record was reached: the trace is complete.
     pub complete: bool,
+    /// Bytes after the end record (then `error` is [`TraceError::TrailingData`]).
+    pub trailing_bytes: u64,
+    /// Records lost to the order check (version 2 traces).
+    pub sequence: SequenceLosses,
     /// Stopped early (signal) before the end of the trace.
     pub stopped: bool,
     /// Stopped because `duration` of recorded time was replayed.
@@ -126,7 +131,19 @@ pub fn spawn(
                     out.stopped = true;
                     break;
                 }
-                let rec = match reader.next_record() {
+                let next = reader.next_record();
+                // Before the record that revealed a gap: the validator must resync first.
+                if reader.sequence() != out.sequence {
+                    out.sequence = reader.sequence();
+                    if tx
+                        .blocking_send(SourceItem::Sequence(out.sequence))
+                        .is_err()
+                    {
+                        out.stopped = true;
+                        break;
+                    }
+                }
+                let rec = match next {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(e) => {
@@ -144,7 +161,7 @@ pub fn spawn(
                     break;
                 }
                 out.last_mono_ns = Some(mono);
-                out.records += 1;
+                out.records = out.records.saturating_add(1);
                 if let Some(speed) = opts.speed
                     && speed > 0.0
                 {
@@ -162,12 +179,13 @@ pub fn spawn(
                 opts.progress.publish(&out);
                 let item = match rec {
                     Record::Events { mut events, .. } => {
-                        out.events += events.len() as u64;
+                        out.events = out.events.saturating_add(events.len() as u64);
                         opts.progress.publish(&out);
                         if let Some(f) = &opts.filter {
                             let before = events.len();
                             events.retain(|e| f(e));
-                            out.filtered += (before - events.len()) as u64;
+                            out.filtered =
+                                out.filtered.saturating_add((before - events.len()) as u64);
                             opts.progress.publish(&out);
                             if events.is_empty() {
                                 continue;
@@ -181,6 +199,9 @@ pub fn spawn(
                     Record::Undecodable { count, .. } => SourceItem::Undecodable(count),
                     Record::End { .. } => {
                         out.complete = true;
+                        // The reader has counted what follows the end record.
+                        out.trailing_bytes = reader.trailing_bytes();
+                        out.error = reader.next_record().err();
                         break;
                     }
                 };
@@ -209,10 +230,12 @@ fn sleep_until(when: Instant, stop: &AtomicBool) -> bool {
 }
 
 /// A regular file that is still being written: at EOF wait for more data instead of
-/// ending, until `stop` is set (then report EOF). The trace's end record ends reading.
+/// ending, until `stop` is set or the trace's end record has been read (then report EOF:
+/// what is already in the file after the end record is still counted).
 pub struct GrowingFile {
     file: File,
     stop: Arc<AtomicBool>,
+    end_seen: Arc<AtomicBool>,
     poll: Duration,
 }
 
@@ -221,8 +244,14 @@ impl GrowingFile {
         Self {
             file,
             stop,
+            end_seen: Arc::new(AtomicBool::new(false)),
             poll: Duration::from_millis(100),
         }
+    }
+
+    /// The flag to pass as [`super::ReadOptions::end_seen`].
+    pub fn end_seen(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.end_seen)
     }
 }
 
@@ -230,7 +259,11 @@ impl Read for GrowingFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let n = self.file.read(buf)?;
-            if n > 0 || buf.is_empty() || self.stop.load(Ordering::Relaxed) {
+            if n > 0
+                || buf.is_empty()
+                || self.stop.load(Ordering::Relaxed)
+                || self.end_seen.load(Ordering::Acquire)
+            {
                 return Ok(n);
             }
             thread::sleep(self.poll);

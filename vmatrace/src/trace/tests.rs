@@ -1,6 +1,9 @@
 //! Round trips and hostile input for the trace reader.
 
-use std::io::Cursor;
+use std::{
+    io::Cursor,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use proptest::prelude::*;
 use vmatrace_common::{Event, EventKind, model::Generation};
@@ -158,14 +161,15 @@ fn every_truncation_is_an_error_with_offset() {
 fn truncation_offsets_are_exact_for_plain_traces() {
     let (bytes, _) = sample(false);
     // Cut in the middle of the second record's payload.
+    const H: usize = format::RECORD_HEADER_LEN;
     let body_at = bytes.len()
-        - (16 + 5 * 128 + 4)
-        - (16 + 24 + 4)
-        - (16 + 8 + 4)
-        - (16 + 3 * 128 + 4)
-        - (16 + 16 + 4);
-    let second = body_at + 16 + 5 * 128 + 4;
-    let cut = second + 16 + 10;
+        - (H + 5 * 128 + 4)
+        - (H + 24 + 4)
+        - (H + 8 + 4)
+        - (H + 3 * 128 + 4)
+        - (H + 16 + 4);
+    let second = body_at + H + 5 * 128 + 4;
+    let cut = second + H + 10;
     match read_all(bytes[..cut].to_vec(), ReadOptions::default()) {
         Err(TraceError::Truncated {
             offset,
@@ -227,17 +231,51 @@ fn every_single_bit_flip_is_detected() {
     }
 }
 
+/// Data after the end record is counted to the end of the input and reported, also when
+/// following a stream (an early end record must not silently hide what follows).
 #[test]
-fn trailing_data_is_reported_unless_allowed() {
-    let (mut bytes, recs) = sample(false);
-    bytes.extend_from_slice(b"junk");
-    assert!(read_all(bytes.clone(), ReadOptions::default()).is_err());
-    let opts = ReadOptions {
-        allow_trailing: true,
-        ..ReadOptions::default()
-    };
-    let (_, got) = read_all(bytes, opts).expect("trailing allowed");
-    assert_eq!(got.len(), recs.len() + 1);
+fn trailing_data_is_counted_and_reported() {
+    for compress in [false, true] {
+        for scan in [false, true] {
+            let (mut bytes, recs) = sample(compress);
+            bytes.extend_from_slice(b"junk after the trace");
+            let opts = ReadOptions {
+                scan_for_magic: scan,
+                end_seen: Some(Arc::new(AtomicBool::new(false))),
+            };
+            let flag = opts.end_seen.clone().expect("flag");
+            let mut r = TraceReader::with_options(Cursor::new(bytes), opts).expect("header");
+            for _ in 0..recs.len() {
+                assert!(r.next_record().expect("record").is_some());
+            }
+            assert!(!flag.load(std::sync::atomic::Ordering::Acquire));
+            assert!(matches!(r.next_record(), Ok(Some(Record::End { .. }))));
+            assert!(flag.load(std::sync::atomic::Ordering::Acquire));
+            assert_eq!(r.trailing_bytes(), 20, "compress={compress}");
+            match r.next_record() {
+                Err(e @ TraceError::TrailingData { bytes: 20, .. }) => {
+                    assert!(e.to_string().contains("20 bytes follow the end record"));
+                }
+                other => panic!("expected trailing data, got {other:?}"),
+            }
+            assert!(matches!(r.next_record(), Ok(None)));
+        }
+    }
+}
+
+/// An end record placed early (a whole second trace after the first here) does not end
+/// reading silently: everything after it is counted.
+#[test]
+fn an_early_end_record_does_not_hide_what_follows() {
+    let (first, _) = sample(true);
+    let (second, _) = sample(true);
+    let mut bytes = first;
+    bytes.extend_from_slice(&second);
+    let err = read_all(bytes, ReadOptions::default()).expect_err("trailing data");
+    assert!(
+        matches!(err, TraceError::TrailingData { bytes, .. } if bytes == second.len() as u64),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -249,7 +287,7 @@ fn scan_skips_console_noise_before_the_magic() {
         noisy.extend_from_slice(&bytes);
         let opts = ReadOptions {
             scan_for_magic: true,
-            allow_trailing: true,
+            ..ReadOptions::default()
         };
         let mut r = TraceReader::with_options(Cursor::new(noisy), opts).expect("found");
         assert_eq!(r.skipped(), noise);
@@ -261,7 +299,7 @@ fn scan_skips_console_noise_before_the_magic() {
     }
     let opts = ReadOptions {
         scan_for_magic: true,
-        allow_trailing: true,
+        ..ReadOptions::default()
     };
     assert!(matches!(
         TraceReader::with_options(Cursor::new(b"no trace here".to_vec()), opts),
@@ -286,7 +324,7 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096), scan in any::<bool>()) {
-        let opts = ReadOptions { scan_for_magic: scan, allow_trailing: false };
+        let opts = ReadOptions { scan_for_magic: scan, ..ReadOptions::default() };
         let r = read_all(data, opts);
         prop_assert!(r.is_err());
     }
@@ -486,4 +524,134 @@ fn flushed_records_are_readable_before_the_end() {
         w.finish(7).expect("finish");
         assert_eq!(t.join().expect("reader"), 3);
     }
+}
+
+/// The bytes of a compressed trace as written so far (the writer is still open).
+fn written_so_far(shared: &SharedBuf) -> Vec<u8> {
+    shared.0.lock().expect("lock").clone()
+}
+
+/// A live compressed recording (`record --compress -o -`) cut right after a flush ends at
+/// its last complete record, like a plain one: a missing end record (tolerated when
+/// following), not an "incomplete frame" corruption.
+#[test]
+fn compressed_stream_cut_at_a_flush_is_a_missing_end() {
+    let shared = SharedBuf::default();
+    let mut w = TraceWriter::new(shared.clone(), &header(), true).expect("writer");
+    let batch: Vec<Event> = (0..3).map(|i| ev(i, EventKind::WriteLockEnter)).collect();
+    w.write_events(5, &batch).expect("write");
+    w.flush().expect("flush");
+    let first = written_so_far(&shared);
+    w.write_counters(6, &[1, 2]).expect("write");
+    w.flush().expect("flush");
+    let second = written_so_far(&shared);
+    for (cut, records) in [(first, 1), (second, 2)] {
+        let mut r = TraceReader::new(Cursor::new(cut)).expect("header");
+        for _ in 0..records {
+            assert!(r.next_record().expect("complete record").is_some());
+        }
+        match r.next_record() {
+            Err(TraceError::MissingEnd {
+                compressed: true, ..
+            }) => {}
+            other => panic!("expected a missing end record, got {other:?}"),
+        }
+    }
+}
+
+/// A compressed stream whose decoded records stop inside a record is still a truncation,
+/// as for a plain trace.
+#[test]
+fn compressed_stream_cut_inside_a_record_is_truncated() {
+    use std::io::Write;
+    let (plain, _) = sample(false);
+    let json_len = u32::from_le_bytes([plain[12], plain[13], plain[14], plain[15]]) as usize;
+    let body_at = 16 + json_len + 4;
+    let mut cut = plain[..body_at].to_vec();
+    cut[10] |= format::FLAG_ZSTD as u8;
+    // The first record and half of the second, flushed but the frame left open.
+    let first_len = format::RECORD_HEADER_LEN + 5 * 128 + 4;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("encoder");
+    enc.write_all(&plain[body_at..body_at + first_len + format::RECORD_HEADER_LEN + 10])
+        .expect("compress");
+    enc.flush().expect("flush");
+    cut.extend_from_slice(enc.get_ref());
+    let mut r = TraceReader::new(Cursor::new(cut)).expect("header");
+    assert!(r.next_record().expect("first record").is_some());
+    match r.next_record() {
+        Err(TraceError::Truncated {
+            what: "a record payload",
+            compressed: true,
+            ..
+        }) => {}
+        other => panic!("expected a truncated record, got {other:?}"),
+    }
+}
+
+/// Version 1 traces (no sequence numbers), such as the shipped samples, still read.
+#[test]
+fn version_1_traces_still_read() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data");
+    for name in ["sample-7.x.vmatrace", "sample-7.3.4-cloud.vmatrace"] {
+        let f = std::fs::File::open(dir.join(name)).expect("sample");
+        let mut r = TraceReader::new(f).expect("version 1 header");
+        assert_eq!(r.version(), 1);
+        while r.next_record().expect("valid").is_some() {}
+        assert_eq!(r.sequence(), SequenceLosses::default());
+        assert!(r.records_read() > 1, "{name}");
+    }
+}
+
+/// A plain trace's prefix + header, and its records (version 2 framing).
+fn split(bytes: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let json_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+    let mut at = 16 + json_len + 4;
+    let head = bytes[..at].to_vec();
+    let mut recs = Vec::new();
+    while at < bytes.len() {
+        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let end = at + format::RECORD_HEADER_LEN + len as usize + 4;
+        recs.push(bytes[at..end].to_vec());
+        at = end;
+    }
+    (head, recs)
+}
+
+/// Records copied, moved or deleted whole keep valid checksums: the sequence numbers
+/// catch them, the reader skips what is out of order and counts why.
+#[test]
+fn records_out_of_sequence_are_skipped_and_counted() {
+    let (bytes, recs) = sample(false);
+    let (head, raw) = split(&bytes);
+    assert_eq!(raw.len(), recs.len() + 1);
+    let read = |order: &[usize]| {
+        let mut b = head.clone();
+        for &i in order {
+            b.extend_from_slice(&raw[i]);
+        }
+        let mut r = TraceReader::new(Cursor::new(b)).expect("header");
+        let mut got = Vec::new();
+        let end = loop {
+            match r.next_record() {
+                Ok(Some(rec)) => got.push(rec),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        (got.len(), r.sequence(), end)
+    };
+    let l = |missing, duplicate, reordered| SequenceLosses {
+        missing,
+        duplicate,
+        reordered,
+    };
+    // Duplicate, swap, deletion: the trace still ends with its end record.
+    assert!(matches!(read(&[0, 1, 1, 2, 3, 4]), (5, s, None) if s == l(0, 1, 0)));
+    assert!(matches!(read(&[0, 2, 1, 3, 4]), (4, s, None) if s == l(0, 0, 1)));
+    assert!(matches!(read(&[0, 1, 3, 4]), (4, s, None) if s == l(1, 0, 0)));
+    // An early end record: the records after it are trailing data.
+    assert!(matches!(
+        read(&[0, 4, 1, 2, 3]),
+        (2, s, Some(TraceError::TrailingData { .. })) if s == l(3, 0, 0)
+    ));
 }

@@ -116,7 +116,7 @@ impl TraceWriter {
 
     fn record(&mut self, tag: RecordTag, mono_ns: u64, payload: &[&[u8]]) -> io::Result<()> {
         let mut buf = std::mem::take(&mut self.scratch);
-        encode_record(&mut buf, tag, mono_ns, payload);
+        encode_record(&mut buf, tag, mono_ns, self.records, payload);
         let r = self.body.out().write_all(&buf);
         self.scratch = buf;
         r?;

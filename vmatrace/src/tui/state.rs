@@ -180,11 +180,11 @@ impl DashboardData {
     }
 
     pub fn total_events(&self) -> u64 {
-        (0..self.totals.events.len()).map(|i| self.events(i)).sum()
+        crate::pipeline::totals::sum((0..self.totals.events.len()).map(|i| self.events(i)))
     }
 
     pub fn anomalies_total(&self) -> u64 {
-        self.anomaly_counts.values().sum()
+        crate::pipeline::totals::sum(self.anomaly_counts.values().copied())
     }
 
     /// Reset counters: statistics, rates, event and anomaly counts start again from zero.

@@ -182,7 +182,7 @@ fn fixture() -> AppState {
             totals.counters = c;
             sink.flush(&validator, &totals);
         }
-        SourceItem::Undecodable(_) => {}
+        SourceItem::Undecodable(_) | SourceItem::Sequence(_) => {}
     };
     let procs = [
         (1201, "postgres"),

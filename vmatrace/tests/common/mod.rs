@@ -89,3 +89,29 @@ pub fn write_sample(path: &Path, compress: bool) {
     w.write_undecodable(1_000_300_000, 1).expect("write");
     w.finish(1_000_400_000).expect("finish");
 }
+
+/// A plain (uncompressed) trace cut into its prefix + header and its records, each with
+/// its header and checksum, so tests can drop, copy or move whole records.
+pub fn split_records(trace: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let u32_at = |at: usize| u32::from_le_bytes(trace[at..at + 4].try_into().expect("4 bytes"));
+    let version = u16::from_le_bytes([trace[8], trace[9]]);
+    let header_len = vmatrace::trace::format::record_header_len(version);
+    let body_at = 16 + u32_at(12) as usize + 4;
+    let mut records = Vec::new();
+    let mut at = body_at;
+    while at + header_len <= trace.len() {
+        let end = (at + header_len + u32_at(at + 4) as usize + 4).min(trace.len());
+        records.push(trace[at..end].to_vec());
+        at = end;
+    }
+    (trace[..body_at].to_vec(), records)
+}
+
+/// Join what [`split_records`] cut.
+pub fn join_records(head: &[u8], records: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = head.to_vec();
+    for r in records {
+        out.extend_from_slice(r);
+    }
+    out
+}
