@@ -5,6 +5,7 @@ pub mod anomaly_log;
 pub mod clock;
 pub mod event_json;
 pub mod redact;
+pub mod run_identity;
 pub mod summary;
 
 pub use anomaly_log::{AnomalyLogSink, JsonLinesFile, LogContext, LogStats, Rotation};

@@ -23,6 +23,19 @@ pub const SUMMARY_SCHEMA: u32 = 1;
 pub struct Summary {
     pub schema: u32,
     pub vmatrace_version: String,
+    /// The git revision vmatrace was built from (`unknown` outside git).
+    pub git_revision: String,
+    /// Random id of this vmatrace process (also on every anomaly-log line).
+    pub run_id: String,
+    /// Wall clock (RFC 3339 UTC) when this vmatrace process started.
+    pub started_at: String,
+    /// Wall clock when the summary was made: the end of the session; `null` in a
+    /// progress snapshot (`--snapshot-every`) of a session still running.
+    pub ended_at: Option<String>,
+    /// Wall clock when this summary or snapshot was made.
+    pub updated_at: String,
+    /// Node name of the machine vmatrace ran on (`host` is the traced machine's).
+    pub tracer_host: String,
     /// `run`, `record` or `replay`.
     pub mode: String,
     pub host: String,
@@ -427,9 +440,17 @@ impl Summary {
             wait_ns.insert("exclusion".into(), st.exclusion_wait.percentiles);
             wait_ns.insert("write_lock".into(), st.write_lock_wait.percentiles);
         }
+        let run = super::run_identity::this_run();
+        let now = super::clock::rfc3339(super::clock::realtime_ns());
         Summary {
             schema: SUMMARY_SCHEMA,
             vmatrace_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_revision: super::run_identity::GIT_REVISION.to_string(),
+            run_id: run.run_id.clone(),
+            started_at: run.started_at.clone(),
+            ended_at: Some(now.clone()),
+            updated_at: now,
+            tracer_host: run.tracer_host.clone(),
             mode: i.mode.to_string(),
             host: h.host.clone(),
             kernel: h.kernel_release.clone(),
