@@ -11,6 +11,7 @@ pub mod session;
 pub mod signals;
 pub mod simulate;
 pub mod stress;
+pub mod telemetry;
 pub mod trace_output;
 
 pub use exit::{EXIT_BAD_TRACE, EXIT_CANNOT_ATTACH};

@@ -61,6 +61,9 @@ pub struct Summary {
     /// Cost of the eBPF programs (`--bpf-stats`; empty otherwise or on replay).
     pub programs: Vec<ProgramCostSection>,
     pub plan: Option<PlanSection>,
+    /// Every hook of the session: function or tracepoint, program, mechanism, attached?
+    /// (from the trace header on replay; empty for a synthetic source).
+    pub hooks: Vec<HookStatus>,
     pub validator: ValidatorSection,
     /// What vmatrace itself used so far (this process: decode, validate, statistics,
     /// sinks; not its BPF programs, which are in `programs`).
@@ -124,6 +127,15 @@ pub struct HookFailure {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub target: String,
+    pub program: String,
+    /// `fentry`, `fexit`, `kprobe`, `kretprobe`, `tracepoint`, ...
+    pub mode: String,
+    pub attached: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct ProgramCostSection {
     pub name: String,
     pub run_cnt: u64,
@@ -140,6 +152,8 @@ pub struct TracerSection {
     pub cpu_system_s: f64,
     /// Peak resident set size, MiB.
     pub max_rss_mib: f64,
+    /// Resident set size now (`/proc/self/statm`), MiB; 0 if unreadable.
+    pub rss_mib: f64,
     /// Live only: CPU seconds spent before tracing began (BTF parsing, program load and
     /// verification, which the kernel charges to this process as system time, attach).
     /// `stop_cpu_s - startup_cpu_s` is the cost while tracing.
@@ -147,6 +161,15 @@ pub struct TracerSection {
     /// Live only: CPU seconds when the session was told to stop, before it disarmed,
     /// detached (which the kernel charges as system time) and drained the ring.
     pub stop_cpu_s: Option<f64>,
+}
+
+/// Resident pages (`statm`'s second field) times the page size.
+fn current_rss_mib() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages as f64 * u64::try_from(page).ok()? as f64 / (1024.0 * 1024.0))
 }
 
 impl TracerSection {
@@ -162,6 +185,7 @@ impl TracerSection {
             cpu_system_s: secs(u.ru_stime),
             // ru_maxrss is in KiB on Linux.
             max_rss_mib: u.ru_maxrss as f64 / 1024.0,
+            rss_mib: current_rss_mib().unwrap_or(0.0),
             startup_cpu_s: None,
             stop_cpu_s: None,
         }
@@ -439,6 +463,7 @@ impl Summary {
         if let Some(st) = &i.stats {
             wait_ns.insert("exclusion".into(), st.exclusion_wait.percentiles);
             wait_ns.insert("write_lock".into(), st.write_lock_wait.percentiles);
+            wait_ns.insert("detach".into(), st.detach_wait.percentiles);
         }
         let run = super::run_identity::this_run();
         let now = super::clock::rfc3339(super::clock::realtime_ns());
@@ -498,6 +523,16 @@ impl Summary {
                 })
                 .collect(),
             plan,
+            hooks: h
+                .hooks
+                .iter()
+                .map(|k| HookStatus {
+                    target: k.target.clone(),
+                    program: k.program.clone(),
+                    mode: k.mode.clone(),
+                    attached: k.attached,
+                })
+                .collect(),
             validator: ValidatorSection {
                 events_observed: i.validator.observed(),
                 resyncs: i.validator.losses_noted(),
