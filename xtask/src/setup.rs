@@ -5,7 +5,8 @@
 //! against that LLVM. The VM tests need `qemu-system-x86`, `busybox-static`, `cpio`; the
 //! dashboard's end-to-end test needs `tmux`. The fleet tests need `prometheus` (with
 //! `promtool`: the metrics endpoint scraped for real, the alert rules checked), `systemd`
-//! (`systemd-analyze verify` of the unit) and `lintian` (the `.deb`).
+//! (`systemd-analyze verify` of the unit), `logrotate` (its config) and `lintian` (the
+//! `.deb`).
 
 use std::{path::Path, process::Command, time::Instant};
 
@@ -27,6 +28,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "lintian",
+    "logrotate",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
