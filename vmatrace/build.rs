@@ -42,8 +42,56 @@ fn bpf_linker() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `git rev-parse --short HEAD` (+ `-dirty` when tracked files differ from it), for
+/// `--version`, the summary and `vmatrace_build_info`. `VMATRACE_GIT_REVISION` overrides
+/// it (a build from a source tarball); outside git it is `unknown`.
+fn git_revision(manifest_dir: &Path) -> String {
+    println!("cargo::rerun-if-env-changed=VMATRACE_GIT_REVISION");
+    if let Ok(r) = env::var("VMATRACE_GIT_REVISION") {
+        return r;
+    }
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .current_dir(manifest_dir)
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let Some(rev) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".into();
+    };
+    // Rebuild when HEAD moves (a commit, a checkout) or the index changes (staging makes
+    // the tree dirty or clean); edits not yet staged do not rerun this script, so `-dirty`
+    // is as of the last build that ran it.
+    // (A path that does not exist would make cargo rerun this script on every build.)
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for f in ["HEAD", "index", "packed-refs"]
+        .into_iter()
+        .chain(branch.as_deref())
+    {
+        if let Some(p) = git(&["rev-parse", "--git-path", f]) {
+            let p = manifest_dir.join(p);
+            if p.exists() {
+                println!("cargo::rerun-if-changed={}", p.display());
+            }
+        }
+    }
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty { format!("{rev}-dirty") } else { rev }
+}
+
 fn run() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let revision = git_revision(&manifest_dir);
+    println!("cargo::rustc-env=VMATRACE_GIT_REVISION={revision}");
+    println!(
+        "cargo::rustc-env=VMATRACE_LONG_VERSION={} (git {revision})",
+        env::var("CARGO_PKG_VERSION")?
+    );
     let ebpf_dir = manifest_dir.join("../vmatrace-ebpf");
     let common_dir = manifest_dir.join("../vmatrace-common");
     for d in [&ebpf_dir, &common_dir] {

@@ -4,6 +4,8 @@ use clap::Parser;
 use vmatrace::cli::exit;
 
 fn main() -> ExitCode {
+    // Fix the run's identity and start time first: everything this run writes carries it.
+    vmatrace::export::run_identity::this_run();
     vmatrace::logging::init();
     exit::install_panic_hook();
     let cli = vmatrace::cli::Cli::parse();

@@ -170,7 +170,8 @@ fn a_blocked_reader_still_reports_what_it_read() {
         .open(&fifo)
         .expect("open fifo");
     // Everything but the end record; the writer stays open.
-    w.write_all(&bytes[..bytes.len() - 36]).expect("feed");
+    w.write_all(&bytes[..bytes.len() - END_RECORD_LEN])
+        .expect("feed");
     std::thread::sleep(Duration::from_millis(700));
     signal(&child, libc::SIGINT);
     let out = child.wait_with_output().expect("wait");
@@ -192,7 +193,7 @@ fn sighup_reopens_the_anomaly_log_or_stops() {
     write_sample(&full, false);
     let bytes = std::fs::read(&full).expect("read");
     let partial = dir.path().join("partial.vmatrace");
-    std::fs::write(&partial, &bytes[..bytes.len() - 36]).expect("write");
+    std::fs::write(&partial, &bytes[..bytes.len() - END_RECORD_LEN]).expect("write");
     let log = dir.path().join("a.jsonl");
     let child = bin()
         .args(["replay", "--follow", "--json", "--anomaly-log"])

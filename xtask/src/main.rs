@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod deb;
 mod run;
 mod setup;
 mod test;
@@ -44,6 +45,10 @@ enum Cmd {
     /// per-program BPF cost of vmatrace next to an equivalent bpftrace script. Slow; not
     /// part of `test`. Results: docs/performance.md explains them.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (target/deb/vmatrace_VERSION_ARCH.deb): release binary,
+    /// systemd unit, logrotate config, man pages, shell completions, docs; lintian if
+    /// installed. --check installs it, verifies it and purges it (root).
+    Deb(deb::DebArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Cmd::Test(a) => test::test(a),
         Cmd::VmTest(a) => vm::vm_test(&a),
         Cmd::Bench(a) => setup::setup().and_then(|()| bench::bench(&a)),
+        Cmd::Deb(a) => setup::setup().and_then(|()| deb::deb(&a)),
         Cmd::VmRecord(a) => setup::setup().and_then(|()| {
             vm::stream::stream(
                 a.kernel.as_deref(),

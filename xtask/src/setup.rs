@@ -3,7 +3,10 @@
 //! The eBPF toolchain (environment.md §2): Debian's rustc 1.96 with its library source
 //! (`rustc-web`, `rust-web-src`), LLVM 22 for bpf-linker, and bpf-linker 0.13.0 built
 //! against that LLVM. The VM tests need `qemu-system-x86`, `busybox-static`, `cpio`; the
-//! dashboard's end-to-end test needs `tmux`.
+//! dashboard's end-to-end test needs `tmux`. The fleet tests need `prometheus` (with
+//! `promtool`: the metrics endpoint scraped for real, the alert rules checked), `systemd`
+//! (`systemd-analyze verify` of the unit), `logrotate` (its config) and `lintian` (the
+//! `.deb`).
 
 use std::{path::Path, process::Command, time::Instant};
 
@@ -22,6 +25,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "tmux",
+    "prometheus",
+    "systemd",
+    "lintian",
+    "logrotate",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -23,6 +23,9 @@ pub struct TestArgs {
     /// Skip rustfmt and clippy.
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip building the Debian package and its install/purge check.
+    #[arg(long)]
+    pub no_deb: bool,
     /// Extra arguments for `cargo test` (e.g. a test name filter).
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
@@ -81,6 +84,32 @@ fn cargo_test(
     Ok(child.wait()?.success())
 }
 
+/// The package as a test: built, its contents checked, installed, verified and purged
+/// (the install is a skip where it cannot be done: not root, or a vmatrace package
+/// already installed).
+fn deb_step(totals: &mut Totals, failures: &mut Vec<String>) {
+    let r = crate::deb::build().and_then(|deb| {
+        crate::deb::check_contents(&deb)?;
+        match crate::deb::cannot_install_here() {
+            Some(why) => {
+                // Counted as passed first, like libtest's skips (`test` subtracts them).
+                totals.passed += 1;
+                totals.skipped.push(format!("deb install check: {why}"));
+                Ok(())
+            }
+            None => crate::deb::check_install(&deb),
+        }
+    });
+    match r {
+        Ok(()) => totals.passed += 1,
+        Err(e) => {
+            eprintln!("xtask test: deb failed: {e:#}");
+            totals.failed += 1;
+            failures.push("deb".to_string());
+        }
+    }
+}
+
 fn lint() -> anyhow::Result<()> {
     let root = workspace_root();
     crate::util::run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))
@@ -120,6 +149,9 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
             .collect();
     }
     let _ = std::fs::remove_file(&skip_log);
+    if !args.no_deb {
+        deb_step(&mut totals, &mut failures);
+    }
     if !args.no_vm {
         match crate::vm_matrix(&mut totals) {
             Ok(ok) if ok => {}

@@ -11,13 +11,14 @@ pub mod session;
 pub mod signals;
 pub mod simulate;
 pub mod stress;
+pub mod telemetry;
 pub mod trace_output;
 
 pub use exit::{EXIT_BAD_TRACE, EXIT_CANNOT_ATTACH};
 
 /// vmatrace — trace and validate the kernel's per-VMA lock (vm_refcnt) live.
 #[derive(Debug, Parser)]
-#[command(name = "vmatrace", version, about, long_about = None)]
+#[command(name = "vmatrace", version = env!("VMATRACE_LONG_VERSION"), about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

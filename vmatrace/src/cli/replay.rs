@@ -90,6 +90,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let stop = Stop::new();
     let on_hup = args.out.on_hangup();
     signals::install(&rt, &stop, on_hup.clone())?;
+    let dashboard_wanted = !args.headless && std::io::stdout().is_terminal();
+    let latest = args.out.telemetry.start(&rt, dashboard_wanted)?;
     let (input, end_seen) = open_input(&args, &stop)?;
     let opts = ReadOptions {
         scan_for_magic: args.follow,
@@ -102,7 +104,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             let (header, outcome) = (unknown_header(), ReplayOutcome::default());
             let pipeline = Pipeline::new(header.generation);
             let report = Report::without_trace(&header, &pipeline, &outcome, stop.reason());
-            session::print_summary(&report.summary(), args.out.json, false);
+            session::print_summary(&report.summary(), &args.out, false);
             eprintln!(
                 "vmatrace: {}: stopped before the trace started",
                 printable(&args.input)
@@ -117,7 +119,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             };
             let pipeline = Pipeline::new(header.generation);
             let report = Report::without_trace(&header, &pipeline, &outcome, None);
-            session::print_summary(&report.summary(), args.out.json, false);
+            session::print_summary(&report.summary(), &args.out, false);
             return Err(failure(&args.input, outcome.error.as_ref()));
         }
     };
@@ -125,7 +127,47 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let skipped = reader.skipped();
     let mut pipeline = Pipeline::new(header.generation);
     let handles = session::add_output_sinks(&mut pipeline, &args.out, &header, &on_hup)?;
-    let dashboard = (!args.headless && std::io::stdout().is_terminal()).then(|| {
+    let progress = Arc::new(Progress::default());
+    let make = {
+        let (header, progress) = (header.clone(), Arc::clone(&progress));
+        let handles = session::OutputHandles {
+            anomaly_log: handles.anomaly_log.clone(),
+            stats: handles.stats.clone(),
+        };
+        let started = Instant::now();
+        Box::new(move |v: &_, t: &_| {
+            let o = progress.outcome();
+            let wall_s = started.elapsed().as_secs_f64();
+            Summary::build(SummaryInput {
+                mode: "replay",
+                header: &header,
+                totals: t,
+                validator: v,
+                duration_ns: o.recorded_duration_ns(),
+                stop_reason: String::new(),
+                anomaly_log: handles.anomaly_log_stats(),
+                stats: handles.stats_snapshot(),
+                programs: Vec::new(),
+                startup_cpu_s: None,
+                stop_cpu_s: None,
+                recording: None,
+                replay: Some(ReplaySection {
+                    records: o.records,
+                    events: o.events,
+                    filtered: o.filtered,
+                    complete: false,
+                    error: None,
+                    wall_s,
+                    events_per_s: o.events as f64 / wall_s.max(1e-9),
+                    skipped_bytes: skipped,
+                    trailing_bytes: o.trailing_bytes,
+                    record_losses: o.sequence,
+                }),
+            })
+        })
+    };
+    super::telemetry::add_snapshot_sink(&mut pipeline, latest.as_ref(), make);
+    let dashboard = dashboard_wanted.then(|| {
         let ctx = DashboardContext::new(
             SourceKind::Replay,
             header.kernel_release.clone(),
@@ -135,7 +177,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         .with_plan(header.plan.clone());
         crate::tui::attach_to(&mut pipeline, ctx)
     });
-    let played = play(&rt, &stop, &args, reader, pipeline, dashboard)?;
+    let played = play(&rt, &stop, &args, reader, pipeline, dashboard, progress)?;
     let report = Report {
         header: &header,
         pipeline: &played.pipeline,
@@ -145,21 +187,25 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         wall: played.wall,
         skipped,
     };
-    session::print_summary(&report.summary(), args.out.json, false);
+    session::print_summary(&report.summary(), &args.out, false);
     match &played.outcome.error {
         None => Ok(()),
-        // A followed stream that just stops is how a VM's serial output ends.
-        Some(TraceError::MissingEnd { .. }) if args.follow => Ok(()),
+        // A followed stream that just stops is how a VM's serial output ends: said, not
+        // an error.
+        Some(e @ TraceError::MissingEnd { .. }) if args.follow => {
+            eprintln!("vmatrace: {}: {e}", printable(&args.input));
+            Ok(())
+        }
         Some(e) => Err(failure(&args.input, Some(e))),
     }
 }
 
-/// The input, opened (errors here are status 1: nothing was read), and for a followed
-/// file the flag that tells it the end record was read (it then stops waiting).
-fn open_input(
-    args: &ReplayArgs,
-    stop: &Stop,
-) -> anyhow::Result<(Box<dyn Read + Send>, Option<Arc<AtomicBool>>)> {
+/// A trace input, and for a followed file the flag that tells it the end record was
+/// read (it then stops waiting for more).
+type Input = (Box<dyn Read + Send>, Option<Arc<AtomicBool>>);
+
+/// The input, opened (errors here are status 1: nothing was read).
+fn open_input(args: &ReplayArgs, stop: &Stop) -> anyhow::Result<Input> {
     if args.input == "-" {
         return Ok((Box::new(std::io::stdin()), None));
     }
@@ -252,9 +298,9 @@ fn play(
     reader: TraceReader,
     pipeline: Pipeline,
     dashboard: Option<SharedState>,
+    progress: Arc<Progress>,
 ) -> anyhow::Result<Played> {
     let (tx, rx) = mpsc::channel(64);
-    let progress = Arc::new(Progress::default());
     let replay_opts = ReplayOptions {
         speed: args.speed,
         duration: args.out.duration,

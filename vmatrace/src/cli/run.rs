@@ -186,6 +186,8 @@ fn live(
         Some(r) => Some((TraceTarget::check(&r.output, r.force)?, r)),
         None => None,
     };
+    let stdout_busy = tui || matches!(record, Some((TraceTarget::Stdout, _)));
+    let latest = out.telemetry.start(&rt, stdout_busy)?;
     let plan = plan_here()?;
     let session = attach(plan.clone(), config, live)?;
     let header = header(plan, &session, &config, filter);
@@ -219,7 +221,45 @@ fn live(
     }
     // What loading, verifying and attaching cost, so the summary can tell it apart.
     let startup_cpu_s = Some(TracerSection::of_this_process().cpu_s());
-    let streamed = stream(&rt, &stop, session, pipeline, dashboard, out.duration);
+    let programs = Arc::new(Mutex::new(Vec::<ProgramStat>::new()));
+    let make = {
+        let (mode, header, programs) = (mode.to_string(), header.clone(), Arc::clone(&programs));
+        let handles = session::OutputHandles {
+            anomaly_log: handles.anomaly_log.clone(),
+            stats: handles.stats.clone(),
+        };
+        let recording = recording.clone();
+        let started = Instant::now();
+        Box::new(move |v: &_, t: &_| {
+            Summary::build(SummaryInput {
+                mode: &mode,
+                header: &header,
+                totals: t,
+                validator: v,
+                duration_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                stop_reason: String::new(),
+                anomaly_log: handles.anomaly_log_stats(),
+                stats: handles.stats_snapshot(),
+                recording: recording
+                    .as_ref()
+                    .map(|r| r.lock().map(|g| g.clone()).unwrap_or_default()),
+                replay: None,
+                programs: programs.lock().map(|g| g.clone()).unwrap_or_default(),
+                startup_cpu_s,
+                stop_cpu_s: None,
+            })
+        })
+    };
+    super::telemetry::add_snapshot_sink(&mut pipeline, latest.as_ref(), make);
+    let streamed = stream(
+        &rt,
+        &stop,
+        session,
+        pipeline,
+        dashboard,
+        out.duration,
+        programs,
+    );
     let recording = recording.map(|r| r.lock().map(|g| g.clone()).unwrap_or_default());
     let summary = Summary::build(SummaryInput {
         mode,
@@ -240,7 +280,7 @@ fn live(
         startup_cpu_s,
         stop_cpu_s: streamed.stop_cpu_s,
     });
-    session::print_summary(&summary, out.json, stdout_taken);
+    session::print_summary(&summary, out, stdout_taken);
     if let Some(p) = pending {
         finish_replacement(p, recording.as_ref())?;
     }
@@ -462,9 +502,9 @@ fn stream(
     pipeline: Pipeline,
     dashboard: Option<SharedState>,
     duration: Option<Duration>,
+    programs: Arc<Mutex<Vec<ProgramStat>>>,
 ) -> Streamed {
     let started = Instant::now();
-    let programs = Arc::new(Mutex::new(Vec::<ProgramStat>::new()));
     let stop_cpu = Arc::new(Mutex::new(None::<f64>));
     let stats_handle = session.stats_handle();
     let (pipeline, error) = rt.block_on(async {

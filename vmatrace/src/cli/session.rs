@@ -48,6 +48,8 @@ pub struct OutputArgs {
     /// much recorded time from the first record, however fast it is replayed.
     #[arg(long, value_name = "TIME", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub telemetry: super::telemetry::TelemetryArgs,
 }
 
 impl OutputArgs {
@@ -188,9 +190,15 @@ pub fn add_output_sinks(
     Ok(handles)
 }
 
-/// Print the summary: JSON or text, on stdout unless stdout carries a trace.
-pub fn print_summary(summary: &Summary, json: bool, stdout_taken: bool) {
-    let text = if json {
+/// Print the summary: JSON or text, on stdout unless stdout carries a trace. When stdout
+/// carries `--snapshot-every` lines, the summary is one JSON line like them.
+pub fn print_summary(summary: &Summary, out: &OutputArgs, stdout_taken: bool) {
+    let text = if out.telemetry.snapshots_on_stdout() && !stdout_taken {
+        let mut s = serde_json::to_string(summary)
+            .unwrap_or_else(|e| format!("{{\"error\":\"cannot serialise the summary: {e}\"}}"));
+        s.push('\n');
+        s
+    } else if out.json {
         let mut s = summary.to_json();
         s.push('\n');
         s

@@ -6,8 +6,8 @@
 //! nothing lost and no leaked reference in both cases. SIGINT, SIGTERM and SIGHUP stop
 //! the simulated tasks; the summary of what ran is printed.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use vmatrace_common::model::Generation;
@@ -16,7 +16,14 @@ use super::{
     exit::Failure,
     signals::{self, OnHangup, Stop, StopReason},
 };
+use crate::export::{
+    snapshots::{LatestSummary, MakeSummary, SNAPSHOT_PERIOD, SnapshotSink},
+    summary::{Summary, SummaryInput},
+};
+use crate::pipeline::{SharedSink, Sink};
 use crate::sim::{self, Injection, ReleaseVisibility, SimConfig, SimOutcome, SimReport};
+use crate::stats::Stats;
+use crate::trace::TraceHeader;
 use crate::tui::{self, AppState, DashboardContext, DashboardSink, SourceKind};
 
 #[derive(Debug, clap::Args)]
@@ -65,6 +72,10 @@ pub struct SimulateArgs {
     /// printed afterwards). Without --ops or --duration it runs until you quit.
     #[arg(long, conflicts_with = "json")]
     pub tui: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics while the simulation runs
+    /// (as `run --metrics-listen`; the host is this machine, the kernel `simulated`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_probability(s: &str) -> Result<f64, String> {
@@ -79,6 +90,14 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     let rt = signals::runtime()?;
     let stop = Stop::new();
     signals::install(&rt, &stop, OnHangup::Stop)?;
+    let telemetry = super::telemetry::TelemetryArgs {
+        metrics_listen: a.metrics_listen,
+        ..Default::default()
+    };
+    let sinks = match telemetry.start(&rt, a.tui)? {
+        Some(latest) => metrics_sinks(a.generation, latest),
+        None => Vec::new(),
+    };
     // Under the dashboard an open-ended run is the useful default: quitting stops it.
     let open_ended = a.tui && a.ops.is_none() && a.duration.is_none();
     let cfg = SimConfig {
@@ -104,9 +123,9 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         stop: stop.flag(),
     };
     let outcome = if a.tui {
-        run_with_dashboard(&rt, cfg, &stop)?
+        run_with_dashboard(&rt, cfg, &stop, sinks)?
     } else {
-        sim::run(cfg, Vec::new())?
+        sim::run(cfg, sinks)?
     };
     let mut report = SimReport::new(&outcome);
     report.stop_reason = stop.reason().map_or_else(
@@ -148,6 +167,7 @@ fn run_with_dashboard(
     rt: &tokio::runtime::Runtime,
     cfg: SimConfig,
     stop: &Stop,
+    mut sinks: Vec<Box<dyn Sink>>,
 ) -> anyhow::Result<SimOutcome> {
     // Fail before the simulation starts, not after (tui::run checks too).
     anyhow::ensure!(
@@ -169,10 +189,10 @@ fn run_with_dashboard(
                 }
             ));
         let shared = Arc::new(Mutex::new(AppState::new(ctx)));
-        let sink = Box::new(DashboardSink::new(shared.clone()));
+        sinks.push(Box::new(DashboardSink::new(shared.clone())));
         let ended = shared.clone();
         let run = tokio::spawn(async move {
-            let r = sim::run_async(cfg, vec![sink]).await;
+            let r = sim::run_async(cfg, sinks).await;
             tui::mark_source_ended(&ended);
             r
         });
@@ -186,6 +206,44 @@ fn run_with_dashboard(
         exit?;
         Ok(outcome)
     })
+}
+
+/// The statistics and the snapshot publisher behind `--metrics-listen`: the simulated
+/// stream summarised as a tracing session's (mode `simulate`).
+fn metrics_sinks(generation: Generation, latest: LatestSummary) -> Vec<Box<dyn Sink>> {
+    let (stats_sink, stats) = SharedSink::new(Stats::new(generation));
+    let mut header = TraceHeader::synthetic(generation);
+    header.source = "simulate".into();
+    header.host = crate::export::run_identity::this_run().tracer_host.clone();
+    header.kernel_release = "simulated".into();
+    let started = Instant::now();
+    let make: MakeSummary = Box::new(move |v, t| {
+        let stats = Some(
+            stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .snapshot(),
+        );
+        Summary::build(SummaryInput {
+            mode: "simulate",
+            header: &header,
+            totals: t,
+            validator: v,
+            duration_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            stop_reason: String::new(),
+            anomaly_log: None,
+            recording: None,
+            replay: None,
+            stats,
+            programs: Vec::new(),
+            startup_cpu_s: None,
+            stop_cpu_s: None,
+        })
+    });
+    vec![
+        Box::new(stats_sink),
+        Box::new(SnapshotSink::new(make, latest, SNAPSHOT_PERIOD)),
+    ]
 }
 
 /// A generation key, or a kernel version mapped to its generation.

@@ -323,6 +323,10 @@ impl AnomalyLogSink {
         let mut m = serde_json::Map::new();
         m.insert("type".into(), json!(ty));
         m.insert("schema".into(), json!(SCHEMA_VERSION));
+        m.insert(
+            "run_id".into(),
+            json!(super::run_identity::this_run().run_id),
+        );
         m.insert("seq".into(), json!(self.seq));
         m.insert("time".into(), json!(rfc3339(rt)));
         m.insert("realtime_ns".into(), json!(rt));

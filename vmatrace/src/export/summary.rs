@@ -27,6 +27,19 @@ pub const SUMMARY_SCHEMA: u32 = 1;
 pub struct Summary {
     pub schema: u32,
     pub vmatrace_version: String,
+    /// The git revision vmatrace was built from (`unknown` outside git).
+    pub git_revision: String,
+    /// Random id of this vmatrace process (also on every anomaly-log line).
+    pub run_id: String,
+    /// Wall clock (RFC 3339 UTC) when this vmatrace process started.
+    pub started_at: String,
+    /// Wall clock when the summary was made: the end of the session; `null` in a
+    /// progress snapshot (`--snapshot-every`) of a session still running.
+    pub ended_at: Option<String>,
+    /// Wall clock when this summary or snapshot was made.
+    pub updated_at: String,
+    /// Node name of the machine vmatrace ran on (`host` is the traced machine's).
+    pub tracer_host: String,
     /// `run`, `record` or `replay`.
     pub mode: String,
     pub host: String,
@@ -52,6 +65,9 @@ pub struct Summary {
     /// Cost of the eBPF programs (`--bpf-stats`; empty otherwise or on replay).
     pub programs: Vec<ProgramCostSection>,
     pub plan: Option<PlanSection>,
+    /// Every hook of the session: function or tracepoint, program, mechanism, attached?
+    /// (from the trace header on replay; empty for a synthetic source).
+    pub hooks: Vec<HookStatus>,
     pub validator: ValidatorSection,
     /// What vmatrace itself used so far (this process: decode, validate, statistics,
     /// sinks; not its BPF programs, which are in `programs`).
@@ -153,6 +169,15 @@ pub struct HookFailure {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub target: String,
+    pub program: String,
+    /// `fentry`, `fexit`, `kprobe`, `kretprobe`, `tracepoint`, ...
+    pub mode: String,
+    pub attached: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct ProgramCostSection {
     pub name: String,
     pub run_cnt: u64,
@@ -169,6 +194,8 @@ pub struct TracerSection {
     pub cpu_system_s: f64,
     /// Peak resident set size, MiB.
     pub max_rss_mib: f64,
+    /// Resident set size now (`/proc/self/statm`), MiB; 0 if unreadable.
+    pub rss_mib: f64,
     /// Live only: CPU seconds spent before tracing began (BTF parsing, program load and
     /// verification, which the kernel charges to this process as system time, attach).
     /// `stop_cpu_s - startup_cpu_s` is the cost while tracing.
@@ -176,6 +203,15 @@ pub struct TracerSection {
     /// Live only: CPU seconds when the session was told to stop, before it disarmed,
     /// detached (which the kernel charges as system time) and drained the ring.
     pub stop_cpu_s: Option<f64>,
+}
+
+/// Resident pages (`statm`'s second field) times the page size.
+fn current_rss_mib() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages as f64 * u64::try_from(page).ok()? as f64 / (1024.0 * 1024.0))
 }
 
 impl TracerSection {
@@ -191,6 +227,7 @@ impl TracerSection {
             cpu_system_s: secs(u.ru_stime),
             // ru_maxrss is in KiB on Linux.
             max_rss_mib: u.ru_maxrss as f64 / 1024.0,
+            rss_mib: current_rss_mib().unwrap_or(0.0),
             startup_cpu_s: None,
             stop_cpu_s: None,
         }
@@ -474,10 +511,19 @@ impl Summary {
         if let Some(st) = &i.stats {
             wait_ns.insert("exclusion".into(), st.exclusion_wait.percentiles);
             wait_ns.insert("write_lock".into(), st.write_lock_wait.percentiles);
+            wait_ns.insert("detach".into(), st.detach_wait.percentiles);
         }
+        let run = super::run_identity::this_run();
+        let now = super::clock::rfc3339(super::clock::realtime_ns());
         Summary {
             schema: SUMMARY_SCHEMA,
             vmatrace_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_revision: super::run_identity::GIT_REVISION.to_string(),
+            run_id: run.run_id.clone(),
+            started_at: run.started_at.clone(),
+            ended_at: Some(now.clone()),
+            updated_at: now,
+            tracer_host: run.tracer_host.clone(),
             mode: i.mode.to_string(),
             host: h.host.clone(),
             kernel: h.kernel_release.clone(),
@@ -525,6 +571,16 @@ impl Summary {
                 })
                 .collect(),
             plan,
+            hooks: h
+                .hooks
+                .iter()
+                .map(|k| HookStatus {
+                    target: k.target.clone(),
+                    program: k.program.clone(),
+                    mode: k.mode.clone(),
+                    attached: k.attached,
+                })
+                .collect(),
             validator: ValidatorSection {
                 events_observed: i.validator.observed(),
                 resyncs: i.validator.losses_noted(),

@@ -28,6 +28,14 @@ pub struct Verdict {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SimReport {
+    /// Identity and time of this vmatrace run, as in the tracing summary
+    /// (`docs/summary.md`).
+    pub run_id: String,
+    pub vmatrace_version: &'static str,
+    pub git_revision: &'static str,
+    pub host: String,
+    pub started_at: String,
+    pub ended_at: String,
     pub generation: &'static str,
     pub threads: usize,
     pub seed: u64,
@@ -93,7 +101,14 @@ impl SimReport {
         let anomalies_total = o.totals.anomalies_total();
         let verdict = verdict(o, &injections, anomalies_total);
         let events_total = o.totals.total_events();
+        let run = crate::export::run_identity::this_run();
         Self {
+            run_id: run.run_id.clone(),
+            vmatrace_version: crate::export::run_identity::VERSION,
+            git_revision: crate::export::run_identity::GIT_REVISION,
+            host: run.tracer_host.clone(),
+            started_at: run.started_at.clone(),
+            ended_at: crate::export::clock::rfc3339(crate::export::clock::realtime_ns()),
             generation: o.config.generation.key(),
             threads: o.config.threads,
             seed: o.config.seed,

@@ -136,6 +136,9 @@ pub struct StatsSnapshot {
     pub write_lock_wait: HistogramSnapshot,
     /// Exclusions for a detach (a subset of the exclusion waits).
     pub detach_exclusions: u64,
+    /// The waits of those detach exclusions (paired returns; a subset of
+    /// `exclusion_wait`'s samples).
+    pub detach_wait: HistogramSnapshot,
     /// Start-exclude calls that found the VMA already detached (not in the histogram).
     pub exclusions_found_detached: u64,
     /// Killable waits interrupted by a fatal signal (-EINTR).
@@ -163,6 +166,7 @@ pub struct Stats {
     choice: SourceChoice,
     exclusion: Log2Histogram,
     write_lock: Log2Histogram,
+    detach: Log2Histogram,
     detach_exclusions: u64,
     found_detached: u64,
     interrupted: u64,
@@ -214,6 +218,7 @@ impl Stats {
             choice,
             exclusion: Log2Histogram::default(),
             write_lock: Log2Histogram::default(),
+            detach: Log2Histogram::default(),
             detach_exclusions: 0,
             found_detached: 0,
             interrupted: 0,
@@ -304,6 +309,7 @@ impl Stats {
         self.wait_source = WaitSource::ExcludeExit;
         self.choice = SourceChoice::Fixed;
         self.exclusion = Log2Histogram::default();
+        self.detach = Log2Histogram::default();
         self.slowest = SlowestWaits::new(SLOWEST_WINDOW_NS);
         self.detach_exclusions = 0;
         self.interrupted = 0;
@@ -338,6 +344,9 @@ impl Stats {
         let wait = paired.then_some(ev.wait_ns);
         if let Some(w) = wait {
             self.exclusion.record(w);
+            if detaching {
+                self.detach.record(w);
+            }
             self.slowest.offer(WaitSample {
                 ts_ns: ev.ts_ns,
                 tgid: ev.tgid(),
@@ -535,6 +544,7 @@ impl Stats {
             exclusion_wait: self.exclusion.snapshot(),
             write_lock_wait: self.write_lock.snapshot(),
             detach_exclusions: self.detach_exclusions,
+            detach_wait: self.detach.snapshot(),
             exclusions_found_detached: self.found_detached,
             interrupted: self.interrupted,
             slow_detaches: self.slow_detaches,

@@ -175,6 +175,12 @@ fn debian_6_19_proxy_plan_measures_write_lock_and_detach_waits() {
     assert_eq!(s.percentiles().max_ns, 50_000);
     assert_eq!(s.detach_exclusions(), 1);
     assert_eq!(s.snapshot().top_processes[0].exclusions, 2);
+    // The detach's wait has a histogram of its own (for the metrics), a subset.
+    let d = s.snapshot().detach_wait;
+    assert_eq!(
+        (d.percentiles.count, d.sum_ns, d.percentiles.max_ns),
+        (1, 50_000, 50_000)
+    );
     // A reset keeps the plan's choice.
     s.reset();
     s.observe(&paired_write_lock_exit(3, 0xa000, 900));

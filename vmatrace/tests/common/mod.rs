@@ -115,3 +115,7 @@ pub fn join_records(head: &[u8], records: &[Vec<u8>]) -> Vec<u8> {
     }
     out
 }
+
+/// Bytes of the end record at the end of an uncompressed trace: cut them off and a
+/// follower keeps waiting for more.
+pub const END_RECORD_LEN: usize = vmatrace::trace::format::RECORD_HEADER_LEN + 16 + 4;
