@@ -205,6 +205,8 @@ pub fn judge_losses(j: &Value) -> Result<String, String> {
                         })
                         .map(|(k2, n)| format!("{k}.{k2}={n}")),
                 ),
+                // `saturated` names the counts that hit their maximum: none is fine.
+                Value::Array(a) if a.is_empty() => {}
                 n if n.as_u64() != Some(0) => other.push(format!("{k}={n}")),
                 _ => {}
             }
@@ -549,8 +551,11 @@ mod tests {
             .map(|n| n.as_u64().unwrap())
             .sum::<u64>()
             + undecodable;
+        // The shape the summary has: order losses and saturated counts next to the rest.
         json!({"events": {"total": events},
-            "losses": {"total": total, "kernel": kernel, "undecodable": undecodable}})
+            "losses": {"total": total, "kernel": kernel, "undecodable": undecodable,
+                "trace_records": {"missing": 0, "duplicate": 0, "reordered": 0},
+                "saturated": []}})
     }
 
     #[test]
@@ -590,5 +595,10 @@ mod tests {
         let e = judge_losses(&losses(1000, json!({}), 2)).unwrap_err();
         assert!(e.contains("undecodable=2"), "{e}");
         assert!(judge_losses(&json!({})).is_err());
+        // A saturated count is unexplained.
+        let mut sat = losses(1000, json!({}), u64::MAX);
+        sat["losses"]["saturated"] = json!(["undecodable"]);
+        let e = judge_losses(&sat).unwrap_err();
+        assert!(e.contains("saturated"), "{e}");
     }
 }
