@@ -177,7 +177,7 @@ fn holds_read_lock(t: &Task) -> bool {
     matches!(t.pc, Pc::ReadHolding | Pc::ReadPut { locked: true })
 }
 
-fn check_world(w: &World) -> Option<(Invariant, String)> {
+pub fn check_world(w: &World) -> Option<(Invariant, String)> {
     let r = w.vm_refcnt;
     if refcnt::out_of_range(r) {
         return Some((Invariant::RefcountInRange, format!("vm_refcnt = {r:#x}")));
@@ -233,7 +233,7 @@ fn check_world(w: &World) -> Option<(Invariant, String)> {
     None
 }
 
-fn check_step(before: &World, step: Step, after: &World) -> Option<(Invariant, String)> {
+pub fn check_step(before: &World, step: Step, after: &World) -> Option<(Invariant, String)> {
     match step.op {
         Op::IncNotZeroLimited { result: Ok(old) } if refcnt::flag_set(old) => {
             return Some((
@@ -290,7 +290,7 @@ fn check_step(before: &World, step: Step, after: &World) -> Option<(Invariant, S
 }
 
 /// Nothing can move: every task must be done, and the end state clean.
-fn check_stuck(w: &World, initial_refcnt: u32) -> Option<(Invariant, String)> {
+pub fn check_stuck(w: &World, initial_refcnt: u32) -> Option<(Invariant, String)> {
     if let Some(i) = w.tasks.iter().position(|t| !t.done()) {
         let t = &w.tasks[i];
         let detail = format!(

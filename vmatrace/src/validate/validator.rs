@@ -227,6 +227,12 @@ impl Validator {
 
     /// A validator that tracks at most `max_vmas` VMAs at once.
     pub fn with_capacity(generation: Generation, max_vmas: usize) -> Self {
+        Self::with_limits(generation, max_vmas, RECENT_EVENTS)
+    }
+
+    /// ... and keeps `recent_events` for evidence (the conformance check replays
+    /// millions of short streams through fresh validators: a small ring is cheap).
+    pub fn with_limits(generation: Generation, max_vmas: usize, recent_events: usize) -> Self {
         Self {
             generation,
             observed: 0,
@@ -234,7 +240,7 @@ impl Validator {
             vmas: AddrMap::default(),
             mms: AddrMap::default(),
             pending_wakes: TidMap::default(),
-            recent: Recent::new(RECENT_EVENTS),
+            recent: Recent::new(recent_events),
             counts: [0; Phase::ALL.len()],
             max_vmas: max_vmas.max(4),
             evicted: 0,
