@@ -202,7 +202,7 @@ fn report(events: &[Event], counters: &CounterSnapshot) {
     for e in first.values() {
         println!("  {}", show(e));
     }
-    // Protocol facts visible in the samples (kernel-vma-lock-protocol.md §4).
+    // Protocol facts visible in the samples (docs/protocol.md#invariants).
     let mut facts: BTreeMap<String, u64> = BTreeMap::new();
     for e in events {
         let fact = match e.kind() {

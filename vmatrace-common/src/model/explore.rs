@@ -12,7 +12,7 @@ use super::{
     refcnt::{self, F},
 };
 
-/// The properties checked (the kernel's own statements, §1 and §4).
+/// The properties checked (the kernel's own statements, `docs/protocol.md#invariants`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Invariant {
     /// A reader's increment succeeded although the flag was set.

@@ -41,7 +41,7 @@ pub enum Role {
     /// `mmap_write_unlock`.
     Writer { killable: bool, detach: bool },
     /// A new VMA's life under one `mmap_write_lock`: `vma_start_write` on the detached
-    /// VMA (no exclusion, §4.5 race 8), `vma_mark_attached`, then `vma_mark_detached`
+    /// VMA (no exclusion, `docs/protocol.md#race-8`), `vma_mark_attached`, then `vma_mark_detached`
     /// when `detach` (a failed mmap / munmap), `mmap_write_unlock`.
     Attacher { detach: bool },
 }
@@ -351,7 +351,7 @@ impl Op {
     }
 
     /// The event the tracer records for this step on `generation`, if the step is
-    /// observable there (kernel-vma-lock-protocol.md §5.2). Most reader puts are inlined
+    /// observable there (`docs/protocol.md#observability`). Most reader puts are inlined
     /// and invisible; the wake-up they make is not.
     pub const fn observed_as(&self, generation: Generation) -> Option<EventKind> {
         // 6.15–6.18 inline start/end-exclude; 7.x inlines the fast detach.

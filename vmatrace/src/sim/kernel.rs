@@ -67,7 +67,8 @@ pub struct Kernel {
     pub reader_sample_every: u32,
     /// The waiter's timed re-check: it never hangs, and a lost wake-up costs this long.
     pub wait_recheck: Duration,
-    /// `offsetof(struct mm_struct, vma_writer_wait)` for the generation (reference §3).
+    /// `offsetof(struct mm_struct, vma_writer_wait)` for the generation
+    /// (`docs/protocol.md#struct-offsets`).
     pub writer_wait_offset: u64,
 }
 

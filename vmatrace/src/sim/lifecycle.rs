@@ -1,6 +1,7 @@
 //! VMA lifetime and the mm-wide lock: `vm_area_alloc`, `vma_mark_attached`,
 //! `vma_mark_detached` (with its 7.x slow path `__vma_exclude_readers_for_detach`),
-//! `vm_area_free`, `mmap_write_lock` and `mmap_write_unlock` (reference §1.2, §1.4).
+//! `vm_area_free`, `mmap_write_lock` and `mmap_write_unlock`
+//! (`docs/protocol.md#sequence-numbers`, `docs/protocol.md#detach-and-attach`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};

@@ -1,6 +1,6 @@
 //! The reader side: `lock_vma_under_rcu`, `vma_start_read`, `vma_refcount_put` and
 //! `rcuwait_wake_up`, ported from `mm/mmap_lock.c` and `include/linux/mmap_lock.h`
-//! (reference §1.3).
+//! (`docs/protocol.md#reader-path`, `docs/protocol.md#wake-up-rule`).
 
 use std::sync::atomic::Ordering;
 

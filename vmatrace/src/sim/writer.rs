@@ -1,7 +1,7 @@
 //! The writer side: `__vma_start_write` and reader exclusion
 //! (`__vma_start_exclude_readers`/`__vma_end_exclude_readers` on 7.x,
 //! `__vma_enter_locked`/`__vma_exit_locked` on 6.x), with `rcuwait_wait_event`
-//! (reference §1.4, §2.2).
+//! (`docs/protocol.md#writer-path`, `docs/protocol.md#generations`).
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;

@@ -229,7 +229,7 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
-/// Boot under TCG (nested KVM does not boot these guests; see environment.md §3), with
+/// Boot under TCG (nested KVM does not boot these guests on the build machines), with
 /// more memory than vm-test: bpftrace's LLVM libraries live in the initramfs.
 fn boot(
     kernel: &Path,
