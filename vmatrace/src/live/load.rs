@@ -132,7 +132,10 @@ fn loader<'a>(
     l
 }
 
-pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus>)> {
+pub(super) fn start(
+    opts: &LiveOptions,
+    config: &vmatrace_common::Config,
+) -> anyhow::Result<(Loaded, Vec<HookStatus>)> {
     privileges::check_privileges()?;
     let memlock = privileges::raise_memlock_limit();
     let plan = &opts.plan;
@@ -140,11 +143,6 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
         bail!("the probe plan has no attach points: nothing to trace on this kernel");
     }
 
-    let mut config = opts.config;
-    if config.self_tgid == 0 {
-        config.self_tgid = std::process::id();
-    }
-    config.write_entry_from_exclude = u32::from(plan.write_entry_from_exclude());
     let generation = plan.generation as u32;
     let needs_tracefs = plan.points.iter().any(|p| p.mode == AttachMode::Tracepoint);
     let mut tp = MmapLockTpOffsets::DEFAULT;
@@ -170,11 +168,10 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
         Err(_) => None,
     };
 
-    let ring_bytes = ring_size(opts.ring_buffer_bytes);
-    config.wake_every_records = wake_every_records(ring_bytes, possible_cpus());
+    let ring_bytes = ring_size(opts.stream.ring_buffer_bytes);
     let mut ebpf = loader(
         &plan.offsets,
-        &config,
+        config,
         &generation,
         &tp,
         ring_bytes,
@@ -355,7 +352,7 @@ pub fn wake_every_records(ring_bytes: u32, cpus: usize) -> u64 {
 }
 
 /// Possible CPUs (per-CPU maps have a slot for each); 1 if unknown.
-fn possible_cpus() -> usize {
+pub(super) fn possible_cpus() -> usize {
     aya::util::nr_cpus().unwrap_or(1)
 }
 
