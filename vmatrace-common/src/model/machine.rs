@@ -76,7 +76,7 @@ impl Bug {
 
 /// What a step machine models: the generation's semantics, and an optional bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Config {
+pub struct ModelConfig {
     pub generation: Generation,
     pub bug: Option<Bug>,
 }
@@ -551,7 +551,7 @@ impl World {
     // ----- steps ---------------------------------------------------------------------
 
     /// Every step the world can take next, with the resulting world.
-    pub fn successors(&self, cfg: &Config, mut emit: impl FnMut(Step, World)) {
+    pub fn successors(&self, cfg: &ModelConfig, mut emit: impl FnMut(Step, World)) {
         for i in 0..MAX_TASKS {
             let mut next = *self;
             if let Some(op) = next.step(cfg, i) {
@@ -583,7 +583,7 @@ impl World {
     }
 
     /// Task `i` takes its next step, if it can.
-    pub fn step(&mut self, cfg: &Config, i: usize) -> Option<Op> {
+    pub fn step(&mut self, cfg: &ModelConfig, i: usize) -> Option<Op> {
         let me = i as u8;
         let task = self.tasks[i];
         let bug = cfg.bug;
@@ -836,7 +836,7 @@ const fn after_write_lock(role: Role) -> Pc {
 mod tests {
     use super::*;
 
-    const CFG: Config = Config {
+    const CFG: ModelConfig = ModelConfig {
         generation: Generation::V7_0,
         bug: None,
     };

@@ -116,7 +116,7 @@ fn ensure_tracefs() -> Result<std::path::PathBuf, String> {
 
 fn loader<'a>(
     offsets: &'a vmatrace_common::Offsets,
-    config: &'a vmatrace_common::Config,
+    config: &'a vmatrace_common::ProgramConfig,
     generation: &'a u32,
     tp: &'a MmapLockTpOffsets,
     ring_bytes: u32,
@@ -134,7 +134,7 @@ fn loader<'a>(
 
 pub(super) fn start(
     opts: &LiveOptions,
-    config: &vmatrace_common::Config,
+    config: &vmatrace_common::ProgramConfig,
 ) -> anyhow::Result<(Loaded, Vec<HookStatus>)> {
     privileges::check_privileges()?;
     let memlock = privileges::raise_memlock_limit();
@@ -295,7 +295,7 @@ pub(super) fn tracing_programs_supported() -> Result<bool, String> {
         Err(_) => return Ok(false),
     };
     let offsets = vmatrace_common::Offsets::ABSENT;
-    let config = vmatrace_common::Config::DEFAULT;
+    let config = vmatrace_common::ProgramConfig::DEFAULT;
     let tp = MmapLockTpOffsets::DEFAULT;
     let generation = 0u32;
     let mut l = loader(&offsets, &config, &generation, &tp, 4096, Some(&btf));
@@ -345,7 +345,7 @@ mod tests {
     }
 }
 
-/// `Config::wake_every_records`: a quarter of the ring's records over `cpus`, at least 1.
+/// `ProgramConfig::wake_every_records`: a quarter of the ring's records over `cpus`, at least 1.
 pub fn wake_every_records(ring_bytes: u32, cpus: usize) -> u64 {
     let quarter = u64::from(ring_bytes / 4) / vmatrace_common::event::EVENT_SIZE as u64;
     (quarter / cpus.max(1) as u64).max(1)

@@ -65,7 +65,7 @@ pub struct LiveSession {
     inner: load::Loaded,
     hooks: Vec<HookStatus>,
     stats: StatsHandle,
-    config: vmatrace_common::Config,
+    config: vmatrace_common::ProgramConfig,
 }
 
 impl LiveSession {
@@ -86,7 +86,7 @@ impl LiveSession {
     }
 
     /// The `CONFIG` the programs were loaded with (what a session header records).
-    pub fn config(&self) -> &vmatrace_common::Config {
+    pub fn config(&self) -> &vmatrace_common::ProgramConfig {
         &self.config
     }
 

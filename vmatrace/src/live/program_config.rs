@@ -5,7 +5,7 @@
 //! disagree with the loader about what the programs were told: the header a session
 //! writes reads [`super::LiveSession::config`], the value that was loaded.
 
-use vmatrace_common::Config;
+use vmatrace_common::ProgramConfig;
 
 use crate::kernel::plan::ProbePlan;
 
@@ -48,7 +48,7 @@ impl Default for StreamOptions {
 }
 
 /// `CONFIG` for `plan`, `filters` and `options` on this machine's possible CPUs.
-pub fn build(plan: &ProbePlan, filters: &Filters, options: &StreamOptions) -> Config {
+pub fn build(plan: &ProbePlan, filters: &Filters, options: &StreamOptions) -> ProgramConfig {
     build_for_cpus(plan, filters, options, super::load::possible_cpus())
 }
 
@@ -57,8 +57,8 @@ fn build_for_cpus(
     filters: &Filters,
     options: &StreamOptions,
     cpus: usize,
-) -> Config {
-    let mut c = Config::DEFAULT;
+) -> ProgramConfig {
+    let mut c = ProgramConfig::DEFAULT;
     c.self_tgid = filters.self_tgid.unwrap_or_else(std::process::id);
     c.filter_tgid = filters.tgid.unwrap_or(0);
     if let Some(comm) = &filters.comm {

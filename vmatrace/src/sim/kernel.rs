@@ -63,7 +63,7 @@ pub struct Kernel {
     pub sites: Mutex<Vec<InjectionSite>>,
     pub benign: Mutex<Vec<BenignRace>>,
     pub releases: ReleaseVisibility,
-    /// Stream 1 in N reader-acquire results (`Config::reader_sample_every`; 0 = none).
+    /// Stream 1 in N reader-acquire results (`ProgramConfig::reader_sample_every`; 0 = none).
     pub reader_sample_every: u32,
     /// The waiter's timed re-check: it never hangs, and a lost wake-up costs this long.
     pub wait_recheck: Duration,
