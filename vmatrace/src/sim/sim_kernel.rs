@@ -48,7 +48,7 @@ impl std::str::FromStr for ReleaseVisibility {
     }
 }
 
-pub struct Kernel {
+pub struct SimKernel {
     pub generation: Generation,
     /// `VM_REFCNT_EXCLUDE_READERS_FLAG` / `VMA_LOCK_OFFSET`.
     pub flag: u32,
@@ -72,7 +72,7 @@ pub struct Kernel {
     pub writer_wait_offset: u64,
 }
 
-impl Kernel {
+impl SimKernel {
     pub fn mm_by_addr(&self, addr: u64) -> Option<&SimMm> {
         let off = addr.checked_sub(MM_BASE)?;
         if off % MM_STRIDE != 0 {
