@@ -146,13 +146,13 @@ fn every_cited_document_is_in_the_repository() {
                         n + 1
                     ));
                 }
-                if let Some(anchor) = anchor.filter(|_| cited.ends_with("protocol.md")) {
-                    if !protocol_anchors.contains(&anchor) {
-                        wrong.push(format!(
-                            "{shown}:{}: docs/protocol.md has no #{anchor}",
-                            n + 1
-                        ));
-                    }
+                if let Some(anchor) = anchor.filter(|_| cited.ends_with("protocol.md"))
+                    && !protocol_anchors.contains(&anchor)
+                {
+                    wrong.push(format!(
+                        "{shown}:{}: docs/protocol.md has no #{anchor}",
+                        n + 1
+                    ));
                 }
             }
         }
