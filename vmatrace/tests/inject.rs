@@ -1,7 +1,7 @@
 //! Every injectable fault is reported by the validator, every single time it fires, with
 //! the anomaly kind it stands for, on every generation.
 
-use vmatrace::sim::{self, Injection, SimConfig, SimOutcome, SimReport};
+use vmatrace::lab::sim::{self, Injection, SimConfig, SimOutcome, SimReport};
 use vmatrace_common::model::Generation;
 
 fn run(generation: Generation, kinds: &[Injection], ops: u64, rate: f64) -> SimOutcome {

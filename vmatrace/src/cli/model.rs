@@ -13,7 +13,7 @@ use vmatrace_common::model::{
     Generation,
     automaton::{Automaton, automaton},
     explore::explore,
-    machine::{Config, Role, World},
+    machine::{ModelConfig, Role, World},
 };
 
 #[derive(Debug, clap::Args)]
@@ -165,7 +165,7 @@ fn check(generation: Generation, out: &mut impl Write) -> anyhow::Result<()> {
             detach: false,
         },
     ];
-    let cfg = Config {
+    let cfg = ModelConfig {
         generation,
         bug: None,
     };

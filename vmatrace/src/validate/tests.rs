@@ -1,5 +1,5 @@
-//! Validator tests: every anomaly kind from a hand-made sequence, every race of §4.5
-//! producing none, and random streams never panicking.
+//! Validator tests: every anomaly kind from a hand-made sequence, every race of
+//! `docs/protocol.md#races` producing none, and random streams never panicking.
 
 use proptest::prelude::*;
 use vmatrace_common::{
@@ -451,7 +451,7 @@ fn a_stuck_flag_is_reported_once_not_as_a_cascade() {
     );
 }
 
-// ----- the races of §4.5 produce nothing ---------------------------------------------
+// ----- the races of docs/protocol.md#races produce nothing -------------------------
 
 #[test]
 fn race_ephemeral_readers_while_write_locked() {

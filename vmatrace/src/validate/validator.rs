@@ -9,7 +9,7 @@
 //!
 //! Events of different tasks reach the validator in no guaranteed order (per-CPU ring
 //! reservations, per-thread simulator batches), and one sample's fields are read one after
-//! another, not atomically (§4.5 race 10). So every check is one of:
+//! another, not atomically (`docs/protocol.md#race-10`). So every check is one of:
 //!
 //! - **sample checks**: a fact about one event's own fields that holds whatever other
 //!   tasks do, e.g. at `__vma_start_write`'s return the caller holds the mmap write lock,
@@ -24,9 +24,9 @@
 //!   wake-up was sent to it (it slept through it).
 //! - **timestamp windows**: a reader that succeeded with the flag set in its sample is
 //!   legal if it took its reference before the flag was added and a writer raced in
-//!   (§4.4). It is a violation if its timestamp falls after the excluder saw the readers
-//!   excluded and before the exclusion ended: no reader can hold a reference then. The
-//!   decision waits until both ends of that window have been seen.
+//!   (`docs/protocol.md#race-2`). It is a violation if its timestamp falls after the
+//!   excluder saw the readers excluded and before the exclusion ended: no reader can hold
+//!   a reference then. The decision waits until both ends of that window have been seen.
 //!
 //! A reader admitted with the flag set *while the excluder still waits* cannot be told
 //! from that legal race by any sample; it is detected only once it is write-locked
@@ -844,7 +844,8 @@ impl Validator {
             }
         }
         // The detach completed: this life of the VMA is over for the model (a later
-        // re-attach is invisible anyway, §4.3). Decide pending suspects, then forget it.
+        // re-attach is invisible anyway, `docs/protocol.md#detach-invariants`). Decide
+        // pending suspects, then forget it.
         let tid = ev.tid();
         let ts = ev.ts_ns;
         let Some(t) = self.vmas.get_mut(&ev.vma) else {

@@ -2,9 +2,9 @@
 //! atomics, locks and threads, emitting the events the eBPF programs would emit on a
 //! kernel of the chosen generation, through the same pipeline as the live tracer.
 //!
-//! Layout: `mm`/`vma` hold the kernel objects, `reader` and `writer` the two sides of the
-//! protocol, `lifecycle` attach/detach/alloc/free and the mmap lock, `workload` what the
-//! tasks do, `ring` the delivery to the pipeline, `inject` deliberate faults, `checks`
+//! Layout: `sim_kernel` the simulated kernel's shared state and knobs, `mm`/`vma` the
+//! kernel objects, `vma_start_read` and `vma_start_write` the two sides of the protocol,
+//! `lifecycle` attach/detach/alloc/free and the mmap lock, `workload` what the tasks do, `ring` the delivery to the pipeline, `inject` deliberate faults, `checks`
 //! the simulator's own invariants, `report` the summary.
 //!
 //! What a real kernel would not show, the simulator does not emit either (7.x fast
@@ -14,17 +14,17 @@
 
 pub mod checks;
 pub mod inject;
-pub mod kernel;
 pub mod lifecycle;
 pub mod mm;
-pub mod reader;
 pub mod report;
 pub mod ring;
 pub mod rng;
+pub mod sim_kernel;
 pub mod task;
 pub mod vma;
+pub mod vma_start_read;
+pub mod vma_start_write;
 pub mod workload;
-pub mod writer;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -38,15 +38,15 @@ use crate::pipeline::{Pipeline, Sink, Totals};
 use crate::validate::Anomaly;
 
 pub use inject::{BenignRace, Injection, InjectionSite, ReportedAnomaly};
-pub use kernel::ReleaseVisibility;
 pub use report::SimReport;
+pub use sim_kernel::ReleaseVisibility;
 pub use workload::OpStats;
 
 use checks::SimChecks;
 use inject::InjectPlan;
-use kernel::Kernel;
 use mm::SimMm;
 use ring::{Ring, TaskCounters};
+use sim_kernel::SimKernel;
 use task::Task;
 use vma::Slab;
 
@@ -276,7 +276,7 @@ pub async fn run_async(cfg: SimConfig, sinks: Vec<Box<dyn Sink>>) -> anyhow::Res
     })
 }
 
-fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) -> Kernel {
+fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) -> SimKernel {
     let nmm = cfg
         .mms
         .unwrap_or_else(|| cfg.threads.div_ceil(TASKS_PER_MM))
@@ -284,7 +284,7 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
     let slab_capacity = (nmm * SLOTS_PER_MM * 2 + cfg.threads * 2) as u32;
     let lost_wakeups = cfg.injections.contains(&Injection::LostWakeup);
     let g = cfg.generation;
-    Kernel {
+    SimKernel {
         generation: g,
         flag: g.exclude_readers_flag(),
         limit: g.refcnt_limit(),
@@ -316,7 +316,7 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
 
 /// After every task finished: linked VMAs must hold exactly the attach reference, all
 /// other objects none, and no reader may still count as a holder.
-fn leaked_refs(k: &Kernel) -> Vec<(u64, u32)> {
+fn leaked_refs(k: &SimKernel) -> Vec<(u64, u32)> {
     let linked: std::collections::HashSet<u32> = k
         .mms
         .iter()
@@ -344,7 +344,7 @@ struct Produced {
     leaked_refs: Vec<(u64, u32)>,
 }
 
-fn run_tasks(k: &Arc<Kernel>, cfg: &SimConfig) -> Produced {
+fn run_tasks(k: &Arc<SimKernel>, cfg: &SimConfig) -> Produced {
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
     // The populating task is the extra counter slot at the end.

@@ -48,7 +48,7 @@ impl std::str::FromStr for ReleaseVisibility {
     }
 }
 
-pub struct Kernel {
+pub struct SimKernel {
     pub generation: Generation,
     /// `VM_REFCNT_EXCLUDE_READERS_FLAG` / `VMA_LOCK_OFFSET`.
     pub flag: u32,
@@ -63,15 +63,16 @@ pub struct Kernel {
     pub sites: Mutex<Vec<InjectionSite>>,
     pub benign: Mutex<Vec<BenignRace>>,
     pub releases: ReleaseVisibility,
-    /// Stream 1 in N reader-acquire results (`Config::reader_sample_every`; 0 = none).
+    /// Stream 1 in N reader-acquire results (`ProgramConfig::reader_sample_every`; 0 = none).
     pub reader_sample_every: u32,
     /// The waiter's timed re-check: it never hangs, and a lost wake-up costs this long.
     pub wait_recheck: Duration,
-    /// `offsetof(struct mm_struct, vma_writer_wait)` for the generation (reference §3).
+    /// `offsetof(struct mm_struct, vma_writer_wait)` for the generation
+    /// (`docs/protocol.md#struct-offsets`).
     pub writer_wait_offset: u64,
 }
 
-impl Kernel {
+impl SimKernel {
     pub fn mm_by_addr(&self, addr: u64) -> Option<&SimMm> {
         let off = addr.checked_sub(MM_BASE)?;
         if off % MM_STRIDE != 0 {
