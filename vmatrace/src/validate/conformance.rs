@@ -30,7 +30,7 @@ use vmatrace_common::{
         Generation,
         explore::{Invariant, check_step, check_stuck, check_world},
         generation::{EINTR, TASK_KILLABLE, TASK_UNINTERRUPTIBLE},
-        machine::{Bug, Config, Op, Pc, Role, Step, World},
+        machine::{Bug, ModelConfig as Config, Op, Pc, Role, Step, World},
     },
 };
 
@@ -61,8 +61,8 @@ impl Budget {
     };
     /// The unit test (debug build).
     pub const QUICK: Budget = Budget {
-        orders: 4,
-        sampled_executions: 200,
+        orders: 2,
+        sampled_executions: 100,
     };
 }
 

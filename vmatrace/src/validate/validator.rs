@@ -220,6 +220,8 @@ pub struct Validator {
     unanswered: Vec<Event>,
     /// Writer-path calls entered and not yet returned, by task and function family.
     open_calls: AddrMap<Event>,
+    /// [`Validator::finish`] judged the stream's end already.
+    ended: bool,
     recent: Recent,
     counts: [u64; Phase::ALL.len()],
     max_vmas: usize,
@@ -258,6 +260,7 @@ impl Validator {
             recent_returns: std::collections::VecDeque::new(),
             unanswered: Vec::new(),
             open_calls: AddrMap::default(),
+            ended: false,
             recent: Recent::new(recent_events),
             counts: [0; Phase::ALL.len()],
             max_vmas: max_vmas.max(4),
@@ -320,6 +323,7 @@ impl Validator {
     /// `rcuwait_wake_up` right after it; once nothing more will arrive, the missing call
     /// is a lost wake-up. Not for a live capture cut at an arbitrary point.
     pub fn finish(&mut self, out: &mut Vec<Anomaly>) {
+        let before = out.len();
         let mut owed: Vec<PendingWake> = self.pending_wakes.drain().map(|(_, p)| p).collect();
         owed.sort_by_key(|p| p.release.ts_ns);
         for p in owed {
@@ -335,9 +339,12 @@ impl Validator {
         for w in std::mem::take(&mut self.unanswered) {
             self.report_unanswered_wake(&w, out);
         }
+        // One report per VMA: a hung excluder behind a lost wake-up already reported is
+        // the same fault.
+        let reported: Vec<u64> = out[before..].iter().map(|a| a.event.vma).collect();
         // With a gap in the stream a missing return may just be lost: the rules below
-        // need the whole stream.
-        if self.losses > 0 {
+        // need the whole stream, and they judge its end once.
+        if self.losses > 0 || std::mem::replace(&mut self.ended, true) {
             return;
         }
         // An excluder still waiting for readers when a finite stream ends slept through
@@ -346,14 +353,17 @@ impl Validator {
         let mut waiting: Vec<(u64, u32)> = self
             .open_calls
             .values()
-            .filter(|e| e.vma != 0)
+            .filter(|e| e.vma != 0 && !reported.contains(&e.vma))
             .map(|e| (e.vma, e.tid()))
             .collect();
-        waiting.dedup();
+        waiting.sort_unstable();
+        waiting.dedup_by_key(|(vma, _)| *vma);
         let flagged: Vec<(u64, u32)> = self
             .vmas
             .iter()
-            .filter(|(vma, t)| !t.flag_stuck && !waiting.iter().any(|(v, _)| v == *vma))
+            .filter(|(vma, t)| {
+                !t.flag_stuck && !reported.contains(vma) && !waiting.iter().any(|(v, _)| v == *vma)
+            })
             .filter_map(|(vma, t)| {
                 let last = self
                     .recent

@@ -170,7 +170,9 @@ impl SimOutcome {
             .filter(|a| !(a.key == "lost_wakeup" && benign.contains(&(a.ts_ns, a.vma))))
             .copied()
             .collect();
-        inject::unmatched_sites(&self.sites, &real)
+        let visible: Vec<InjectionSite> =
+            self.sites.iter().filter(|s| !s.hidden).copied().collect();
+        inject::unmatched_sites(&visible, &real)
     }
 
     /// Anomalies that are reports of recorded benign races (validator false positives).
@@ -302,8 +304,11 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
         reader_sample_every: cfg.reader_sample_every,
         // Without lost wake-ups a waiter only re-checks as a safety net; with them the
         // re-check is how the writer recovers, so keep it short.
+        // A lost wake-up is re-issued after the faulty task's next event, so the re-check
+        // stays a safety net; a short one would let the waiter recover before that event
+        // and hide the fault.
         wait_recheck: if lost_wakeups {
-            Duration::from_millis(2)
+            Duration::from_millis(100)
         } else {
             Duration::from_millis(500)
         },
@@ -372,7 +377,10 @@ fn run_tasks(k: &Arc<SimKernel>, cfg: &SimConfig) -> Produced {
                 .name(format!("vmasim/{i}"))
                 .spawn(move || {
                     let mut t = Task::new(i, mm, tgid, seed);
-                    workload::run_task(&k, &mut t, quota, deadline, &stop)
+                    let done = workload::run_task(&k, &mut t, quota, deadline, &stop);
+                    // A wake-up held back by an injected fault is owed even at the end.
+                    t.wake_deferred(&k);
+                    done
                 })
         })
         .collect();

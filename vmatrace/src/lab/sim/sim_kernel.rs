@@ -116,19 +116,31 @@ impl SimKernel {
             });
     }
 
-    /// Record a fault that fired on VMA `idx`.
-    pub fn record_site(&self, kind: Injection, ts_ns: u64, idx: u32, mm: u64) {
+    /// Record a fault that fired on VMA `idx`; returns its index.
+    pub fn record_site(&self, kind: Injection, ts_ns: u64, idx: u32, mm: u64) -> usize {
         self.vma(idx).faulted.store(true, Ordering::Relaxed);
         let vma = Slab::addr(idx);
-        self.sites
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        sites.push(InjectionSite {
+            kind,
+            ts_ns,
+            vma,
+            mm,
+            hidden: false,
+        });
+        sites.len() - 1
+    }
+
+    /// Site `i` became invisible (see [`InjectionSite::hidden`]).
+    pub fn hide_site(&self, i: usize) {
+        if let Some(s) = self
+            .sites
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(InjectionSite {
-                kind,
-                ts_ns,
-                vma,
-                mm,
-            });
+            .get_mut(i)
+        {
+            s.hidden = true;
+        }
     }
 
     /// An event header for task `t`: identity, CPU, kind and attach point.
@@ -169,7 +181,9 @@ impl SimKernel {
 
     /// Push one event unless the task is quiet; returns its timestamp (0 when quiet).
     pub fn emit(&self, t: &Task, f: impl FnOnce() -> Event) -> u64 {
-        if t.quiet { 0 } else { self.ring.emit(f) }
+        let ts = if t.quiet { 0 } else { self.ring.emit(f) };
+        t.wake_deferred(self);
+        ts
     }
 
     pub fn is_write_locked(&self, v: &SimVma, mm: &SimMm) -> bool {

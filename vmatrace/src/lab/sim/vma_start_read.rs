@@ -445,7 +445,11 @@ pub fn rcuwait_wake_up(k: &SimKernel, t: &mut Task, mm: &SimMm, put: Option<(u32
         && put_ts != 0
         && k.inject(t, Injection::LostWakeup, idx)
     {
-        k.record_site(Injection::LostWakeup, put_ts, idx, mm.addr);
+        let site = k.record_site(Injection::LostWakeup, put_ts, idx, mm.addr);
+        // The wake-up comes late, after this task's next event: the waiter does not hang,
+        // and the stream shows the task going on without waking it.
+        w.owed_site.store(site, Ordering::SeqCst);
+        t.deferred_wake.set(Some((waiter.thread.clone(), mm.index)));
         return;
     }
     let vma = waiter.vma;

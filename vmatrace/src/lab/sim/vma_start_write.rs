@@ -63,6 +63,12 @@ fn rcuwait_wait_event(
             if slept_out {
                 SimChecks::bump(&k.checks.wait_timeout_recoveries);
             }
+            // Found its target before the held-back wake-up came (on its own, or by the
+            // re-check): the stream is a legal one, nothing to see.
+            let owed = w.owed_site.swap(usize::MAX, Ordering::SeqCst);
+            if owed != usize::MAX {
+                k.hide_site(owed);
+            }
             break 0;
         }
         if state == TASK_KILLABLE && t.fatal_signal {
