@@ -69,7 +69,7 @@ impl Offsets {
 /// Filters and knobs, also a load-time global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Config {
+pub struct ProgramConfig {
     /// The tracer's own tgid: its events are dropped in the kernel (the kernel itself
     /// calls `lock_vma_under_rcu` for BPF stack maps and task-VMA iterators).
     pub self_tgid: u32,
@@ -99,7 +99,7 @@ pub struct Config {
     pub write_entry_from_exclude: u32,
 }
 
-impl Config {
+impl ProgramConfig {
     pub const DEFAULT: Self = Self {
         self_tgid: 0,
         filter_tgid: 0,
@@ -145,7 +145,7 @@ impl MmapLockTpOffsets {
 unsafe impl aya::Pod for Offsets {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
-unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for ProgramConfig {}
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)`, `Copy`, four `u32`s, no padding.
 unsafe impl aya::Pod for MmapLockTpOffsets {}

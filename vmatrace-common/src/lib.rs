@@ -13,6 +13,6 @@ pub mod counters;
 pub mod event;
 pub mod model;
 
-pub use config::{Config, OFFSET_ABSENT, Offsets};
+pub use config::{OFFSET_ABSENT, Offsets, ProgramConfig};
 pub use counters::Counter;
 pub use event::{Event, EventKind};

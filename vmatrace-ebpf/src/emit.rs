@@ -10,8 +10,8 @@ use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
 
 use crate::{
     globals::global,
-    kernel::{Reads, present},
     maps::{COUNTERS, EVENTS, SINCE_WAKE},
+    struct_reads::{Reads, present},
 };
 
 /// Add one to a per-CPU counter (no atomics needed: the slot is this CPU's, and BPF
@@ -53,7 +53,7 @@ pub fn header<const D: bool>(kind: EventKind, probe: ProbeId, pid_tgid: u64, ts:
 /// The current task's `comm`. In fentry/fexit programs (`D`), when BTF gave
 /// `task_struct.comm`'s offset, two direct 8-byte loads through
 /// `bpf_get_current_task_btf()`, which the verifier types as `struct task_struct *`
-/// (see `kernel::Reads`); otherwise the `bpf_get_current_comm` helper, whose `strscpy_pad`
+/// (see `struct_reads::Reads`); otherwise the `bpf_get_current_comm` helper, whose `strscpy_pad`
 /// copy was the largest single cost of a streaming program under TCG.
 #[inline(always)]
 fn comm<const D: bool>(out: &mut [u8; 16]) {

@@ -6,13 +6,13 @@
 //! load is a direct read of the frozen map value (a constant to the verifier) and the
 //! compiler cannot fold the built-in defaults.
 
-use vmatrace_common::{Config, Offsets, config::MmapLockTpOffsets};
+use vmatrace_common::{Offsets, ProgramConfig, config::MmapLockTpOffsets};
 
 #[unsafe(no_mangle)]
 pub static OFFSETS: Offsets = Offsets::ABSENT;
 
 #[unsafe(no_mangle)]
-pub static CONFIG: Config = Config::DEFAULT;
+pub static CONFIG: ProgramConfig = ProgramConfig::DEFAULT;
 
 /// `vmatrace_common::model::Generation as u32` (0 = unknown: generation-specific
 /// arguments and return values are not interpreted).

@@ -11,7 +11,7 @@ use vmatrace_common::{EventKind, event::ProbeId};
 use crate::{
     emit::{header, now, send},
     filter::traced,
-    kernel::{Reads, fill_vma},
+    struct_reads::{Reads, fill_vma},
 };
 
 /// `arg` = the `mm` (alloc) or the original VMA (dup), 0 from a kretprobe.

@@ -7,9 +7,10 @@
 //! loader resolved from this kernel's BTF (`OFFSETS`, a frozen `.rodata` global the
 //! verifier treats as constants).
 //!
-//! Modules: `globals` (load-time configuration), `maps`, `kernel` (field readers),
-//! `filter` (who is traced), `emit` (event records and counters), then one module per
-//! group of kernel functions: `writer`, `reader`, `wake`, `lifetime`, `mmap_lock`.
+//! Modules: `globals` (load-time configuration), `maps`, `struct_reads` (kernel struct
+//! fields at BTF offsets), `filter` (who is traced), `emit` (event records and counters),
+//! then one module per group of kernel functions: `write_lock` (write lock, reader
+//! exclusion, detach), `read_lock`, `wake`, `lifetime`, `mmap_lock`.
 #![no_std]
 #![no_main]
 
@@ -17,13 +18,13 @@ mod emit;
 mod filter;
 mod globals;
 mod inflight;
-mod kernel;
 mod lifetime;
 mod maps;
 mod mmap_lock;
-mod reader;
+mod read_lock;
+mod struct_reads;
 mod wake;
-mod writer;
+mod write_lock;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -15,7 +15,7 @@ use crate::{
     emit::{header, now, send},
     filter::traced,
     globals::global,
-    kernel::{Reads, mm_seq},
+    struct_reads::{Reads, mm_seq},
 };
 
 #[inline(always)]

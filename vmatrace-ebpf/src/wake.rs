@@ -14,8 +14,8 @@ use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
 
 use crate::{
     emit::{count, header, now, send},
-    kernel::{Reads, fill_vma, int_ret},
     maps::{EXCLUDERS, Excluder, INFLIGHT_WAKE, Inflight, excluding},
+    struct_reads::{Reads, fill_vma, int_ret},
 };
 
 #[inline(always)]
@@ -24,7 +24,7 @@ fn excluder(w: u64) -> Option<Excluder> {
         return None;
     }
     // SAFETY: a value pointer from the lookup. `ready` is read first: the excluder
-    // rewrites the element in place and sets `ready` last (`writer::register_excluder`).
+    // rewrites the element in place and sets `ready` last (`write_lock::register_excluder`).
     EXCLUDERS.get_ptr(w).map(|p| unsafe {
         let ready = core::ptr::read_volatile(&raw const (*p).ready);
         Excluder {

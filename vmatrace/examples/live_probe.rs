@@ -29,10 +29,10 @@ use std::{
 use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
 use vmatrace::{
-    live::{LiveOptions, LiveSession, tracing_programs_supported},
+    live::{Filters, LiveOptions, LiveSession, StreamOptions, tracing_programs_supported},
     pipeline::{CounterSnapshot, SourceItem},
 };
-use vmatrace_common::{Config, Counter, Event, EventKind, event::flags, model::Generation};
+use vmatrace_common::{Counter, Event, EventKind, event::flags, model::Generation};
 
 const F: u32 = 1 << 30;
 
@@ -74,12 +74,14 @@ fn main() -> anyhow::Result<()> {
         _ => plans::plan_7x(use_tracing),
     };
     println!("plan: generation {}", plan.generation.label());
-    let mut config = Config::DEFAULT;
-    config.reader_sample_every = sample;
     let session = LiveSession::start(LiveOptions {
         plan,
-        config,
-        ring_buffer_bytes: 16 << 20,
+        filters: Filters::default(),
+        stream: StreamOptions {
+            reader_sample_every: sample,
+            stream_entries: false,
+            ring_buffer_bytes: 16 << 20,
+        },
         enable_stats: true,
     })
     .context("LiveSession::start")?;
@@ -202,7 +204,7 @@ fn report(events: &[Event], counters: &CounterSnapshot) {
     for e in first.values() {
         println!("  {}", show(e));
     }
-    // Protocol facts visible in the samples (kernel-vma-lock-protocol.md §4).
+    // Protocol facts visible in the samples (docs/protocol.md#invariants).
     let mut facts: BTreeMap<String, u64> = BTreeMap::new();
     for e in events {
         let fact = match e.kind() {

@@ -3,18 +3,18 @@
 //!
 //! Layout: kernel-facing code (`kernel`: symbols/BTF/plan; `live`: load and attach) is
 //! kept apart from pure logic (`validate`, `stats`, `trace`, `export`, `tui` renderers),
-//! which is testable without root.
+//! which is testable without root. The lab (`lab`: the simulated kernel and the stress
+//! workload) is a room of its own that only the CLI wires in.
 
 pub mod cli;
 pub mod export;
 pub mod kernel;
+pub mod lab;
 pub mod live;
 pub mod logging;
 pub mod pipeline;
 pub mod serde_compat;
-pub mod sim;
 pub mod stats;
-pub mod stress;
 pub mod testing;
 pub mod trace;
 pub mod tui;

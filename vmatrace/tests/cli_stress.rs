@@ -96,7 +96,7 @@ fn the_refcount_increment_is_found_in_this_kernel() {
         );
         return;
     }
-    let sites = vmatrace::stress::race::find_sites().expect("sites in this kernel");
+    let sites = vmatrace::lab::stress::race::find_sites().expect("sites in this kernel");
     assert!(!sites.is_empty());
     for s in &sites {
         assert!(s.next > s.cmpxchg && s.next - s.cmpxchg <= 10, "{s:?}");

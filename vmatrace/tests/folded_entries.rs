@@ -16,8 +16,8 @@ use std::{
 };
 
 use vmatrace::{
+    lab::sim::{self, Injection, SimConfig},
     pipeline::{Pipeline, Sink},
-    sim::{self, Injection, SimConfig},
     validate::Anomaly,
 };
 use vmatrace_common::{Event, EventKind, event::flags, model::Generation};

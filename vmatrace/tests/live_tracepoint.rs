@@ -9,12 +9,12 @@ use std::time::Duration;
 use common::plans::{OFFSETS_6_18, plan, tracepoint_points};
 use tokio::sync::{mpsc, oneshot};
 use vmatrace::{
-    live::{LiveOptions, LiveSession, check_privileges},
+    live::{Filters, LiveOptions, LiveSession, StreamOptions, check_privileges},
     pipeline::{CounterSnapshot, SourceItem},
     testing::skip,
 };
 use vmatrace_common::{
-    Config, Counter, Event, EventKind,
+    Counter, Event, EventKind,
     event::{ProbeId, flags},
     model::Generation,
 };
@@ -52,15 +52,20 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
         return;
     }
     let pid = std::process::id();
-    let mut config = Config::DEFAULT;
     // Trace only this process, which is also the tracer: lift the self filter (any
     // non-zero tgid that is not ours).
-    config.self_tgid = u32::MAX;
-    config.filter_tgid = pid;
+    let filters = Filters {
+        self_tgid: Some(u32::MAX),
+        tgid: Some(pid),
+        ..Filters::default()
+    };
     let session = match LiveSession::start(LiveOptions {
         plan: plan(Generation::V6_15, OFFSETS_6_18, tracepoint_points()),
-        config,
-        ring_buffer_bytes: 1 << 20,
+        filters,
+        stream: StreamOptions {
+            ring_buffer_bytes: 1 << 20,
+            ..StreamOptions::default()
+        },
         enable_stats: true,
     }) {
         Ok(s) => s,
@@ -238,8 +243,11 @@ fn the_planners_plan_for_this_host_attaches() {
     println!("plan points: {:?}", plan.points);
     let session = LiveSession::start(LiveOptions {
         plan: plan.clone(),
-        config: Config::DEFAULT,
-        ring_buffer_bytes: 1 << 16,
+        filters: Filters::default(),
+        stream: StreamOptions {
+            ring_buffer_bytes: 1 << 16,
+            ..StreamOptions::default()
+        },
         enable_stats: false,
     })
     .unwrap_or_else(|e| panic!("the planner's plan does not start: {e:#}"));

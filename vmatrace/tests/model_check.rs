@@ -5,7 +5,7 @@
 use vmatrace_common::model::{
     Generation,
     explore::{Exploration, Invariant, explore},
-    machine::{Bug, Config, Role, World},
+    machine::{Bug, ModelConfig, Role, World},
 };
 
 const MAX_STATES: usize = 3_000_000;
@@ -25,7 +25,7 @@ const KILLABLE: Role = Role::Writer {
 };
 
 fn check(generation: Generation, bug: Option<Bug>, roles: &[Role]) -> Exploration {
-    let cfg = Config { generation, bug };
+    let cfg = ModelConfig { generation, bug };
     let started = std::time::Instant::now();
     let x = explore(&cfg, World::new(roles), MAX_STATES);
     println!(
@@ -80,7 +80,7 @@ fn the_fatal_signal_path_is_reached() {
     // (no vma_start_write_killable) none does. Checked by running to that outcome.
     use vmatrace_common::model::machine::Outcome;
     for &(g, expect) in &[(Generation::V7_0, true), (Generation::V6_15, false)] {
-        let cfg = Config {
+        let cfg = ModelConfig {
             generation: g,
             bug: None,
         };
@@ -151,7 +151,7 @@ fn the_races_are_reached() {
     // Without this, a model that never reaches the interesting paths would pass.
     use std::collections::HashSet;
     use vmatrace_common::model::machine::Op;
-    let cfg = Config {
+    let cfg = ModelConfig {
         generation: Generation::V7_0,
         bug: None,
     };
@@ -220,7 +220,7 @@ fn new_vma_attached_under_the_write_lock_races_readers() {
     // making ephemeral increments once attached, and a writer after the unlock.
     use vmatrace_common::model::machine::Role;
     for &g in Generation::ALL {
-        let cfg = Config {
+        let cfg = ModelConfig {
             generation: g,
             bug: None,
         };

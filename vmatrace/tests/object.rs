@@ -142,7 +142,7 @@ fn globals_exist_in_rodata_with_their_sizes() {
     );
     assert_eq!(
         size_of(names::CONFIG),
-        sz::<vmatrace_common::Config>() as u64
+        sz::<vmatrace_common::ProgramConfig>() as u64
     );
     assert_eq!(size_of(names::GENERATION), 4);
     assert_eq!(

@@ -1,6 +1,6 @@
 //! Exact probe plans for kernels captured from real running systems
 //! (`tests/data/kernels`, produced by `tests/data/kernels/capture.sh`; see its README).
-//! The expectations restate `kernel-vma-lock-protocol.md` §5: if the planner drifts from
+//! The expectations restate `docs/protocol.md#observability`: if the planner drifts from
 //! what these kernels really expose, these fail.
 
 use std::path::PathBuf;
@@ -114,7 +114,7 @@ fn host_caps() -> Capabilities {
     }
 }
 
-/// The plan protocol notes §5 predict for Debian's 7.x cloud builds: start-exclude
+/// The plan `docs/protocol.md#observability` predicts for Debian's 7.x cloud builds: start-exclude
 /// direct via fentry/fexit; end-exclude and the fast detach via proxies;
 /// `vma_refcount_put` (notrace) through a kprobe. The write lock's request is seen at
 /// start-exclude's entry (its first callee), so `__vma_start_write` has no entry program.
@@ -149,7 +149,7 @@ fn debian_7_2_13_cloud() {
         reason(&plan, "reader_release"),
         "rcuwait_wake_up when the last reader leaves under a waiting writer; other releases are inlined"
     );
-    // Offsets as read from this kernel's BTF (protocol notes §3: 7.2.13 column).
+    // Offsets as read from this kernel's BTF (`docs/protocol.md#struct-offsets`: 7.2 column).
     let o = plan.offsets;
     assert_eq!(
         [o.vma_vm_start, o.vma_vm_end, o.vma_vm_mm, o.vma_vm_flags],
@@ -190,7 +190,7 @@ fn debian_7_3_4_cloud() {
     assert_eq!(plan.kernel.release, "7.3.4+deb13-cloud-amd64");
     assert_eq!(compact(&plan), EXPECTED_7X);
     // 7.3 filled holes in vm_area_struct; the fields the programs read did not move
-    // (protocol notes §3, B:7.3.4 column).
+    // (`docs/protocol.md#struct-offsets`, 7.3 column).
     let o = plan.offsets;
     assert_eq!([o.vma_vm_lock_seq, o.vma_vm_refcnt], [0x28, 0x80]);
     assert_eq!([o.mm_mm_lock_seq, o.mm_vma_writer_wait], [0x1d0, 0x1c8]);

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use vmatrace::lab::sim::{self, Injection, ReleaseVisibility, SimConfig, SimOutcome, SimReport};
 use vmatrace::pipeline::Sink;
-use vmatrace::sim::{self, Injection, ReleaseVisibility, SimConfig, SimOutcome, SimReport};
 use vmatrace_common::event::{ProbeId, flags};
 use vmatrace_common::model::Generation;
 use vmatrace_common::model::generation::{EINTR, TASK_KILLABLE};

@@ -21,7 +21,7 @@ use vmatrace::{
     live::{check_privileges, names, raise_memlock_limit},
     testing::skip,
 };
-use vmatrace_common::{Config, Offsets, config::MmapLockTpOffsets, model::Generation};
+use vmatrace_common::{Offsets, ProgramConfig, config::MmapLockTpOffsets, model::Generation};
 
 /// Why bpf() cannot be used here, if so.
 fn bpf_unavailable() -> Option<String> {
@@ -33,8 +33,8 @@ fn bpf_unavailable() -> Option<String> {
 }
 
 /// A config with every filter on, so the filter code is verified too.
-fn filtering_config() -> Config {
-    let mut c = Config::DEFAULT;
+fn filtering_config() -> ProgramConfig {
+    let mut c = ProgramConfig::DEFAULT;
     c.self_tgid = std::process::id();
     c.filter_tgid = 1;
     c.filter_comm[..4].copy_from_slice(b"stre");
@@ -45,8 +45,8 @@ fn filtering_config() -> Config {
     c
 }
 
-fn sampling_config() -> Config {
-    let mut c = Config::DEFAULT;
+fn sampling_config() -> ProgramConfig {
+    let mut c = ProgramConfig::DEFAULT;
     c.self_tgid = std::process::id();
     c.reader_sample_every = 1;
     c.stream_entries = 1;
@@ -57,7 +57,7 @@ struct Setup {
     label: &'static str,
     generation: u32,
     offsets: Offsets,
-    config: Config,
+    config: ProgramConfig,
 }
 
 fn setups() -> Vec<Setup> {
@@ -66,7 +66,7 @@ fn setups() -> Vec<Setup> {
             label: "6.18 offsets, gen 6.15, no filters, entries folded",
             generation: Generation::V6_15 as u32,
             offsets: OFFSETS_6_18,
-            config: Config::DEFAULT,
+            config: ProgramConfig::DEFAULT,
         },
         Setup {
             label: "6.19 offsets, gen 6.19, all filters, entries streamed",
@@ -84,7 +84,7 @@ fn setups() -> Vec<Setup> {
             label: "all offsets absent",
             generation: 0,
             offsets: Offsets::ABSENT,
-            config: Config::DEFAULT,
+            config: ProgramConfig::DEFAULT,
         },
     ]
 }

@@ -1,6 +1,6 @@
 //! Provisioning, idempotent: every step checks before it installs.
 //!
-//! The eBPF toolchain (environment.md §2): Debian's rustc 1.96 with its library source
+//! The eBPF toolchain: Debian's rustc 1.96 with its library source
 //! (`rustc-web`, `rust-web-src`), LLVM 22 for bpf-linker, and bpf-linker 0.13.0 built
 //! against that LLVM. The VM tests need `qemu-system-x86`, `busybox-static`, `cpio`; the
 //! dashboard's end-to-end test needs `tmux`. The fleet tests need `prometheus` (with

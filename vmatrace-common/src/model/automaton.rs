@@ -18,7 +18,7 @@ use std::{
 
 use super::{
     Generation,
-    machine::{Config, Pc, Role, World},
+    machine::{ModelConfig, Pc, Role, World},
     refcnt::{self, F},
 };
 use crate::event::EventKind;
@@ -81,7 +81,7 @@ pub fn abstract_state(w: &World) -> &'static str {
 
 /// Build the automaton for `generation` by exhaustive exploration.
 pub fn automaton(generation: Generation) -> Automaton {
-    let cfg = Config {
+    let cfg = ModelConfig {
         generation,
         bug: None,
     };

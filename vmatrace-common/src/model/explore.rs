@@ -8,11 +8,11 @@
 use std::{collections::HashMap, fmt, format, string::String, vec::Vec};
 
 use super::{
-    machine::{Config, Op, Outcome, Pc, Role, Step, Task, World},
+    machine::{ModelConfig, Op, Outcome, Pc, Role, Step, Task, World},
     refcnt::{self, F},
 };
 
-/// The properties checked (the kernel's own statements, §1 and §4).
+/// The properties checked (the kernel's own statements, `docs/protocol.md#invariants`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Invariant {
     /// A reader's increment succeeded although the flag was set.
@@ -71,7 +71,7 @@ pub struct Counterexample {
     pub detail: String,
     pub initial: World,
     pub trace: Vec<(Step, World)>,
-    pub config: Config,
+    pub config: ModelConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -86,7 +86,7 @@ pub struct Exploration {
 }
 
 /// Explore every interleaving from `initial`, up to `max_states` worlds.
-pub fn explore(cfg: &Config, initial: World, max_states: usize) -> Exploration {
+pub fn explore(cfg: &ModelConfig, initial: World, max_states: usize) -> Exploration {
     let mut worlds: Vec<World> = Vec::new();
     let mut parent: Vec<Option<(u32, Step)>> = Vec::new();
     let mut index: HashMap<World, u32> = HashMap::new();
@@ -177,7 +177,7 @@ fn holds_read_lock(t: &Task) -> bool {
     matches!(t.pc, Pc::ReadHolding | Pc::ReadPut { locked: true })
 }
 
-fn check_world(w: &World) -> Option<(Invariant, String)> {
+pub fn check_world(w: &World) -> Option<(Invariant, String)> {
     let r = w.vm_refcnt;
     if refcnt::out_of_range(r) {
         return Some((Invariant::RefcountInRange, format!("vm_refcnt = {r:#x}")));
@@ -233,7 +233,7 @@ fn check_world(w: &World) -> Option<(Invariant, String)> {
     None
 }
 
-fn check_step(before: &World, step: Step, after: &World) -> Option<(Invariant, String)> {
+pub fn check_step(before: &World, step: Step, after: &World) -> Option<(Invariant, String)> {
     match step.op {
         Op::IncNotZeroLimited { result: Ok(old) } if refcnt::flag_set(old) => {
             return Some((
@@ -290,7 +290,7 @@ fn check_step(before: &World, step: Step, after: &World) -> Option<(Invariant, S
 }
 
 /// Nothing can move: every task must be done, and the end state clean.
-fn check_stuck(w: &World, initial_refcnt: u32) -> Option<(Invariant, String)> {
+pub fn check_stuck(w: &World, initial_refcnt: u32) -> Option<(Invariant, String)> {
     if let Some(i) = w.tasks.iter().position(|t| !t.done()) {
         let t = &w.tasks[i];
         let detail = format!(

@@ -41,7 +41,7 @@ pub enum Role {
     /// `mmap_write_unlock`.
     Writer { killable: bool, detach: bool },
     /// A new VMA's life under one `mmap_write_lock`: `vma_start_write` on the detached
-    /// VMA (no exclusion, §4.5 race 8), `vma_mark_attached`, then `vma_mark_detached`
+    /// VMA (no exclusion, `docs/protocol.md#race-8`), `vma_mark_attached`, then `vma_mark_detached`
     /// when `detach` (a failed mmap / munmap), `mmap_write_unlock`.
     Attacher { detach: bool },
 }
@@ -76,7 +76,7 @@ impl Bug {
 
 /// What a step machine models: the generation's semantics, and an optional bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Config {
+pub struct ModelConfig {
     pub generation: Generation,
     pub bug: Option<Bug>,
 }
@@ -351,7 +351,7 @@ impl Op {
     }
 
     /// The event the tracer records for this step on `generation`, if the step is
-    /// observable there (kernel-vma-lock-protocol.md §5.2). Most reader puts are inlined
+    /// observable there (`docs/protocol.md#observability`). Most reader puts are inlined
     /// and invisible; the wake-up they make is not.
     pub const fn observed_as(&self, generation: Generation) -> Option<EventKind> {
         // 6.15–6.18 inline start/end-exclude; 7.x inlines the fast detach.
@@ -551,7 +551,7 @@ impl World {
     // ----- steps ---------------------------------------------------------------------
 
     /// Every step the world can take next, with the resulting world.
-    pub fn successors(&self, cfg: &Config, mut emit: impl FnMut(Step, World)) {
+    pub fn successors(&self, cfg: &ModelConfig, mut emit: impl FnMut(Step, World)) {
         for i in 0..MAX_TASKS {
             let mut next = *self;
             if let Some(op) = next.step(cfg, i) {
@@ -583,7 +583,7 @@ impl World {
     }
 
     /// Task `i` takes its next step, if it can.
-    pub fn step(&mut self, cfg: &Config, i: usize) -> Option<Op> {
+    pub fn step(&mut self, cfg: &ModelConfig, i: usize) -> Option<Op> {
         let me = i as u8;
         let task = self.tasks[i];
         let bug = cfg.bug;
@@ -836,7 +836,7 @@ const fn after_write_lock(role: Role) -> Pc {
 mod tests {
     use super::*;
 
-    const CFG: Config = Config {
+    const CFG: ModelConfig = ModelConfig {
         generation: Generation::V7_0,
         bug: None,
     };

@@ -1,4 +1,4 @@
-//! The per-VMA lock refcount model (kernel-vma-lock-protocol.md §1 and §4).
+//! The per-VMA lock refcount model (`docs/protocol.md`).
 //!
 //! - [`generation`]: which kernel code is modelled.
 //! - [`refcnt`]: what a sampled `vm_refcnt` means, the wake predicate, start-exclude

@@ -1,4 +1,4 @@
-//! `vma->vm_refcnt` values and what they mean (kernel-vma-lock-protocol.md §1.1).
+//! `vma->vm_refcnt` values and what they mean (`docs/protocol.md#refcount-encoding`).
 //!
 //! Everything here is a pure function of sampled values, so the validator, the explorer
 //! and the eBPF side can share it. The names follow the kernel (7.0 names, with the
@@ -13,7 +13,7 @@ pub const F: u32 = VM_REFCNT_EXCLUDE_READERS_FLAG;
 /// `VM_REFCNT_LIMIT` = `VMA_REF_LIMIT`: a reader's increment may not exceed it.
 pub const VM_REFCNT_LIMIT: u32 = F - 1;
 /// `vma_lock_init()` starts `vm_lock_seq` here; it is odd, so an mm whose sequence
-/// passes through it sees fresh VMAs as write-locked (§1.2, race 7).
+/// passes through it sees fresh VMAs as write-locked (`docs/protocol.md#race-7`).
 pub const VM_LOCK_SEQ_INIT: u32 = u32::MAX;
 
 /// What a sampled `vm_refcnt` value says on its own.
@@ -68,7 +68,7 @@ pub const fn vma_readers_excluded(refcnt: u32) -> bool {
 /// Whether `vma_refcount_put` must call `rcuwait_wake_up`, given the value **before** its
 /// decrement: the new value is nonzero and readers are excluded (it is `F` or `F + 1`).
 /// During a detach a put leaving `F + 1` wakes the detacher spuriously; the kernel
-/// accepts that (§4.5 race 2).
+/// accepts that (`docs/protocol.md#race-2`).
 pub const fn put_must_wake(old: u32) -> bool {
     let new = old.wrapping_sub(1);
     new != 0 && vma_readers_excluded(new)
@@ -84,7 +84,7 @@ pub const fn is_write_locked(vm_lock_seq: u32, mm_lock_seq: u32) -> bool {
     vm_lock_seq == mm_lock_seq
 }
 
-/// The three results a start-exclude can report (§4.2).
+/// The three results a start-exclude can report (`docs/protocol.md#writer-invariants`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExcludeResult {
     /// Readers excluded: `vm_refcnt` is exactly the target; the caller must end it.

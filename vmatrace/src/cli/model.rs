@@ -1,8 +1,9 @@
 //! `vmatrace model`: the refcount automaton, generated from the model code.
 //!
 //! `--dot` (default) prints Graphviz DOT, `--json` the same states and transitions as
-//! JSON, `--check` runs the exhaustive check of the kernel's invariants and prints the
-//! number of states explored (and a counterexample trace if one is found).
+//! JSON, `--check` runs, per generation, the exhaustive check of the kernel's invariants
+//! and the validator's conformance to the model (`validate::conformance`): every
+//! execution replayed without a false anomaly, every visible bug reported.
 
 use std::io::Write;
 
@@ -12,7 +13,7 @@ use vmatrace_common::model::{
     Generation,
     automaton::{Automaton, automaton},
     explore::explore,
-    machine::{Config, Role, World},
+    machine::{ModelConfig, Role, World},
 };
 
 #[derive(Debug, clap::Args)]
@@ -20,11 +21,14 @@ pub struct ModelArgs {
     /// Print the automaton as Graphviz DOT (the default).
     #[arg(long, conflicts_with_all = ["json", "check"])]
     pub dot: bool,
-    /// Print the automaton as JSON.
-    #[arg(long, conflicts_with = "check")]
+    /// Print the automaton as JSON (with --check: the check's results, one object per
+    /// generation).
+    #[arg(long)]
     pub json: bool,
-    /// Explore every interleaving of 2 readers, a writer, a detacher and a killable
-    /// writer and check the invariants; exit code 1 on a counterexample.
+    /// For every generation: explore every interleaving of 2 readers, a writer, a
+    /// detacher and a killable writer and check the invariants, then replay the model's
+    /// executions through the validator (docs/anomaly-kinds.md, "Conformance"); exit
+    /// code 1 on a counterexample, a false anomaly or a missed bug.
     #[arg(long)]
     pub check: bool,
     /// Kernel generation to model: 6.15 (6.15–6.18), 6.19 or 7.0 (7.0+).
@@ -46,7 +50,7 @@ fn parse_generation(s: &str) -> Result<Generation, String> {
 pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     if args.check {
-        return check(args.generation, &mut stdout);
+        return check_all(args.json, &mut stdout);
     }
     let a = automaton(args.generation);
     let text = if args.json {
@@ -78,6 +82,71 @@ pub fn to_json(a: &Automaton) -> serde_json::Value {
     })
 }
 
+/// The invariants, then the validator's conformance, for every generation.
+fn check_all(json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    use crate::validate::conformance::{self, Budget};
+    let mut failed = Vec::new();
+    let mut all = Vec::new();
+    for g in Generation::ALL {
+        let mut text = Vec::new();
+        if let Err(e) = check(*g, &mut text) {
+            failed.push(e.to_string());
+        }
+        let c = conformance::check(*g, Budget::FULL);
+        if !json {
+            out.write_all(&text)?;
+            writeln!(
+                out,
+                "generation {}: conformance: {} executions replayed in {} delivery orders, \
+                 {} false anomalies",
+                g.key(),
+                c.executions_replayed,
+                c.delivery_orders,
+                c.false_anomalies
+            )?;
+            for (bug, r) in &c.bugs {
+                writeln!(
+                    out,
+                    "  bug {bug}: {} executions show it, {} reported as {} ({} look exactly \
+                     like correct ones)",
+                    r.executions, r.detected, r.kind, r.indistinguishable
+                )?;
+            }
+        }
+        if let Some(cx) = &c.counterexample {
+            writeln!(out, "false anomaly:\n{cx}")?;
+        }
+        for (bug, r) in &c.bugs {
+            if let Some(m) = &r.missed {
+                writeln!(out, "missed {bug}:\n{m}")?;
+            }
+        }
+        if !c.ok() {
+            failed.push(format!(
+                "generation {}: the validator does not conform",
+                g.key()
+            ));
+        }
+        all.push(json!({
+            "generation": g.key(),
+            "states": c.states.0,
+            "transitions": c.states.1,
+            "executions_replayed": c.executions_replayed,
+            "delivery_orders": c.delivery_orders,
+            "false_anomalies": c.false_anomalies,
+            "bugs": c.bugs,
+        }));
+    }
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(super::exit::Failure::Unverified(failed.join("; ")).into())
+    }
+}
+
 /// Explore the model; a violated invariant is an error (status 1) after its counterexample.
 fn check(generation: Generation, out: &mut impl Write) -> anyhow::Result<()> {
     let roles = [
@@ -96,7 +165,7 @@ fn check(generation: Generation, out: &mut impl Write) -> anyhow::Result<()> {
             detach: false,
         },
     ];
-    let cfg = Config {
+    let cfg = ModelConfig {
         generation,
         bug: None,
     };

@@ -13,7 +13,6 @@ use std::{
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use vmatrace_common::Config;
 
 use super::{
     exit::{Failure, Missing},
@@ -33,7 +32,9 @@ use crate::{
         plan,
         plan::{AttachMode, ProbePlan},
     },
-    live::{DEFAULT_RING_BUFFER_BYTES, LiveOptions, LiveSession, ProgramStat},
+    live::{
+        DEFAULT_RING_BUFFER_BYTES, Filters, LiveOptions, LiveSession, ProgramStat, StreamOptions,
+    },
     pipeline::Pipeline,
     trace::{FilterInfo, HookRecord, Recorder, RecordingStatus, TraceHeader, TraceWriter},
     tui::{DashboardContext, DashboardExit, ProgramCost, SharedState, SourceKind},
@@ -148,22 +149,15 @@ fn cgroup_id(spec: &str) -> anyhow::Result<u64> {
     Ok(md.ino())
 }
 
-fn config(live: &LiveArgs, filter: &FilterArgs) -> anyhow::Result<Config> {
-    let mut c = Config::DEFAULT;
-    c.self_tgid = std::process::id();
-    c.filter_tgid = filter.pid.unwrap_or(0);
-    if let Some(comm) = &filter.comm {
-        let b = comm.as_bytes();
-        let n = b.len().min(15);
-        c.filter_comm[..n].copy_from_slice(&b[..n]);
-        c.filter_comm_len = n as u32;
-    }
-    c.reader_sample_every = live.reader_sample;
-    c.stream_entries = u32::from(live.stream_entries);
-    if let Some(cg) = &live.cgroup {
-        c.filter_cgroup = cgroup_id(cg)?;
-    }
-    Ok(c)
+/// The in-kernel filters (`live::program_config` turns them into `CONFIG`). A wrong
+/// `--cgroup` fails here, before anything else is set up.
+fn filters(live: &LiveArgs, filter: &FilterArgs) -> anyhow::Result<Filters> {
+    Ok(Filters {
+        self_tgid: None,
+        tgid: filter.pid,
+        comm: filter.comm.clone(),
+        cgroup: live.cgroup.as_deref().map(cgroup_id).transpose()?,
+    })
 }
 
 fn live(
@@ -174,7 +168,7 @@ fn live(
     record: Option<Recording>,
     tui: bool,
 ) -> anyhow::Result<()> {
-    let config = config(live, filter)?;
+    let filters = filters(live, filter)?;
     let rt = signals::runtime()?;
     let stop = Stop::new();
     let on_hup = out.on_hangup();
@@ -189,8 +183,8 @@ fn live(
     let stdout_busy = tui || matches!(record, Some((TraceTarget::Stdout, _)));
     let latest = out.telemetry.start(&rt, stdout_busy)?;
     let plan = plan_here()?;
-    let session = attach(plan.clone(), config, live)?;
-    let header = header(plan, &session, &config, filter);
+    let session = attach(plan.clone(), filters, live)?;
+    let header = header(plan, &session, filter);
 
     let mut pipeline = Pipeline::new(header.generation);
     let handles = session::add_output_sinks(&mut pipeline, out, &header, &on_hup)?;
@@ -361,11 +355,15 @@ fn nothing_attachable(plan: &ProbePlan, caps: &Capabilities, tracing: &TracingPr
 }
 
 /// Load and attach per plan; at least one function hook must attach.
-fn attach(plan: ProbePlan, config: Config, live: &LiveArgs) -> anyhow::Result<LiveSession> {
+fn attach(plan: ProbePlan, filters: Filters, live: &LiveArgs) -> anyhow::Result<LiveSession> {
     let session = LiveSession::start(LiveOptions {
         plan,
-        config,
-        ring_buffer_bytes: live.ring_buffer_bytes,
+        filters,
+        stream: StreamOptions {
+            reader_sample_every: live.reader_sample,
+            stream_entries: live.stream_entries,
+            ring_buffer_bytes: live.ring_buffer_bytes,
+        },
         enable_stats: live.bpf_stats,
     })
     .map_err(|e| Failure::cannot_attach(Missing::Kernel, format!("{e:#}")))?;
@@ -398,12 +396,8 @@ fn attach(plan: ProbePlan, config: Config, live: &LiveArgs) -> anyhow::Result<Li
 }
 
 /// The session's header: what the summary, the anomaly log and a recording describe.
-fn header(
-    plan: ProbePlan,
-    session: &LiveSession,
-    config: &Config,
-    filter: &FilterArgs,
-) -> TraceHeader {
+fn header(plan: ProbePlan, session: &LiveSession, filter: &FilterArgs) -> TraceHeader {
+    let config = session.config();
     let hooks = session
         .hooks()
         .iter()

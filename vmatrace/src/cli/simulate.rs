@@ -20,8 +20,8 @@ use crate::export::{
     snapshots::{LatestSummary, MakeSummary, SNAPSHOT_PERIOD, SnapshotSink},
     summary::{Summary, SummaryInput},
 };
+use crate::lab::sim::{self, Injection, ReleaseVisibility, SimConfig, SimOutcome, SimReport};
 use crate::pipeline::{SharedSink, Sink};
-use crate::sim::{self, Injection, ReleaseVisibility, SimConfig, SimOutcome, SimReport};
 use crate::stats::Stats;
 use crate::trace::TraceHeader;
 use crate::tui::{self, AppState, DashboardContext, DashboardSink, SourceKind};

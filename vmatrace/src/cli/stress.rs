@@ -1,8 +1,8 @@
-//! `vmatrace stress`: run the VMA-lock workload (see `crate::stress`) and print what it did.
+//! `vmatrace stress`: run the VMA-lock workload (see `crate::lab::stress`) and print what it did.
 
 use std::time::Duration;
 
-use crate::stress::{self, StressConfig};
+use crate::lab::stress::{self, StressConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct StressArgs {

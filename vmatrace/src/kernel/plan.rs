@@ -158,7 +158,7 @@ impl ProbePlan {
 
     /// Whether `__vma_start_write`'s entry is observed at start-exclude's entry (7.x):
     /// the programs must then pair its return with that entry
-    /// (`Config::write_entry_from_exclude`).
+    /// (`ProgramConfig::write_entry_from_exclude`).
     pub fn write_entry_from_exclude(&self) -> bool {
         matches!(
             self.status(LogicalEvent::WriteLockRequest),

@@ -15,7 +15,7 @@
 //! - otherwise the function is unattachable, with the reason.
 //!
 //! Which function serves which logical event depends on the generation (see
-//! `kernel-vma-lock-protocol.md` §5.2).
+//! `docs/protocol.md#observability`).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -43,8 +43,8 @@ pub(super) fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// What an attach errno means for a kprobe or fentry (aya-notes §1.7; the kernel's
-/// kprobe and trampoline code). `None` for errnos without a specific meaning here.
+/// What an attach errno means for a kprobe or fentry (from the kernel's kprobe
+/// and trampoline code). `None` for errnos without a specific meaning here.
 pub(super) fn errno_hint(errno: i32, mode: AttachMode) -> Option<&'static str> {
     let kprobe = matches!(mode, AttachMode::KProbe | AttachMode::KRetProbe);
     Some(match errno {

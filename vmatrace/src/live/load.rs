@@ -116,7 +116,7 @@ fn ensure_tracefs() -> Result<std::path::PathBuf, String> {
 
 fn loader<'a>(
     offsets: &'a vmatrace_common::Offsets,
-    config: &'a vmatrace_common::Config,
+    config: &'a vmatrace_common::ProgramConfig,
     generation: &'a u32,
     tp: &'a MmapLockTpOffsets,
     ring_bytes: u32,
@@ -132,7 +132,10 @@ fn loader<'a>(
     l
 }
 
-pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus>)> {
+pub(super) fn start(
+    opts: &LiveOptions,
+    config: &vmatrace_common::ProgramConfig,
+) -> anyhow::Result<(Loaded, Vec<HookStatus>)> {
     privileges::check_privileges()?;
     let memlock = privileges::raise_memlock_limit();
     let plan = &opts.plan;
@@ -140,11 +143,6 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
         bail!("the probe plan has no attach points: nothing to trace on this kernel");
     }
 
-    let mut config = opts.config;
-    if config.self_tgid == 0 {
-        config.self_tgid = std::process::id();
-    }
-    config.write_entry_from_exclude = u32::from(plan.write_entry_from_exclude());
     let generation = plan.generation as u32;
     let needs_tracefs = plan.points.iter().any(|p| p.mode == AttachMode::Tracepoint);
     let mut tp = MmapLockTpOffsets::DEFAULT;
@@ -170,11 +168,10 @@ pub(super) fn start(opts: LiveOptions) -> anyhow::Result<(Loaded, Vec<HookStatus
         Err(_) => None,
     };
 
-    let ring_bytes = ring_size(opts.ring_buffer_bytes);
-    config.wake_every_records = wake_every_records(ring_bytes, possible_cpus());
+    let ring_bytes = ring_size(opts.stream.ring_buffer_bytes);
     let mut ebpf = loader(
         &plan.offsets,
-        &config,
+        config,
         &generation,
         &tp,
         ring_bytes,
@@ -298,7 +295,7 @@ pub(super) fn tracing_programs_supported() -> Result<bool, String> {
         Err(_) => return Ok(false),
     };
     let offsets = vmatrace_common::Offsets::ABSENT;
-    let config = vmatrace_common::Config::DEFAULT;
+    let config = vmatrace_common::ProgramConfig::DEFAULT;
     let tp = MmapLockTpOffsets::DEFAULT;
     let generation = 0u32;
     let mut l = loader(&offsets, &config, &generation, &tp, 4096, Some(&btf));
@@ -348,14 +345,14 @@ mod tests {
     }
 }
 
-/// `Config::wake_every_records`: a quarter of the ring's records over `cpus`, at least 1.
+/// `ProgramConfig::wake_every_records`: a quarter of the ring's records over `cpus`, at least 1.
 pub fn wake_every_records(ring_bytes: u32, cpus: usize) -> u64 {
     let quarter = u64::from(ring_bytes / 4) / vmatrace_common::event::EVENT_SIZE as u64;
     (quarter / cpus.max(1) as u64).max(1)
 }
 
 /// Possible CPUs (per-CPU maps have a slot for each); 1 if unknown.
-fn possible_cpus() -> usize {
+pub(super) fn possible_cpus() -> usize {
     aya::util::nr_cpus().unwrap_or(1)
 }
 

@@ -12,6 +12,7 @@ mod attach;
 mod counters;
 mod load;
 mod privileges;
+pub mod program_config;
 mod ring;
 mod stats;
 pub mod tracepoint_format;
@@ -27,6 +28,7 @@ use crate::{
 
 pub use load::{names, ring_size};
 pub use privileges::{check_privileges, raise_memlock_limit};
+pub use program_config::{Filters, StreamOptions};
 pub use ring::decode;
 pub use stats::{ProgramStat, StatsHandle};
 
@@ -38,12 +40,11 @@ pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
 pub struct LiveOptions {
     /// Which programs to attach where, and the field offsets of this kernel.
     pub plan: ProbePlan,
-    /// Filters and sampling (load-time global `CONFIG`). `self_tgid` 0 is replaced by the
-    /// current process id: the tracer never traces itself.
-    pub config: vmatrace_common::Config,
-    /// Size of the `EVENTS` ring buffer in bytes: a power of two and a multiple of the
-    /// page size (rounded up to the next one otherwise).
-    pub ring_buffer_bytes: u32,
+    /// Which tasks to trace; with the plan and `stream`, the load-time global `CONFIG`
+    /// ([`program_config::build`]).
+    pub filters: Filters,
+    /// Sampling, entry streaming and the ring buffer's size.
+    pub stream: StreamOptions,
     /// Turn on the kernel's BPF run-time statistics (`BPF_ENABLE_STATS`) for the session,
     /// so [`LiveSession::program_stats`] reports run counts and times.
     pub enable_stats: bool,
@@ -64,21 +65,29 @@ pub struct LiveSession {
     inner: load::Loaded,
     hooks: Vec<HookStatus>,
     stats: StatsHandle,
+    config: vmatrace_common::ProgramConfig,
 }
 
 impl LiveSession {
     /// Check privileges, raise `RLIMIT_MEMLOCK`, load the object with the plan's offsets
-    /// and `opts.config` as globals, and attach every point of the plan. One failed hook
+    /// and the `CONFIG` built from `opts` as globals, and attach every point of the plan. One failed hook
     /// does not abort the others (see [`LiveSession::hooks`]); this returns `Err` only when
     /// the object cannot be loaded at all or nothing attached.
     pub fn start(opts: LiveOptions) -> anyhow::Result<LiveSession> {
-        let (inner, hooks) = load::start(opts)?;
+        let config = program_config::build(&opts.plan, &opts.filters, &opts.stream);
+        let (inner, hooks) = load::start(&opts, &config)?;
         let stats = StatsHandle::new(&inner);
         Ok(LiveSession {
             inner,
             hooks,
             stats,
+            config,
         })
+    }
+
+    /// The `CONFIG` the programs were loaded with (what a session header records).
+    pub fn config(&self) -> &vmatrace_common::ProgramConfig {
+        &self.config
     }
 
     /// Per point of the plan, in plan order: attached or why not.

@@ -2,6 +2,7 @@
 //! reports every transition the model does not allow.
 
 pub mod anomaly;
+pub mod conformance;
 mod evidence;
 pub(crate) mod hash;
 pub mod phase;

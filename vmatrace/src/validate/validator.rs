@@ -9,22 +9,24 @@
 //!
 //! Events of different tasks reach the validator in no guaranteed order (per-CPU ring
 //! reservations, per-thread simulator batches), and one sample's fields are read one after
-//! another, not atomically (§4.5 race 10). So every check is one of:
+//! another, not atomically (`docs/protocol.md#race-10`). So every check is one of:
 //!
 //! - **sample checks**: a fact about one event's own fields that holds whatever other
 //!   tasks do, e.g. at `__vma_start_write`'s return the caller holds the mmap write lock,
 //!   so `vm_lock_seq == mm_lock_seq` and a clear flag are stable. Most kinds are these.
 //! - **same-task checks**: one task's events arrive in program order, e.g. the put that
 //!   leaves `F`/`F+1` must be followed by that task's `rcuwait_wake_up` (`lost_wakeup`).
-//!   The excluder's `ExcludeExit` is *not* a deadline for it: the excluder may find its
-//!   target before it sleeps, right after the decrement and before the reader's
-//!   `rcuwait_wake_up`, so that order is legal. [`Validator::finish`] settles the
-//!   wake-ups still owed when a finite stream ends.
+//!   The wake-up is streamed only while the excluder's call is in flight: if the
+//!   excluder found its target on its own and returned between the put and the task's
+//!   next event, the wake-up was not owed to the stream (a timestamp window, settled
+//!   when the excluder's return arrives). [`Validator::finish`] settles what is still
+//!   owed when a finite stream ends, and reports an excluder that never returned after a
+//!   wake-up was sent to it (it slept through it).
 //! - **timestamp windows**: a reader that succeeded with the flag set in its sample is
 //!   legal if it took its reference before the flag was added and a writer raced in
-//!   (§4.4). It is a violation if its timestamp falls after the excluder saw the readers
-//!   excluded and before the exclusion ended: no reader can hold a reference then. The
-//!   decision waits until both ends of that window have been seen.
+//!   (`docs/protocol.md#race-2`). It is a violation if its timestamp falls after the
+//!   excluder saw the readers excluded and before the exclusion ended: no reader can hold
+//!   a reference then. The decision waits until both ends of that window have been seen.
 //!
 //! A reader admitted with the flag set *while the excluder still waits* cannot be told
 //! from that legal race by any sample; it is detected only once it is write-locked
@@ -198,6 +200,9 @@ struct PendingWake {
     release: Event,
 }
 
+/// Writer-path returns remembered to settle owed wake-ups delivered out of order.
+const RECENT_RETURNS: usize = 256;
+
 pub struct Validator {
     generation: Generation,
     observed: u64,
@@ -206,6 +211,17 @@ pub struct Validator {
     /// mm → VMAs write-locked since its last write-unlock.
     mms: AddrMap<Vec<u64>>,
     pending_wakes: TidMap<PendingWake>,
+    /// Owed wake-ups whose task went on without one (its next event), waiting for the
+    /// excluder's return to say whether it was still in flight then.
+    unsettled: Vec<(PendingWake, Event)>,
+    /// `(vma, ts)` of the latest writer-path returns (the excluder's call ended).
+    recent_returns: std::collections::VecDeque<(u64, u64)>,
+    /// Wake-ups streamed to an excluder whose return has not been seen since.
+    unanswered: Vec<Event>,
+    /// Writer-path calls entered and not yet returned, by task and function family.
+    open_calls: AddrMap<Event>,
+    /// [`Validator::finish`] judged the stream's end already.
+    ended: bool,
     recent: Recent,
     counts: [u64; Phase::ALL.len()],
     max_vmas: usize,
@@ -227,6 +243,12 @@ impl Validator {
 
     /// A validator that tracks at most `max_vmas` VMAs at once.
     pub fn with_capacity(generation: Generation, max_vmas: usize) -> Self {
+        Self::with_limits(generation, max_vmas, RECENT_EVENTS)
+    }
+
+    /// ... and keeps `recent_events` for evidence (the conformance check replays
+    /// millions of short streams through fresh validators: a small ring is cheap).
+    pub fn with_limits(generation: Generation, max_vmas: usize, recent_events: usize) -> Self {
         Self {
             generation,
             observed: 0,
@@ -234,7 +256,12 @@ impl Validator {
             vmas: AddrMap::default(),
             mms: AddrMap::default(),
             pending_wakes: TidMap::default(),
-            recent: Recent::new(RECENT_EVENTS),
+            unsettled: Vec::new(),
+            recent_returns: std::collections::VecDeque::new(),
+            unanswered: Vec::new(),
+            open_calls: AddrMap::default(),
+            ended: false,
+            recent: Recent::new(recent_events),
             counts: [0; Phase::ALL.len()],
             max_vmas: max_vmas.max(4),
             evicted: 0,
@@ -286,6 +313,9 @@ impl Validator {
         }
         self.mms.clear();
         self.pending_wakes.clear();
+        self.unsettled.clear();
+        self.unanswered.clear();
+        self.open_calls.clear();
     }
 
     /// The stream has ended (end of a simulation or of a trace file): report the
@@ -293,11 +323,162 @@ impl Validator {
     /// `rcuwait_wake_up` right after it; once nothing more will arrive, the missing call
     /// is a lost wake-up. Not for a live capture cut at an arbitrary point.
     pub fn finish(&mut self, out: &mut Vec<Anomaly>) {
+        let before = out.len();
         let mut owed: Vec<PendingWake> = self.pending_wakes.drain().map(|(_, p)| p).collect();
         owed.sort_by_key(|p| p.release.ts_ns);
         for p in owed {
-            self.report_lost_wakeup(&p.release, None, out);
+            // Excused when the excluder returned after the put: the wake-up, if any, was
+            // no longer streamed.
+            if !self.returned_within(p.release.vma, p.release.ts_ns, u64::MAX) {
+                self.report_lost_wakeup(&p.release, None, out);
+            }
         }
+        for (p, next) in std::mem::take(&mut self.unsettled) {
+            self.report_lost_wakeup(&p.release, next.kind().map(|k| (&next, k)), out);
+        }
+        for w in std::mem::take(&mut self.unanswered) {
+            self.report_unanswered_wake(&w, out);
+        }
+        // One report per VMA: a hung excluder behind a lost wake-up already reported is
+        // the same fault.
+        let reported: Vec<u64> = out[before..].iter().map(|a| a.event.vma).collect();
+        // With a gap in the stream a missing return may just be lost: the rules below
+        // need the whole stream, and they judge its end once.
+        if self.losses > 0 || std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        // An excluder still waiting for readers when a finite stream ends slept through
+        // its wake-up: every reader leaves, so the wait ends in every correct run. So does
+        // a VMA whose last sample shows the flag with no excluder's call ended after it.
+        let mut waiting: Vec<(u64, u32)> = self
+            .open_calls
+            .values()
+            .filter(|e| e.vma != 0 && !reported.contains(&e.vma))
+            .map(|e| (e.vma, e.tid()))
+            .collect();
+        waiting.sort_unstable();
+        waiting.dedup_by_key(|(vma, _)| *vma);
+        let flagged: Vec<(u64, u32)> = self
+            .vmas
+            .iter()
+            .filter(|(vma, t)| {
+                !t.flag_stuck && !reported.contains(vma) && !waiting.iter().any(|(v, _)| v == *vma)
+            })
+            .filter_map(|(vma, t)| {
+                let last = self
+                    .recent
+                    .of_vma(*vma, t.mm)
+                    .into_iter()
+                    .filter(|e| {
+                        e.vma == *vma && e.has(flags::VMA_FIELDS) && !e.has(flags::READ_FAILED)
+                    })
+                    .max_by_key(|e| e.ts_ns)?;
+                (refcnt::flag_set(last.refcnt)
+                    && !refcnt::out_of_range(last.refcnt)
+                    && !self.returned_within(*vma, last.ts_ns, u64::MAX))
+                .then_some((*vma, 0))
+            })
+            .collect();
+        waiting.extend(flagged);
+        waiting.sort_unstable();
+        for (vma, tid) in waiting {
+            self.report_never_woken(vma, tid, out);
+        }
+    }
+
+    fn report_never_woken(&self, vma: u64, tid: u32, out: &mut Vec<Anomaly>) {
+        let mm = self.vmas.get(&vma).map_or(0, |t| t.mm);
+        let evidence = self.recent.of_vma(vma, mm);
+        let Some(last) = evidence.last().copied() else {
+            return;
+        };
+        out.push(Anomaly {
+            kind: AnomalyKind::LostWakeup,
+            severity: AnomalyKind::LostWakeup.severity(),
+            event: last,
+            state: self.state_of(vma),
+            expected: "an excluder's wait for readers ends once they leave".into(),
+            observed: format!(
+                "the stream ended with {} still waiting for readers to leave (last vm_refcnt \
+                 seen = {})",
+                if tid == 0 {
+                    "the excluder".to_string()
+                } else {
+                    format!("tid {tid}")
+                },
+                refcnt::describe(last.refcnt)
+            ),
+            evidence,
+        });
+    }
+
+    /// Whether a writer-path return on `vma` happened strictly between `from` and `to`.
+    fn returned_within(&self, vma: u64, from: u64, to: u64) -> bool {
+        self.recent_returns
+            .iter()
+            .any(|&(v, ts)| v == vma && from < ts && ts < to)
+    }
+
+    /// An excluder's call ended (`ExcludeExit`, `WriteLockExit`, `DetachExit`): settle
+    /// the owed wake-ups it decides, and the wake-ups it answers.
+    fn on_writer_return(&mut self, ev: &Event, out: &mut Vec<Anomaly>) {
+        if ev.vma == 0 {
+            return;
+        }
+        if self.recent_returns.len() == RECENT_RETURNS {
+            self.recent_returns.pop_front();
+        }
+        self.recent_returns.push_back((ev.vma, ev.ts_ns));
+        let (vma, ts) = (ev.vma, ev.ts_ns);
+        let mut i = 0;
+        while i < self.unsettled.len() {
+            let (p, next) = &self.unsettled[i];
+            if p.release.vma != vma || ts <= p.release.ts_ns {
+                i += 1;
+                continue;
+            }
+            let (p, next) = (p.release, *next);
+            self.unsettled.swap_remove(i);
+            // The first return after the put decides: before the task's next event, the
+            // wake-up was no longer streamed; after it, the task went on without waking
+            // an excluder still in flight.
+            if ts >= next.ts_ns {
+                let kind = next.kind();
+                self.report_lost_wakeup(&p, kind.map(|k| (&next, k)), out);
+            }
+        }
+        self.unanswered.retain(|w| !(w.vma == vma && w.ts_ns < ts));
+    }
+
+    /// A wake-up streamed to an excluder that never returned afterwards: it slept with
+    /// its condition met (a finite stream ended with it still waiting).
+    fn report_unanswered_wake(&self, w: &Event, out: &mut Vec<Anomaly>) {
+        let state = self.state_of(w.vma);
+        let mut evidence = self.recent.of_vma(w.vma, w.mm);
+        if evidence.is_empty() {
+            evidence.push(*w);
+        }
+        out.push(Anomaly {
+            kind: AnomalyKind::LostWakeup,
+            severity: AnomalyKind::LostWakeup.severity(),
+            event: *w,
+            state,
+            expected: "the excluder returns after rcuwait_wake_up (it re-checks its \
+                       condition once woken)"
+                .into(),
+            observed: format!(
+                "event writer_wake not expected in state excluding: the stream ended with the \
+                 excluder still waiting after tid {}'s rcuwait_wake_up ({}), vm_refcnt = {}",
+                w.tid(),
+                if w.has(flags::RET) && w.ret == 0 {
+                    "nobody was registered"
+                } else {
+                    "a task was registered"
+                },
+                refcnt::describe(w.refcnt)
+            ),
+            evidence,
+        });
     }
 
     /// Check one event; anomalies are appended to `out`.
@@ -306,7 +487,26 @@ impl Validator {
         self.recent.push(ev);
         let Some(kind) = ev.kind() else { return };
         if !self.pending_wakes.is_empty() {
-            self.settle_wake(ev, kind, out);
+            self.settle_wake(ev, kind);
+        }
+        match kind {
+            EventKind::WriteLockEnter | EventKind::ExcludeEnter | EventKind::DetachEnter
+                if self.open_calls.len() < MAX_PENDING_WAKES =>
+            {
+                self.open_calls.insert(call_key(ev.tid(), kind), *ev);
+            }
+            EventKind::WriteLockExit | EventKind::ExcludeExit | EventKind::DetachExit => {
+                self.open_calls.remove(&call_key(ev.tid(), kind));
+                self.on_writer_return(ev, out);
+            }
+            EventKind::WriterWake
+                if ev.vma != 0
+                    && self.unanswered.len() < MAX_PENDING_WAKES
+                    && !self.returned_within(ev.vma, ev.ts_ns, u64::MAX) =>
+            {
+                self.unanswered.push(*ev);
+            }
+            _ => {}
         }
         let sample = Sample::of(ev);
         if let Some(s) = sample
@@ -654,7 +854,8 @@ impl Validator {
             }
         }
         // The detach completed: this life of the VMA is over for the model (a later
-        // re-attach is invisible anyway, §4.3). Decide pending suspects, then forget it.
+        // re-attach is invisible anyway, `docs/protocol.md#detach-invariants`). Decide
+        // pending suspects, then forget it.
         let tid = ev.tid();
         let ts = ev.ts_ns;
         let Some(t) = self.vmas.get_mut(&ev.vma) else {
@@ -764,6 +965,39 @@ impl Validator {
             self.pending_wakes
                 .insert(ev.tid(), PendingWake { release: *ev });
         }
+        // A put holds a reference until its decrement: one with the flag set is a reader
+        // inside the exclusion, which the window decides like a flagged acquire.
+        if refcnt::flag_set(s.r) {
+            self.window_check(ev, out);
+        }
+    }
+
+    /// A reader event with the flag set in its sample: a violation inside a closed
+    /// exclusion window, else kept until its window is known.
+    fn window_check(&mut self, ev: &Event, out: &mut Vec<Anomaly>) {
+        let ts = ev.ts_ns;
+        let Some(t) = self.vmas.get_mut(&ev.vma) else {
+            return;
+        };
+        if t.born_ts > ts || t.flag_stuck {
+            return;
+        }
+        if let Some((from, to)) = t.window
+            && from < ts
+            && ts < to
+        {
+            let f = reader_excluded_finding(t.describe(), from, to);
+            self.emit(out, ev, f);
+            return;
+        }
+        if t.excl().is_none() {
+            return;
+        }
+        let suspects = &mut t.rare().suspects;
+        if suspects.len() == MAX_SUSPECTS {
+            suspects.remove(0);
+        }
+        suspects.push(*ev);
     }
 
     fn on_mm_write_unlock(&mut self, ev: &Event) {
@@ -867,14 +1101,21 @@ impl Validator {
     }
 
     /// Settle an owed wake-up: the task's next event must be its `rcuwait_wake_up`.
-    fn settle_wake(&mut self, ev: &Event, kind: EventKind, out: &mut Vec<Anomaly>) {
+    fn settle_wake(&mut self, ev: &Event, kind: EventKind) {
         let Some(p) = self.pending_wakes.remove(&ev.tid()) else {
             return;
         };
         if kind == EventKind::WriterWake {
             return;
         }
-        self.report_lost_wakeup(&p.release, Some((ev, kind)), out);
+        // The excluder returned in between: the wake-up was not streamed. Otherwise the
+        // excluder's next return decides (it may be delivered later).
+        if self.returned_within(p.release.vma, p.release.ts_ns, ev.ts_ns) {
+            return;
+        }
+        if self.unsettled.len() < MAX_PENDING_WAKES {
+            self.unsettled.push((p, *ev));
+        }
     }
 
     /// `next`: the task's next event, which came instead of `rcuwait_wake_up` (`None`
@@ -1026,6 +1267,17 @@ impl Validator {
         });
         self.evicted += (before - self.vmas.len()) as u64;
     }
+}
+
+/// A writer-path call in flight: its task and function family (entry and return kinds
+/// map to the same key).
+fn call_key(tid: u32, kind: EventKind) -> u64 {
+    let family: u64 = match kind {
+        EventKind::WriteLockEnter | EventKind::WriteLockExit => 0,
+        EventKind::ExcludeEnter | EventKind::ExcludeExit => 1,
+        _ => 2,
+    };
+    (u64::from(tid) << 2) | family
 }
 
 /// The return value, when the probe read one (`flags::RET`).

@@ -1,6 +1,6 @@
 //! Hand-made probe plans for tests and the manual VM check, until plans come from the
 //! planner. Offsets are Debian cloud-amd64 values read from BTF
-//! (kernel-vma-lock-protocol.md §3); the 6.18 ones also match this host's 6.18.44.
+//! (`docs/protocol.md#struct-offsets`); the 6.18 ones also match this host's 6.18.44.
 
 use vmatrace::kernel::plan::{AttachMode, AttachPoint, KernelId, ProbePlan};
 use vmatrace::kernel::programs::PROGRAMS;

@@ -135,11 +135,11 @@ fn in_kernel(a: &BenchArgs) -> anyhow::Result<()> {
         Some(p) => std::path::PathBuf::from(p),
         None => vm::build_static_vmatrace()?,
     };
-    let caps = vm::capabilities(&vmatrace)?;
-    if !caps.stress {
+    let features = vm::guest_features(&vmatrace)?;
+    if !features.stress {
         return skip("this vmatrace has no `stress` subcommand (the workload)");
     }
-    if !caps.run {
+    if !features.run {
         println!("SKIP vmatrace phases: this vmatrace has no `run` subcommand yet");
     }
     let bpftrace = match bundle::bpftrace() {
@@ -155,7 +155,7 @@ fn in_kernel(a: &BenchArgs) -> anyhow::Result<()> {
         duration: a.duration,
         readers: a.readers,
         writers: a.writers,
-        vmatrace: caps.run,
+        vmatrace: features.run,
         bpftrace: bpftrace.is_some(),
     };
     let root = workspace_root();
@@ -229,7 +229,7 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
-/// Boot under TCG (nested KVM does not boot these guests; see environment.md §3), with
+/// Boot under TCG (nested KVM does not boot these guests on the build machines), with
 /// more memory than vm-test: bpftrace's LLVM libraries live in the initramfs.
 fn boot(
     kernel: &Path,

@@ -143,7 +143,7 @@ pub fn race_widener(step: &str, j: &Value, v: &mut Verdict) {
 /// waited for readers and keeps new ones out, so the slow path needs a reader that passed
 /// `vma_start_read`'s first sequence check before the write lock and increments the
 /// refcount after it: a window of a few instructions (bpftrace saw 0 of them under
-/// stress-ng too: environment.md §4). Zero is reported, not failed, in the `run` step; the
+/// stress-ng on 7.2.13 too). Zero is reported, not failed, in the `run` step; the
 /// `race` step widens that window (`stress --widen-race-us`) and requires them.
 pub const RARE_EVENTS: &[&str] = &["mark_detached_slow"];
 

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use super::{apt::IndexEntry, debver};
 
 /// One generation of the per-VMA lock code the matrix must cover
-/// (kernel-vma-lock-protocol.md §2).
+/// (`docs/protocol.md#generations`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Generation {
     /// What `--kernel` accepts.

@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use crate::util::{cargo, workspace_root};
 use kernels::{Generation, KernelBuild, MATRIX};
 use qemu::Accel;
-use scenario::{Capabilities, Params, Step};
+use scenario::{GuestFeatures, Params, Step};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VmTestArgs {
@@ -274,9 +274,9 @@ pub fn build_initramfs(vmatrace: &Path, init: &str, path: &Path) -> anyhow::Resu
     fs::write(path, img).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn capabilities(vmatrace: &Path) -> anyhow::Result<Capabilities> {
+pub fn guest_features(vmatrace: &Path) -> anyhow::Result<GuestFeatures> {
     let help = crate::util::output(Command::new(vmatrace).arg("--help"))?;
-    Ok(Capabilities::from_help(&help))
+    Ok(GuestFeatures::from_help(&help))
 }
 
 /// Decide once per run whether KVM works; nested KVM boots fail with an emulation error,
@@ -412,20 +412,20 @@ pub fn matrix(args: &VmTestArgs) -> anyhow::Result<MatrixOutcome> {
         return Ok(out);
     }
     let vmatrace = build_static_vmatrace()?;
-    let caps = capabilities(&vmatrace)?;
+    let features = guest_features(&vmatrace)?;
     let params = Params {
         duration: args.duration,
         readers: args.readers,
         writers: args.writers,
     };
-    let steps = scenario::steps(caps, &params);
+    let steps = scenario::steps(features, &params);
     println!(
         "vm-test: scenario {} (vmatrace offers: probes={} stress={} run={} record={})",
         steps.iter().map(|s| s.name).collect::<Vec<_>>().join(" → "),
-        caps.probes,
-        caps.stress,
-        caps.run,
-        caps.record
+        features.probes,
+        features.stress,
+        features.run,
+        features.record
     );
     let root = workspace_root();
     let initrd = root.join("target/vm/initrd.cpio");

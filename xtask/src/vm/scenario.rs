@@ -6,19 +6,19 @@ use std::fmt::Write as _;
 
 use super::results::{GuestResults, MARK, MARK_END};
 
-/// What the static `vmatrace` can do (read from its `--help`).
+/// What the guest's static `vmatrace` can do (read from its `--help`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Capabilities {
+pub struct GuestFeatures {
     pub probes: bool,
     pub stress: bool,
     pub run: bool,
     pub record: bool,
 }
 
-impl Capabilities {
+impl GuestFeatures {
     /// Subcommands listed under "Commands:" in clap's help.
     pub fn from_help(help: &str) -> Self {
-        let mut c = Capabilities::default();
+        let mut c = GuestFeatures::default();
         let mut in_commands = false;
         for line in help.lines() {
             if line.starts_with("Commands:") {
@@ -113,7 +113,7 @@ fn words(s: &str) -> Vec<String> {
 
 /// The steps for one kernel. `vmatrace run` under the workload once the binary has it;
 /// until then the plan and the workload on their own.
-pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
+pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
     let workload = format!(
         "vmatrace stress --duration {} --readers {} --writers {}",
         p.duration, p.readers, p.writers
@@ -134,7 +134,7 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
         export: None,
         check: Check::Info,
     }];
-    if caps.probes {
+    if features.probes {
         v.push(Step {
             name: "probes",
             argv: words("vmatrace probes --json"),
@@ -145,19 +145,26 @@ pub fn steps(caps: Capabilities, p: &Params) -> Vec<Step> {
             check: Check::Plan,
         });
     }
-    if caps.run {
-        v.push(traced("run", caps, p, (TRACE, ANOMALY_LOG), &stress, false));
+    if features.run {
+        v.push(traced(
+            "run",
+            features,
+            p,
+            (TRACE, ANOMALY_LOG),
+            &stress,
+            false,
+        ));
         // The detach slow path needs a reader inside a few-instruction window (see
         // `checks::RARE_EVENTS`); this run widens it and must see the kernel take it.
         v.push(traced(
             "race",
-            caps,
+            features,
             p,
             (RACE_TRACE, RACE_ANOMALY_LOG),
             &format!("{workload} --widen-race-us {RACE_DELAY_US} --json"),
             true,
         ));
-    } else if caps.stress {
+    } else if features.stress {
         v.push(Step {
             name: "stress",
             argv: words(&stress),
@@ -192,14 +199,14 @@ const RACE_TRACER_MARGIN_S: u32 = 12;
 /// arrive at the same summary. The tracer outlives the workload ([`TRACER_MARGIN_S`]).
 fn traced(
     name: &'static str,
-    caps: Capabilities,
+    features: GuestFeatures,
     p: &Params,
     files: (&'static str, &'static str),
     workload: &str,
     race: bool,
 ) -> Step {
     let (trace, anomaly_log) = files;
-    let (cmd, export) = if caps.record {
+    let (cmd, export) = if features.record {
         (format!("record -o {trace} --force --compress"), Some(trace))
     } else {
         ("run --headless".to_string(), None)
@@ -465,11 +472,11 @@ mod tests {
     const HELP: &str = "vmatrace — x\n\nUsage: vmatrace <COMMAND>\n\nCommands:\n  probes  Print\n  model   Print\n  stress  Run\n  help    Print this\n\nOptions:\n  -h, --help  Print help\n  run  not a command\n";
 
     #[test]
-    fn capabilities_from_help() {
-        let c = Capabilities::from_help(HELP);
+    fn guest_features_from_help() {
+        let c = GuestFeatures::from_help(HELP);
         assert_eq!(
             c,
-            Capabilities {
+            GuestFeatures {
                 probes: true,
                 stress: true,
                 run: false,
@@ -479,20 +486,20 @@ mod tests {
     }
 
     #[test]
-    fn steps_follow_capabilities() {
+    fn steps_follow_guest_features() {
         let p = Params {
             duration: 5,
             readers: 2,
             writers: 2,
         };
         let names = |c| steps(c, &p).iter().map(|s| s.name).collect::<Vec<_>>();
-        let today = Capabilities {
+        let today = GuestFeatures {
             probes: true,
             stress: true,
             ..Default::default()
         };
         assert_eq!(names(today), ["kernel", "probes", "stress"]);
-        let later = Capabilities { run: true, ..today };
+        let later = GuestFeatures { run: true, ..today };
         assert_eq!(names(later), ["kernel", "probes", "run", "race"]);
         let run = steps(later, &p)
             .into_iter()
@@ -513,7 +520,7 @@ mod tests {
             writers: 2,
         };
         let st = steps(
-            Capabilities {
+            GuestFeatures {
                 probes: true,
                 stress: true,
                 run: true,
@@ -550,7 +557,7 @@ mod tests {
             writers: 2,
         };
         let st = steps(
-            Capabilities {
+            GuestFeatures {
                 probes: false,
                 stress: true,
                 run: false,

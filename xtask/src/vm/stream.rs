@@ -28,7 +28,7 @@ use anyhow::{Context, bail};
 use super::{
     kernels::{self, KernelBuild},
     qemu::{self, Accel},
-    scenario::{self, Capabilities, READY, READY_TIMEOUT_S},
+    scenario::{self, GuestFeatures, READY, READY_TIMEOUT_S},
 };
 use crate::util::workspace_root;
 
@@ -85,16 +85,16 @@ pub fn duration_arg(args: &[String]) -> Option<u32> {
 
 /// What the guest runs: the workload in the background, and the producer of the stream
 /// on fd 3 (ttyS1).
-pub fn stream_init(caps: Capabilities, duration: u32, compress: bool) -> String {
+pub fn stream_init(features: GuestFeatures, duration: u32, compress: bool) -> String {
     let mut s = String::from(scenario::GUEST_PRELUDE);
     s.push_str("EV=/dev/ttyS1\n");
     s.push_str(&find_port_sh("EV", PORT_NAME));
     s.push_str("echo \"vm: event stream on $EV\"\nexec 3>$EV\n");
     let stress = format!("vmatrace stress --duration {duration} --forks");
     let producer = duration + 4;
-    if caps.record || caps.run {
+    if features.record || features.run {
         // The tracer first; the workload once it says it is attached (seconds under TCG).
-        if caps.record {
+        if features.record {
             let z = if compress { " --compress" } else { "" };
             s.push_str(&format!(
                 "vmatrace record -o -{z} --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
@@ -111,7 +111,7 @@ pub fn stream_init(caps: Capabilities, duration: u32, compress: bool) -> String 
         s.push_str(&format!("{stress} 2>&1\n"));
         s.push_str("wait $TP\ncat /tmp/tracer.err\n");
     } else {
-        if caps.probes {
+        if features.probes {
             s.push_str("vmatrace probes >&3 2>&1\n");
         }
         s.push_str(&format!("{stress} >&3 2>&1\n"));
@@ -191,21 +191,21 @@ pub fn stream(kernel: Option<&str>, duration: u32, sink: Sink) -> anyhow::Result
     };
     let kernel = super::ensure_kernel(&cache, &build)?;
     let vmatrace = super::build_static_vmatrace()?;
-    let caps = super::capabilities(&vmatrace)?;
-    if matches!(sink, Sink::File(_)) && !caps.record {
+    let features = super::guest_features(&vmatrace)?;
+    if matches!(sink, Sink::File(_)) && !features.record {
         bail!("this vmatrace has no `record` subcommand yet: nothing to write a trace with");
     }
     let root = workspace_root();
     let initrd = root.join("target/vm/stream-initrd.cpio");
     super::build_initramfs(
         &vmatrace,
-        &stream_init(caps, duration, matches!(sink, Sink::File(_))),
+        &stream_init(features, duration, matches!(sink, Sink::File(_))),
         &initrd,
     )?;
     let dir = root.join("target/vm-artifacts/run-vm");
     fs::create_dir_all(&dir)?;
     let console = dir.join("console.log");
-    let follow = matches!(sink, Sink::Follow(_)) && caps.record && host_follows(&vmatrace);
+    let follow = matches!(sink, Sink::Follow(_)) && features.record && host_follows(&vmatrace);
     eprintln!(
         "xtask: Debian {} ({}) in QEMU for {duration}s; guest console: {}",
         build.name,
@@ -218,7 +218,7 @@ pub fn stream(kernel: Option<&str>, duration: u32, sink: Sink) -> anyhow::Result
             Sink::File(p) => format!("guest `vmatrace record -o -` → virtio port → {}", p.display()),
             Sink::Follow(_) if follow =>
                 "guest `vmatrace record -o -` → virtio port → host `vmatrace replay --follow -`".into(),
-            Sink::Follow(_) if caps.run =>
+            Sink::Follow(_) if features.run =>
                 "guest `vmatrace run --headless --json` → virtio port → here (record/replay --follow not available yet)".into(),
             Sink::Follow(_) =>
                 "guest plan + workload report → virtio port → here (vmatrace has no run/record yet)".into(),
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn stream_init_picks_the_producer() {
-        let rec = Capabilities {
+        let rec = GuestFeatures {
             probes: true,
             stress: true,
             run: true,
@@ -377,7 +377,7 @@ mod tests {
         assert!(s.contains("vmatrace stress --duration 10 --forks"));
         assert!(stream_init(rec, 10, true).contains("record -o - --compress --duration 14"));
         let run = stream_init(
-            Capabilities {
+            GuestFeatures {
                 record: false,
                 ..rec
             },
@@ -389,7 +389,7 @@ mod tests {
             "{run}"
         );
         let none = stream_init(
-            Capabilities {
+            GuestFeatures {
                 probes: true,
                 stress: true,
                 ..Default::default()

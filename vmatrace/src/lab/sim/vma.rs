@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
 /// Where the fake slab starts: a direct-map address, as `kmem_cache_alloc` would return.
 pub const VMA_SLAB_BASE: u64 = 0xffff_8881_0a40_0000;
-/// `sizeof(struct vm_area_struct)` on Debian cloud-amd64 builds (reference §3).
+/// `sizeof(struct vm_area_struct)` on Debian cloud-amd64 builds
+/// (`docs/protocol.md#struct-offsets`).
 pub const VMA_OBJECT_SIZE: u64 = 192;
 /// `vma_lock_init()` sets `vm_lock_seq` to `UINT_MAX`.
 pub const VM_LOCK_SEQ_INIT: u32 = u32::MAX;

@@ -1,7 +1,7 @@
 //! The writer side: `__vma_start_write` and reader exclusion
 //! (`__vma_start_exclude_readers`/`__vma_end_exclude_readers` on 7.x,
 //! `__vma_enter_locked`/`__vma_exit_locked` on 6.x), with `rcuwait_wait_event`
-//! (reference §1.4, §2.2).
+//! (`docs/protocol.md#writer-path`, `docs/protocol.md#generations`).
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -13,8 +13,8 @@ use vmatrace_common::{Event, EventKind};
 
 use super::checks::SimChecks;
 use super::inject::Injection;
-use super::kernel::Kernel;
 use super::mm::{SimMm, Waiter};
+use super::sim_kernel::SimKernel;
 use super::task::Task;
 
 /// `struct vma_exclude_readers_state` (7.x); on 6.x the same data lives in arguments and
@@ -37,9 +37,16 @@ pub struct Ves {
 /// condition, check for a fatal signal, sleep }. Sleeping is `park`: an `unpark` that
 /// comes between the check and the park makes the park return at once, which is what
 /// setting the task state before the check achieves in the kernel, so no wake-up is lost.
-/// The park is timed (`Kernel::wait_recheck`) so that a lost wake-up (injected) costs a
+/// The park is timed (`SimKernel::wait_recheck`) so that a lost wake-up (injected) costs a
 /// delay instead of a hang.
-fn rcuwait_wait_event(k: &Kernel, t: &Task, mm: &SimMm, idx: u32, target: u32, state: u32) -> i64 {
+fn rcuwait_wait_event(
+    k: &SimKernel,
+    t: &Task,
+    mm: &SimMm,
+    idx: u32,
+    target: u32,
+    state: u32,
+) -> i64 {
     let v = k.vma(idx);
     let w = &mm.vma_writer_wait;
     // prepare_to_rcuwait(): rcu_assign_pointer(w->task, current)
@@ -55,6 +62,12 @@ fn rcuwait_wait_event(k: &Kernel, t: &Task, mm: &SimMm, idx: u32, target: u32, s
         if v.vm_refcnt.load(Ordering::SeqCst) == target {
             if slept_out {
                 SimChecks::bump(&k.checks.wait_timeout_recoveries);
+            }
+            // Found its target before the held-back wake-up came (on its own, or by the
+            // re-check): the stream is a legal one, nothing to see.
+            let owed = w.owed_site.swap(usize::MAX, Ordering::SeqCst);
+            if owed != usize::MAX {
+                k.hide_site(owed);
             }
             break 0;
         }
@@ -75,7 +88,7 @@ fn rcuwait_wait_event(k: &Kernel, t: &Task, mm: &SimMm, idx: u32, target: u32, s
 /// `refcount_add_not_zero(F)`, then wait for the readers to leave. Sets `ves.detached`
 /// when the count was already 0, `ves.exclusive` when readers are excluded; on -EINTR
 /// the flag has already been removed again.
-fn start_exclude(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &mut Ves) -> i64 {
+fn start_exclude(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &mut Ves) -> i64 {
     let v = k.vma(idx);
     let mut old = v.vm_refcnt.load(Ordering::Relaxed);
     loop {
@@ -117,14 +130,14 @@ fn start_exclude(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &mut Ves) 
 }
 
 /// `__vma_end_exclude_readers`: `detached = refcount_sub_and_test(F)`.
-fn end_exclude(k: &Kernel, idx: u32, ves: &mut Ves) {
+fn end_exclude(k: &SimKernel, idx: u32, ves: &mut Ves) {
     let old = k.vma(idx).vm_refcnt.fetch_sub(k.flag, Ordering::AcqRel);
     ves.detached = old.wrapping_sub(k.flag) == 0;
 }
 
 /// Injected fault: a second task adds the flag while this exclusion is in progress. Its
 /// entry and return are emitted with the doubled count between them, then it backs out.
-fn rogue_exclusion(k: &Kernel, t: &Task, idx: u32) {
+fn rogue_exclusion(k: &SimKernel, t: &Task, idx: u32) {
     let v = k.vma(idx);
     // Another task of the same process (e.g. a kworker acting without the mmap lock).
     let rogue_tid = t.tgid + super::mm::ROGUE_TID_OFFSET;
@@ -181,7 +194,7 @@ fn rogue_exclusion(k: &Kernel, t: &Task, idx: u32) {
 /// Start-exclude as the probes see it: `ExcludeEnter`/`ExcludeExit` on 6.19 and 7.x,
 /// nothing on 6.15 (inlined). Returns the function's own result: 7.x 0/-EINTR, 6.19
 /// 1/0/-EINTR, 6.15 1 (excluded) / 0 (detached).
-pub fn exclude_traced(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &mut Ves) -> i64 {
+pub fn exclude_traced(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &mut Ves) -> i64 {
     let probe = match k.generation {
         Generation::V6_15 => {
             let _ = start_exclude(k, t, mm, idx, ves);
@@ -238,7 +251,7 @@ pub fn exclude_traced(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &mut 
 
 /// Inline `vma_start_write` / `vma_start_write_killable`: return at once if this mmap
 /// write cycle already locked the VMA, else take the slow path.
-pub fn vma_start_write(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, state: u32) -> i64 {
+pub fn vma_start_write(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32, state: u32) -> i64 {
     let v = k.vma(idx);
     if v.vm_lock_seq.load(Ordering::Relaxed) == mm.mm_lock_seq.load(Ordering::Relaxed) {
         return 0;
@@ -248,7 +261,7 @@ pub fn vma_start_write(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, state: u3
 
 /// `__vma_start_write`: record the sequence, exclude readers, store `vm_lock_seq`, end
 /// the exclusion. Emits `WriteLockEnter`/`WriteLockExit` (fentry/fexit).
-pub fn vma_start_write_slow(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, state: u32) -> i64 {
+pub fn vma_start_write_slow(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32, state: u32) -> i64 {
     let v = k.vma(idx);
     // 7.x: __vma_raw_mm_seqnum(vma); 6.x: the caller passes mm->mm_lock_seq.
     let seq = mm.mm_lock_seq.load(Ordering::Acquire);
@@ -317,7 +330,7 @@ pub fn vma_start_write_slow(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, stat
             return 0;
         }
         // With the ring held only to keep the injected reader's window exact (see
-        // `reader::admit_ignoring_flag`); the kernel's end-exclude is one atomic op.
+        // `vma_start_read::admit_ignoring_flag`); the kernel's end-exclude is one atomic op.
         k.ring.with(|_| {
             v.excluded_visible.store(false, Ordering::Relaxed);
             end_exclude(k, idx, &mut ves);

@@ -10,15 +10,17 @@ use vmatrace_common::model::Generation;
 use vmatrace_common::model::generation::{TASK_KILLABLE, TASK_UNINTERRUPTIBLE};
 
 use super::checks::SimChecks;
-use super::kernel::Kernel;
 use super::lifecycle::{
     mmap_write_downgrade, mmap_write_lock, mmap_write_unlock, vm_area_alloc, vm_area_free,
     vma_mark_attached, vma_mark_detached, vma_set_range,
 };
 use super::mm::{SLOT_SPAN, SimMm, USER_BASE};
-use super::reader::{LockFail, NextVma, ReadFail, lock_next_vma, lock_vma_under_rcu, reader_put};
+use super::sim_kernel::SimKernel;
 use super::task::Task;
-use super::writer::vma_start_write;
+use super::vma_start_read::{
+    LockFail, NextVma, ReadFail, lock_next_vma, lock_vma_under_rcu, reader_put,
+};
+use super::vma_start_write::vma_start_write;
 
 /// Operation counts of one task (summed for the report).
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -89,7 +91,7 @@ const MAPS_PERMILLE: u64 = 10;
 const FATAL_SIGNAL_CHANCE: f64 = 0.3;
 
 /// Populate each mm's tree before the tasks start (like exec + a few mmaps).
-pub fn populate(k: &Kernel, t: &mut Task) {
+pub fn populate(k: &SimKernel, t: &mut Task) {
     for mm in &k.mms {
         // A task of the owning process (its main thread: tid == tgid).
         t.tgid = mm.tgid;
@@ -106,7 +108,7 @@ pub fn populate(k: &Kernel, t: &mut Task) {
 
 /// Run `quota` operations (or until `deadline`).
 pub fn run_task(
-    k: &Kernel,
+    k: &SimKernel,
     t: &mut Task,
     quota: u64,
     deadline: Option<Instant>,
@@ -148,7 +150,7 @@ pub fn run_task(
 
 /// A page fault: try the per-VMA lock, hold it while "handling", release; on failure
 /// fall back to the mmap read lock as `do_user_addr_fault` does.
-fn fault(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
+fn fault(k: &SimKernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
     st.faults += 1;
     let slot = t.rng.below(mm.tree.len() as u64);
     let addr = SimMm::slot_start(slot as usize) + (t.rng.below(SLOT_SPAN) & !0xfff);
@@ -185,7 +187,7 @@ fn fault(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
 
 /// While a task holds a reader reference, no writer can have finished locking the VMA,
 /// and the VMA must be the one it asked for.
-fn check_lease(k: &Kernel, mm: &SimMm, idx: u32, addr: u64) {
+fn check_lease(k: &SimKernel, mm: &SimMm, idx: u32, addr: u64) {
     let v = k.vma(idx);
     if k.is_write_locked(v, mm) {
         SimChecks::bump(&k.checks.reader_held_while_write_locked);
@@ -204,7 +206,7 @@ fn check_lease(k: &Kernel, mm: &SimMm, idx: u32, addr: u64) {
 
 /// A `/proc/pid/maps` read: walk every VMA with `lock_next_vma`, each read-locked while
 /// it is printed, released before the next.
-fn read_maps(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
+fn read_maps(k: &SimKernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
     st.maps_reads += 1;
     let mut from = USER_BASE;
     while let NextVma::Locked(idx) = lock_next_vma(k, t, mm, from) {
@@ -223,7 +225,7 @@ fn read_maps(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
 }
 
 /// mprotect-like: write-lock one to three VMAs, then release everything at unlock.
-fn mprotect(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
+fn mprotect(k: &SimKernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
     st.mprotects += 1;
     let g = mmap_write_lock(k, mm);
     for _ in 0..=t.rng.below(3) {
@@ -237,7 +239,7 @@ fn mprotect(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
 
 /// munmap of a slot's VMA (write-lock, unlink, detach, free), then maybe a new mmap
 /// into the hole; or an mmap into an empty slot.
-fn munmap_mmap(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
+fn munmap_mmap(k: &SimKernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
     let slot = t.rng.below(mm.tree.len() as u64) as usize;
     let g = mmap_write_lock(k, mm);
     match mm.slot_of(slot) {
@@ -285,7 +287,7 @@ fn munmap_mmap(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
 
 /// A new VMA: allocate, set the range, write-lock it while detached (no exclusion),
 /// attach, link (`vma_iter_store_new`). Caller holds the mmap write lock.
-fn mmap_into(k: &Kernel, t: &mut Task, mm: &SimMm, slot: usize) -> bool {
+fn mmap_into(k: &SimKernel, t: &mut Task, mm: &SimMm, slot: usize) -> bool {
     let Some(idx) = vm_area_alloc(k, t, mm) else {
         return false;
     };
@@ -301,7 +303,7 @@ fn mmap_into(k: &Kernel, t: &mut Task, mm: &SimMm, slot: usize) -> bool {
 
 /// fork-like `dup_mmap`: write-lock every VMA of the parent, killable on 6.19+; a fatal
 /// signal makes the first wait return -EINTR and the fork gives up.
-fn fork(k: &Kernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
+fn fork(k: &SimKernel, t: &mut Task, mm: &SimMm, st: &mut OpStats) {
     st.forks += 1;
     let killable = k.generation.has_killable_writers();
     let state = if killable {

@@ -14,6 +14,8 @@ pub struct InjectionReport {
     pub kind: Injection,
     /// Faults that fired.
     pub fired: usize,
+    /// ... that left no trace a monitor could see (`InjectionSite::hidden`).
+    pub hidden: usize,
     /// Faults reported by the validator with an accepted anomaly kind.
     pub detected: usize,
     pub detected_by: &'static [&'static str],
@@ -89,11 +91,13 @@ impl SimReport {
             .iter()
             .map(|k| {
                 let fired = o.fired(*k);
+                let hidden = o.sites.iter().filter(|s| s.kind == *k && s.hidden).count();
                 let missed_k = missed.iter().filter(|s| s.kind == *k).count();
                 InjectionReport {
                     kind: *k,
                     fired,
-                    detected: fired - missed_k,
+                    hidden,
+                    detected: fired - hidden - missed_k,
                     detected_by: k.detected_by(),
                 }
             })
@@ -209,10 +213,11 @@ impl SimReport {
         for i in &self.injections {
             let _ = writeln!(
                 s,
-                "inject {:<24} fired {:>6}  detected {:>6}  (as {})",
+                "inject {:<24} fired {:>6}  detected {:>6}  invisible {:>4}  (as {})",
                 i.kind.key(),
                 i.fired,
                 i.detected,
+                i.hidden,
                 i.detected_by.join(" | ")
             );
         }
@@ -271,12 +276,12 @@ fn verdict(o: &SimOutcome, injections: &[InjectionReport], anomalies_total: u64)
                     "{} never fired (run longer or raise --inject-rate)",
                     i.kind
                 ));
-            } else if i.detected < i.fired {
+            } else if i.detected + i.hidden < i.fired {
                 reasons.push(format!(
                     "{}: {} of {} faults not reported",
                     i.kind,
-                    i.fired - i.detected,
-                    i.fired
+                    i.fired - i.hidden - i.detected,
+                    i.fired - i.hidden
                 ));
             }
         }

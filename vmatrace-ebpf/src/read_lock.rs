@@ -14,8 +14,8 @@ use crate::{
     filter::traced,
     globals::global,
     inflight::{remember, take},
-    kernel::{EXCLUDE_READERS_FLAG, Reads, fill_mm, fill_vma, is_err_ptr, writer_wait_of},
     maps::{EXCLUDERS, INFLIGHT_READER, Inflight, excluding},
+    struct_reads::{EXCLUDE_READERS_FLAG, Reads, fill_mm, fill_vma, is_err_ptr, writer_wait_of},
 };
 
 /// Whether to stream this call: 1 in N by this CPU's running count of `c`.

@@ -48,7 +48,7 @@ impl std::str::FromStr for ReleaseVisibility {
     }
 }
 
-pub struct Kernel {
+pub struct SimKernel {
     pub generation: Generation,
     /// `VM_REFCNT_EXCLUDE_READERS_FLAG` / `VMA_LOCK_OFFSET`.
     pub flag: u32,
@@ -63,15 +63,16 @@ pub struct Kernel {
     pub sites: Mutex<Vec<InjectionSite>>,
     pub benign: Mutex<Vec<BenignRace>>,
     pub releases: ReleaseVisibility,
-    /// Stream 1 in N reader-acquire results (`Config::reader_sample_every`; 0 = none).
+    /// Stream 1 in N reader-acquire results (`ProgramConfig::reader_sample_every`; 0 = none).
     pub reader_sample_every: u32,
     /// The waiter's timed re-check: it never hangs, and a lost wake-up costs this long.
     pub wait_recheck: Duration,
-    /// `offsetof(struct mm_struct, vma_writer_wait)` for the generation (reference §3).
+    /// `offsetof(struct mm_struct, vma_writer_wait)` for the generation
+    /// (`docs/protocol.md#struct-offsets`).
     pub writer_wait_offset: u64,
 }
 
-impl Kernel {
+impl SimKernel {
     pub fn mm_by_addr(&self, addr: u64) -> Option<&SimMm> {
         let off = addr.checked_sub(MM_BASE)?;
         if off % MM_STRIDE != 0 {
@@ -115,19 +116,31 @@ impl Kernel {
             });
     }
 
-    /// Record a fault that fired on VMA `idx`.
-    pub fn record_site(&self, kind: Injection, ts_ns: u64, idx: u32, mm: u64) {
+    /// Record a fault that fired on VMA `idx`; returns its index.
+    pub fn record_site(&self, kind: Injection, ts_ns: u64, idx: u32, mm: u64) -> usize {
         self.vma(idx).faulted.store(true, Ordering::Relaxed);
         let vma = Slab::addr(idx);
-        self.sites
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        sites.push(InjectionSite {
+            kind,
+            ts_ns,
+            vma,
+            mm,
+            hidden: false,
+        });
+        sites.len() - 1
+    }
+
+    /// Site `i` became invisible (see [`InjectionSite::hidden`]).
+    pub fn hide_site(&self, i: usize) {
+        if let Some(s) = self
+            .sites
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(InjectionSite {
-                kind,
-                ts_ns,
-                vma,
-                mm,
-            });
+            .get_mut(i)
+        {
+            s.hidden = true;
+        }
     }
 
     /// An event header for task `t`: identity, CPU, kind and attach point.
@@ -168,7 +181,9 @@ impl Kernel {
 
     /// Push one event unless the task is quiet; returns its timestamp (0 when quiet).
     pub fn emit(&self, t: &Task, f: impl FnOnce() -> Event) -> u64 {
-        if t.quiet { 0 } else { self.ring.emit(f) }
+        let ts = if t.quiet { 0 } else { self.ring.emit(f) };
+        t.wake_deferred(self);
+        ts
     }
 
     pub fn is_write_locked(&self, v: &SimVma, mm: &SimMm) -> bool {

@@ -136,6 +136,11 @@ pub struct InjectionSite {
     pub vma: u64,
     /// The mm whose lock was involved.
     pub mm: u64,
+    /// A lost wake-up the waiter recovered from (its timed re-check) before the faulty
+    /// task's next event: the stream is then exactly a legal one (the excluder found its
+    /// target and returned before the wake-up call, which is not streamed), so no monitor
+    /// can see it. Counted apart, not as detected or missed.
+    pub hidden: bool,
 }
 
 /// A race the kernel allows that a validator could mistake for a fault: a visible put
@@ -214,6 +219,7 @@ mod tests {
 
     fn site(ts: u64, vma: u64) -> InjectionSite {
         InjectionSite {
+            hidden: false,
             kind: Injection::DetachLeavesRefcount,
             ts_ns: ts,
             vma,

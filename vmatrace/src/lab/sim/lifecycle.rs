@@ -1,6 +1,7 @@
 //! VMA lifetime and the mm-wide lock: `vm_area_alloc`, `vma_mark_attached`,
 //! `vma_mark_detached` (with its 7.x slow path `__vma_exclude_readers_for_detach`),
-//! `vm_area_free`, `mmap_write_lock` and `mmap_write_unlock` (reference §1.2, §1.4).
+//! `vm_area_free`, `mmap_write_lock` and `mmap_write_unlock`
+//! (`docs/protocol.md#sequence-numbers`, `docs/protocol.md#detach-and-attach`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
@@ -12,14 +13,14 @@ use vmatrace_common::{Event, EventKind};
 
 use super::checks::SimChecks;
 use super::inject::Injection;
-use super::kernel::Kernel;
 use super::mm::SimMm;
+use super::sim_kernel::SimKernel;
 use super::task::Task;
 use super::vma::{VM_FLAGS_ANON_RW, VM_LOCK_SEQ_INIT};
-use super::writer::{Ves, exclude_traced};
+use super::vma_start_write::{Ves, exclude_traced};
 
 /// `mmap_write_lock(mm)`: take the rwsem, then `mm_lock_seqcount_begin` (odd).
-pub fn mmap_write_lock<'a>(k: &Kernel, mm: &'a SimMm) -> RwLockWriteGuard<'a, ()> {
+pub fn mmap_write_lock<'a>(k: &SimKernel, mm: &'a SimMm) -> RwLockWriteGuard<'a, ()> {
     let g = mm.write_lock();
     let old = mm.mm_lock_seq.fetch_add(1, Ordering::AcqRel);
     if old & 1 != 0 {
@@ -30,7 +31,7 @@ pub fn mmap_write_lock<'a>(k: &Kernel, mm: &'a SimMm) -> RwLockWriteGuard<'a, ()
 
 /// `mmap_write_unlock(mm)`: the `mmap_lock_released` tracepoint fires first, then
 /// `vma_end_write_all` makes the sequence even (every VMA write lock of the mm ends).
-pub fn mmap_write_unlock(k: &Kernel, t: &Task, mm: &SimMm, guard: RwLockWriteGuard<'_, ()>) {
+pub fn mmap_write_unlock(k: &SimKernel, t: &Task, mm: &SimMm, guard: RwLockWriteGuard<'_, ()>) {
     // With the ring held, so that no sample of this mm lands between the tracepoint and
     // the increment (the kernel has a window there; the validator treats the VMAs as
     // unlocked from the tracepoint on).
@@ -55,7 +56,7 @@ pub fn mmap_write_unlock(k: &Kernel, t: &Task, mm: &SimMm, guard: RwLockWriteGua
 /// releases and re-takes it; another writer may get in between, which the per-VMA
 /// protocol does not care about (only the sequence matters to it).
 pub fn mmap_write_downgrade<'a>(
-    k: &Kernel,
+    k: &SimKernel,
     t: &Task,
     mm: &'a SimMm,
     guard: RwLockWriteGuard<'a, ()>,
@@ -81,7 +82,7 @@ pub fn mmap_write_downgrade<'a>(
 }
 
 /// `vm_area_alloc(mm)`: a fresh object, detached (0), `vm_lock_seq = UINT_MAX`.
-pub fn vm_area_alloc(k: &Kernel, t: &Task, mm: &SimMm) -> Option<u32> {
+pub fn vm_area_alloc(k: &SimKernel, t: &Task, mm: &SimMm) -> Option<u32> {
     let idx = k.slab.alloc()?;
     let v = k.vma(idx);
     // vma_init(): the refcount of a freed object is already 0 (vm_area_free checks it).
@@ -105,7 +106,7 @@ pub fn vm_area_alloc(k: &Kernel, t: &Task, mm: &SimMm) -> Option<u32> {
 }
 
 /// Set the range before the VMA becomes visible (`vma_set_range`).
-pub fn vma_set_range(k: &Kernel, idx: u32, start: u64, end: u64) {
+pub fn vma_set_range(k: &SimKernel, idx: u32, start: u64, end: u64) {
     let v = k.vma(idx);
     v.vm_start.store(start, Ordering::Relaxed);
     v.vm_end.store(end, Ordering::Relaxed);
@@ -113,12 +114,12 @@ pub fn vma_set_range(k: &Kernel, idx: u32, start: u64, end: u64) {
 }
 
 /// `vma_mark_attached`: `refcount_set_release(&vm_refcnt, 1)`. Inline: no event.
-pub fn vma_mark_attached(k: &Kernel, idx: u32) {
+pub fn vma_mark_attached(k: &SimKernel, idx: u32) {
     k.vma(idx).vm_refcnt.store(1, Ordering::Release);
 }
 
 /// `vma_mark_detached(vma)`; the VMA is write-locked by the caller.
-pub fn vma_mark_detached(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32) {
+pub fn vma_mark_detached(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32) {
     if k.inject(t, Injection::DetachLeavesRefcount, idx) {
         detach_leaving_refcount(k, t, mm, idx);
         return;
@@ -162,7 +163,7 @@ pub fn vma_mark_detached(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32) {
 
 /// 7.x `__vma_exclude_readers_for_detach(vma)`: the decrement already happened and left
 /// a spurious reader; exclude with target F, then end, which must reach 0.
-fn exclude_readers_for_detach(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32) {
+fn exclude_readers_for_detach(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32) {
     let entry = detach_event(k, t, idx, EventKind::DetachEnter, None);
     let mut ves = Ves {
         state: TASK_UNINTERRUPTIBLE,
@@ -180,14 +181,14 @@ fn exclude_readers_for_detach(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32) {
     detach_event(k, t, idx, EventKind::DetachExit, Some(entry));
 }
 
-fn end_exclude_for_detach(k: &Kernel, idx: u32, ves: &mut Ves) {
+fn end_exclude_for_detach(k: &SimKernel, idx: u32, ves: &mut Ves) {
     let old = k.vma(idx).vm_refcnt.fetch_sub(k.flag, Ordering::AcqRel);
     ves.detached = old.wrapping_sub(k.flag) == 0;
 }
 
 /// Entry returns (ts, refcnt); exit is paired with it.
 fn detach_event(
-    k: &Kernel,
+    k: &SimKernel,
     t: &Task,
     idx: u32,
     kind: EventKind,
@@ -215,7 +216,7 @@ fn detach_event(
 /// Injected fault: the detach returns without dropping the attach reference. On 7.x
 /// that takes it into the (visible) slow path, which then skips the exclusion. The
 /// simulator then detaches properly, quietly, so the object can be freed.
-fn detach_leaving_refcount(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32) {
+fn detach_leaving_refcount(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32) {
     let entry = detach_event(k, t, idx, EventKind::DetachEnter, None);
     let (ts, _) = detach_event(k, t, idx, EventKind::DetachExit, Some(entry));
     k.record_site(Injection::DetachLeavesRefcount, ts, idx, mm.addr);
@@ -225,7 +226,7 @@ fn detach_leaving_refcount(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32) {
 }
 
 /// `vm_area_free(vma)`: the object goes back to the slab; its count must be 0.
-pub fn vm_area_free(k: &Kernel, t: &mut Task, idx: u32) {
+pub fn vm_area_free(k: &SimKernel, t: &mut Task, idx: u32) {
     let v = k.vma(idx);
     if k.inject(t, Injection::FreeWhileReferenced, idx) {
         // A reference nobody dropped: present while the probe samples, repaired after.

@@ -1,6 +1,6 @@
 //! The reader side: `lock_vma_under_rcu`, `vma_start_read`, `vma_refcount_put` and
 //! `rcuwait_wake_up`, ported from `mm/mmap_lock.c` and `include/linux/mmap_lock.h`
-//! (reference §1.3).
+//! (`docs/protocol.md#reader-path`, `docs/protocol.md#wake-up-rule`).
 
 use std::sync::atomic::Ordering;
 
@@ -9,8 +9,8 @@ use vmatrace_common::{Counter, EventKind};
 
 use super::checks::SimChecks;
 use super::inject::Injection;
-use super::kernel::Kernel;
 use super::mm::SimMm;
+use super::sim_kernel::SimKernel;
 use super::task::Task;
 use super::vma::{SimVma, Slab};
 
@@ -58,7 +58,7 @@ pub enum LockFail {
 /// `lock_vma_under_rcu(mm, addr)`: the read-locked VMA's slab index, or why not.
 /// Emits the `ReaderAcquire` event its fexit program would.
 pub fn lock_vma_under_rcu(
-    k: &Kernel,
+    k: &SimKernel,
     t: &mut Task,
     mm: &SimMm,
     addr: u64,
@@ -158,7 +158,7 @@ const EAGAIN: i64 = -11;
 /// first VMA at or after `from_addr`, read-locked by `vma_start_read`; when that fails,
 /// the fallback takes the mmap read lock and uses `vma_start_read_locked` (whose
 /// increment no probe sees). Emits the `ReaderAcquire` of its fexit program.
-pub fn lock_next_vma(k: &Kernel, t: &mut Task, mm: &SimMm, from_addr: u64) -> NextVma {
+pub fn lock_next_vma(k: &SimKernel, t: &mut Task, mm: &SimMm, from_addr: u64) -> NextVma {
     let first =
         usize::try_from(from_addr.saturating_sub(super::mm::USER_BASE) / super::mm::SLOT_SPAN)
             .unwrap_or(usize::MAX);
@@ -224,7 +224,7 @@ pub fn lock_next_vma(k: &Kernel, t: &mut Task, mm: &SimMm, from_addr: u64) -> Ne
 
 /// `lock_vma_under_mmap_lock()`: the fallback of `lock_next_vma`. Under the mmap read
 /// lock no writer runs, so the tree and the VMA ranges are stable.
-fn next_vma_under_mmap_lock(k: &Kernel, mm: &SimMm, first: usize) -> NextVma {
+fn next_vma_under_mmap_lock(k: &SimKernel, mm: &SimMm, first: usize) -> NextVma {
     let g = mm.read_lock();
     let r = match (first..mm.tree.len()).find_map(|s| mm.slot_of(s)) {
         None => NextVma::End,
@@ -237,7 +237,7 @@ fn next_vma_under_mmap_lock(k: &Kernel, mm: &SimMm, first: usize) -> NextVma {
 
 /// `vma_start_read_locked(vma)`: the caller holds the mmap read lock, so no writer can
 /// be excluding; fails only on a detached VMA (or the reader limit).
-fn vma_start_read_locked(k: &Kernel, idx: u32) -> bool {
+fn vma_start_read_locked(k: &SimKernel, idx: u32) -> bool {
     let v = k.vma(idx);
     match inc_not_zero_limited(k, v) {
         Ok(old) => {
@@ -251,7 +251,7 @@ fn vma_start_read_locked(k: &Kernel, idx: u32) -> bool {
 /// `__refcount_inc_not_zero_limited_acquire(&vm_refcnt, &old, VM_REFCNT_LIMIT)`:
 /// `Ok(old)` after the increment, `Err(old)` without a store when `old == 0` or
 /// `1 > limit - old`.
-fn inc_not_zero_limited(k: &Kernel, v: &SimVma) -> Result<u32, u32> {
+fn inc_not_zero_limited(k: &SimKernel, v: &SimVma) -> Result<u32, u32> {
     let mut old = v.vm_refcnt.load(Ordering::Relaxed);
     loop {
         if old == 0 || old > k.limit - 1 {
@@ -269,7 +269,7 @@ fn inc_not_zero_limited(k: &Kernel, v: &SimVma) -> Result<u32, u32> {
 
 /// A reader holds a reference now; one taken while readers were excluded is what the
 /// simulation's checks look for.
-fn note_admitted(k: &Kernel, v: &SimVma, old: u32) {
+fn note_admitted(k: &SimKernel, v: &SimVma, old: u32) {
     v.holders.fetch_add(1, Ordering::AcqRel);
     if old & k.flag != 0 {
         SimChecks::bump(&k.checks.reader_admitted_while_excluded);
@@ -277,7 +277,7 @@ fn note_admitted(k: &Kernel, v: &SimVma, old: u32) {
 }
 
 /// `vma_start_read(mm, vma)` (6.18+ form; the checks are the same in 6.15–6.17).
-pub fn vma_start_read(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64) -> StartRead {
+pub fn vma_start_read(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64) -> StartRead {
     let v = k.vma(idx);
     // 1. Lockless early check (READ_ONCE both).
     if v.vm_lock_seq.load(Ordering::Relaxed) == mm.mm_lock_seq.load(Ordering::Relaxed) {
@@ -333,7 +333,7 @@ pub fn vma_start_read(k: &Kernel, t: &mut Task, mm: &SimMm, idx: u32, addr: u64)
 /// looks exactly like one that got in before the flag, which the kernel allows. The
 /// window check, the increment and the fexit sample happen with the ring held.
 fn admit_ignoring_flag(
-    k: &Kernel,
+    k: &SimKernel,
     t: &mut Task,
     mm: &SimMm,
     idx: u32,
@@ -366,22 +366,22 @@ fn admit_ignoring_flag(
 
 /// Drop a reader reference this task owns (`vma_end_read` / the error paths).
 /// `lease_release` marks the end of a fault handled under the VMA lock: with
-/// [`ReleaseVisibility::Kernel`](super::kernel::ReleaseVisibility) only those can be
+/// [`ReleaseVisibility::Kernel`](super::sim_kernel::ReleaseVisibility) only those can be
 /// the out-of-line, probed `vma_refcount_put` (fault-retry sites); error-path and
 /// ephemeral puts are always inlined there.
-pub fn reader_put(k: &Kernel, t: &mut Task, idx: u32, lease_release: bool) {
+pub fn reader_put(k: &SimKernel, t: &mut Task, idx: u32, lease_release: bool) {
     let v = k.vma(idx);
     v.holders.fetch_sub(1, Ordering::AcqRel);
     let visible = match k.releases {
-        super::kernel::ReleaseVisibility::All => true,
-        super::kernel::ReleaseVisibility::Kernel => lease_release && t.rng.below(8) == 0,
+        super::sim_kernel::ReleaseVisibility::All => true,
+        super::sim_kernel::ReleaseVisibility::Kernel => lease_release && t.rng.below(8) == 0,
     };
     vma_refcount_put(k, t, idx, visible);
 }
 
 /// `vma_refcount_put(vma)`: decrement, and wake the excluding task if this put leaves
 /// the count at F or F+1 (`__vma_are_readers_excluded(newcnt)` / `is_vma_writer_only`).
-pub fn vma_refcount_put(k: &Kernel, t: &mut Task, idx: u32, visible: bool) {
+pub fn vma_refcount_put(k: &SimKernel, t: &mut Task, idx: u32, visible: bool) {
     let v = k.vma(idx);
     // The kernel saves vm_mm first: after the decrement the VMA may be freed and reused.
     let mm_addr = v.vm_mm.load(Ordering::Acquire);
@@ -416,7 +416,7 @@ pub fn vma_refcount_put(k: &Kernel, t: &mut Task, idx: u32, visible: bool) {
 /// `rcuwait_wake_up(&mm->vma_writer_wait)`: wake the waiting task, if any. Emitted as the
 /// eBPF kprobe does: only when a task waits there (`w->task` set), with the fields of the
 /// VMA that task excludes readers from, before the wake-up happens.
-pub fn rcuwait_wake_up(k: &Kernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u64)>) {
+pub fn rcuwait_wake_up(k: &SimKernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u64)>) {
     let w = &mm.vma_writer_wait;
     let guard = w.task.lock().unwrap_or_else(|e| e.into_inner());
     // Nobody waits yet (the excluder added the flag but has not entered
@@ -445,7 +445,11 @@ pub fn rcuwait_wake_up(k: &Kernel, t: &mut Task, mm: &SimMm, put: Option<(u32, u
         && put_ts != 0
         && k.inject(t, Injection::LostWakeup, idx)
     {
-        k.record_site(Injection::LostWakeup, put_ts, idx, mm.addr);
+        let site = k.record_site(Injection::LostWakeup, put_ts, idx, mm.addr);
+        // The wake-up comes late, after this task's next event: the waiter does not hang,
+        // and the stream shows the task going on without waking it.
+        w.owed_site.store(site, Ordering::SeqCst);
+        t.deferred_wake.set(Some((waiter.thread.clone(), mm.index)));
         return;
     }
     let vma = waiter.vma;

@@ -29,6 +29,9 @@ pub struct RcuWait {
     /// cleared when it leaves): waking it then changes its state (`wake_up_process`
     /// returns 1); otherwise the wake-up is a no-op.
     pub sleeping: AtomicBool,
+    /// The injection site of a wake-up held back from the waiter (`usize::MAX`: none):
+    /// a waiter that recovers on its own first makes that site invisible.
+    pub owed_site: std::sync::atomic::AtomicUsize,
 }
 
 /// Who waits on an mm's `vma_writer_wait`.
@@ -70,6 +73,7 @@ impl SimMm {
             vma_writer_wait: RcuWait {
                 task: Mutex::new(None),
                 sleeping: AtomicBool::new(false),
+                owed_site: std::sync::atomic::AtomicUsize::new(usize::MAX),
             },
             tree: (0..slots).map(|_| AtomicU32::new(0)).collect(),
         }

@@ -23,6 +23,10 @@ pub struct Task {
     pub acquires: u64,
     /// `lock_next_vma` calls so far (sampled separately, as on the eBPF side).
     pub next_vmas: u64,
+    /// An injected lost wake-up, re-issued once this task's next event is out: the
+    /// fault stays visible (the task went on without waking) and the waiter does not
+    /// hang. See `vma_start_read::rcuwait_wake_up`.
+    pub deferred_wake: std::cell::Cell<Option<(std::thread::Thread, usize)>>,
 }
 
 impl Task {
@@ -43,6 +47,19 @@ impl Task {
             inject_off: false,
             acquires: 0,
             next_vmas: 0,
+            deferred_wake: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Re-issue a wake-up an injected fault held back (on the waiter of mm `mm`).
+    pub fn wake_deferred(&self, k: &super::sim_kernel::SimKernel) {
+        if let Some((waiter, mm)) = self.deferred_wake.take() {
+            if let Some(m) = k.mms.get(mm) {
+                m.vma_writer_wait
+                    .owed_site
+                    .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+            }
+            waiter.unpark();
         }
     }
 

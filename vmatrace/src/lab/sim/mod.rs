@@ -2,9 +2,9 @@
 //! atomics, locks and threads, emitting the events the eBPF programs would emit on a
 //! kernel of the chosen generation, through the same pipeline as the live tracer.
 //!
-//! Layout: `mm`/`vma` hold the kernel objects, `reader` and `writer` the two sides of the
-//! protocol, `lifecycle` attach/detach/alloc/free and the mmap lock, `workload` what the
-//! tasks do, `ring` the delivery to the pipeline, `inject` deliberate faults, `checks`
+//! Layout: `sim_kernel` the simulated kernel's shared state and knobs, `mm`/`vma` the
+//! kernel objects, `vma_start_read` and `vma_start_write` the two sides of the protocol,
+//! `lifecycle` attach/detach/alloc/free and the mmap lock, `workload` what the tasks do, `ring` the delivery to the pipeline, `inject` deliberate faults, `checks`
 //! the simulator's own invariants, `report` the summary.
 //!
 //! What a real kernel would not show, the simulator does not emit either (7.x fast
@@ -14,17 +14,17 @@
 
 pub mod checks;
 pub mod inject;
-pub mod kernel;
 pub mod lifecycle;
 pub mod mm;
-pub mod reader;
 pub mod report;
 pub mod ring;
 pub mod rng;
+pub mod sim_kernel;
 pub mod task;
 pub mod vma;
+pub mod vma_start_read;
+pub mod vma_start_write;
 pub mod workload;
-pub mod writer;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -38,15 +38,15 @@ use crate::pipeline::{Pipeline, Sink, Totals};
 use crate::validate::Anomaly;
 
 pub use inject::{BenignRace, Injection, InjectionSite, ReportedAnomaly};
-pub use kernel::ReleaseVisibility;
 pub use report::SimReport;
+pub use sim_kernel::ReleaseVisibility;
 pub use workload::OpStats;
 
 use checks::SimChecks;
 use inject::InjectPlan;
-use kernel::Kernel;
 use mm::SimMm;
 use ring::{Ring, TaskCounters};
+use sim_kernel::SimKernel;
 use task::Task;
 use vma::Slab;
 
@@ -170,7 +170,9 @@ impl SimOutcome {
             .filter(|a| !(a.key == "lost_wakeup" && benign.contains(&(a.ts_ns, a.vma))))
             .copied()
             .collect();
-        inject::unmatched_sites(&self.sites, &real)
+        let visible: Vec<InjectionSite> =
+            self.sites.iter().filter(|s| !s.hidden).copied().collect();
+        inject::unmatched_sites(&visible, &real)
     }
 
     /// Anomalies that are reports of recorded benign races (validator false positives).
@@ -276,7 +278,7 @@ pub async fn run_async(cfg: SimConfig, sinks: Vec<Box<dyn Sink>>) -> anyhow::Res
     })
 }
 
-fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) -> Kernel {
+fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) -> SimKernel {
     let nmm = cfg
         .mms
         .unwrap_or_else(|| cfg.threads.div_ceil(TASKS_PER_MM))
@@ -284,7 +286,7 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
     let slab_capacity = (nmm * SLOTS_PER_MM * 2 + cfg.threads * 2) as u32;
     let lost_wakeups = cfg.injections.contains(&Injection::LostWakeup);
     let g = cfg.generation;
-    Kernel {
+    SimKernel {
         generation: g,
         flag: g.exclude_readers_flag(),
         limit: g.refcnt_limit(),
@@ -302,8 +304,11 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
         reader_sample_every: cfg.reader_sample_every,
         // Without lost wake-ups a waiter only re-checks as a safety net; with them the
         // re-check is how the writer recovers, so keep it short.
+        // A lost wake-up is re-issued after the faulty task's next event, so the re-check
+        // stays a safety net; a short one would let the waiter recover before that event
+        // and hide the fault.
         wait_recheck: if lost_wakeups {
-            Duration::from_millis(2)
+            Duration::from_millis(100)
         } else {
             Duration::from_millis(500)
         },
@@ -316,7 +321,7 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
 
 /// After every task finished: linked VMAs must hold exactly the attach reference, all
 /// other objects none, and no reader may still count as a holder.
-fn leaked_refs(k: &Kernel) -> Vec<(u64, u32)> {
+fn leaked_refs(k: &SimKernel) -> Vec<(u64, u32)> {
     let linked: std::collections::HashSet<u32> = k
         .mms
         .iter()
@@ -344,7 +349,7 @@ struct Produced {
     leaked_refs: Vec<(u64, u32)>,
 }
 
-fn run_tasks(k: &Arc<Kernel>, cfg: &SimConfig) -> Produced {
+fn run_tasks(k: &Arc<SimKernel>, cfg: &SimConfig) -> Produced {
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
     // The populating task is the extra counter slot at the end.
@@ -372,7 +377,10 @@ fn run_tasks(k: &Arc<Kernel>, cfg: &SimConfig) -> Produced {
                 .name(format!("vmasim/{i}"))
                 .spawn(move || {
                     let mut t = Task::new(i, mm, tgid, seed);
-                    workload::run_task(&k, &mut t, quota, deadline, &stop)
+                    let done = workload::run_task(&k, &mut t, quota, deadline, &stop);
+                    // A wake-up held back by an injected fault is owed even at the end.
+                    t.wake_deferred(&k);
+                    done
                 })
         })
         .collect();

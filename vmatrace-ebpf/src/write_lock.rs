@@ -22,11 +22,11 @@ use crate::{
     filter::traced,
     globals::{GEN_6_15, GEN_6_19, GEN_7_0, generation, global},
     inflight::{note_outer_lost, remember, take, take_outer},
-    kernel::{Reads, Ves, fill_vma, int_ret, read_head, read_ves, writer_wait_of},
     maps::{
         EXCLUDERS, Excluder, FAMILY_DETACH, FAMILY_EXCLUDE, FAMILY_WRITE, INFLIGHT_DETACH,
         INFLIGHT_EXCLUDE, INFLIGHT_WRITE, Inflight,
     },
+    struct_reads::{Reads, Ves, fill_vma, int_ret, read_head, read_ves, writer_wait_of},
 };
 
 /// This task may now wait on `vma->vm_mm->vma_writer_wait`, inside a call whose
