@@ -506,10 +506,10 @@ fn every_screen_renders_at_odd_sizes() {
     }
 }
 
-// ---- snapshots: every screen at 80x24 and at 160x48 ----
+// ---- snapshots: every screen at 80x24 and at 160x45 ----
 
 fn snap(name: &str, st: &AppState) {
-    for (w, h) in [(80, 24), (160, 48)] {
+    for (w, h) in [(80, 24), (160, 45)] {
         insta::assert_snapshot!(format!("{name}_{w}x{h}"), draw(st, w, h));
     }
 }

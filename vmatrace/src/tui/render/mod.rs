@@ -65,9 +65,11 @@ pub fn render(frame: &mut Frame, state: &AppState) {
     render_header(frame, header, state);
     render_tabs(frame, tabs, state);
     let body = if state.ui.log_pane {
-        let [main, log] =
-            Layout::vertical([Constraint::Min(0), Constraint::Length(body.height / 3 + 2)])
-                .areas(body);
+        let [main, log] = Layout::vertical([
+            Constraint::Min(0),
+            Constraint::Length(log_height(state, body.height / 3 + 2)),
+        ])
+        .areas(body);
         render_log(frame, log, state);
         main
     } else {
@@ -172,6 +174,12 @@ fn render_footer(frame: &mut Frame, area: Rect, state: &AppState) {
         Line::from(spans)
     };
     frame.render_widget(Paragraph::new(line), area);
+}
+
+/// Rows for the log pane: its lines and borders, at least one line, at most `max`.
+pub(crate) fn log_height(state: &AppState, max: u16) -> u16 {
+    let lines = u16::try_from(state.log.len()).unwrap_or(u16::MAX).max(1);
+    lines.saturating_add(2).min(max.max(3))
 }
 
 pub(crate) fn render_log(frame: &mut Frame, area: Rect, state: &AppState) {

@@ -19,10 +19,13 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     // The top half must fit 13 logical events / 12 event kinds plus borders.
     // On a tall terminal the spare rows go to the log pane (unless it is open anyway).
     let (top, bottom, log) = if area.height >= 36 && !state.ui.log_pane {
+        // The log gets what its lines need (an empty one a single row), the bottom
+        // panes the rest: there the losses and reader costs can list everything.
+        let log_h = super::log_height(state, area.height.saturating_sub(25));
         let [t, b, l] = Layout::vertical([
             Constraint::Length(15),
-            Constraint::Length(10),
-            Constraint::Min(0),
+            Constraint::Min(10),
+            Constraint::Length(log_h),
         ])
         .areas(area);
         (t, b, Some(l))
