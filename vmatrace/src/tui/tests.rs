@@ -37,7 +37,13 @@ fn ev(kind: EventKind, ts_ms: u64, tgid: u32, name: &str, vma_no: u64) -> Event 
     e.vma = 0xffff_8880_0100_0000 + vma_no * 0x100;
     e.mm = 0xffff_8880_0200_0000 + u64::from(tgid) * 0x1000;
     e.vm_start = 0x7f3a_0000_0000 + vma_no * 0x20_0000;
-    e.vm_end = e.vm_start + 0x20_0000;
+    // Mostly 2M; some 704K, a size whose digits once got cut to "70".
+    e.vm_end = e.vm_start
+        + if vma_no % 3 == 1 {
+            704 * 1024
+        } else {
+            0x20_0000
+        };
     e.comm = comm(name);
     e.flags = flags::VMA_FIELDS | flags::MM_SEQ;
     e.cpu = tgid % 4;
@@ -146,6 +152,9 @@ fn anomaly(ts_ms: u64, kind: AnomalyKind, sev: Severity, tgid: u32, name: &str) 
     let offending = exclude_exit(ts_ms, tgid, name, 7, 12_345);
     let mut offending = offending;
     offending.refcnt = F + 2;
+    // Long sequence numbers, equal: write-locked. Every digit must show.
+    offending.vm_lock_seq = 1_234_567_890;
+    offending.mm_lock_seq = 1_234_567_890;
     evidence.push(offending);
     Anomaly {
         kind,

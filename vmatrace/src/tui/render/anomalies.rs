@@ -10,6 +10,7 @@ use vmatrace_common::Event;
 use vmatrace_common::event::flags;
 use vmatrace_common::model::Generation;
 
+use super::columns::{self, Column, Value};
 use super::{bad, block, dim, fmt, title_style, warn};
 use crate::tui::state::{AnomalyEntry, AppState};
 use crate::validate::Severity;
@@ -145,66 +146,58 @@ fn render_events(
     offending: &Event,
     g: Generation,
 ) {
-    let wide = area.width >= 120;
-    let mut head = vec!["Δt", "event"];
-    if wide {
-        head.push("function");
-    }
-    head.extend(["tid", "refcnt", "entry", "L/S seq", "ret", "wait"]);
-    let rows = events.iter().map(|ev| {
-        let dt = ev.ts_ns as i128 - offending.ts_ns as i128;
-        let kind = ev.kind().map_or("?", |k| k.key());
-        let mut cells = vec![
-            Cell::from(Line::from(signed_ns(dt)).right_aligned()),
-            Cell::from(kind),
-        ];
-        if wide {
-            cells.push(Cell::from(ev.probe().kernel_name()));
-        }
-        let or_dash = |ok: bool, s: String| if ok { s } else { "-".into() };
-        cells.extend([
-            Cell::from(ev.tid().to_string()),
-            Cell::from(or_dash(
-                ev.has(flags::VMA_FIELDS),
-                fmt::refcnt(ev.refcnt, g),
-            )),
-            Cell::from(or_dash(
-                ev.has(flags::PAIRED),
-                fmt::refcnt(ev.entry_refcnt, g),
-            )),
-            Cell::from(or_dash(
-                ev.has(flags::VMA_FIELDS) && ev.has(flags::MM_SEQ),
-                format!("{}/{}", ev.vm_lock_seq as i32, ev.mm_lock_seq as i32),
-            )),
-            Cell::from(or_dash(ev.has(flags::RET), ret_str(ev.ret))),
-            Cell::from(or_dash(ev.has(flags::PAIRED), fmt::ns(ev.wait_ns))),
-        ]);
-        let row = Row::new(cells);
+    let columns = event_columns(offending, g);
+    let laid = columns::layout(&columns, events, area.width.saturating_sub(2));
+    let rows = laid.rows.into_iter().zip(events).map(|(row, ev)| {
         if ev == offending {
             row.style(bad())
         } else {
             row
         }
     });
-    let mut widths = vec![Constraint::Length(10), Constraint::Length(16)];
-    if wide {
-        widths.push(Constraint::Length(32));
-    }
-    widths.extend([
-        Constraint::Length(7),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(12),
-        Constraint::Length(6),
-        Constraint::Min(8),
-    ]);
-    let t = Table::new(rows, widths)
-        .header(Row::new(head).style(title_style()))
+    let t = Table::new(rows, laid.widths)
+        .header(laid.header)
         .block(block(format!(
             "Events of this VMA ({}, oldest first)",
             events.len()
         )));
     frame.render_widget(t, area);
+}
+
+/// The evidence columns. `L/S seq` (`vm_lock_seq`/`mm_lock_seq`: equal means
+/// write-locked) keeps every digit; the kernel function name goes first when narrow.
+fn event_columns(offending: &Event, g: Generation) -> Vec<Column<'_, Event>> {
+    let or_dash = |ok: bool, s: String| Value::from(if ok { s } else { "-".into() });
+    vec![
+        Column::number("Δt", 9, move |ev: &Event| {
+            Value::from(signed_ns(ev.ts_ns as i128 - offending.ts_ns as i128))
+        }),
+        Column::code("event", 10, |ev: &Event| {
+            Value::from(ev.kind().map_or("?", |k| k.key()))
+        }),
+        Column::code("function", 1, |ev: &Event| {
+            Value::from(ev.probe().kernel_name())
+        }),
+        Column::number("tid", 3, |ev: &Event| Value::from(ev.tid().to_string())),
+        Column::number("refcnt", 8, move |ev: &Event| {
+            or_dash(ev.has(flags::VMA_FIELDS), fmt::refcnt(ev.refcnt, g))
+        }),
+        Column::number("entry", 6, move |ev: &Event| {
+            or_dash(ev.has(flags::PAIRED), fmt::refcnt(ev.entry_refcnt, g))
+        }),
+        Column::number("L/S seq", 9, move |ev: &Event| {
+            or_dash(
+                ev.has(flags::VMA_FIELDS) && ev.has(flags::MM_SEQ),
+                format!("{}/{}", ev.vm_lock_seq as i32, ev.mm_lock_seq as i32),
+            )
+        }),
+        Column::number("ret", 5, move |ev: &Event| {
+            or_dash(ev.has(flags::RET), ret_str(ev.ret))
+        }),
+        Column::number("wait", 7, move |ev: &Event| {
+            or_dash(ev.has(flags::PAIRED), fmt::ns(ev.wait_ns))
+        }),
+    ]
 }
 
 /// A time difference: "-2.00ms", "0ns".

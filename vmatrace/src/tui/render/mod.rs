@@ -4,6 +4,7 @@
 //! pane are overlays. Every screen degrades to 80x24 and spreads out on larger terminals.
 
 pub mod anomalies;
+pub mod columns;
 pub mod fmt;
 pub mod model;
 pub mod overview;
@@ -208,7 +209,19 @@ const HELP: &[(&str, &str)] = &[
     ("q, Ctrl-C", "quit"),
     ("Top: s", "cycle the sort column"),
     ("Top: v", "per-process / per-VMA table"),
-    ("/", "filter by comm, pid or kind (Top, Anomalies)"),
+    (
+        "Top: excl",
+        "readers-exclusion waits (write locks, detaches)",
+    ),
+    (
+        "Top: rdfail",
+        "sampled failed lock_vma_under_rcu (– not sampled)",
+    ),
+    (
+        "Top: sldet",
+        "slow-path detaches (readers still held the VMA)",
+    ),
+    ("/", "filter: comm or kind substring, pid exact"),
     ("Anomalies: ↑↓", "select; Enter opens the evidence"),
     ("Esc", "back / close / clear the filter"),
 ];

@@ -2,11 +2,13 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::Modifier;
+use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Cell, Row, Table};
+use ratatui::widgets::Table;
+use vmatrace_common::Counter;
 
-use super::{block, fmt, title_style};
+use super::columns::{self, Column, Value};
+use super::{block, dim, fmt};
 use crate::stats::aggregates::matches_filter;
 use crate::stats::{Aggregate, SortKey, ranking};
 use crate::tui::state::{AppState, TopView};
@@ -43,54 +45,10 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
             "VMAs",
         ),
     };
-    let col = |k: SortKey, name: &'static str| {
-        let c = Cell::from(name);
-        if k == sort {
-            c.style(title_style().add_modifier(Modifier::UNDERLINED))
-        } else {
-            c.style(title_style())
-        }
-    };
-    let mut head = vec![Cell::from("task").style(title_style())];
-    if view == TopView::Vmas {
-        head.push(Cell::from("VMA").style(title_style()));
-    }
-    head.extend([
-        col(SortKey::Exclusions, "excl"),
-        col(SortKey::TotalWait, "total"),
-        col(SortKey::MaxWait, "max"),
-        col(SortKey::ReaderFailures, "rdfail"),
-        col(SortKey::SlowDetaches, "sldet"),
-        Cell::from("EINTR").style(title_style()),
-    ]);
-    let right = |s: String| Cell::from(Line::from(s).right_aligned());
-    let body = rows.iter().map(|a: &Aggregate| {
-        let mut cells = vec![Cell::from(format!("{}[{}]", fmt::comm(&a.comm), a.tgid))];
-        if view == TopView::Vmas {
-            cells.push(Cell::from(fmt::vma_range(a.vm_start, a.vm_end)));
-        }
-        cells.extend([
-            right(fmt::count(a.exclusions)),
-            right(fmt::ns(a.total_wait_ns)),
-            right(fmt::ns(a.max_wait_ns)),
-            right(fmt::count(a.reader_failures)),
-            right(fmt::count(a.slow_detaches)),
-            right(fmt::count(a.interrupted)),
-        ]);
-        Row::new(cells)
-    });
-    let mut widths = vec![Constraint::Min(12)];
-    if view == TopView::Vmas {
-        widths.push(Constraint::Length(15));
-    }
-    widths.extend([
-        Constraint::Length(6),
-        Constraint::Length(8),
-        Constraint::Length(8),
-        Constraint::Length(6),
-        Constraint::Length(5),
-        Constraint::Length(5),
-    ]);
+    let readers_sampled =
+        d.stats.counter(Counter::ReaderSampled) > 0 || d.stats.sampled_reader_failures() > 0;
+    let columns = columns(view, sort, readers_sampled);
+    let laid = columns::layout(&columns, &rows, area.width.saturating_sub(2));
     let filter = if state.ui.filter.is_empty() {
         String::new()
     } else {
@@ -113,8 +71,71 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
         "Top {what} by {} ({tracked} tracked{evicted}{filter})",
         sort.label()
     );
-    let t = Table::new(body, widths)
-        .header(Row::new(head))
-        .block(block(title));
+    let mut b = block(title);
+    if area.height >= 8 {
+        b = b.title_bottom(Line::styled(LEGEND, dim()));
+    }
+    let t = Table::new(laid.rows, laid.widths)
+        .header(laid.header)
+        .block(b);
     frame.render_widget(t, area);
 }
+
+/// What the short headers mean (also in the help).
+pub const LEGEND: &str = " excl exclusions · rdfail sampled reader failures · sldet slow detaches ";
+
+/// The Top table's columns. Numbers are never cut: on a narrow terminal the task name
+/// shrinks, then the rarest counts go (EINTR, slow detaches, reader failures).
+fn columns<'a>(view: TopView, sort: SortKey, readers_sampled: bool) -> Vec<Column<'a, Aggregate>> {
+    let sorted = move |k: SortKey| {
+        if k == sort {
+            Style::default().add_modifier(Modifier::UNDERLINED)
+        } else {
+            Style::default()
+        }
+    };
+    let mut c = vec![Column::text("task", 10, 24, 10, |a: &Aggregate| {
+        Value::from(format!("{}[{}]", fmt::comm(&a.comm), a.tgid))
+    })];
+    if view == TopView::Vmas {
+        c.push(Column::code("VMA start", 9, |a: &Aggregate| {
+            Value::from(format!("{:x}", a.vm_start))
+        }));
+        c.push(Column::number("size", 6, |a: &Aggregate| {
+            Value::from(fmt::size(a.vm_end.saturating_sub(a.vm_start)))
+        }));
+    }
+    c.extend([
+        Column::number("excl", 7, |a: &Aggregate| {
+            Value::from(fmt::count(a.exclusions))
+        })
+        .with_header_style(sorted(SortKey::Exclusions)),
+        Column::number("total", 8, |a: &Aggregate| {
+            Value::from(fmt::ns(a.total_wait_ns))
+        })
+        .with_header_style(sorted(SortKey::TotalWait)),
+        Column::number("max", 8, |a: &Aggregate| {
+            Value::from(fmt::ns(a.max_wait_ns))
+        })
+        .with_header_style(sorted(SortKey::MaxWait)),
+        Column::number("rdfail", 4, move |a: &Aggregate| {
+            Value::from(if readers_sampled {
+                fmt::count(a.reader_failures)
+            } else {
+                NOT_SAMPLED.to_string()
+            })
+        })
+        .with_header_style(sorted(SortKey::ReaderFailures)),
+        Column::number("sldet", 3, |a: &Aggregate| {
+            Value::from(fmt::count(a.slow_detaches))
+        })
+        .with_header_style(sorted(SortKey::SlowDetaches)),
+        Column::number("EINTR", 2, |a: &Aggregate| {
+            Value::from(fmt::count(a.interrupted))
+        }),
+    ]);
+    c
+}
+
+/// A count that was not measured (readers not sampled), not a zero.
+pub const NOT_SAMPLED: &str = "–";

@@ -4,11 +4,12 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::widgets::{Paragraph, Table};
 
+use super::columns::{self, Column, Value};
 use super::{bad, block, dim, fmt, title_style};
 use crate::stats::histogram::bucket_range;
-use crate::stats::{Log2Histogram, WaitSource};
+use crate::stats::{Log2Histogram, WaitSample, WaitSource};
 use crate::tui::state::{AppState, DashboardData};
 
 pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
@@ -109,37 +110,42 @@ fn render_percentiles(frame: &mut Frame, area: Rect, d: &DashboardData) {
 }
 
 fn render_slowest(frame: &mut Frame, area: Rect, d: &DashboardData) {
-    let header = Row::new(["wait", "task", "tid", "VMA", "for", "at"]).style(title_style());
-    let rows = d.stats.slowest().items().iter().map(|w| {
-        let what = if w.interrupted {
-            Span::styled("EINTR", bad())
-        } else if w.detaching {
-            Span::raw("detach")
-        } else {
-            Span::raw("write")
-        };
-        Row::new(vec![
-            Cell::from(Line::from(fmt::ns(w.wait_ns)).right_aligned()),
-            Cell::from(format!("{}[{}]", fmt::comm(&w.comm), w.tgid)),
-            Cell::from(w.tid.to_string()),
-            Cell::from(fmt::vma_range(w.vm_start, w.vm_end)),
-            Cell::from(what),
-            Cell::from(Span::styled(fmt::rel_time(d.relative_ns(w.ts_ns)), dim())),
-        ])
-    });
+    let rows = d.stats.slowest().items();
+    let columns = slowest_columns(d);
+    let laid = columns::layout(&columns, rows, area.width.saturating_sub(2));
     let window = d.stats.slowest().window_ns() / 1_000_000_000;
-    let t = Table::new(
-        rows,
-        [
-            Constraint::Length(8),
-            Constraint::Length(22),
-            Constraint::Length(7),
-            Constraint::Length(17),
-            Constraint::Length(6),
-            Constraint::Min(10),
-        ],
-    )
-    .header(header)
-    .block(block(format!("Slowest waits (last {window}s)")));
+    let t = Table::new(laid.rows, laid.widths)
+        .header(laid.header)
+        .block(block(format!("Slowest waits (last {window}s)")));
     frame.render_widget(t, area);
+}
+
+/// Slowest waits: the wait and when first, then who and on which VMA; the thread id and
+/// the time go first when the terminal is narrow.
+fn slowest_columns(d: &DashboardData) -> Vec<Column<'_, WaitSample>> {
+    vec![
+        Column::number("wait", 10, |w: &WaitSample| Value::from(fmt::ns(w.wait_ns))),
+        Column::text("task", 10, 24, 9, |w: &WaitSample| {
+            Value::from(format!("{}[{}]", fmt::comm(&w.comm), w.tgid))
+        }),
+        Column::number("tid", 2, |w: &WaitSample| Value::from(w.tid.to_string())),
+        Column::code("VMA start", 8, |w: &WaitSample| {
+            Value::from(format!("{:x}", w.vm_start))
+        }),
+        Column::number("size", 7, |w: &WaitSample| {
+            Value::from(fmt::size(w.vm_end.saturating_sub(w.vm_start)))
+        }),
+        Column::code("for", 6, |w: &WaitSample| {
+            if w.interrupted {
+                Value::styled("EINTR", bad())
+            } else if w.detaching {
+                Value::from("detach")
+            } else {
+                Value::from("write")
+            }
+        }),
+        Column::number("at", 5, move |w: &WaitSample| {
+            Value::styled(fmt::rel_time(d.relative_ns(w.ts_ns)), dim())
+        }),
+    ]
 }
