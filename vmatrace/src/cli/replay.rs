@@ -175,6 +175,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         )
         .with_detail(args.input.clone())
         .with_plan(header.plan.clone());
+        let ctx = crate::tui::with_wall_clock(ctx, header.clock);
         crate::tui::attach_to(&mut pipeline, ctx)
     });
     let played = play(&rt, &stop, &args, reader, pipeline, dashboard, progress)?;

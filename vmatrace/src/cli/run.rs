@@ -214,6 +214,7 @@ fn live(
             header.hooks.len()
         ))
         .with_plan(header.plan.clone());
+        let ctx = crate::tui::with_wall_clock(ctx, header.clock);
         crate::tui::attach_to(&mut pipeline, ctx)
     });
     if dashboard.is_none() {

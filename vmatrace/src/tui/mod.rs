@@ -43,6 +43,16 @@ pub fn attach_to(pipeline: &mut Pipeline, ctx: DashboardContext) -> SharedState 
     shared
 }
 
+/// Times of day from the trace header's clock base, in this machine's zone. A trace
+/// without one (all zero) keeps times since the first event.
+pub fn with_wall_clock(ctx: DashboardContext, clock: crate::trace::ClockBase) -> DashboardContext {
+    if clock.realtime_ns == 0 {
+        return ctx;
+    }
+    let zone = crate::export::clock::LocalZone::local_at(clock.realtime_ns);
+    ctx.with_clock(clock, zone)
+}
+
 fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, AppState> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -37,6 +37,9 @@ impl Sink for DashboardSink {
         for ev in events {
             live.stats.observe(ev);
         }
+        if let Some(t) = events.iter().map(|e| e.ts_ns).max() {
+            live.newest_ts_ns = live.newest_ts_ns.max(t);
+        }
     }
 
     fn anomaly(&mut self, a: &Anomaly) {

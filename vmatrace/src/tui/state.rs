@@ -7,9 +7,11 @@ use std::time::Duration;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use vmatrace_common::model::Generation;
 
+use crate::export::clock::LocalZone;
 use crate::kernel::plan::ProbePlan;
 use crate::pipeline::{CounterSnapshot, Totals};
 use crate::stats::{SortKey, Stats};
+use crate::trace::ClockBase;
 use crate::validate::{Anomaly, AnomalyKind};
 
 /// Anomalies kept for browsing; older ones are dropped and counted.
@@ -45,6 +47,11 @@ pub struct DashboardContext {
     pub kernel_release: String,
     pub generation: Generation,
     pub plan: Option<ProbePlan>,
+    /// Maps event timestamps (monotonic) to the wall clock; `None` (simulation): times
+    /// are shown since the first event.
+    pub clock: Option<ClockBase>,
+    /// The viewer's zone for times of day (UTC in tests).
+    pub zone: LocalZone,
 }
 
 impl DashboardContext {
@@ -59,6 +66,26 @@ impl DashboardContext {
             kernel_release: kernel_release.into(),
             generation,
             plan: None,
+            clock: None,
+            zone: LocalZone::utc(),
+        }
+    }
+
+    /// Show times of day: `clock` from the trace header, in `zone`.
+    pub fn with_clock(mut self, clock: ClockBase, zone: LocalZone) -> Self {
+        self.clock = Some(clock);
+        self.zone = zone;
+        self
+    }
+
+    /// Wall-clock time of an event timestamp, `hh:mm:ss.mmm` (or `+s.mmm` since the
+    /// first event without a clock).
+    pub fn time_of(&self, ts_ns: u64, first_ts_ns: Option<u64>) -> String {
+        match self.clock {
+            Some(c) => self.zone.hms_millis(c.realtime_of(ts_ns)),
+            None => crate::tui::render::fmt::rel_time(
+                ts_ns.saturating_sub(first_ts_ns.unwrap_or(ts_ns)),
+            ),
         }
     }
 
@@ -121,6 +148,11 @@ pub struct DashboardData {
     pub validator_resyncs: u64,
     /// Timestamp of the first event: anomaly times are shown relative to it.
     pub first_ts_ns: Option<u64>,
+    /// Timestamp of the newest event (the "now" of a replay).
+    pub newest_ts_ns: u64,
+    /// Wall clock now, set by the dashboard loop for a live source (a replay's "now" is
+    /// its newest event).
+    pub wall_now_ns: Option<u64>,
     /// Session time, set by the dashboard loop.
     pub uptime: Duration,
     pub self_cost: Option<SelfCost>,
@@ -148,6 +180,8 @@ impl DashboardData {
             validator_evicted: 0,
             validator_resyncs: 0,
             first_ts_ns: None,
+            newest_ts_ns: 0,
+            wall_now_ns: None,
             uptime: Duration::ZERO,
             self_cost: None,
             source_ended: false,
@@ -198,6 +232,15 @@ impl DashboardData {
     /// Nanoseconds of `ts_ns` after the first event (0 if before or unknown).
     pub fn relative_ns(&self, ts_ns: u64) -> u64 {
         ts_ns.saturating_sub(self.first_ts_ns.unwrap_or(ts_ns))
+    }
+
+    /// Wall-clock now: the loop's for a live source, else the newest event's.
+    pub fn now_realtime_ns(&self, clock: Option<ClockBase>) -> Option<u64> {
+        self.wall_now_ns.or_else(|| {
+            clock
+                .filter(|_| self.newest_ts_ns != 0)
+                .map(|c| c.realtime_of(self.newest_ts_ns))
+        })
     }
 }
 
@@ -284,6 +327,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Wall-clock time of an event, as the tables show it.
+    pub fn time_of(&self, ts_ns: u64) -> String {
+        self.ctx.time_of(ts_ns, self.view().first_ts_ns)
+    }
+
     pub fn new(ctx: DashboardContext) -> Self {
         let live = DashboardData::with_plan(ctx.generation, ctx.plan.as_ref());
         Self {

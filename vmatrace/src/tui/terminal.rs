@@ -139,6 +139,9 @@ fn run_blocking(
             {
                 let mut st = lock(shared);
                 st.live.uptime = started.elapsed();
+                if st.ctx.source == super::SourceKind::Live {
+                    st.live.wall_now_ns = Some(crate::export::clock::realtime_ns());
+                }
                 if let Ok(mut lines) = captured.lock() {
                     for l in lines.drain(..) {
                         st.push_log(l);

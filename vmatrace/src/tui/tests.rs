@@ -21,6 +21,8 @@ use crate::validate::Validator;
 use crate::validate::{Anomaly, AnomalyKind, Severity};
 
 const T0: u64 = 1_000_000_000_000;
+/// The wall clock at T0: 2026-11-28 14:03:00 UTC.
+const WALL_T0: u64 = 1_795_874_580_000_000_000;
 const F: u32 = 1 << 30;
 
 fn comm(s: &str) -> [u8; 16] {
@@ -171,7 +173,14 @@ fn anomaly(ts_ms: u64, kind: AnomalyKind, sev: Severity, tgid: u32, name: &str) 
 fn fixture() -> AppState {
     let ctx = DashboardContext::new(SourceKind::Replay, "7.2.13+deb14-amd64", Generation::V7_0)
         .with_detail("tests/data/sample.vtr")
-        .with_plan(Some(sample_plan()));
+        .with_plan(Some(sample_plan()))
+        .with_clock(
+            crate::trace::ClockBase {
+                monotonic_ns: T0,
+                realtime_ns: WALL_T0,
+            },
+            crate::export::clock::LocalZone::utc(),
+        );
     let shared = Arc::new(Mutex::new(AppState::new(ctx)));
     // Feed the sink directly (not through a Pipeline): these screens test the dashboard,
     // not the validator's verdict on hand-made events.
@@ -639,4 +648,44 @@ fn trace_strings_are_rendered_escaped() {
     ] {
         assert!(all.contains(want), "{want} not in {all}");
     }
+}
+
+// ---- header ----
+
+/// With losses the validator saw only part of the transitions: the header says
+/// "validated with gaps", not a bare "0 anomalies". The time of day leads it.
+#[test]
+fn header_says_validated_with_gaps_when_events_were_lost() {
+    let header = |st: &AppState| {
+        let s = draw(st, 160, 45);
+        s.lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('"')
+            .to_string()
+    };
+    let mut st = AppState::new(DashboardContext::new(
+        SourceKind::Live,
+        "6.19.6",
+        Generation::V6_19,
+    ));
+    assert!(
+        header(&st).contains("│ validated, 0 anomalies │"),
+        "{}",
+        header(&st)
+    );
+    st.live.validator_resyncs = 2;
+    assert!(header(&st).contains("│ validated with gaps (2 resyncs) │"));
+    let mut c = CounterSnapshot {
+        values: vec![0; 16],
+    };
+    c.values[Counter::RingbufReserveFailed as usize] = 5;
+    st.live.set_counters(&c);
+    assert!(header(&st).contains("│ validated with gaps (5 lost) │"));
+    st.live.wall_now_ns = Some(WALL_T0 + 3_723_000_000_000);
+    assert!(
+        header(&st).starts_with("vmatrace 15:05:03 UTC │ LIVE │"),
+        "{}",
+        header(&st)
+    );
 }

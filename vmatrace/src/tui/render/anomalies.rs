@@ -54,7 +54,7 @@ fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
         let a = &e.anomaly;
         Row::new(vec![
             Cell::from(e.seq.to_string()),
-            Cell::from(fmt::rel_time(d.relative_ns(a.event.ts_ns))),
+            Cell::from(state.time_of(a.event.ts_ns)),
             Cell::from(severity(a.severity)),
             Cell::from(a.kind.key()),
             Cell::from(format!("{}[{}]", fmt::comm(&a.event.comm), a.event.tgid())),
@@ -75,7 +75,7 @@ fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
         rows,
         [
             Constraint::Length(4),
-            Constraint::Length(9),
+            Constraint::Length(12),
             Constraint::Length(7),
             Constraint::Length(25),
             Constraint::Min(12),
@@ -91,7 +91,6 @@ fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
 }
 
 fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyEntry) {
-    let d = state.view();
     let a = &e.anomaly;
     let ev = &a.event;
     let label = |k: &str| Span::styled(format!("{k:<9}"), title_style());
@@ -101,11 +100,7 @@ fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyE
             Span::styled(a.kind.key(), bad()),
             Span::raw(" ("),
             severity(a.severity),
-            Span::raw(format!(
-                ") #{} at {}",
-                e.seq,
-                fmt::rel_time(d.relative_ns(ev.ts_ns))
-            )),
+            Span::raw(format!(") #{} at {}", e.seq, state.time_of(ev.ts_ns))),
         ]),
         Line::from(vec![
             label("task"),

@@ -38,14 +38,10 @@ pub fn rate(r: f64) -> String {
     }
 }
 
-/// Nanoseconds as a human duration: "850ns", "12.3µs", "4.56ms", "1.20s".
+/// Nanoseconds as a human duration: "850ns", "12.3µs", "4.56ms", "1.20s" (the text
+/// summary's units too).
 pub fn ns(v: u64) -> String {
-    match v {
-        0..=999 => format!("{v}ns"),
-        1_000..=999_999 => format!("{:.1}µs", v as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.2}ms", v as f64 / 1e6),
-        _ => format!("{:.2}s", v as f64 / 1e9),
-    }
+    crate::export::units::duration_ns(v)
 }
 
 /// Bucket edge, compact: "0", "512ns", "1µs", "64ms".
@@ -78,14 +74,9 @@ pub fn vma_range(start: u64, end: u64) -> String {
     format!("{start:x} {}", size(end.saturating_sub(start)))
 }
 
-/// Byte size: "4K", "2M", "1G" (rounded down).
+/// Byte size: "4K", "704K", "2M", "1G" (rounded down).
 pub fn size(bytes: u64) -> String {
-    match bytes {
-        0..=1023 => format!("{bytes}B"),
-        1024..=1_048_575 => format!("{}K", bytes / 1024),
-        1_048_576..=1_073_741_823 => format!("{}M", bytes / 1_048_576),
-        _ => format!("{}G", bytes / 1_073_741_824),
-    }
+    crate::export::units::size(bytes)
 }
 
 /// `vm_refcnt` with the exclusion flag spelled out: "3", "F+1", "F".

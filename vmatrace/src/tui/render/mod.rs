@@ -104,22 +104,29 @@ fn render_header(frame: &mut Frame, area: Rect, state: &AppState) {
     } else {
         ("LIVE", Style::default().fg(Color::Green))
     };
-    let anomalies = d.anomalies_seen;
     let sep = Span::styled(" │ ", dim());
     // Most important first: on a narrow terminal the tail is what gets cut.
-    let spans = vec![
+    let mut spans = vec![
         Span::styled("vmatrace ", title_style()),
         Span::styled(status, status_style),
         sep.clone(),
-        Span::styled(
-            format!("{} anomalies", fmt::count(anomalies)),
-            if anomalies > 0 {
-                bad()
-            } else {
-                Style::default()
-            },
-        ),
+        validation(d),
         sep.clone(),
+    ];
+    // The time of day first: what an operator matches against the incident timeline.
+    if let Some(now) = d.now_realtime_ns(ctx.clock) {
+        spans.splice(
+            1..1,
+            [
+                Span::styled(
+                    format!("{} {}", ctx.zone.hms(now), fmt::text(&ctx.zone.name)),
+                    title_style(),
+                ),
+                sep.clone(),
+            ],
+        );
+    }
+    spans.extend([
         Span::raw(format!("up {}", fmt::hms(d.uptime.as_secs()))),
         sep.clone(),
         Span::raw(format!("gen {}", ctx.generation.key())),
@@ -130,8 +137,29 @@ fn render_header(frame: &mut Frame, area: Rect, state: &AppState) {
         )),
         sep,
         Span::raw(source),
-    ];
+    ]);
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// The validation verdict. With losses the validator resynchronised and saw only part of
+/// the transitions: "0 anomalies" would overstate what was checked.
+fn validation(d: &crate::tui::state::DashboardData) -> Span<'static> {
+    // Since start or the last reset, like the Overview's anomaly pane.
+    let anomalies = d.anomalies_total();
+    let lost = d.stats.total_losses();
+    let gaps = if lost > 0 {
+        Some(format!("{} lost", fmt::count(lost)))
+    } else if d.validator_resyncs > 0 {
+        Some(format!("{} resyncs", fmt::count(d.validator_resyncs)))
+    } else {
+        None
+    };
+    match (anomalies, gaps) {
+        (0, None) => Span::raw("validated, 0 anomalies"),
+        (0, Some(g)) => Span::styled(format!("validated with gaps ({g})"), warn()),
+        (n, None) => Span::styled(format!("{} anomalies", fmt::count(n)), bad()),
+        (n, Some(g)) => Span::styled(format!("{} anomalies, gaps ({g})", fmt::count(n)), bad()),
+    }
 }
 
 fn render_tabs(frame: &mut Frame, area: Rect, state: &AppState) {

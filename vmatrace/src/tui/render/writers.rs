@@ -24,7 +24,7 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     };
     render_histogram(frame, hist, d.stats.exclusion_histogram(), title);
     render_percentiles(frame, pct, d);
-    render_slowest(frame, bottom, d);
+    render_slowest(frame, bottom, state);
 }
 
 /// One line per log2 bucket from the fastest to the slowest occupied one; when they do not
@@ -109,9 +109,10 @@ fn render_percentiles(frame: &mut Frame, area: Rect, d: &DashboardData) {
     frame.render_widget(Paragraph::new(lines).block(block("Percentiles")), area);
 }
 
-fn render_slowest(frame: &mut Frame, area: Rect, d: &DashboardData) {
+fn render_slowest(frame: &mut Frame, area: Rect, state: &AppState) {
+    let d = state.view();
     let rows = d.stats.slowest().items();
-    let columns = slowest_columns(d);
+    let columns = slowest_columns(state);
     let laid = columns::layout(&columns, rows, area.width.saturating_sub(2));
     let window = d.stats.slowest().window_ns() / 1_000_000_000;
     let t = Table::new(laid.rows, laid.widths)
@@ -122,7 +123,7 @@ fn render_slowest(frame: &mut Frame, area: Rect, d: &DashboardData) {
 
 /// Slowest waits: the wait and when first, then who and on which VMA; the thread id and
 /// the time go first when the terminal is narrow.
-fn slowest_columns(d: &DashboardData) -> Vec<Column<'_, WaitSample>> {
+fn slowest_columns(state: &AppState) -> Vec<Column<'_, WaitSample>> {
     vec![
         Column::number("wait", 10, |w: &WaitSample| Value::from(fmt::ns(w.wait_ns))),
         Column::text("task", 10, 24, 9, |w: &WaitSample| {
@@ -145,7 +146,7 @@ fn slowest_columns(d: &DashboardData) -> Vec<Column<'_, WaitSample>> {
             }
         }),
         Column::number("at", 5, move |w: &WaitSample| {
-            Value::styled(fmt::rel_time(d.relative_ns(w.ts_ns)), dim())
+            Value::styled(state.time_of(w.ts_ns), dim())
         }),
     ]
 }
