@@ -18,6 +18,7 @@
 //! "ENDED" in the header until the user quits (`DashboardSink::finish` or
 //! [`mark_source_ended`]). [`set_program_stats`] feeds the tracer's self-cost.
 
+pub mod anomaly_groups;
 pub mod render;
 pub mod sink;
 pub mod state;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use vmatrace_common::model::Generation;
 
+use super::anomaly_groups::{AnomalyGroup, AnomalyGroups};
 use crate::export::clock::LocalZone;
 use crate::kernel::plan::ProbePlan;
 use crate::pipeline::{CounterSnapshot, Totals};
@@ -139,6 +140,8 @@ pub struct DashboardData {
     pub anomalies_dropped: u64,
     /// Anomalies by kind since start or reset.
     pub anomaly_counts: BTreeMap<AnomalyKind, u64>,
+    /// Anomalies by kind and VMA (the Anomalies screen's rows).
+    pub anomaly_groups: AnomalyGroups,
     /// The validator's phase distribution of tracked VMAs (`None`: not reported).
     pub phases: Option<Vec<(&'static str, u64)>>,
     /// VMAs the validator tracks, and how many it dropped at its cap.
@@ -175,6 +178,7 @@ impl DashboardData {
             anomalies_seen: 0,
             anomalies_dropped: 0,
             anomaly_counts: BTreeMap::new(),
+            anomaly_groups: AnomalyGroups::default(),
             phases: None,
             tracked_vmas: 0,
             validator_evicted: 0,
@@ -195,10 +199,12 @@ impl DashboardData {
             self.anomalies.pop_front();
             self.anomalies_dropped += 1;
         }
-        self.anomalies.push_back(AnomalyEntry {
+        let entry = AnomalyEntry {
             seq: self.anomalies_seen,
             anomaly: a.clone(),
-        });
+        };
+        self.anomaly_groups.add(&entry);
+        self.anomalies.push_back(entry);
     }
 
     pub fn set_counters(&mut self, c: &CounterSnapshot) {
@@ -227,6 +233,7 @@ impl DashboardData {
         self.stats.reset();
         self.events_base = self.totals.events;
         self.anomaly_counts.clear();
+        self.anomaly_groups.reset();
     }
 
     /// Nanoseconds of `ts_ns` after the first event (0 if before or unknown).
@@ -301,8 +308,12 @@ pub struct UiState {
     pub filter: String,
     /// `/` was pressed: keys edit the filter until Enter/Esc.
     pub editing_filter: bool,
-    /// Selected row in the anomaly list (index into the kept list).
+    /// Selected row in the anomaly list (index into the visible groups), when the user
+    /// moved away from the newest.
     pub selected: usize,
+    /// The user scrolled the anomaly list: it stops following the newest row (End, or
+    /// moving down to the last row, follows again).
+    pub anomaly_scrolled: bool,
     /// The evidence of the selected anomaly is open.
     pub evidence: bool,
 }
@@ -359,18 +370,29 @@ impl AppState {
         self.log.push_back(line);
     }
 
-    /// Anomalies on the Anomalies screen (in arrival order), after the filter.
-    pub fn visible_anomalies(&self) -> Vec<&AnomalyEntry> {
+    /// Anomaly groups on the Anomalies screen, the most recently seen last, after the
+    /// filter.
+    pub fn visible_groups(&self) -> Vec<&AnomalyGroup> {
         let f = self.ui.filter.as_str();
         self.view()
-            .anomalies
-            .iter()
-            .filter(|e| f.is_empty() || anomaly_matches(&e.anomaly, f))
-            .collect()
+            .anomaly_groups
+            .in_order(|a| f.is_empty() || anomaly_matches(a, f))
     }
 
+    /// The selected row: the newest unless the user scrolled.
+    pub fn selected_row(&self, rows: usize) -> usize {
+        let last = rows.saturating_sub(1);
+        if self.ui.anomaly_scrolled {
+            self.ui.selected.min(last)
+        } else {
+            last
+        }
+    }
+
+    /// The newest occurrence of the selected group (its evidence).
     pub fn selected_anomaly(&self) -> Option<&AnomalyEntry> {
-        self.visible_anomalies().get(self.ui.selected).copied()
+        let v = self.visible_groups();
+        v.get(self.selected_row(v.len())).map(|g| &g.latest)
     }
 
     /// Apply one key press. Pure state change; the loop acts on the returned [`Action`].
@@ -426,7 +448,7 @@ impl AppState {
                     self.ui.log_pane = false;
                 } else if !self.ui.filter.is_empty() {
                     self.ui.filter.clear();
-                    self.ui.selected = 0;
+                    self.ui.anomaly_scrolled = false;
                 }
             }
             code if self.ui.screen == Screen::Anomalies => self.anomaly_key(code),
@@ -464,26 +486,32 @@ impl AppState {
             }
             _ => {}
         }
-        self.ui.selected = 0;
+        self.ui.anomaly_scrolled = false;
     }
 
     fn anomaly_key(&mut self, code: KeyCode) {
-        let n = self.visible_anomalies().len();
+        let n = self.visible_groups().len();
         let last = n.saturating_sub(1);
-        let sel = &mut self.ui.selected;
+        let mut sel = self.selected_row(n);
         match code {
-            KeyCode::Down | KeyCode::Char('j') => *sel = (*sel + 1).min(last),
-            KeyCode::Up | KeyCode::Char('k') => *sel = sel.saturating_sub(1),
-            KeyCode::PageDown => *sel = (*sel + 10).min(last),
-            KeyCode::PageUp => *sel = sel.saturating_sub(10),
-            KeyCode::Home | KeyCode::Char('g') => *sel = 0,
-            KeyCode::End | KeyCode::Char('G') => *sel = last,
-            KeyCode::Enter if n > 0 => self.ui.evidence = true,
-            _ => {}
+            KeyCode::Down | KeyCode::Char('j') => sel = (sel + 1).min(last),
+            KeyCode::Up | KeyCode::Char('k') => sel = sel.saturating_sub(1),
+            KeyCode::PageDown => sel = (sel + 10).min(last),
+            KeyCode::PageUp => sel = sel.saturating_sub(10),
+            KeyCode::Home | KeyCode::Char('g') => sel = 0,
+            KeyCode::End | KeyCode::Char('G') => sel = last,
+            KeyCode::Enter if n > 0 => {
+                // Evidence of this group: stay on it while new anomalies arrive.
+                self.ui.evidence = true;
+                self.ui.anomaly_scrolled = true;
+                self.ui.selected = sel;
+                return;
+            }
+            _ => return,
         }
-        if n > 0 {
-            self.ui.selected = self.ui.selected.min(last);
-        }
+        self.ui.selected = sel;
+        // On the last row the list follows the newest again.
+        self.ui.anomaly_scrolled = sel < last;
     }
 }
 

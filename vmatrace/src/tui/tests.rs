@@ -439,17 +439,41 @@ fn top_sort_view_and_filter_editing() {
 }
 
 #[test]
-fn anomaly_selection_and_evidence() {
+fn anomaly_selection_follows_the_newest_until_scrolled() {
     let mut st = fixture();
     press(&mut st, &[KeyCode::Char('4'), KeyCode::Enter]);
     assert!(st.ui.evidence);
-    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(1));
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(3), "newest");
     press(
         &mut st,
-        &[KeyCode::Esc, KeyCode::Down, KeyCode::Down, KeyCode::Down],
+        &[KeyCode::Esc, KeyCode::Up, KeyCode::Up, KeyCode::Up],
     );
     assert!(!st.ui.evidence);
-    assert_eq!(st.ui.selected, 2, "selection stops at the last row");
+    assert_eq!(
+        st.selected_anomaly().map(|e| e.seq),
+        Some(1),
+        "stops at the first"
+    );
+    // Scrolled: a new anomaly does not move the selection.
+    let a = anomaly(
+        10_500,
+        AnomalyKind::DetachNotZero,
+        Severity::Error,
+        88,
+        "kswapd0",
+    );
+    st.live.push_anomaly(&a);
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(1));
+    press(&mut st, &[KeyCode::End]);
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(4), "End follows");
+    st.live.push_anomaly(&a);
+    assert_eq!(
+        st.selected_anomaly().map(|e| e.seq),
+        Some(5),
+        "and keeps following"
+    );
+    press(&mut st, &[KeyCode::Home]);
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(1));
     press(
         &mut st,
         &[
@@ -459,10 +483,62 @@ fn anomaly_selection_and_evidence() {
             KeyCode::Enter,
         ],
     );
-    assert_eq!(st.visible_anomalies().len(), 1);
+    assert_eq!(st.visible_groups().len(), 1);
     assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(3));
     press(&mut st, &[KeyCode::Char('1')]);
     assert!(!st.ui.evidence);
+}
+
+/// Ten thousand identical anomalies are one row with a count, not ten thousand rows.
+#[test]
+fn anomalies_are_grouped_by_kind_and_vma() {
+    let mut st = fixture();
+    let a = anomaly(
+        10_500,
+        AnomalyKind::DetachNotZero,
+        Severity::Error,
+        88,
+        "kswapd0",
+    );
+    for _ in 0..10_000 {
+        st.live.push_anomaly(&a);
+    }
+    let groups = st.visible_groups();
+    assert_eq!(groups.len(), 4);
+    let last = groups.last().expect("a group");
+    assert_eq!(last.count, 10_000);
+    assert_eq!(last.latest.seq, 10_003);
+    press(&mut st, &[KeyCode::Char('4')]);
+    let screen = draw(&st, 80, 24);
+    assert!(screen.contains("10.0k"), "{screen}");
+    assert_eq!(screen.matches("detach_not_zero").count(), 1, "{screen}");
+}
+
+/// After `r` the header and the Anomalies pane count the same anomalies (since the
+/// reset); the rows stay as evidence.
+#[test]
+fn after_reset_the_header_and_the_anomaly_pane_agree() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('4'), KeyCode::Char('r')]);
+    let screen = draw(&st, 160, 45);
+    assert!(screen.contains("│ validated, 0 anomalies │"), "{screen}");
+    assert!(
+        screen.contains("Anomalies (0 since reset, 3 before) by kind and VMA: 3 groups"),
+        "{screen}"
+    );
+    st.live.push_anomaly(&anomaly(
+        10_500,
+        AnomalyKind::DetachNotZero,
+        Severity::Error,
+        88,
+        "kswapd0",
+    ));
+    let screen = draw(&st, 160, 45);
+    assert!(screen.contains("│ 1 anomalies │"), "{screen}");
+    assert!(
+        screen.contains("Anomalies (1 since reset, 3 before)"),
+        "{screen}"
+    );
 }
 
 #[test]
@@ -564,7 +640,10 @@ fn snapshot_top() {
 #[test]
 fn snapshot_anomalies() {
     let mut st = fixture();
-    press(&mut st, &[KeyCode::Char('4'), KeyCode::Down]);
+    // Following the newest; Up selects the one before.
+    press(&mut st, &[KeyCode::Char('4')]);
+    snap("anomalies_following", &st);
+    press(&mut st, &[KeyCode::Up]);
     snap("anomalies", &st);
     press(&mut st, &[KeyCode::Enter]);
     snap("anomaly_evidence", &st);

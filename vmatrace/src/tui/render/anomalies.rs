@@ -5,13 +5,14 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Paragraph, Table, TableState, Wrap};
 use vmatrace_common::Event;
 use vmatrace_common::event::flags;
 use vmatrace_common::model::Generation;
 
 use super::columns::{self, Column, Value};
 use super::{bad, block, dim, fmt, title_style, warn};
+use crate::tui::anomaly_groups::AnomalyGroup;
 use crate::tui::state::{AnomalyEntry, AppState};
 use crate::validate::Severity;
 
@@ -38,56 +39,81 @@ fn task(ev: &Event) -> String {
 
 fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
     let d = state.view();
-    let visible = state.visible_anomalies();
-    if visible.is_empty() {
-        let msg = if d.anomalies.is_empty() {
+    let groups = state.visible_groups();
+    // The same count as the header (since start or the last reset).
+    let since_reset = d.anomalies_total();
+    if groups.is_empty() {
+        let msg = if d.anomaly_groups.is_empty() {
             "No anomalies: every observed transition was allowed by the model."
         } else {
             "No anomaly matches the filter."
         };
         let p = Paragraph::new(Line::styled(msg, dim())).wrap(Wrap { trim: true });
-        frame.render_widget(p.block(block("Anomalies")), area);
+        frame.render_widget(p.block(block(format!("Anomalies ({since_reset})"))), area);
         return;
     }
-    let header = Row::new(["#", "time", "sev", "kind", "task", "VMA start"]).style(title_style());
-    let rows = visible.iter().map(|e| {
-        let a = &e.anomaly;
-        Row::new(vec![
-            Cell::from(e.seq.to_string()),
-            Cell::from(state.time_of(a.event.ts_ns)),
-            Cell::from(severity(a.severity)),
-            Cell::from(a.kind.key()),
-            Cell::from(format!("{}[{}]", fmt::comm(&a.event.comm), a.event.tgid())),
-            Cell::from(format!("{:x}", a.event.vm_start)),
-        ])
-    });
-    let dropped = if d.anomalies_dropped > 0 {
-        format!(", {} oldest not kept", fmt::count(d.anomalies_dropped))
-    } else {
-        String::new()
-    };
-    let title = format!(
-        "Anomalies ({} shown of {}{dropped})",
-        visible.len(),
-        d.anomalies_seen
+    let columns = group_columns(state);
+    let laid = columns::layout(&columns, &groups, area.width.saturating_sub(2));
+    let before = d.anomalies_seen.saturating_sub(since_reset);
+    let mut title = format!(
+        "Anomalies ({since_reset}{}) by kind and VMA: {} groups",
+        if before > 0 {
+            format!(" since reset, {before} before")
+        } else {
+            String::new()
+        },
+        groups.len()
     );
-    let t = Table::new(
-        rows,
-        [
-            Constraint::Length(4),
-            Constraint::Length(12),
-            Constraint::Length(7),
-            Constraint::Length(25),
-            Constraint::Min(12),
-            Constraint::Length(12),
-        ],
-    )
-    .header(header)
-    .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
-    .block(block(title));
-    let mut ts =
-        TableState::default().with_selected(Some(state.ui.selected.min(visible.len() - 1)));
+    if d.anomaly_groups.dropped() > 0 {
+        title.push_str(&format!(
+            ", {} oldest dropped",
+            fmt::count(d.anomaly_groups.dropped())
+        ));
+    }
+    title.push_str(if state.ui.anomaly_scrolled {
+        " · End: follow newest"
+    } else {
+        " · following newest"
+    });
+    let t = Table::new(laid.rows, laid.widths)
+        .header(laid.header)
+        .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
+        .block(block(title));
+    let mut ts = TableState::default().with_selected(Some(state.selected_row(groups.len())));
     frame.render_stateful_widget(t, area, &mut ts);
+}
+
+/// One row per (kind, VMA): how often, when last and first, who last, where.
+fn group_columns<'a>(state: &'a AppState) -> Vec<Column<'a, &'a AnomalyGroup>> {
+    vec![
+        Column::code("last", 9, move |g: &&AnomalyGroup| {
+            Value::from(state.time_of(g.latest.anomaly.event.ts_ns))
+        }),
+        Column::number("count", 10, |g: &&AnomalyGroup| {
+            Value::from(fmt::count(g.count))
+        }),
+        Column::code("sev", 5, |g: &&AnomalyGroup| {
+            let s = severity(g.latest.anomaly.severity);
+            Value::styled(s.content.into_owned(), s.style)
+        }),
+        Column::code("kind", 10, |g: &&AnomalyGroup| {
+            Value::from(g.latest.anomaly.kind.key())
+        }),
+        Column::text("last task", 10, 40, 7, |g: &&AnomalyGroup| {
+            let ev = &g.latest.anomaly.event;
+            Value::from(format!("{}[{}]", fmt::comm(&ev.comm), ev.tgid()))
+        }),
+        Column::code("VMA start", 8, |g: &&AnomalyGroup| {
+            Value::from(format!("{:x}", g.latest.anomaly.event.vm_start))
+        }),
+        Column::number("size", 6, |g: &&AnomalyGroup| {
+            let ev = &g.latest.anomaly.event;
+            Value::from(fmt::size(ev.vm_end.saturating_sub(ev.vm_start)))
+        }),
+        Column::code("first", 3, move |g: &&AnomalyGroup| {
+            Value::styled(state.time_of(g.first_ts_ns), dim())
+        }),
+    ]
 }
 
 fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyEntry) {

@@ -186,8 +186,8 @@ fn render_footer(frame: &mut Frame, area: Rect, state: &AppState) {
     } else {
         let hints = match state.ui.screen {
             Screen::Top => "s sort · v procs/VMAs · / filter · Esc clear",
-            Screen::Anomalies if state.ui.evidence => "Esc back · ↑↓ other anomaly",
-            Screen::Anomalies => "↑↓ select · Enter evidence · / filter",
+            Screen::Anomalies if state.ui.evidence => "Esc back · ↑↓ other group",
+            Screen::Anomalies => "↑↓ select · Home/End oldest/newest · Enter evidence · / filter",
             _ => "1-5/Tab screens",
         };
         let mut spans = vec![
@@ -250,7 +250,11 @@ const HELP: &[(&str, &str)] = &[
         "slow-path detaches (readers still held the VMA)",
     ),
     ("/", "filter: comm or kind substring, pid exact"),
-    ("Anomalies: ↑↓", "select; Enter opens the evidence"),
+    (
+        "Anomalies: ↑↓",
+        "select; Enter opens the newest one's evidence",
+    ),
+    ("Home/End", "oldest group / newest (follows new ones)"),
     ("Esc", "back / close / clear the filter"),
 ];
 
