@@ -333,12 +333,15 @@ fn observed_of(plan: Option<&ProbePlan>, ev: LogicalEvent) -> String {
 /// Counts per logical event, from event kinds, attach points and kernel counters. Each
 /// count is taken from what the plan says observes the event (its own hook when direct,
 /// the proxy's events when a proxy), so a direct or proxy event that happened is never
-/// shown as 0.
-fn logical_counts(
+/// shown as 0. `slow_detaches`: the statistics' count, when there are statistics.
+///
+/// The one counting of logical events: the summary and the dashboard's Coverage pane
+/// both show these numbers.
+pub fn logical_counts(
     t: &Totals,
     generation: Generation,
     plan: Option<&ProbePlan>,
-    stats: Option<&StatsSnapshot>,
+    slow_detaches: Option<u64>,
 ) -> BTreeMap<String, LogicalCount> {
     use EventKind as K;
     use LogicalEvent as L;
@@ -376,13 +379,13 @@ fn logical_counts(
             L::MarkDetachedFast if is_proxy(le) => {
                 (ev(K::VmaFree), "vma_free events (proxy)".into())
             }
-            L::MarkDetachedFast => match (generation, stats) {
+            L::MarkDetachedFast => match (generation, slow_detaches) {
                 (Generation::V7_0, _) => (
                     calls(ProbeId::VmaMarkDetached),
                     "detach events at vma_mark_detached".into(),
                 ),
                 (_, Some(st)) => (
-                    calls(ProbeId::VmaMarkDetached).saturating_sub(st.slow_detaches),
+                    calls(ProbeId::VmaMarkDetached).saturating_sub(st),
                     "vma_mark_detached calls minus the slow ones (statistics)".into(),
                 ),
                 (_, None) => (
@@ -393,13 +396,13 @@ fn logical_counts(
             },
             // ≤6.19 every detach goes through vma_mark_detached; the slow ones found readers
             // (refcount above 1 at entry), which the statistics count.
-            L::MarkDetachedSlow => match (generation, stats) {
+            L::MarkDetachedSlow => match (generation, slow_detaches) {
                 (Generation::V7_0, _) => (
                     calls(ProbeId::VmaExcludeReadersForDetach),
                     "detach events at __vma_exclude_readers_for_detach".into(),
                 ),
                 (_, Some(st)) => (
-                    st.slow_detaches,
+                    st,
                     "vma_mark_detached calls that found readers (statistics)".into(),
                 ),
                 (_, None) => (0, "unknown without statistics".into()),
@@ -543,7 +546,7 @@ impl Summary {
                     t,
                     h.generation,
                     h.plan.as_ref(),
-                    i.stats.as_ref(),
+                    i.stats.as_ref().map(|st| st.slow_detaches),
                 ),
             },
             anomalies: AnomaliesSection {
@@ -928,7 +931,7 @@ mod tests {
             t.count_event(e);
             st.observe(e);
         }
-        logical_counts(&t, generation, Some(plan), Some(&st.snapshot()))
+        logical_counts(&t, generation, Some(plan), Some(st.slow_detaches()))
     }
 
     #[test]

@@ -59,6 +59,7 @@ impl Sink for DashboardSink {
         let mut st = self.state();
         let live = &mut st.live;
         live.totals.events = totals.events;
+        live.totals.kind_probe = totals.kind_probe;
         live.totals.undecodable = totals.undecodable;
         live.totals.anomalies.clone_from(&totals.anomalies);
         live.stats.set_undecodable(totals.undecodable);

@@ -135,6 +135,8 @@ pub struct DashboardData {
     pub totals: Totals,
     /// Event totals at the last reset (shown as differences).
     pub events_base: [u64; 16],
+    /// Events by kind and attach point at the last reset.
+    pub kind_probe_base: [[u64; 16]; 16],
     pub anomalies: VecDeque<AnomalyEntry>,
     pub anomalies_seen: u64,
     pub anomalies_dropped: u64,
@@ -174,6 +176,7 @@ impl DashboardData {
             stats: Stats::with_plan(generation, plan),
             totals: Totals::default(),
             events_base: [0; 16],
+            kind_probe_base: [[0; 16]; 16],
             anomalies: VecDeque::new(),
             anomalies_seen: 0,
             anomalies_dropped: 0,
@@ -219,6 +222,27 @@ impl DashboardData {
         now.saturating_sub(base)
     }
 
+    /// Event and counter totals since start or the last reset, for the summary's
+    /// counting of logical events.
+    pub fn totals_since_reset(&self) -> Totals {
+        let mut t = Totals::default();
+        for (i, n) in t.events.iter_mut().enumerate() {
+            *n = self.events(i);
+        }
+        for (k, row) in t.kind_probe.iter_mut().enumerate() {
+            for (p, n) in row.iter_mut().enumerate() {
+                *n = self.totals.kind_probe[k][p].saturating_sub(self.kind_probe_base[k][p]);
+            }
+        }
+        t.counters = CounterSnapshot {
+            values: vmatrace_common::Counter::ALL
+                .iter()
+                .map(|c| self.stats.counter(*c))
+                .collect(),
+        };
+        t
+    }
+
     pub fn total_events(&self) -> u64 {
         crate::pipeline::totals::sum((0..self.totals.events.len()).map(|i| self.events(i)))
     }
@@ -232,6 +256,7 @@ impl DashboardData {
     pub fn reset(&mut self) {
         self.stats.reset();
         self.events_base = self.totals.events;
+        self.kind_probe_base = self.totals.kind_probe;
         self.anomaly_counts.clear();
         self.anomaly_groups.reset();
     }

@@ -768,3 +768,53 @@ fn header_says_validated_with_gaps_when_events_were_lost() {
         header(&st)
     );
 }
+
+// ---- coverage ----
+
+/// The Coverage pane counts logical events as the exit summary does: proxied ones
+/// (end-exclude by the write-lock and detach returns) are counted, not shown as `-`.
+#[test]
+fn coverage_counts_like_the_summary() {
+    use crate::export::summary::logical_counts;
+    use crate::pipeline::Pipeline;
+    let plan = sample_plan();
+    let ctx = DashboardContext::new(SourceKind::Replay, "7.2", Generation::V7_0)
+        .with_plan(Some(plan.clone()));
+    let mut p = Pipeline::new(Generation::V7_0);
+    let shared = attach_to(&mut p, ctx);
+    let mut batch = Vec::new();
+    for i in 0..20u64 {
+        let mut w = ev(EventKind::WriteLockExit, i, 1201, "postgres", i % 4);
+        w.probe = ProbeId::VmaStartWrite as u8;
+        batch.push(w);
+        let mut d = ev(EventKind::DetachExit, i, 1201, "postgres", 10 + i);
+        d.probe = ProbeId::VmaMarkDetached as u8;
+        batch.push(d);
+        batch.push(ev(EventKind::VmaFree, i, 1201, "postgres", 10 + i));
+    }
+    p.handle(SourceItem::Events(batch));
+    p.flush();
+    let st = shared.lock().unwrap();
+    let d = st.view();
+    let summary = logical_counts(
+        &p.totals,
+        Generation::V7_0,
+        Some(&plan),
+        Some(d.stats.slow_detaches()),
+    );
+    let pane = logical_counts(
+        &d.totals_since_reset(),
+        Generation::V7_0,
+        Some(&plan),
+        Some(d.stats.slow_detaches()),
+    );
+    for (k, c) in &summary {
+        assert_eq!(pane[k].count, c.count, "{k}");
+    }
+    assert_eq!(pane["end_exclude"].count, 40);
+    let screen = draw(&st, 160, 45);
+    assert!(
+        screen.contains("│end_exclude          proxy       40 "),
+        "{screen}"
+    );
+}
