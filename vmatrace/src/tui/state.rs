@@ -543,7 +543,6 @@ impl AppState {
 fn anomaly_matches(a: &Anomaly, f: &str) -> bool {
     let comm = crate::stats::aggregates::comm_to_string(&a.event.comm);
     a.kind.key().contains(f)
-        || comm.contains(f)
-        || a.event.tgid().to_string().contains(f)
+        || crate::stats::aggregates::task_matches(a.event.tgid(), &comm, f)
         || a.severity.key().contains(f)
 }

@@ -818,3 +818,64 @@ fn coverage_counts_like_the_summary() {
         "{screen}"
     );
 }
+
+// ---- process labels ----
+
+/// A process is labelled by its tgid and its leader's comm, whatever its threads are
+/// called; a pid filter matches exactly.
+#[test]
+fn processes_are_labelled_by_leader_comm_and_filtered_by_exact_pid() {
+    let mut st = AppState::new(DashboardContext::new(
+        SourceKind::Live,
+        "7.2",
+        Generation::V7_0,
+    ));
+    let thread = |tid: u32, name: &str, ts: u64| {
+        let mut e = exclude_exit(ts, 4200, name, 1, 1000);
+        e.pid_tgid = (4200 << 32) | u64::from(tid);
+        e
+    };
+    for e in [
+        thread(4201, "worker-1", 1),
+        thread(4200, "postgres", 2),
+        thread(4202, "worker-2", 3),
+        exclude_exit(4, 14200, "other", 2, 500),
+    ] {
+        st.live.stats.observe(&e);
+    }
+    press(&mut st, &[KeyCode::Char('3')]);
+    let screen = draw(&st, 80, 24);
+    assert!(screen.contains("│postgres[4200] "), "{screen}");
+    assert!(!screen.contains("worker"), "{screen}");
+    press(
+        &mut st,
+        &[
+            KeyCode::Char('/'),
+            KeyCode::Char('4'),
+            KeyCode::Char('2'),
+            KeyCode::Char('0'),
+            KeyCode::Char('0'),
+            KeyCode::Enter,
+        ],
+    );
+    let screen = draw(&st, 80, 24);
+    assert!(screen.contains("postgres[4200]"), "{screen}");
+    assert!(!screen.contains("14200"), "{screen}");
+}
+
+/// Without sampled readers the reader-failure column says "not measured" (–), not 0.
+#[test]
+fn reader_failures_show_a_dash_when_readers_are_not_sampled() {
+    let mut st = AppState::new(DashboardContext::new(
+        SourceKind::Live,
+        "7.2",
+        Generation::V7_0,
+    ));
+    st.live
+        .stats
+        .observe(&exclude_exit(1, 4200, "postgres", 1, 1000));
+    press(&mut st, &[KeyCode::Char('3')]);
+    insta::assert_snapshot!("top_readers_not_sampled_80x24", draw(&st, 80, 24));
+    let screen = draw(&st, 160, 45);
+    assert!(screen.contains("     – "), "{screen}");
+}

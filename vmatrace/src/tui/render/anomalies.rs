@@ -99,9 +99,10 @@ fn group_columns<'a>(state: &'a AppState) -> Vec<Column<'a, &'a AnomalyGroup>> {
         Column::code("kind", 10, |g: &&AnomalyGroup| {
             Value::from(g.latest.anomaly.kind.key())
         }),
-        Column::text("last task", 10, 40, 7, |g: &&AnomalyGroup| {
+        Column::text("last task", 10, 40, 7, move |g: &&AnomalyGroup| {
             let ev = &g.latest.anomaly.event;
-            Value::from(format!("{}[{}]", fmt::comm(&ev.comm), ev.tgid()))
+            let comm = state.view().stats.process_comm(ev.tgid(), &ev.comm);
+            Value::from(fmt::process(ev.tgid(), &comm))
         }),
         Column::code("VMA start", 8, |g: &&AnomalyGroup| {
             Value::from(format!("{:x}", g.latest.anomaly.event.vm_start))

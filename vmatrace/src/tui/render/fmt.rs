@@ -17,6 +17,11 @@ pub fn comm(c: &[u8; 16]) -> String {
     text(&comm_to_string(c))
 }
 
+/// A process: "comm[tgid]".
+pub fn process(tgid: u32, c: &[u8; 16]) -> String {
+    format!("{}[{tgid}]", comm(c))
+}
+
 /// 1234 → "1234", 12345 → "12.3k", 1234567 → "1.23M".
 pub fn count(n: u64) -> String {
     match n {

@@ -10,7 +10,7 @@ use vmatrace_common::Counter;
 use super::columns::{self, Column, Value};
 use super::{block, dim, fmt};
 use crate::stats::aggregates::matches_filter;
-use crate::stats::{Aggregate, SortKey, ranking};
+use crate::stats::{Aggregate, SortKey, Stats, ranking};
 use crate::tui::state::{AppState, TopView};
 
 /// Both tables side by side from this width.
@@ -47,7 +47,7 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
     };
     let readers_sampled =
         d.stats.counter(Counter::ReaderSampled) > 0 || d.stats.sampled_reader_failures() > 0;
-    let columns = columns(view, sort, readers_sampled);
+    let columns = columns(view, sort, readers_sampled, &d.stats);
     let laid = columns::layout(&columns, &rows, area.width.saturating_sub(2));
     let filter = if state.ui.filter.is_empty() {
         String::new()
@@ -86,7 +86,12 @@ pub const LEGEND: &str = " excl exclusions · rdfail sampled reader failures · 
 
 /// The Top table's columns. Numbers are never cut: on a narrow terminal the task name
 /// shrinks, then the rarest counts go (EINTR, slow detaches, reader failures).
-fn columns<'a>(view: TopView, sort: SortKey, readers_sampled: bool) -> Vec<Column<'a, Aggregate>> {
+fn columns(
+    view: TopView,
+    sort: SortKey,
+    readers_sampled: bool,
+    stats: &Stats,
+) -> Vec<Column<'_, Aggregate>> {
     let sorted = move |k: SortKey| {
         if k == sort {
             Style::default().add_modifier(Modifier::UNDERLINED)
@@ -94,8 +99,10 @@ fn columns<'a>(view: TopView, sort: SortKey, readers_sampled: bool) -> Vec<Colum
             Style::default()
         }
     };
-    let mut c = vec![Column::text("task", 10, 24, 10, |a: &Aggregate| {
-        Value::from(format!("{}[{}]", fmt::comm(&a.comm), a.tgid))
+    // A process by its tgid and its leader's comm (a VMA row's own comm is the last
+    // thread's).
+    let mut c = vec![Column::text("task", 10, 24, 10, move |a: &Aggregate| {
+        Value::from(fmt::process(a.tgid, &stats.process_comm(a.tgid, &a.comm)))
     })];
     if view == TopView::Vmas {
         c.push(Column::code("VMA start", 9, |a: &Aggregate| {

@@ -124,10 +124,11 @@ fn render_slowest(frame: &mut Frame, area: Rect, state: &AppState) {
 /// Slowest waits: the wait and when first, then who and on which VMA; the thread id and
 /// the time go first when the terminal is narrow.
 fn slowest_columns(state: &AppState) -> Vec<Column<'_, WaitSample>> {
+    let stats = &state.view().stats;
     vec![
         Column::number("wait", 10, |w: &WaitSample| Value::from(fmt::ns(w.wait_ns))),
-        Column::text("task", 10, 24, 9, |w: &WaitSample| {
-            Value::from(format!("{}[{}]", fmt::comm(&w.comm), w.tgid))
+        Column::text("task", 10, 24, 9, move |w: &WaitSample| {
+            Value::from(fmt::process(w.tgid, &stats.process_comm(w.tgid, &w.comm)))
         }),
         Column::number("tid", 2, |w: &WaitSample| Value::from(w.tid.to_string())),
         Column::code("VMA start", 8, |w: &WaitSample| {
