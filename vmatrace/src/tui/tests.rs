@@ -10,6 +10,7 @@ use vmatrace_common::event::{ProbeId, flags};
 use vmatrace_common::model::Generation;
 use vmatrace_common::{Counter, Event, EventKind, Offsets};
 
+use super::render::fmt;
 use super::state::{Action, AppState, DashboardContext, Screen, SourceKind, TopView};
 use super::*;
 use crate::kernel::plan::{
@@ -224,13 +225,17 @@ fn fixture() -> AppState {
                     (i * 3 + j % 2) as u64,
                 ));
                 batch.push(exclude_exit(ts, *tgid, name, (i * 3 + j % 2) as u64, wait));
-                batch.push(ev(
+                // The whole write-lock slow path: the exclusion and a bit more.
+                let mut w = ev(
                     EventKind::WriteLockExit,
                     ts,
                     *tgid,
                     name,
                     (i * 3 + j % 2) as u64,
-                ));
+                );
+                w.flags |= flags::PAIRED;
+                w.wait_ns = wait + 300 * (j as u64 + 1);
+                batch.push(w);
             }
         }
         let mut rfail = ev(EventKind::ReaderAcquire, sec * 1000 + 5, 3310, "java", 9);
@@ -611,6 +616,21 @@ fn snap(name: &str, st: &AppState) {
 #[test]
 fn snapshot_overview() {
     snap("overview", &fixture());
+}
+
+/// A histogram line reads like the percentile beside it: the bucket holding p50 is
+/// labelled with the very string the p50 line shows.
+#[test]
+fn histogram_labels_agree_with_percentiles() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('2')]);
+    let screen = draw(&st, 160, 45);
+    let p = st.live.stats.percentiles();
+    for v in [p.p50_ns, p.p90_ns] {
+        let label = format!("≤{} ", fmt::ns(v));
+        assert!(screen.contains(&label), "{label} in {screen}");
+    }
+    assert!(screen.contains("┌ Write lock ("), "{screen}");
 }
 
 #[test]

@@ -49,16 +49,6 @@ pub fn ns(v: u64) -> String {
     crate::export::units::duration_ns(v)
 }
 
-/// Bucket edge, compact: "0", "512ns", "1µs", "64ms".
-pub fn edge(v: u64) -> String {
-    match v {
-        0..=1_023 => format!("{v}ns"),
-        1_024..=1_048_575 => format!("{}µs", v / 1_000),
-        1_048_576..=1_073_741_823 => format!("{}ms", v / 1_000_000),
-        _ => format!("{}s", v / 1_000_000_000),
-    }
-}
-
 /// Seconds since the first event: "+12.345s".
 pub fn rel_time(ns: u64) -> String {
     format!("+{}.{:03}s", ns / 1_000_000_000, (ns / 1_000_000) % 1000)

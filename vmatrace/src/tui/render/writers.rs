@@ -16,13 +16,22 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     let d = state.view();
     let [top, bottom] =
         Layout::vertical([Constraint::Percentage(55), Constraint::Min(0)]).areas(area);
-    let [hist, pct] = Layout::horizontal([Constraint::Min(0), Constraint::Length(30)]).areas(top);
+    let [hist, write, pct] = Layout::horizontal([
+        Constraint::Ratio(1, 2),
+        Constraint::Ratio(1, 2),
+        Constraint::Length(30),
+    ])
+    .areas(top);
     let title = match d.stats.wait_source() {
+        WaitSource::ExcludeExit if hist.width < 40 => "Exclusion wait",
         WaitSource::ExcludeExit => "Readers-exclusion wait",
         // Start-exclude is inlined (6.15–6.18) or notrace (Debian 6.19): not hooked.
+        WaitSource::WriteLockExit if hist.width < 50 => "Exclusion (proxy)",
         WaitSource::WriteLockExit => "Exclusion wait (write/detach proxy)",
     };
     render_histogram(frame, hist, d.stats.exclusion_histogram(), title);
+    // The whole write-lock slow path (`__vma_start_write`), exclusion included.
+    render_histogram(frame, write, d.stats.write_lock_histogram(), "Write lock");
     render_percentiles(frame, pct, d);
     render_slowest(frame, bottom, state);
 }
@@ -43,33 +52,33 @@ fn render_histogram(frame: &mut Frame, area: Rect, h: &Log2Histogram, title: &st
         first
     };
     let folded: u64 = b[first..start].iter().sum();
+    // Each line is labelled with its bucket's upper edge, in the percentiles' units: a
+    // percentile is the upper edge of its bucket, so "p50 65.5µs" is the "≤65.5µs" line.
     let shown: Vec<(String, u64)> = (start..=last)
         .map(|i| {
-            let (low, _) = bucket_range(i);
             let n = if i == start { b[i] + folded } else { b[i] };
-            let label = if i == start && folded > 0 {
-                format!("≤{}", fmt::edge(bucket_range(i).1 + 1))
-            } else {
-                format!("≥{}", fmt::edge(low))
-            };
-            (label, n)
+            (format!("≤{}", fmt::ns(bucket_range(i).1)), n)
         })
         .collect();
     let max = shown.iter().map(|(_, n)| *n).max().unwrap_or(1).max(1);
-    let bar_w = area.width.saturating_sub(2 + 8 + 1 + 8) as u64;
+    let bar_w = area.width.saturating_sub(2 + 9 + 1 + 8) as u64;
     let lines: Vec<Line> = shown
         .into_iter()
         .map(|(label, n)| {
             let len = (n * bar_w).div_ceil(max) as usize;
             Line::from(vec![
-                Span::raw(format!("{label:>7} ")),
+                Span::raw(format!("{label:>9} ")),
                 Span::styled("█".repeat(len), Style::default().fg(Color::Cyan)),
                 Span::raw(" ".repeat(bar_w as usize - len + 1)),
                 Span::raw(format!("{:>7}", fmt::count(n))),
             ])
         })
         .collect();
-    let title = format!("{title} ({} samples)", fmt::count(h.count()));
+    let title = if area.width >= 40 {
+        format!("{title} ({} samples)", fmt::count(h.count()))
+    } else {
+        format!("{title} ({})", fmt::count(h.count()))
+    };
     frame.render_widget(Paragraph::new(lines).block(block(title)), area);
 }
 
@@ -103,9 +112,8 @@ fn render_percentiles(frame: &mut Frame, area: Rect, d: &DashboardData) {
         line("slow detaches", fmt::count(s.slow_detaches())),
         line("found detached", fmt::count(s.found_detached())),
     ];
-    if s.wait_source() == WaitSource::ExcludeExit {
-        lines.push(line("write p99", fmt::ns(w.p99_ns)));
-    }
+    lines.push(line("write p50", fmt::ns(w.p50_ns)));
+    lines.push(line("write p99", fmt::ns(w.p99_ns)));
     frame.render_widget(Paragraph::new(lines).block(block("Percentiles")), area);
 }
 
