@@ -24,6 +24,7 @@ pub mod sink;
 pub mod state;
 pub mod stderr_capture;
 pub mod terminal;
+pub mod timeline;
 
 use std::sync::{Arc, Mutex};
 

@@ -8,6 +8,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use vmatrace_common::model::Generation;
 
 use super::anomaly_groups::{AnomalyGroup, AnomalyGroups};
+use super::timeline::Timelines;
 use crate::export::clock::LocalZone;
 use crate::kernel::plan::ProbePlan;
 use crate::pipeline::{CounterSnapshot, Totals};
@@ -142,6 +143,8 @@ pub struct DashboardData {
     pub anomalies_dropped: u64,
     /// Anomalies by kind since start or reset.
     pub anomaly_counts: BTreeMap<AnomalyKind, u64>,
+    /// Waits per second per process (the Top screen's time lines).
+    pub timelines: Timelines,
     /// Anomalies by kind and VMA (the Anomalies screen's rows).
     pub anomaly_groups: AnomalyGroups,
     /// The validator's phase distribution of tracked VMAs (`None`: not reported).
@@ -182,6 +185,7 @@ impl DashboardData {
             anomalies_dropped: 0,
             anomaly_counts: BTreeMap::new(),
             anomaly_groups: AnomalyGroups::default(),
+            timelines: Timelines::default(),
             phases: None,
             tracked_vmas: 0,
             validator_evicted: 0,
@@ -259,6 +263,7 @@ impl DashboardData {
         self.kind_probe_base = self.totals.kind_probe;
         self.anomaly_counts.clear();
         self.anomaly_groups.reset();
+        self.timelines.clear();
     }
 
     /// Nanoseconds of `ts_ns` after the first event (0 if before or unknown).

@@ -899,3 +899,37 @@ fn reader_failures_show_a_dash_when_readers_are_not_sampled() {
     let screen = draw(&st, 160, 45);
     assert!(screen.contains("     – "), "{screen}");
 }
+
+// ---- since when ----
+
+/// Each top process has a time line of its waits per second; a stall that started 3 s
+/// ago shows as a jump 3 cells from the right, with its longest wait.
+#[test]
+fn top_processes_show_when_a_stall_started() {
+    let ctx = DashboardContext::new(SourceKind::Live, "7.2", Generation::V7_0);
+    let shared = Arc::new(Mutex::new(AppState::new(ctx)));
+    let mut sink = DashboardSink::new(shared.clone());
+    let mut batch = Vec::new();
+    for sec in 0..20u64 {
+        batch.push(exclude_exit(sec * 1000, 4200, "postgres", 1, 2_000));
+        if sec >= 17 {
+            for j in 0..8 {
+                batch.push(exclude_exit(
+                    sec * 1000 + j,
+                    4200,
+                    "postgres",
+                    1,
+                    30_000_000,
+                ));
+            }
+        }
+    }
+    sink.events(&batch);
+    let mut st = shared.lock().unwrap().clone();
+    press(&mut st, &[KeyCode::Char('3')]);
+    let line = st.live.timelines.line(4200, st.live.newest_ts_ns, 10);
+    assert_eq!(line.waits, [1, 1, 1, 1, 1, 1, 1, 9, 9, 9]);
+    assert_eq!(line.max_ns, 30_000_000);
+    insta::assert_snapshot!("top_since_when_80x24", draw(&st, 80, 24));
+    insta::assert_snapshot!("top_since_when_160x45", draw(&st, 160, 45));
+}

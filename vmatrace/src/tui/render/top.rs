@@ -2,7 +2,7 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Modifier, Style};
+use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::Table;
 use vmatrace_common::Counter;
@@ -11,7 +11,8 @@ use super::columns::{self, Column, Value};
 use super::{block, dim, fmt};
 use crate::stats::aggregates::matches_filter;
 use crate::stats::{Aggregate, SortKey, Stats, ranking};
-use crate::tui::state::{AppState, TopView};
+use crate::tui::state::{AppState, DashboardData, TopView};
+use crate::tui::timeline::SECONDS;
 
 /// Both tables side by side from this width.
 const SPLIT_WIDTH: u16 = 170;
@@ -47,7 +48,17 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
     };
     let readers_sampled =
         d.stats.counter(Counter::ReaderSampled) > 0 || d.stats.sampled_reader_failures() > 0;
-    let columns = columns(view, sort, readers_sampled, &d.stats);
+    let mut columns = columns(view, sort, readers_sampled, &d.stats);
+    if view == TopView::Processes {
+        // Since when: each process's waits per second up to the newest event, as wide as
+        // the terminal allows next to the numbers.
+        let room = area.width.saturating_sub(70);
+        let seconds = [SECONDS, 30, 10]
+            .into_iter()
+            .find(|s| usize::from(room) >= *s)
+            .unwrap_or(10);
+        columns.extend(timeline_columns(d, seconds));
+    }
     let laid = columns::layout(&columns, &rows, area.width.saturating_sub(2));
     let filter = if state.ui.filter.is_empty() {
         String::new()
@@ -142,6 +153,26 @@ fn columns(
         }),
     ]);
     c
+}
+
+/// Waits per second over the last `seconds` (10, 30 or 60; a sparkline, newest on the right) and the
+/// longest wait among them.
+fn timeline_columns(d: &DashboardData, seconds: usize) -> [Column<'_, Aggregate>; 2] {
+    let (header, max_header) = match seconds {
+        60 => ("waits/s, last 60s", "max 60s"),
+        30 => ("waits/s, last 30s", "max 30s"),
+        _ => ("waits/s 10s", "max 10s"),
+    };
+    let line = move |a: &Aggregate| d.timelines.line(a.tgid, d.newest_ts_ns, seconds);
+    [
+        Column::code(header, 5, move |a: &Aggregate| {
+            let spark = fmt::sparkline(&line(a).waits, seconds);
+            Value::styled(spark, Style::default().fg(Color::Cyan))
+        }),
+        Column::number(max_header, 4, move |a: &Aggregate| {
+            Value::from(fmt::ns(line(a).max_ns))
+        }),
+    ]
 }
 
 /// A count that was not measured (readers not sampled), not a zero.
