@@ -10,6 +10,7 @@ pub mod export;
 pub mod kernel;
 pub mod live;
 pub mod logging;
+pub mod mapping;
 pub mod pipeline;
 pub mod serde_compat;
 pub mod sim;

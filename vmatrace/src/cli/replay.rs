@@ -126,7 +126,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let header = reader.header().clone();
     let skipped = reader.skipped();
     let mut pipeline = Pipeline::new(header.generation);
-    let handles = session::add_output_sinks(&mut pipeline, &args.out, &header, &on_hup)?;
+    let handles = session::add_output_sinks(
+        &mut pipeline,
+        &args.out,
+        &header,
+        &on_hup,
+        session::Source::Replay,
+    )?;
     let progress = Arc::new(Progress::default());
     let make = {
         let (header, progress) = (header.clone(), Arc::clone(&progress));

@@ -193,7 +193,8 @@ fn live(
     let header = header(plan, &session, &config, filter);
 
     let mut pipeline = Pipeline::new(header.generation);
-    let handles = session::add_output_sinks(&mut pipeline, out, &header, &on_hup)?;
+    let handles =
+        session::add_output_sinks(&mut pipeline, out, &header, &on_hup, session::Source::Live)?;
     let stdout_taken = matches!(record, Some((TraceTarget::Stdout, _)));
     let (recording, pending) = match record {
         Some((target, rec)) => {

@@ -553,3 +553,29 @@ fn text_summary_has_times_of_day_and_human_units() {
     );
     assert!(!text.contains(" ns\n"), "{text}");
 }
+
+/// A live session's anomaly lines name the mapping (`vma.name`, as /proc/PID/maps does);
+/// without a resolver (replay) the field is absent.
+#[test]
+fn anomaly_lines_name_the_mapping_when_live() {
+    use crate::mapping::MappingNames;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proc_root = dir.path().join("proc");
+    fs::create_dir_all(proc_root.join("1234")).expect("dir");
+    fs::write(
+        proc_root.join("1234/maps"),
+        "7f0000000000-7f0000004000 rw-s 00000000 00:01 77     /dev/shm/pg (deleted)\n",
+    )
+    .expect("maps");
+    let path = dir.path().join("a.jsonl");
+    let file = JsonLinesFile::open(&path, Rotation::default()).expect("open");
+    let mut sink = AnomalyLogSink::new(file, ctx(), Redactor::with_key(1, 2))
+        .with_mapping_names(MappingNames::with_proc_root(&proc_root));
+    assert_eq!(
+        sink.anomaly_line(&anomaly())["vma"]["name"],
+        "/dev/shm/pg (deleted)"
+    );
+    let file = JsonLinesFile::open(&dir.path().join("b.jsonl"), Rotation::default()).expect("open");
+    let mut replay = AnomalyLogSink::new(file, ctx(), Redactor::with_key(1, 2));
+    assert!(replay.anomaly_line(&anomaly())["vma"].get("name").is_none());
+}

@@ -1,7 +1,8 @@
 //! Dashboard state: what the pipeline feeds in ([`DashboardData`]) and what the user
 //! controls ([`UiState`]). Renderers read an [`AppState`] and nothing else.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -365,7 +366,18 @@ pub struct AppState {
     pub ui: UiState,
     /// Recent log lines (the log pane), oldest first.
     pub log: VecDeque<String>,
+    /// Mapping names of the VMAs on screen (live sources), by (tgid, vm_start, vm_end);
+    /// filled by the dashboard loop from `/proc` (see [`crate::mapping`]).
+    pub mapping_names: HashMap<MappingKey, Arc<str>>,
 }
+
+/// (tgid, vm_start, vm_end) of a VMA as events report it.
+pub type MappingKey = (u32, u64, u64);
+
+/// Names kept for the screen; beyond this the table starts again.
+const MAX_MAPPING_NAMES: usize = 4096;
+/// Rows per table whose mappings are named (more than any screen shows).
+const NAMED_ROWS: usize = 64;
 
 impl AppState {
     /// Wall-clock time of an event, as the tables show it.
@@ -381,6 +393,58 @@ impl AppState {
             frozen: None,
             ui: UiState::default(),
             log: VecDeque::new(),
+            mapping_names: HashMap::new(),
+        }
+    }
+
+    /// Mapping names are resolved only where `/proc` describes the traced processes.
+    pub fn names_mappings(&self) -> bool {
+        self.ctx.source == SourceKind::Live
+    }
+
+    pub fn mapping_name(&self, tgid: u32, start: u64, end: u64) -> Option<&str> {
+        self.mapping_names.get(&(tgid, start, end)).map(|n| &**n)
+    }
+
+    /// The VMAs a screen may show whose mapping is not named yet: the slowest waits, the
+    /// top VMAs (current sort) and the newest anomaly groups.
+    pub fn unnamed_mappings(&self) -> Vec<MappingKey> {
+        let d = self.view();
+        let slowest = d
+            .stats
+            .slowest()
+            .items()
+            .iter()
+            .map(|w| (w.tgid, w.vm_start, w.vm_end));
+        let top = crate::stats::ranking(
+            d.stats.vmas().values(),
+            self.ui.top_sort,
+            &self.ui.filter,
+            NAMED_ROWS,
+        )
+        .into_iter()
+        .map(|a| (a.tgid, a.vm_start, a.vm_end));
+        let groups = d.anomaly_groups.in_order(|_| true);
+        let anomalies = groups.iter().rev().take(NAMED_ROWS).map(|g| {
+            let e = &g.latest.anomaly.event;
+            (e.tgid(), e.vm_start, e.vm_end)
+        });
+        let mut keys: Vec<MappingKey> = slowest
+            .chain(top)
+            .chain(anomalies)
+            .filter(|k| k.1 != 0 && !self.mapping_names.contains_key(k))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    pub fn add_mapping_names(&mut self, names: impl IntoIterator<Item = (MappingKey, Arc<str>)>) {
+        for (k, n) in names {
+            if self.mapping_names.len() >= MAX_MAPPING_NAMES {
+                self.mapping_names.clear();
+            }
+            self.mapping_names.insert(k, n);
         }
     }
 

@@ -933,3 +933,59 @@ fn top_processes_show_when_a_stall_started() {
     insta::assert_snapshot!("top_since_when_80x24", draw(&st, 80, 24));
     insta::assert_snapshot!("top_since_when_160x45", draw(&st, 160, 45));
 }
+
+// ---- which mapping ----
+
+/// A live session names the VMAs on screen as /proc/PID/maps does; the loop resolves
+/// what `unnamed_mappings` lists (here from a fake /proc).
+#[test]
+fn live_sessions_name_the_mappings_on_screen() {
+    let mut st = fixture();
+    st.ctx.source = SourceKind::Live;
+    let unnamed = st.unnamed_mappings();
+    assert!(!unnamed.is_empty());
+    let proc_root = tempfile::tempdir().expect("tempdir");
+    for tgid in [88, 777, 1201, 1202, 3310] {
+        let dir = proc_root.path().join(tgid.to_string());
+        std::fs::create_dir(&dir).expect("dir");
+        // Every fixture VMA lies in 0x7f3a00000000..0x7f3a02000000: name them by slot.
+        let mut maps = String::new();
+        for vma_no in 0..16u64 {
+            let start = 0x7f3a_0000_0000 + vma_no * 0x20_0000;
+            let name = match vma_no % 3 {
+                0 => "/usr/lib/postgresql/16/bin/postgres",
+                1 => "[heap]",
+                _ => "",
+            };
+            maps.push_str(&format!(
+                "{start:x}-{:x} rw-p 00000000 00:00 0          {name}\n",
+                start + 0x20_0000
+            ));
+        }
+        std::fs::write(dir.join("maps"), maps).expect("maps");
+    }
+    let mut resolver = crate::mapping::MappingNames::with_proc_root(proc_root.path());
+    let named: Vec<_> = unnamed
+        .iter()
+        .filter_map(|k| resolver.resolve(k.0, k.1, k.2).map(|n| (*k, n)))
+        .collect();
+    assert_eq!(named.len(), unnamed.len());
+    st.add_mapping_names(named);
+    assert!(st.unnamed_mappings().is_empty());
+    press(&mut st, &[KeyCode::Char('2')]);
+    snap("writers_live_mappings", &st);
+    press(&mut st, &[KeyCode::Char('3'), KeyCode::Char('v')]);
+    snap("top_vmas_live_mappings", &st);
+    press(&mut st, &[KeyCode::Char('4')]);
+    snap("anomalies_live_mappings", &st);
+}
+
+/// A replay names nothing: its trace may come from another host.
+#[test]
+fn replays_do_not_name_mappings() {
+    let st = fixture();
+    assert!(!st.names_mappings());
+    let mut st = st;
+    press(&mut st, &[KeyCode::Char('2')]);
+    assert!(!draw(&st, 160, 45).contains("mapping"));
+}

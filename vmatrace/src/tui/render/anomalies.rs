@@ -52,7 +52,13 @@ fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
         frame.render_widget(p.block(block(format!("Anomalies ({since_reset})"))), area);
         return;
     }
-    let columns = group_columns(state);
+    let mut columns = group_columns(state);
+    if let Some(c) = columns::mapping(state, 7, |g: &&AnomalyGroup| {
+        let e = &g.latest.anomaly.event;
+        (e.tgid(), e.vm_start, e.vm_end)
+    }) {
+        columns.insert(7, c);
+    }
     let laid = columns::layout(&columns, &groups, area.width.saturating_sub(2));
     let before = d.anomalies_seen.saturating_sub(since_reset);
     let mut title = format!(
@@ -92,14 +98,14 @@ fn group_columns<'a>(state: &'a AppState) -> Vec<Column<'a, &'a AnomalyGroup>> {
         Column::number("count", 10, |g: &&AnomalyGroup| {
             Value::from(fmt::count(g.count))
         }),
-        Column::code("sev", 5, |g: &&AnomalyGroup| {
+        Column::code("sev", 4, |g: &&AnomalyGroup| {
             let s = severity(g.latest.anomaly.severity);
             Value::styled(s.content.into_owned(), s.style)
         }),
         Column::code("kind", 10, |g: &&AnomalyGroup| {
             Value::from(g.latest.anomaly.kind.key())
         }),
-        Column::text("last task", 10, 40, 7, move |g: &&AnomalyGroup| {
+        Column::text("last task", 14, 40, 7, move |g: &&AnomalyGroup| {
             let ev = &g.latest.anomaly.event;
             let comm = state.view().stats.process_comm(ev.tgid(), &ev.comm);
             Value::from(fmt::process(ev.tgid(), &comm))
@@ -136,10 +142,13 @@ fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyE
         Line::from(vec![
             label("VMA"),
             Span::raw(format!(
-                "{:x}-{:x} ({})",
+                "{:x}-{:x} ({}) {}",
                 ev.vm_start,
                 ev.vm_end,
-                fmt::size(ev.vm_end.saturating_sub(ev.vm_start))
+                fmt::size(ev.vm_end.saturating_sub(ev.vm_start)),
+                state
+                    .mapping_name(ev.tgid(), ev.vm_start, ev.vm_end)
+                    .map_or(String::new(), fmt::text)
             )),
         ]),
         Line::from(vec![label("state"), Span::raw(fmt::text(&a.state))]),

@@ -17,6 +17,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Row};
 
 use super::{fmt, title_style};
+use crate::tui::state::AppState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Align {
@@ -32,6 +33,15 @@ pub enum Width {
     /// Text: as wide as its content up to `max`, shortened with `…` down to `min`
     /// when the table does not fit.
     Flex { min: u16, max: u16 },
+}
+
+/// Which end of a shortened text goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clip {
+    /// "postgr…": names read from the start.
+    End,
+    /// "…/bin/postgres": paths read from the end (the file name).
+    Start,
 }
 
 /// A cell's text and style, as a column's value function makes it.
@@ -74,6 +84,7 @@ pub struct Column<'a, R> {
     pub priority: u8,
     /// Header style on top of the title style (e.g. the sort column underlined).
     pub header_style: Style,
+    pub clip: Clip,
     pub value: Box<dyn Fn(&R) -> Value + 'a>,
 }
 
@@ -86,6 +97,7 @@ impl<'a, R> Column<'a, R> {
             align: Align::Right,
             priority,
             header_style: Style::default(),
+            clip: Clip::End,
             value: Box::new(value),
         }
     }
@@ -113,14 +125,41 @@ impl<'a, R> Column<'a, R> {
             align: Align::Left,
             priority,
             header_style: Style::default(),
+            clip: Clip::End,
             value: Box::new(value),
         }
+    }
+
+    pub fn clipped_at_start(mut self) -> Self {
+        self.clip = Clip::Start;
+        self
     }
 
     pub fn with_header_style(mut self, s: Style) -> Self {
         self.header_style = s;
         self
     }
+}
+
+/// The mapping-name column (`/proc/PID/maps` names), for the tables that show VMAs;
+/// only for live sources (see [`AppState::names_mappings`]).
+/// A path shortened keeps its end (the file name).
+pub fn mapping<'a, R>(
+    state: &'a AppState,
+    priority: u8,
+    key: impl Fn(&R) -> (u32, u64, u64) + 'a,
+) -> Option<Column<'a, R>> {
+    state.names_mappings().then(|| {
+        Column::text("mapping", 10, 48, priority, move |r: &R| {
+            let (tgid, start, end) = key(r);
+            Value::from(
+                state
+                    .mapping_name(tgid, start, end)
+                    .map_or(String::new(), fmt::text),
+            )
+        })
+        .clipped_at_start()
+    })
 }
 
 /// A laid-out table: the header row, the body rows and the column widths for ratatui,
@@ -198,9 +237,10 @@ pub fn layout<R>(columns: &[Column<'_, R>], rows: &[R], width: u16) -> Laid {
     }
     let cell = |text: String, style: Style, i: usize| {
         let w = usize::from(widths[i]);
-        let text = match columns[i].width {
-            Width::Flex { .. } => fmt::clip(&text, w),
-            Width::Content => text,
+        let text = match (columns[i].width, columns[i].clip) {
+            (Width::Flex { .. }, Clip::End) => fmt::clip(&text, w),
+            (Width::Flex { .. }, Clip::Start) => fmt::clip_start(&text, w),
+            (Width::Content, _) => text,
         };
         let line = Line::from(Span::styled(text, style));
         Cell::from(match columns[i].align {

@@ -118,6 +118,20 @@ pub fn clip(s: &str, width: usize) -> String {
     }
 }
 
+/// Cut `s` to `width` characters keeping its end, marking the cut with '…'.
+pub fn clip_start(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        s.to_string()
+    } else if width == 0 {
+        String::new()
+    } else {
+        std::iter::once('…')
+            .chain(s.chars().skip(n - (width - 1)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +155,7 @@ mod tests {
         assert_eq!(refcnt((1 << 30) + 1, Generation::V7_0), "F+1");
         assert_eq!(refcnt(1 << 30, Generation::V6_19), "F");
         assert_eq!(clip("abcdef", 4), "abc…");
+        assert_eq!(clip_start("/usr/bin/postgres", 10), "…/postgres");
     }
 
     #[test]

@@ -49,6 +49,11 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
     let readers_sampled =
         d.stats.counter(Counter::ReaderSampled) > 0 || d.stats.sampled_reader_failures() > 0;
     let mut columns = columns(view, sort, readers_sampled, &d.stats);
+    if view == TopView::Vmas
+        && let Some(c) = columns::mapping(state, 6, |a: &Aggregate| (a.tgid, a.vm_start, a.vm_end))
+    {
+        columns.insert(3, c);
+    }
     if view == TopView::Processes {
         // Since when: each process's waits per second up to the newest event, as wide as
         // the terminal allows next to the numbers.
@@ -112,7 +117,7 @@ fn columns(
     };
     // A process by its tgid and its leader's comm (a VMA row's own comm is the last
     // thread's).
-    let mut c = vec![Column::text("task", 10, 24, 10, move |a: &Aggregate| {
+    let mut c = vec![Column::text("task", 14, 24, 10, move |a: &Aggregate| {
         Value::from(fmt::process(a.tgid, &stats.process_comm(a.tgid, &a.comm)))
     })];
     if view == TopView::Vmas {

@@ -120,7 +120,10 @@ fn render_percentiles(frame: &mut Frame, area: Rect, d: &DashboardData) {
 fn render_slowest(frame: &mut Frame, area: Rect, state: &AppState) {
     let d = state.view();
     let rows = d.stats.slowest().items();
-    let columns = slowest_columns(state);
+    let mut columns = slowest_columns(state);
+    if let Some(c) = columns::mapping(state, 6, |w: &WaitSample| (w.tgid, w.vm_start, w.vm_end)) {
+        columns.insert(5, c);
+    }
     let laid = columns::layout(&columns, rows, area.width.saturating_sub(2));
     let window = d.stats.slowest().window_ns() / 1_000_000_000;
     let t = Table::new(laid.rows, laid.widths)
@@ -135,7 +138,7 @@ fn slowest_columns(state: &AppState) -> Vec<Column<'_, WaitSample>> {
     let stats = &state.view().stats;
     vec![
         Column::number("wait", 10, |w: &WaitSample| Value::from(fmt::ns(w.wait_ns))),
-        Column::text("task", 10, 24, 9, move |w: &WaitSample| {
+        Column::text("task", 14, 24, 9, move |w: &WaitSample| {
             Value::from(fmt::process(w.tgid, &stats.process_comm(w.tgid, &w.comm)))
         }),
         Column::number("tid", 2, |w: &WaitSample| Value::from(w.tid.to_string())),
