@@ -182,7 +182,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         .with_detail(args.input.clone())
         .with_plan(header.plan.clone());
         let ctx = crate::tui::with_wall_clock(ctx, header.clock);
-        crate::tui::attach_to(&mut pipeline, ctx)
+        // The session's statistics sink is already attached: show its numbers rather
+        // than computing them twice.
+        match &handles.stats {
+            Some(stats) => crate::tui::attach_sharing_stats(&mut pipeline, ctx, stats.clone()),
+            None => crate::tui::attach_to(&mut pipeline, ctx),
+        }
     });
     let played = play(&rt, &stop, &args, reader, pipeline, dashboard, progress)?;
     let report = Report {

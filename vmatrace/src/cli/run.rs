@@ -216,7 +216,12 @@ fn live(
         ))
         .with_plan(header.plan.clone());
         let ctx = crate::tui::with_wall_clock(ctx, header.clock);
-        crate::tui::attach_to(&mut pipeline, ctx)
+        // The session's statistics sink is already attached: show its numbers rather
+        // than computing them twice.
+        match &handles.stats {
+            Some(stats) => crate::tui::attach_sharing_stats(&mut pipeline, ctx, stats.clone()),
+            None => crate::tui::attach_to(&mut pipeline, ctx),
+        }
     });
     if dashboard.is_none() {
         announce(&header, out.duration);

@@ -45,6 +45,19 @@ pub fn attach_to(pipeline: &mut Pipeline, ctx: DashboardContext) -> SharedState 
     shared
 }
 
+/// As [`attach_to`], showing the session's statistics `stats` (fed by a sink added
+/// before this one) instead of computing them a second time: the dashboard then costs
+/// the pipeline almost nothing per event (`benches/pipeline.rs`).
+pub fn attach_sharing_stats(
+    pipeline: &mut Pipeline,
+    ctx: DashboardContext,
+    stats: Arc<Mutex<crate::stats::Stats>>,
+) -> SharedState {
+    let shared = Arc::new(Mutex::new(AppState::new(ctx)));
+    pipeline.add_sink(Box::new(DashboardSink::sharing(shared.clone(), stats)));
+    shared
+}
+
 /// Times of day from the trace header's clock base, in this machine's zone. A trace
 /// without one (all zero) keeps times since the first event.
 pub fn with_wall_clock(ctx: DashboardContext, clock: crate::trace::ClockBase) -> DashboardContext {

@@ -133,6 +133,10 @@ pub struct AnomalyEntry {
 #[derive(Clone, Debug)]
 pub struct DashboardData {
     pub stats: Stats,
+    /// `stats` is fed event by event by the dashboard's sink. `false` while the session's
+    /// statistics can be copied instead (see [`crate::tui::attach_sharing_stats`]): until
+    /// the user resets them, the dashboard shows the session's own.
+    pub stats_own: bool,
     /// Latest pipeline totals.
     pub totals: Totals,
     /// Event totals at the last reset (shown as differences).
@@ -178,6 +182,7 @@ impl DashboardData {
     pub fn with_plan(generation: Generation, plan: Option<&ProbePlan>) -> Self {
         Self {
             stats: Stats::with_plan(generation, plan),
+            stats_own: true,
             totals: Totals::default(),
             events_base: [0; 16],
             kind_probe_base: [[0; 16]; 16],
@@ -260,6 +265,8 @@ impl DashboardData {
     /// The anomaly list is kept: it is evidence, not a counter.
     pub fn reset(&mut self) {
         self.stats.reset();
+        // From now on the view's statistics differ from the session's: its own.
+        self.stats_own = true;
         self.events_base = self.totals.events;
         self.kind_probe_base = self.totals.kind_probe;
         self.anomaly_counts.clear();

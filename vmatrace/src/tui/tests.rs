@@ -989,3 +989,46 @@ fn replays_do_not_name_mappings() {
     press(&mut st, &[KeyCode::Char('2')]);
     assert!(!draw(&st, 160, 45).contains("mapping"));
 }
+
+// ---- cost ----
+
+/// The loop redraws at most four times a second (a key press redraws at once).
+#[test]
+fn redraw_is_at_most_four_hertz() {
+    assert!(terminal::FRAME >= Duration::from_millis(250));
+}
+
+/// With the session's statistics shared, the dashboard shows them without observing
+/// events itself; after `r` it counts on its own from zero.
+#[test]
+fn dashboard_shares_the_session_statistics_until_reset() {
+    use crate::pipeline::{Pipeline, SharedSink};
+    use crate::stats::Stats;
+    let mut p = Pipeline::new(Generation::V7_0);
+    let (sink, stats) = SharedSink::new(Stats::new(Generation::V7_0));
+    p.add_sink(Box::new(sink));
+    let ctx = DashboardContext::new(SourceKind::Live, "7.2", Generation::V7_0);
+    let shared = attach_sharing_stats(&mut p, ctx, stats.clone());
+    let batch: Vec<Event> = (0..10)
+        .map(|i| exclude_exit(i, 4200, "postgres", 1, 1000 + i))
+        .collect();
+    p.handle(SourceItem::Events(batch.clone()));
+    assert_eq!(shared.lock().unwrap().live.stats.percentiles().count, 0);
+    p.flush();
+    assert_eq!(shared.lock().unwrap().live.stats.percentiles().count, 10);
+    assert!(!shared.lock().unwrap().live.stats_own);
+    shared.lock().unwrap().on_key(key(KeyCode::Char('r')));
+    p.handle(SourceItem::Events(batch[..3].to_vec()));
+    p.flush();
+    let st = shared.lock().unwrap();
+    assert_eq!(
+        st.live.stats.percentiles().count,
+        3,
+        "own count since the reset"
+    );
+    assert_eq!(
+        stats.lock().unwrap().percentiles().count,
+        13,
+        "the session's untouched"
+    );
+}
