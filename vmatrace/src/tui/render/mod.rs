@@ -126,8 +126,9 @@ fn render_header(frame: &mut Frame, area: Rect, state: &AppState) {
             ],
         );
     }
+    // What is being looked at (the trace file of a replay) before how long.
     spans.extend([
-        Span::raw(format!("up {}", fmt::hms(d.uptime.as_secs()))),
+        Span::raw(fmt::clip(&source, 40)),
         sep.clone(),
         Span::raw(format!("gen {}", ctx.generation.key())),
         sep.clone(),
@@ -136,7 +137,7 @@ fn render_header(frame: &mut Frame, area: Rect, state: &AppState) {
             fmt::clip(&fmt::text(&ctx.kernel_release), 24)
         )),
         sep,
-        Span::raw(source),
+        Span::raw(format!("up {}", fmt::hms(d.uptime.as_secs()))),
     ]);
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }

@@ -23,26 +23,44 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     ])
     .areas(top);
     let title = match d.stats.wait_source() {
-        WaitSource::ExcludeExit if hist.width < 40 => "Exclusion wait",
-        WaitSource::ExcludeExit => "Readers-exclusion wait",
+        WaitSource::ExcludeExit => ["Readers-exclusion wait", "Exclusion wait"],
         // Start-exclude is inlined (6.15–6.18) or notrace (Debian 6.19): not hooked.
-        WaitSource::WriteLockExit if hist.width < 50 => "Exclusion (proxy)",
-        WaitSource::WriteLockExit => "Exclusion wait (write/detach proxy)",
+        WaitSource::WriteLockExit => ["Exclusion wait (write/detach proxy)", "Exclusion (proxy)"],
     };
     render_histogram(frame, hist, d.stats.exclusion_histogram(), title);
     // The whole write-lock slow path (`__vma_start_write`), exclusion included.
-    render_histogram(frame, write, d.stats.write_lock_histogram(), "Write lock");
+    render_histogram(
+        frame,
+        write,
+        d.stats.write_lock_histogram(),
+        ["Write lock", "Write lock"],
+    );
     render_percentiles(frame, pct, d);
     render_slowest(frame, bottom, state);
 }
 
 /// One line per log2 bucket from the fastest to the slowest occupied one; when they do not
 /// all fit, the fastest are folded into the first line.
-fn render_histogram(frame: &mut Frame, area: Rect, h: &Log2Histogram, title: &str) {
+/// `titles`: the full title and a short one for when the full one (with its sample
+/// count) does not fit the border.
+fn render_histogram(frame: &mut Frame, area: Rect, h: &Log2Histogram, titles: [&str; 2]) {
+    let fits =
+        |t: &str, n: &str| t.chars().count() + n.chars().count() + 4 <= usize::from(area.width);
+    let full = format!(" ({} samples)", fmt::count(h.count()));
+    let short = format!(" ({})", fmt::count(h.count()));
+    let (title, count) = [
+        (titles[0], &full),
+        (titles[0], &short),
+        (titles[1], &full),
+        (titles[1], &short),
+    ]
+    .into_iter()
+    .find(|(t, n)| fits(t, n))
+    .unwrap_or((titles[1], &short));
     let rows = area.height.saturating_sub(2) as usize;
     let Some((first, last)) = h.occupied() else {
         let p = Paragraph::new(Line::styled("no waits observed yet", dim()));
-        frame.render_widget(p.block(block(title)), area);
+        frame.render_widget(p.block(block(titles[0])), area);
         return;
     };
     let b = h.buckets();
@@ -74,11 +92,7 @@ fn render_histogram(frame: &mut Frame, area: Rect, h: &Log2Histogram, title: &st
             ])
         })
         .collect();
-    let title = if area.width >= 40 {
-        format!("{title} ({} samples)", fmt::count(h.count()))
-    } else {
-        format!("{title} ({})", fmt::count(h.count()))
-    };
+    let title = format!("{title}{count}");
     frame.render_widget(Paragraph::new(lines).block(block(title)), area);
 }
 
