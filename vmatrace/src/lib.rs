@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod lab;
 pub mod live;
 pub mod logging;
+pub mod mapping;
 pub mod pipeline;
 pub mod serde_compat;
 pub mod stats;

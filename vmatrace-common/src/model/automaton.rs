@@ -160,7 +160,8 @@ impl Automaton {
             "digraph vma_lock_{} {{\n",
             self.generation.key().replace('.', "_")
         ));
-        out.push_str("  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"monospace\"];\n");
+        // Top to bottom: left to right spreads the states over a strip too wide to read.
+        out.push_str("  rankdir=TB;\n  node [shape=box, style=rounded, fontname=\"monospace\"];\n");
         out.push_str("  edge [fontname=\"monospace\", fontsize=9];\n");
         out.push_str("  __start [shape=point];\n");
         out.push_str(&format!("  __start -> \"{}\";\n", esc(self.initial)));

@@ -251,6 +251,8 @@ mod tests {
             );
             let dot = a.to_dot();
             assert!(dot.starts_with("// vm_refcnt automaton"));
+            assert!(dot.contains("  rankdir=TB;\n"), "laid out top to bottom");
+            assert!(!dot.contains("rankdir=LR"));
             assert!(dot.contains("\"attached (1)\" -> \"read-locked (1+n)\""));
             assert_eq!(dot.matches('{').count(), dot.matches('}').count());
         }

@@ -126,7 +126,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let header = reader.header().clone();
     let skipped = reader.skipped();
     let mut pipeline = Pipeline::new(header.generation);
-    let handles = session::add_output_sinks(&mut pipeline, &args.out, &header, &on_hup)?;
+    let handles = session::add_output_sinks(
+        &mut pipeline,
+        &args.out,
+        &header,
+        &on_hup,
+        session::Source::Replay,
+    )?;
     let progress = Arc::new(Progress::default());
     let make = {
         let (header, progress) = (header.clone(), Arc::clone(&progress));
@@ -175,7 +181,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         )
         .with_detail(args.input.clone())
         .with_plan(header.plan.clone());
-        crate::tui::attach_to(&mut pipeline, ctx)
+        let ctx = crate::tui::with_wall_clock(ctx, header.clock);
+        // The session's statistics sink is already attached: show its numbers rather
+        // than computing them twice.
+        match &handles.stats {
+            Some(stats) => crate::tui::attach_sharing_stats(&mut pipeline, ctx, stats.clone()),
+            None => crate::tui::attach_to(&mut pipeline, ctx),
+        }
     });
     let played = play(&rt, &stop, &args, reader, pipeline, dashboard, progress)?;
     let report = Report {

@@ -187,7 +187,8 @@ fn live(
     let header = header(plan, &session, filter);
 
     let mut pipeline = Pipeline::new(header.generation);
-    let handles = session::add_output_sinks(&mut pipeline, out, &header, &on_hup)?;
+    let handles =
+        session::add_output_sinks(&mut pipeline, out, &header, &on_hup, session::Source::Live)?;
     let stdout_taken = matches!(record, Some((TraceTarget::Stdout, _)));
     let (recording, pending) = match record {
         Some((target, rec)) => {
@@ -208,7 +209,13 @@ fn live(
             header.hooks.len()
         ))
         .with_plan(header.plan.clone());
-        crate::tui::attach_to(&mut pipeline, ctx)
+        let ctx = crate::tui::with_wall_clock(ctx, header.clock);
+        // The session's statistics sink is already attached: show its numbers rather
+        // than computing them twice.
+        match &handles.stats {
+            Some(stats) => crate::tui::attach_sharing_stats(&mut pipeline, ctx, stats.clone()),
+            None => crate::tui::attach_to(&mut pipeline, ctx),
+        }
     });
     if dashboard.is_none() {
         announce(&header, out.duration);

@@ -16,6 +16,7 @@ use crate::{
     export::{
         AnomalyLogSink, JsonLinesFile, LogContext, LogStats, Redactor, Rotation, summary::Summary,
     },
+    mapping::MappingNames,
     pipeline::{Pipeline, SharedSink},
     stats::{Stats, StatsSnapshot},
     trace::TraceHeader,
@@ -155,14 +156,25 @@ impl OutputHandles {
     }
 }
 
+/// Where a session's events come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    Replay,
+}
+
 /// Add the statistics and the sinks `out` asks for. Fails (before tracing starts) if the
 /// anomaly log cannot be opened: better to refuse than to trace without the log the
 /// operator asked for.
+///
+/// `source`: a live session's anomalies name their mappings from `/proc`; a replay's do
+/// not (its processes are not this machine's).
 pub fn add_output_sinks(
     pipeline: &mut Pipeline,
     out: &OutputArgs,
     header: &TraceHeader,
     on_hup: &OnHangup,
+    source: Source,
 ) -> anyhow::Result<OutputHandles> {
     let mut handles = OutputHandles::default();
     let (sink, stats) = SharedSink::new(Stats::with_plan(header.generation, header.plan.as_ref()));
@@ -183,7 +195,10 @@ pub fn add_output_sinks(
         } else {
             Redactor::random().context("no randomness for the address-hashing key")?
         };
-        let sink = AnomalyLogSink::new(file, LogContext::from_header(header), redactor);
+        let mut sink = AnomalyLogSink::new(file, LogContext::from_header(header), redactor);
+        if source == Source::Live {
+            sink = sink.with_mapping_names(MappingNames::default());
+        }
         handles.anomaly_log = Some(sink.stats());
         pipeline.add_sink(Box::new(sink));
     }

@@ -25,6 +25,7 @@ use super::{
     redact::Redactor,
 };
 use crate::{
+    mapping::MappingNames,
     pipeline::{CounterSnapshot, Sink, Totals, totals::LOSS_COUNTERS},
     trace::{SequenceLosses, TraceHeader},
     validate::{Anomaly, Validator},
@@ -298,6 +299,8 @@ pub struct AnomalyLogSink {
     last_counters: CounterSnapshot,
     last_ts_ns: u64,
     undecodable: u64,
+    /// Live sources only: names each anomaly's mapping from `/proc` (`vma.name`).
+    mappings: Option<MappingNames>,
 }
 
 impl AnomalyLogSink {
@@ -310,7 +313,15 @@ impl AnomalyLogSink {
             last_counters: CounterSnapshot::default(),
             last_ts_ns: 0,
             undecodable: 0,
+            mappings: None,
         }
+    }
+
+    /// Add `vma.name`, the mapping as `/proc/PID/maps` names it, to each anomaly. Only for
+    /// a live source: a replayed trace's processes are not this machine's.
+    pub fn with_mapping_names(mut self, names: MappingNames) -> Self {
+        self.mappings = Some(names);
+        self
     }
 
     pub fn stats(&self) -> Arc<Mutex<LogStats>> {
@@ -357,14 +368,20 @@ impl AnomalyLogSink {
             json!({ "pid": e.tgid(), "tid": e.tid(), "comm": comm(e), "cpu": e.cpu }),
         );
         m.insert("mm".into(), r.pointer(e.mm));
-        m.insert(
-            "vma".into(),
-            json!({
-                "addr": r.pointer(e.vma),
-                "vm_start": format!("{:#x}", e.vm_start),
-                "vm_end": format!("{:#x}", e.vm_end),
-            }),
-        );
+        let mut vma = json!({
+            "addr": r.pointer(e.vma),
+            "vm_start": format!("{:#x}", e.vm_start),
+            "vm_end": format!("{:#x}", e.vm_end),
+        });
+        // Anomalies are rare: one cached /proc read per new VMA, on the pipeline's thread.
+        if let Some(name) = self
+            .mappings
+            .as_mut()
+            .and_then(|n| n.resolve(e.tgid(), e.vm_start, e.vm_end))
+        {
+            vma["name"] = json!(&*name);
+        }
+        m.insert("vma".into(), vma);
         m.insert("event_kind".into(), json!(kind_key(e)));
         m.insert("state".into(), json!(a.state));
         m.insert("expected".into(), json!(a.expected));

@@ -38,6 +38,81 @@ pub fn clock_base_now() -> ClockBase {
     }
 }
 
+/// The viewer's time zone, for times of day on a screen or in a text summary: an
+/// operator compares them with the wall clock on the wall, not with UTC.
+///
+/// Taken once (at the start of a session): a DST change during a session shifts the
+/// displayed times by an hour, which the label (`CET`/`CEST`) would then misstate; a
+/// session spanning that is rare enough not to pay a `localtime_r` per cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalZone {
+    /// Seconds east of UTC.
+    pub offset_s: i64,
+    /// Abbreviation (`UTC`, `CET`, ...).
+    pub name: String,
+}
+
+impl LocalZone {
+    pub fn utc() -> Self {
+        Self {
+            offset_s: 0,
+            name: "UTC".into(),
+        }
+    }
+
+    /// The zone of this process (`TZ`, `/etc/localtime`) at `realtime_ns`; UTC if the C
+    /// library cannot say.
+    pub fn local_at(realtime_ns: u64) -> Self {
+        let t = libc::time_t::try_from(realtime_ns / 1_000_000_000).unwrap_or(0);
+        // SAFETY: `tm` is plain data (all-zero valid); localtime_r only writes it.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to a time_t and a tm.
+        if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+            return Self::utc();
+        }
+        let name = if tm.tm_zone.is_null() {
+            String::new()
+        } else {
+            // SAFETY: tm_zone points to a NUL-terminated static string of the C library.
+            unsafe { std::ffi::CStr::from_ptr(tm.tm_zone) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        Self {
+            offset_s: tm.tm_gmtoff,
+            name: if name.is_empty() { "UTC".into() } else { name },
+        }
+    }
+
+    /// `hh:mm:ss` of `realtime_ns` in this zone.
+    pub fn hms(&self, realtime_ns: u64) -> String {
+        let s = self.seconds_of_day(realtime_ns);
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    }
+
+    /// `hh:mm:ss.mmm` of `realtime_ns` in this zone.
+    pub fn hms_millis(&self, realtime_ns: u64) -> String {
+        format!(
+            "{}.{:03}",
+            self.hms(realtime_ns),
+            realtime_ns / 1_000_000 % 1000
+        )
+    }
+
+    /// `yyyy-mm-dd hh:mm:ss.mmm ZONE`.
+    pub fn date_time(&self, realtime_ns: u64) -> String {
+        let local = i128::from(realtime_ns) + i128::from(self.offset_s) * 1_000_000_000;
+        let local = u64::try_from(local.max(0)).unwrap_or(0);
+        let date = &rfc3339(local)[..10];
+        format!("{date} {} {}", self.hms_millis(realtime_ns), self.name)
+    }
+
+    fn seconds_of_day(&self, realtime_ns: u64) -> i64 {
+        let secs = i64::try_from(realtime_ns / 1_000_000_000).unwrap_or(i64::MAX);
+        secs.saturating_add(self.offset_s).rem_euclid(86_400)
+    }
+}
+
 /// `uname -n`, or "unknown".
 pub fn hostname() -> String {
     uname_field(|u| &u.nodename)
@@ -109,6 +184,23 @@ mod tests {
             rfc3339(1_798_761_600_000_000_000),
             "2027-01-01T00:00:00.000000000Z"
         );
+    }
+
+    #[test]
+    fn times_of_day_in_a_zone() {
+        // 2027-01-01T00:00:00.250Z
+        let t = 1_798_761_600_250_000_000;
+        let utc = LocalZone::utc();
+        assert_eq!(utc.hms(t), "00:00:00");
+        assert_eq!(utc.hms_millis(t), "00:00:00.250");
+        assert_eq!(utc.date_time(t), "2027-01-01 00:00:00.250 UTC");
+        let ny = LocalZone {
+            offset_s: -5 * 3600,
+            name: "EST".into(),
+        };
+        assert_eq!(ny.hms(t), "19:00:00");
+        assert_eq!(ny.date_time(t), "2026-12-31 19:00:00.250 EST");
+        assert!(!LocalZone::local_at(t).name.is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod run_identity;
 pub mod snapshots;
 pub mod summary;
 pub mod text;
+pub mod units;
 
 pub use anomaly_log::{AnomalyLogSink, JsonLinesFile, LogContext, LogStats, Rotation};
 pub use redact::Redactor;

@@ -9,7 +9,9 @@ use serde::Serialize;
 use vmatrace_common::{Counter, EventKind, event::ProbeId, model::Generation};
 
 use super::anomaly_log::LogStats;
+use super::clock::LocalZone;
 use super::text::printable as p;
+use super::units::{duration_ns, size};
 use crate::{
     kernel::plan::{LogicalEvent, Observability, ProbePlan},
     pipeline::{
@@ -75,6 +77,10 @@ pub struct Summary {
     pub anomaly_log: Option<LogStats>,
     pub recording: Option<RecordingStatus>,
     pub replay: Option<ReplaySection>,
+    /// The trace header's clock base, for times of day in the text form (the JSON keeps
+    /// monotonic `ts_ns`, as the trace does).
+    #[serde(skip)]
+    pub clock: crate::trace::ClockBase,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -327,12 +333,15 @@ fn observed_of(plan: Option<&ProbePlan>, ev: LogicalEvent) -> String {
 /// Counts per logical event, from event kinds, attach points and kernel counters. Each
 /// count is taken from what the plan says observes the event (its own hook when direct,
 /// the proxy's events when a proxy), so a direct or proxy event that happened is never
-/// shown as 0.
-fn logical_counts(
+/// shown as 0. `slow_detaches`: the statistics' count, when there are statistics.
+///
+/// The one counting of logical events: the summary and the dashboard's Coverage pane
+/// both show these numbers.
+pub fn logical_counts(
     t: &Totals,
     generation: Generation,
     plan: Option<&ProbePlan>,
-    stats: Option<&StatsSnapshot>,
+    slow_detaches: Option<u64>,
 ) -> BTreeMap<String, LogicalCount> {
     use EventKind as K;
     use LogicalEvent as L;
@@ -370,13 +379,13 @@ fn logical_counts(
             L::MarkDetachedFast if is_proxy(le) => {
                 (ev(K::VmaFree), "vma_free events (proxy)".into())
             }
-            L::MarkDetachedFast => match (generation, stats) {
+            L::MarkDetachedFast => match (generation, slow_detaches) {
                 (Generation::V7_0, _) => (
                     calls(ProbeId::VmaMarkDetached),
                     "detach events at vma_mark_detached".into(),
                 ),
                 (_, Some(st)) => (
-                    calls(ProbeId::VmaMarkDetached).saturating_sub(st.slow_detaches),
+                    calls(ProbeId::VmaMarkDetached).saturating_sub(st),
                     "vma_mark_detached calls minus the slow ones (statistics)".into(),
                 ),
                 (_, None) => (
@@ -387,13 +396,13 @@ fn logical_counts(
             },
             // ≤6.19 every detach goes through vma_mark_detached; the slow ones found readers
             // (refcount above 1 at entry), which the statistics count.
-            L::MarkDetachedSlow => match (generation, stats) {
+            L::MarkDetachedSlow => match (generation, slow_detaches) {
                 (Generation::V7_0, _) => (
                     calls(ProbeId::VmaExcludeReadersForDetach),
                     "detach events at __vma_exclude_readers_for_detach".into(),
                 ),
                 (_, Some(st)) => (
-                    st.slow_detaches,
+                    st,
                     "vma_mark_detached calls that found readers (statistics)".into(),
                 ),
                 (_, None) => (0, "unknown without statistics".into()),
@@ -537,7 +546,7 @@ impl Summary {
                     t,
                     h.generation,
                     h.plan.as_ref(),
-                    i.stats.as_ref(),
+                    i.stats.as_ref().map(|st| st.slow_detaches),
                 ),
             },
             anomalies: AnomaliesSection {
@@ -601,6 +610,7 @@ impl Summary {
             anomaly_log: i.anomaly_log,
             recording: i.recording,
             replay: i.replay,
+            clock: h.clock,
         }
     }
 
@@ -613,6 +623,11 @@ impl Summary {
     /// Every string that can come from a trace (host, kernel release, plan, errors) goes
     /// through [`printable`](p): this text is meant for a terminal.
     pub fn human(&self) -> String {
+        self.human_in(&LocalZone::local_at(super::clock::realtime_ns()))
+    }
+
+    /// [`human`](Self::human) with times of day in `zone`.
+    pub fn human_in(&self, zone: &LocalZone) -> String {
         use std::fmt::Write;
         let mut s = String::new();
         let _ = writeln!(
@@ -629,6 +644,12 @@ impl Summary {
             p(&self.generation),
             self.duration_s,
             p(&self.stop_reason)
+        );
+        let _ = writeln!(
+            s,
+            "started {}, ended {}",
+            self.started_at,
+            self.ended_at.as_deref().unwrap_or("-")
         );
         let _ = writeln!(s, "events: {} streamed", count(self.events.total));
         for (k, c) in &self.events.by_logical_event {
@@ -683,14 +704,35 @@ impl Summary {
                 let _ = writeln!(s, "  {k:<28} {n:>12}");
             }
         }
-        for (k, p) in &self.wait_ns {
-            if p.count > 0 {
+        for (k, q) in &self.wait_ns {
+            if q.count > 0 {
                 let _ = writeln!(
                     s,
-                    "wait {k}: n={} p50<={} p90<={} p99<={} max={} ns",
-                    p.count, p.p50_ns, p.p90_ns, p.p99_ns, p.max_ns
+                    "wait {k}: n={} p50 ≤ {} p90 ≤ {} p99 ≤ {} max {}",
+                    q.count,
+                    duration_ns(q.p50_ns),
+                    duration_ns(q.p90_ns),
+                    duration_ns(q.p99_ns),
+                    duration_ns(q.max_ns)
                 );
             }
+        }
+        if let Some(w) = self.stats.as_ref().and_then(|st| st.slowest.first()) {
+            let at = if self.clock.realtime_ns == 0 {
+                format!("ts {} ns (no wall clock in the trace)", w.ts_ns)
+            } else {
+                zone.date_time(self.clock.realtime_of(w.ts_ns))
+            };
+            let _ = writeln!(
+                s,
+                "slowest wait: {} by {}[{}] thread {} on {:x} ({}) at {at}",
+                duration_ns(w.wait_ns),
+                p(&w.comm),
+                w.tgid,
+                w.tid,
+                w.vm_start,
+                size(w.vm_end.saturating_sub(w.vm_start)),
+            );
         }
         let _ = writeln!(
             s,
@@ -889,7 +931,7 @@ mod tests {
             t.count_event(e);
             st.observe(e);
         }
-        logical_counts(&t, generation, Some(plan), Some(&st.snapshot()))
+        logical_counts(&t, generation, Some(plan), Some(st.slow_detaches()))
     }
 
     #[test]

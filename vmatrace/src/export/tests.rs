@@ -492,3 +492,90 @@ fn loss_counts_saturate_and_the_summary_says_so() {
         "{text}"
     );
 }
+
+/// The text summary says when (wall clock, the viewer's zone) and how long in human
+/// units: `p99 ≤ 65.5µs`, not `p99<=65535 ns`.
+#[test]
+fn text_summary_has_times_of_day_and_human_units() {
+    use crate::{
+        export::{
+            clock::LocalZone,
+            summary::{Summary, SummaryInput},
+        },
+        stats::Stats,
+    };
+    let mut stats = Stats::new(Generation::V6_15);
+    let mut w = event(EventKind::WriteLockExit, 3_500_000_000);
+    w.flags |= flags::PAIRED;
+    w.wait_ns = 48_000_000;
+    w.vm_end = w.vm_start + 704 * 1024;
+    stats.observe(&w);
+    let mut header = TraceHeader::synthetic(Generation::V6_15);
+    header.clock = ClockBase {
+        monotonic_ns: 1_000_000_000,
+        realtime_ns: 1_798_761_600_000_000_000,
+    };
+    let validator = Validator::new(Generation::V6_15);
+    let s = Summary::build(SummaryInput {
+        mode: "replay",
+        header: &header,
+        totals: &Totals::default(),
+        validator: &validator,
+        duration_ns: 1,
+        stop_reason: "end of trace".into(),
+        anomaly_log: None,
+        recording: None,
+        replay: None,
+        stats: Some(stats.snapshot()),
+        programs: Vec::new(),
+        startup_cpu_s: None,
+        stop_cpu_s: None,
+    });
+    let text = s.human_in(&LocalZone::utc());
+    assert!(
+        text.contains(
+            "wait exclusion: n=1 p50 ≤ 48.00ms p90 ≤ 48.00ms p99 ≤ 48.00ms max 48.00ms\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "slowest wait: 48.00ms by stress[1234] thread 1240 on 7f0000000000 (704K) at \
+             2027-01-01 00:00:02.500 UTC\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("started ")),
+        "{text}"
+    );
+    assert!(!text.contains(" ns\n"), "{text}");
+}
+
+/// A live session's anomaly lines name the mapping (`vma.name`, as /proc/PID/maps does);
+/// without a resolver (replay) the field is absent.
+#[test]
+fn anomaly_lines_name_the_mapping_when_live() {
+    use crate::mapping::MappingNames;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proc_root = dir.path().join("proc");
+    fs::create_dir_all(proc_root.join("1234")).expect("dir");
+    fs::write(
+        proc_root.join("1234/maps"),
+        "7f0000000000-7f0000004000 rw-s 00000000 00:01 77     /dev/shm/pg (deleted)\n",
+    )
+    .expect("maps");
+    let path = dir.path().join("a.jsonl");
+    let file = JsonLinesFile::open(&path, Rotation::default()).expect("open");
+    let mut sink = AnomalyLogSink::new(file, ctx(), Redactor::with_key(1, 2))
+        .with_mapping_names(MappingNames::with_proc_root(&proc_root));
+    assert_eq!(
+        sink.anomaly_line(&anomaly())["vma"]["name"],
+        "/dev/shm/pg (deleted)"
+    );
+    let file = JsonLinesFile::open(&dir.path().join("b.jsonl"), Rotation::default()).expect("open");
+    let mut replay = AnomalyLogSink::new(file, ctx(), Redactor::with_key(1, 2));
+    assert!(replay.anomaly_line(&anomaly())["vma"].get("name").is_none());
+}

@@ -14,8 +14,11 @@ use crate::validate::hash::AddrHasher;
 /// What is counted for one process or one VMA.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Aggregate {
-    /// Last task seen for this row (for a VMA: the last task that touched it).
+    /// The process (for a VMA: the last one that touched it).
     pub tgid: u32,
+    /// Per-process rows: the thread-group leader's comm once one of its events was
+    /// seen (until then the first thread's); threads come and go and rename themselves,
+    /// the process label should not. Per-VMA rows: the last task's.
     pub comm: [u8; 16],
     /// Last known VMA range (per-VMA rows only; user addresses, not kernel pointers).
     pub vm_start: u64,
@@ -128,6 +131,10 @@ impl<K: Hash + Eq + Copy> BoundedTable<K> {
         self.evicted = 0;
     }
 
+    pub fn get(&self, key: &K) -> Option<&Aggregate> {
+        self.rows.get(key)
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &Aggregate> {
         self.rows.values()
     }
@@ -206,13 +213,18 @@ pub fn ranking<'a>(
     out
 }
 
-/// Whether a row matches the Top screen's filter (comm or tgid substring; empty: all).
+/// Whether a row matches the Top screen's filter (empty: all).
 pub fn matches_filter(a: &Aggregate, filter: &str) -> bool {
-    if filter.is_empty() {
-        return true;
+    filter.is_empty() || task_matches(a.tgid, &a.comm_str(), filter)
+}
+
+/// The dashboard's task filter: a number is a pid and matches exactly (`4200` is not
+/// 14200), anything else is a substring of the comm.
+pub fn task_matches(tgid: u32, comm: &str, filter: &str) -> bool {
+    match filter.parse::<u32>() {
+        Ok(pid) if filter.bytes().all(|b| b.is_ascii_digit()) => tgid == pid || comm == filter,
+        _ => comm.contains(filter),
     }
-    let comm = a.comm_str();
-    comm.contains(filter) || a.tgid.to_string().contains(filter)
 }
 
 /// Serialisable row (no kernel addresses).
@@ -300,6 +312,11 @@ mod tests {
         assert_eq!(r.iter().map(|a| a.tgid).collect::<Vec<_>>(), [12]);
         let r = ranking(rows.iter(), SortKey::TotalWait, "11", 10);
         assert_eq!(r.iter().map(|a| a.tgid).collect::<Vec<_>>(), [11]);
+        // A pid matches exactly: 1 is not 10, 11 or 12.
+        assert!(ranking(rows.iter(), SortKey::TotalWait, "1", 10).is_empty());
+        assert!(task_matches(4200, "x", "4200"));
+        assert!(!task_matches(14200, "x", "4200"));
+        assert!(task_matches(14200, "postgres", "gres"));
     }
 
     #[test]

@@ -376,7 +376,9 @@ impl Stats {
     fn process_row(&mut self, ev: &Event) -> &mut Aggregate {
         let row = self.processes.row(ev.tgid());
         row.tgid = ev.tgid();
-        row.comm = ev.comm;
+        if ev.tid() == ev.tgid() || row.comm[0] == 0 {
+            row.comm = ev.comm;
+        }
         row
     }
 
@@ -523,6 +525,12 @@ impl Stats {
 
     pub fn slowest(&self) -> &SlowestWaits {
         &self.slowest
+    }
+
+    /// The label of a process: its comm as the per-process table knows it (the
+    /// thread-group leader's when seen), else `fallback` (an event's thread comm).
+    pub fn process_comm(&self, tgid: u32, fallback: &[u8; 16]) -> [u8; 16] {
+        self.processes.get(&tgid).map_or(*fallback, |a| a.comm)
     }
 
     pub fn processes(&self) -> &BoundedTable<u32> {

@@ -18,11 +18,13 @@
 //! "ENDED" in the header until the user quits (`DashboardSink::finish` or
 //! [`mark_source_ended`]). [`set_program_stats`] feeds the tracer's self-cost.
 
+pub mod anomaly_groups;
 pub mod render;
 pub mod sink;
 pub mod state;
 pub mod stderr_capture;
 pub mod terminal;
+pub mod timeline;
 
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +43,29 @@ pub fn attach_to(pipeline: &mut Pipeline, ctx: DashboardContext) -> SharedState 
     let shared = Arc::new(Mutex::new(AppState::new(ctx)));
     pipeline.add_sink(Box::new(DashboardSink::new(shared.clone())));
     shared
+}
+
+/// As [`attach_to`], showing the session's statistics `stats` (fed by a sink added
+/// before this one) instead of computing them a second time: the dashboard then costs
+/// the pipeline almost nothing per event (`benches/pipeline.rs`).
+pub fn attach_sharing_stats(
+    pipeline: &mut Pipeline,
+    ctx: DashboardContext,
+    stats: Arc<Mutex<crate::stats::Stats>>,
+) -> SharedState {
+    let shared = Arc::new(Mutex::new(AppState::new(ctx)));
+    pipeline.add_sink(Box::new(DashboardSink::sharing(shared.clone(), stats)));
+    shared
+}
+
+/// Times of day from the trace header's clock base, in this machine's zone. A trace
+/// without one (all zero) keeps times since the first event.
+pub fn with_wall_clock(ctx: DashboardContext, clock: crate::trace::ClockBase) -> DashboardContext {
+    if clock.realtime_ns == 0 {
+        return ctx;
+    }
+    let zone = crate::export::clock::LocalZone::local_at(clock.realtime_ns);
+    ctx.with_clock(clock, zone)
 }
 
 fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, AppState> {

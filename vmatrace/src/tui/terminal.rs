@@ -121,6 +121,7 @@ fn run_blocking(
         .ok()
         .and_then(|v| v.parse().ok());
     let mut frames = 0u64;
+    let mut mappings = crate::mapping::MappingNames::default();
     let result = (|| -> anyhow::Result<DashboardExit> {
         loop {
             frames += 1;
@@ -136,9 +137,27 @@ fn run_blocking(
             if stopped.load(Ordering::SeqCst) {
                 return Ok(DashboardExit::Stopped);
             }
+            // Name the mappings on screen from /proc, outside the lock: the pipeline's
+            // sink must not wait for file reads.
+            let unnamed = {
+                let st = lock(shared);
+                if st.names_mappings() {
+                    st.unnamed_mappings()
+                } else {
+                    Vec::new()
+                }
+            };
+            let named: Vec<_> = unnamed
+                .into_iter()
+                .filter_map(|k| mappings.resolve(k.0, k.1, k.2).map(|n| (k, n)))
+                .collect();
             {
                 let mut st = lock(shared);
+                st.add_mapping_names(named);
                 st.live.uptime = started.elapsed();
+                if st.ctx.source == super::SourceKind::Live {
+                    st.live.wall_now_ns = Some(crate::export::clock::realtime_ns());
+                }
                 if let Ok(mut lines) = captured.lock() {
                     for l in lines.drain(..) {
                         st.push_log(l);

@@ -10,6 +10,7 @@ use vmatrace_common::event::{ProbeId, flags};
 use vmatrace_common::model::Generation;
 use vmatrace_common::{Counter, Event, EventKind, Offsets};
 
+use super::render::fmt;
 use super::state::{Action, AppState, DashboardContext, Screen, SourceKind, TopView};
 use super::*;
 use crate::kernel::plan::{
@@ -21,6 +22,8 @@ use crate::validate::Validator;
 use crate::validate::{Anomaly, AnomalyKind, Severity};
 
 const T0: u64 = 1_000_000_000_000;
+/// The wall clock at T0: 2026-11-28 14:03:00 UTC.
+const WALL_T0: u64 = 1_795_874_580_000_000_000;
 const F: u32 = 1 << 30;
 
 fn comm(s: &str) -> [u8; 16] {
@@ -37,7 +40,13 @@ fn ev(kind: EventKind, ts_ms: u64, tgid: u32, name: &str, vma_no: u64) -> Event 
     e.vma = 0xffff_8880_0100_0000 + vma_no * 0x100;
     e.mm = 0xffff_8880_0200_0000 + u64::from(tgid) * 0x1000;
     e.vm_start = 0x7f3a_0000_0000 + vma_no * 0x20_0000;
-    e.vm_end = e.vm_start + 0x20_0000;
+    // Mostly 2M; some 704K, a size whose digits once got cut to "70".
+    e.vm_end = e.vm_start
+        + if vma_no % 3 == 1 {
+            704 * 1024
+        } else {
+            0x20_0000
+        };
     e.comm = comm(name);
     e.flags = flags::VMA_FIELDS | flags::MM_SEQ;
     e.cpu = tgid % 4;
@@ -146,6 +155,9 @@ fn anomaly(ts_ms: u64, kind: AnomalyKind, sev: Severity, tgid: u32, name: &str) 
     let offending = exclude_exit(ts_ms, tgid, name, 7, 12_345);
     let mut offending = offending;
     offending.refcnt = F + 2;
+    // Long sequence numbers, equal: write-locked. Every digit must show.
+    offending.vm_lock_seq = 1_234_567_890;
+    offending.mm_lock_seq = 1_234_567_890;
     evidence.push(offending);
     Anomaly {
         kind,
@@ -162,7 +174,14 @@ fn anomaly(ts_ms: u64, kind: AnomalyKind, sev: Severity, tgid: u32, name: &str) 
 fn fixture() -> AppState {
     let ctx = DashboardContext::new(SourceKind::Replay, "7.2.13+deb14-amd64", Generation::V7_0)
         .with_detail("tests/data/sample.vtr")
-        .with_plan(Some(sample_plan()));
+        .with_plan(Some(sample_plan()))
+        .with_clock(
+            crate::trace::ClockBase {
+                monotonic_ns: T0,
+                realtime_ns: WALL_T0,
+            },
+            crate::export::clock::LocalZone::utc(),
+        );
     let shared = Arc::new(Mutex::new(AppState::new(ctx)));
     // Feed the sink directly (not through a Pipeline): these screens test the dashboard,
     // not the validator's verdict on hand-made events.
@@ -206,13 +225,17 @@ fn fixture() -> AppState {
                     (i * 3 + j % 2) as u64,
                 ));
                 batch.push(exclude_exit(ts, *tgid, name, (i * 3 + j % 2) as u64, wait));
-                batch.push(ev(
+                // The whole write-lock slow path: the exclusion and a bit more.
+                let mut w = ev(
                     EventKind::WriteLockExit,
                     ts,
                     *tgid,
                     name,
                     (i * 3 + j % 2) as u64,
-                ));
+                );
+                w.flags |= flags::PAIRED;
+                w.wait_ns = wait + 300 * (j as u64 + 1);
+                batch.push(w);
             }
         }
         let mut rfail = ev(EventKind::ReaderAcquire, sec * 1000 + 5, 3310, "java", 9);
@@ -421,17 +444,41 @@ fn top_sort_view_and_filter_editing() {
 }
 
 #[test]
-fn anomaly_selection_and_evidence() {
+fn anomaly_selection_follows_the_newest_until_scrolled() {
     let mut st = fixture();
     press(&mut st, &[KeyCode::Char('4'), KeyCode::Enter]);
     assert!(st.ui.evidence);
-    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(1));
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(3), "newest");
     press(
         &mut st,
-        &[KeyCode::Esc, KeyCode::Down, KeyCode::Down, KeyCode::Down],
+        &[KeyCode::Esc, KeyCode::Up, KeyCode::Up, KeyCode::Up],
     );
     assert!(!st.ui.evidence);
-    assert_eq!(st.ui.selected, 2, "selection stops at the last row");
+    assert_eq!(
+        st.selected_anomaly().map(|e| e.seq),
+        Some(1),
+        "stops at the first"
+    );
+    // Scrolled: a new anomaly does not move the selection.
+    let a = anomaly(
+        10_500,
+        AnomalyKind::DetachNotZero,
+        Severity::Error,
+        88,
+        "kswapd0",
+    );
+    st.live.push_anomaly(&a);
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(1));
+    press(&mut st, &[KeyCode::End]);
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(4), "End follows");
+    st.live.push_anomaly(&a);
+    assert_eq!(
+        st.selected_anomaly().map(|e| e.seq),
+        Some(5),
+        "and keeps following"
+    );
+    press(&mut st, &[KeyCode::Home]);
+    assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(1));
     press(
         &mut st,
         &[
@@ -441,10 +488,62 @@ fn anomaly_selection_and_evidence() {
             KeyCode::Enter,
         ],
     );
-    assert_eq!(st.visible_anomalies().len(), 1);
+    assert_eq!(st.visible_groups().len(), 1);
     assert_eq!(st.selected_anomaly().map(|e| e.seq), Some(3));
     press(&mut st, &[KeyCode::Char('1')]);
     assert!(!st.ui.evidence);
+}
+
+/// Ten thousand identical anomalies are one row with a count, not ten thousand rows.
+#[test]
+fn anomalies_are_grouped_by_kind_and_vma() {
+    let mut st = fixture();
+    let a = anomaly(
+        10_500,
+        AnomalyKind::DetachNotZero,
+        Severity::Error,
+        88,
+        "kswapd0",
+    );
+    for _ in 0..10_000 {
+        st.live.push_anomaly(&a);
+    }
+    let groups = st.visible_groups();
+    assert_eq!(groups.len(), 4);
+    let last = groups.last().expect("a group");
+    assert_eq!(last.count, 10_000);
+    assert_eq!(last.latest.seq, 10_003);
+    press(&mut st, &[KeyCode::Char('4')]);
+    let screen = draw(&st, 80, 24);
+    assert!(screen.contains("10.0k"), "{screen}");
+    assert_eq!(screen.matches("detach_not_zero").count(), 1, "{screen}");
+}
+
+/// After `r` the header and the Anomalies pane count the same anomalies (since the
+/// reset); the rows stay as evidence.
+#[test]
+fn after_reset_the_header_and_the_anomaly_pane_agree() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('4'), KeyCode::Char('r')]);
+    let screen = draw(&st, 160, 45);
+    assert!(screen.contains("│ validated, 0 anomalies │"), "{screen}");
+    assert!(
+        screen.contains("Anomalies (0 since reset, 3 before) by kind and VMA: 3 groups"),
+        "{screen}"
+    );
+    st.live.push_anomaly(&anomaly(
+        10_500,
+        AnomalyKind::DetachNotZero,
+        Severity::Error,
+        88,
+        "kswapd0",
+    ));
+    let screen = draw(&st, 160, 45);
+    assert!(screen.contains("│ 1 anomalies │"), "{screen}");
+    assert!(
+        screen.contains("Anomalies (1 since reset, 3 before)"),
+        "{screen}"
+    );
 }
 
 #[test]
@@ -506,10 +605,10 @@ fn every_screen_renders_at_odd_sizes() {
     }
 }
 
-// ---- snapshots: every screen at 80x24 and at 160x48 ----
+// ---- snapshots: every screen at 80x24 and at 160x45 ----
 
 fn snap(name: &str, st: &AppState) {
-    for (w, h) in [(80, 24), (160, 48)] {
+    for (w, h) in [(80, 24), (160, 45)] {
         insta::assert_snapshot!(format!("{name}_{w}x{h}"), draw(st, w, h));
     }
 }
@@ -517,6 +616,21 @@ fn snap(name: &str, st: &AppState) {
 #[test]
 fn snapshot_overview() {
     snap("overview", &fixture());
+}
+
+/// A histogram line reads like the percentile beside it: the bucket holding p50 is
+/// labelled with the very string the p50 line shows.
+#[test]
+fn histogram_labels_agree_with_percentiles() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('2')]);
+    let screen = draw(&st, 160, 45);
+    let p = st.live.stats.percentiles();
+    for v in [p.p50_ns, p.p90_ns] {
+        let label = format!("≤{} ", fmt::ns(v));
+        assert!(screen.contains(&label), "{label} in {screen}");
+    }
+    assert!(screen.contains("┌ Write lock ("), "{screen}");
 }
 
 #[test]
@@ -546,7 +660,10 @@ fn snapshot_top() {
 #[test]
 fn snapshot_anomalies() {
     let mut st = fixture();
-    press(&mut st, &[KeyCode::Char('4'), KeyCode::Down]);
+    // Following the newest; Up selects the one before.
+    press(&mut st, &[KeyCode::Char('4')]);
+    snap("anomalies_following", &st);
+    press(&mut st, &[KeyCode::Up]);
     snap("anomalies", &st);
     press(&mut st, &[KeyCode::Enter]);
     snap("anomaly_evidence", &st);
@@ -630,4 +747,288 @@ fn trace_strings_are_rendered_escaped() {
     ] {
         assert!(all.contains(want), "{want} not in {all}");
     }
+}
+
+// ---- header ----
+
+/// With losses the validator saw only part of the transitions: the header says
+/// "validated with gaps", not a bare "0 anomalies". The time of day leads it.
+#[test]
+fn header_says_validated_with_gaps_when_events_were_lost() {
+    let header = |st: &AppState| {
+        let s = draw(st, 160, 45);
+        s.lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('"')
+            .to_string()
+    };
+    let mut st = AppState::new(DashboardContext::new(
+        SourceKind::Live,
+        "6.19.6",
+        Generation::V6_19,
+    ));
+    assert!(
+        header(&st).contains("│ validated, 0 anomalies │"),
+        "{}",
+        header(&st)
+    );
+    st.live.validator_resyncs = 2;
+    assert!(header(&st).contains("│ validated with gaps (2 resyncs) │"));
+    let mut c = CounterSnapshot {
+        values: vec![0; 16],
+    };
+    c.values[Counter::RingbufReserveFailed as usize] = 5;
+    st.live.set_counters(&c);
+    assert!(header(&st).contains("│ validated with gaps (5 lost) │"));
+    st.live.wall_now_ns = Some(WALL_T0 + 3_723_000_000_000);
+    assert!(
+        header(&st).starts_with("vmatrace 15:05:03 UTC │ LIVE │"),
+        "{}",
+        header(&st)
+    );
+}
+
+// ---- coverage ----
+
+/// The Coverage pane counts logical events as the exit summary does: proxied ones
+/// (end-exclude by the write-lock and detach returns) are counted, not shown as `-`.
+#[test]
+fn coverage_counts_like_the_summary() {
+    use crate::export::summary::logical_counts;
+    use crate::pipeline::Pipeline;
+    let plan = sample_plan();
+    let ctx = DashboardContext::new(SourceKind::Replay, "7.2", Generation::V7_0)
+        .with_plan(Some(plan.clone()));
+    let mut p = Pipeline::new(Generation::V7_0);
+    let shared = attach_to(&mut p, ctx);
+    let mut batch = Vec::new();
+    for i in 0..20u64 {
+        let mut w = ev(EventKind::WriteLockExit, i, 1201, "postgres", i % 4);
+        w.probe = ProbeId::VmaStartWrite as u8;
+        batch.push(w);
+        let mut d = ev(EventKind::DetachExit, i, 1201, "postgres", 10 + i);
+        d.probe = ProbeId::VmaMarkDetached as u8;
+        batch.push(d);
+        batch.push(ev(EventKind::VmaFree, i, 1201, "postgres", 10 + i));
+    }
+    p.handle(SourceItem::Events(batch));
+    p.flush();
+    let st = shared.lock().unwrap();
+    let d = st.view();
+    let summary = logical_counts(
+        &p.totals,
+        Generation::V7_0,
+        Some(&plan),
+        Some(d.stats.slow_detaches()),
+    );
+    let pane = logical_counts(
+        &d.totals_since_reset(),
+        Generation::V7_0,
+        Some(&plan),
+        Some(d.stats.slow_detaches()),
+    );
+    for (k, c) in &summary {
+        assert_eq!(pane[k].count, c.count, "{k}");
+    }
+    assert_eq!(pane["end_exclude"].count, 40);
+    let screen = draw(&st, 160, 45);
+    assert!(
+        screen.contains("│end_exclude          proxy       40 "),
+        "{screen}"
+    );
+}
+
+// ---- process labels ----
+
+/// A process is labelled by its tgid and its leader's comm, whatever its threads are
+/// called; a pid filter matches exactly.
+#[test]
+fn processes_are_labelled_by_leader_comm_and_filtered_by_exact_pid() {
+    let mut st = AppState::new(DashboardContext::new(
+        SourceKind::Live,
+        "7.2",
+        Generation::V7_0,
+    ));
+    let thread = |tid: u32, name: &str, ts: u64| {
+        let mut e = exclude_exit(ts, 4200, name, 1, 1000);
+        e.pid_tgid = (4200 << 32) | u64::from(tid);
+        e
+    };
+    for e in [
+        thread(4201, "worker-1", 1),
+        thread(4200, "postgres", 2),
+        thread(4202, "worker-2", 3),
+        exclude_exit(4, 14200, "other", 2, 500),
+    ] {
+        st.live.stats.observe(&e);
+    }
+    press(&mut st, &[KeyCode::Char('3')]);
+    let screen = draw(&st, 80, 24);
+    assert!(screen.contains("│postgres[4200] "), "{screen}");
+    assert!(!screen.contains("worker"), "{screen}");
+    press(
+        &mut st,
+        &[
+            KeyCode::Char('/'),
+            KeyCode::Char('4'),
+            KeyCode::Char('2'),
+            KeyCode::Char('0'),
+            KeyCode::Char('0'),
+            KeyCode::Enter,
+        ],
+    );
+    let screen = draw(&st, 80, 24);
+    assert!(screen.contains("postgres[4200]"), "{screen}");
+    assert!(!screen.contains("14200"), "{screen}");
+}
+
+/// Without sampled readers the reader-failure column says "not measured" (–), not 0.
+#[test]
+fn reader_failures_show_a_dash_when_readers_are_not_sampled() {
+    let mut st = AppState::new(DashboardContext::new(
+        SourceKind::Live,
+        "7.2",
+        Generation::V7_0,
+    ));
+    st.live
+        .stats
+        .observe(&exclude_exit(1, 4200, "postgres", 1, 1000));
+    press(&mut st, &[KeyCode::Char('3')]);
+    insta::assert_snapshot!("top_readers_not_sampled_80x24", draw(&st, 80, 24));
+    let screen = draw(&st, 160, 45);
+    assert!(screen.contains("     – "), "{screen}");
+}
+
+// ---- since when ----
+
+/// Each top process has a time line of its waits per second; a stall that started 3 s
+/// ago shows as a jump 3 cells from the right, with its longest wait.
+#[test]
+fn top_processes_show_when_a_stall_started() {
+    let ctx = DashboardContext::new(SourceKind::Live, "7.2", Generation::V7_0);
+    let shared = Arc::new(Mutex::new(AppState::new(ctx)));
+    let mut sink = DashboardSink::new(shared.clone());
+    let mut batch = Vec::new();
+    for sec in 0..20u64 {
+        batch.push(exclude_exit(sec * 1000, 4200, "postgres", 1, 2_000));
+        if sec >= 17 {
+            for j in 0..8 {
+                batch.push(exclude_exit(
+                    sec * 1000 + j,
+                    4200,
+                    "postgres",
+                    1,
+                    30_000_000,
+                ));
+            }
+        }
+    }
+    sink.events(&batch);
+    let mut st = shared.lock().unwrap().clone();
+    press(&mut st, &[KeyCode::Char('3')]);
+    let line = st.live.timelines.line(4200, st.live.newest_ts_ns, 10);
+    assert_eq!(line.waits, [1, 1, 1, 1, 1, 1, 1, 9, 9, 9]);
+    assert_eq!(line.max_ns, 30_000_000);
+    insta::assert_snapshot!("top_since_when_80x24", draw(&st, 80, 24));
+    insta::assert_snapshot!("top_since_when_160x45", draw(&st, 160, 45));
+}
+
+// ---- which mapping ----
+
+/// A live session names the VMAs on screen as /proc/PID/maps does; the loop resolves
+/// what `unnamed_mappings` lists (here from a fake /proc).
+#[test]
+fn live_sessions_name_the_mappings_on_screen() {
+    let mut st = fixture();
+    st.ctx.source = SourceKind::Live;
+    let unnamed = st.unnamed_mappings();
+    assert!(!unnamed.is_empty());
+    let proc_root = tempfile::tempdir().expect("tempdir");
+    for tgid in [88, 777, 1201, 1202, 3310] {
+        let dir = proc_root.path().join(tgid.to_string());
+        std::fs::create_dir(&dir).expect("dir");
+        // Every fixture VMA lies in 0x7f3a00000000..0x7f3a02000000: name them by slot.
+        let mut maps = String::new();
+        for vma_no in 0..16u64 {
+            let start = 0x7f3a_0000_0000 + vma_no * 0x20_0000;
+            let name = match vma_no % 3 {
+                0 => "/usr/lib/postgresql/16/bin/postgres",
+                1 => "[heap]",
+                _ => "",
+            };
+            maps.push_str(&format!(
+                "{start:x}-{:x} rw-p 00000000 00:00 0          {name}\n",
+                start + 0x20_0000
+            ));
+        }
+        std::fs::write(dir.join("maps"), maps).expect("maps");
+    }
+    let mut resolver = crate::mapping::MappingNames::with_proc_root(proc_root.path());
+    let named: Vec<_> = unnamed
+        .iter()
+        .filter_map(|k| resolver.resolve(k.0, k.1, k.2).map(|n| (*k, n)))
+        .collect();
+    assert_eq!(named.len(), unnamed.len());
+    st.add_mapping_names(named);
+    assert!(st.unnamed_mappings().is_empty());
+    press(&mut st, &[KeyCode::Char('2')]);
+    snap("writers_live_mappings", &st);
+    press(&mut st, &[KeyCode::Char('3'), KeyCode::Char('v')]);
+    snap("top_vmas_live_mappings", &st);
+    press(&mut st, &[KeyCode::Char('4')]);
+    snap("anomalies_live_mappings", &st);
+}
+
+/// A replay names nothing: its trace may come from another host.
+#[test]
+fn replays_do_not_name_mappings() {
+    let st = fixture();
+    assert!(!st.names_mappings());
+    let mut st = st;
+    press(&mut st, &[KeyCode::Char('2')]);
+    assert!(!draw(&st, 160, 45).contains("mapping"));
+}
+
+// ---- cost ----
+
+/// The loop redraws at most four times a second (a key press redraws at once).
+#[test]
+fn redraw_is_at_most_four_hertz() {
+    assert!(terminal::FRAME >= Duration::from_millis(250));
+}
+
+/// With the session's statistics shared, the dashboard shows them without observing
+/// events itself; after `r` it counts on its own from zero.
+#[test]
+fn dashboard_shares_the_session_statistics_until_reset() {
+    use crate::pipeline::{Pipeline, SharedSink};
+    use crate::stats::Stats;
+    let mut p = Pipeline::new(Generation::V7_0);
+    let (sink, stats) = SharedSink::new(Stats::new(Generation::V7_0));
+    p.add_sink(Box::new(sink));
+    let ctx = DashboardContext::new(SourceKind::Live, "7.2", Generation::V7_0);
+    let shared = attach_sharing_stats(&mut p, ctx, stats.clone());
+    let batch: Vec<Event> = (0..10)
+        .map(|i| exclude_exit(i, 4200, "postgres", 1, 1000 + i))
+        .collect();
+    p.handle(SourceItem::Events(batch.clone()));
+    assert_eq!(shared.lock().unwrap().live.stats.percentiles().count, 0);
+    p.flush();
+    assert_eq!(shared.lock().unwrap().live.stats.percentiles().count, 10);
+    assert!(!shared.lock().unwrap().live.stats_own);
+    shared.lock().unwrap().on_key(key(KeyCode::Char('r')));
+    p.handle(SourceItem::Events(batch[..3].to_vec()));
+    p.flush();
+    let st = shared.lock().unwrap();
+    assert_eq!(
+        st.live.stats.percentiles().count,
+        3,
+        "own count since the reset"
+    );
+    assert_eq!(
+        stats.lock().unwrap().percentiles().count,
+        13,
+        "the session's untouched"
+    );
 }

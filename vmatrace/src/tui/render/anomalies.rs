@@ -5,12 +5,14 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Paragraph, Table, TableState, Wrap};
 use vmatrace_common::Event;
 use vmatrace_common::event::flags;
 use vmatrace_common::model::Generation;
 
+use super::columns::{self, Column, Value};
 use super::{bad, block, dim, fmt, title_style, warn};
+use crate::tui::anomaly_groups::AnomalyGroup;
 use crate::tui::state::{AnomalyEntry, AppState};
 use crate::validate::Severity;
 
@@ -37,60 +39,91 @@ fn task(ev: &Event) -> String {
 
 fn render_list(frame: &mut Frame, area: Rect, state: &AppState) {
     let d = state.view();
-    let visible = state.visible_anomalies();
-    if visible.is_empty() {
-        let msg = if d.anomalies.is_empty() {
+    let groups = state.visible_groups();
+    // The same count as the header (since start or the last reset).
+    let since_reset = d.anomalies_total();
+    if groups.is_empty() {
+        let msg = if d.anomaly_groups.is_empty() {
             "No anomalies: every observed transition was allowed by the model."
         } else {
             "No anomaly matches the filter."
         };
         let p = Paragraph::new(Line::styled(msg, dim())).wrap(Wrap { trim: true });
-        frame.render_widget(p.block(block("Anomalies")), area);
+        frame.render_widget(p.block(block(format!("Anomalies ({since_reset})"))), area);
         return;
     }
-    let header = Row::new(["#", "time", "sev", "kind", "task", "VMA start"]).style(title_style());
-    let rows = visible.iter().map(|e| {
-        let a = &e.anomaly;
-        Row::new(vec![
-            Cell::from(e.seq.to_string()),
-            Cell::from(fmt::rel_time(d.relative_ns(a.event.ts_ns))),
-            Cell::from(severity(a.severity)),
-            Cell::from(a.kind.key()),
-            Cell::from(format!("{}[{}]", fmt::comm(&a.event.comm), a.event.tgid())),
-            Cell::from(format!("{:x}", a.event.vm_start)),
-        ])
-    });
-    let dropped = if d.anomalies_dropped > 0 {
-        format!(", {} oldest not kept", fmt::count(d.anomalies_dropped))
-    } else {
-        String::new()
-    };
-    let title = format!(
-        "Anomalies ({} shown of {}{dropped})",
-        visible.len(),
-        d.anomalies_seen
+    let mut columns = group_columns(state);
+    if let Some(c) = columns::mapping(state, 7, |g: &&AnomalyGroup| {
+        let e = &g.latest.anomaly.event;
+        (e.tgid(), e.vm_start, e.vm_end)
+    }) {
+        columns.insert(7, c);
+    }
+    let laid = columns::layout(&columns, &groups, area.width.saturating_sub(2));
+    let before = d.anomalies_seen.saturating_sub(since_reset);
+    let mut title = format!(
+        "Anomalies ({since_reset}{}) by kind and VMA: {} groups",
+        if before > 0 {
+            format!(" since reset, {before} before")
+        } else {
+            String::new()
+        },
+        groups.len()
     );
-    let t = Table::new(
-        rows,
-        [
-            Constraint::Length(4),
-            Constraint::Length(9),
-            Constraint::Length(7),
-            Constraint::Length(25),
-            Constraint::Min(12),
-            Constraint::Length(12),
-        ],
-    )
-    .header(header)
-    .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
-    .block(block(title));
-    let mut ts =
-        TableState::default().with_selected(Some(state.ui.selected.min(visible.len() - 1)));
+    if d.anomaly_groups.dropped() > 0 {
+        title.push_str(&format!(
+            ", {} oldest dropped",
+            fmt::count(d.anomaly_groups.dropped())
+        ));
+    }
+    title.push_str(if state.ui.anomaly_scrolled {
+        " · End: follow newest"
+    } else {
+        " · following newest"
+    });
+    let t = Table::new(laid.rows, laid.widths)
+        .header(laid.header)
+        .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
+        .block(block(title));
+    let mut ts = TableState::default().with_selected(Some(state.selected_row(groups.len())));
     frame.render_stateful_widget(t, area, &mut ts);
 }
 
+/// One row per (kind, VMA): how often, when last and first, who last, where.
+fn group_columns<'a>(state: &'a AppState) -> Vec<Column<'a, &'a AnomalyGroup>> {
+    vec![
+        Column::code("last", 9, move |g: &&AnomalyGroup| {
+            Value::from(state.time_of(g.latest.anomaly.event.ts_ns))
+        }),
+        Column::number("count", 10, |g: &&AnomalyGroup| {
+            Value::from(fmt::count(g.count))
+        }),
+        Column::code("sev", 4, |g: &&AnomalyGroup| {
+            let s = severity(g.latest.anomaly.severity);
+            Value::styled(s.content.into_owned(), s.style)
+        }),
+        Column::code("kind", 10, |g: &&AnomalyGroup| {
+            Value::from(g.latest.anomaly.kind.key())
+        }),
+        Column::text("last task", 14, 40, 7, move |g: &&AnomalyGroup| {
+            let ev = &g.latest.anomaly.event;
+            let comm = state.view().stats.process_comm(ev.tgid(), &ev.comm);
+            Value::from(fmt::process(ev.tgid(), &comm))
+        }),
+        Column::code("VMA start", 8, |g: &&AnomalyGroup| {
+            Value::from(format!("{:x}", g.latest.anomaly.event.vm_start))
+        }),
+        Column::number("size", 6, |g: &&AnomalyGroup| {
+            let ev = &g.latest.anomaly.event;
+            Value::from(fmt::size(ev.vm_end.saturating_sub(ev.vm_start)))
+        }),
+        Column::code("first", 3, move |g: &&AnomalyGroup| {
+            Value::styled(state.time_of(g.first_ts_ns), dim())
+        }),
+    ]
+}
+
 fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyEntry) {
-    let d = state.view();
     let a = &e.anomaly;
     let ev = &a.event;
     let label = |k: &str| Span::styled(format!("{k:<9}"), title_style());
@@ -100,11 +133,7 @@ fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyE
             Span::styled(a.kind.key(), bad()),
             Span::raw(" ("),
             severity(a.severity),
-            Span::raw(format!(
-                ") #{} at {}",
-                e.seq,
-                fmt::rel_time(d.relative_ns(ev.ts_ns))
-            )),
+            Span::raw(format!(") #{} at {}", e.seq, state.time_of(ev.ts_ns))),
         ]),
         Line::from(vec![
             label("task"),
@@ -113,10 +142,13 @@ fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyE
         Line::from(vec![
             label("VMA"),
             Span::raw(format!(
-                "{:x}-{:x} ({})",
+                "{:x}-{:x} ({}) {}",
                 ev.vm_start,
                 ev.vm_end,
-                fmt::size(ev.vm_end.saturating_sub(ev.vm_start))
+                fmt::size(ev.vm_end.saturating_sub(ev.vm_start)),
+                state
+                    .mapping_name(ev.tgid(), ev.vm_start, ev.vm_end)
+                    .map_or(String::new(), fmt::text)
             )),
         ]),
         Line::from(vec![label("state"), Span::raw(fmt::text(&a.state))]),
@@ -145,66 +177,58 @@ fn render_events(
     offending: &Event,
     g: Generation,
 ) {
-    let wide = area.width >= 120;
-    let mut head = vec!["Δt", "event"];
-    if wide {
-        head.push("function");
-    }
-    head.extend(["tid", "refcnt", "entry", "L/S seq", "ret", "wait"]);
-    let rows = events.iter().map(|ev| {
-        let dt = ev.ts_ns as i128 - offending.ts_ns as i128;
-        let kind = ev.kind().map_or("?", |k| k.key());
-        let mut cells = vec![
-            Cell::from(Line::from(signed_ns(dt)).right_aligned()),
-            Cell::from(kind),
-        ];
-        if wide {
-            cells.push(Cell::from(ev.probe().kernel_name()));
-        }
-        let or_dash = |ok: bool, s: String| if ok { s } else { "-".into() };
-        cells.extend([
-            Cell::from(ev.tid().to_string()),
-            Cell::from(or_dash(
-                ev.has(flags::VMA_FIELDS),
-                fmt::refcnt(ev.refcnt, g),
-            )),
-            Cell::from(or_dash(
-                ev.has(flags::PAIRED),
-                fmt::refcnt(ev.entry_refcnt, g),
-            )),
-            Cell::from(or_dash(
-                ev.has(flags::VMA_FIELDS) && ev.has(flags::MM_SEQ),
-                format!("{}/{}", ev.vm_lock_seq as i32, ev.mm_lock_seq as i32),
-            )),
-            Cell::from(or_dash(ev.has(flags::RET), ret_str(ev.ret))),
-            Cell::from(or_dash(ev.has(flags::PAIRED), fmt::ns(ev.wait_ns))),
-        ]);
-        let row = Row::new(cells);
+    let columns = event_columns(offending, g);
+    let laid = columns::layout(&columns, events, area.width.saturating_sub(2));
+    let rows = laid.rows.into_iter().zip(events).map(|(row, ev)| {
         if ev == offending {
             row.style(bad())
         } else {
             row
         }
     });
-    let mut widths = vec![Constraint::Length(10), Constraint::Length(16)];
-    if wide {
-        widths.push(Constraint::Length(32));
-    }
-    widths.extend([
-        Constraint::Length(7),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Length(12),
-        Constraint::Length(6),
-        Constraint::Min(8),
-    ]);
-    let t = Table::new(rows, widths)
-        .header(Row::new(head).style(title_style()))
+    let t = Table::new(rows, laid.widths)
+        .header(laid.header)
         .block(block(format!(
             "Events of this VMA ({}, oldest first)",
             events.len()
         )));
     frame.render_widget(t, area);
+}
+
+/// The evidence columns. `L/S seq` (`vm_lock_seq`/`mm_lock_seq`: equal means
+/// write-locked) keeps every digit; the kernel function name goes first when narrow.
+fn event_columns(offending: &Event, g: Generation) -> Vec<Column<'_, Event>> {
+    let or_dash = |ok: bool, s: String| Value::from(if ok { s } else { "-".into() });
+    vec![
+        Column::number("Δt", 9, move |ev: &Event| {
+            Value::from(signed_ns(ev.ts_ns as i128 - offending.ts_ns as i128))
+        }),
+        Column::code("event", 10, |ev: &Event| {
+            Value::from(ev.kind().map_or("?", |k| k.key()))
+        }),
+        Column::code("function", 1, |ev: &Event| {
+            Value::from(ev.probe().kernel_name())
+        }),
+        Column::number("tid", 3, |ev: &Event| Value::from(ev.tid().to_string())),
+        Column::number("refcnt", 8, move |ev: &Event| {
+            or_dash(ev.has(flags::VMA_FIELDS), fmt::refcnt(ev.refcnt, g))
+        }),
+        Column::number("entry", 6, move |ev: &Event| {
+            or_dash(ev.has(flags::PAIRED), fmt::refcnt(ev.entry_refcnt, g))
+        }),
+        Column::number("L/S seq", 9, move |ev: &Event| {
+            or_dash(
+                ev.has(flags::VMA_FIELDS) && ev.has(flags::MM_SEQ),
+                format!("{}/{}", ev.vm_lock_seq as i32, ev.mm_lock_seq as i32),
+            )
+        }),
+        Column::number("ret", 5, move |ev: &Event| {
+            or_dash(ev.has(flags::RET), ret_str(ev.ret))
+        }),
+        Column::number("wait", 7, move |ev: &Event| {
+            or_dash(ev.has(flags::PAIRED), fmt::ns(ev.wait_ns))
+        }),
+    ]
 }
 
 /// A time difference: "-2.00ms", "0ns".

@@ -17,6 +17,11 @@ pub fn comm(c: &[u8; 16]) -> String {
     text(&comm_to_string(c))
 }
 
+/// A process: "comm[tgid]".
+pub fn process(tgid: u32, c: &[u8; 16]) -> String {
+    format!("{}[{tgid}]", comm(c))
+}
+
 /// 1234 → "1234", 12345 → "12.3k", 1234567 → "1.23M".
 pub fn count(n: u64) -> String {
     match n {
@@ -38,24 +43,10 @@ pub fn rate(r: f64) -> String {
     }
 }
 
-/// Nanoseconds as a human duration: "850ns", "12.3µs", "4.56ms", "1.20s".
+/// Nanoseconds as a human duration: "850ns", "12.3µs", "4.56ms", "1.20s" (the text
+/// summary's units too).
 pub fn ns(v: u64) -> String {
-    match v {
-        0..=999 => format!("{v}ns"),
-        1_000..=999_999 => format!("{:.1}µs", v as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.2}ms", v as f64 / 1e6),
-        _ => format!("{:.2}s", v as f64 / 1e9),
-    }
-}
-
-/// Bucket edge, compact: "0", "512ns", "1µs", "64ms".
-pub fn edge(v: u64) -> String {
-    match v {
-        0..=1_023 => format!("{v}ns"),
-        1_024..=1_048_575 => format!("{}µs", v / 1_000),
-        1_048_576..=1_073_741_823 => format!("{}ms", v / 1_000_000),
-        _ => format!("{}s", v / 1_000_000_000),
-    }
+    crate::export::units::duration_ns(v)
 }
 
 /// Seconds since the first event: "+12.345s".
@@ -78,14 +69,9 @@ pub fn vma_range(start: u64, end: u64) -> String {
     format!("{start:x} {}", size(end.saturating_sub(start)))
 }
 
-/// Byte size: "4K", "2M", "1G" (rounded down).
+/// Byte size: "4K", "704K", "2M", "1G" (rounded down).
 pub fn size(bytes: u64) -> String {
-    match bytes {
-        0..=1023 => format!("{bytes}B"),
-        1024..=1_048_575 => format!("{}K", bytes / 1024),
-        1_048_576..=1_073_741_823 => format!("{}M", bytes / 1_048_576),
-        _ => format!("{}G", bytes / 1_073_741_824),
-    }
+    crate::export::units::size(bytes)
 }
 
 /// `vm_refcnt` with the exclusion flag spelled out: "3", "F+1", "F".
@@ -132,6 +118,20 @@ pub fn clip(s: &str, width: usize) -> String {
     }
 }
 
+/// Cut `s` to `width` characters keeping its end, marking the cut with '…'.
+pub fn clip_start(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        s.to_string()
+    } else if width == 0 {
+        String::new()
+    } else {
+        std::iter::once('…')
+            .chain(s.chars().skip(n - (width - 1)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +155,7 @@ mod tests {
         assert_eq!(refcnt((1 << 30) + 1, Generation::V7_0), "F+1");
         assert_eq!(refcnt(1 << 30, Generation::V6_19), "F");
         assert_eq!(clip("abcdef", 4), "abc…");
+        assert_eq!(clip_start("/usr/bin/postgres", 10), "…/postgres");
     }
 
     #[test]

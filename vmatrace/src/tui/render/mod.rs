@@ -4,6 +4,7 @@
 //! pane are overlays. Every screen degrades to 80x24 and spreads out on larger terminals.
 
 pub mod anomalies;
+pub mod columns;
 pub mod fmt;
 pub mod model;
 pub mod overview;
@@ -65,9 +66,11 @@ pub fn render(frame: &mut Frame, state: &AppState) {
     render_header(frame, header, state);
     render_tabs(frame, tabs, state);
     let body = if state.ui.log_pane {
-        let [main, log] =
-            Layout::vertical([Constraint::Min(0), Constraint::Length(body.height / 3 + 2)])
-                .areas(body);
+        let [main, log] = Layout::vertical([
+            Constraint::Min(0),
+            Constraint::Length(log_height(state, body.height / 3 + 2)),
+        ])
+        .areas(body);
         render_log(frame, log, state);
         main
     } else {
@@ -101,23 +104,31 @@ fn render_header(frame: &mut Frame, area: Rect, state: &AppState) {
     } else {
         ("LIVE", Style::default().fg(Color::Green))
     };
-    let anomalies = d.anomalies_seen;
     let sep = Span::styled(" │ ", dim());
     // Most important first: on a narrow terminal the tail is what gets cut.
-    let spans = vec![
+    let mut spans = vec![
         Span::styled("vmatrace ", title_style()),
         Span::styled(status, status_style),
         sep.clone(),
-        Span::styled(
-            format!("{} anomalies", fmt::count(anomalies)),
-            if anomalies > 0 {
-                bad()
-            } else {
-                Style::default()
-            },
-        ),
+        validation(d),
         sep.clone(),
-        Span::raw(format!("up {}", fmt::hms(d.uptime.as_secs()))),
+    ];
+    // The time of day first: what an operator matches against the incident timeline.
+    if let Some(now) = d.now_realtime_ns(ctx.clock) {
+        spans.splice(
+            1..1,
+            [
+                Span::styled(
+                    format!("{} {}", ctx.zone.hms(now), fmt::text(&ctx.zone.name)),
+                    title_style(),
+                ),
+                sep.clone(),
+            ],
+        );
+    }
+    // What is being looked at (the trace file of a replay) before how long.
+    spans.extend([
+        Span::raw(fmt::clip(&source, 40)),
         sep.clone(),
         Span::raw(format!("gen {}", ctx.generation.key())),
         sep.clone(),
@@ -126,9 +137,30 @@ fn render_header(frame: &mut Frame, area: Rect, state: &AppState) {
             fmt::clip(&fmt::text(&ctx.kernel_release), 24)
         )),
         sep,
-        Span::raw(source),
-    ];
+        Span::raw(format!("up {}", fmt::hms(d.uptime.as_secs()))),
+    ]);
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// The validation verdict. With losses the validator resynchronised and saw only part of
+/// the transitions: "0 anomalies" would overstate what was checked.
+fn validation(d: &crate::tui::state::DashboardData) -> Span<'static> {
+    // Since start or the last reset, like the Overview's anomaly pane.
+    let anomalies = d.anomalies_total();
+    let lost = d.stats.total_losses();
+    let gaps = if lost > 0 {
+        Some(format!("{} lost", fmt::count(lost)))
+    } else if d.validator_resyncs > 0 {
+        Some(format!("{} resyncs", fmt::count(d.validator_resyncs)))
+    } else {
+        None
+    };
+    match (anomalies, gaps) {
+        (0, None) => Span::raw("validated, 0 anomalies"),
+        (0, Some(g)) => Span::styled(format!("validated with gaps ({g})"), warn()),
+        (n, None) => Span::styled(format!("{} anomalies", fmt::count(n)), bad()),
+        (n, Some(g)) => Span::styled(format!("{} anomalies, gaps ({g})", fmt::count(n)), bad()),
+    }
 }
 
 fn render_tabs(frame: &mut Frame, area: Rect, state: &AppState) {
@@ -155,8 +187,8 @@ fn render_footer(frame: &mut Frame, area: Rect, state: &AppState) {
     } else {
         let hints = match state.ui.screen {
             Screen::Top => "s sort · v procs/VMAs · / filter · Esc clear",
-            Screen::Anomalies if state.ui.evidence => "Esc back · ↑↓ other anomaly",
-            Screen::Anomalies => "↑↓ select · Enter evidence · / filter",
+            Screen::Anomalies if state.ui.evidence => "Esc back · ↑↓ other group",
+            Screen::Anomalies => "↑↓ select · Home/End oldest/newest · Enter evidence · / filter",
             _ => "1-5/Tab screens",
         };
         let mut spans = vec![
@@ -172,6 +204,12 @@ fn render_footer(frame: &mut Frame, area: Rect, state: &AppState) {
         Line::from(spans)
     };
     frame.render_widget(Paragraph::new(line), area);
+}
+
+/// Rows for the log pane: its lines and borders, at least one line, at most `max`.
+pub(crate) fn log_height(state: &AppState, max: u16) -> u16 {
+    let lines = u16::try_from(state.log.len()).unwrap_or(u16::MAX).max(1);
+    lines.saturating_add(2).min(max.max(3))
 }
 
 pub(crate) fn render_log(frame: &mut Frame, area: Rect, state: &AppState) {
@@ -200,8 +238,24 @@ const HELP: &[(&str, &str)] = &[
     ("q, Ctrl-C", "quit"),
     ("Top: s", "cycle the sort column"),
     ("Top: v", "per-process / per-VMA table"),
-    ("/", "filter by comm, pid or kind (Top, Anomalies)"),
-    ("Anomalies: ↑↓", "select; Enter opens the evidence"),
+    (
+        "Top: excl",
+        "readers-exclusion waits (write locks, detaches)",
+    ),
+    (
+        "Top: rdfail",
+        "sampled failed lock_vma_under_rcu (– not sampled)",
+    ),
+    (
+        "Top: sldet",
+        "slow-path detaches (readers still held the VMA)",
+    ),
+    ("/", "filter: comm or kind substring, pid exact"),
+    (
+        "Anomalies: ↑↓",
+        "select; Enter opens the newest one's evidence",
+    ),
+    ("Home/End", "oldest group / newest (follows new ones)"),
     ("Esc", "back / close / clear the filter"),
 ];
 

@@ -6,10 +6,10 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
-use vmatrace_common::model::Generation;
 use vmatrace_common::{Counter, EventKind};
 
 use super::{bad, block, dim, fmt, title_style, warn};
+use crate::export::summary::logical_counts;
 use crate::kernel::plan::{LogicalEvent, Observability, ProbePlan};
 use crate::stats::rates;
 use crate::tui::state::{AppState, DashboardData};
@@ -19,10 +19,13 @@ pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     // The top half must fit 13 logical events / 12 event kinds plus borders.
     // On a tall terminal the spare rows go to the log pane (unless it is open anyway).
     let (top, bottom, log) = if area.height >= 36 && !state.ui.log_pane {
+        // The log gets what its lines need (an empty one a single row), the bottom
+        // panes the rest: there the losses and reader costs can list everything.
+        let log_h = super::log_height(state, area.height.saturating_sub(25));
         let [t, b, l] = Layout::vertical([
             Constraint::Length(15),
-            Constraint::Length(10),
-            Constraint::Min(0),
+            Constraint::Min(10),
+            Constraint::Length(log_h),
         ])
         .areas(area);
         (t, b, Some(l))
@@ -77,39 +80,6 @@ fn status_of(plan: &ProbePlan, ev: LogicalEvent) -> (&'static str, String, Style
     }
 }
 
-/// How many times a logical event was seen, where one stream kind or kernel counter
-/// stands for it (`None` when it is only inferred, e.g. end-exclude).
-fn logical_count(d: &DashboardData, ev: LogicalEvent, generation: Generation) -> Option<u64> {
-    let k = |kind: EventKind| d.events(kind as usize);
-    Some(match ev {
-        LogicalEvent::WriteLockRequest => k(EventKind::WriteLockEnter),
-        LogicalEvent::WriteLockResult => k(EventKind::WriteLockExit),
-        LogicalEvent::StartExcludeEntry => k(EventKind::ExcludeEnter),
-        LogicalEvent::StartExcludeReturn => k(EventKind::ExcludeExit),
-        LogicalEvent::EndExclude => return None,
-        // 6.x: `vma_mark_detached` sees every detach; 7.x only the slow path.
-        LogicalEvent::MarkDetachedFast if generation == Generation::V7_0 => return None,
-        LogicalEvent::MarkDetachedFast => {
-            k(EventKind::DetachEnter).saturating_sub(d.stats.slow_detaches())
-        }
-        LogicalEvent::MarkDetachedSlow => d.stats.slow_detaches(),
-        LogicalEvent::ReaderAcquire => {
-            d.stats.counter(Counter::ReaderAcquireOk) + d.stats.counter(Counter::ReaderAcquireFail)
-        }
-        LogicalEvent::ReaderRelease => d
-            .stats
-            .counter(Counter::ReaderRelease)
-            .max(k(EventKind::ReaderRelease)),
-        LogicalEvent::WriterWakeup => d
-            .stats
-            .counter(Counter::WriterWake)
-            .max(k(EventKind::WriterWake)),
-        LogicalEvent::MmWriteUnlock => k(EventKind::MmWriteUnlock),
-        LogicalEvent::VmaAlloc => k(EventKind::VmaAlloc),
-        LogicalEvent::VmaFree => k(EventKind::VmaFree),
-    })
-}
-
 fn render_coverage(frame: &mut Frame, area: Rect, plan: Option<&ProbePlan>, d: &DashboardData) {
     let Some(plan) = plan else {
         let p = Paragraph::new(vec![
@@ -123,6 +93,15 @@ fn render_coverage(frame: &mut Frame, area: Rect, plan: Option<&ProbePlan>, d: &
     // Counts and the attach detail only where they can be read; at 80 columns the
     // status says enough (the Events table has the per-kind counts).
     let wide = area.width >= 60;
+    // Counted as the exit summary counts them (a proxied event by its proxy's events).
+    let counts = wide.then(|| {
+        logical_counts(
+            &d.totals_since_reset(),
+            plan.generation,
+            Some(plan),
+            Some(d.stats.slow_detaches()),
+        )
+    });
     let rows = LogicalEvent::ALL.iter().map(|ev| {
         let (status, detail, style) = status_of(plan, *ev);
         let mut cells = vec![
@@ -130,7 +109,10 @@ fn render_coverage(frame: &mut Frame, area: Rect, plan: Option<&ProbePlan>, d: &
             Cell::from(Span::styled(status, style)),
         ];
         if wide {
-            let seen = logical_count(d, *ev, plan.generation).map_or("-".into(), fmt::count);
+            let seen = counts
+                .as_ref()
+                .and_then(|c| c.get(ev.key()))
+                .map_or("-".into(), |c| fmt::count(c.count));
             cells.push(Cell::from(Line::from(seen).right_aligned()));
             cells.push(Cell::from(Span::styled(detail, dim())));
         }

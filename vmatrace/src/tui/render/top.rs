@@ -2,14 +2,17 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::Modifier;
+use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Cell, Row, Table};
+use ratatui::widgets::Table;
+use vmatrace_common::Counter;
 
-use super::{block, fmt, title_style};
+use super::columns::{self, Column, Value};
+use super::{block, dim, fmt};
 use crate::stats::aggregates::matches_filter;
-use crate::stats::{Aggregate, SortKey, ranking};
-use crate::tui::state::{AppState, TopView};
+use crate::stats::{Aggregate, SortKey, Stats, ranking};
+use crate::tui::state::{AppState, DashboardData, TopView};
+use crate::tui::timeline::SECONDS;
 
 /// Both tables side by side from this width.
 const SPLIT_WIDTH: u16 = 170;
@@ -43,54 +46,25 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
             "VMAs",
         ),
     };
-    let col = |k: SortKey, name: &'static str| {
-        let c = Cell::from(name);
-        if k == sort {
-            c.style(title_style().add_modifier(Modifier::UNDERLINED))
-        } else {
-            c.style(title_style())
-        }
-    };
-    let mut head = vec![Cell::from("task").style(title_style())];
-    if view == TopView::Vmas {
-        head.push(Cell::from("VMA").style(title_style()));
+    let readers_sampled =
+        d.stats.counter(Counter::ReaderSampled) > 0 || d.stats.sampled_reader_failures() > 0;
+    let mut columns = columns(view, sort, readers_sampled, &d.stats);
+    if view == TopView::Vmas
+        && let Some(c) = columns::mapping(state, 6, |a: &Aggregate| (a.tgid, a.vm_start, a.vm_end))
+    {
+        columns.insert(3, c);
     }
-    head.extend([
-        col(SortKey::Exclusions, "excl"),
-        col(SortKey::TotalWait, "total"),
-        col(SortKey::MaxWait, "max"),
-        col(SortKey::ReaderFailures, "rdfail"),
-        col(SortKey::SlowDetaches, "sldet"),
-        Cell::from("EINTR").style(title_style()),
-    ]);
-    let right = |s: String| Cell::from(Line::from(s).right_aligned());
-    let body = rows.iter().map(|a: &Aggregate| {
-        let mut cells = vec![Cell::from(format!("{}[{}]", fmt::comm(&a.comm), a.tgid))];
-        if view == TopView::Vmas {
-            cells.push(Cell::from(fmt::vma_range(a.vm_start, a.vm_end)));
-        }
-        cells.extend([
-            right(fmt::count(a.exclusions)),
-            right(fmt::ns(a.total_wait_ns)),
-            right(fmt::ns(a.max_wait_ns)),
-            right(fmt::count(a.reader_failures)),
-            right(fmt::count(a.slow_detaches)),
-            right(fmt::count(a.interrupted)),
-        ]);
-        Row::new(cells)
-    });
-    let mut widths = vec![Constraint::Min(12)];
-    if view == TopView::Vmas {
-        widths.push(Constraint::Length(15));
+    if view == TopView::Processes {
+        // Since when: each process's waits per second up to the newest event, as wide as
+        // the terminal allows next to the numbers.
+        let room = area.width.saturating_sub(70);
+        let seconds = [SECONDS, 30, 10]
+            .into_iter()
+            .find(|s| usize::from(room) >= *s)
+            .unwrap_or(10);
+        columns.extend(timeline_columns(d, seconds));
     }
-    widths.extend([
-        Constraint::Length(6),
-        Constraint::Length(8),
-        Constraint::Length(8),
-        Constraint::Length(6),
-        Constraint::Length(5),
-        Constraint::Length(5),
-    ]);
+    let laid = columns::layout(&columns, &rows, area.width.saturating_sub(2));
     let filter = if state.ui.filter.is_empty() {
         String::new()
     } else {
@@ -113,8 +87,98 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
         "Top {what} by {} ({tracked} tracked{evicted}{filter})",
         sort.label()
     );
-    let t = Table::new(body, widths)
-        .header(Row::new(head))
-        .block(block(title));
+    let mut b = block(title);
+    if area.height >= 8 {
+        b = b.title_bottom(Line::styled(LEGEND, dim()));
+    }
+    let t = Table::new(laid.rows, laid.widths)
+        .header(laid.header)
+        .block(b);
     frame.render_widget(t, area);
 }
+
+/// What the short headers mean (also in the help).
+pub const LEGEND: &str = " excl exclusions · rdfail sampled reader failures · sldet slow detaches ";
+
+/// The Top table's columns. Numbers are never cut: on a narrow terminal the task name
+/// shrinks, then the rarest counts go (EINTR, slow detaches, reader failures).
+fn columns(
+    view: TopView,
+    sort: SortKey,
+    readers_sampled: bool,
+    stats: &Stats,
+) -> Vec<Column<'_, Aggregate>> {
+    let sorted = move |k: SortKey| {
+        if k == sort {
+            Style::default().add_modifier(Modifier::UNDERLINED)
+        } else {
+            Style::default()
+        }
+    };
+    // A process by its tgid and its leader's comm (a VMA row's own comm is the last
+    // thread's).
+    let mut c = vec![Column::text("task", 14, 24, 10, move |a: &Aggregate| {
+        Value::from(fmt::process(a.tgid, &stats.process_comm(a.tgid, &a.comm)))
+    })];
+    if view == TopView::Vmas {
+        c.push(Column::code("VMA start", 9, |a: &Aggregate| {
+            Value::from(format!("{:x}", a.vm_start))
+        }));
+        c.push(Column::number("size", 6, |a: &Aggregate| {
+            Value::from(fmt::size(a.vm_end.saturating_sub(a.vm_start)))
+        }));
+    }
+    c.extend([
+        Column::number("excl", 7, |a: &Aggregate| {
+            Value::from(fmt::count(a.exclusions))
+        })
+        .with_header_style(sorted(SortKey::Exclusions)),
+        Column::number("total", 8, |a: &Aggregate| {
+            Value::from(fmt::ns(a.total_wait_ns))
+        })
+        .with_header_style(sorted(SortKey::TotalWait)),
+        Column::number("max", 8, |a: &Aggregate| {
+            Value::from(fmt::ns(a.max_wait_ns))
+        })
+        .with_header_style(sorted(SortKey::MaxWait)),
+        Column::number("rdfail", 4, move |a: &Aggregate| {
+            Value::from(if readers_sampled {
+                fmt::count(a.reader_failures)
+            } else {
+                NOT_SAMPLED.to_string()
+            })
+        })
+        .with_header_style(sorted(SortKey::ReaderFailures)),
+        Column::number("sldet", 3, |a: &Aggregate| {
+            Value::from(fmt::count(a.slow_detaches))
+        })
+        .with_header_style(sorted(SortKey::SlowDetaches)),
+        Column::number("EINTR", 2, |a: &Aggregate| {
+            Value::from(fmt::count(a.interrupted))
+        }),
+    ]);
+    c
+}
+
+/// Waits per second over the last `seconds` (10, 30 or 60; a sparkline, newest on the right) and the
+/// longest wait among them.
+fn timeline_columns(d: &DashboardData, seconds: usize) -> [Column<'_, Aggregate>; 2] {
+    let (header, max_header) = match seconds {
+        60 => ("waits/s, last 60s", "max 60s"),
+        30 => ("waits/s, last 30s", "max 30s"),
+        _ => ("waits/s 10s", "max 10s"),
+    };
+    let line = move |a: &Aggregate| d.timelines.line(a.tgid, d.newest_ts_ns, seconds);
+    [
+        Column::code(header, 5, move |a: &Aggregate| {
+            let spark = fmt::sparkline(&line(a).waits, seconds);
+            Value::styled(spark, Style::default().fg(Color::Cyan))
+        }),
+        Column::number(max_header, 4, move |a: &Aggregate| {
+            Value::from(fmt::ns(line(a).max_ns))
+        }),
+    ]
+}
+
+/// A count that was not measured (readers not sampled), not a zero.
+pub const NOT_SAMPLED: &str = "–";

@@ -4,35 +4,63 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::widgets::{Paragraph, Table};
 
+use super::columns::{self, Column, Value};
 use super::{bad, block, dim, fmt, title_style};
 use crate::stats::histogram::bucket_range;
-use crate::stats::{Log2Histogram, WaitSource};
+use crate::stats::{Log2Histogram, WaitSample, WaitSource};
 use crate::tui::state::{AppState, DashboardData};
 
 pub fn render(frame: &mut Frame, area: Rect, state: &AppState) {
     let d = state.view();
     let [top, bottom] =
         Layout::vertical([Constraint::Percentage(55), Constraint::Min(0)]).areas(area);
-    let [hist, pct] = Layout::horizontal([Constraint::Min(0), Constraint::Length(30)]).areas(top);
+    let [hist, write, pct] = Layout::horizontal([
+        Constraint::Ratio(1, 2),
+        Constraint::Ratio(1, 2),
+        Constraint::Length(30),
+    ])
+    .areas(top);
     let title = match d.stats.wait_source() {
-        WaitSource::ExcludeExit => "Readers-exclusion wait",
+        WaitSource::ExcludeExit => ["Readers-exclusion wait", "Exclusion wait"],
         // Start-exclude is inlined (6.15–6.18) or notrace (Debian 6.19): not hooked.
-        WaitSource::WriteLockExit => "Exclusion wait (write/detach proxy)",
+        WaitSource::WriteLockExit => ["Exclusion wait (write/detach proxy)", "Exclusion (proxy)"],
     };
     render_histogram(frame, hist, d.stats.exclusion_histogram(), title);
+    // The whole write-lock slow path (`__vma_start_write`), exclusion included.
+    render_histogram(
+        frame,
+        write,
+        d.stats.write_lock_histogram(),
+        ["Write lock", "Write lock"],
+    );
     render_percentiles(frame, pct, d);
-    render_slowest(frame, bottom, d);
+    render_slowest(frame, bottom, state);
 }
 
 /// One line per log2 bucket from the fastest to the slowest occupied one; when they do not
 /// all fit, the fastest are folded into the first line.
-fn render_histogram(frame: &mut Frame, area: Rect, h: &Log2Histogram, title: &str) {
+/// `titles`: the full title and a short one for when the full one (with its sample
+/// count) does not fit the border.
+fn render_histogram(frame: &mut Frame, area: Rect, h: &Log2Histogram, titles: [&str; 2]) {
+    let fits =
+        |t: &str, n: &str| t.chars().count() + n.chars().count() + 4 <= usize::from(area.width);
+    let full = format!(" ({} samples)", fmt::count(h.count()));
+    let short = format!(" ({})", fmt::count(h.count()));
+    let (title, count) = [
+        (titles[0], &full),
+        (titles[0], &short),
+        (titles[1], &full),
+        (titles[1], &short),
+    ]
+    .into_iter()
+    .find(|(t, n)| fits(t, n))
+    .unwrap_or((titles[1], &short));
     let rows = area.height.saturating_sub(2) as usize;
     let Some((first, last)) = h.occupied() else {
         let p = Paragraph::new(Line::styled("no waits observed yet", dim()));
-        frame.render_widget(p.block(block(title)), area);
+        frame.render_widget(p.block(block(titles[0])), area);
         return;
     };
     let b = h.buckets();
@@ -42,33 +70,29 @@ fn render_histogram(frame: &mut Frame, area: Rect, h: &Log2Histogram, title: &st
         first
     };
     let folded: u64 = b[first..start].iter().sum();
+    // Each line is labelled with its bucket's upper edge, in the percentiles' units: a
+    // percentile is the upper edge of its bucket, so "p50 65.5µs" is the "≤65.5µs" line.
     let shown: Vec<(String, u64)> = (start..=last)
         .map(|i| {
-            let (low, _) = bucket_range(i);
             let n = if i == start { b[i] + folded } else { b[i] };
-            let label = if i == start && folded > 0 {
-                format!("≤{}", fmt::edge(bucket_range(i).1 + 1))
-            } else {
-                format!("≥{}", fmt::edge(low))
-            };
-            (label, n)
+            (format!("≤{}", fmt::ns(bucket_range(i).1)), n)
         })
         .collect();
     let max = shown.iter().map(|(_, n)| *n).max().unwrap_or(1).max(1);
-    let bar_w = area.width.saturating_sub(2 + 8 + 1 + 8) as u64;
+    let bar_w = area.width.saturating_sub(2 + 9 + 1 + 8) as u64;
     let lines: Vec<Line> = shown
         .into_iter()
         .map(|(label, n)| {
             let len = (n * bar_w).div_ceil(max) as usize;
             Line::from(vec![
-                Span::raw(format!("{label:>7} ")),
+                Span::raw(format!("{label:>9} ")),
                 Span::styled("█".repeat(len), Style::default().fg(Color::Cyan)),
                 Span::raw(" ".repeat(bar_w as usize - len + 1)),
                 Span::raw(format!("{:>7}", fmt::count(n))),
             ])
         })
         .collect();
-    let title = format!("{title} ({} samples)", fmt::count(h.count()));
+    let title = format!("{title}{count}");
     frame.render_widget(Paragraph::new(lines).block(block(title)), area);
 }
 
@@ -102,44 +126,53 @@ fn render_percentiles(frame: &mut Frame, area: Rect, d: &DashboardData) {
         line("slow detaches", fmt::count(s.slow_detaches())),
         line("found detached", fmt::count(s.found_detached())),
     ];
-    if s.wait_source() == WaitSource::ExcludeExit {
-        lines.push(line("write p99", fmt::ns(w.p99_ns)));
-    }
+    lines.push(line("write p50", fmt::ns(w.p50_ns)));
+    lines.push(line("write p99", fmt::ns(w.p99_ns)));
     frame.render_widget(Paragraph::new(lines).block(block("Percentiles")), area);
 }
 
-fn render_slowest(frame: &mut Frame, area: Rect, d: &DashboardData) {
-    let header = Row::new(["wait", "task", "tid", "VMA", "for", "at"]).style(title_style());
-    let rows = d.stats.slowest().items().iter().map(|w| {
-        let what = if w.interrupted {
-            Span::styled("EINTR", bad())
-        } else if w.detaching {
-            Span::raw("detach")
-        } else {
-            Span::raw("write")
-        };
-        Row::new(vec![
-            Cell::from(Line::from(fmt::ns(w.wait_ns)).right_aligned()),
-            Cell::from(format!("{}[{}]", fmt::comm(&w.comm), w.tgid)),
-            Cell::from(w.tid.to_string()),
-            Cell::from(fmt::vma_range(w.vm_start, w.vm_end)),
-            Cell::from(what),
-            Cell::from(Span::styled(fmt::rel_time(d.relative_ns(w.ts_ns)), dim())),
-        ])
-    });
+fn render_slowest(frame: &mut Frame, area: Rect, state: &AppState) {
+    let d = state.view();
+    let rows = d.stats.slowest().items();
+    let mut columns = slowest_columns(state);
+    if let Some(c) = columns::mapping(state, 6, |w: &WaitSample| (w.tgid, w.vm_start, w.vm_end)) {
+        columns.insert(5, c);
+    }
+    let laid = columns::layout(&columns, rows, area.width.saturating_sub(2));
     let window = d.stats.slowest().window_ns() / 1_000_000_000;
-    let t = Table::new(
-        rows,
-        [
-            Constraint::Length(8),
-            Constraint::Length(22),
-            Constraint::Length(7),
-            Constraint::Length(17),
-            Constraint::Length(6),
-            Constraint::Min(10),
-        ],
-    )
-    .header(header)
-    .block(block(format!("Slowest waits (last {window}s)")));
+    let t = Table::new(laid.rows, laid.widths)
+        .header(laid.header)
+        .block(block(format!("Slowest waits (last {window}s)")));
     frame.render_widget(t, area);
+}
+
+/// Slowest waits: the wait and when first, then who and on which VMA; the thread id and
+/// the time go first when the terminal is narrow.
+fn slowest_columns(state: &AppState) -> Vec<Column<'_, WaitSample>> {
+    let stats = &state.view().stats;
+    vec![
+        Column::number("wait", 10, |w: &WaitSample| Value::from(fmt::ns(w.wait_ns))),
+        Column::text("task", 14, 24, 9, move |w: &WaitSample| {
+            Value::from(fmt::process(w.tgid, &stats.process_comm(w.tgid, &w.comm)))
+        }),
+        Column::number("tid", 2, |w: &WaitSample| Value::from(w.tid.to_string())),
+        Column::code("VMA start", 8, |w: &WaitSample| {
+            Value::from(format!("{:x}", w.vm_start))
+        }),
+        Column::number("size", 7, |w: &WaitSample| {
+            Value::from(fmt::size(w.vm_end.saturating_sub(w.vm_start)))
+        }),
+        Column::code("for", 6, |w: &WaitSample| {
+            if w.interrupted {
+                Value::styled("EINTR", bad())
+            } else if w.detaching {
+                Value::from("detach")
+            } else {
+                Value::from("write")
+            }
+        }),
+        Column::number("at", 5, move |w: &WaitSample| {
+            Value::styled(state.time_of(w.ts_ns), dim())
+        }),
+    ]
 }
