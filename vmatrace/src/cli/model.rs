@@ -13,7 +13,7 @@ use vmatrace_common::model::{
     Generation,
     automaton::{Automaton, automaton},
     explore::explore,
-    machine::{ModelConfig, Role, World},
+    machine::{ModelConfig, World},
 };
 
 #[derive(Debug, clap::Args)]
@@ -149,22 +149,7 @@ fn check_all(json: bool, out: &mut impl Write) -> anyhow::Result<()> {
 
 /// Explore the model; a violated invariant is an error (status 1) after its counterexample.
 fn check(generation: Generation, out: &mut impl Write) -> anyhow::Result<()> {
-    let roles = [
-        Role::Reader,
-        Role::Reader,
-        Role::Writer {
-            killable: false,
-            detach: false,
-        },
-        Role::Writer {
-            killable: false,
-            detach: true,
-        },
-        Role::Writer {
-            killable: true,
-            detach: false,
-        },
-    ];
+    let roles = crate::validate::conformance::CHECK_ROLES;
     let cfg = ModelConfig {
         generation,
         bug: None,

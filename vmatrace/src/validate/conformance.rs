@@ -912,25 +912,28 @@ pub fn check(g: Generation, budget: Budget) -> Conformance {
     c
 }
 
+/// The model check's scenario: two readers, a writer, a detacher and a killable writer.
+pub const CHECK_ROLES: [Role; 5] = [
+    Role::Reader,
+    Role::Reader,
+    Role::Writer {
+        killable: false,
+        detach: false,
+    },
+    Role::Writer {
+        killable: false,
+        detach: true,
+    },
+    Role::Writer {
+        killable: true,
+        detach: false,
+    },
+];
+
 /// The explored state space of the model check's scenario (two readers, a writer, a
 /// detacher and a killable writer), as `vmatrace model --check` reports it.
 fn states(g: Generation) -> (usize, usize) {
-    let roles = [
-        Role::Reader,
-        Role::Reader,
-        Role::Writer {
-            killable: false,
-            detach: false,
-        },
-        Role::Writer {
-            killable: false,
-            detach: true,
-        },
-        Role::Writer {
-            killable: true,
-            detach: false,
-        },
-    ];
+    let roles = CHECK_ROLES;
     let cfg = Config {
         generation: g,
         bug: None,
