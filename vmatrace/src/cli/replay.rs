@@ -157,18 +157,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 startup_cpu_s: None,
                 stop_cpu_s: None,
                 recording: None,
-                replay: Some(ReplaySection {
-                    records: o.records,
-                    events: o.events,
-                    filtered: o.filtered,
-                    complete: false,
-                    error: None,
-                    wall_s,
-                    events_per_s: o.events as f64 / wall_s.max(1e-9),
-                    skipped_bytes: skipped,
-                    trailing_bytes: o.trailing_bytes,
-                    record_losses: o.sequence,
-                }),
+                replay: Some(replay_section(&o, wall_s, skipped)),
             })
         })
     };
@@ -392,6 +381,27 @@ fn stop_reason(given: Option<StopReason>, o: &ReplayOutcome) -> StopReason {
     })
 }
 
+/// The summary's replay section for what the reader delivered so far (a running
+/// snapshot: not complete, no error yet) or in all.
+fn replay_section(o: &ReplayOutcome, wall_s: f64, skipped: u64) -> ReplaySection {
+    ReplaySection {
+        records: o.records,
+        events: o.events,
+        filtered: o.filtered,
+        complete: o.complete,
+        error: o.error.as_ref().map(ToString::to_string),
+        wall_s,
+        events_per_s: if wall_s > 0.0 {
+            o.events as f64 / wall_s
+        } else {
+            0.0
+        },
+        skipped_bytes: skipped,
+        trailing_bytes: o.trailing_bytes,
+        record_losses: o.sequence,
+    }
+}
+
 /// Everything a replay summary is made of.
 struct Report<'a> {
     header: &'a TraceHeader,
@@ -424,22 +434,7 @@ impl<'a> Report<'a> {
             startup_cpu_s: None,
             stop_cpu_s: None,
             recording: None,
-            replay: Some(ReplaySection {
-                records: o.records,
-                events: o.events,
-                filtered: o.filtered,
-                complete: o.complete,
-                error: o.error.as_ref().map(ToString::to_string),
-                wall_s,
-                events_per_s: if wall_s > 0.0 {
-                    o.events as f64 / wall_s
-                } else {
-                    0.0
-                },
-                skipped_bytes: self.skipped,
-                trailing_bytes: o.trailing_bytes,
-                record_losses: o.sequence,
-            }),
+            replay: Some(replay_section(o, wall_s, self.skipped)),
         })
     }
 
