@@ -139,8 +139,24 @@ pub struct InjectionSite {
     /// A lost wake-up the waiter recovered from (its timed re-check) before the faulty
     /// task's next event: the stream is then exactly a legal one (the excluder found its
     /// target and returned before the wake-up call, which is not streamed), so no monitor
-    /// can see it. Counted apart, not as detected or missed.
+    /// can see it. Counted apart, not as detected or missed. Decided when the run ends,
+    /// from the two timestamps below.
     pub hidden: bool,
+    /// Lost wake-up: timestamp of the faulty task's next event (0: it had none).
+    pub owed_until: u64,
+    /// Lost wake-up: timestamp of the cheated waiter's next event after its wait ended
+    /// while the wake-up was still held back (0: it was re-issued first).
+    pub answered_at: u64,
+}
+
+impl InjectionSite {
+    /// Whether the stream shows this fault: a held-back wake-up the waiter did without,
+    /// returning before the faulty task went on, leaves exactly a legal stream.
+    pub fn settle_visibility(&mut self) {
+        self.hidden = self.kind == Injection::LostWakeup
+            && self.answered_at != 0
+            && (self.owed_until == 0 || self.answered_at < self.owed_until);
+    }
 }
 
 /// A race the kernel allows that a validator could mistake for a fault: a visible put
@@ -220,6 +236,8 @@ mod tests {
     fn site(ts: u64, vma: u64) -> InjectionSite {
         InjectionSite {
             hidden: false,
+            owed_until: 0,
+            answered_at: 0,
             kind: Injection::DetachLeavesRefcount,
             ts_ns: ts,
             vma,

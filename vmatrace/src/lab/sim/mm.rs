@@ -29,9 +29,9 @@ pub struct RcuWait {
     /// cleared when it leaves): waking it then changes its state (`wake_up_process`
     /// returns 1); otherwise the wake-up is a no-op.
     pub sleeping: AtomicBool,
-    /// The injection site of a wake-up held back from the waiter (`usize::MAX`: none):
-    /// a waiter that recovers on its own first makes that site invisible.
-    pub owed_site: std::sync::atomic::AtomicUsize,
+    /// Injection sites of wake-ups held back from the waiter and not re-issued yet: a
+    /// waiter whose wait ends while one is listed notes the time of its next event there.
+    pub owed_sites: Mutex<Vec<usize>>,
 }
 
 /// Who waits on an mm's `vma_writer_wait`.
@@ -73,7 +73,7 @@ impl SimMm {
             vma_writer_wait: RcuWait {
                 task: Mutex::new(None),
                 sleeping: AtomicBool::new(false),
-                owed_site: std::sync::atomic::AtomicUsize::new(usize::MAX),
+                owed_sites: Mutex::new(Vec::new()),
             },
             tree: (0..slots).map(|_| AtomicU32::new(0)).collect(),
         }

@@ -405,7 +405,7 @@ fn run_tasks(k: &Arc<SimKernel>, cfg: &SimConfig) -> Produced {
     if !spawned_all {
         checks.insert("tasks_not_started", 1);
     }
-    let sites = std::mem::take(&mut *k.sites.lock().unwrap_or_else(|e| e.into_inner()));
+    let sites = k.take_sites();
     let benign = std::mem::take(&mut *k.benign.lock().unwrap_or_else(|e| e.into_inner()));
     Produced {
         elapsed,

@@ -23,6 +23,17 @@ use crate::pipeline::{CounterSnapshot, SourceItem};
 pub struct RingInner {
     buf: Vec<Event>,
     last_ts: u64,
+    /// Tasks whose next event's timestamp is wanted (see [`Ring::watch_next`]).
+    watches: Vec<Watch>,
+    /// What the watches saw: (watch, timestamp of the task's next event).
+    seen: Vec<(Watch, u64)>,
+}
+
+/// "Note the timestamp of task `tid`'s next event under `tag`."
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub tid: u32,
+    pub tag: usize,
 }
 
 pub struct Ring {
@@ -47,6 +58,17 @@ impl RingWriter<'_> {
         let ts = now.max(self.inner.last_ts + 1);
         self.inner.last_ts = ts;
         ev.ts_ns = ts;
+        if !self.inner.watches.is_empty() {
+            let tid = ev.tid();
+            let inner = &mut *self.inner;
+            inner.watches.retain(|w| {
+                let hit = w.tid == tid;
+                if hit {
+                    inner.seen.push((*w, ts));
+                }
+                !hit
+            });
+        }
         self.inner.buf.push(ev);
         if self.inner.buf.len() >= self.ring.batch {
             let full = std::mem::replace(&mut self.inner.buf, Vec::with_capacity(self.ring.batch));
@@ -69,6 +91,8 @@ impl Ring {
             inner: Mutex::new(RingInner {
                 buf: Vec::with_capacity(batch.max(1)),
                 last_ts: 0,
+                watches: Vec::new(),
+                seen: Vec::new(),
             }),
             tx,
             batch: batch.max(1),
@@ -81,6 +105,16 @@ impl Ring {
     /// Monotonic nanoseconds since the ring was created (the simulated `bpf_ktime_get_ns`).
     pub fn now_ns(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Note the timestamp of task `tid`'s next event (whichever path emits it).
+    pub fn watch_next(&self, tid: u32, tag: usize) {
+        self.with(|w| w.inner.watches.push(Watch { tid, tag }));
+    }
+
+    /// The timestamps the watches saw so far (taken).
+    pub fn take_seen(&self) -> Vec<(Watch, u64)> {
+        self.with(|w| std::mem::take(&mut w.inner.seen))
     }
 
     /// Hold the ring: everything done inside `f` is ordered with respect to every other

@@ -127,20 +127,33 @@ impl SimKernel {
             vma,
             mm,
             hidden: false,
+            owed_until: 0,
+            answered_at: 0,
         });
         sites.len() - 1
     }
 
-    /// Site `i` became invisible (see [`InjectionSite::hidden`]).
-    pub fn hide_site(&self, i: usize) {
-        if let Some(s) = self
-            .sites
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(i)
-        {
-            s.hidden = true;
+    /// Note the timestamp of task `tid`'s next event for lost wake-up `site`: as the
+    /// faulty task (`answered` false) or as the cheated waiter. The two decide whether
+    /// the stream shows the fault ([`InjectionSite::settle_visibility`]).
+    pub fn time_site(&self, site: usize, tid: u32, answered: bool) {
+        self.ring.watch_next(tid, site * 2 + usize::from(answered));
+    }
+
+    /// The sites recorded so far, with the times their watches saw, visibility settled.
+    pub fn take_sites(&self) -> Vec<InjectionSite> {
+        let mut sites = std::mem::take(&mut *self.sites.lock().unwrap_or_else(|e| e.into_inner()));
+        for (w, ts) in self.ring.take_seen() {
+            if let Some(s) = sites.get_mut(w.tag / 2) {
+                if w.tag % 2 == 1 {
+                    s.answered_at = ts;
+                } else {
+                    s.owed_until = ts;
+                }
+            }
         }
+        sites.iter_mut().for_each(InjectionSite::settle_visibility);
+        sites
     }
 
     /// An event header for task `t`: identity, CPU, kind and attach point.

@@ -26,7 +26,16 @@ pub struct Task {
     /// An injected lost wake-up, re-issued once this task's next event is out: the
     /// fault stays visible (the task went on without waking) and the waiter does not
     /// hang. See `vma_start_read::rcuwait_wake_up`.
-    pub deferred_wake: std::cell::Cell<Option<(std::thread::Thread, usize)>>,
+    pub deferred_wake: std::cell::Cell<Option<DeferredWake>>,
+}
+
+/// A wake-up held back by an injected fault.
+pub struct DeferredWake {
+    pub waiter: std::thread::Thread,
+    /// Index of the waiter's mm.
+    pub mm: usize,
+    /// The injection site.
+    pub site: usize,
 }
 
 impl Task {
@@ -53,13 +62,15 @@ impl Task {
 
     /// Re-issue a wake-up an injected fault held back (on the waiter of mm `mm`).
     pub fn wake_deferred(&self, k: &super::sim_kernel::SimKernel) {
-        if let Some((waiter, mm)) = self.deferred_wake.take() {
-            if let Some(m) = k.mms.get(mm) {
+        if let Some(d) = self.deferred_wake.take() {
+            if let Some(m) = k.mms.get(d.mm) {
                 m.vma_writer_wait
-                    .owed_site
-                    .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+                    .owed_sites
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|s| *s != d.site);
             }
-            waiter.unpark();
+            d.waiter.unpark();
         }
     }
 

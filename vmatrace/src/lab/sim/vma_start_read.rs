@@ -11,7 +11,7 @@ use super::checks::SimChecks;
 use super::inject::Injection;
 use super::mm::SimMm;
 use super::sim_kernel::SimKernel;
-use super::task::Task;
+use super::task::{DeferredWake, Task};
 use super::vma::{SimVma, Slab};
 
 /// Why `vma_start_read` returned NULL.
@@ -448,8 +448,16 @@ pub fn rcuwait_wake_up(k: &SimKernel, t: &mut Task, mm: &SimMm, put: Option<(u32
         let site = k.record_site(Injection::LostWakeup, put_ts, idx, mm.addr);
         // The wake-up comes late, after this task's next event: the waiter does not hang,
         // and the stream shows the task going on without waking it.
-        w.owed_site.store(site, Ordering::SeqCst);
-        t.deferred_wake.set(Some((waiter.thread.clone(), mm.index)));
+        w.owed_sites
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(site);
+        k.time_site(site, t.tid, false);
+        t.deferred_wake.set(Some(DeferredWake {
+            waiter: waiter.thread.clone(),
+            mm: mm.index,
+            site,
+        }));
         return;
     }
     let vma = waiter.vma;

@@ -63,12 +63,6 @@ fn rcuwait_wait_event(
             if slept_out {
                 SimChecks::bump(&k.checks.wait_timeout_recoveries);
             }
-            // Found its target before the held-back wake-up came (on its own, or by the
-            // re-check): the stream is a legal one, nothing to see.
-            let owed = w.owed_site.swap(usize::MAX, Ordering::SeqCst);
-            if owed != usize::MAX {
-                k.hide_site(owed);
-            }
             break 0;
         }
         if state == TASK_KILLABLE && t.fatal_signal {
@@ -81,7 +75,16 @@ fn rcuwait_wait_event(
     };
     // finish_rcuwait(): __set_current_state(TASK_RUNNING); w->task = NULL
     w.sleeping.store(false, Ordering::SeqCst);
-    *w.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let mut task = w.task.lock().unwrap_or_else(|e| e.into_inner());
+    *task = None;
+    // Under `w->task`'s lock: a put that found this waiter registered has stored the
+    // wake-up it held back. Ending the wait without it is visible only if this task's
+    // next event comes after the faulty task's (`InjectionSite::settle_visibility`).
+    let owed = std::mem::take(&mut *w.owed_sites.lock().unwrap_or_else(|e| e.into_inner()));
+    for site in owed {
+        k.time_site(site, t.tid, true);
+    }
+    drop(task);
     ret
 }
 
