@@ -337,6 +337,7 @@ pub fn run_summary(step: &str, j: &Value, race: bool, v: &mut Verdict) {
                 ));
                 let rare = RARE_EVENTS.contains(&event.as_str());
                 if race && rare && observed != "unobservable" && count.unwrap_or(0) == 0 {
+                    v.races_missed += 1;
                     v.failures.push(format!(
                         "{step}: `{event}` was never seen although the workload widened its race"
                     ));
@@ -477,10 +478,18 @@ mod tests {
         // The same summary fails the race step: its whole point is the slow detach.
         let mut race = Verdict::default();
         run_summary("race", &good, true, &mut race);
+        assert!(race.only_races_missed());
         assert_eq!(
             race.failures,
             ["race: `mark_detached_slow` was never seen although the workload widened its race"]
         );
+        // A wrong result beside it is not a race to retry.
+        let mut wrong = race.clone();
+        wrong.failures.push("race: anomalies 1".into());
+        assert!(!wrong.only_races_missed());
+        wrong.failures.clear();
+        wrong.races_missed = 0;
+        assert!(!wrong.only_races_missed(), "nothing failed");
         let mut seen = good.clone();
         seen["events"]["by_logical_event"]["mark_detached_slow"]["count"] = json!(7);
         let mut race = Verdict::default();
