@@ -393,3 +393,81 @@ fn every_fixture_pair_is_consistent_and_cross_era_pairs_are_not() {
         }
     }
 }
+
+/// `capture-kernel` saves this kernel's planner inputs; `probes --bundle` plans from them
+/// exactly what this machine's own plan would be with every capability (the same hooks,
+/// coverage and offsets), with no kernel address in the bundle unless asked, and never
+/// into a directory that holds anything.
+#[test]
+fn a_captured_bundle_plans_like_the_running_kernel() {
+    const NAME: &str = "a_captured_bundle_plans_like_the_running_kernel";
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        vmatrace::testing::skip(NAME, "no /sys/kernel/btf/vmlinux");
+        return;
+    }
+    let (code, here, err) = probes(&["--json"]);
+    if code != 0 && err.contains("unsupported kernel") {
+        vmatrace::testing::skip(NAME, err.trim());
+        return;
+    }
+    assert_eq!(code, 0, "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("bundle");
+    let capture = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vmatrace"))
+            .args(["capture-kernel", "-o"])
+            .arg(&bundle)
+            .args(extra)
+            .output()
+            .expect("runs")
+    };
+    let out = capture(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kallsyms = std::fs::read_to_string(bundle.join("kallsyms")).expect("kallsyms");
+    assert!(kallsyms.lines().count() > 1000);
+    assert!(
+        kallsyms.lines().all(|l| l
+            .split_whitespace()
+            .next()
+            .is_some_and(|a| a.bytes().all(|b| b == b'0'))),
+        "an address was kept"
+    );
+    let (code, offline, err) = probes(&["--bundle", bundle.to_str().expect("utf-8"), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let here: serde_json::Value = serde_json::from_str(&here).expect("json");
+    let offline: serde_json::Value = serde_json::from_str(&offline).expect("json");
+    let ideal = if here["with_all_capabilities"].is_null() {
+        &here["plan"]
+    } else {
+        &here["with_all_capabilities"]
+    };
+    for k in ["kernel", "generation", "offsets", "points", "coverage"] {
+        assert_eq!(offline["plan"][k], ideal[k], "{k}");
+    }
+    assert!(offline["capabilities"].is_null(), "an offline plan");
+    // The bundle is not touched again: a second capture is refused (exit 2).
+    let before = std::fs::read(bundle.join("bundle.json")).expect("manifest");
+    let again = capture(&[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(bundle.join("bundle.json")).expect("manifest"),
+        before
+    );
+    // --bundle with a single-file option is a usage error.
+    let (code, _, err) = probes(&[
+        "--bundle",
+        bundle.to_str().expect("utf-8"),
+        "--release",
+        "x",
+    ]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod capture_kernel;
 pub mod exit;
 pub mod model;
 pub mod probes;
@@ -33,6 +34,8 @@ pub enum Command {
     Record(run::RecordArgs),
     /// Print the probe plan for the running kernel (or another one, offline).
     Probes(probes::ProbesArgs),
+    /// Save what `probes` needs to plan this kernel elsewhere (`probes --bundle DIR`).
+    CaptureKernel(capture_kernel::CaptureKernelArgs),
     /// Print the refcount state machine (Graphviz DOT).
     Model(model::ModelArgs),
     /// Run a workload that exercises every per-VMA lock path.
@@ -49,6 +52,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => run::run(a),
         Command::Record(a) => run::record(a),
         Command::Probes(a) => probes::run(a),
+        Command::CaptureKernel(a) => capture_kernel::run(a),
         Command::Model(a) => model::run(a),
         Command::Stress(a) => stress::run(a),
         Command::Simulate(a) => simulate::run(a),

@@ -35,12 +35,21 @@ pub struct ProbesArgs {
     /// That kernel's release string (shown in the plan).
     #[arg(long, value_name = "R", requires = "btf")]
     pub release: Option<String>,
+    /// Plan offline for the kernel captured in this bundle (`vmatrace capture-kernel -o
+    /// DIR` on a host running it).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["btf", "kallsyms", "filter_functions", "blacklist", "config", "release"])]
+    pub bundle: Option<PathBuf>,
 }
 
 pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
     let mut tracing = None;
-    let (info, caps, offline) = match (&args.btf, &args.kallsyms) {
-        (Some(btf), Some(kallsyms)) => (
+    let (info, caps, offline) = match (&args.bundle, &args.btf, &args.kallsyms) {
+        (Some(dir), _, _) => (
+            crate::kernel::bundle::load(dir)?,
+            Capabilities::assume_all(),
+            true,
+        ),
+        (None, Some(btf), Some(kallsyms)) => (
             KernelInfo::from_files(
                 btf,
                 kallsyms,

@@ -14,6 +14,7 @@
 //! root deployment (offline plans of another kernel).
 
 pub mod btf;
+pub mod bundle;
 pub mod caps;
 pub mod config;
 pub mod consistency;

@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod qemu;
 pub mod results;
 pub mod scenario;
+mod scrape;
 pub mod stream;
 
 use std::{

@@ -72,6 +72,11 @@ pub struct Step {
     /// ([`export_port`]); the host finds it as [`export_on_host`] in the artifacts
     /// directory.
     pub export: Option<&'static str>,
+    /// Traced steps: the workload runs in [`WORKLOAD_CGROUP`], the only cgroup the tracer
+    /// traces, and once it has exited the guest scrapes the tracer's `/metrics` into this
+    /// file (sent back as `<step>:metrics`): nothing traced changes any more, so the
+    /// scrape must equal the summary the tracer prints when its duration ends.
+    pub scrape: Option<&'static str>,
     pub check: Check,
 }
 
@@ -91,6 +96,15 @@ pub const RACE_DELAY_US: u32 = 50;
 /// The guest's recordings of the traced runs.
 pub const TRACE: &str = "/tmp/trace.vmatrace";
 pub const RACE_TRACE: &str = "/tmp/race.vmatrace";
+/// The cgroup the `run` step's workload runs in; the tracer traces only it.
+pub const WORKLOAD_CGROUP: &str = "/sys/fs/cgroup/vmatrace-workload";
+/// Where the `run` step's tracer serves metrics (guest loopback).
+pub const METRICS_ADDR: &str = "127.0.0.1:9464";
+/// The `run` step's metrics scrape, in the guest.
+pub const METRICS_SCRAPE: &str = "/tmp/run.metrics";
+/// Seconds between the workload's exit and the scrape: the tracer drains the ring and
+/// remakes the summary behind `/metrics` every second.
+const SCRAPE_AFTER_S: u32 = 3;
 
 /// The virtio port a step exports its file through.
 pub fn export_port(step: &str) -> String {
@@ -132,6 +146,7 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
         timeout_s: 10,
         files: vec![],
         export: None,
+        scrape: None,
         check: Check::Info,
     }];
     if features.probes {
@@ -142,6 +157,7 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
             timeout_s: 60,
             files: vec![],
             export: None,
+            scrape: None,
             check: Check::Plan,
         });
     }
@@ -172,6 +188,7 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
             timeout_s: budget(p),
             files: vec![],
             export: None,
+            scrape: None,
             check: Check::Stress { forks: true },
         });
     }
@@ -215,21 +232,33 @@ fn traced(
     // step folds them into their returns (the default): both forms of the writer path
     // run on every kernel of the matrix.
     let entries = if race { " --stream-entries" } else { "" };
+    // The `run` step traces only its workload's cgroup and is scraped once the workload is
+    // done; the race step traces every task (the unfiltered path).
+    let (filter, background, scrape, margin) = if race {
+        (String::new(), words(workload), None, RACE_TRACER_MARGIN_S)
+    } else {
+        (
+            format!(" --cgroup {WORKLOAD_CGROUP} --metrics-listen {METRICS_ADDR}"),
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo $$ > {WORKLOAD_CGROUP}/cgroup.procs && exec {workload}"),
+            ],
+            Some(METRICS_SCRAPE),
+            TRACER_MARGIN_S + SCRAPE_AFTER_S,
+        )
+    };
     Step {
         name,
         argv: words(&format!(
-            "vmatrace {cmd}{entries} --duration {} --json --anomaly-log {anomaly_log}",
-            p.duration
-                + if race {
-                    RACE_TRACER_MARGIN_S
-                } else {
-                    TRACER_MARGIN_S
-                }
+            "vmatrace {cmd}{entries}{filter} --duration {} --json --anomaly-log {anomaly_log}",
+            p.duration + margin
         )),
-        background: Some(words(workload)),
+        background: Some(background),
         timeout_s: budget(p) + READY_TIMEOUT_S,
         files: vec![anomaly_log],
         export,
+        scrape,
         check: Check::RunSummary { race },
     }
 }
@@ -248,6 +277,9 @@ mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mkdir -p /sys/fs/cgroup/vmatrace-workload
+ifconfig lo 127.0.0.1 up
 R=/dev/ttyS1
 stty -F $R raw -echo 2>/dev/null
 exec 3>$R
@@ -314,6 +346,13 @@ pub fn init_script(steps: &[Step]) -> String {
                     sh_words(bg)
                 );
                 say(&mut s, &format!("step {n}: workload exited $BGRC"));
+                if let Some(f) = st.scrape {
+                    let _ = writeln!(
+                        s,
+                        "sleep {SCRAPE_AFTER_S}; wget -q -T 10 -O {f} http://{METRICS_ADDR}/metrics; SRC=$?"
+                    );
+                    say(&mut s, &format!("step {n}: metrics scraped ($SRC)"));
+                }
                 let _ = writeln!(s, "wait $TP; RC=$?");
             }
         }
@@ -332,6 +371,11 @@ pub fn init_script(steps: &[Step]) -> String {
             s.push_str(&mark(&format!("begin {n}:{f}")));
             let _ = writeln!(s, "cat {f} >&3 2>/dev/null; FRC=$?; echo >&3");
             s.push_str(&mark(&format!("end {n}:{f} rc=$FRC")));
+        }
+        if let Some(f) = st.scrape {
+            s.push_str(&mark(&format!("begin {n}:metrics")));
+            let _ = writeln!(s, "cat {f} >&3 2>/dev/null; echo >&3");
+            s.push_str(&mark(&format!("end {n}:metrics rc=$SRC")));
         }
         if let Some(f) = st.export {
             s.push_str("PORT=\n");
@@ -419,7 +463,23 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
             },
             Check::RunSummary { race } => {
                 match json_of(st.name, &sec.body) {
-                    Ok(j) => super::checks::run_summary(st.name, &j, race, &mut v),
+                    Ok(j) => {
+                        super::checks::run_summary(st.name, &j, race, &mut v);
+                        if st.scrape.is_some() {
+                            match r.section(&format!("{}:metrics", st.name)) {
+                                Some(m) if m.rc == Some(0) => {
+                                    super::scrape::judge(st.name, &m.body, &j, &mut v)
+                                }
+                                Some(m) => v.failures.push(format!(
+                                    "{}: the metrics scrape failed (wget exit {:?})",
+                                    st.name, m.rc
+                                )),
+                                None => v
+                                    .failures
+                                    .push(format!("{}: no metrics scrape came back", st.name)),
+                            }
+                        }
+                    }
                     Err(e) => v.failures.push(e),
                 }
                 for f in &st.files {
@@ -515,11 +575,34 @@ mod tests {
             .into_iter()
             .find(|s| s.name == "run")
             .expect("run step");
+        // The run step's workload goes into the traced cgroup; the tracer traces only it
+        // and serves the metrics the guest scrapes.
+        let bg = run.background.as_ref().expect("workload").join(" ");
         assert!(
-            run.background
-                .as_ref()
-                .is_some_and(|b| b.contains(&"stress".to_string()))
+            bg.contains(&format!(
+                "echo $$ > {WORKLOAD_CGROUP}/cgroup.procs && exec vmatrace stress"
+            )),
+            "{bg}"
         );
+        let argv = run.argv.join(" ");
+        assert!(
+            argv.contains(&format!("--cgroup {WORKLOAD_CGROUP}")),
+            "{argv}"
+        );
+        assert!(
+            argv.contains(&format!("--metrics-listen {METRICS_ADDR}")),
+            "{argv}"
+        );
+        assert_eq!(run.scrape, Some(METRICS_SCRAPE));
+        let race = steps(later, &p)
+            .into_iter()
+            .find(|s| s.name == "race")
+            .expect("race step");
+        assert!(
+            !race.argv.join(" ").contains("--cgroup"),
+            "the race step traces every task"
+        );
+        assert_eq!(race.scrape, None);
     }
 
     #[test]
@@ -552,9 +635,15 @@ mod tests {
         let ready = s
             .find("grep -q 'tracing kernel' /tmp/run.err")
             .expect("readiness wait");
-        let workload = s.find("'vmatrace' 'stress'").expect("workload");
+        let workload = s.find("exec vmatrace stress").expect("workload");
+        let scrape = s.find("wget -q -T 10 -O /tmp/run.metrics").expect("scrape");
         let wait = s.find("wait $TP; RC=$?").expect("wait for the tracer");
-        assert!(ready < workload && workload < wait, "{s}");
+        assert!(
+            ready < workload && workload < scrape && scrape < wait,
+            "{s}"
+        );
+        assert!(s.contains("@@VMATRACE end run:metrics rc=$SRC@@"), "{s}");
+        assert!(s.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
         assert!(s.ends_with("poweroff -f\n"));
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
     }
