@@ -29,9 +29,6 @@ pub const APT_PACKAGES: &[&str] = &[
     "systemd",
     "lintian",
     "logrotate",
-    // The guest kernels' NIC modules come compressed.
-    "xz-utils",
-    "zstd",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -166,38 +166,18 @@ pub fn build(busybox: &[u8], vmatrace: &[u8], init: &str) -> io::Result<Vec<u8>>
     w.finish()
 }
 
-/// A second archive, appended to the shared image for one kernel: its modules under
-/// `/modules` (the kernel unpacks concatenated archives in order).
-pub fn modules_archive(modules: &[(String, Vec<u8>)]) -> io::Result<Vec<u8>> {
-    let mut w = CpioWriter::new(Vec::new());
-    w.add(&Entry::Dir { path: "modules" })?;
-    for (name, data) in modules {
-        w.add(&Entry::File {
-            path: &format!("modules/{name}"),
-            mode: 0o644,
-            data,
-        })?;
-    }
-    w.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// One archive member: (name, mode, data, rdev).
-    type Member = (String, u32, Vec<u8>, (u32, u32));
-
-    /// Members of the newc archive(s) in `img`.
-    fn members(img: &[u8]) -> Vec<Member> {
+    /// Parse the archive back (newc) and check names, modes, sizes and alignment.
+    #[test]
+    fn round_trips_newc() {
+        let img = build(b"BUSYBOX", b"VMATRACE!", "#!/bin/sh\necho hi\n").expect("build");
+        assert_eq!(img.len() % 512, 0);
         let mut off = 0;
         let mut seen = Vec::new();
-        while off + 110 <= img.len() {
-            // Concatenated archives: zero padding up to the next magic.
-            if img[off] == 0 {
-                off += 4;
-                continue;
-            }
+        loop {
             let h = std::str::from_utf8(&img[off..off + 110]).expect("ascii header");
             assert_eq!(&h[..6], "070701", "magic at {off}");
             let field = |i: usize| u32::from_str_radix(&h[6 + 8 * i..14 + 8 * i], 16).expect("hex");
@@ -208,18 +188,11 @@ mod tests {
             let data_at = (off + 110 + namesize).div_ceil(4) * 4;
             let data = &img[data_at..data_at + size];
             off = (data_at + size).div_ceil(4) * 4;
+            if name == "TRAILER!!!" {
+                break;
+            }
             seen.push((name.to_string(), mode, data.to_vec(), (field(9), field(10))));
         }
-        seen
-    }
-
-    /// Parse the archive back (newc) and check names, modes, sizes and alignment.
-    #[test]
-    fn round_trips_newc() {
-        let img = build(b"BUSYBOX", b"VMATRACE!", "#!/bin/sh\necho hi\n").expect("build");
-        assert_eq!(img.len() % 512, 0);
-        let seen = members(&img);
-        assert_eq!(seen.last().map(|m| m.0.as_str()), Some("TRAILER!!!"));
         let get = |n: &str| {
             seen.iter()
                 .find(|s| s.0 == n)
@@ -233,37 +206,5 @@ mod tests {
         assert_eq!(get("dev/console").1 & 0o170000, S_IFCHR);
         assert_eq!(get("dev/console").3, (5, 1));
         assert_eq!(get("proc").1 & 0o170000, S_IFDIR);
-    }
-
-    /// A kernel's modules ride in a second archive appended to the shared image.
-    #[test]
-    fn modules_follow_the_shared_image() {
-        let mut img = build(b"BUSYBOX", b"VMATRACE!", "init").expect("build");
-        img.extend(
-            modules_archive(&[
-                ("virtio_net.ko".into(), b"\x7fELF module".to_vec()),
-                ("LOAD_ORDER".into(), b"virtio_net.ko\n".to_vec()),
-            ])
-            .expect("archive"),
-        );
-        let seen = members(&img);
-        let trailers = seen.iter().filter(|m| m.0 == "TRAILER!!!").count();
-        assert_eq!(trailers, 2);
-        let module = seen
-            .iter()
-            .find(|m| m.0 == "modules/virtio_net.ko")
-            .expect("module");
-        assert_eq!(
-            (module.1, module.2.as_slice()),
-            (S_IFREG | 0o644, &b"\x7fELF module"[..])
-        );
-        assert!(
-            seen.iter()
-                .any(|m| m.0 == "modules" && m.1 & 0o170000 == S_IFDIR)
-        );
-        assert!(
-            seen.iter().any(|m| m.0 == "bin/vmatrace"),
-            "the base image is intact"
-        );
     }
 }

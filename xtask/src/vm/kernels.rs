@@ -152,33 +152,10 @@ pub fn cache_dir(cache: &Path, name: &str) -> PathBuf {
     cache.join("kernels").join(name)
 }
 
-/// The guest's network driver and what it needs, in load order (kernel-relative paths,
-/// without the compression suffix). The guest's tracer serves metrics through it.
-pub const NIC_MODULES: &[&str] = &[
-    "net/core/failover",
-    "drivers/net/net_failover",
-    "drivers/net/virtio_net",
-];
-
-/// Written once the NIC modules are extracted (listing them; empty when built in).
-pub const MODULES_DONE: &str = "modules/LOAD_ORDER";
-
-/// A cached `vmlinuz` for `name` (with its NIC modules), if a previous run extracted one.
+/// A cached `vmlinuz` for `name`, if a previous run extracted one.
 pub fn cached(cache: &Path, name: &str) -> Option<PathBuf> {
-    let dir = cache_dir(cache, name);
-    let p = dir.join("vmlinuz");
-    (fs::metadata(&p).is_ok_and(|m| m.len() > 0) && dir.join(MODULES_DONE).is_file()).then_some(p)
-}
-
-/// The NIC modules extracted for `name`, in load order (uncompressed `.ko` files).
-pub fn nic_modules(cache: &Path, name: &str) -> Vec<PathBuf> {
-    let dir = cache_dir(cache, name);
-    fs::read_to_string(dir.join(MODULES_DONE))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| dir.join("modules").join(l.trim()))
-        .collect()
+    let p = cache_dir(cache, name).join("vmlinuz");
+    fs::metadata(&p).is_ok_and(|m| m.len() > 0).then_some(p)
 }
 
 /// Builds present in the cache (for when apt cannot be reached).
@@ -216,19 +193,10 @@ pub fn extract_vmlinuz(deb: &Path, cache: &Path, build: &KernelBuild) -> anyhow:
         .spawn()
         .context("starting dpkg-deb")?;
     let tar_in = dpkg.stdout.take().context("dpkg-deb stdout")?;
-    let mut patterns = vec![
-        "./boot/vmlinuz-*".to_string(),
-        "./usr/lib/modules/*/vmlinuz*".into(),
-    ];
-    for m in NIC_MODULES {
-        for root in ["./usr/lib/modules", "./lib/modules"] {
-            patterns.push(format!("{root}/*/kernel/{m}.ko*"));
-        }
-    }
     let tar = Command::new("tar")
         .args(["-x", "--wildcards", "--no-same-owner", "-C"])
         .arg(&tmp)
-        .args(&patterns)
+        .args(["./boot/vmlinuz-*", "./usr/lib/modules/*/vmlinuz*"])
         .stdin(tar_in)
         .stderr(Stdio::null())
         .status()
@@ -244,9 +212,7 @@ pub fn extract_vmlinuz(deb: &Path, cache: &Path, build: &KernelBuild) -> anyhow:
     };
     fs::rename(&image, tmp.join("vmlinuz"))?;
     fs::write(tmp.join("version"), format!("{}\n", build.version))?;
-    let loaded = unpack_nic_modules(&tmp)?;
-    fs::write(tmp.join(MODULES_DONE), loaded.join("\n") + "\n")?;
-    for sub in ["boot", "usr", "lib"] {
+    for sub in ["boot", "usr"] {
         let _ = fs::remove_dir_all(tmp.join(sub));
     }
     let _ = fs::remove_dir_all(&dir);
@@ -254,72 +220,19 @@ pub fn extract_vmlinuz(deb: &Path, cache: &Path, build: &KernelBuild) -> anyhow:
     Ok(dir.join("vmlinuz"))
 }
 
-/// Move the extracted NIC modules to `<dir>/modules/NAME.ko`, decompressed (busybox's
-/// `insmod` hands the file to `init_module` as it is); returns their names in load
-/// order. A module the package lacks is built into that kernel (or absent: the guest's
-/// `ifconfig` then fails and says so).
-fn unpack_nic_modules(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let out = dir.join("modules");
-    fs::create_dir_all(&out)?;
-    let mut loaded = Vec::new();
-    for m in NIC_MODULES {
-        let base = m.rsplit('/').next().unwrap_or(m);
-        let Some(found) = find_file(dir, |n| n.starts_with(&format!("{base}.ko"))) else {
-            continue;
-        };
-        let name = found
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let target = out.join(format!("{base}.ko"));
-        let tool = match name.rsplit('.').next() {
-            Some("xz") => Some("xz"),
-            Some("zst") => Some("zstd"),
-            Some("gz") => Some("gzip"),
-            _ => None,
-        };
-        match tool {
-            None => {
-                fs::rename(&found, &target)?;
-            }
-            Some(tool) => {
-                let data = Command::new(tool)
-                    .args(["-dc"])
-                    .arg(&found)
-                    .output()
-                    .with_context(|| format!("running {tool} (cargo xtask setup installs it)"))?;
-                anyhow::ensure!(
-                    data.status.success() && !data.stdout.is_empty(),
-                    "{tool} -dc {}: {}",
-                    found.display(),
-                    String::from_utf8_lossy(&data.stderr).trim()
-                );
-                fs::write(&target, &data.stdout)?;
-            }
-        }
-        loaded.push(format!("{base}.ko"));
-    }
-    Ok(loaded)
-}
-
-fn find_file(dir: &Path, want: impl Fn(&str) -> bool) -> Option<PathBuf> {
+fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).ok()?.filter_map(|e| e.ok()) {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if want(&e.file_name().to_string_lossy()) {
+            } else if e.file_name().to_string_lossy().starts_with("vmlinuz") {
                 return Some(p);
             }
         }
     }
     None
-}
-
-fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
-    find_file(dir, |n| n.starts_with("vmlinuz"))
 }
 
 #[cfg(test)]

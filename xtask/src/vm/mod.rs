@@ -8,7 +8,6 @@ mod checks;
 mod debver;
 pub mod initramfs;
 pub mod kernels;
-mod prometheus;
 pub mod qemu;
 pub mod results;
 pub mod scenario;
@@ -359,7 +358,6 @@ fn boot_with_fallback(
     initrd: &Path,
     dir: &Path,
     steps: &[Step],
-    net: &[String],
 ) -> anyhow::Result<(qemu::Outcome, Accel)> {
     let timeout =
         Duration::from_secs(90 + steps.iter().map(|s| u64::from(s.timeout_s)).sum::<u64>());
@@ -374,8 +372,7 @@ fn boot_with_fallback(
             )
         })
         .collect();
-    let mut extra = stream::port_args(&ports);
-    extra.extend_from_slice(net);
+    let extra = stream::port_args(&ports);
     let mut retries = 0;
     loop {
         let accel = choice.accel;
@@ -498,23 +495,13 @@ fn run_one(
     let tk = Instant::now();
     let kernel = ensure_kernel(cache, &t.build)?;
     let fetch = tk.elapsed();
-    let initrd = &with_nic_modules(initrd, cache, &t.build.name)?;
-    let scraped = steps.iter().find(|s| s.scrape.is_some());
     let mut attempt = 1;
     let (o, used, res, mut verdict) = loop {
         let _ = fs::remove_dir_all(dir);
-        // A real Prometheus on the host scrapes the traced step's tracer through a
-        // forwarded port, from before the boot.
-        let port = prometheus::free_port()?;
-        let prom = scraped.map(|_| prometheus::Prometheus::start(&dir.join("prometheus"), port));
-        let net = nic_args(port);
-        let (o, used) = boot_with_fallback(accel, &kernel, initrd, dir, steps, &net)?;
+        let (o, used) = boot_with_fallback(accel, &kernel, initrd, dir, steps)?;
         let raw = fs::read(&o.results).unwrap_or_default();
         let res = results::parse(&raw);
         let mut verdict = scenario::judge(steps, &res);
-        if let (Some(st), Some(prom)) = (scraped, prom) {
-            judge_prometheus(st.name, prom, &res, &mut verdict);
-        }
         // Each recorded trace, replayed here, must give its step's live summary.
         for st in steps.iter().filter(|s| s.export.is_some()) {
             let Some(sec) = res.section(st.name) else {
@@ -609,75 +596,6 @@ fn run_one(
     }
     println!("{} {}", if ok { "PASS" } else { "FAIL" }, t.label);
     Ok(ok)
-}
-
-/// The guest's NIC: QEMU's user network (isolated from the host's network:
-/// `restrict=on`), with host loopback `port` forwarded to the tracer's metrics port.
-fn nic_args(port: u16) -> Vec<String> {
-    vec![
-        "-netdev".into(),
-        format!(
-            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{}",
-            scenario::GUEST_METRICS_PORT
-        ),
-        "-device".into(),
-        "virtio-net-pci,netdev=net0".into(),
-    ]
-}
-
-/// The shared image plus this kernel's NIC modules (a second archive appended, loaded
-/// by `/init` in the order of `/modules/LOAD_ORDER`).
-fn with_nic_modules(base: &Path, cache: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let mut modules = Vec::new();
-    let mut order = String::new();
-    for m in kernels::nic_modules(cache, name) {
-        let file = m
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        order.push_str(&file);
-        order.push('\n');
-        modules.push((
-            file,
-            fs::read(&m).with_context(|| format!("reading {}", m.display()))?,
-        ));
-    }
-    modules.push(("LOAD_ORDER".into(), order.into_bytes()));
-    let mut img = fs::read(base).with_context(|| format!("reading {}", base.display()))?;
-    img.extend(initramfs::modules_archive(&modules)?);
-    let path = base.with_file_name(format!("initrd-{name}.cpio"));
-    fs::write(&path, img).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
-
-/// What the host's Prometheus last scraped from `step`'s tracer, against that step's
-/// summary.
-fn judge_prometheus(
-    step: &str,
-    prom: anyhow::Result<prometheus::Prometheus>,
-    res: &results::GuestResults,
-    v: &mut scenario::Verdict,
-) {
-    let Some(j) = res
-        .section(step)
-        .and_then(|sec| scenario::json_of(step, &sec.body).ok())
-    else {
-        return; // the step itself failed already
-    };
-    match prom.and_then(|p| p.last_scrape()) {
-        Ok((scrapes, samples)) => scrape::judge_samples(
-            step,
-            &format!(
-                "Prometheus on the host, {scrapes} scrapes through the forwarded port, the last"
-            ),
-            &samples,
-            &j,
-            v,
-        ),
-        Err(e) => v
-            .failures
-            .push(format!("{step}: Prometheus on the host: {e:#}")),
-    }
 }
 
 /// Replay the trace the guest recorded with the host's `vmatrace replay --json` (the same

@@ -98,11 +98,8 @@ pub const TRACE: &str = "/tmp/trace.vmatrace";
 pub const RACE_TRACE: &str = "/tmp/race.vmatrace";
 /// The cgroup the `run` step's workload runs in; the tracer traces only it.
 pub const WORKLOAD_CGROUP: &str = "/sys/fs/cgroup/vmatrace-workload";
-/// The port the `run` step's tracer serves metrics on (every guest address: the guest
-/// scrapes it on loopback, the host through QEMU's forwarded port).
-pub const GUEST_METRICS_PORT: u16 = 9464;
-/// Where the `run` step's tracer listens.
-pub const METRICS_ADDR: &str = "0.0.0.0:9464";
+/// Where the `run` step's tracer serves metrics (guest loopback).
+pub const METRICS_ADDR: &str = "127.0.0.1:9464";
 /// The `run` step's metrics scrape, in the guest.
 pub const METRICS_SCRAPE: &str = "/tmp/run.metrics";
 /// Seconds between the workload's exit and the scrape: the tracer drains the ring and
@@ -143,7 +140,7 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
         argv: vec![
             "sh".into(),
             "-c".into(),
-            "cat /proc/version; echo \"preempt: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null || echo 'not dynamic')\"; echo \"nic: $(cat /sys/class/net/eth0/operstate 2>/dev/null || echo none)\"".into(),
+            "cat /proc/version; echo \"preempt: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null || echo 'not dynamic')\"".into(),
         ],
         background: None,
         timeout_s: 10,
@@ -283,8 +280,6 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /sys/fs/cgroup/vmatrace-workload
 ifconfig lo 127.0.0.1 up
-for m in $(cat /modules/LOAD_ORDER 2>/dev/null); do insmod /modules/$m; done
-ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up
 R=/dev/ttyS1
 stty -F $R raw -echo 2>/dev/null
 exec 3>$R
@@ -354,7 +349,7 @@ pub fn init_script(steps: &[Step]) -> String {
                 if let Some(f) = st.scrape {
                     let _ = writeln!(
                         s,
-                        "sleep {SCRAPE_AFTER_S}; wget -q -T 10 -O {f} http://127.0.0.1:{GUEST_METRICS_PORT}/metrics; SRC=$?"
+                        "sleep {SCRAPE_AFTER_S}; wget -q -T 10 -O {f} http://{METRICS_ADDR}/metrics; SRC=$?"
                     );
                     say(&mut s, &format!("step {n}: metrics scraped ($SRC)"));
                 }

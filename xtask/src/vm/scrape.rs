@@ -78,27 +78,17 @@ fn by_label(samples: &[Sample], name: &str, label: &str) -> BTreeMap<String, f64
         .collect()
 }
 
-/// Judge the guest's own scrape (OpenMetrics text) of `step` against its summary `j`.
+/// Judge the scrape of `step` against its summary `j`.
 pub fn judge(step: &str, text: &str, j: &Value, v: &mut Verdict) {
-    judge_samples(
-        step,
-        "metrics scraped in the guest after the workload",
-        &parse(text),
-        j,
-        v,
-    );
-}
-
-/// Judge `samples` of `step`'s metrics (`source` says who scraped them when) against its
-/// summary `j`.
-pub fn judge_samples(step: &str, source: &str, samples: &[Sample], j: &Value, v: &mut Verdict) {
+    let samples = parse(text);
     if samples.is_empty() {
-        v.failures.push(format!("{step}: {source}: no sample"));
+        v.failures
+            .push(format!("{step}: the metrics scrape holds no sample"));
         return;
     }
     // (what, scraped, summary, rule)
     let mut rows: Vec<(String, Option<f64>, Option<f64>, Rule)> = Vec::new();
-    let logical = by_label(samples, "vmatrace_logical_events_total", "event");
+    let logical = by_label(&samples, "vmatrace_logical_events_total", "event");
     for (event, e) in j
         .pointer("/events/by_logical_event")
         .and_then(Value::as_object)
@@ -114,7 +104,7 @@ pub fn judge_samples(step: &str, source: &str, samples: &[Sample], j: &Value, v:
         ));
     }
     let summary_anomalies = j.pointer("/anomalies/by_kind").and_then(Value::as_object);
-    for (kind, n) in by_label(samples, "vmatrace_anomalies_total", "kind") {
+    for (kind, n) in by_label(&samples, "vmatrace_anomalies_total", "kind") {
         let want = summary_anomalies
             .and_then(|m| m.get(&kind))
             .and_then(Value::as_f64)
@@ -126,7 +116,7 @@ pub fn judge_samples(step: &str, source: &str, samples: &[Sample], j: &Value, v:
             Rule::Equal,
         ));
     }
-    let reader = by_label(samples, "vmatrace_reader_outcomes_total", "outcome");
+    let reader = by_label(&samples, "vmatrace_reader_outcomes_total", "outcome");
     for (k, want) in j
         .get("reader")
         .and_then(Value::as_object)
@@ -146,7 +136,7 @@ pub fn judge_samples(step: &str, source: &str, samples: &[Sample], j: &Value, v:
             rule,
         ));
     }
-    let waits = by_label(samples, "vmatrace_writer_wait_seconds_count", "wait");
+    let waits = by_label(&samples, "vmatrace_writer_wait_seconds_count", "wait");
     for wait in ["exclusion", "write_lock", "detach"] {
         let want = j
             .pointer(&format!("/stats/{wait}_wait/count"))
@@ -158,7 +148,7 @@ pub fn judge_samples(step: &str, source: &str, samples: &[Sample], j: &Value, v:
             Rule::Equal,
         ));
     }
-    let losses = by_label(samples, "vmatrace_losses_total", "reason");
+    let losses = by_label(&samples, "vmatrace_losses_total", "reason");
     for (k, want) in j
         .pointer("/losses/kernel")
         .and_then(Value::as_object)
@@ -215,8 +205,8 @@ pub fn judge_samples(step: &str, source: &str, samples: &[Sample], j: &Value, v:
     if differ.is_empty() {
         let events: f64 = logical.values().sum();
         v.info.push(format!(
-            "{step}: {source}: {} samples, {compared} series equal to the summary ({events} \
-             logical events){}",
+            "{step}: metrics scraped in the guest after the workload: {} samples, {compared} \
+             series equal to the summary ({events} logical events){}",
             samples.len(),
             if grown.is_empty() {
                 String::new()
@@ -229,7 +219,7 @@ pub fn judge_samples(step: &str, source: &str, samples: &[Sample], j: &Value, v:
         ));
     } else {
         v.failures.push(format!(
-            "{step}: {source}: differs from the summary: {}",
+            "{step}: the metrics scrape differs from the summary: {}",
             differ.join("; ")
         ));
     }
@@ -332,6 +322,6 @@ vmatrace_losses_total{reason="return_runs_skipped"} 1
         );
         let mut v = Verdict::default();
         judge("run", "# EOF\n", &summary(), &mut v);
-        assert!(v.failures[0].contains("no sample"), "{:?}", v.failures);
+        assert!(v.failures[0].contains("no sample"));
     }
 }
