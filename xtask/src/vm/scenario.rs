@@ -98,7 +98,8 @@ pub const TRACE: &str = "/tmp/trace.vmatrace";
 pub const RACE_TRACE: &str = "/tmp/race.vmatrace";
 /// The cgroup the `run` step's workload runs in; the tracer traces only it.
 pub const WORKLOAD_CGROUP: &str = "/sys/fs/cgroup/vmatrace-workload";
-/// Where the `run` step's tracer serves metrics (guest loopback).
+/// Where the `run` step's tracer serves metrics (guest loopback). Scraped with busybox
+/// `nc` (its `wget` segfaulted in the guests).
 pub const METRICS_ADDR: &str = "127.0.0.1:9464";
 /// The `run` step's metrics scrape, in the guest.
 pub const METRICS_SCRAPE: &str = "/tmp/run.metrics";
@@ -349,7 +350,8 @@ pub fn init_script(steps: &[Step]) -> String {
                 if let Some(f) = st.scrape {
                     let _ = writeln!(
                         s,
-                        "sleep {SCRAPE_AFTER_S}; wget -q -T 10 -O {f} http://{METRICS_ADDR}/metrics; SRC=$?"
+                        "sleep {SCRAPE_AFTER_S}; (printf 'GET /metrics HTTP/1.0\\r\\nHost: guest\\r\\n\\r\\n'; sleep 5) | timeout 15 nc {} > {f}.http; head -1 {f}.http | grep -q ' 200 '; SRC=$?; tr -d '\\r' < {f}.http | sed '1,/^$/d' > {f}",
+                        METRICS_ADDR.replace(':', " ")
                     );
                     say(&mut s, &format!("step {n}: metrics scraped ($SRC)"));
                 }
@@ -471,7 +473,7 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                                     super::scrape::judge(st.name, &m.body, &j, &mut v)
                                 }
                                 Some(m) => v.failures.push(format!(
-                                    "{}: the metrics scrape failed (wget exit {:?})",
+                                    "{}: the metrics scrape failed (no HTTP 200 from the tracer: {:?})",
                                     st.name, m.rc
                                 )),
                                 None => v
@@ -636,7 +638,7 @@ mod tests {
             .find("grep -q 'tracing kernel' /tmp/run.err")
             .expect("readiness wait");
         let workload = s.find("exec vmatrace stress").expect("workload");
-        let scrape = s.find("wget -q -T 10 -O /tmp/run.metrics").expect("scrape");
+        let scrape = s.find("nc 127.0.0.1 9464 > /tmp/run.metrics.http").expect("scrape");
         let wait = s.find("wait $TP; RC=$?").expect("wait for the tracer");
         assert!(
             ready < workload && workload < scrape && scrape < wait,
