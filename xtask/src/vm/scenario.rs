@@ -638,7 +638,9 @@ mod tests {
             .find("grep -q 'tracing kernel' /tmp/run.err")
             .expect("readiness wait");
         let workload = s.find("exec vmatrace stress").expect("workload");
-        let scrape = s.find("nc 127.0.0.1 9464 > /tmp/run.metrics.http").expect("scrape");
+        let scrape = s
+            .find("nc 127.0.0.1 9464 > /tmp/run.metrics.http")
+            .expect("scrape");
         let wait = s.find("wait $TP; RC=$?").expect("wait for the tracer");
         assert!(
             ready < workload && workload < scrape && scrape < wait,
