@@ -88,6 +88,7 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
     if args.json {
         let v = serde_json::json!({
             "plan": here,
+            "preemption": info.preemption,
             "capabilities": if offline { None } else { Some(caps) },
             "with_all_capabilities": ideal,
         });
@@ -98,6 +99,8 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
         } else {
             out += "plan for the running kernel\n";
             out += &attach_summary(&caps, tracing.as_ref());
+            out += "\n";
+            out += &info.preemption.describe();
             out += "\n";
         }
         out += "\n";

@@ -124,6 +124,7 @@ mod tests {
             kprobe_blacklist: None,
             mmap_lock_tracepoints: None,
             config: None,
+            preemption: crate::kernel::preempt::detect(Default::default()),
             remarks: Vec::new(),
         }
     }

@@ -10,6 +10,7 @@ use super::config::{KernelConfig, PROC_CONFIG_GZ};
 use super::consistency;
 use super::ftrace::{FilterFunctions, KprobeBlacklist};
 use super::input::{self, read_capped, read_capped_text};
+use super::preempt::{self, Preemption};
 use super::symbols::Kallsyms;
 
 /// Where the kernel's tracing filesystem may be mounted, in order of preference.
@@ -34,6 +35,8 @@ pub struct KernelInfo {
     /// The build configuration; `None` when neither `/proc/config.gz` nor
     /// `/boot/config-<release>` is readable (or none was given offline).
     pub config: Option<KernelConfig>,
+    /// Whether tasks can be preempted inside a tracing program, and how that is known.
+    pub preemption: Preemption,
     /// Why an optional source is missing (shown as plan notes).
     pub remarks: Vec<String>,
 }
@@ -83,6 +86,7 @@ impl KernelInfo {
             kprobe_blacklist,
             mmap_lock_tracepoints: None,
             config: None,
+            preemption: preempt::detect(preempt::Sources::default()),
             remarks,
         };
         // Files gathered by hand can be from two machines: refuse a pair that cannot be
@@ -95,6 +99,10 @@ impl KernelInfo {
     /// `vmatrace probes --config FILE` does for an offline plan.
     pub fn with_config(mut self, path: &Path) -> anyhow::Result<KernelInfo> {
         self.config = Some(KernelConfig::read(path)?);
+        self.preemption = preempt::detect(preempt::Sources {
+            config: self.config.as_ref(),
+            ..preempt::Sources::default()
+        });
         Ok(self)
     }
 
@@ -166,6 +174,18 @@ impl KernelInfo {
                 Err(_) => None,
             };
         let config = read_running_config(&release, &mut remarks);
+        let read = |p: &str| std::fs::read_to_string(p).ok();
+        let (sched, realtime, version) = (
+            read(preempt::SCHED_PREEMPT),
+            read(preempt::REALTIME),
+            read("/proc/sys/kernel/version"),
+        );
+        let preemption = preempt::detect(preempt::Sources {
+            sched_preempt: sched.as_deref(),
+            realtime: realtime.as_deref(),
+            config: config.as_ref(),
+            version: version.as_deref(),
+        });
         Ok(KernelInfo {
             release,
             btf,
@@ -174,6 +194,7 @@ impl KernelInfo {
             kprobe_blacklist,
             mmap_lock_tracepoints,
             config,
+            preemption,
             remarks,
         })
     }

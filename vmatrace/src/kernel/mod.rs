@@ -25,6 +25,7 @@ pub mod input;
 pub mod offsets;
 pub mod plan;
 pub mod planner;
+pub mod preempt;
 pub mod programs;
 pub mod report;
 pub mod symbols;

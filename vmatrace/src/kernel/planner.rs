@@ -493,6 +493,7 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
                  set, so notrace functions cannot be kprobed"
             .into(),
     });
+    p.notes.push(info.preemption.describe());
     p.notes.extend(info.remarks.iter().cloned());
     // Signatures of the hooked functions, so the operator sees what the programs assume.
     for name in [
