@@ -1,6 +1,7 @@
 //! The hand-made plans of `common::plans` attach what the planner attaches on the
 //! matching Debian kernel fixtures (tests/data/kernels), so tests using them do not ask
-//! for hooks real kernels refuse (kprobes on notrace functions).
+//! for hooks real kernels refuse (kprobes on notrace functions). They are the
+//! fentry-first plans (`--attach fentry`).
 
 pub mod common;
 
@@ -8,8 +9,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use common::plans::{plan_6x, plan_7x};
+use vmatrace::kernel::plan::AttachPreference;
 use vmatrace::kernel::plan::ProbePlan;
-use vmatrace::kernel::{Capabilities, KernelInfo, plan};
+use vmatrace::kernel::{Capabilities, KernelInfo, plan_with};
 use vmatrace_common::model::Generation;
 
 fn planned(name: &str) -> ProbePlan {
@@ -32,7 +34,7 @@ fn planned(name: &str) -> ProbePlan {
     if let Some(c) = opt("config") {
         info = info.with_config(&c).expect("fixture config");
     }
-    plan(&info, &Capabilities::assume_all()).expect("fixture plans")
+    plan_with(&info, &Capabilities::assume_all(), AttachPreference::Fentry).expect("fixture plans")
 }
 
 fn programs(p: &ProbePlan) -> BTreeSet<(String, String)> {

@@ -5,10 +5,16 @@
 
 use std::path::PathBuf;
 
-use vmatrace::kernel::plan::{Observability, ProbePlan};
-use vmatrace::kernel::{Capabilities, KernelInfo, PlanError, plan, report};
+use vmatrace::kernel::plan::{AttachMode, AttachPreference, Observability, ProbePlan};
+use vmatrace::kernel::{Capabilities, KernelInfo, PlanError, plan_with, report};
 use vmatrace_common::OFFSET_ABSENT;
 use vmatrace_common::model::Generation;
+
+/// The fentry-first plan (`--attach fentry`): the expectations below restate it; what
+/// `--attach auto` picks per preemption model is tested at the end.
+fn fentry_plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanError> {
+    plan_with(info, caps, AttachPreference::Fentry)
+}
 
 fn dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -136,7 +142,7 @@ vma_free direct: fentry vm_area_free vaf_fentry";
 #[test]
 fn debian_7_2_13_cloud() {
     let info = load("debian-7.2.13-cloud");
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     assert_eq!(plan.generation, Generation::V7_0);
     assert_eq!(plan.kernel.release, "7.2.13+deb14-cloud-amd64");
     assert_eq!(compact(&plan), EXPECTED_7X);
@@ -185,7 +191,7 @@ fn debian_7_2_13_cloud() {
 #[test]
 fn debian_7_3_4_cloud() {
     let info = load("debian-7.3.4-cloud");
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     assert_eq!(plan.generation, Generation::V7_0);
     assert_eq!(plan.kernel.release, "7.3.4+deb13-cloud-amd64");
     assert_eq!(compact(&plan), EXPECTED_7X);
@@ -201,7 +207,7 @@ fn debian_7_3_4_cloud() {
 #[test]
 fn debian_7_2_13_without_kprobes_loses_only_the_notrace_release_hook() {
     let info = load("debian-7.2.13-cloud");
-    let plan = plan(&info, &host_caps()).unwrap();
+    let plan = fentry_plan(&info, &host_caps()).unwrap();
     assert!(plan.points.iter().all(|p| p.target != "vma_refcount_put"));
     assert_eq!(
         reason(&plan, "reader_release"),
@@ -219,7 +225,7 @@ fn debian_7_2_13_without_kprobes_loses_only_the_notrace_release_hook() {
         tracing_programs: Some(false),
         ..host_caps()
     };
-    let plan = vmatrace::kernel::plan(&info, &none).unwrap();
+    let plan = fentry_plan(&info, &none).unwrap();
     let tracepoints_only: Vec<_> = plan.points.iter().map(|p| p.mode.key()).collect();
     assert_eq!(tracepoints_only, ["tracepoint", "tracepoint"]);
     assert_eq!(
@@ -280,7 +286,7 @@ fn on_notrace_config() -> vmatrace::kernel::config::KernelConfig {
 #[test]
 fn debian_6_19_14_cloud() {
     let info = load("debian-6.19.14-cloud");
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     assert_eq!(plan.generation, Generation::V6_19);
     assert_eq!(compact(&plan), EXPECTED_6_19);
     let o = plan.offsets;
@@ -319,7 +325,7 @@ fn debian_6_19_14_cloud() {
     );
     let mut on = info.clone();
     on.config = Some(on_notrace_config());
-    let plan = vmatrace::kernel::plan(&on, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&on, &Capabilities::assume_all()).unwrap();
     assert_eq!(compact(&plan), EXPECTED_6_19_ON_NOTRACE);
     assert!(
         reason(&plan, "end_exclude")
@@ -336,7 +342,7 @@ fn debian_6_19_14_cloud() {
     );
     // Without kprobes, the notrace __vma_enter_locked is gone: entry unobservable, its
     // outcome inferred at the parents' return.
-    let plan = vmatrace::kernel::plan(&info, &host_caps()).unwrap();
+    let plan = fentry_plan(&info, &host_caps()).unwrap();
     let c = compact(&plan);
     assert!(
         c.contains("start_exclude_entry unobservable: __vma_enter_locked: fentry/fexit impossible"),
@@ -370,7 +376,7 @@ vma_free direct: fentry vm_area_free vaf_fentry";
 #[test]
 fn debian_6_16_12_cloud() {
     let info = load("debian-6.16.12-cloud");
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     assert_eq!(plan.generation, Generation::V6_15);
     // lock_next_vma (per-VMA-locked /proc/pid/maps) arrived in 6.17.
     assert_eq!(compact(&plan), EXPECTED_6_16);
@@ -391,7 +397,7 @@ fn host_6_18() {
     let info = load("host-6.18");
     // The host's ftrace list is unreadable, so the fixture has none.
     assert!(info.filter_functions.is_none());
-    let plan = plan(&info, &host_caps()).unwrap();
+    let plan = fentry_plan(&info, &host_caps()).unwrap();
     assert_eq!(plan.generation, Generation::V6_15);
     assert_eq!(
         compact(&plan),
@@ -427,7 +433,7 @@ vma_free direct: fentry vm_area_free vaf_fentry"
 #[test]
 fn plan_json_round_trips() {
     let info = load("debian-7.2.13-cloud");
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     let json = serde_json::to_string(&plan).unwrap();
     let back: ProbePlan = serde_json::from_str(&json).unwrap();
     assert_eq!(back, plan);
@@ -440,7 +446,7 @@ fn plan_json_round_trips() {
 #[test]
 fn table_shows_every_event_and_point() {
     let info = load("debian-7.2.13-cloud");
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     let t = report::render_table(&plan);
     assert!(t.contains("coverage: 13 of 13 logical events observable, 4 via proxy"));
     for c in &plan.coverage {
@@ -458,7 +464,7 @@ fn table_shows_every_event_and_point() {
 #[test]
 fn pre_refcount_kernel_is_unsupported() {
     let info = load("debian-6.12.117-cloud");
-    match plan(&info, &Capabilities::assume_all()) {
+    match fentry_plan(&info, &Capabilities::assume_all()) {
         Err(PlanError::Unsupported { reason }) => {
             assert!(reason.contains("pre-6.15"), "{reason}")
         }
@@ -489,7 +495,7 @@ fn duplicate_name_makes_a_function_unattachable() {
         |k| format!("{k}ffffffffb3000000 t __vma_start_exclude_readers\n"),
         |f| format!("{f}__vma_start_exclude_readers\n"),
     );
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     let r = reason(&plan, "start_exclude_entry");
     assert!(
         r.contains("__vma_start_exclude_readers is ambiguous: 2 kallsyms entries"),
@@ -518,7 +524,7 @@ fn clone_only_function_falls_back_to_kprobe_on_the_clone() {
         },
         |f| f.replace("vm_area_free\n", "vm_area_free.isra.0\n"),
     );
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     let c = compact(&plan);
     assert!(
         c.contains("vma_free direct: kprobe vm_area_free.isra.0 vaf_kprobe"),
@@ -536,7 +542,7 @@ fn blacklisted_notrace_function_is_unobservable() {
         KprobeBlacklist::parse("0xffffffffb2700ef0-0xffffffffb2700f40\tvma_refcount_put\n")
             .unwrap(),
     );
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     assert!(plan.points.iter().all(|p| p.target != "vma_refcount_put"));
     let notes = plan.notes.join("\n");
     assert!(
@@ -550,7 +556,7 @@ fn untraceable_function_needs_kprobe_events_on_notrace() {
     // __vma_start_write missing from the ftrace list (as if notrace): no fentry, and no
     // kprobe under Debian's config.
     let mut info = edited_7_2(|k| k.to_string(), |f| f.replace("__vma_start_write\n", ""));
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     assert!(plan.points.iter().all(|p| p.target != "__vma_start_write"));
     assert_eq!(
         reason(&plan, "write_lock_result"),
@@ -566,7 +572,7 @@ fn untraceable_function_needs_kprobe_events_on_notrace() {
         )
         .unwrap(),
     );
-    let plan = vmatrace::kernel::plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     assert!(
         reason(&plan, "write_lock_result").ends_with("(not set in this kernel's config)"),
         "{}",
@@ -574,7 +580,7 @@ fn untraceable_function_needs_kprobe_events_on_notrace() {
     );
     // With CONFIG_KPROBE_EVENTS_ON_NOTRACE=y: kprobe + kretprobe.
     info.config = Some(on_notrace_config());
-    let plan = vmatrace::kernel::plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     let c = compact(&plan);
     // 7.x: the request is seen at start-exclude's entry, so no kprobe on entry.
     assert!(
@@ -591,7 +597,7 @@ fn untraceable_function_needs_kprobe_events_on_notrace() {
 fn missing_tracepoints_are_reported() {
     let mut info = load("debian-7.2.13-cloud");
     info.mmap_lock_tracepoints = Some(vec!["mmap_lock_start_locking".into()]);
-    let plan = plan(&info, &Capabilities::assume_all()).unwrap();
+    let plan = fentry_plan(&info, &Capabilities::assume_all()).unwrap();
     let r = reason(&plan, "mm_write_unlock");
     assert!(
         r.contains("tracepoint mmap_lock:mmap_lock_released does not exist here"),
@@ -605,7 +611,7 @@ fn every_point_names_a_program_of_the_table() {
     for name in ["debian-7.2.13-cloud", "debian-6.19.14-cloud", "host-6.18"] {
         let info = load(name);
         for caps in [Capabilities::assume_all(), host_caps()] {
-            let plan = plan(&info, &caps).unwrap();
+            let plan = fentry_plan(&info, &caps).unwrap();
             for p in &plan.points {
                 assert_eq!(
                     program_for(p.probe, p.mode),
@@ -624,7 +630,7 @@ fn no_tracefs_means_no_tracepoints() {
         tracefs: false,
         ..Capabilities::assume_all()
     };
-    let plan = plan(&info, &caps).unwrap();
+    let plan = fentry_plan(&info, &caps).unwrap();
     assert!(matches!(
         plan.status(vmatrace::kernel::plan::LogicalEvent::MmWriteUnlock),
         Some(Observability::Unobservable { reason }) if reason.contains("tracefs is not mounted or not readable")
@@ -639,7 +645,7 @@ fn no_tracefs_means_no_tracepoints() {
 
 #[test]
 fn debian_6_18_15_cloud_matches_the_host_plan() {
-    let deb = plan(&load("debian-6.18.15-cloud"), &Capabilities::assume_all()).unwrap();
+    let deb = fentry_plan(&load("debian-6.18.15-cloud"), &Capabilities::assume_all()).unwrap();
     assert_eq!(deb.generation, Generation::V6_15);
     // Same as 6.16 plus lock_next_vma (6.17+).
     let expected = EXPECTED_6_16.replace(
@@ -658,7 +664,7 @@ fn debian_6_18_15_cloud_matches_the_host_plan() {
             .is_some_and(|c| !c.is_enabled("KPROBES"))
     );
     host.config = None;
-    let host = plan(&host, &Capabilities::assume_all()).unwrap();
+    let host = fentry_plan(&host, &Capabilities::assume_all()).unwrap();
     assert_eq!(compact(&host), compact(&deb));
     // The VMA and mm fields agree; `task_struct` depends on the build's config.
     assert_eq!(
@@ -670,4 +676,99 @@ fn debian_6_18_15_cloud_matches_the_host_plan() {
         ..*o
     };
     assert_eq!(vma_mm(&host.offsets), vma_mm(&deb.offsets));
+}
+
+/// The modes a plan attaches, without tracepoints.
+fn function_modes(p: &ProbePlan) -> Vec<AttachMode> {
+    let mut v: Vec<AttachMode> = p
+        .points
+        .iter()
+        .map(|a| a.mode)
+        .filter(|&m| m != AttachMode::Tracepoint)
+        .collect();
+    v.sort_by_key(|m| m.key());
+    v.dedup();
+    v
+}
+
+fn with_preemption(mut info: KernelInfo, sched_preempt: &str) -> KernelInfo {
+    info.preemption = vmatrace::kernel::preempt::detect(vmatrace::kernel::preempt::Sources {
+        sched_preempt: Some(sched_preempt),
+        ..Default::default()
+    });
+    info
+}
+
+/// On a kernel that preempts kernel code (or whose mode is unknown), `--attach auto`
+/// attaches every function through kprobe/kretprobe: no run is lost to preemption.
+#[test]
+fn auto_attach_uses_kprobes_where_kernel_code_is_preempted() {
+    let all = Capabilities::assume_all();
+    for fixture in [
+        "debian-7.2.13-cloud",
+        "debian-6.19.14-cloud",
+        "debian-6.18.15-cloud",
+    ] {
+        for mode in ["none voluntary full (lazy)", "none voluntary (full) lazy"] {
+            let info = with_preemption(load(fixture), mode);
+            let p = plan_with(&info, &all, AttachPreference::Auto).unwrap();
+            assert_eq!(p.attach.first, AttachMode::KProbe, "{fixture} {mode}");
+            assert_eq!(
+                function_modes(&p),
+                [AttachMode::KProbe, AttachMode::KRetProbe],
+                "{fixture} {mode}"
+            );
+            assert!(
+                p.attach
+                    .to_string()
+                    .starts_with("kprobe/kretprobe first: preemption")
+            );
+            // Same coverage as the fentry plan: only the mechanism changes.
+            let f = fentry_plan(&info, &all).unwrap();
+            let observable = |p: &ProbePlan| {
+                p.coverage
+                    .iter()
+                    .map(|c| !matches!(c.status, Observability::Unobservable { .. }))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(observable(&p), observable(&f), "{fixture}");
+        }
+        // Nothing says which mode runs (the fixtures carry no config): kprobes too.
+        let p = plan_with(&load(fixture), &all, AttachPreference::Auto).unwrap();
+        assert_eq!(p.attach.first, AttachMode::KProbe, "{fixture}");
+        assert!(p.attach.reason.contains("unknown"), "{}", p.attach);
+    }
+    let p = plan_with(&load("debian-7.2.13-cloud"), &all, AttachPreference::Auto).unwrap();
+    assert!(p.write_entry_from_exclude());
+    assert!(p.points.iter().all(|a| a.program != "vsw_kprobe"));
+}
+
+/// A kernel that does not preempt kernel code keeps the cheaper fentry/fexit plan.
+#[test]
+fn auto_attach_keeps_fentry_where_kernel_code_is_not_preempted() {
+    let all = Capabilities::assume_all();
+    let info = with_preemption(load("debian-7.2.13-cloud"), "none (voluntary) full lazy");
+    let p = plan_with(&info, &all, AttachPreference::Auto).unwrap();
+    assert_eq!(p.attach.first, AttachMode::FEntry);
+    assert!(p.attach.reason.contains("not preempted"), "{}", p.attach);
+    assert_eq!(compact(&p), EXPECTED_7X);
+}
+
+/// Without a kprobe PMU the preference cannot be honoured: fentry/fexit, and the reason
+/// says so. `--attach kprobe` forces kprobes whatever the model.
+#[test]
+fn attach_choice_follows_the_capabilities_and_the_option() {
+    let info = with_preemption(load("debian-7.2.13-cloud"), "none voluntary full (lazy)");
+    let p = plan_with(&info, &host_caps(), AttachPreference::Auto).unwrap();
+    assert_eq!(p.attach.first, AttachMode::FEntry);
+    assert!(p.attach.reason.contains("no kprobe PMU"), "{}", p.attach);
+    let none = with_preemption(load("debian-7.2.13-cloud"), "(none) voluntary full lazy");
+    let p = plan_with(&none, &Capabilities::assume_all(), AttachPreference::Kprobe).unwrap();
+    assert_eq!(p.attach.first, AttachMode::KProbe);
+    assert_eq!(p.attach.reason, "--attach kprobe");
+    assert!(
+        p.points
+            .iter()
+            .all(|a| a.mode != AttachMode::FEntry && a.mode != AttachMode::FExit)
+    );
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::kernel::caps::TracingProbe;
-use crate::kernel::{Capabilities, KernelInfo, plan, report};
+use crate::kernel::{Capabilities, KernelInfo, plan::AttachPreference, plan_with, report};
 
 #[derive(Debug, clap::Args)]
 pub struct ProbesArgs {
@@ -39,6 +39,10 @@ pub struct ProbesArgs {
     /// DIR` on a host running it).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["btf", "kallsyms", "filter_functions", "blacklist", "config", "release"])]
     pub bundle: Option<PathBuf>,
+    /// Which mechanism to try first (as `run --attach`): `auto` picks kprobes where the
+    /// kernel can preempt a task inside an fentry/fexit program.
+    #[arg(long, value_enum, default_value_t = AttachPreference::Auto)]
+    pub attach: AttachPreference,
 }
 
 pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
@@ -75,11 +79,11 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
             (info, caps, false)
         }
     };
-    let here = plan(&info, &caps)?;
+    let here = plan_with(&info, &caps, args.attach)?;
     // When this machine's capabilities rule hooks out, also show what the same kernel
     // would give with kprobes and tracing programs available.
     let ideal = if !offline && (!caps.kprobes || caps.tracing_programs != Some(true)) {
-        Some(plan(&info, &Capabilities::assume_all())?)
+        Some(plan_with(&info, &Capabilities::assume_all(), args.attach)?)
     } else {
         None
     };

@@ -29,8 +29,8 @@ use crate::{
     kernel::{
         Capabilities, KernelInfo,
         caps::TracingProbe,
-        plan,
-        plan::{AttachMode, ProbePlan},
+        plan::{AttachMode, AttachPreference, ProbePlan},
+        plan_with,
     },
     live::{
         DEFAULT_RING_BUFFER_BYTES, Filters, LiveOptions, LiveSession, ProgramStat, StreamOptions,
@@ -65,6 +65,12 @@ pub struct LiveArgs {
     /// program run) to report the tracer's own overhead.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Which mechanism to try first per kernel function. `auto`: kprobe/kretprobe where
+    /// the kernel can preempt a task inside an fentry/fexit program (preempt=full, lazy,
+    /// RT, or unknown: the kernel then skips that program's other runs on the CPU, and
+    /// those events are lost), fentry/fexit (cheaper) where it cannot.
+    #[arg(long, value_enum, default_value_t = AttachPreference::Auto)]
+    pub attach: AttachPreference,
 }
 
 /// Trace the per-VMA lock live: attach to the running kernel (root or CAP_BPF +
@@ -182,7 +188,7 @@ fn live(
     };
     let stdout_busy = tui || matches!(record, Some((TraceTarget::Stdout, _)));
     let latest = out.telemetry.start(&rt, stdout_busy)?;
-    let plan = plan_here()?;
+    let plan = plan_here(live.attach)?;
     let session = attach(plan.clone(), filters, live)?;
     let header = header(plan, &session, filter);
 
@@ -310,7 +316,7 @@ fn check_privileges() -> anyhow::Result<()> {
 
 /// The running kernel and the probe plan: every way this can fail is a
 /// [`Failure::CannotAttach`] saying what is missing.
-fn plan_here() -> anyhow::Result<ProbePlan> {
+fn plan_here(pref: AttachPreference) -> anyhow::Result<ProbePlan> {
     let mut caps = Capabilities::detect();
     let info = KernelInfo::from_running_kernel().map_err(|e| {
         Failure::cannot_attach(
@@ -323,8 +329,8 @@ fn plan_here() -> anyhow::Result<ProbePlan> {
     })?;
     let tracing = caps.probe_tracing_programs(&info);
     // Unsupported generation or unresolvable offsets: both are the kernel's.
-    let plan =
-        plan(&info, &caps).map_err(|e| Failure::cannot_attach(Missing::Kernel, e.to_string()))?;
+    let plan = plan_with(&info, &caps, pref)
+        .map_err(|e| Failure::cannot_attach(Missing::Kernel, e.to_string()))?;
     // The mm-wide mmap_lock tracepoints alone say nothing about any VMA's lock: a plan
     // without a single function hook cannot validate anything.
     if !plan.points.iter().any(|p| p.mode != AttachMode::Tracepoint) {

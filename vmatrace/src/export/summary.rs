@@ -160,6 +160,8 @@ fn count(n: u64) -> String {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanSection {
+    /// The mechanism tried first per kernel function, and why (preemption model).
+    pub attach: crate::kernel::plan::AttachChoice,
     /// Logical event → `direct` / `proxy: <via>` / `unobservable: <reason>`.
     pub coverage: BTreeMap<String, String>,
     pub hooks_attached: usize,
@@ -489,6 +491,7 @@ impl Summary {
         losses.total = sum(losses.entries().map(|(_, n)| n));
         losses.saturated = losses.saturated_names();
         let plan = h.plan.as_ref().map(|p| PlanSection {
+            attach: p.attach.clone(),
             coverage: p
                 .coverage
                 .iter()
@@ -778,6 +781,7 @@ impl Summary {
             );
         }
         if let Some(plan) = &self.plan {
+            let _ = writeln!(s, "attach: {}", p(&plan.attach.to_string()));
             let _ = writeln!(
                 s,
                 "hooks: {} attached, {} failed",
@@ -894,6 +898,7 @@ mod tests {
             generation,
             offsets: vmatrace_common::Offsets::ABSENT,
             points: Vec::new(),
+            attach: Default::default(),
             coverage,
             notes: Vec::new(),
         }

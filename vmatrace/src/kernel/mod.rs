@@ -32,4 +32,4 @@ pub mod symbols;
 
 pub use caps::Capabilities;
 pub use info::KernelInfo;
-pub use planner::{PlanError, plan};
+pub use planner::{PlanError, plan, plan_with};

@@ -127,6 +127,68 @@ pub struct KernelId {
     pub release: String,
 }
 
+/// Which mechanism the planner tries first for a kernel function.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachPreference {
+    /// From the kernel's preemption model: kprobes where tasks can be preempted inside
+    /// an fentry/fexit program (full, lazy, RT, or unknown), fentry/fexit elsewhere.
+    #[default]
+    Auto,
+    /// fentry/fexit first (cheaper per call; loses runs to preemption).
+    Fentry,
+    /// kprobe/kretprobe first (run with preemption disabled: no run lost to it).
+    Kprobe,
+}
+
+/// The mechanism tried first and why: what `probes` and the summary report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachChoice {
+    /// `fentry` or `kprobe`.
+    pub first: AttachMode,
+    /// The kernel's preemption model (`none`, `voluntary`, `full`, `lazy`, `rt`,
+    /// `unknown`); empty in plans recorded before it was detected.
+    #[serde(default)]
+    pub preemption: String,
+    pub reason: String,
+}
+
+impl AttachChoice {
+    /// A few words for the dashboard: `kprobe first · preempt lazy`.
+    pub fn short(&self) -> String {
+        let first = match self.first {
+            AttachMode::KProbe | AttachMode::KRetProbe => "kprobe",
+            _ => "fentry",
+        };
+        if self.preemption.is_empty() {
+            format!("{first} first")
+        } else {
+            format!("{first} first · preempt {}", self.preemption)
+        }
+    }
+}
+
+impl Default for AttachChoice {
+    /// Plans recorded before the choice existed tried fentry/fexit first.
+    fn default() -> Self {
+        AttachChoice {
+            first: AttachMode::FEntry,
+            preemption: String::new(),
+            reason: "recorded before vmatrace chose per preemption model".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for AttachChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pair = match self.first {
+            AttachMode::KProbe | AttachMode::KRetProbe => "kprobe/kretprobe",
+            _ => "fentry/fexit",
+        };
+        write!(f, "{pair} first: {}", self.reason)
+    }
+}
+
 /// The plan for one kernel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbePlan {
@@ -137,6 +199,9 @@ pub struct ProbePlan {
     #[serde(with = "crate::serde_compat::offsets")]
     pub offsets: Offsets,
     pub points: Vec<AttachPoint>,
+    /// Which mechanism was tried first per function, and why.
+    #[serde(default)]
+    pub attach: AttachChoice,
     pub coverage: Vec<EventCoverage>,
     /// Free-form remarks for the operator (e.g. "tracing programs cannot load: using kprobes").
     pub notes: Vec<String>,

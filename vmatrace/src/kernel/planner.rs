@@ -2,7 +2,10 @@
 //! event, where (and whether) it can be seen on this kernel, and which program attaches
 //! where in which mode.
 //!
-//! Rules, per kernel function (`PREFER_KPROBE` functions try kprobes first):
+//! Which mechanism is tried first is the plan's [`AttachChoice`] (see [`choose`]): on
+//! kernels that preempt kernel code, fentry/fexit runs are lost to preemption and kprobes
+//! come first. Rules, per kernel function, in that order (`PREFER_KPROBE` functions
+//! always try kprobes first):
 //! - fentry/fexit when the function has exactly one whole out-of-line copy under its own
 //!   name, a BTF `FUNC` of that name, is ftrace-able (listed in
 //!   `available_filter_functions`, or, when the list is unreadable, not known from the
@@ -28,7 +31,8 @@ use super::generation;
 use super::info::KernelInfo;
 use super::offsets::{self, OffsetError};
 use super::plan::{
-    AttachMode, AttachPoint, EventCoverage, KernelId, LogicalEvent, Observability, ProbePlan,
+    AttachChoice, AttachMode, AttachPoint, AttachPreference, EventCoverage, KernelId, LogicalEvent,
+    Observability, ProbePlan,
 };
 use super::programs::{PROGRAMS, program_for};
 use super::symbols::Resolved;
@@ -81,6 +85,8 @@ struct Planner<'a> {
     info: &'a KernelInfo,
     caps: &'a Capabilities,
     generation: Generation,
+    /// Try kprobe/kretprobe before fentry/fexit for every function.
+    kprobe_first: bool,
     points: Vec<AttachPoint>,
     notes: Vec<String>,
     /// Functions that could not be attached, with the reason (reported as notes even
@@ -180,7 +186,7 @@ impl Planner<'_> {
             why_not_fentry.push("tracing programs cannot load here".to_string());
         }
         let fentry_ok = why_not_fentry.is_empty();
-        if fentry_ok && !PREFER_KPROBE.contains(&probe) {
+        if fentry_ok && !self.kprobe_first && !PREFER_KPROBE.contains(&probe) {
             return Hook::Attach {
                 target,
                 modes: tracing_modes,
@@ -400,8 +406,90 @@ fn any_of(results: Vec<Result<Vec<usize>, String>>) -> Result<Vec<usize>, String
     if any { Ok(ok) } else { Err(errs.join("; ")) }
 }
 
-/// Make the plan for `info` under `caps`.
+/// Which mechanism to try first on this kernel, and why.
+pub fn choose(info: &KernelInfo, caps: &Capabilities, pref: AttachPreference) -> AttachChoice {
+    let pm = &info.preemption;
+    let model = pm.model.map_or("unknown", |m| m.key());
+    let lossy = "a task preempted inside an fentry/fexit program makes the kernel skip \
+                 that program's other runs on its CPU until it resumes; kprobe programs run \
+                 with preemption disabled";
+    let (kprobe, reason) = match pref {
+        AttachPreference::Kprobe => (true, "--attach kprobe".to_string()),
+        AttachPreference::Fentry => (
+            false,
+            format!("--attach fentry (preemption {model}: runs it skips are counted as losses)"),
+        ),
+        AttachPreference::Auto => match pm.model {
+            // The running mode, read from debugfs, or a kernel that cannot change it.
+            Some(m)
+                if !m.preempts_kernel_code()
+                    && (pm.source == super::preempt::SCHED_PREEMPT
+                        || pm.dynamic == Some(false)) =>
+            {
+                (
+                    false,
+                    format!(
+                        "preemption {model} ({}): kernel code is not preempted, so the cheaper \
+                         fentry/fexit lose no runs to it",
+                        pm.source
+                    ),
+                )
+            }
+            Some(m) if m.preempts_kernel_code() => {
+                (true, format!("preemption {model} ({}): {lossy}", pm.source))
+            }
+            Some(_) => (
+                true,
+                format!(
+                    "preemption {model} is only the default ({}): a PREEMPT_DYNAMIC kernel may \
+                     run full or lazy, and kprobes lose no runs to preemption whatever the mode",
+                    pm.source
+                ),
+            ),
+            None => (
+                true,
+                format!(
+                    "preemption model unknown ({}): kprobes lose no runs to preemption \
+                     whatever the mode",
+                    pm.source
+                ),
+            ),
+        },
+    };
+    if kprobe && !caps.kprobes {
+        return AttachChoice {
+            first: AttachMode::FEntry,
+            preemption: model.into(),
+            reason: format!(
+                "{reason}; but no kprobe PMU here, so fentry/fexit (runs the kernel skips \
+                 are counted as losses)"
+            ),
+        };
+    }
+    AttachChoice {
+        first: if kprobe {
+            AttachMode::KProbe
+        } else {
+            AttachMode::FEntry
+        },
+        preemption: model.into(),
+        reason,
+    }
+}
+
+/// Make the plan for `info` under `caps`, choosing the attach mechanism from the
+/// kernel's preemption model.
 pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanError> {
+    plan_with(info, caps, AttachPreference::Auto)
+}
+
+/// Make the plan for `info` under `caps` with an explicit attach preference.
+pub fn plan_with(
+    info: &KernelInfo,
+    caps: &Capabilities,
+    pref: AttachPreference,
+) -> Result<ProbePlan, PlanError> {
+    let attach = choose(info, caps, pref);
     let detected = generation::detect(info).map_err(|e| PlanError::Unsupported { reason: e.0 })?;
     let generation = detected.generation;
     let offsets = offsets::resolve(&info.btf, generation).map_err(PlanError::Offsets)?;
@@ -409,6 +497,7 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
         info,
         caps,
         generation,
+        kprobe_first: attach.first == AttachMode::KProbe,
         points: Vec::new(),
         notes: Vec::new(),
         failed: BTreeMap::new(),
@@ -526,6 +615,7 @@ pub fn plan(info: &KernelInfo, caps: &Capabilities) -> Result<ProbePlan, PlanErr
         generation,
         offsets,
         points: p.points,
+        attach,
         coverage,
         notes: p.notes,
     })

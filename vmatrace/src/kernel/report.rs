@@ -69,6 +69,7 @@ pub fn render_table(plan: &ProbePlan) -> String {
         plan.generation.label()
     );
     let _ = writeln!(s, "coverage: {}", coverage_summary(plan));
+    let _ = writeln!(s, "attach: {}", plan.attach);
     let _ = writeln!(s);
     let _ = writeln!(s, "{:<22} {:<13} HOW", "EVENT", "STATUS");
     for e in &plan.coverage {

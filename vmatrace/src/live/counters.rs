@@ -1,6 +1,7 @@
 //! The per-CPU `COUNTERS` array, summed over CPUs into a [`CounterSnapshot`], plus the
-//! kernel's own per-program skip counts (`recursion_misses`) as
-//! `Counter::EntryRunsSkipped` / `Counter::ReturnRunsSkipped`.
+//! kernel's own per-program skip counts (`recursion_misses`, and for kprobe programs the
+//! hits their links missed: `link_misses`) as `Counter::EntryRunsSkipped` /
+//! `Counter::ReturnRunsSkipped` / `Counter::SingleRunsSkipped`.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
@@ -25,6 +26,8 @@ pub(super) struct SkipSource {
     pub fd: RawFd,
     /// Which counter its skips go to.
     pub counter: Counter,
+    /// The kernel's id of a kprobe/kretprobe program, whose link's missed hits count too.
+    pub kprobe_prog_id: Option<u32>,
 }
 
 impl SkipSource {
@@ -51,7 +54,11 @@ impl SkipSource {
             AttachMode::FExit | AttachMode::KRetProbe => Counter::ReturnRunsSkipped,
             _ => Counter::EntryRunsSkipped,
         };
-        Some(Self { fd, counter })
+        Some(Self {
+            fd,
+            counter,
+            kprobe_prog_id: None,
+        })
     }
 }
 
@@ -60,8 +67,16 @@ pub(super) fn skip_sources(ebpf: &aya::Ebpf, names: &[String]) -> Vec<SkipSource
     names
         .iter()
         .filter_map(|name| {
-            let fd = ebpf.program(name)?.fd().ok()?.as_fd().as_raw_fd();
-            SkipSource::new(name, fd)
+            let program = ebpf.program(name)?;
+            let fd = program.fd().ok()?.as_fd().as_raw_fd();
+            let mut source = SkipSource::new(name, fd)?;
+            let kprobe = PROGRAMS.iter().any(|p| {
+                p.name == name && matches!(p.mode, AttachMode::KProbe | AttachMode::KRetProbe)
+            });
+            if kprobe {
+                source.kprobe_prog_id = program.info().ok().map(|i| i.id());
+            }
+            Some(source)
         })
         .collect()
 }
@@ -95,6 +110,15 @@ pub(super) fn snapshot(
             .with_context(|| format!("reading COUNTERS[{i}]"))?;
         values.push(sum_per_cpu(&per_cpu));
     }
+    let ids: Vec<u32> = skips.iter().filter_map(|s| s.kprobe_prog_id).collect();
+    let link_missed = super::link_misses::missed_by_program(&ids);
+    let skipped = |s: &SkipSource| {
+        let linked = s
+            .kprobe_prog_id
+            .and_then(|id| link_missed.get(&id).copied())
+            .unwrap_or(0);
+        skipped_runs(s.fd).saturating_add(linked)
+    };
     for c in [
         Counter::EntryRunsSkipped,
         Counter::ReturnRunsSkipped,
@@ -103,7 +127,7 @@ pub(super) fn snapshot(
         let n = skips
             .iter()
             .filter(|s| s.counter == c)
-            .fold(0u64, |a, s| a.saturating_add(skipped_runs(s.fd)));
+            .fold(0u64, |a, s| a.saturating_add(skipped(s)));
         let i = c as usize;
         if values.len() <= i {
             values.resize(i + 1, 0);

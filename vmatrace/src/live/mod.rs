@@ -10,6 +10,7 @@
 
 mod attach;
 mod counters;
+mod link_misses;
 mod load;
 mod privileges;
 pub mod program_config;

@@ -106,6 +106,7 @@ mod tests {
                 mode: AttachMode::FEntry,
                 program: "p".into(),
             }],
+            attach: Default::default(),
             coverage: vec![EventCoverage {
                 event: LogicalEvent::WriteLockRequest,
                 status: if request_at_exclude {

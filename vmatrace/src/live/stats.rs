@@ -25,7 +25,8 @@ pub struct ProgramStat {
     /// Instructions the verifier processed at load (if the kernel reports it).
     pub verified_insns: Option<u32>,
     /// Runs the kernel skipped (`recursion_misses`: the program was already active on
-    /// that CPU); counted whether or not statistics are on.
+    /// that CPU; for kprobe programs also the hits their links missed, see
+    /// `live::link_misses`); counted whether or not statistics are on.
     pub skipped_runs: u64,
 }
 
@@ -61,6 +62,8 @@ impl StatsHandle {
     /// Current run count and run time of every program of the session, in load order.
     pub fn program_stats(&self) -> Vec<ProgramStat> {
         let mut found: HashMap<u32, ProgramStat> = HashMap::new();
+        let ids: Vec<u32> = self.ids.iter().map(|(id, _)| *id).collect();
+        let link_missed = super::link_misses::missed_by_program(&ids);
         for info in loaded_programs().flatten() {
             if let Some((id, name)) = self.ids.iter().find(|(id, _)| *id == info.id()) {
                 found.insert(
@@ -74,7 +77,8 @@ impl StatsHandle {
                         skipped_runs: info
                             .fd()
                             .map(|fd| super::counters::skipped_runs(fd.as_fd().as_raw_fd()))
-                            .unwrap_or(0),
+                            .unwrap_or(0)
+                            .saturating_add(link_missed.get(id).copied().unwrap_or(0)),
                     },
                 );
             }

@@ -133,6 +133,7 @@ fn plan_with(start_exclude_return: Observability) -> ProbePlan {
         generation: Generation::V6_19,
         offsets: vmatrace_common::Offsets::ABSENT,
         points: Vec::new(),
+        attach: Default::default(),
         coverage: vec![crate::kernel::plan::EventCoverage {
             event: LogicalEvent::StartExcludeReturn,
             status: start_exclude_return,

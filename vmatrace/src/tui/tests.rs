@@ -14,7 +14,8 @@ use super::render::fmt;
 use super::state::{Action, AppState, DashboardContext, Screen, SourceKind, TopView};
 use super::*;
 use crate::kernel::plan::{
-    AttachMode, AttachPoint, EventCoverage, KernelId, LogicalEvent, Observability, ProbePlan,
+    AttachChoice, AttachMode, AttachPoint, EventCoverage, KernelId, LogicalEvent, Observability,
+    ProbePlan,
 };
 use crate::pipeline::{CounterSnapshot, Sink, SourceItem, Totals};
 use crate::stats::SortKey;
@@ -137,6 +138,11 @@ fn sample_plan() -> ProbePlan {
         generation: Generation::V7_0,
         offsets: Offsets::ABSENT,
         points,
+        attach: AttachChoice {
+            first: AttachMode::KProbe,
+            preemption: "lazy".into(),
+            reason: "preemption lazy (/sys/kernel/debug/sched/preempt)".into(),
+        },
         coverage,
         notes: vec![],
     }

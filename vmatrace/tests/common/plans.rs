@@ -60,6 +60,7 @@ pub fn plan(generation: Generation, offsets: Offsets, points: Vec<AttachPoint>) 
         generation,
         offsets,
         points,
+        attach: Default::default(),
         coverage: Vec::new(),
         notes: vec!["hand-made test plan".into()],
     }

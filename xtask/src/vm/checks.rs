@@ -67,6 +67,50 @@ pub fn plan(j: &Value, v: &mut Verdict) {
             .push(format!("plan: unobservable: {}", none.join("; ")));
     }
     v.direct_events = direct;
+    attach_choice(j, plan, v);
+}
+
+/// Where the kernel preempts kernel code, the plan must attach through kprobes: an
+/// fentry/fexit program loses runs to preemption (a preempted task leaves it active).
+fn attach_choice(j: &Value, plan: &Value, v: &mut Verdict) {
+    let model = at(j, "preemption.model").and_then(Value::as_str);
+    let first = at(plan, "attach.first").and_then(Value::as_str);
+    let reason = at(plan, "attach.reason")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    v.info.push(format!(
+        "attach: {} first, preemption {}: {reason}",
+        first.unwrap_or("?"),
+        model.unwrap_or("unknown")
+    ));
+    if !matches!(model, Some("none" | "voluntary")) {
+        if first != Some("k_probe") {
+            v.failures.push(format!(
+                "probes: preemption {} but the plan tries {} first, not kprobes",
+                model.unwrap_or("unknown"),
+                first.unwrap_or("?")
+            ));
+        }
+        let tracing: Vec<&str> = plan
+            .get("points")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                matches!(
+                    p.get("mode").and_then(Value::as_str),
+                    Some("f_entry" | "f_exit")
+                )
+            })
+            .filter_map(|p| p.get("program").and_then(Value::as_str))
+            .collect();
+        if !tracing.is_empty() {
+            v.failures.push(format!(
+                "probes: fentry/fexit programs on a preemptible kernel: {}",
+                tracing.join(" ")
+            ));
+        }
+    }
 }
 
 /// Operations a `--forks` workload run must have done at least once.
@@ -414,7 +458,9 @@ mod tests {
 
     #[test]
     fn plan_coverage_and_direct_events() {
-        let j = json!({"plan": {"generation": "D", "points": [{"target": "__vma_start_write"}],
+        let j = json!({"preemption": {"model": "lazy"},
+            "plan": {"generation": "D", "points": [{"target": "__vma_start_write", "mode": "k_probe", "program": "vsw_kprobe"}],
+            "attach": {"first": "k_probe", "reason": "preemption lazy"},
             "coverage": [
                 {"event": "write_lock_request", "status": {"status": "direct", "points": [0]}},
                 {"event": "vma_free", "status": {"status": "proxy", "via": "x", "points": [0]}},
@@ -429,8 +475,23 @@ mod tests {
             v.info
         );
         let mut bad = Verdict::default();
-        plan(&json!({"plan": {"points": [], "coverage": []}}), &mut bad);
+        plan(
+            &json!({"preemption": {"model": "none"}, "plan": {"points": [], "coverage": []}}),
+            &mut bad,
+        );
         assert_eq!(bad.failures.len(), 1);
+        // A preemptible kernel planned with fentry/fexit loses runs: refused.
+        let mut lossy = Verdict::default();
+        let fentry = json!({"preemption": {"model": "full"},
+            "plan": {"points": [{"mode": "f_entry", "program": "vsw_fentry"}], "coverage": [],
+                     "attach": {"first": "f_entry", "reason": "--attach fentry"}}});
+        plan(&fentry, &mut lossy);
+        assert_eq!(lossy.failures.len(), 2, "{:?}", lossy.failures);
+        assert!(
+            lossy.failures[0].contains("not kprobes"),
+            "{:?}",
+            lossy.failures
+        );
     }
 
     #[test]

@@ -122,7 +122,12 @@ fn render_coverage(frame: &mut Frame, area: Rect, plan: Option<&ProbePlan>, d: &
     if wide {
         widths.extend([Constraint::Length(7), Constraint::Min(0)]);
     }
-    let title = if wide { "Coverage · seen" } else { "Coverage" };
+    // How the hooks attach decides whether preemption can lose runs: worth the title.
+    let title = if wide {
+        format!("Coverage · seen · {}", plan.attach.short())
+    } else {
+        "Coverage".to_string()
+    };
     let t = Table::new(rows, widths).block(block(title));
     frame.render_widget(t, area);
 }
