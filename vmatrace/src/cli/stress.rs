@@ -29,6 +29,12 @@ pub struct StressArgs {
     /// Kprobe optimisation (`debug.kprobes-optimization`) is off while they are installed.
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub widen_race_us: Option<u64>,
+    /// Test aid (root, cgroup v2): count this process's cgroup's calls of
+    /// __vma_start_write, lock_vma_under_rcu and vm_area_free with plain kprobes, from
+    /// start to the end of the workload (not its exit), as a reference for the tracer's
+    /// counts.
+    #[arg(long)]
+    pub count_calls: bool,
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -58,6 +64,7 @@ pub fn run(args: StressArgs) -> anyhow::Result<()> {
         writers: args.writers,
         forks: args.forks,
         widen_race: args.widen_race_us.map(Duration::from_micros),
+        count_calls: args.count_calls,
     };
     if !args.json {
         eprintln!(
@@ -88,6 +95,16 @@ pub fn run(args: StressArgs) -> anyhow::Result<()> {
             println!("  {op:<20} {n:>12}");
         }
         println!("  {:<20} {:>12}", "minor_faults", report.minor_faults);
+        if let Some(c) = &report.kprobe_calls {
+            println!(
+                "stress: calls counted by plain kprobes (cgroup {}):",
+                c.cgroup_id
+            );
+            for (f, n) in &c.calls {
+                let skipped = c.skipped.get(f).copied().unwrap_or(0);
+                println!("  {f:<20} {n:>12} (skipped {skipped})");
+            }
+        }
         for e in &report.errors {
             println!("  first error: {e}");
         }

@@ -27,6 +27,7 @@ use crate::{
     pipeline::SourceItem,
 };
 
+pub use counters::skipped_runs;
 pub use load::{names, ring_size};
 pub use privileges::{check_privileges, raise_memlock_limit};
 pub use program_config::{Filters, StreamOptions};

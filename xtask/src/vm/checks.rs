@@ -197,13 +197,13 @@ pub const RARE_EVENTS: &[&str] = &["mark_detached_slow"];
 /// function then). Measured: 0–5 beyond the skips on all four kernels.
 const ATTACH_SLACK: u64 = 16;
 
-/// Largest share of program runs the kernel may skip before the run fails. Skips happen
-/// when a task is preempted inside a fentry/fexit program and another task on that CPU
-/// enters the same program (the trampoline's per-CPU `prog->active` guard); Debian's
-/// 6.18–7.x kernels preempt (`preempt=lazy`, RT `full`), and TCG makes every program
-/// ~10× longer, so some are skipped; measured 0.2–1.1 % of streamed events. A bound, so a program
-/// that became much slower (or a recursion bug) fails the matrix.
-const MAX_SKIPPED_SHARE: f64 = 0.02;
+/// Largest share of program runs the kernel may skip (0.1 %). With fentry/fexit, a task
+/// preempted inside a program blocks it on that CPU (the trampoline's per-CPU
+/// `prog->active` guard): Debian's 6.18–7.x kernels preempt (`preempt=lazy`, RT `full`)
+/// and the oversubscribed workload lost 0.2–8 % that way. The planner attaches kprobes on
+/// such kernels (run with preemption disabled), so only a kprobe hit from an interrupt on
+/// top of another program, or a kretprobe out of instances, can still be skipped.
+const MAX_SKIPPED_SHARE: f64 = 0.001;
 
 /// The losses of a run summary, judged: `Ok(explanation)` when every loss is accounted for
 /// by the kernel's own per-program skip counts (and attach-time calls in flight),
@@ -277,7 +277,7 @@ pub fn judge_losses(j: &Value) -> Result<String, String> {
     let share = skipped as f64 / (events + skipped).max(1) as f64;
     if share > MAX_SKIPPED_SHARE {
         why.push(format!(
-            "the kernel skipped {skipped} program runs, {:.2} % of {events} events (bound {:.0} %)",
+            "the kernel skipped {skipped} program runs, {:.2} % of {events} events (bound {:.1} %)",
             share * 100.0,
             MAX_SKIPPED_SHARE * 100.0
         ));
@@ -293,6 +293,64 @@ pub fn judge_losses(j: &Value) -> Result<String, String> {
     } else {
         Err(format!("{total} events lost: {}; {losses}", why.join("; ")))
     }
+}
+
+/// Largest relative difference between the tracer's count of a function and the plain
+/// kprobe counter's (0.5 %). The counter runs inside the workload from its start to the
+/// end of its threads; the tracer also sees the process's exec and exit, a few dozen
+/// calls.
+pub const MAX_COUNT_GAP: f64 = 0.005;
+
+/// A function the workload's kprobe counter counts, and the summary counts (JSON
+/// pointers, summed) that must agree with it.
+const COUNTED: &[(&str, &[&str])] = &[
+    (
+        "__vma_start_write",
+        &["/events/by_logical_event/write_lock_result/count"],
+    ),
+    (
+        "lock_vma_under_rcu",
+        &["/reader/reader_acquire_ok", "/reader/reader_acquire_fail"],
+    ),
+    ("vm_area_free", &["/events/by_logical_event/vma_free/count"]),
+];
+
+/// The tracer's counts against a plain kprobe counter of the same calls in the same boot
+/// (`stress --count-calls`, filtered to the same cgroup): within [`MAX_COUNT_GAP`].
+pub fn kprobe_agreement(step: &str, summary: &Value, workload: &Value, v: &mut Verdict) {
+    let mut line = Vec::new();
+    for (function, pointers) in COUNTED {
+        let counter = workload
+            .pointer(&format!("/kprobe_calls/calls/{function}"))
+            .and_then(Value::as_u64);
+        let tracer: Option<u64> = pointers
+            .iter()
+            .map(|p| summary.pointer(p).and_then(Value::as_u64))
+            .sum();
+        let (Some(counter), Some(tracer)) = (counter, tracer) else {
+            v.failures.push(format!(
+                "{step}: no count of {function} (kprobe counter {counter:?}, tracer {tracer:?})"
+            ));
+            continue;
+        };
+        let gap = tracer.abs_diff(counter) as f64 / counter.max(1) as f64;
+        line.push(format!(
+            "{function} {tracer} vs {counter} ({:+.2} %)",
+            (tracer as f64 - counter as f64) * 100.0 / counter.max(1) as f64
+        ));
+        if counter == 0 || gap > MAX_COUNT_GAP {
+            v.failures.push(format!(
+                "{step}: the tracer counted {tracer} {function} calls, a plain kprobe counter \
+                 {counter}: {:.2} % apart (bound {:.1} %)",
+                gap * 100.0,
+                MAX_COUNT_GAP * 100.0
+            ));
+        }
+    }
+    v.info.push(format!(
+        "{step}: tracer vs plain kprobe counter: {}",
+        line.join(", ")
+    ));
 }
 
 /// Parts of the summary a replay of the recorded trace must reproduce exactly
@@ -495,6 +553,44 @@ mod tests {
     }
 
     #[test]
+    fn tracer_counts_must_agree_with_the_kprobe_counter() {
+        let summary = json!({
+            "events": {"by_logical_event": {
+                "write_lock_result": {"count": 1000}, "vma_free": {"count": 503}}},
+            "reader": {"reader_acquire_ok": 900, "reader_acquire_fail": 100}});
+        let counter = |w: u64, r: u64, f: u64| {
+            json!({"kprobe_calls": {"calls": {
+                "__vma_start_write": w, "lock_vma_under_rcu": r, "vm_area_free": f}}})
+        };
+        let mut v = Verdict::default();
+        kprobe_agreement("run", &summary, &counter(1000, 1001, 501), &mut v);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        assert!(
+            v.info[0].contains("vm_area_free 503 vs 501 (+0.40 %)"),
+            "{:?}",
+            v.info
+        );
+        // 1.1 % fewer write locks than the counter saw: events were lost.
+        let mut lost = Verdict::default();
+        kprobe_agreement("run", &summary, &counter(1011, 1000, 503), &mut lost);
+        assert_eq!(lost.failures.len(), 1, "{:?}", lost.failures);
+        assert!(
+            lost.failures[0].contains("__vma_start_write"),
+            "{:?}",
+            lost.failures
+        );
+        // A counter that counted nothing proves nothing.
+        let mut none = Verdict::default();
+        kprobe_agreement(
+            "run",
+            &summary,
+            &json!({"kprobe_calls": {"calls": {}}}),
+            &mut none,
+        );
+        assert_eq!(none.failures.len(), 3, "{:?}", none.failures);
+    }
+
+    #[test]
     fn stress_needs_every_op() {
         let mut ops = serde_json::Map::new();
         for k in STRESS_OPS.iter().chain(FORK_OPS) {
@@ -634,18 +730,28 @@ mod tests {
             judge_losses(&losses(10, json!({}), 0)).as_deref(),
             Ok("losses 0")
         );
-        // As measured on 7.3.4 cloud (TCG): every missed/unmatched return has its skip.
+        // Every missed/unmatched return has its skip, and the skips stay under 0.1 %.
         let ok = losses(
             700_000,
-            json!({"missed_return": 1604, "unmatched_return": 2000,
-            "entry_runs_skipped": 2097, "return_runs_skipped": 2316, "ringbuf_reserve_failed": 0}),
+            json!({"missed_return": 160, "unmatched_return": 200,
+            "entry_runs_skipped": 209, "return_runs_skipped": 231, "ringbuf_reserve_failed": 0}),
             0,
         );
         let line = judge_losses(&ok).unwrap();
         assert!(
-            line.contains("2097 entry, 2316 return and 0 single"),
+            line.contains("209 entry, 231 return and 0 single"),
             "{line}"
         );
+        // As measured on 7.3.4 cloud (TCG) with fentry/fexit: 0.63 % skipped, all
+        // accounted for, but lost: beyond the bound.
+        let fentry = losses(
+            700_000,
+            json!({"missed_return": 1604, "unmatched_return": 2000,
+            "entry_runs_skipped": 2097, "return_runs_skipped": 2316}),
+            0,
+        );
+        let e = judge_losses(&fentry).unwrap_err();
+        assert!(e.contains("0.63 % of 700000 events (bound 0.1 %)"), "{e}");
         // More missed returns than skipped return programs: something else lost them.
         let e = judge_losses(&losses(700_000, json!({"missed_return": 30}), 0)).unwrap_err();
         assert!(

@@ -40,11 +40,13 @@ pub struct VmTestArgs {
     /// Seconds the workload (and tracer) run in each guest. TCG is slow: keep it modest.
     #[arg(long, default_value_t = 8)]
     pub duration: u32,
-    /// Workload reader threads.
-    #[arg(long, default_value_t = 2)]
+    /// Workload reader threads. With the writers and `--forks`' two threads the default
+    /// oversubscribes the guest's 2 vCPUs 5×: tasks are preempted inside the tracer's
+    /// programs, which must lose nothing to it.
+    #[arg(long, default_value_t = 4)]
     pub readers: u32,
     /// Workload writer threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     pub writers: u32,
     /// Do not ask apt; use only kernels already in the cache.
     #[arg(long)]
@@ -57,8 +59,8 @@ impl Default for VmTestArgs {
             kernels: Vec::new(),
             keep_artifacts: false,
             duration: 8,
-            readers: 2,
-            writers: 2,
+            readers: 4,
+            writers: 4,
             offline: false,
         }
     }

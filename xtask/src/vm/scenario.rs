@@ -134,6 +134,9 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
         p.duration, p.readers, p.writers
     );
     let stress = format!("{workload} --forks --json");
+    // The traced run also counts its own calls with plain kprobes: the tracer's counts
+    // must agree (`checks::kprobe_agreement`).
+    let counted = format!("{workload} --forks --count-calls --json");
     let mut v = vec![Step {
         name: "kernel",
         // The preemption model decides how often fentry/fexit runs are skipped (a task
@@ -168,7 +171,7 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
             features,
             p,
             (TRACE, ANOMALY_LOG),
-            &stress,
+            &counted,
             false,
         ));
         // The detach slow path needs a reader inside a few-instruction window (see
@@ -464,13 +467,14 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                 Err(e) => v.failures.push(e),
             },
             Check::RunSummary { race } => {
-                match json_of(st.name, &sec.body) {
+                let summary = json_of(st.name, &sec.body);
+                match &summary {
                     Ok(j) => {
-                        super::checks::run_summary(st.name, &j, race, &mut v);
+                        super::checks::run_summary(st.name, j, race, &mut v);
                         if st.scrape.is_some() {
                             match r.section(&format!("{}:metrics", st.name)) {
                                 Some(m) if m.rc == Some(0) => {
-                                    super::scrape::judge(st.name, &m.body, &j, &mut v)
+                                    super::scrape::judge(st.name, &m.body, j, &mut v)
                                 }
                                 Some(m) => v.failures.push(format!(
                                     "{}: the metrics scrape failed (no HTTP 200 from the tracer: {:?})",
@@ -482,7 +486,7 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                             }
                         }
                     }
-                    Err(e) => v.failures.push(e),
+                    Err(e) => v.failures.push(e.clone()),
                 }
                 for f in &st.files {
                     let Some(log) = r.section(&format!("{}:{f}", st.name)) else {
@@ -513,6 +517,13 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                             super::checks::stress(&name, &j, !race, &mut v);
                             if race {
                                 super::checks::race_widener(&name, &j, &mut v);
+                            }
+                            if let (Some(_), Ok(summary)) = (j.get("kprobe_calls"), &summary) {
+                                super::checks::kprobe_agreement(st.name, summary, &j, &mut v);
+                            } else if !race {
+                                v.failures.push(format!(
+                                    "{name}: no `kprobe_calls` (the workload ran without --count-calls?)"
+                                ));
                             }
                         }
                         Err(e) => v.failures.push(e),

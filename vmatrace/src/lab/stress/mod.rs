@@ -7,9 +7,11 @@
 //! every VMA, killable on 6.19+) and another SIGKILLs helper processes while they fork.
 
 pub mod arena;
+pub mod calls;
 pub mod fork;
 pub mod ops;
 pub mod race;
+pub mod raw_bpf;
 mod readers;
 mod rng;
 pub mod sys;
@@ -37,6 +39,8 @@ pub struct StressConfig {
     pub forks: bool,
     /// Busy-wait this long around `vma_start_read`'s refcount increment (see `race`).
     pub widen_race: Option<Duration>,
+    /// Count this cgroup's calls of the traced functions with plain kprobes (`calls`).
+    pub count_calls: bool,
 }
 
 /// Arena geometry: 64 slots of 16 pages each (4 MiB with 4 KiB pages) is small enough for
@@ -86,6 +90,11 @@ fn memfd() -> io::Result<OwnedFd> {
 }
 
 pub fn run(cfg: &StressConfig) -> anyhow::Result<Report> {
+    // First, so the counts cover as much of the process's life as the tracer sees.
+    let counter = cfg
+        .count_calls
+        .then(calls::CallCounter::attach)
+        .transpose()?;
     let (direct_slots, guarded_slots) = match cfg.widen_race {
         Some(_) => (RACE_SLOTS, RACE_SLOTS),
         None => (DIRECT_SLOTS, GUARDED_SLOTS),
@@ -114,6 +123,7 @@ pub fn run(cfg: &StressConfig) -> anyhow::Result<Report> {
         .context("memfd_create for the readers")?;
     // Installed before any thread starts and dropped (detached) after they all stopped.
     let widener = cfg.widen_race.map(race::install).transpose()?;
+
     let faults0 = sys::minor_faults();
     let stop = AtomicBool::new(false);
     let t0 = Instant::now();
@@ -164,6 +174,9 @@ pub fn run(cfg: &StressConfig) -> anyhow::Result<Report> {
         minor_faults: sys::minor_faults().saturating_sub(faults0),
         errors,
         race_widener: widener.map(|w| w.report.clone()),
+        // Read after every thread and child is gone: nothing of the workload's own runs
+        // any more (the process's exit comes later and is not counted).
+        kprobe_calls: counter.map(|c| c.counts()).transpose()?,
     })
 }
 
@@ -183,6 +196,7 @@ mod tests {
             writers: 1,
             forks: false,
             widen_race: None,
+            count_calls: false,
         })
         .expect("stress run");
         let n = |op: Op| {

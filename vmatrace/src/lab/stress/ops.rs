@@ -118,6 +118,9 @@ pub struct Report {
     pub errors: Vec<String>,
     /// The kprobes `--widen-race-us` installed, if any.
     pub race_widener: Option<super::race::WidenerReport>,
+    /// The workload's calls of the traced functions, counted by plain kprobes
+    /// (`--count-calls`).
+    pub kprobe_calls: Option<super::calls::CallCounts>,
 }
 
 #[cfg(test)]
