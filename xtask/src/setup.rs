@@ -45,13 +45,18 @@ fn dpkg_installed(pkg: &str) -> bool {
 }
 
 fn ensure_apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    ensure_packages(APT_PACKAGES)
+}
+
+/// Install the Debian packages of `wanted` that are missing (root), or say how.
+pub fn ensure_packages(wanted: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
         .collect();
     if missing.is_empty() {
-        eprintln!("setup: apt packages present ({})", APT_PACKAGES.len());
+        eprintln!("setup: apt packages present ({})", wanted.len());
         return Ok(());
     }
     if !is_root() {

@@ -50,7 +50,11 @@ pub struct Params {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {
     None,
+    /// `vmatrace run` as planned for the kernel (`--attach auto`: kprobes on a
+    /// preemptible kernel).
     Vmatrace,
+    /// `vmatrace run --attach fentry`: the cheaper mechanism that loses runs to preemption.
+    VmatraceFentry,
     Bpftrace,
 }
 
@@ -74,14 +78,16 @@ pub fn phases(p: &Params) -> Vec<Phase> {
         ph("base1", Tool::None, false),
         ph("vmatrace", Tool::Vmatrace, false),
         ph("bpftrace", Tool::Bpftrace, false),
+        ph("vmatrace_fentry", Tool::VmatraceFentry, false),
         ph("vmatrace_stats", Tool::Vmatrace, true),
         ph("bpftrace_stats", Tool::Bpftrace, true),
+        ph("vmatrace_fentry_stats", Tool::VmatraceFentry, true),
         ph("base2", Tool::None, false),
     ]
     .into_iter()
     .filter(|x| match x.tool {
         Tool::None => true,
-        Tool::Vmatrace => p.vmatrace,
+        Tool::Vmatrace | Tool::VmatraceFentry => p.vmatrace,
         Tool::Bpftrace => p.bpftrace,
     })
     .collect()
@@ -97,7 +103,7 @@ pub fn phase_budget(p: &Params) -> u32 {
 pub fn init_script(p: &Params) -> String {
     let mut s = String::from(GUEST_PRELUDE);
     let stress = format!(
-        "vmatrace stress --duration {} --readers {} --writers {} --json",
+        "vmatrace stress --duration {} --readers {} --writers {} --forks --json",
         p.duration, p.readers, p.writers
     );
     let budget = phase_budget(p);
@@ -150,6 +156,12 @@ bt() {{
             Tool::Vmatrace => {
                 let _ = writeln!(s, "vmat {}", ph.name);
             }
+            Tool::VmatraceFentry if ph.bpf_stats => {
+                let _ = writeln!(s, "vmat {} --attach fentry --bpf-stats", ph.name);
+            }
+            Tool::VmatraceFentry => {
+                let _ = writeln!(s, "vmat {} --attach fentry", ph.name);
+            }
             Tool::Bpftrace => {
                 let _ = writeln!(s, "bt {}", ph.name);
             }
@@ -189,14 +201,23 @@ mod tests {
                 "base1",
                 "vmatrace",
                 "bpftrace",
+                "vmatrace_fentry",
                 "vmatrace_stats",
                 "bpftrace_stats",
+                "vmatrace_fentry_stats",
                 "base2"
             ]
         );
         assert_eq!(
             names(false),
-            ["base1", "vmatrace", "vmatrace_stats", "base2"]
+            [
+                "base1",
+                "vmatrace",
+                "vmatrace_fentry",
+                "vmatrace_stats",
+                "vmatrace_fentry_stats",
+                "base2"
+            ]
         );
     }
 
@@ -204,7 +225,8 @@ mod tests {
     fn init_runs_every_phase_with_its_stats_setting() {
         let s = init_script(&params(true));
         assert!(s.starts_with("#!/bin/busybox sh"));
-        assert!(s.contains("vmatrace stress --duration 7 --readers 2 --writers 2 --json"));
+        assert!(s.contains("vmatrace stress --duration 7 --readers 2 --writers 2 --forks --json"));
+        assert!(s.contains("stats 1\nvmat vmatrace_fentry_stats --attach fentry --bpf-stats\n"));
         assert!(s.contains("stats 1\nvmat vmatrace_stats --bpf-stats\n"));
         assert!(s.contains("stats 0\nvmat vmatrace\n"));
         assert!(s.contains("stats 1\nbt bpftrace_stats\n"));

@@ -44,11 +44,12 @@ pub struct BenchArgs {
     /// Seconds the workload runs in each VM phase.
     #[arg(long, default_value_t = 10)]
     pub duration: u32,
-    /// Workload reader threads.
-    #[arg(long, default_value_t = 2)]
+    /// Workload reader threads. With the writers and `--forks`' two threads the default
+    /// oversubscribes the guest's 2 vCPUs 5× (tasks preempted inside the programs).
+    #[arg(long, default_value_t = 4)]
     pub readers: u32,
     /// Workload writer threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     pub writers: u32,
     /// Events in the replay benchmark's trace.
     #[arg(long, default_value_t = 5_000_000)]
@@ -141,6 +142,10 @@ fn in_kernel(a: &BenchArgs) -> anyhow::Result<()> {
     }
     if !features.run {
         println!("SKIP vmatrace phases: this vmatrace has no `run` subcommand yet");
+    }
+    // The comparison needs Debian's bpftrace on the host (copied into the guest).
+    if let Err(e) = crate::setup::ensure_packages(&["bpftrace"]) {
+        println!("bench: {e:#}");
     }
     let bpftrace = match bundle::bpftrace() {
         Ok(b) => Some(b),
@@ -276,7 +281,7 @@ fn phase_result(p: &guest::Phase, r: &vm::results::GuestResults) -> report::Phas
     }
     match p.tool {
         guest::Tool::None => {}
-        guest::Tool::Vmatrace => match body(p.name) {
+        guest::Tool::Vmatrace | guest::Tool::VmatraceFentry => match body(p.name) {
             Some((b, rc)) => {
                 match parse::json(&b) {
                     Some(j) => out.vmatrace = Some(parse::VmatraceRun::from_json(&j)),

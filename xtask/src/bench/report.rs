@@ -262,6 +262,10 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
     let theirs = get("bpftrace_stats")
         .map(|p| p.bpftrace_costs.clone())
         .unwrap_or_default();
+    let fentry = get("vmatrace_fentry_stats")
+        .and_then(|p| p.vmatrace.as_ref())
+        .map(|v| v.programs.clone())
+        .unwrap_or_default();
     let _ = writeln!(
         s,
         "\nper-program cost (BPF run-time statistics; TCG inflates absolute times):"
@@ -272,7 +276,11 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
         "program", "function", "runs", "ns/run"
     );
     let mut prog_rows = Vec::new();
-    for (tool, list) in [("vmatrace", &ours), ("bpftrace", &theirs)] {
+    for (tool, list) in [
+        ("vmatrace", &ours),
+        ("vmatrace_fentry", &fentry),
+        ("bpftrace", &theirs),
+    ] {
         for p in list.iter() {
             let per = (p.run_cnt > 0).then(|| p.run_time_ns as f64 / p.run_cnt as f64);
             let _ = writeln!(
@@ -290,11 +298,15 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
         }
     }
     json.insert("programs".into(), prog_rows.into());
-    let (fo, ft) = (per_function(&ours), per_function(&theirs));
+    let (fo, ft, ff) = (
+        per_function(&ours),
+        per_function(&theirs),
+        per_function(&fentry),
+    );
     let _ = writeln!(
         s,
-        "\nper hooked call (all programs on the function; entry+exit where both exist):\n  {:<34} {:>12} {:>12} {:>8}",
-        "function", "vmatrace ns", "bpftrace ns", "ratio"
+        "\nper hooked call (all programs on the function; entry+exit where both exist):\n  {:<34} {:>12} {:>12} {:>8} {:>12}",
+        "function", "vmatrace ns", "bpftrace ns", "ratio", "fentry ns"
     );
     let mut fn_rows = Vec::new();
     for (f, (tc, tns)) in &ft {
@@ -304,18 +316,23 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
             (*tc > 0).then(|| *tns as f64 / *tc as f64),
         );
         let ratio = o.zip(t).map(|(o, t)| o / t);
+        let fe = ff
+            .get(f)
+            .and_then(|(c, ns)| (*c > 0).then(|| *ns as f64 / *c as f64));
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "—".into());
         let _ = writeln!(
             s,
-            "  {f:<34} {:>12} {:>12} {:>8}",
+            "  {f:<34} {:>12} {:>12} {:>8} {:>12}",
             fmt(o),
             fmt(t),
             ratio
                 .map(|r| format!("{r:.2}"))
-                .unwrap_or_else(|| "—".into())
+                .unwrap_or_else(|| "—".into()),
+            fmt(fe)
         );
         fn_rows.push(
-            serde_json::json!({"function": f, "vmatrace_ns": o, "bpftrace_ns": t, "ratio": ratio}),
+            serde_json::json!({"function": f, "vmatrace_ns": o, "bpftrace_ns": t,
+            "ratio": ratio, "vmatrace_fentry_ns": fe}),
         );
     }
     json.insert("per_call".into(), fn_rows.into());
@@ -324,6 +341,8 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
     for (vp, bp) in [
         ("vmatrace", "bpftrace"),
         ("vmatrace_stats", "bpftrace_stats"),
+        ("vmatrace_fentry", "bpftrace"),
+        ("vmatrace_fentry_stats", "bpftrace_stats"),
     ] {
         let (Some(v), Some(b)) = (
             get(vp).and_then(|p| p.vmatrace.as_ref()),
