@@ -102,6 +102,7 @@ pub fn skipped_runs(fd: RawFd) -> u64 {
 pub(super) fn snapshot(
     map: &PerCpuArray<MapData, u64>,
     skips: &[SkipSource],
+    seen: &super::link_misses::Seen,
 ) -> anyhow::Result<CounterSnapshot> {
     let mut values = Vec::with_capacity(Counter::ALL.len());
     for i in 0..COUNTER_SLOTS {
@@ -111,7 +112,7 @@ pub(super) fn snapshot(
         values.push(sum_per_cpu(&per_cpu));
     }
     let ids: Vec<u32> = skips.iter().filter_map(|s| s.kprobe_prog_id).collect();
-    let link_missed = super::link_misses::missed_by_program(&ids);
+    let link_missed = seen.refresh(&ids);
     let skipped = |s: &SkipSource| {
         let linked = s
             .kprobe_prog_id

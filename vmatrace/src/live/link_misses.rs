@@ -14,6 +14,28 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+/// The highest missed count seen per program id, shared by the counter snapshots and the
+/// per-program statistics of one session. Links take their count with them when they
+/// are detached, so the values read while attached are kept (counts only grow).
+#[derive(Clone, Debug, Default)]
+pub struct Seen(Arc<Mutex<HashMap<u32, u64>>>);
+
+impl Seen {
+    /// Read the links of `prog_ids` now and return every count seen so far.
+    pub fn refresh(&self, prog_ids: &[u32]) -> HashMap<u32, u64> {
+        let now = missed_by_program(prog_ids);
+        let Ok(mut seen) = self.0.lock() else {
+            return now;
+        };
+        for (id, n) in now {
+            let e = seen.entry(id).or_insert(0);
+            *e = (*e).max(n);
+        }
+        seen.clone()
+    }
+}
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
@@ -186,5 +208,13 @@ mod tests {
     #[test]
     fn no_programs_no_syscalls() {
         assert!(missed_by_program(&[]).is_empty());
+    }
+
+    #[test]
+    fn seen_counts_outlive_their_links() {
+        let seen = Seen::default();
+        seen.0.lock().unwrap().insert(7, 3);
+        // No link of program 7 exists (here: none at all): the 3 read earlier stays.
+        assert_eq!(seen.refresh(&[7]).get(&7), Some(&3));
     }
 }

@@ -72,6 +72,8 @@ pub(super) struct Loaded {
     pub programs: Vec<String>,
     /// Keeps `BPF_ENABLE_STATS` on while the session lives.
     pub _stats: Option<OwnedFd>,
+    /// The kprobe links' missed counts read so far (they vanish with the links).
+    pub link_misses: super::link_misses::Seen,
 }
 
 /// Round a ring-buffer size up to what the kernel accepts: a power of two, at least one page.
@@ -278,6 +280,7 @@ pub(super) fn start(
             ebpf,
             programs,
             _stats: stats,
+            link_misses: Default::default(),
         },
         hooks,
     ))

@@ -114,6 +114,7 @@ impl LiveSession {
         counters::snapshot(
             &self.inner.counters,
             &counters::skip_sources(&self.inner.ebpf, &self.inner.programs),
+            &self.inner.link_misses,
         )
     }
 

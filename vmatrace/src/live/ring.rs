@@ -114,6 +114,7 @@ pub(super) async fn stream(
         mut ebpf,
         programs,
         _stats,
+        link_misses,
     } = loaded;
     // The programs' kernel-side skip counts ride along with every counter snapshot.
     let skips = counters::skip_sources(&ebpf, &programs);
@@ -154,7 +155,7 @@ pub(super) async fn stream(
                 }
             }
             _ = tick.tick() => {
-                let snap = counters::snapshot(&counter_map, &skips)?;
+                let snap = counters::snapshot(&counter_map, &skips, &link_misses)?;
                 if tx.send(SourceItem::Counters(snap)).await.is_err() {
                     return Ok(());
                 }
@@ -168,6 +169,9 @@ pub(super) async fn stream(
     if let Err(e) = super::load::set_armed(&mut ebpf, false) {
         eprintln!("vmatrace: {e:#}");
     }
+    // The kprobe links' missed counts go with the links: read them one last time.
+    let kprobe_ids: Vec<u32> = skips.iter().filter_map(|s| s.kprobe_prog_id).collect();
+    link_misses.refresh(&kprobe_ids);
     if let Some(mut links) = links.take() {
         while let Some(link) = links.pop() {
             drop(link);
@@ -176,7 +180,7 @@ pub(super) async fn stream(
     if !drain_batches(afd.get_mut(), &tx, usize::MAX).await {
         return Ok(());
     }
-    let snap = counters::snapshot(&counter_map, &skips)?;
+    let snap = counters::snapshot(&counter_map, &skips, &link_misses)?;
     let _ = tx.send(SourceItem::Counters(snap)).await;
     drop(ebpf);
     Ok(())

@@ -44,6 +44,8 @@ impl ProgramStat {
 pub struct StatsHandle {
     /// Kernel program id → object name, in load order.
     ids: Vec<(u32, String)>,
+    /// The session's kprobe links' missed counts (kept after the links are gone).
+    link_misses: super::link_misses::Seen,
 }
 
 impl StatsHandle {
@@ -56,14 +58,17 @@ impl StatsHandle {
                 Some((id, name.clone()))
             })
             .collect();
-        Self { ids }
+        Self {
+            ids,
+            link_misses: loaded.link_misses.clone(),
+        }
     }
 
     /// Current run count and run time of every program of the session, in load order.
     pub fn program_stats(&self) -> Vec<ProgramStat> {
         let mut found: HashMap<u32, ProgramStat> = HashMap::new();
         let ids: Vec<u32> = self.ids.iter().map(|(id, _)| *id).collect();
-        let link_missed = super::link_misses::missed_by_program(&ids);
+        let link_missed = self.link_misses.refresh(&ids);
         for info in loaded_programs().flatten() {
             if let Some((id, name)) = self.ids.iter().find(|(id, _)| *id == info.id()) {
                 found.insert(

@@ -6,6 +6,7 @@
 mod apt;
 mod checks;
 mod debver;
+mod host_prometheus;
 pub mod initramfs;
 pub mod kernels;
 pub mod qemu;
@@ -360,6 +361,7 @@ fn boot_with_fallback(
     initrd: &Path,
     dir: &Path,
     steps: &[Step],
+    metrics_port: Option<u16>,
 ) -> anyhow::Result<(qemu::Outcome, Accel)> {
     let timeout =
         Duration::from_secs(90 + steps.iter().map(|s| u64::from(s.timeout_s)).sum::<u64>());
@@ -374,7 +376,13 @@ fn boot_with_fallback(
             )
         })
         .collect();
-    let extra = stream::port_args(&ports);
+    let mut extra = stream::port_args(&ports);
+    if let Some(port) = metrics_port {
+        if extra.is_empty() {
+            extra.extend(["-device".to_string(), "virtio-serial-pci".to_string()]);
+        }
+        extra.extend(host_prometheus::qemu_args(port));
+    }
     let mut retries = 0;
     loop {
         let accel = choice.accel;
@@ -408,6 +416,43 @@ fn boot_with_fallback(
             continue;
         }
         return Ok((out, accel));
+    }
+}
+
+/// The host Prometheus' last scrape of each scraped step's tracer, judged against that
+/// step's summary like the guest's own scrape.
+fn host_scrape(
+    p: &host_prometheus::HostPrometheus,
+    steps: &[Step],
+    res: &results::GuestResults,
+    verdict: &mut scenario::Verdict,
+) {
+    let (ok, tried) = p.scrapes();
+    for st in steps.iter().filter(|s| s.scrape.is_some()) {
+        let Some(summary) = res
+            .section(st.name)
+            .and_then(|sec| scenario::json_of(st.name, &sec.body).ok())
+        else {
+            continue; // judged already: no summary
+        };
+        if ok == 0 {
+            verdict.failures.push(format!(
+                "{}: Prometheus on the host never scraped the guest ({tried} attempts; log {})",
+                st.name,
+                p.dir.join("prometheus.log").display()
+            ));
+            continue;
+        }
+        let text = p.last_values(host_prometheus::JUDGED);
+        scrape::judge_from(
+            st.name,
+            &format!(
+                "Prometheus on the host, {ok} of {tried} scrapes through the serial relay, last one"
+            ),
+            &text,
+            &summary,
+            verdict,
+        );
     }
 }
 
@@ -497,10 +542,26 @@ fn run_one(
     let tk = Instant::now();
     let kernel = ensure_kernel(cache, &t.build)?;
     let fetch = tk.elapsed();
+    // A real Prometheus scrapes the `run` step's tracer from the host (its own data
+    // directory beside the artifacts; a fresh one per kernel).
+    let prometheus = if steps.iter().any(|s| s.scrape.is_some()) {
+        Some(host_prometheus::HostPrometheus::start(
+            &dir.with_extension("prometheus"),
+        )?)
+    } else {
+        None
+    };
     let mut attempt = 1;
     let (o, used, res, mut verdict) = loop {
         let _ = fs::remove_dir_all(dir);
-        let (o, used) = boot_with_fallback(accel, &kernel, initrd, dir, steps)?;
+        let (o, used) = boot_with_fallback(
+            accel,
+            &kernel,
+            initrd,
+            dir,
+            steps,
+            prometheus.as_ref().map(|p| p.target),
+        )?;
         let raw = fs::read(&o.results).unwrap_or_default();
         let res = results::parse(&raw);
         let mut verdict = scenario::judge(steps, &res);
@@ -516,6 +577,9 @@ fn run_one(
                 Ok(line) => verdict.info.push(format!("{}: {line}", st.name)),
                 Err(e) => verdict.failures.push(format!("{}: {e}", st.name)),
             }
+        }
+        if let Some(p) = &prometheus {
+            host_scrape(p, steps, &res, &mut verdict);
         }
         if attempt < RACE_ATTEMPTS && verdict.only_races_missed() && !o.timed_out {
             println!(

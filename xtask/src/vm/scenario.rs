@@ -343,6 +343,11 @@ pub fn init_script(steps: &[Step]) -> String {
                     &mut s,
                     &format!("step {n}: tracer ready after ${{i}}s; starting the workload"),
                 );
+                s.push_str("RELAY=\n");
+                if st.scrape.is_some() {
+                    // The host's Prometheus scrapes the tracer through a serial port.
+                    s.push_str(&super::host_prometheus::relay_sh(METRICS_ADDR));
+                }
                 let _ = writeln!(
                     s,
                     "timeout -s KILL {} {} >/tmp/{n}.bg.out 2>/tmp/{n}.bg.err; BGRC=$?",
@@ -359,6 +364,7 @@ pub fn init_script(steps: &[Step]) -> String {
                     say(&mut s, &format!("step {n}: metrics scraped ($SRC)"));
                 }
                 let _ = writeln!(s, "wait $TP; RC=$?");
+                s.push_str("[ -n \"$RELAY\" ] && kill $RELAY 2>/dev/null\n");
             }
         }
         s.push_str(&mark(&format!("begin {n}")));
@@ -654,10 +660,13 @@ mod tests {
             .find("nc 127.0.0.1 9464 > /tmp/run.metrics.http")
             .expect("scrape");
         let wait = s.find("wait $TP; RC=$?").expect("wait for the tracer");
+        // The host's Prometheus is relayed to the tracer from its readiness to its end.
+        let relay = s.find("nc 127.0.0.1 9464 <&5 >&5").expect("relay");
         assert!(
-            ready < workload && workload < scrape && scrape < wait,
+            ready < relay && relay < workload && workload < scrape && scrape < wait,
             "{s}"
         );
+        assert_eq!(s.matches("<&5 >&5").count(), 1, "only the run step relays");
         assert!(s.contains("@@VMATRACE end run:metrics rc=$SRC@@"), "{s}");
         assert!(s.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
         assert!(s.ends_with("poweroff -f\n"));

@@ -80,6 +80,17 @@ fn by_label(samples: &[Sample], name: &str, label: &str) -> BTreeMap<String, f64
 
 /// Judge the scrape of `step` against its summary `j`.
 pub fn judge(step: &str, text: &str, j: &Value, v: &mut Verdict) {
+    judge_from(
+        step,
+        "metrics scraped in the guest after the workload",
+        text,
+        j,
+        v,
+    )
+}
+
+/// [`judge`] for a scrape from elsewhere: `source` says whose, in the report line.
+pub fn judge_from(step: &str, source: &str, text: &str, j: &Value, v: &mut Verdict) {
     let samples = parse(text);
     if samples.is_empty() {
         v.failures
@@ -205,7 +216,7 @@ pub fn judge(step: &str, text: &str, j: &Value, v: &mut Verdict) {
     if differ.is_empty() {
         let events: f64 = logical.values().sum();
         v.info.push(format!(
-            "{step}: metrics scraped in the guest after the workload: {} samples, {compared} \
+            "{step}: {source}: {} samples, {compared} \
              series equal to the summary ({events} logical events){}",
             samples.len(),
             if grown.is_empty() {
@@ -219,7 +230,7 @@ pub fn judge(step: &str, text: &str, j: &Value, v: &mut Verdict) {
         ));
     } else {
         v.failures.push(format!(
-            "{step}: the metrics scrape differs from the summary: {}",
+            "{step}: {source}: differs from the summary: {}",
             differ.join("; ")
         ));
     }
