@@ -22,7 +22,8 @@ pub struct StressArgs {
     pub forks: bool,
     /// Test aid (root): busy-wait this many microseconds (1–1000) right before and right
     /// after the `vm_refcnt` increment in `vma_start_read` (kprobes inside
-    /// `lock_vma_under_rcu`), for this process's threads only. A writer that write-locks
+    /// `lock_vma_under_rcu`), for the tasks of this process's cgroup when it has one of its
+    /// own (the fork victims too), else for this process's threads only. A writer that write-locks
     /// and detaches the VMA meanwhile then finds the reader's transient reference: the
     /// detach slow path (`__vma_exclude_readers_for_detach`), which is otherwise a race of
     /// a few instructions. The probes only read the clock; they spin with interrupts off.

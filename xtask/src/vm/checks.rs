@@ -421,6 +421,11 @@ pub fn run_summary(step: &str, j: &Value, race: bool, v: &mut Verdict) {
             "{step}: `plan.hooks_attached` / `plan.hooks_failed` missing"
         )),
     }
+    // Killable write-lock waits a fatal signal ended (-EINTR: the fork victims' dup_mmap,
+    // killed while waiting for a reader), counted, with the anomalies judged below.
+    if let Some(n) = at(j, "stats.interrupted").and_then(Value::as_u64) {
+        v.info.push(format!("{step}: interrupted waits {n}"));
+    }
     match j.get("stop_reason").and_then(Value::as_str) {
         Some("duration") => {}
         other => v

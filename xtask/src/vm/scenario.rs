@@ -238,16 +238,18 @@ fn traced(
     let entries = if race { " --stream-entries" } else { "" };
     // The `run` step traces only its workload's cgroup and is scraped once the workload is
     // done; the race step traces every task (the unfiltered path).
-    let (filter, background, scrape, margin) = if race {
-        (String::new(), words(workload), None, RACE_TRACER_MARGIN_S)
+    // Both workloads run in their own cgroup: the `run` step's tracer traces only it, the
+    // race step's widener delays the faults of every task in it (the fork victims too).
+    let background = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("echo $$ > {WORKLOAD_CGROUP}/cgroup.procs && exec {workload}"),
+    ];
+    let (filter, scrape, margin) = if race {
+        (String::new(), None, RACE_TRACER_MARGIN_S)
     } else {
         (
             format!(" --cgroup {WORKLOAD_CGROUP} --metrics-listen {METRICS_ADDR}"),
-            vec![
-                "sh".into(),
-                "-c".into(),
-                format!("echo $$ > {WORKLOAD_CGROUP}/cgroup.procs && exec {workload}"),
-            ],
             Some(METRICS_SCRAPE),
             TRACER_MARGIN_S + SCRAPE_AFTER_S,
         )

@@ -9,13 +9,14 @@
 //! increments `vm_refcnt` *after* it can be inside: a window of a few instructions, which
 //! natural workloads do not hit in minutes (bpftrace saw none under stress-ng either).
 //!
-//! The widener puts a busy-wait around that increment, for this process's threads only:
+//! The widener puts a busy-wait around that increment, for the tasks of this process's
+//! cgroup when it has one of its own (else this process's threads; see [`Scope`]):
 //! two kprobes inside `lock_vma_under_rcu` (where `vma_start_read` is inlined), one on the
 //! `lock cmpxchg` that increments `vm_refcnt` (the delay falls between the sequence check
 //! and the increment) and one on the next instruction (the reader then holds its transient
 //! reference for the delay). A writer that write-locks and detaches the VMA meanwhile
 //! meets exactly the interleaving the kernel handles with the slow path. The programs only
-//! read the clock and the task id; they spin (in the int3 handler: interrupts off) for at
+//! read the clock and the task's id or cgroup; they spin (in the int3 handler: interrupts off) for at
 //! most `delay`.
 //!
 //! Kernel-facing and Linux-only: the function's text is read from `/proc/kcore` at the
@@ -51,6 +52,8 @@ pub struct WidenerReport {
     /// `function+0xNN` of every kprobe.
     pub probes: Vec<String>,
     pub delay_us: u64,
+    /// Whose faults are delayed: `process` or `cgroup <id>`.
+    pub scope: String,
 }
 
 /// Installed probes; dropping it detaches them (the fds are the only references) and then
@@ -213,38 +216,62 @@ fn lea_before(t: &[u8], at: usize, base: u8, field_offset: u32) -> bool {
 
 const BPF_FUNC_KTIME_GET_NS: i32 = 5;
 const BPF_FUNC_GET_CURRENT_PID_TGID: i32 = 14;
+const BPF_FUNC_GET_CURRENT_CGROUP_ID: i32 = 80;
 /// Loop bound the verifier can see; far more iterations than any accepted delay needs
 /// (each iteration reads the clock), and small enough to verify quickly (the verifier
 /// walks every iteration: ~8 instructions each, below its 1M-instruction budget).
 const MAX_SPINS: i32 = 100_000;
 
-/// The delay program: if the current task belongs to `tgid`, spin until `delay_ns` have
-/// passed (or [`MAX_SPINS`] clock reads). Each loop exit is the fall-through of its
-/// branch, so the verifier explores it first and never stacks more than one pending
-/// branch per iteration.
-pub fn delay_program(tgid: u32, delay_ns: u32) -> Vec<Insn> {
-    let tgid = tgid as i32; // pid_max is at most 2^22
-    let delay = delay_ns.min(i32::MAX as u32) as i32;
-    vec![
-        insn(0x85, 0, 0, 0, BPF_FUNC_GET_CURRENT_PID_TGID), // 0: call get_current_pid_tgid
-        insn(0x77, 0, 0, 0, 32),                            // 1: r0 >>= 32
-        insn(0x55, 0, 0, 10, tgid),                         // 2: if r0 != tgid goto 13
-        insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS),         // 3: call ktime_get_ns
-        insn(0xbf, 6, 0, 0, 0),                             // 4: r6 = r0 (start)
-        insn(0xb7, 7, 0, 0, 0),                             // 5: r7 = 0 (spins)
-        insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS),         // 6: call ktime_get_ns
-        insn(0x1f, 0, 6, 0, 0),                             // 7: r0 -= r6
-        insn(0xb5, 0, 0, 2, delay),                         // 8: if r0 <= delay goto 11
-        insn(0xb7, 0, 0, 0, 0),                             // 9: r0 = 0
-        insn(0x95, 0, 0, 0, 0),                             // 10: exit
-        insn(0x07, 7, 0, 0, 1),                             // 11: r7 += 1
-        insn(0xa5, 7, 0, -7, MAX_SPINS),                    // 12: if r7 < max goto 6
-        insn(0xb7, 0, 0, 0, 0),                             // 13: r0 = 0
-        insn(0x95, 0, 0, 0, 0),                             // 14: exit
-    ]
+/// Whose page faults the widener delays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// This process's threads.
+    Process(u32),
+    /// Every task of this cgroup v2 (by id): also the processes the workload starts, such
+    /// as the fork victims, whose killable `dup_mmap` write locks then wait for delayed
+    /// readers and can be interrupted by the SIGKILL that ends them.
+    Cgroup(u64),
 }
 
-/// Install the widener for this process's threads.
+/// The delay program: if the current task is in `scope`, spin until `delay_ns` have
+/// passed (or [`MAX_SPINS`] clock reads). Each loop exit is the fall-through of its
+/// branch, so the verifier explores it first and never stacks more than one pending
+/// branch per iteration. The scope test ends in a jump 10 instructions past itself, to
+/// the final `r0 = 0; exit`, whatever its length.
+pub fn delay_program(scope: Scope, delay_ns: u32) -> Vec<Insn> {
+    let delay = delay_ns.min(i32::MAX as u32) as i32;
+    let mut v = match scope {
+        Scope::Process(tgid) => vec![
+            insn(0x85, 0, 0, 0, BPF_FUNC_GET_CURRENT_PID_TGID), // call get_current_pid_tgid
+            insn(0x77, 0, 0, 0, 32),                            // r0 >>= 32
+            // pid_max is at most 2^22
+            insn(0x55, 0, 0, 10, tgid as i32), // if r0 != tgid goto exit
+        ],
+        Scope::Cgroup(id) => {
+            let mut v = vec![insn(0x85, 0, 0, 0, BPF_FUNC_GET_CURRENT_CGROUP_ID)]; // call
+            v.extend(super::raw_bpf::ld_imm64(1, id)); // r1 = cgroup id
+            v.push(insn(0x5d, 0, 1, 10, 0)); // if r0 != r1 goto exit
+            v
+        }
+    };
+    v.extend([
+        insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS), // 3: call ktime_get_ns
+        insn(0xbf, 6, 0, 0, 0),                     // 4: r6 = r0 (start)
+        insn(0xb7, 7, 0, 0, 0),                     // 5: r7 = 0 (spins)
+        insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS), // 6: call ktime_get_ns
+        insn(0x1f, 0, 6, 0, 0),                     // 7: r0 -= r6
+        insn(0xb5, 0, 0, 2, delay),                 // 8: if r0 <= delay goto 11
+        insn(0xb7, 0, 0, 0, 0),                     // 9: r0 = 0
+        insn(0x95, 0, 0, 0, 0),                     // 10: exit
+        insn(0x07, 7, 0, 0, 1),                     // 11: r7 += 1
+        insn(0xa5, 7, 0, -7, MAX_SPINS),            // 12: if r7 < max goto 6
+        insn(0xb7, 0, 0, 0, 0),                     // 13: r0 = 0
+        insn(0x95, 0, 0, 0, 0),                     // 14: exit
+    ]);
+    v
+}
+
+/// Install the widener for this process's cgroup or threads ([`Scope`]).
 pub fn install(delay: Duration) -> anyhow::Result<Widener> {
     if delay.is_zero() || delay > MAX_DELAY {
         bail!("the race delay must be between 1 µs and {MAX_DELAY:?}, not {delay:?}");
@@ -284,9 +311,28 @@ pub fn find_sites() -> anyhow::Result<Vec<Site>> {
     Ok(sites)
 }
 
+/// The widener's scope: this process's cgroup when it has one of its own (the VM tests
+/// put the workload in one), else this process.
+fn scope() -> Scope {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::trim).map(str::to_string))
+        });
+    match own {
+        Some(path) if path != "/" => match super::calls::own_cgroup_id() {
+            Ok(id) => Scope::Cgroup(id),
+            Err(_) => Scope::Process(std::process::id()),
+        },
+        _ => Scope::Process(std::process::id()),
+    }
+}
+
 fn install_at(delay: Duration, sites: Vec<Site>) -> anyhow::Result<Widener> {
+    let scope = scope();
     let prog = load_program(
-        &delay_program(std::process::id(), delay.as_nanos() as u32),
+        &delay_program(scope, delay.as_nanos() as u32),
         "vmatrace_race",
     )?;
     let unoptimized = Unoptimized::set()?;
@@ -308,6 +354,10 @@ fn install_at(delay: Duration, sites: Vec<Site>) -> anyhow::Result<Widener> {
             function: FUNCTION,
             probes,
             delay_us: delay.as_micros() as u64,
+            scope: match scope {
+                Scope::Process(_) => "process".into(),
+                Scope::Cgroup(id) => format!("cgroup {id}"),
+            },
         },
         _fds: fds,
         _unoptimized: unoptimized,
@@ -457,7 +507,7 @@ mod tests {
 
     #[test]
     fn delay_program_branches_stay_inside_and_end_in_exit() {
-        let p = delay_program(1234, 50_000);
+        let p = delay_program(Scope::Process(1234), 50_000);
         for (i, ins) in p.iter().enumerate() {
             let class = ins.code & 7;
             if class == 5 && ins.code != 0x85 && ins.code != 0x95 {
@@ -473,6 +523,20 @@ mod tests {
         assert_eq!(p[8].imm, 50_000);
         // The loop goes back to the clock read.
         assert_eq!(12 + 1 + i64::from(p[12].off), 6);
+        // The scope test jumps to the final `r0 = 0; exit` in both forms.
+        let c = delay_program(Scope::Cgroup(0x1_0000_0042), 50_000);
+        assert_eq!(c.len(), p.len() + 1);
+        for prog in [&p, &c] {
+            let at = prog
+                .iter()
+                .position(|i| i.code == 0x55 || i.code == 0x5d)
+                .unwrap();
+            assert_eq!(
+                at as i64 + 1 + i64::from(prog[at].off),
+                prog.len() as i64 - 2
+            );
+        }
+        assert_eq!((c[1].imm as u32, c[2].imm as u32), (0x42, 1));
     }
 
     #[test]
