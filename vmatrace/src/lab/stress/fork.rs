@@ -3,6 +3,7 @@
 //! middle of forking exercises the killable write lock's -EINTR path.
 
 use std::{
+    io::{BufRead as _, BufReader, Write as _},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -43,8 +44,13 @@ fn fork_and_reap() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Start `vmatrace stress --fork-victim` processes and SIGKILL each a few milliseconds in,
-/// while it is forking.
+/// What a fork victim prints once it is in its fork loop.
+const FORKING: &str = "forking";
+
+/// Start `vmatrace stress --fork-victim` processes and SIGKILL each a few milliseconds
+/// after it says it is forking: it then spends nearly all its time in `dup_mmap`, whose
+/// killable write locks wait for the victim's own faulting reader, so some kills land
+/// inside such a wait (-EINTR).
 pub fn killer(shared: &Shared, stop: &AtomicBool, seed: u64) {
     let mut rng = Rng::new(seed);
     let exe = match std::env::current_exe() {
@@ -58,7 +64,7 @@ pub fn killer(shared: &Shared, stop: &AtomicBool, seed: u64) {
         let child = Command::new(&exe)
             .args(["stress", "--fork-victim"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn();
         let mut child: Child = match child {
             Ok(c) => c,
@@ -67,8 +73,13 @@ pub fn killer(shared: &Shared, stop: &AtomicBool, seed: u64) {
                 return;
             }
         };
-        // Let it map its VMAs and get into its fork loop, then kill it mid-flight.
-        std::thread::sleep(Duration::from_millis(20 + rng.below(40) as u64));
+        // Let it map its VMAs and get into its fork loop (it says so; under TCG that
+        // takes longer than any fixed head start), then kill it mid-flight.
+        if let Some(out) = child.stdout.take() {
+            let mut line = String::new();
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        std::thread::sleep(Duration::from_millis(1 + rng.below(20) as u64));
         let killed = child.kill().is_ok();
         let _ = child.wait();
         if killed {
@@ -113,6 +124,9 @@ pub fn victim() -> anyhow::Result<()> {
                 i += 1;
             }
         });
+        // The killer waits for this line (stdout is its pipe; a closed pipe is fine).
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{FORKING}").and_then(|()| out.flush());
         let t0 = Instant::now();
         while t0.elapsed() < VICTIM_LIFETIME {
             if fork_and_reap().is_err() {
