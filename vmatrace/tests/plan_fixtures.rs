@@ -772,3 +772,30 @@ fn attach_choice_follows_the_capabilities_and_the_option() {
             .all(|a| a.mode != AttachMode::FEntry && a.mode != AttachMode::FExit)
     );
 }
+
+/// A config's default mode is not the running one on a `PREEMPT_DYNAMIC` kernel (the boot
+/// may say `preempt=full`): kprobes. A kernel built `voluntary` without the dynamic
+/// switch cannot preempt kernel code: fentry/fexit.
+#[test]
+fn a_dynamic_kernels_config_default_is_not_trusted() {
+    use vmatrace::kernel::{config::KernelConfig, preempt};
+    let all = Capabilities::assume_all();
+    for (config, first) in [
+        (
+            "CONFIG_PREEMPT_VOLUNTARY=y\nCONFIG_PREEMPT_DYNAMIC=y\n",
+            AttachMode::KProbe,
+        ),
+        ("CONFIG_PREEMPT_VOLUNTARY=y\n", AttachMode::FEntry),
+        ("CONFIG_PREEMPT_NONE=y\n", AttachMode::FEntry),
+        ("CONFIG_PREEMPT_RT=y\n", AttachMode::KProbe),
+    ] {
+        let mut info = load("debian-7.2.13-cloud");
+        let c = KernelConfig::parse(config, "test").expect("config");
+        info.preemption = preempt::detect(preempt::Sources {
+            config: Some(&c),
+            ..Default::default()
+        });
+        let p = plan_with(&info, &all, AttachPreference::Auto).unwrap();
+        assert_eq!(p.attach.first, first, "{config}: {}", p.attach);
+    }
+}
