@@ -9,8 +9,10 @@
 //! runs. Scrapes before the relay is up time out: only Prometheus' `up` shows them.
 //!
 //! After the guest is gone, the last scraped value of each series
-//! (`last_over_time(name[1h])`: range selections skip the staleness markers written when
-//! the target went away) is turned back into exposition text and judged against the
+//! (`last_over_time(name[<last boot>s])`: range selections skip the staleness markers
+//! written when the target went away; the range covers only the last boot, so a guest
+//! booted again after an oops is judged on its own scrapes, not on its predecessor's
+//! run) is turned back into exposition text and judged against the
 //! summary like the guest's own scrape (`scrape::judge`): the relay stays up until the
 //! tracer exits, seconds after the workload, so the last scrape sees the frozen values.
 
@@ -159,18 +161,24 @@ impl HostPrometheus {
         parse_vector(&body)
     }
 
-    /// How many scrapes of the guest succeeded, and how many were tried.
-    pub fn scrapes(&self) -> (u64, u64) {
+    /// How many scrapes of the guest succeeded, and how many were tried, in the last
+    /// `window`.
+    pub fn scrapes(&self, window: Duration) -> (u64, u64) {
+        let w = (window.as_secs() + u64::from(window.subsec_nanos() > 0)).max(1);
         let one = |q: &str| self.query(q).first().map(|(_, v)| *v as u64).unwrap_or(0);
-        (one("sum_over_time(up[1h])"), one("count_over_time(up[1h])"))
+        (
+            one(&format!("sum_over_time(up[{w}s])")),
+            one(&format!("count_over_time(up[{w}s])")),
+        )
     }
 
-    /// The last scraped value of every series of `names`, as exposition text (Prometheus'
-    /// own `job` and `instance` labels kept: nothing judged reads them).
-    pub fn last_values(&self, names: &[&str]) -> String {
+    /// The last value scraped in the last `window` of every series of `names`, as
+    /// exposition text (Prometheus' own `job` and `instance` labels kept: nothing judged
+    /// reads them).
+    pub fn last_values(&self, names: &[&str], window: Duration) -> String {
         let mut text = String::new();
         for name in names {
-            for (labels, value) in self.query(&format!("last_over_time({name}[1h])")) {
+            for (labels, value) in self.query(&last_query(name, window)) {
                 let l = labels
                     .iter()
                     .filter(|(k, _)| k.as_str() != "__name__")
@@ -182,6 +190,13 @@ impl HostPrometheus {
         }
         text
     }
+}
+
+/// The last value of each series of `name` within `window` (rounded up to whole seconds):
+/// older boots' series, with their own `run_id`, fall outside it.
+pub fn last_query(name: &str, window: Duration) -> String {
+    let secs = window.as_secs() + u64::from(window.subsec_nanos() > 0);
+    format!("last_over_time({name}[{}s])", secs.max(1))
 }
 
 /// The samples of an instant-vector answer of the query API.
@@ -234,6 +249,15 @@ mod tests {
         assert_eq!(v[0].0.get("event").map(String::as_str), Some("vma_free"));
         assert_eq!(v[0].1, 41521.0);
         assert!(parse_vector("not json").is_empty());
+    }
+
+    #[test]
+    fn queries_cover_only_the_last_boot() {
+        assert_eq!(
+            last_query("vmatrace_run_info", Duration::from_millis(61_900)),
+            "last_over_time(vmatrace_run_info[62s])"
+        );
+        assert_eq!(last_query("x", Duration::ZERO), "last_over_time(x[1s])");
     }
 
     #[test]

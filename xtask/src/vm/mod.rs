@@ -423,11 +423,12 @@ fn boot_with_fallback(
 /// step's summary like the guest's own scrape.
 fn host_scrape(
     p: &host_prometheus::HostPrometheus,
+    window: Duration,
     steps: &[Step],
     res: &results::GuestResults,
     verdict: &mut scenario::Verdict,
 ) {
-    let (ok, tried) = p.scrapes();
+    let (ok, tried) = p.scrapes(window);
     for st in steps.iter().filter(|s| s.scrape.is_some()) {
         let Some(summary) = res
             .section(st.name)
@@ -443,7 +444,7 @@ fn host_scrape(
             ));
             continue;
         }
-        let text = p.last_values(host_prometheus::JUDGED);
+        let text = p.last_values(host_prometheus::JUDGED, window);
         scrape::judge_from(
             st.name,
             &format!(
@@ -562,6 +563,7 @@ fn run_one(
             steps,
             prometheus.as_ref().map(|p| p.target),
         )?;
+        let ended = Instant::now();
         let raw = fs::read(&o.results).unwrap_or_default();
         let res = results::parse(&raw);
         let mut verdict = scenario::judge(steps, &res);
@@ -579,7 +581,9 @@ fn run_one(
             }
         }
         if let Some(p) = &prometheus {
-            host_scrape(p, steps, &res, &mut verdict);
+            // Only this boot's scrapes: a boot retried after an oops ran another tracer.
+            let window = o.elapsed + ended.elapsed() + Duration::from_secs(1);
+            host_scrape(p, window, steps, &res, &mut verdict);
         }
         if attempt < RACE_ATTEMPTS && verdict.only_races_missed() && !o.timed_out {
             println!(
