@@ -416,7 +416,10 @@ fn boot_with_fallback(
         {
             retries += 1;
             // Kept for a post-mortem: the next boot overwrites the console.
-            let _ = fs::copy(&out.console, dir.join(format!("console-oops-{retries}.log")));
+            let _ = fs::copy(
+                &out.console,
+                dir.join(format!("console-oops-{retries}.log")),
+            );
             println!("vm-test: {why}; booting it again");
             continue;
         }
