@@ -32,8 +32,9 @@ pub(super) struct SkipSource {
 
 impl SkipSource {
     /// `None` for a program the contract table does not know (cannot happen for planned
-    /// programs; tested in `kernel::programs`).
-    pub fn new(name: &str, fd: RawFd) -> Option<Self> {
+    /// programs; tested in `kernel::programs`). `prog_id`: the kernel's id of the program,
+    /// kept for kprobe programs (their links' missed hits).
+    pub fn new(name: &str, fd: RawFd, prog_id: Option<u32>) -> Option<Self> {
         let spec = PROGRAMS.iter().find(|p| p.name == name)?;
         // Entry and return halves pair through an in-flight map only when the object
         // has both for this function (fentry+fexit or kprobe+kretprobe).
@@ -54,10 +55,11 @@ impl SkipSource {
             AttachMode::FExit | AttachMode::KRetProbe => Counter::ReturnRunsSkipped,
             _ => Counter::EntryRunsSkipped,
         };
+        let kprobe = matches!(spec.mode, AttachMode::KProbe | AttachMode::KRetProbe);
         Some(Self {
             fd,
             counter,
-            kprobe_prog_id: None,
+            kprobe_prog_id: prog_id.filter(|_| kprobe),
         })
     }
 }
@@ -69,16 +71,14 @@ pub(super) fn skip_sources(ebpf: &aya::Ebpf, names: &[String]) -> Vec<SkipSource
         .filter_map(|name| {
             let program = ebpf.program(name)?;
             let fd = program.fd().ok()?.as_fd().as_raw_fd();
-            let mut source = SkipSource::new(name, fd)?;
-            let kprobe = PROGRAMS.iter().any(|p| {
-                p.name == name && matches!(p.mode, AttachMode::KProbe | AttachMode::KRetProbe)
-            });
-            if kprobe {
-                source.kprobe_prog_id = program.info().ok().map(|i| i.id());
-            }
-            Some(source)
+            SkipSource::new(name, fd, program.info().ok().map(|i| i.id()))
         })
         .collect()
+}
+
+/// The kernel ids of the kprobe programs among `skips` (whose links' misses count).
+pub(super) fn kprobe_ids(skips: &[SkipSource]) -> Vec<u32> {
+    skips.iter().filter_map(|s| s.kprobe_prog_id).collect()
 }
 
 /// `recursion_misses:` of a BPF program's fdinfo (kernel 5.12+; `bpf_prog_show_fdinfo`).
@@ -111,8 +111,7 @@ pub(super) fn snapshot(
             .with_context(|| format!("reading COUNTERS[{i}]"))?;
         values.push(sum_per_cpu(&per_cpu));
     }
-    let ids: Vec<u32> = skips.iter().filter_map(|s| s.kprobe_prog_id).collect();
-    let link_missed = seen.refresh(&ids);
+    let link_missed = seen.refresh(&kprobe_ids(skips));
     let skipped = |s: &SkipSource| {
         let linked = s
             .kprobe_prog_id
@@ -162,7 +161,7 @@ mod tests {
 
     #[test]
     fn skips_are_sorted_by_what_they_lose() {
-        let c = |name| SkipSource::new(name, 3).unwrap().counter;
+        let c = |name| SkipSource::new(name, 3, None).unwrap().counter;
         assert_eq!(c("vsw_fentry"), Counter::EntryRunsSkipped);
         assert_eq!(c("vser_kprobe"), Counter::EntryRunsSkipped);
         assert_eq!(c("vsw_fexit"), Counter::ReturnRunsSkipped);
@@ -172,7 +171,17 @@ mod tests {
         assert_eq!(c("vaf_fentry"), Counter::SingleRunsSkipped);
         assert_eq!(c("mmap_lock_released"), Counter::SingleRunsSkipped);
         assert_eq!(c("lvur_kretprobe"), Counter::ReturnRunsSkipped);
-        assert!(SkipSource::new("no_such_program", 3).is_none());
+        assert!(SkipSource::new("no_such_program", 3, None).is_none());
+    }
+
+    /// Only kprobe programs keep their id: their links' missed hits are counted.
+    #[test]
+    fn kprobe_programs_keep_their_id() {
+        let id = |name| SkipSource::new(name, 3, Some(41)).unwrap().kprobe_prog_id;
+        assert_eq!(id("vser_kprobe"), Some(41));
+        assert_eq!(id("rww_kretprobe"), Some(41));
+        assert_eq!(id("vsw_fexit"), None);
+        assert_eq!(id("mmap_lock_released"), None);
     }
 
     #[test]

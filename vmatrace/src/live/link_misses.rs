@@ -35,6 +35,11 @@ impl Seen {
         }
         seen.clone()
     }
+
+    /// The counts read so far, without reading the links again.
+    pub fn get(&self) -> HashMap<u32, u64> {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;

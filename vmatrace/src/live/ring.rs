@@ -170,8 +170,7 @@ pub(super) async fn stream(
         eprintln!("vmatrace: {e:#}");
     }
     // The kprobe links' missed counts go with the links: read them one last time.
-    let kprobe_ids: Vec<u32> = skips.iter().filter_map(|s| s.kprobe_prog_id).collect();
-    link_misses.refresh(&kprobe_ids);
+    link_misses.refresh(&counters::kprobe_ids(&skips));
     if let Some(mut links) = links.take() {
         while let Some(link) = links.pop() {
             drop(link);

@@ -67,8 +67,8 @@ impl StatsHandle {
     /// Current run count and run time of every program of the session, in load order.
     pub fn program_stats(&self) -> Vec<ProgramStat> {
         let mut found: HashMap<u32, ProgramStat> = HashMap::new();
-        let ids: Vec<u32> = self.ids.iter().map(|(id, _)| *id).collect();
-        let link_missed = self.link_misses.refresh(&ids);
+        // Read by the session's counter snapshots (every second, and before detach).
+        let link_missed = self.link_misses.get();
         for info in loaded_programs().flatten() {
             if let Some((id, name)) = self.ids.iter().find(|(id, _)| *id == info.id()) {
                 found.insert(

@@ -223,9 +223,10 @@ pub fn parse_vector(body: &str) -> Vec<(BTreeMap<String, String>, f64)> {
 }
 
 /// The guest's relay: from the tracer's readiness until it exits, each connection the
-/// host opens on the port is carried to `addr` by one `nc` (`$TP` is the tracer's pid).
+/// host opens on the port is carried to `addr` by one `nc` (`$TP` is the tracer's pid;
+/// `$RELAY` is set to the relay's pid when the port exists).
 pub fn relay_sh(addr: &str) -> String {
-    let mut s = String::from("MP=\n");
+    let mut s = String::from("MP=\nRELAY=\n");
     s.push_str(&super::stream::find_port_sh("MP", PORT_NAME));
     let _ = writeln!(
         s,

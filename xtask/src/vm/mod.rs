@@ -551,12 +551,12 @@ fn run_one(
     let tk = Instant::now();
     let kernel = ensure_kernel(cache, &t.build)?;
     let fetch = tk.elapsed();
-    // A real Prometheus scrapes the `run` step's tracer from the host (its own data
-    // directory beside the artifacts; a fresh one per kernel).
+    // A real Prometheus scrapes the `run` step's tracer from the host. Its data goes
+    // beside the artifacts (`<build>.prometheus`), which every boot attempt clears.
     let prometheus = if steps.iter().any(|s| s.scrape.is_some()) {
-        Some(host_prometheus::HostPrometheus::start(
-            &dir.with_extension("prometheus"),
-        )?)
+        let mut data = dir.as_os_str().to_owned();
+        data.push(".prometheus");
+        Some(host_prometheus::HostPrometheus::start(Path::new(&data))?)
     } else {
         None
     };

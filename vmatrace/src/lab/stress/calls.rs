@@ -42,16 +42,19 @@ pub fn count_program(cgid: u64, key: u32, map: &OwnedFd) -> Vec<Insn> {
     v
 }
 
-/// The cgroup v2 id of this process: the inode of its `/sys/fs/cgroup` directory.
-pub fn own_cgroup_id() -> anyhow::Result<u64> {
+/// This process's cgroup v2: its path (`/` for the root) and its id, the inode of its
+/// directory under `/sys/fs/cgroup`.
+pub fn own_cgroup() -> anyhow::Result<(String, u64)> {
     let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
     let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
         bail!("this process is in no cgroup v2 (no `0::` line in /proc/self/cgroup)");
     };
-    let dir = format!("/sys/fs/cgroup{}", path.trim());
-    Ok(std::fs::metadata(&dir)
+    let path = path.trim().to_string();
+    let dir = format!("/sys/fs/cgroup{path}");
+    let id = std::fs::metadata(&dir)
         .with_context(|| format!("stat {dir}"))?
-        .ino())
+        .ino();
+    Ok((path, id))
 }
 
 /// Counts per function, with the runs the kernel skipped.
@@ -73,7 +76,7 @@ pub struct CallCounter {
 impl CallCounter {
     /// Attach a counter to every function of [`FUNCTIONS`] this kernel has.
     pub fn attach() -> anyhow::Result<CallCounter> {
-        let cgid = own_cgroup_id()?;
+        let (_, cgid) = own_cgroup()?;
         let map = array_map(FUNCTIONS.len() as u32)?;
         let mut programs = Vec::new();
         let mut events = Vec::new();

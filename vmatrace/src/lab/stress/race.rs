@@ -314,17 +314,8 @@ pub fn find_sites() -> anyhow::Result<Vec<Site>> {
 /// The widener's scope: this process's cgroup when it has one of its own (the VM tests
 /// put the workload in one), else this process.
 fn scope() -> Scope {
-    let own = std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::trim).map(str::to_string))
-        });
-    match own {
-        Some(path) if path != "/" => match super::calls::own_cgroup_id() {
-            Ok(id) => Scope::Cgroup(id),
-            Err(_) => Scope::Process(std::process::id()),
-        },
+    match super::calls::own_cgroup() {
+        Ok((path, id)) if path != "/" => Scope::Cgroup(id),
         _ => Scope::Process(std::process::id()),
     }
 }
