@@ -44,6 +44,9 @@ pub struct Offsets {
     /// through `bpf_get_current_task_btf()` instead of the `bpf_get_current_comm` helper.
     /// Absent: the helper.
     pub task_comm: u32,
+    /// `pt_regs.orig_ax` (x86-64): the syscall number, read through `bpf_task_pt_regs`
+    /// for slow waits. Absent: not read.
+    pub pt_regs_syscall: u32,
 }
 
 impl Offsets {
@@ -63,6 +66,7 @@ impl Offsets {
         ves_detached: OFFSET_ABSENT,
         ves_exclusive: OFFSET_ABSENT,
         task_comm: OFFSET_ABSENT,
+        pt_regs_syscall: OFFSET_ABSENT,
     };
 }
 
@@ -97,6 +101,10 @@ pub struct ProgramConfig {
     /// act is to call `__vma_start_exclude_readers` (`detaching` 0), whose entry saves
     /// what the write lock's return needs as well (`write_lock_request` is a proxy).
     pub write_entry_from_exclude: u32,
+    /// A writer-path return whose wait is at least this many ns is preceded by a
+    /// `SlowWait` event (syscall and kernel stack); 0 = never. Below it the return
+    /// program pays one comparison.
+    pub slow_wait_ns: u64,
 }
 
 impl ProgramConfig {
@@ -110,6 +118,7 @@ impl ProgramConfig {
         wake_every_records: 128,
         stream_entries: 0,
         write_entry_from_exclude: 0,
+        slow_wait_ns: 0,
     };
 }
 

@@ -52,6 +52,10 @@ counters! {
     /// the return program (`ReturnRunsSkipped`); also possible with kretprobes when the
     /// instance pool is exhausted while writers sleep.
     MissedReturn = 13, "missed_return";
+    /// A slow wait's kernel stack could not be kept (`bpf_get_stackid` failed: the
+    /// `STACKS` map is full or its bucket holds another stack). Its `SlowWait` event
+    /// still carries the syscall.
+    SlowStackFailed = 14, "slow_stack_failed";
     /// Runs of this session's entry programs (fentry, kprobe) that have a return program
     /// (fexit, kretprobe) on the same function, which the kernel skipped:
     /// `recursion_misses` in the programs' fdinfo. A fentry program is

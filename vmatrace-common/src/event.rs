@@ -44,6 +44,12 @@ pub enum EventKind {
     VmaAlloc = 11,
     /// `vm_area_free` entry: the object leaves; the refcount must be 0.
     VmaFree = 12,
+    /// Sent just before a writer-path return (`probe` says which function) whose wait
+    /// reached `--slow-wait`: why that writer was slow. `arg` = the task's syscall number
+    /// (`orig_ax`; `u64::MAX` when it could not be read), `ret` = the kernel stack's id in
+    /// `STACKS` (negative: `bpf_get_stackid` failed), `wait_ns` = the return's wait; the
+    /// header and VMA fields are the return's. Not a lock transition: the validator skips it.
+    SlowWait = 13,
 }
 
 impl EventKind {
@@ -60,6 +66,7 @@ impl EventKind {
         EventKind::MmWriteUnlock,
         EventKind::VmaAlloc,
         EventKind::VmaFree,
+        EventKind::SlowWait,
     ];
 
     pub const fn from_u16(v: u16) -> Option<Self> {
@@ -76,6 +83,7 @@ impl EventKind {
             10 => EventKind::MmWriteUnlock,
             11 => EventKind::VmaAlloc,
             12 => EventKind::VmaFree,
+            13 => EventKind::SlowWait,
             _ => return None,
         })
     }
@@ -95,6 +103,7 @@ impl EventKind {
             EventKind::MmWriteUnlock => "mm_write_unlock",
             EventKind::VmaAlloc => "vma_alloc",
             EventKind::VmaFree => "vma_free",
+            EventKind::SlowWait => "slow_wait",
         }
     }
 }

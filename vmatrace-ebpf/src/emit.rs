@@ -4,13 +4,15 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated::bpf_task_pt_regs,
     },
+    programs::tracing::StackIdContext,
 };
 use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
 
 use crate::{
     globals::global,
-    maps::{COUNTERS, EVENTS, SINCE_WAKE},
+    maps::{COUNTERS, EVENTS, SINCE_WAKE, STACKS},
     struct_reads::{Reads, present},
 };
 
@@ -125,4 +127,63 @@ fn wakeup_flag() -> u64 {
         }
     }
     BPF_RB_NO_WAKEUP as u64
+}
+
+/// Why a writer was slow: when a writer-path return's wait reached
+/// `CONFIG.slow_wait_ns`, a `SlowWait` event goes out just before it (same CPU, so the
+/// ring keeps that order) with the task's syscall number and its kernel stack's id in
+/// `STACKS`. Below the threshold this is one comparison; the stack walk is only paid by
+/// slow waits. Written in place in the ring slot: a second 128-byte record on the
+/// program's stack would crowd the verifier's 512 bytes.
+#[inline(always)]
+pub fn slow_wait<C: StackIdContext>(ctx: &C, ret: &Event) {
+    let min = global!(CONFIG.slow_wait_ns);
+    if min == 0 || ret.flags & flags::PAIRED == 0 || ret.wait_ns < min {
+        return;
+    }
+    let stack = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id,
+        Err(e) => {
+            count(Counter::SlowStackFailed);
+            i64::from(e)
+        }
+    };
+    let off = global!(OFFSETS.pt_regs_syscall);
+    let syscall = if present(off) {
+        // SAFETY: helpers on the current task; `bpf_task_pt_regs` returns its user
+        // register frame (never NULL for the current task), read through the fault-safe
+        // path.
+        unsafe {
+            let task = bpf_get_current_task_btf();
+            let regs = bpf_task_pt_regs(task.cast()) as u64;
+            bpf_probe_read_kernel((regs + u64::from(off)) as *const u64).unwrap_or(u64::MAX)
+        }
+    } else {
+        u64::MAX
+    };
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        count(Counter::RingbufReserveFailed);
+        return;
+    };
+    let p = slot.as_mut_ptr();
+    // SAFETY: `p` is the reserved slot, sized and aligned for one `Event`.
+    unsafe {
+        core::ptr::write_bytes(p, 0, 1);
+        (*p).ts_ns = ret.ts_ns;
+        (*p).pid_tgid = ret.pid_tgid;
+        (*p).vma = ret.vma;
+        (*p).mm = ret.mm;
+        (*p).vm_start = ret.vm_start;
+        (*p).vm_end = ret.vm_end;
+        (*p).vm_flags = ret.vm_flags;
+        (*p).arg = syscall;
+        (*p).ret = stack;
+        (*p).wait_ns = ret.wait_ns;
+        (*p).kind = EventKind::SlowWait as u16;
+        (*p).flags = flags::RET;
+        (*p).probe = ret.probe;
+        (*p).cpu = ret.cpu;
+        (*p).comm = ret.comm;
+    }
+    slot.submit(wakeup_flag());
 }

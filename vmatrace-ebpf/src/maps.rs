@@ -3,13 +3,19 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use vmatrace_common::{Event, counters::COUNTER_SLOTS};
 
 /// Every streamed [`Event`]. Resized at load time (`map_max_entries`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Kernel stacks of slow waits (`EventKind::SlowWait`'s `ret`). No
+/// `BPF_F_REUSE_STACKID`: an id keeps its stack for the session, so userspace resolves
+/// each id once; a stack whose bucket is taken is counted (`SlowStackFailed`).
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(1024, 0);
 
 /// `[0]` = 1 while the session is armed: set by userspace once every hook is attached,
 /// cleared before the first is detached. Until then the task filter refuses everyone, so

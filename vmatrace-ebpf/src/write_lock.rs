@@ -13,12 +13,14 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{fentry, fexit, kprobe, kretprobe},
     maps::LruHashMap,
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RetProbeContext, tracing::StackIdContext,
+    },
 };
 use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
 
 use crate::{
-    emit::{count, header, now, paired, send},
+    emit::{count, header, now, paired, send, slow_wait},
     filter::traced,
     globals::{GEN_6_15, GEN_6_19, GEN_7_0, generation, global},
     inflight::{note_outer_lost, remember, take, take_outer},
@@ -172,7 +174,12 @@ fn begin_exit<const D: bool>(
 /// entry streamed its own), then the event goes out. Nothing to undo in `EXCLUDERS`:
 /// taking the entry ended the exclusion there (`maps::excluding`).
 #[inline(always)]
-fn finish_exit<const D: bool>(ev: &mut Event, r: Reads<D>, entry: Inflight) {
+fn finish_exit<const D: bool, C: StackIdContext>(
+    ctx: &C,
+    ev: &mut Event,
+    r: Reads<D>,
+    entry: Inflight,
+) {
     if entry.found() {
         paired(ev, entry.ts, entry.refcnt);
         if entry.folded != 0 {
@@ -183,6 +190,7 @@ fn finish_exit<const D: bool>(ev: &mut Event, r: Reads<D>, entry: Inflight) {
             }
         }
     }
+    slow_wait(ctx, ev);
     send(ev, r);
 }
 
@@ -253,7 +261,7 @@ fn write_enter<const D: bool>(vma: u64, a1: u64, a2: u64) {
 /// Return of `__vma_start_write`: `vma` from the fexit arguments, or 0 for the kretprobe
 /// (taken from the saved entry).
 #[inline(always)]
-fn write_exit<const D: bool>(vma_arg: u64, raw_ret: u64) {
+fn write_exit<const D: bool, C: StackIdContext>(ctx: &C, vma_arg: u64, raw_ret: u64) {
     let Some(Exit {
         entry,
         ptr: vma,
@@ -283,7 +291,7 @@ fn write_exit<const D: bool>(vma_arg: u64, raw_ret: u64) {
         int_ret(raw_ret)
     };
     ev.flags |= flags::RET;
-    finish_exit(&mut ev, r, entry);
+    finish_exit(ctx, &mut ev, r, entry);
 }
 
 #[fentry]
@@ -302,7 +310,7 @@ pub fn vsw_fentry(ctx: FEntryContext) -> u32 {
 #[fexit]
 pub fn vsw_fexit(ctx: FExitContext) -> u32 {
     let ret = ctx.ret::<u64>().unwrap_or(0);
-    write_exit::<true>(ctx.arg::<u64>(0), ret);
+    write_exit::<true, _>(&ctx, ctx.arg::<u64>(0), ret);
     0
 }
 
@@ -318,7 +326,7 @@ pub fn vsw_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn vsw_kretprobe(ctx: RetProbeContext) -> u32 {
-    write_exit::<false>(0, ctx.ret::<u64>());
+    write_exit::<false, _>(&ctx, 0, ctx.ret::<u64>());
     0
 }
 
@@ -353,7 +361,7 @@ fn exclude_enter_ves<const D: bool>(ves: u64) {
 /// through `ves` (fexit argument, or the pointer saved at entry: the struct lives in the
 /// caller's frame, which is still there).
 #[inline(always)]
-fn exclude_exit_ves<const D: bool>(ves_arg: u64, raw_ret: u64) {
+fn exclude_exit_ves<const D: bool, C: StackIdContext>(ctx: &C, ves_arg: u64, raw_ret: u64) {
     let Some(Exit {
         pid_tgid,
         entry,
@@ -378,7 +386,7 @@ fn exclude_exit_ves<const D: bool>(ves_arg: u64, raw_ret: u64) {
     }
     ev.ret = int_ret(raw_ret);
     ev.flags |= flags::RET;
-    finish_exit(&mut ev, r, entry);
+    finish_exit(ctx, &mut ev, r, entry);
 }
 
 #[fentry]
@@ -390,7 +398,7 @@ pub fn vser_fentry(ctx: FEntryContext) -> u32 {
 #[fexit]
 pub fn vser_fexit(ctx: FExitContext) -> u32 {
     let ret = ctx.ret::<u64>().unwrap_or(0);
-    exclude_exit_ves::<true>(ctx.arg::<u64>(0), ret);
+    exclude_exit_ves::<true, _>(&ctx, ctx.arg::<u64>(0), ret);
     0
 }
 
@@ -402,7 +410,7 @@ pub fn vser_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn vser_kretprobe(ctx: RetProbeContext) -> u32 {
-    exclude_exit_ves::<false>(0, ctx.ret::<u64>());
+    exclude_exit_ves::<false, _>(&ctx, 0, ctx.ret::<u64>());
     0
 }
 
@@ -468,7 +476,7 @@ pub fn vel_kretprobe(ctx: RetProbeContext) -> u32 {
     }
     ev.ret = ret;
     ev.flags |= flags::RET;
-    finish_exit(&mut ev, r, entry);
+    finish_exit(&ctx, &mut ev, r, entry);
     0
 }
 
@@ -493,7 +501,7 @@ fn detach_enter<const D: bool>(vma: u64, probe: ProbeId) {
 }
 
 #[inline(always)]
-fn detach_exit<const D: bool>(vma_arg: u64, probe: ProbeId) {
+fn detach_exit<const D: bool, C: StackIdContext>(ctx: &C, vma_arg: u64, probe: ProbeId) {
     let Some(Exit {
         entry,
         ptr: vma,
@@ -507,7 +515,7 @@ fn detach_exit<const D: bool>(vma_arg: u64, probe: ProbeId) {
         return;
     };
     fill_vma(&mut ev, vma, &mut r);
-    finish_exit(&mut ev, r, entry);
+    finish_exit(ctx, &mut ev, r, entry);
 }
 
 #[fentry]
@@ -518,7 +526,7 @@ pub fn vmd_fentry(ctx: FEntryContext) -> u32 {
 
 #[fexit]
 pub fn vmd_fexit(ctx: FExitContext) -> u32 {
-    detach_exit::<true>(ctx.arg::<u64>(0), ProbeId::VmaMarkDetached);
+    detach_exit::<true, _>(&ctx, ctx.arg::<u64>(0), ProbeId::VmaMarkDetached);
     0
 }
 
@@ -529,8 +537,8 @@ pub fn vmd_kprobe(ctx: ProbeContext) -> u32 {
 }
 
 #[kretprobe]
-pub fn vmd_kretprobe(_ctx: RetProbeContext) -> u32 {
-    detach_exit::<false>(0, ProbeId::VmaMarkDetached);
+pub fn vmd_kretprobe(ctx: RetProbeContext) -> u32 {
+    detach_exit::<false, _>(&ctx, 0, ProbeId::VmaMarkDetached);
     0
 }
 
@@ -542,7 +550,7 @@ pub fn verd_fentry(ctx: FEntryContext) -> u32 {
 
 #[fexit]
 pub fn verd_fexit(ctx: FExitContext) -> u32 {
-    detach_exit::<true>(ctx.arg::<u64>(0), ProbeId::VmaExcludeReadersForDetach);
+    detach_exit::<true, _>(&ctx, ctx.arg::<u64>(0), ProbeId::VmaExcludeReadersForDetach);
     0
 }
 
@@ -556,7 +564,7 @@ pub fn verd_kprobe(ctx: ProbeContext) -> u32 {
 }
 
 #[kretprobe]
-pub fn verd_kretprobe(_ctx: RetProbeContext) -> u32 {
-    detach_exit::<false>(0, ProbeId::VmaExcludeReadersForDetach);
+pub fn verd_kretprobe(ctx: RetProbeContext) -> u32 {
+    detach_exit::<false, _>(&ctx, 0, ProbeId::VmaExcludeReadersForDetach);
     0
 }

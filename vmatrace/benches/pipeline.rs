@@ -304,6 +304,7 @@ fn replay(path: &std::path::Path, events: u64, dashboard: bool) -> Run {
                 p.handle(SourceItem::Counters(CounterSnapshot { values }))
             }
             Record::Undecodable { count, .. } => p.handle(SourceItem::Undecodable(count)),
+            Record::Stack { stack, .. } => p.handle(SourceItem::Stack(stack)),
             Record::End { .. } => {}
         }
     }

@@ -136,6 +136,7 @@ fn main() {
                     p.handle(SourceItem::Counters(CounterSnapshot { values }))
                 }
                 Record::Undecodable { count, .. } => p.handle(SourceItem::Undecodable(count)),
+                Record::Stack { stack, .. } => p.handle(SourceItem::Stack(stack)),
                 Record::End { .. } => {}
             }
         }

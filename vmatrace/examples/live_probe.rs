@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             reader_sample_every: sample,
             stream_entries: false,
             ring_buffer_bytes: 16 << 20,
+            ..StreamOptions::default()
         },
         enable_stats: true,
     })
@@ -121,6 +122,7 @@ fn main() -> anyhow::Result<()> {
                     SourceItem::Events(b) => events.extend(b),
                     SourceItem::Counters(c) => counters = c,
                     SourceItem::Undecodable(n) => undecodable += n,
+                    SourceItem::Stack(_) => {}
                     SourceItem::Sequence(_) => unreachable!("a live source has no record sequence"),
                 }
             }

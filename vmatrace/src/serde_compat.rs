@@ -56,6 +56,8 @@ pub mod offsets {
         /// Missing in traces written before it existed: absent.
         #[serde(default)]
         task_comm: Option<u32>,
+        #[serde(default)]
+        pt_regs_syscall: Option<u32>,
     }
 
     fn opt(v: u32) -> Option<u32> {
@@ -81,6 +83,7 @@ pub mod offsets {
             ves_detached: opt(o.ves_detached),
             ves_exclusive: opt(o.ves_exclusive),
             task_comm: opt(o.task_comm),
+            pt_regs_syscall: opt(o.pt_regs_syscall),
         }
         .serialize(s)
     }
@@ -101,6 +104,7 @@ pub mod offsets {
             ves_detached: raw(n.ves_detached),
             ves_exclusive: raw(n.ves_exclusive),
             task_comm: raw(n.task_comm),
+            pt_regs_syscall: raw(n.pt_regs_syscall),
         })
     }
 }

@@ -162,6 +162,7 @@ fn rerecorded(trace: &[u8]) -> Vec<u8> {
             Record::Events { mono_ns, events } => w.write_events(mono_ns, &events),
             Record::Counters { mono_ns, values } => w.write_counters(mono_ns, &values),
             Record::Undecodable { mono_ns, count } => w.write_undecodable(mono_ns, count),
+            Record::Stack { mono_ns, stack } => w.write_stack(mono_ns, &stack),
             Record::End { mono_ns, .. } => {
                 end = mono_ns;
                 Ok(())

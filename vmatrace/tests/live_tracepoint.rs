@@ -112,6 +112,7 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
             SourceItem::Events(b) => events.extend(b),
             SourceItem::Counters(c) => counters = c,
             SourceItem::Undecodable(n) => undecodable += n,
+            SourceItem::Stack(_) => {}
             SourceItem::Sequence(_) => unreachable!("a live source has no record sequence"),
         }
     }
@@ -127,6 +128,7 @@ async fn mmap_lock_tracepoints_deliver_events_through_the_ring_buffer() {
                 SourceItem::Events(b) => events.extend(b),
                 SourceItem::Counters(c) => counters = c,
                 SourceItem::Undecodable(n) => undecodable += n,
+                SourceItem::Stack(_) => {}
                 SourceItem::Sequence(_) => unreachable!("a live source has no record sequence"),
             }
         }

@@ -204,6 +204,10 @@ fn remap(header: &TraceHeader, records: &[Record], ptrs: &BTreeSet<u64>, dst: &P
                 w.write_undecodable(*mono_ns, *count).expect("write");
                 last = *mono_ns;
             }
+            Record::Stack { mono_ns, stack } => {
+                w.write_stack(*mono_ns, stack).expect("write");
+                last = *mono_ns;
+            }
             Record::End { mono_ns, .. } => last = *mono_ns,
         }
     }

@@ -42,6 +42,7 @@ fn filtering_config() -> ProgramConfig {
     c.filter_cgroup = 1;
     c.reader_sample_every = 64;
     c.stream_entries = 1;
+    c.slow_wait_ns = 1_000_000;
     c
 }
 
@@ -50,6 +51,8 @@ fn sampling_config() -> ProgramConfig {
     c.self_tgid = std::process::id();
     c.reader_sample_every = 1;
     c.stream_entries = 1;
+    // Every paired return takes the slow-wait path (stack and syscall).
+    c.slow_wait_ns = 1;
     c
 }
 
@@ -63,10 +66,13 @@ struct Setup {
 fn setups() -> Vec<Setup> {
     vec![
         Setup {
-            label: "6.18 offsets, gen 6.15, no filters, entries folded",
+            label: "6.18 offsets, gen 6.15, no filters, entries folded, slow waits",
             generation: Generation::V6_15 as u32,
             offsets: OFFSETS_6_18,
-            config: ProgramConfig::DEFAULT,
+            config: ProgramConfig {
+                slow_wait_ns: 1_000_000,
+                ..ProgramConfig::DEFAULT
+            },
         },
         Setup {
             label: "6.19 offsets, gen 6.19, all filters, entries streamed",

@@ -61,6 +61,12 @@ pub struct LiveArgs {
     /// events, and a much cheaper entry program (docs/performance.md).
     #[arg(long)]
     pub stream_entries: bool,
+    /// A writer that waited at least this long for readers (`__vma_start_write`,
+    /// start-exclude, detach) is reported with its syscall and kernel stack, symbolized
+    /// from kallsyms (Slowest waits, anomaly log, summary). `0` or `off`: never. Shorter
+    /// waits cost one comparison.
+    #[arg(long, value_name = "TIME", default_value = "1ms", value_parser = crate::cli::session::parse_slow_wait)]
+    pub slow_wait: std::time::Duration,
     /// Enable the kernel's BPF run-time statistics for the session (costs ~20 ns per
     /// program run) to report the tracer's own overhead.
     #[arg(long)]
@@ -376,6 +382,7 @@ fn attach(plan: ProbePlan, filters: Filters, live: &LiveArgs) -> anyhow::Result<
             reader_sample_every: live.reader_sample,
             stream_entries: live.stream_entries,
             ring_buffer_bytes: live.ring_buffer_bytes,
+            slow_wait_ns: u64::try_from(live.slow_wait.as_nanos()).unwrap_or(u64::MAX),
         },
         enable_stats: live.bpf_stats,
     })
@@ -439,6 +446,7 @@ fn header(plan: ProbePlan, session: &LiveSession, filter: &FilterArgs) -> TraceH
             cgroup: (config.filter_cgroup != 0).then_some(config.filter_cgroup),
             reader_sample_every: config.reader_sample_every,
             stream_entries: config.stream_entries != 0,
+            slow_wait_ns: config.slow_wait_ns,
         },
     }
 }

@@ -109,6 +109,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs = match unit {
         "" | "s" => v,
         "ms" => v / 1e3,
+        "us" | "µs" => v / 1e6,
         "m" | "min" => v * 60.0,
         "h" => v * 3600.0,
         _ => {
@@ -123,6 +124,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--slow-wait`: a duration, or `0`/`off` for never.
+pub fn parse_slow_wait(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" | "off" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {

@@ -301,7 +301,14 @@ pub struct AnomalyLogSink {
     undecodable: u64,
     /// Live sources only: names each anomaly's mapping from `/proc` (`vma.name`).
     mappings: Option<MappingNames>,
+    /// Slow waits' stacks, and each thread's last `SlowWait` (its return may be the
+    /// anomaly's event).
+    stacks: crate::stats::StackTable,
+    last_slow: std::collections::HashMap<u32, vmatrace_common::Event>,
 }
+
+/// Threads whose last `SlowWait` is remembered.
+const MAX_LAST_SLOW: usize = 4096;
 
 impl AnomalyLogSink {
     pub fn new(file: JsonLinesFile, ctx: LogContext, redactor: Redactor) -> Self {
@@ -314,6 +321,8 @@ impl AnomalyLogSink {
             last_ts_ns: 0,
             undecodable: 0,
             mappings: None,
+            stacks: Default::default(),
+            last_slow: Default::default(),
         }
     }
 
@@ -391,7 +400,47 @@ impl AnomalyLogSink {
             "evidence".into(),
             Value::Array(a.evidence.iter().map(|ev| event_json(ev, &r)).collect()),
         );
+        let slow = self.slow_waits(a);
+        if !slow.is_empty() {
+            m.insert("slow_waits".into(), Value::Array(slow));
+        }
         m
+    }
+
+    /// Why the writers around this anomaly were slow: every `SlowWait` among the
+    /// evidence, and the one sent with the anomaly's own event, with the syscall named
+    /// and the stack symbolized.
+    fn slow_waits(&self, a: &Anomaly) -> Vec<Value> {
+        let slow_kind = Some(vmatrace_common::EventKind::SlowWait);
+        let mut evs: Vec<&vmatrace_common::Event> = a
+            .evidence
+            .iter()
+            .filter(|e| e.kind() == slow_kind)
+            .collect();
+        if let Some(own) = self.last_slow.get(&a.event.tid())
+            && own.ts_ns == a.event.ts_ns
+            && !evs.contains(&own)
+        {
+            evs.push(own);
+        }
+        evs.into_iter()
+            .map(|e| {
+                let c = crate::stats::SlowContext {
+                    syscall: e.arg,
+                    stack: e.ret,
+                };
+                let (syscall, stack) = self.stacks.describe(&c);
+                json!({
+                    "pid": e.tgid(),
+                    "tid": e.tid(),
+                    "comm": comm(e),
+                    "function": e.probe().kernel_name(),
+                    "wait_ns": e.wait_ns,
+                    "syscall": syscall,
+                    "stack": stack,
+                })
+            })
+            .collect()
     }
 
     fn loss(&mut self, source: &str, delta: u64, total: u64) {
@@ -409,6 +458,18 @@ impl Sink for AnomalyLogSink {
         if let Some(last) = events.last() {
             self.last_ts_ns = self.last_ts_ns.max(last.ts_ns);
         }
+        for e in events {
+            if e.kind() == Some(vmatrace_common::EventKind::SlowWait) {
+                if self.last_slow.len() >= MAX_LAST_SLOW {
+                    self.last_slow.clear();
+                }
+                self.last_slow.insert(e.tid(), *e);
+            }
+        }
+    }
+
+    fn stack(&mut self, s: &crate::pipeline::KernelStack) {
+        self.stacks.add(s);
     }
 
     fn anomaly(&mut self, a: &Anomaly) {

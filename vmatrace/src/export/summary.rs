@@ -736,6 +736,12 @@ impl Summary {
                 w.vm_start,
                 size(w.vm_end.saturating_sub(w.vm_start)),
             );
+            if let Some(sc) = &w.syscall {
+                let _ = writeln!(s, "  in syscall {sc}");
+            }
+            for f in &w.stack {
+                let _ = writeln!(s, "    {f}");
+            }
         }
         let _ = writeln!(
             s,

@@ -579,3 +579,56 @@ fn anomaly_lines_name_the_mapping_when_live() {
     let mut replay = AnomalyLogSink::new(file, ctx(), Redactor::with_key(1, 2));
     assert!(replay.anomaly_line(&anomaly())["vma"].get("name").is_none());
 }
+
+/// A writer's slow wait in the evidence comes out with its syscall named and its stack
+/// symbolized; the anomaly's own return brings the `SlowWait` sent just before it; a
+/// stack id nobody sent gives the syscall and no frames.
+#[test]
+fn anomaly_lines_say_why_writers_were_slow() {
+    use crate::pipeline::KernelStack;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("anomalies.jsonl");
+    let file = JsonLinesFile::open(&path, Rotation::default()).expect("open");
+    let mut sink = AnomalyLogSink::new(file, ctx(), Redactor::with_key(1, 2));
+    sink.stack(&KernelStack {
+        id: 4,
+        frames: vec![
+            "__vma_start_write+0x3c".into(),
+            "mprotect_fixup+0x1d0".into(),
+            "do_mprotect_pkey+0x2b4".into(),
+        ],
+    });
+    let mut slow = event(EventKind::SlowWait, 2_000_000_000);
+    slow.flags = vmatrace_common::event::flags::RET;
+    slow.arg = 10;
+    slow.ret = 4;
+    slow.probe = vmatrace_common::event::ProbeId::VmaStartWrite as u8;
+    slow.wait_ns = 3_000_000;
+    let mut a = anomaly();
+    a.evidence.insert(0, slow);
+    sink.anomaly(&a);
+    // The anomaly is the writer's return itself; its SlowWait came just before, with a
+    // stack the kernel could not keep.
+    let mut own = event(EventKind::SlowWait, 2_000_000_500);
+    own.flags = vmatrace_common::event::flags::RET;
+    own.arg = 11;
+    own.ret = -17;
+    sink.events(&[own]);
+    sink.anomaly(&anomaly());
+    let v = lines(&path);
+    let s = v[0]["slow_waits"].as_array().expect("slow waits");
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["syscall"], "mprotect");
+    assert_eq!(s[0]["wait_ns"], 3_000_000);
+    assert_eq!(s[0]["function"], "__vma_start_write");
+    assert_eq!(s[0]["stack"][1], "mprotect_fixup+0x1d0");
+    let s = v[1]["slow_waits"].as_array().expect("own slow wait");
+    assert_eq!(s[0]["syscall"], "munmap");
+    assert_eq!(s[0]["stack"].as_array().map(Vec::len), Some(0));
+    // Without any slow wait there is no such field.
+    let mut later = anomaly();
+    later.event.ts_ns += 1;
+    later.evidence.clear();
+    sink.anomaly(&later);
+    assert!(lines(&path)[2].get("slow_waits").is_none());
+}

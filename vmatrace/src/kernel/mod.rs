@@ -28,7 +28,9 @@ pub mod planner;
 pub mod preempt;
 pub mod programs;
 pub mod report;
+pub mod symbolize;
 pub mod symbols;
+pub mod syscalls;
 
 pub use caps::Capabilities;
 pub use info::KernelInfo;

@@ -146,6 +146,7 @@ const VMA: &str = "vm_area_struct";
 const MM: &str = "mm_struct";
 const VES: &str = "vma_exclude_readers_state";
 const TASK: &str = "task_struct";
+const PT_REGS: &str = "pt_regs";
 
 /// Resolve every offset the programs read. Fields of `vm_area_struct` and `mm_struct` are
 /// required on every generation; the `vma_exclude_readers_state` ones on 7.0+ only (and
@@ -170,6 +171,9 @@ pub fn resolve(btf: &Btf, generation: Generation) -> Result<Offsets, OffsetError
     o.mm_vma_writer_wait = required(btf, &f(MM, &["vma_writer_wait.task"], Some(8)))?;
     // Optional: without it the programs use the `bpf_get_current_comm` helper.
     o.task_comm = required(btf, &f(TASK, &["comm"], Some(16))).unwrap_or(OFFSET_ABSENT);
+    // Optional: without it a slow wait's syscall is not read (its stack still is).
+    // x86-64's `orig_ax` (the programs read 8 bytes; other layouts are not read).
+    o.pt_regs_syscall = required(btf, &f(PT_REGS, &["orig_ax"], Some(8))).unwrap_or(OFFSET_ABSENT);
     if generation == Generation::V7_0 {
         o.ves_vma = required(btf, &f(VES, &["vma"], Some(8)))?;
         o.ves_state = required(btf, &f(VES, &["state"], Some(4)))?;
@@ -181,7 +185,7 @@ pub fn resolve(btf: &Btf, generation: Generation) -> Result<Offsets, OffsetError
 }
 
 /// `(name, offset)` pairs in declaration order, for display.
-pub fn named(o: &Offsets) -> [(&'static str, Option<u32>); 14] {
+pub fn named(o: &Offsets) -> [(&'static str, Option<u32>); 15] {
     let v = |x: u32| (x != OFFSET_ABSENT).then_some(x);
     [
         ("vm_area_struct.vm_start", v(o.vma_vm_start)),
@@ -198,6 +202,7 @@ pub fn named(o: &Offsets) -> [(&'static str, Option<u32>); 14] {
         ("vma_exclude_readers_state.detached", v(o.ves_detached)),
         ("vma_exclude_readers_state.exclusive", v(o.ves_exclusive)),
         ("task_struct.comm", v(o.task_comm)),
+        ("pt_regs.syscall", v(o.pt_regs_syscall)),
     ]
 }
 

@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 use anyhow::{Context, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{FEntry, ProgramError},
 };
 use vmatrace_common::config::MmapLockTpOffsets;
@@ -39,6 +39,8 @@ pub mod names {
     /// `Array<u32>` of one: 1 while the session is armed (every hook attached).
     pub const ARMED: &str = "ARMED";
     pub const SINCE_WAKE: &str = "SINCE_WAKE";
+    /// `StackTrace`: kernel stacks of slow waits (`SlowWait` events' `ret`).
+    pub const STACKS: &str = "STACKS";
     /// In-flight maps pairing entry and return per thread, one per function family so
     /// nested calls (`__vma_start_write` → start-exclude) and the hot reader path do not
     /// disturb each other.
@@ -67,6 +69,9 @@ pub(super) struct Loaded {
     pub links: Vec<OwnedLink>,
     pub ring: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// `None` in objects without the map (it is always there; a missing one only
+    /// costs the slow waits' stacks).
+    pub stacks: Option<StackTraceMap<MapData>>,
     pub ebpf: Ebpf,
     /// Loaded program names (object names, not the kernel's 15-char truncations).
     pub programs: Vec<String>,
@@ -267,6 +272,9 @@ pub(super) fn start(
         ebpf.take_map(names::COUNTERS)
             .context("the eBPF object has no COUNTERS map")?,
     )?;
+    let stacks = ebpf
+        .take_map(names::STACKS)
+        .and_then(|m| StackTraceMap::try_from(m).ok());
     let programs = ebpf
         .programs()
         .filter(|(_, p)| p.fd().is_ok())
@@ -277,6 +285,7 @@ pub(super) fn start(
             links,
             ring,
             counters,
+            stacks,
             ebpf,
             programs,
             _stats: stats,

@@ -15,6 +15,7 @@ mod load;
 mod privileges;
 pub mod program_config;
 mod ring;
+mod stacks;
 mod stats;
 pub mod tracepoint_format;
 

@@ -35,7 +35,13 @@ pub struct StreamOptions {
     /// Size of the `EVENTS` ring buffer in bytes: a power of two and a multiple of the
     /// page size (rounded up to the next one otherwise).
     pub ring_buffer_bytes: u32,
+    /// Writer-path waits at least this long get a `SlowWait` event (syscall and kernel
+    /// stack); 0: never.
+    pub slow_wait_ns: u64,
 }
+
+/// `--slow-wait`'s default: 1 ms.
+pub const DEFAULT_SLOW_WAIT_NS: u64 = 1_000_000;
 
 impl Default for StreamOptions {
     fn default() -> Self {
@@ -43,6 +49,7 @@ impl Default for StreamOptions {
             reader_sample_every: 0,
             stream_entries: false,
             ring_buffer_bytes: super::DEFAULT_RING_BUFFER_BYTES,
+            slow_wait_ns: DEFAULT_SLOW_WAIT_NS,
         }
     }
 }
@@ -73,6 +80,7 @@ fn build_for_cpus(
     c.wake_every_records =
         super::load::wake_every_records(super::ring_size(options.ring_buffer_bytes), cpus);
     c.write_entry_from_exclude = u32::from(plan.write_entry_from_exclude());
+    c.slow_wait_ns = options.slow_wait_ns;
     c
 }
 
@@ -153,6 +161,7 @@ mod tests {
             reader_sample_every: 100,
             stream_entries: true,
             ring_buffer_bytes: 5000,
+            slow_wait_ns: 2_000_000,
         };
         let c = build_for_cpus(&plan(true), &filters, &options, 1);
         assert_eq!(

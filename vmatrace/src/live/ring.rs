@@ -10,7 +10,7 @@ use tokio::{
 };
 use vmatrace_common::{Event, event::EVENT_SIZE};
 
-use super::{counters, load::Loaded};
+use super::{counters, load::Loaded, stacks::StackResolver};
 use crate::pipeline::SourceItem;
 
 /// Events per `SourceItem::Events` batch: large enough to amortise channel wake-ups,
@@ -69,8 +69,16 @@ fn drain(ring: &mut RingBuf<MapData>) -> Batch {
     b
 }
 
-/// Send a batch; `false` when the receiver is gone.
-async fn send(tx: &mpsc::Sender<SourceItem>, b: Batch) -> bool {
+/// Send a batch, preceded by the stacks its slow waits name that were not sent yet;
+/// `false` when the receiver is gone.
+async fn send(tx: &mpsc::Sender<SourceItem>, b: Batch, stacks: &mut Option<StackResolver>) -> bool {
+    if let Some(r) = stacks {
+        for s in r.new_stacks(&b.events) {
+            if tx.send(SourceItem::Stack(s)).await.is_err() {
+                return false;
+            }
+        }
+    }
     if b.undecodable > 0
         && tx
             .send(SourceItem::Undecodable(b.undecodable))
@@ -88,11 +96,12 @@ async fn drain_batches(
     ring: &mut RingBuf<MapData>,
     tx: &mpsc::Sender<SourceItem>,
     max: usize,
+    stacks: &mut Option<StackResolver>,
 ) -> bool {
     for _ in 0..max {
         let batch = drain(ring);
         let exhausted = batch.exhausted;
-        if !send(tx, batch).await {
+        if !send(tx, batch, stacks).await {
             return false;
         }
         if exhausted {
@@ -111,6 +120,7 @@ pub(super) async fn stream(
         links,
         ring,
         counters: counter_map,
+        stacks,
         mut ebpf,
         programs,
         _stats,
@@ -119,6 +129,7 @@ pub(super) async fn stream(
     // The programs' kernel-side skip counts ride along with every counter snapshot.
     let skips = counters::skip_sources(&ebpf, &programs);
     let mut links = Some(links);
+    let mut stacks = stacks.map(StackResolver::new);
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
     // RingBuf (inside the AsyncFd) is dropped; we never swap the inner value.
     let mut afd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -140,7 +151,7 @@ pub(super) async fn stream(
                     guard.clear_ready();
                 }
                 drop(guard);
-                if !send(&tx, batch).await {
+                if !send(&tx, batch, &mut stacks).await {
                     return Ok(());
                 }
             }
@@ -150,7 +161,7 @@ pub(super) async fn stream(
                 // which then finds the ring (partly) drained, which is fine. At most
                 // `TIMER_BATCHES` batches per tick so `stop` is seen under a flood (a
                 // flood fills a quarter of the ring and forces wake-ups anyway).
-                if !drain_batches(afd.get_mut(), &tx, TIMER_BATCHES).await {
+                if !drain_batches(afd.get_mut(), &tx, TIMER_BATCHES, &mut stacks).await {
                     return Ok(());
                 }
             }
@@ -176,7 +187,7 @@ pub(super) async fn stream(
             drop(link);
         }
     }
-    if !drain_batches(afd.get_mut(), &tx, usize::MAX).await {
+    if !drain_batches(afd.get_mut(), &tx, usize::MAX, &mut stacks).await {
         return Ok(());
     }
     let snap = counters::snapshot(&counter_map, &skips, &link_misses)?;

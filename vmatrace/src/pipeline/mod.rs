@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use vmatrace_common::{Event, event::flags, model::Generation};
 
 pub use shared::SharedSink;
-pub use source::{CounterSnapshot, SourceItem};
+pub use source::{CounterSnapshot, KernelStack, SourceItem};
 pub use totals::Totals;
 
 use crate::{
@@ -32,6 +32,8 @@ pub trait Sink: Send {
     fn counters(&mut self, _c: &CounterSnapshot, _totals: &Totals) {}
     /// `n` ring-buffer records could not be decoded (already counted in [`Totals`]).
     fn undecodable(&mut self, _n: u64) {}
+    /// A kernel stack that later `SlowWait` events name by id.
+    fn stack(&mut self, _s: &KernelStack) {}
     /// A replayed trace lost records to the order check: the new cumulative counts, and
     /// the previous ones (`Totals::sequence` before this snapshot).
     fn sequence(&mut self, _now: &SequenceLosses, _before: &SequenceLosses) {}
@@ -97,6 +99,11 @@ impl Pipeline {
                     sink.sequence(&s, &self.totals.sequence);
                 }
                 self.totals.sequence = s;
+            }
+            SourceItem::Stack(st) => {
+                for s in &mut self.sinks {
+                    s.stack(&st);
+                }
             }
             SourceItem::Undecodable(n) => {
                 // Saturating: the count comes from the trace, which may carry any value.

@@ -36,6 +36,9 @@ impl<S: Sink> Sink for SharedSink<S> {
     fn undecodable(&mut self, n: u64) {
         self.get().undecodable(n);
     }
+    fn stack(&mut self, s: &super::KernelStack) {
+        self.get().stack(s);
+    }
     fn flush(&mut self, validator: &Validator, totals: &Totals) {
         self.get().flush(validator, totals);
     }

@@ -1,7 +1,16 @@
 //! Where events come from: the live ring buffer, a trace file, a follow stream, or the
 //! simulator. Every source yields the same items.
 
+use serde::{Deserialize, Serialize};
 use vmatrace_common::Event;
+
+/// A slow wait's kernel stack, symbolized (a `SlowWait` event's `ret` is its `id`).
+/// Innermost frame first, each `function+0xoffset` (or `?`): never a raw address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelStack {
+    pub id: u32,
+    pub frames: Vec<String>,
+}
 
 /// Loss and count totals from the kernel (per-CPU counters summed) at one instant.
 /// Indexed by `vmatrace_common::Counter as usize`.
@@ -29,4 +38,6 @@ pub enum SourceItem {
     /// reordered; replaces the previous snapshot). Sent before the record that revealed
     /// a gap, so the validator resynchronises before judging it.
     Sequence(crate::trace::SequenceLosses),
+    /// A kernel stack that `SlowWait` events refer to, sent before the first of them.
+    Stack(KernelStack),
 }

@@ -22,7 +22,7 @@ use vmatrace_common::{Counter, Event, EventKind};
 pub use aggregates::{Aggregate, AggregateRow, BoundedTable, SortKey, ranking};
 pub use histogram::{HistogramSnapshot, Log2Histogram, Percentiles};
 pub use rates::Rates;
-pub use slowest::{SlowestWaits, WaitSample, WaitSampleRow};
+pub use slowest::{SlowContext, SlowestWaits, StackTable, WaitSample, WaitSampleRow};
 
 use crate::kernel::plan::{LogicalEvent, Observability, ProbePlan};
 use crate::pipeline::{CounterSnapshot, Sink, Totals, totals::LOSS_COUNTERS};
@@ -159,6 +159,9 @@ pub struct StatsSnapshot {
     pub losses: BTreeMap<&'static str, u64>,
 }
 
+/// Threads with a `SlowWait` not yet matched to its return.
+const MAX_PENDING_SLOW: usize = 4096;
+
 #[derive(Clone, Debug)]
 pub struct Stats {
     generation: Generation,
@@ -173,6 +176,9 @@ pub struct Stats {
     slow_detaches: u64,
     reader_failures: u64,
     slowest: SlowestWaits,
+    /// The last `SlowWait` per thread, until the return it precedes (same time).
+    pending_slow: std::collections::HashMap<u32, (u64, SlowContext)>,
+    stacks: StackTable,
     processes: BoundedTable<u32>,
     /// Keyed by (mm, vma) kernel addresses; they never leave this table.
     vmas: BoundedTable<(u64, u64)>,
@@ -225,6 +231,8 @@ impl Stats {
             slow_detaches: 0,
             reader_failures: 0,
             slowest: SlowestWaits::new(SLOWEST_WINDOW_NS),
+            pending_slow: std::collections::HashMap::new(),
+            stacks: StackTable::default(),
             processes: BoundedTable::new(max_processes),
             vmas: BoundedTable::new(max_vmas),
             rates: Rates::default(),
@@ -254,6 +262,18 @@ impl Stats {
         self.newest_ts_ns = self.newest_ts_ns.max(ev.ts_ns);
         match kind {
             EventKind::ExcludeExit | EventKind::WriteLockExit => self.on_wait_exit(ev, kind),
+            EventKind::SlowWait => {
+                // Threads inside a write lock at once are few; a flood of unmatched
+                // ones (a filtered return) must not grow this.
+                if self.pending_slow.len() >= MAX_PENDING_SLOW {
+                    self.pending_slow.clear();
+                }
+                let c = SlowContext {
+                    syscall: ev.arg,
+                    stack: ev.ret,
+                };
+                self.pending_slow.insert(ev.tid(), (ev.ts_ns, c));
+            }
             EventKind::DetachExit => self.on_detach_exit(ev),
             EventKind::DetachEnter if is_slow_detach(ev) => {
                 self.slow_detaches += 1;
@@ -347,6 +367,13 @@ impl Stats {
             if detaching {
                 self.detach.record(w);
             }
+            let slow = match self.pending_slow.get(&ev.tid()) {
+                Some(&(ts, c)) if ts == ev.ts_ns => {
+                    self.pending_slow.remove(&ev.tid());
+                    Some(c)
+                }
+                _ => None,
+            };
             self.slowest.offer(WaitSample {
                 ts_ns: ev.ts_ns,
                 tgid: ev.tgid(),
@@ -357,6 +384,7 @@ impl Stats {
                 wait_ns: w,
                 detaching,
                 interrupted,
+                slow,
             });
         }
         let w = wait.unwrap_or(0);
@@ -527,6 +555,20 @@ impl Stats {
         &self.slowest
     }
 
+    /// A kernel stack that `SlowWait` events name.
+    pub fn add_stack(&mut self, s: &crate::pipeline::KernelStack) {
+        self.stacks.add(s);
+    }
+
+    pub fn stacks(&self) -> &StackTable {
+        &self.stacks
+    }
+
+    /// One of [`Stats::slowest`]'s waits as the summary and the dashboard show it.
+    pub fn wait_row(&self, w: &WaitSample) -> WaitSampleRow {
+        WaitSampleRow::new(w, &self.stacks)
+    }
+
     /// The label of a process: its comm as the per-process table knows it (the
     /// thread-group leader's when seen), else `fallback` (an event's thread comm).
     pub fn process_comm(&self, tgid: u32, fallback: &[u8; 16]) -> [u8; 16] {
@@ -561,7 +603,7 @@ impl Stats {
                 .slowest
                 .items()
                 .iter()
-                .map(WaitSampleRow::from)
+                .map(|w| self.wait_row(w))
                 .collect(),
             top_processes: ranking(
                 self.processes.values(),
@@ -607,6 +649,10 @@ impl Sink for Stats {
 
     fn counters(&mut self, c: &CounterSnapshot, _totals: &Totals) {
         self.set_counters(c);
+    }
+
+    fn stack(&mut self, s: &crate::pipeline::KernelStack) {
+        self.add_stack(s);
     }
 
     fn flush(&mut self, _validator: &Validator, totals: &Totals) {

@@ -1,8 +1,49 @@
 //! The slowest recent readers-exclusion waits, with who waited and on which VMA.
 
+use std::{collections::HashMap, sync::Arc};
+
 use serde::Serialize;
 
 use super::aggregates::comm_to_string;
+use crate::kernel::syscalls;
+
+/// What a `SlowWait` event said about the wait it precedes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowContext {
+    /// `orig_ax` (`u64::MAX`: not read).
+    pub syscall: u64,
+    /// Id in the session's stack table (negative: the kernel kept no stack).
+    pub stack: i64,
+}
+
+/// Kernel stacks of slow waits by id, as the source sent them (symbolized).
+#[derive(Clone, Debug, Default)]
+pub struct StackTable {
+    stacks: HashMap<u32, Arc<[String]>>,
+}
+
+/// Bound on stacks kept: the programs' `STACKS` map has 1024 entries.
+const MAX_STACKS: usize = 4096;
+
+impl StackTable {
+    pub fn add(&mut self, s: &crate::pipeline::KernelStack) {
+        if self.stacks.len() < MAX_STACKS || self.stacks.contains_key(&s.id) {
+            self.stacks.insert(s.id, s.frames.clone().into());
+        }
+    }
+
+    pub fn frames(&self, stack: i64) -> Option<&Arc<[String]>> {
+        u32::try_from(stack)
+            .ok()
+            .and_then(|id| self.stacks.get(&id))
+    }
+
+    /// The syscall's name and the frames of `c` (empty when unknown).
+    pub fn describe(&self, c: &SlowContext) -> (Option<String>, Vec<String>) {
+        let frames: Vec<String> = self.frames(c.stack).map(|f| f.to_vec()).unwrap_or_default();
+        (syscalls::name(c.syscall, &frames), frames)
+    }
+}
 
 /// One wait worth showing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,6 +60,8 @@ pub struct WaitSample {
     pub detaching: bool,
     /// The killable wait was interrupted (-EINTR).
     pub interrupted: bool,
+    /// Sent with the wait when it reached `--slow-wait`.
+    pub slow: Option<SlowContext>,
 }
 
 /// Serialisable form.
@@ -33,10 +76,18 @@ pub struct WaitSampleRow {
     pub wait_ns: u64,
     pub detaching: bool,
     pub interrupted: bool,
+    /// The writer's syscall (waits of at least `--slow-wait`; absent for a kernel
+    /// thread, or when the wait was shorter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    /// Its kernel stack, innermost frame first, symbolized (same condition).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<String>,
 }
 
-impl From<&WaitSample> for WaitSampleRow {
-    fn from(w: &WaitSample) -> Self {
+impl WaitSampleRow {
+    pub fn new(w: &WaitSample, stacks: &StackTable) -> Self {
+        let (syscall, stack) = w.slow.map(|c| stacks.describe(&c)).unwrap_or_default();
         Self {
             ts_ns: w.ts_ns,
             tgid: w.tgid,
@@ -47,6 +98,8 @@ impl From<&WaitSample> for WaitSampleRow {
             wait_ns: w.wait_ns,
             detaching: w.detaching,
             interrupted: w.interrupted,
+            syscall,
+            stack,
         }
     }
 }

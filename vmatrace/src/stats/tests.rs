@@ -392,3 +392,40 @@ fn old_kernels_count_detach_waits_from_vma_mark_detached() {
     s7.observe(&slow);
     assert_eq!(s7.percentiles().count, 0);
 }
+
+/// A `SlowWait` names the return sent right after it (same thread and time): the
+/// slowest waits carry its syscall and symbolized stack; one of another time does not
+/// attach to a later return.
+#[test]
+fn slow_waits_carry_their_syscall_and_stack() {
+    let mut s = Stats::new(Generation::V7_0);
+    s.add_stack(&crate::pipeline::KernelStack {
+        id: 9,
+        frames: vec![
+            "__vma_start_exclude_readers+0x1b2".into(),
+            "__x64_sys_munmap+0x20".into(),
+        ],
+    });
+    let mut ret = exclude_exit(100, 0xa000, 5_000_000);
+    ret.ts_ns = 1_000;
+    let mut slow = ev(EventKind::SlowWait, 100, 0xa000);
+    slow.flags = flags::RET;
+    slow.ts_ns = 1_000;
+    slow.arg = 11;
+    slow.ret = 9;
+    s.observe(&slow);
+    s.observe(&ret);
+    // A stale one (its return was filtered or lost) must not name the next wait.
+    let mut stale = slow;
+    stale.ts_ns = 1_500;
+    s.observe(&stale);
+    let mut next = exclude_exit(100, 0xa000, 4_000_000);
+    next.ts_ns = 2_000;
+    s.observe(&next);
+    let snap = s.snapshot();
+    assert_eq!(snap.slowest[0].wait_ns, 5_000_000);
+    assert_eq!(snap.slowest[0].syscall.as_deref(), Some("munmap"));
+    assert_eq!(snap.slowest[0].stack.len(), 2);
+    assert_eq!(snap.slowest[1].syscall, None);
+    assert!(snap.slowest[1].stack.is_empty());
+}

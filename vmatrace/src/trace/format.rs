@@ -76,6 +76,9 @@ pub enum RecordTag {
     Undecodable = 3,
     /// Two u64: records and events written before this one. Last record of a trace.
     End = 4,
+    /// UTF-8 JSON `{"id": N, "frames": ["function+0xoff", ...]}`: a slow wait's kernel
+    /// stack, written before the first `SlowWait` event that names it.
+    Stack = 5,
 }
 
 impl RecordTag {
@@ -85,6 +88,7 @@ impl RecordTag {
             2 => RecordTag::Counters,
             3 => RecordTag::Undecodable,
             4 => RecordTag::End,
+            5 => RecordTag::Stack,
             _ => return None,
         })
     }
@@ -123,6 +127,9 @@ pub struct FilterInfo {
     /// otherwise each return stood for its entry (`flags::FOLDED`, unfolded before the
     /// trace was written).
     pub stream_entries: bool,
+    /// Writer-path waits at least this long were sent with their syscall and kernel
+    /// stack (`SlowWait` events; 0: none were).
+    pub slow_wait_ns: u64,
 }
 
 /// What happened to one attach point when the session started.
@@ -201,6 +208,10 @@ pub enum Record {
         records: u64,
         events: u64,
     },
+    Stack {
+        mono_ns: u64,
+        stack: crate::pipeline::KernelStack,
+    },
 }
 
 impl Record {
@@ -209,7 +220,8 @@ impl Record {
             Record::Events { mono_ns, .. }
             | Record::Counters { mono_ns, .. }
             | Record::Undecodable { mono_ns, .. }
-            | Record::End { mono_ns, .. } => *mono_ns,
+            | Record::End { mono_ns, .. }
+            | Record::Stack { mono_ns, .. } => *mono_ns,
         }
     }
 }

@@ -446,6 +446,10 @@ impl TraceReader {
                     count: le_u64(payload, 0),
                 }
             }
+            RecordTag::Stack => match serde_json::from_slice(payload) {
+                Ok(stack) => Record::Stack { mono_ns, stack },
+                Err(e) => return Err(self.corrupt(at, format!("stack record: {e}"))),
+            },
             RecordTag::End => {
                 if len != 16 {
                     return Err(self.corrupt(at, format!("end record of {len} bytes, expected 16")));

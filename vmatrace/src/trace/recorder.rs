@@ -123,6 +123,14 @@ impl Sink for Recorder {
         }
     }
 
+    fn stack(&mut self, s: &crate::pipeline::KernelStack) {
+        if let Some(w) = &mut self.writer
+            && let Err(e) = w.write_stack(monotonic_ns(), s)
+        {
+            self.fail(e);
+        }
+    }
+
     fn flush(&mut self, _validator: &Validator, _totals: &Totals) {
         if let Some(w) = &mut self.writer {
             match w.flush() {

@@ -197,6 +197,7 @@ pub fn spawn(
                         SourceItem::Counters(CounterSnapshot { values })
                     }
                     Record::Undecodable { count, .. } => SourceItem::Undecodable(count),
+                    Record::Stack { stack, .. } => SourceItem::Stack(stack),
                     Record::End { .. } => {
                         out.complete = true;
                         // The reader has counted what follows the end record.

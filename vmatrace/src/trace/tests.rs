@@ -58,6 +58,7 @@ fn sample(compress: bool) -> (Vec<u8>, Vec<Record>) {
             Record::Events { mono_ns, events } => w.write_events(*mono_ns, events),
             Record::Counters { mono_ns, values } => w.write_counters(*mono_ns, values),
             Record::Undecodable { mono_ns, count } => w.write_undecodable(*mono_ns, *count),
+            Record::Stack { mono_ns, stack } => w.write_stack(*mono_ns, stack),
             Record::End { .. } => Ok(()),
         }
         .expect("write");
@@ -654,4 +655,44 @@ fn records_out_of_sequence_are_skipped_and_counted() {
         read(&[0, 4, 1, 2, 3]),
         (2, s, Some(TraceError::TrailingData { .. })) if s == l(3, 0, 0)
     ));
+}
+
+/// A slow wait's stack goes through a trace (plain and compressed) as it was written,
+/// and a stack record that is not the JSON it should be is a corrupt trace, not a panic.
+#[test]
+fn stack_records_roundtrip_and_bad_ones_are_errors() {
+    use crate::pipeline::KernelStack;
+    for compress in [false, true] {
+        let stack = KernelStack {
+            id: 3,
+            frames: vec!["__vma_start_write+0x5a".into(), "?".into()],
+        };
+        let shared = SharedBuf::default();
+        let mut w = TraceWriter::new(shared.clone(), &header(), compress).expect("writer");
+        w.write_stack(35, &stack).expect("stack");
+        w.write_events(40, &[ev(1, EventKind::SlowWait)])
+            .expect("events");
+        w.finish(50).expect("finish");
+        let bytes = shared.take();
+        let mut r = TraceReader::new(std::io::Cursor::new(bytes)).expect("reader");
+        assert_eq!(
+            r.next_record().expect("record"),
+            Some(Record::Stack {
+                mono_ns: 35,
+                stack: stack.clone()
+            })
+        );
+        assert!(matches!(
+            r.next_record().expect("record"),
+            Some(Record::Events { .. })
+        ));
+    }
+    let shared = SharedBuf::default();
+    let mut w = TraceWriter::new(shared.clone(), &header(), false).expect("writer");
+    w.record_raw_for_tests(super::format::RecordTag::Stack, 35, b"{not json")
+        .expect("raw");
+    w.finish(50).expect("finish");
+    let mut r = TraceReader::new(std::io::Cursor::new(shared.take())).expect("reader");
+    let e = r.next_record().expect_err("a corrupt stack record");
+    assert!(format!("{e}").contains("stack record"), "{e}");
 }

@@ -146,6 +146,26 @@ impl TraceWriter {
         self.record(RecordTag::Undecodable, mono_ns, &[&count.to_le_bytes()])
     }
 
+    pub fn write_stack(
+        &mut self,
+        mono_ns: u64,
+        stack: &crate::pipeline::KernelStack,
+    ) -> io::Result<()> {
+        let json = serde_json::to_vec(stack).map_err(io::Error::other)?;
+        self.record(RecordTag::Stack, mono_ns, &[&json])
+    }
+
+    /// Any record with any payload, for tests of the reader's checks.
+    #[cfg(test)]
+    pub(crate) fn record_raw_for_tests(
+        &mut self,
+        tag: RecordTag,
+        mono_ns: u64,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        self.record(tag, mono_ns, &[payload])
+    }
+
     /// Push everything written so far to the file (a follower sees it). With zstd this
     /// ends a block, costing a few bytes; call it per drained burst, not per event.
     pub fn flush(&mut self) -> io::Result<()> {

@@ -76,6 +76,14 @@ impl Sink for DashboardSink {
         self.state().live.push_anomaly(a);
     }
 
+    fn stack(&mut self, s: &crate::pipeline::KernelStack) {
+        // Shared statistics get it through their own sink (`stats_own` false).
+        let mut st = self.state();
+        if st.live.stats_own {
+            st.live.stats.add_stack(s);
+        }
+    }
+
     fn counters(&mut self, c: &CounterSnapshot, _totals: &Totals) {
         let mut st = self.state();
         if st.live.stats_own {

@@ -207,6 +207,7 @@ fn fixture() -> AppState {
             totals.counters = c;
             sink.flush(&validator, &totals);
         }
+        SourceItem::Stack(s) => sink.stack(&s),
         SourceItem::Undecodable(_) | SourceItem::Sequence(_) => {}
     };
     let procs = [
@@ -285,7 +286,31 @@ fn fixture() -> AppState {
     // -EINTR returns with the flag already removed (the readers it waited for remain);
     // F+1 here would be a genuine `exclusion_not_ended` for the validator.
     interrupted.refcnt = 2;
-    feed(SourceItem::Events(vec![interrupted]), &mut sink);
+    // The fork's killable wait reached --slow-wait: its syscall and stack came first.
+    feed(
+        SourceItem::Stack(crate::pipeline::KernelStack {
+            id: 7,
+            frames: [
+                "__vma_start_exclude_readers+0x1b2",
+                "__vma_start_write+0x3c",
+                "dup_mmap+0x2f1",
+                "copy_process+0x1a0c",
+                "kernel_clone+0xbd",
+                "__x64_sys_clone+0x93",
+                "do_syscall_64+0x82",
+                "entry_SYSCALL_64_after_hwframe+0x76",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }),
+        &mut sink,
+    );
+    let mut slow = ev(EventKind::SlowWait, 11_500, 3310, "java", 4);
+    slow.flags = flags::RET;
+    slow.arg = 56;
+    slow.ret = 7;
+    slow.wait_ns = interrupted.wait_ns;
+    feed(SourceItem::Events(vec![slow, interrupted]), &mut sink);
     let mut st = shared.lock().unwrap().clone();
     st.live.push_anomaly(&anomaly(
         3_210,

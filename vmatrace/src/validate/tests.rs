@@ -96,7 +96,9 @@ impl Stream {
 
 fn probe_of(kind: EventKind) -> ProbeId {
     match kind {
-        EventKind::WriteLockEnter | EventKind::WriteLockExit => ProbeId::VmaStartWrite,
+        EventKind::WriteLockEnter | EventKind::WriteLockExit | EventKind::SlowWait => {
+            ProbeId::VmaStartWrite
+        }
         EventKind::ExcludeEnter | EventKind::ExcludeExit => ProbeId::VmaStartExcludeReaders,
         EventKind::DetachEnter | EventKind::DetachExit => ProbeId::VmaExcludeReadersForDetach,
         EventKind::ReaderAcquire => ProbeId::LockVmaUnderRcu,

@@ -536,7 +536,8 @@ impl Validator {
             EventKind::DetachExit => self.on_detach_exit(ev, sample, out),
             EventKind::ReaderAcquire => self.on_reader_acquire(ev, sample, out),
             EventKind::ReaderRelease => self.on_reader_release(ev, sample, out),
-            EventKind::WriterWake => {}
+            // What the writer was doing, not a transition of the lock.
+            EventKind::WriterWake | EventKind::SlowWait => {}
             EventKind::MmWriteUnlock => self.on_mm_write_unlock(ev),
             EventKind::VmaAlloc => self.on_vma_alloc(ev),
             EventKind::VmaFree => self.on_vma_free(ev, sample, out),

@@ -17,6 +17,8 @@ const fn vma_fields(mm_lock_seq: u32, vma_writer_wait: u32) -> Offsets {
     o.vma_vm_refcnt = 0x80;
     o.mm_mm_lock_seq = mm_lock_seq;
     o.mm_vma_writer_wait = vma_writer_wait;
+    // x86-64 `struct pt_regs.orig_ax`: the ABI's register frame, the same everywhere.
+    o.pt_regs_syscall = 0x78;
     o
 }
 

@@ -131,8 +131,19 @@ fn render_percentiles(frame: &mut Frame, area: Rect, d: &DashboardData) {
     frame.render_widget(Paragraph::new(lines).block(block("Percentiles")), area);
 }
 
+/// Width from which the slowest wait's stack gets a pane beside the table.
+const STACK_PANE_MIN_WIDTH: u16 = 120;
+
 fn render_slowest(frame: &mut Frame, area: Rect, state: &AppState) {
     let d = state.view();
+    let area = if area.width >= STACK_PANE_MIN_WIDTH {
+        let [table, stack] =
+            Layout::horizontal([Constraint::Percentage(58), Constraint::Min(0)]).areas(area);
+        render_slow_stack(frame, stack, state);
+        table
+    } else {
+        area
+    };
     let rows = d.stats.slowest().items();
     let mut columns = slowest_columns(state);
     if let Some(c) = columns::mapping(state, 6, |w: &WaitSample| (w.tgid, w.vm_start, w.vm_end)) {
@@ -144,6 +155,50 @@ fn render_slowest(frame: &mut Frame, area: Rect, state: &AppState) {
         .header(laid.header)
         .block(block(format!("Slowest waits (last {window}s)")));
     frame.render_widget(t, area);
+}
+
+/// Why the slowest wait that reached `--slow-wait` was slow: the writer's syscall and
+/// its kernel stack, innermost frame first.
+fn render_slow_stack(frame: &mut Frame, area: Rect, state: &AppState) {
+    let d = state.view();
+    let stats = &d.stats;
+    let Some((w, c)) = stats
+        .slowest()
+        .items()
+        .iter()
+        .find_map(|w| w.slow.map(|c| (w, c)))
+    else {
+        let p = Paragraph::new(Line::styled(
+            "no wait reached --slow-wait in this window",
+            dim(),
+        ));
+        frame.render_widget(p.block(block("Why the slowest writer waited")), area);
+        return;
+    };
+    let (syscall, frames) = stats.stacks().describe(&c);
+    let who = fmt::process(w.tgid, &stats.process_comm(w.tgid, &w.comm));
+    let mut lines = vec![Line::from(vec![
+        Span::styled(
+            syscall.unwrap_or_else(|| "no syscall".into()),
+            title_style(),
+        ),
+        Span::raw(format!(" · {who} tid {} · {}", w.tid, fmt::ns(w.wait_ns))),
+    ])];
+    if frames.is_empty() {
+        lines.push(Line::styled(
+            if c.stack < 0 {
+                "stack not kept (slow_stack_failed)"
+            } else {
+                "stack not received"
+            },
+            dim(),
+        ));
+    }
+    lines.extend(frames.iter().map(|f| Line::raw(format!("  {f}"))));
+    frame.render_widget(
+        Paragraph::new(lines).block(block("Why the slowest writer waited")),
+        area,
+    );
 }
 
 /// Slowest waits: the wait and when first, then who and on which VMA; the thread id and
@@ -170,6 +225,10 @@ fn slowest_columns(state: &AppState) -> Vec<Column<'_, WaitSample>> {
             } else {
                 Value::from("write")
             }
+        }),
+        Column::code("syscall", 6, move |w: &WaitSample| match w.slow {
+            Some(c) => Value::from(stats.stacks().describe(&c).0.unwrap_or_else(|| "–".into())),
+            None => Value::styled("–", dim()),
         }),
         Column::number("at", 5, move |w: &WaitSample| {
             Value::styled(state.time_of(w.ts_ns), dim())
