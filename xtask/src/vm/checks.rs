@@ -426,6 +426,7 @@ pub fn run_summary(step: &str, j: &Value, race: bool, v: &mut Verdict) {
     if let Some(n) = at(j, "stats.interrupted").and_then(Value::as_u64) {
         v.info.push(format!("{step}: interrupted waits {n}"));
     }
+    slow_waits(step, j, v);
     match j.get("stop_reason").and_then(Value::as_str) {
         Some("duration") => {}
         other => v
@@ -511,6 +512,86 @@ pub fn run_summary(step: &str, j: &Value, race: bool, v: &mut Verdict) {
             ));
         }
     }
+}
+
+/// Why the slowest writers waited: every wait the summary ranks at or above the
+/// session's `--slow-wait` was streamed with its syscall and kernel stack. The workload's
+/// writers are user tasks inside a syscall (mmap, mprotect, munmap, madvise, mremap,
+/// clone, exit_group), so each must name one, and its stack must reach the syscall
+/// entry (a `__x64_sys_*` or `do_syscall_64` frame). A kernel that kept no stack is
+/// counted (`slow_stack_failed`) and allowed; a silent one is not. Under TCG waits over
+/// 1 ms are common: at least one is required.
+pub fn slow_waits(step: &str, j: &Value, v: &mut Verdict) {
+    let Some(min) = at(j, "filters.slow_wait_ns").and_then(Value::as_u64) else {
+        v.failures
+            .push(format!("{step}: summary has no `filters.slow_wait_ns`"));
+        return;
+    };
+    let Some(rows) = at(j, "stats.slowest").and_then(Value::as_array) else {
+        v.failures
+            .push(format!("{step}: summary has no `stats.slowest`"));
+        return;
+    };
+    let slow: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r.get("wait_ns").and_then(Value::as_u64).unwrap_or(0) >= min)
+        .collect();
+    if min == 0 || slow.is_empty() {
+        v.failures.push(format!(
+            "{step}: no wait reached --slow-wait ({min} ns) among the {} slowest: nothing to show a stack for",
+            rows.len()
+        ));
+        return;
+    }
+    let failed = at(j, "losses.slow_stack_failed")
+        .or_else(|| at(j, "counters.slow_stack_failed"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let mut named = 0;
+    let mut syscalls = std::collections::BTreeMap::<String, u64>::new();
+    for r in &slow {
+        let syscall = r.get("syscall").and_then(Value::as_str);
+        let stack: Vec<&str> = r
+            .get("stack")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let reaches_entry = stack
+            .iter()
+            .any(|f| f.starts_with("__x64_sys_") || f.starts_with("do_syscall_64"));
+        match (syscall, reaches_entry) {
+            (Some(sc), true) => {
+                named += 1;
+                *syscalls.entry(sc.to_string()).or_default() += 1;
+            }
+            (Some(sc), false) if stack.is_empty() && failed > 0 => {
+                *syscalls.entry(format!("{sc} (no stack)")).or_default() += 1;
+            }
+            _ => v.failures.push(format!(
+                "{step}: a {} ns wait of tid {} reached --slow-wait but came with syscall {syscall:?} and stack {stack:?}",
+                r.get("wait_ns").and_then(Value::as_u64).unwrap_or(0),
+                r.get("tid").and_then(Value::as_u64).unwrap_or(0),
+            )),
+        }
+    }
+    let example = slow
+        .first()
+        .and_then(|r| r.get("stack"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .take(6)
+                .collect::<Vec<_>>()
+                .join(" < ")
+        })
+        .unwrap_or_default();
+    v.info.push(format!(
+        "{step}: slow waits {} of {} ranked (>= {} ns), {named} with syscall and stack {syscalls:?}; slowest: {example}",
+        slow.len(),
+        rows.len(),
+        min
+    ));
 }
 
 #[cfg(test)]
@@ -781,5 +862,46 @@ mod tests {
         sat["losses"]["saturated"] = json!(["undecodable"]);
         let e = judge_losses(&sat).unwrap_err();
         assert!(e.contains("saturated"), "{e}");
+    }
+
+    #[test]
+    fn slow_waits_need_a_syscall_and_a_stack_to_the_entry() {
+        let row = |wait: u64, syscall: Option<&str>, stack: &[&str]| json!({"wait_ns": wait, "tid": 7, "syscall": syscall, "stack": stack});
+        let good = row(
+            5_000_000,
+            Some("mprotect"),
+            &[
+                "mprotect_fixup+0x1d0",
+                "__x64_sys_mprotect+0x1f",
+                "do_syscall_64+0x82",
+            ],
+        );
+        let summary = |rows: Vec<Value>| json!({"filters": {"slow_wait_ns": 1_000_000}, "stats": {"slowest": rows}});
+        let mut v = Verdict::default();
+        slow_waits(
+            "run",
+            &summary(vec![good.clone(), row(10, None, &[])]),
+            &mut v,
+        );
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        assert!(
+            v.info[0].contains("1 with syscall and stack"),
+            "{:?}",
+            v.info
+        );
+        // A slow wait without its stack, or without a syscall, fails.
+        for bad in [
+            row(5_000_000, Some("mprotect"), &[]),
+            row(5_000_000, None, &["__x64_sys_mprotect+0x1f"]),
+            row(5_000_000, Some("mprotect"), &["mprotect_fixup+0x1d0"]),
+        ] {
+            let mut v = Verdict::default();
+            slow_waits("run", &summary(vec![good.clone(), bad]), &mut v);
+            assert_eq!(v.failures.len(), 1, "{:?}", v.failures);
+        }
+        // Nothing slow enough: nothing shown, which the check does not accept.
+        let mut v = Verdict::default();
+        slow_waits("run", &summary(vec![row(10, None, &[])]), &mut v);
+        assert_eq!(v.failures.len(), 1);
     }
 }
