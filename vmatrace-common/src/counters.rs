@@ -56,6 +56,11 @@ counters! {
     /// `STACKS` map is full or its bucket holds another stack). Its `SlowWait` event
     /// still carries the syscall.
     SlowStackFailed = 14, "slow_stack_failed";
+    /// `lock_vma_under_rcu` returned NULL while a writer held the mm's write lock
+    /// (`mm_lock_seq` odd) or excluded readers from the VMA at the address: the reader
+    /// fell back to `mmap_lock` because of a writer. Every one, per process in
+    /// `READER_FALLBACKS`.
+    ReaderFailWriter = 15, "reader_fail_writer";
     /// Runs of this session's entry programs (fentry, kprobe) that have a return program
     /// (fexit, kretprobe) on the same function, which the kernel skipped:
     /// `recursion_misses` in the programs' fdinfo. A fentry program is

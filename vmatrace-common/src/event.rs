@@ -172,6 +172,16 @@ impl ProbeId {
     }
 }
 
+/// One process's readers that fell back to `mmap_lock` because of a writer
+/// (`READER_FALLBACKS`, keyed by tgid): every one, not sampled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderFallbacks {
+    pub count: u64,
+    /// The comm of the task whose fallback created the entry.
+    pub comm: [u8; 16],
+}
+
 /// [`Event::flags`] bits: which groups of fields were read.
 pub mod flags {
     /// `vma`, `vm_start`, `vm_end`, `vm_flags`, `refcnt`, `vm_lock_seq` were read.

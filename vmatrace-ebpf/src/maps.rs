@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use vmatrace_common::{Event, counters::COUNTER_SLOTS};
+use vmatrace_common::{Event, counters::COUNTER_SLOTS, event::ReaderFallbacks};
 
 /// Every streamed [`Event`]. Resized at load time (`map_max_entries`).
 #[map]
@@ -16,6 +16,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// each id once; a stack whose bucket is taken is counted (`SlowStackFailed`).
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(1024, 0);
+
+/// tgid → readers of that process that fell back to `mmap_lock` because of a writer
+/// (`Counter::ReaderFailWriter`, per process). Per CPU, so a plain increment (as
+/// `COUNTERS`); userspace sums the CPUs. LRU: the processes of a long session come and
+/// go.
+#[map]
+pub static READER_FALLBACKS: LruPerCpuHashMap<u32, ReaderFallbacks> =
+    LruPerCpuHashMap::with_max_entries(8192, 0);
 
 /// `[0]` = 1 while the session is armed: set by userspace once every hook is attached,
 /// cleared before the first is detached. Until then the task filter refuses everyone, so

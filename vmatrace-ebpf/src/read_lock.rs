@@ -7,15 +7,20 @@ use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use vmatrace_common::{Counter, EventKind, event::ProbeId, event::flags};
+use vmatrace_common::{
+    Counter, EventKind,
+    event::{ProbeId, ReaderFallbacks, flags},
+};
 
 use crate::{
     emit::{count, counter_value, header, now, send},
     filter::traced,
     globals::global,
     inflight::{remember, take},
-    maps::{EXCLUDERS, INFLIGHT_READER, Inflight, excluding},
-    struct_reads::{EXCLUDE_READERS_FLAG, Reads, fill_mm, fill_vma, is_err_ptr, writer_wait_of},
+    maps::{EXCLUDERS, INFLIGHT_READER, Inflight, READER_FALLBACKS, excluding},
+    struct_reads::{
+        EXCLUDE_READERS_FLAG, Reads, fill_mm, fill_vma, is_err_ptr, mm_seq, writer_wait_of,
+    },
 };
 
 /// Whether to stream this call: 1 in N by this CPU's running count of `c`.
@@ -48,6 +53,35 @@ fn failed_under_exclusion(mm: u64, addr: u64) -> bool {
     !r.failed && refcnt & EXCLUDE_READERS_FLAG != 0 && start <= addr && addr < end
 }
 
+/// A writer holds `mm`'s `mmap_lock` for write: `mm_lock_seq` is odd from
+/// `mmap_write_lock` to `mmap_write_unlock` (or a downgrade), and every VMA it locked
+/// meanwhile refuses readers (`docs/protocol.md#sequence-numbers`).
+#[inline(always)]
+fn mm_write_locked(mm: u64) -> bool {
+    let mut r = Reads::<false>::new();
+    mm_seq(mm, &mut r).is_some_and(|seq| !r.failed && seq & 1 == 1)
+}
+
+/// One more writer-caused fallback for this process (every one: not sampled).
+#[inline(always)]
+fn count_fallback(pid_tgid: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(p) = READER_FALLBACKS.get_ptr_mut(&tgid) {
+        // SAFETY: this CPU's value of the entry; programs do not nest on one CPU.
+        unsafe { (*p).count += 1 };
+        return;
+    }
+    let mut v = ReaderFallbacks {
+        count: 1,
+        comm: [0; 16],
+    };
+    if let Ok(c) = aya_ebpf::helpers::bpf_get_current_comm() {
+        v.comm = c;
+    }
+    // Creates the entry with this CPU's value (the others start at zero).
+    let _ = READER_FALLBACKS.insert(&tgid, &v, 0);
+}
+
 /// Return half of `lock_vma_under_rcu(mm, addr)`. `entry` carries the kretprobe's saved
 /// arguments and entry time; `ts` was taken first thing at return (0: take it here).
 #[inline(always)]
@@ -56,8 +90,13 @@ fn reader_exit(ts: u64, pid_tgid: u64, mm: u64, addr: u64, ret: u64, entry: Infl
         count(Counter::ReaderAcquireOk);
     } else {
         count(Counter::ReaderAcquireFail);
-        if failed_under_exclusion(mm, addr) {
+        let excluded = failed_under_exclusion(mm, addr);
+        if excluded {
             count(Counter::ReaderFailExcluded);
+        }
+        if excluded || mm_write_locked(mm) {
+            count(Counter::ReaderFailWriter);
+            count_fallback(pid_tgid);
         }
     }
     // Sample by the combined per-CPU count of both outcomes.

@@ -300,11 +300,13 @@ fn replay(path: &std::path::Path, events: u64, dashboard: bool) -> Run {
         }
         match rec {
             Record::Events { events, .. } => p.handle(SourceItem::Events(events)),
-            Record::Counters { values, .. } => {
-                p.handle(SourceItem::Counters(CounterSnapshot { values }))
-            }
+            Record::Counters { values, .. } => p.handle(SourceItem::Counters(CounterSnapshot {
+                values,
+                ..Default::default()
+            })),
             Record::Undecodable { count, .. } => p.handle(SourceItem::Undecodable(count)),
             Record::Stack { stack, .. } => p.handle(SourceItem::Stack(stack)),
+            Record::Fallbacks { .. } => {}
             Record::End { .. } => {}
         }
     }

@@ -133,10 +133,14 @@ fn main() {
             match rec {
                 Record::Events { events, .. } => p.handle(SourceItem::Events(events)),
                 Record::Counters { values, .. } => {
-                    p.handle(SourceItem::Counters(CounterSnapshot { values }))
+                    p.handle(SourceItem::Counters(CounterSnapshot {
+                        values,
+                        ..Default::default()
+                    }))
                 }
                 Record::Undecodable { count, .. } => p.handle(SourceItem::Undecodable(count)),
                 Record::Stack { stack, .. } => p.handle(SourceItem::Stack(stack)),
+                Record::Fallbacks { .. } => {}
                 Record::End { .. } => {}
             }
         }

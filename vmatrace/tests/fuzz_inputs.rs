@@ -163,6 +163,7 @@ fn rerecorded(trace: &[u8]) -> Vec<u8> {
             Record::Counters { mono_ns, values } => w.write_counters(mono_ns, &values),
             Record::Undecodable { mono_ns, count } => w.write_undecodable(mono_ns, count),
             Record::Stack { mono_ns, stack } => w.write_stack(mono_ns, &stack),
+            Record::Fallbacks { mono_ns, fallbacks } => w.write_fallbacks(mono_ns, &fallbacks),
             Record::End { mono_ns, .. } => {
                 end = mono_ns;
                 Ok(())

@@ -208,6 +208,10 @@ fn remap(header: &TraceHeader, records: &[Record], ptrs: &BTreeSet<u64>, dst: &P
                 w.write_stack(*mono_ns, stack).expect("write");
                 last = *mono_ns;
             }
+            Record::Fallbacks { mono_ns, fallbacks } => {
+                w.write_fallbacks(*mono_ns, fallbacks).expect("write");
+                last = *mono_ns;
+            }
             Record::End { mono_ns, .. } => last = *mono_ns,
         }
     }

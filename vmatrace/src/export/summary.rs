@@ -67,6 +67,9 @@ pub struct Summary {
     /// Cost of the eBPF programs (`--bpf-stats`; empty otherwise or on replay).
     pub programs: Vec<ProgramCostSection>,
     pub plan: Option<PlanSection>,
+    /// The session's filters and streaming options (a filtered trace is partial;
+    /// `slow_wait_ns` says which waits came with their syscall and stack).
+    pub filters: crate::trace::FilterInfo,
     /// Every hook of the session: function or tracepoint, program, mechanism, attached?
     /// (from the trace header on replay; empty for a synthetic source).
     pub hooks: Vec<HookStatus>,
@@ -583,6 +586,7 @@ impl Summary {
                 })
                 .collect(),
             plan,
+            filters: h.filters.clone(),
             hooks: h
                 .hooks
                 .iter()

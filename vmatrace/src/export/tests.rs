@@ -271,6 +271,7 @@ fn kernel_losses_and_undecodable_records_are_logged() {
     sink.counters(
         &CounterSnapshot {
             values: values.clone(),
+            ..Default::default()
         },
         &totals,
     );
@@ -279,11 +280,18 @@ fn kernel_losses_and_undecodable_records_are_logged() {
     sink.counters(
         &CounterSnapshot {
             values: values.clone(),
+            ..Default::default()
         },
         &totals,
     );
     values[vmatrace_common::Counter::RingbufReserveFailed as usize] = 8;
-    sink.counters(&CounterSnapshot { values }, &totals);
+    sink.counters(
+        &CounterSnapshot {
+            values,
+            ..Default::default()
+        },
+        &totals,
+    );
     sink.undecodable(2);
     sink.finish(&Validator::new(Generation::V7_0), &totals);
     let v = lines(&path);
@@ -343,7 +351,7 @@ mod any_input {
             p.add_sink(Box::new(sink));
             let events: Vec<Event> = raw.chunks_exact(EVENT_SIZE).filter_map(Event::from_bytes).collect();
             p.handle(SourceItem::Events(events));
-            p.handle(SourceItem::Counters(CounterSnapshot { values: counters }));
+            p.handle(SourceItem::Counters(CounterSnapshot { values: counters, ..Default::default() }));
             p.handle(SourceItem::Undecodable(undecodable % 1000));
             p.finish();
             let header = TraceHeader::synthetic(Generation::V7_0);
@@ -452,7 +460,10 @@ fn loss_counts_saturate_and_the_summary_says_so() {
         let mut values = vec![0u64; Counter::ALL.len()];
         values[Counter::RingbufReserveFailed as usize] = v;
         values[Counter::ReaderAcquireOk as usize] = v;
-        p.handle(SourceItem::Counters(CounterSnapshot { values }));
+        p.handle(SourceItem::Counters(CounterSnapshot {
+            values,
+            ..Default::default()
+        }));
         p.flush();
         stats.lock().expect("stats").roll_rates(1000);
     }

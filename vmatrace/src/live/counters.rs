@@ -6,12 +6,12 @@
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use anyhow::Context;
-use aya::maps::{MapData, PerCpuArray};
-use vmatrace_common::{Counter, counters::COUNTER_SLOTS};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use vmatrace_common::{Counter, counters::COUNTER_SLOTS, event::ReaderFallbacks};
 
 use crate::{
     kernel::{plan::AttachMode, programs::PROGRAMS},
-    pipeline::CounterSnapshot,
+    pipeline::{CounterSnapshot, ProcessFallbacks},
 };
 
 /// Sum per-CPU values; saturating, so a wrapped counter never panics.
@@ -99,8 +99,32 @@ pub fn skipped_runs(fd: RawFd) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bound on the processes read from `READER_FALLBACKS` per snapshot (its size).
+const MAX_FALLBACK_ROWS: usize = 8192;
+
+/// `READER_FALLBACKS` summed over CPUs, sorted by tgid. An entry that vanishes between
+/// the key walk and its lookup (LRU eviction) is skipped: the next snapshot has the rest.
+fn fallbacks(map: &PerCpuHashMap<MapData, u32, ReaderFallbacks>) -> Vec<ProcessFallbacks> {
+    let mut out: Vec<ProcessFallbacks> = map
+        .iter()
+        .filter_map(Result::ok)
+        .take(MAX_FALLBACK_ROWS)
+        .map(|(tgid, per_cpu)| {
+            let count = per_cpu.iter().fold(0u64, |a, v| a.saturating_add(v.count));
+            let comm = per_cpu
+                .iter()
+                .find(|v| v.comm[0] != 0)
+                .map_or([0; 16], |v| v.comm);
+            ProcessFallbacks { tgid, count, comm }
+        })
+        .collect();
+    out.sort_unstable_by_key(|f| f.tgid);
+    out
+}
+
 pub(super) fn snapshot(
     map: &PerCpuArray<MapData, u64>,
+    fallback_map: Option<&PerCpuHashMap<MapData, u32, ReaderFallbacks>>,
     skips: &[SkipSource],
     seen: &super::link_misses::Seen,
 ) -> anyhow::Result<CounterSnapshot> {
@@ -134,7 +158,10 @@ pub(super) fn snapshot(
         }
         values[i] = n;
     }
-    Ok(CounterSnapshot { values })
+    Ok(CounterSnapshot {
+        values,
+        fallbacks: fallback_map.map(fallbacks).unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

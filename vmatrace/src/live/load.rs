@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 use anyhow::{Context, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{FEntry, ProgramError},
 };
 use vmatrace_common::config::MmapLockTpOffsets;
@@ -41,6 +41,8 @@ pub mod names {
     pub const SINCE_WAKE: &str = "SINCE_WAKE";
     /// `StackTrace`: kernel stacks of slow waits (`SlowWait` events' `ret`).
     pub const STACKS: &str = "STACKS";
+    /// `LruPerCpuHashMap<u32, ReaderFallbacks>`: writer-caused reader fallbacks by tgid.
+    pub const READER_FALLBACKS: &str = "READER_FALLBACKS";
     /// In-flight maps pairing entry and return per thread, one per function family so
     /// nested calls (`__vma_start_write` → start-exclude) and the hot reader path do not
     /// disturb each other.
@@ -72,6 +74,8 @@ pub(super) struct Loaded {
     /// `None` in objects without the map (it is always there; a missing one only
     /// costs the slow waits' stacks).
     pub stacks: Option<StackTraceMap<MapData>>,
+    /// `None` likewise: only the per-process fallback counts are missing then.
+    pub fallbacks: Option<PerCpuHashMap<MapData, u32, vmatrace_common::event::ReaderFallbacks>>,
     pub ebpf: Ebpf,
     /// Loaded program names (object names, not the kernel's 15-char truncations).
     pub programs: Vec<String>,
@@ -275,6 +279,9 @@ pub(super) fn start(
     let stacks = ebpf
         .take_map(names::STACKS)
         .and_then(|m| StackTraceMap::try_from(m).ok());
+    let fallbacks = ebpf
+        .take_map(names::READER_FALLBACKS)
+        .and_then(|m| PerCpuHashMap::try_from(m).ok());
     let programs = ebpf
         .programs()
         .filter(|(_, p)| p.fd().is_ok())
@@ -286,6 +293,7 @@ pub(super) fn start(
             ring,
             counters,
             stacks,
+            fallbacks,
             ebpf,
             programs,
             _stats: stats,

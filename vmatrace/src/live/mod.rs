@@ -114,6 +114,7 @@ impl LiveSession {
     pub fn counters(&self) -> anyhow::Result<crate::pipeline::CounterSnapshot> {
         counters::snapshot(
             &self.inner.counters,
+            self.inner.fallbacks.as_ref(),
             &counters::skip_sources(&self.inner.ebpf, &self.inner.programs),
             &self.inner.link_misses,
         )

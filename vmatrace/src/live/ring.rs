@@ -72,8 +72,9 @@ fn drain(ring: &mut RingBuf<MapData>) -> Batch {
 /// Send a batch, preceded by the stacks its slow waits name that were not sent yet;
 /// `false` when the receiver is gone.
 async fn send(tx: &mpsc::Sender<SourceItem>, b: Batch, stacks: &mut Option<StackResolver>) -> bool {
+    // Stacks whose symbols are not parsed yet follow in a later batch (never wait here).
     if let Some(r) = stacks {
-        for s in r.new_stacks(&b.events) {
+        for s in r.new_stacks(&b.events, false) {
             if tx.send(SourceItem::Stack(s)).await.is_err() {
                 return false;
             }
@@ -121,6 +122,7 @@ pub(super) async fn stream(
         ring,
         counters: counter_map,
         stacks,
+        fallbacks,
         mut ebpf,
         programs,
         _stats,
@@ -166,7 +168,7 @@ pub(super) async fn stream(
                 }
             }
             _ = tick.tick() => {
-                let snap = counters::snapshot(&counter_map, &skips, &link_misses)?;
+                let snap = counters::snapshot(&counter_map, fallbacks.as_ref(), &skips, &link_misses)?;
                 if tx.send(SourceItem::Counters(snap)).await.is_err() {
                     return Ok(());
                 }
@@ -190,7 +192,15 @@ pub(super) async fn stream(
     if !drain_batches(afd.get_mut(), &tx, usize::MAX, &mut stacks).await {
         return Ok(());
     }
-    let snap = counters::snapshot(&counter_map, &skips, &link_misses)?;
+    // Stacks seen before kallsyms was parsed, if it still is not.
+    if let Some(r) = &mut stacks {
+        for s in r.new_stacks(&[], true) {
+            if tx.send(SourceItem::Stack(s)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let snap = counters::snapshot(&counter_map, fallbacks.as_ref(), &skips, &link_misses)?;
     let _ = tx.send(SourceItem::Counters(snap)).await;
     drop(ebpf);
     Ok(())

@@ -1,11 +1,15 @@
 //! The kernel stacks of slow waits: `STACKS` ids in `SlowWait` events, looked up once
-//! each and symbolized before the events that name them leave the ring reader.
+//! each and symbolized, then sent to the pipeline as [`KernelStack`]s.
 //!
 //! The programs call `bpf_get_stackid` without `BPF_F_REUSE_STACKID`, so an id keeps
-//! its stack for the whole session: each is read and symbolized the first time it is
-//! seen, then only remembered. Only names leave this module (`kernel::symbolize`).
+//! its stack for the whole session: each is read the first time it is seen (one map
+//! lookup), then only remembered. Symbolizing needs `/proc/kallsyms` parsed (~200 000
+//! symbols: seconds under TCG), which must never hold up the ring reader, or the ring
+//! fills: it is parsed on its own thread from the start of the session, and stacks seen
+//! before it is ready wait (as addresses, inside this process) until it is. Only names
+//! leave this module (`kernel::symbolize`).
 
-use std::collections::HashSet;
+use std::{collections::HashSet, thread::JoinHandle};
 
 use aya::maps::{MapData, StackTraceMap};
 use vmatrace_common::{Event, EventKind};
@@ -18,25 +22,57 @@ const MAX_KNOWN: usize = 1 << 16;
 
 pub(super) struct StackResolver {
     map: StackTraceMap<MapData>,
-    /// Read on the first new stack: most sessions have no slow wait, and parsing
-    /// kallsyms (~200 000 symbols) at start would delay the first drain.
-    symbols: Option<SymbolIndex>,
+    symbols: Symbols,
     known: HashSet<u32>,
+    /// Read from the map, waiting for the symbols.
+    waiting: Vec<(u32, Vec<u64>)>,
+}
+
+enum Symbols {
+    Loading(JoinHandle<SymbolIndex>),
+    Ready(SymbolIndex),
 }
 
 impl StackResolver {
     pub fn new(map: StackTraceMap<MapData>) -> StackResolver {
+        let symbols = match std::thread::Builder::new()
+            .name("vmatrace-kallsyms".into())
+            .spawn(SymbolIndex::running)
+        {
+            Ok(h) => Symbols::Loading(h),
+            // No thread: parse here, once (the session has just started).
+            Err(_) => Symbols::Ready(SymbolIndex::running()),
+        };
         StackResolver {
             map,
-            symbols: None,
+            symbols,
             known: HashSet::new(),
+            waiting: Vec::new(),
         }
     }
 
-    /// The stacks named by `events` that were not sent yet, symbolized. An id the map
-    /// cannot give (it should always be there) is sent with no frames, once.
-    pub fn new_stacks(&mut self, events: &[Event]) -> Vec<KernelStack> {
-        let mut out = Vec::new();
+    /// The symbols, if parsed; `wait`: block until they are (the session's end).
+    fn symbols(&mut self, wait: bool) -> Option<&SymbolIndex> {
+        if let Symbols::Loading(h) = &self.symbols
+            && (wait || h.is_finished())
+        {
+            let Symbols::Loading(h) =
+                std::mem::replace(&mut self.symbols, Symbols::Ready(SymbolIndex::default()))
+            else {
+                unreachable!("checked above")
+            };
+            self.symbols = Symbols::Ready(h.join().unwrap_or_default());
+        }
+        match &self.symbols {
+            Symbols::Ready(s) => Some(s),
+            Symbols::Loading(_) => None,
+        }
+    }
+
+    /// The stacks named by `events` (and earlier ones still waiting) that can be sent
+    /// now, symbolized. An id the map cannot give (it should always be there) is sent
+    /// with no frames, once. `wait`: the session is ending, block for the symbols.
+    pub fn new_stacks(&mut self, events: &[Event], wait: bool) -> Vec<KernelStack> {
         for e in events {
             if e.kind() != Some(EventKind::SlowWait) || e.ret < 0 {
                 continue;
@@ -47,17 +83,26 @@ impl StackResolver {
             if self.known.len() >= MAX_KNOWN || !self.known.insert(id) {
                 continue;
             }
-            let symbols = self.symbols.get_or_insert_with(SymbolIndex::running);
-            let frames = match self.map.get(&id, 0) {
-                Ok(st) => st
-                    .frames()
-                    .iter()
-                    .map(|f| symbols.symbolize(f.ip))
-                    .collect(),
+            let ips = match self.map.get(&id, 0) {
+                Ok(st) => st.frames().iter().map(|f| f.ip).collect(),
                 Err(_) => Vec::new(),
             };
-            out.push(KernelStack { id, frames });
+            self.waiting.push((id, ips));
         }
-        out
+        if self.waiting.is_empty() {
+            return Vec::new();
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        let Some(symbols) = self.symbols(wait) else {
+            self.waiting = waiting;
+            return Vec::new();
+        };
+        waiting
+            .into_iter()
+            .map(|(id, ips)| KernelStack {
+                id,
+                frames: ips.iter().map(|ip| symbols.symbolize(*ip)).collect(),
+            })
+            .collect()
     }
 }

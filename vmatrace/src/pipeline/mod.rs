@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use vmatrace_common::{Event, event::flags, model::Generation};
 
 pub use shared::SharedSink;
-pub use source::{CounterSnapshot, KernelStack, SourceItem};
+pub use source::{CounterSnapshot, KernelStack, ProcessFallbacks, SourceItem};
 pub use totals::Totals;
 
 use crate::{

@@ -17,6 +17,18 @@ pub struct KernelStack {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CounterSnapshot {
     pub values: Vec<u64>,
+    /// Per process, cumulative: readers that fell back to `mmap_lock` because of a
+    /// writer (`READER_FALLBACKS`; every one, not sampled). Sorted by tgid.
+    pub fallbacks: Vec<ProcessFallbacks>,
+}
+
+/// One process's writer-caused reader fallbacks so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessFallbacks {
+    pub tgid: u32,
+    pub count: u64,
+    /// The comm of the task that fell back first (the kernel's entry).
+    pub comm: [u8; 16],
 }
 
 impl CounterSnapshot {

@@ -31,6 +31,9 @@ pub struct Aggregate {
     pub interrupted: u64,
     /// Sampled `lock_vma_under_rcu` calls that returned NULL.
     pub reader_failures: u64,
+    /// Per-process rows: readers that fell back to `mmap_lock` because of a writer
+    /// (every one, counted in the kernel: `READER_FALLBACKS`), since start or reset.
+    pub writer_fallbacks: u64,
     /// Detaches that found readers still holding the VMA (the slow path).
     pub slow_detaches: u64,
 }
@@ -40,7 +43,11 @@ impl Aggregate {
     fn keep_score(&self) -> (u64, u64) {
         (
             self.total_wait_ns,
-            self.exclusions + self.reader_failures + self.slow_detaches + self.interrupted,
+            self.exclusions
+                + self.reader_failures
+                + self.writer_fallbacks
+                + self.slow_detaches
+                + self.interrupted,
         )
     }
 
@@ -153,6 +160,7 @@ pub enum SortKey {
     MaxWait,
     Exclusions,
     ReaderFailures,
+    WriterFallbacks,
     SlowDetaches,
 }
 
@@ -162,6 +170,7 @@ impl SortKey {
         SortKey::MaxWait,
         SortKey::Exclusions,
         SortKey::ReaderFailures,
+        SortKey::WriterFallbacks,
         SortKey::SlowDetaches,
     ];
 
@@ -171,6 +180,7 @@ impl SortKey {
             SortKey::MaxWait => "max wait",
             SortKey::Exclusions => "exclusions",
             SortKey::ReaderFailures => "reader failures",
+            SortKey::WriterFallbacks => "fallbacks to mmap_lock",
             SortKey::SlowDetaches => "slow detaches",
         }
     }
@@ -186,6 +196,7 @@ impl SortKey {
             SortKey::MaxWait => a.max_wait_ns,
             SortKey::Exclusions => a.exclusions,
             SortKey::ReaderFailures => a.reader_failures,
+            SortKey::WriterFallbacks => a.writer_fallbacks,
             SortKey::SlowDetaches => a.slow_detaches,
         }
     }
@@ -241,6 +252,8 @@ pub struct AggregateRow {
     pub max_wait_ns: u64,
     pub interrupted: u64,
     pub reader_failures: u64,
+    /// Readers that fell back to `mmap_lock` because of a writer (per process).
+    pub writer_fallbacks: u64,
     pub slow_detaches: u64,
 }
 
@@ -256,6 +269,7 @@ impl AggregateRow {
             max_wait_ns: a.max_wait_ns,
             interrupted: a.interrupted,
             reader_failures: a.reader_failures,
+            writer_fallbacks: a.writer_fallbacks,
             slow_detaches: a.slow_detaches,
         }
     }

@@ -425,6 +425,23 @@ impl Stats {
 
     /// Take a new cumulative kernel counter snapshot.
     pub fn set_counters(&mut self, c: &CounterSnapshot) {
+        // Per-process fallbacks are cumulative in the kernel: since start or reset.
+        let base = &self.counters_base.fallbacks;
+        for f in &c.fallbacks {
+            let since = base
+                .binary_search_by_key(&f.tgid, |b| b.tgid)
+                .map_or(0, |i| base[i].count);
+            let n = f.count.saturating_sub(since);
+            if n == 0 {
+                continue;
+            }
+            let row = self.processes.row(f.tgid);
+            row.tgid = f.tgid;
+            if row.comm[0] == 0 {
+                row.comm = f.comm;
+            }
+            row.writer_fallbacks = n;
+        }
         self.counters = c.clone();
     }
 

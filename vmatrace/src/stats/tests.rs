@@ -279,6 +279,7 @@ fn counters_losses_and_reset_baseline() {
     let mut s = Stats::new(Generation::V7_0);
     let mut c = CounterSnapshot {
         values: vec![0; 16],
+        ..Default::default()
     };
     c.values[Counter::RingbufReserveFailed as usize] = 5;
     c.values[Counter::ReaderAcquireOk as usize] = 1000;
@@ -428,4 +429,48 @@ fn slow_waits_carry_their_syscall_and_stack() {
     assert_eq!(snap.slowest[0].stack.len(), 2);
     assert_eq!(snap.slowest[1].syscall, None);
     assert!(snap.slowest[1].stack.is_empty());
+}
+
+/// The kernel's per-process fallback counts become the processes' `writer_fallbacks`,
+/// counted from the last reset, with the kernel's comm for a process seen nowhere else.
+#[test]
+fn writer_fallbacks_per_process_since_reset() {
+    use crate::pipeline::ProcessFallbacks;
+    let snap = |a: u64, b: u64| CounterSnapshot {
+        values: vec![0; 16],
+        fallbacks: vec![
+            ProcessFallbacks {
+                tgid: 100,
+                count: a,
+                comm: comm("reader"),
+            },
+            ProcessFallbacks {
+                tgid: 200,
+                count: b,
+                comm: comm("other"),
+            },
+        ],
+    };
+    let mut s = Stats::new(Generation::V7_0);
+    s.observe(&exclude_exit(100, 0xa000, 1_000));
+    s.set_counters(&snap(5, 3));
+    let rows = s.snapshot().top_processes;
+    let of = |tgid: u32| rows.iter().find(|r| r.tgid == tgid).expect("row").clone();
+    assert_eq!(of(100).writer_fallbacks, 5);
+    assert_eq!(of(100).comm, "worker", "the events' comm wins");
+    assert_eq!(of(200).writer_fallbacks, 3);
+    assert_eq!(of(200).comm, "other", "known only from the kernel's entry");
+    s.reset();
+    s.set_counters(&snap(9, 3));
+    let rows = s.snapshot().top_processes;
+    assert_eq!(
+        rows.iter()
+            .find(|r| r.tgid == 100)
+            .map(|r| r.writer_fallbacks),
+        Some(4)
+    );
+    assert!(
+        rows.iter().all(|r| r.tgid != 200),
+        "nothing new since the reset"
+    );
 }

@@ -79,7 +79,16 @@ pub enum RecordTag {
     /// UTF-8 JSON `{"id": N, "frames": ["function+0xoff", ...]}`: a slow wait's kernel
     /// stack, written before the first `SlowWait` event that names it.
     Stack = 5,
+    /// `n × 32` bytes, sorted by tgid: `tgid` (u32), 4 zero bytes, `count` (u64), `comm`
+    /// (16 bytes): each process's readers that fell back to `mmap_lock` because of a
+    /// writer so far (cumulative, like `Counters`, which it precedes).
+    Fallbacks = 6,
 }
+
+/// Bytes per process in a `Fallbacks` record.
+pub const FALLBACK_LEN: usize = 32;
+/// Most processes a `Fallbacks` record may carry (the kernel map holds 8192).
+pub const MAX_FALLBACKS: usize = 1 << 16;
 
 impl RecordTag {
     pub const fn from_u8(v: u8) -> Option<Self> {
@@ -89,6 +98,7 @@ impl RecordTag {
             3 => RecordTag::Undecodable,
             4 => RecordTag::End,
             5 => RecordTag::Stack,
+            6 => RecordTag::Fallbacks,
             _ => return None,
         })
     }
@@ -212,6 +222,10 @@ pub enum Record {
         mono_ns: u64,
         stack: crate::pipeline::KernelStack,
     },
+    Fallbacks {
+        mono_ns: u64,
+        fallbacks: Vec<crate::pipeline::ProcessFallbacks>,
+    },
 }
 
 impl Record {
@@ -221,7 +235,8 @@ impl Record {
             | Record::Counters { mono_ns, .. }
             | Record::Undecodable { mono_ns, .. }
             | Record::End { mono_ns, .. }
-            | Record::Stack { mono_ns, .. } => *mono_ns,
+            | Record::Stack { mono_ns, .. }
+            | Record::Fallbacks { mono_ns, .. } => *mono_ns,
         }
     }
 }

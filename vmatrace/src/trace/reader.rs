@@ -16,9 +16,10 @@ use vmatrace_common::{Event, event::EVENT_SIZE};
 
 use super::{
     format::{
-        CRC_LEN, FLAG_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_COUNTER_SLOTS, MAX_HEADER_LEN,
-        MAX_PAYLOAD_LEN, MAX_ZSTD_WINDOW_LOG, MIN_FORMAT_VERSION, PREFIX_LEN, RECORD_HEADER_LEN,
-        Record, RecordTag, TraceError, TraceHeader, record_header_len,
+        CRC_LEN, FALLBACK_LEN, FLAG_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_COUNTER_SLOTS,
+        MAX_FALLBACKS, MAX_HEADER_LEN, MAX_PAYLOAD_LEN, MAX_ZSTD_WINDOW_LOG, MIN_FORMAT_VERSION,
+        PREFIX_LEN, RECORD_HEADER_LEN, Record, RecordTag, TraceError, TraceHeader,
+        record_header_len,
     },
     sequence::{SequenceCheck, SequenceLosses, Verdict},
 };
@@ -445,6 +446,23 @@ impl TraceReader {
                     mono_ns,
                     count: le_u64(payload, 0),
                 }
+            }
+            RecordTag::Fallbacks => {
+                if !len.is_multiple_of(FALLBACK_LEN) || len / FALLBACK_LEN > MAX_FALLBACKS {
+                    return Err(self.corrupt(
+                        at,
+                        format!("fallbacks record of {len} bytes (expected up to {MAX_FALLBACKS} × {FALLBACK_LEN})"),
+                    ));
+                }
+                let fallbacks = payload
+                    .chunks_exact(FALLBACK_LEN)
+                    .map(|c| crate::pipeline::ProcessFallbacks {
+                        tgid: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                        count: le_u64(c, 8),
+                        comm: c[16..32].try_into().unwrap_or([0; 16]),
+                    })
+                    .collect();
+                Record::Fallbacks { mono_ns, fallbacks }
             }
             RecordTag::Stack => match serde_json::from_slice(payload) {
                 Ok(stack) => Record::Stack { mono_ns, stack },

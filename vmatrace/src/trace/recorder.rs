@@ -108,9 +108,15 @@ impl Sink for Recorder {
     }
 
     fn counters(&mut self, c: &CounterSnapshot, _totals: &Totals) {
-        if let Some(w) = &mut self.writer
-            && let Err(e) = w.write_counters(monotonic_ns(), &c.values)
-        {
+        let Some(w) = &mut self.writer else { return };
+        let now = monotonic_ns();
+        // The per-process fallbacks first: a replay hands them on with these counters.
+        let r = if c.fallbacks.is_empty() {
+            Ok(())
+        } else {
+            w.write_fallbacks(now, &c.fallbacks)
+        };
+        if let Err(e) = r.and_then(|()| w.write_counters(now, &c.values)) {
             self.fail(e);
         }
     }

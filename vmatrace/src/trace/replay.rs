@@ -126,6 +126,8 @@ pub fn spawn(
         .spawn(move || {
             let mut out = ReplayOutcome::default();
             let start = Instant::now();
+            // A `Fallbacks` record goes with the `Counters` record that follows it.
+            let mut fallbacks = Vec::new();
             loop {
                 if stop.load(Ordering::Relaxed) {
                     out.stopped = true;
@@ -193,8 +195,13 @@ pub fn spawn(
                         }
                         SourceItem::Events(events)
                     }
-                    Record::Counters { values, .. } => {
-                        SourceItem::Counters(CounterSnapshot { values })
+                    Record::Counters { values, .. } => SourceItem::Counters(CounterSnapshot {
+                        values,
+                        fallbacks: std::mem::take(&mut fallbacks),
+                    }),
+                    Record::Fallbacks { fallbacks: f, .. } => {
+                        fallbacks = f;
+                        continue;
                     }
                     Record::Undecodable { count, .. } => SourceItem::Undecodable(count),
                     Record::Stack { stack, .. } => SourceItem::Stack(stack),

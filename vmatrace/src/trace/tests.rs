@@ -59,6 +59,7 @@ fn sample(compress: bool) -> (Vec<u8>, Vec<Record>) {
             Record::Counters { mono_ns, values } => w.write_counters(*mono_ns, values),
             Record::Undecodable { mono_ns, count } => w.write_undecodable(*mono_ns, *count),
             Record::Stack { mono_ns, stack } => w.write_stack(*mono_ns, stack),
+            Record::Fallbacks { mono_ns, fallbacks } => w.write_fallbacks(*mono_ns, fallbacks),
             Record::End { .. } => Ok(()),
         }
         .expect("write");
@@ -385,7 +386,10 @@ mod through_the_pipeline {
                 let mut c = vec![0u64; 12];
                 c[Counter::RingbufReserveFailed as usize] = b;
                 c[Counter::ReaderAcquireOk as usize] = 10 * b;
-                v.push(SourceItem::Counters(CounterSnapshot { values: c }));
+                v.push(SourceItem::Counters(CounterSnapshot {
+                    values: c,
+                    ..Default::default()
+                }));
             }
         }
         v.push(SourceItem::Undecodable(2));
@@ -695,4 +699,49 @@ fn stack_records_roundtrip_and_bad_ones_are_errors() {
     let mut r = TraceReader::new(std::io::Cursor::new(shared.take())).expect("reader");
     let e = r.next_record().expect_err("a corrupt stack record");
     assert!(format!("{e}").contains("stack record"), "{e}");
+}
+
+/// Per-process fallbacks go through a trace as written; a record whose length is not a
+/// whole number of entries is a corrupt trace.
+#[test]
+fn fallback_records_roundtrip_and_bad_lengths_are_errors() {
+    use crate::pipeline::ProcessFallbacks;
+    let mut comm = [0u8; 16];
+    comm[..4].copy_from_slice(b"java");
+    let f = vec![
+        ProcessFallbacks {
+            tgid: 42,
+            count: 7,
+            comm,
+        },
+        ProcessFallbacks {
+            tgid: 3310,
+            count: u64::MAX,
+            comm: [0; 16],
+        },
+    ];
+    let shared = SharedBuf::default();
+    let mut w = TraceWriter::new(shared.clone(), &header(), true).expect("writer");
+    w.write_fallbacks(30, &f).expect("fallbacks");
+    w.write_counters(30, &[1, 2]).expect("counters");
+    w.finish(50).expect("finish");
+    let mut r = TraceReader::new(std::io::Cursor::new(shared.take())).expect("reader");
+    assert_eq!(
+        r.next_record().expect("record"),
+        Some(Record::Fallbacks {
+            mono_ns: 30,
+            fallbacks: f
+        })
+    );
+    let shared = SharedBuf::default();
+    let mut w = TraceWriter::new(shared.clone(), &header(), false).expect("writer");
+    w.record_raw_for_tests(super::format::RecordTag::Fallbacks, 35, &[0; 31])
+        .expect("raw");
+    w.finish(50).expect("finish");
+    let mut r = TraceReader::new(std::io::Cursor::new(shared.take())).expect("reader");
+    let e = r.next_record().expect_err("a corrupt fallbacks record");
+    assert!(
+        format!("{e}").contains("fallbacks record of 31 bytes"),
+        "{e}"
+    );
 }

@@ -146,6 +146,21 @@ impl TraceWriter {
         self.record(RecordTag::Undecodable, mono_ns, &[&count.to_le_bytes()])
     }
 
+    pub fn write_fallbacks(
+        &mut self,
+        mono_ns: u64,
+        fallbacks: &[crate::pipeline::ProcessFallbacks],
+    ) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(fallbacks.len() * super::format::FALLBACK_LEN);
+        for f in fallbacks.iter().take(super::format::MAX_FALLBACKS) {
+            bytes.extend_from_slice(&f.tgid.to_le_bytes());
+            bytes.extend_from_slice(&[0; 4]);
+            bytes.extend_from_slice(&f.count.to_le_bytes());
+            bytes.extend_from_slice(&f.comm);
+        }
+        self.record(RecordTag::Fallbacks, mono_ns, &[&bytes])
+    }
+
     pub fn write_stack(
         &mut self,
         mono_ns: u64,

@@ -244,11 +244,15 @@ impl DashboardData {
                 *n = self.totals.kind_probe[k][p].saturating_sub(self.kind_probe_base[k][p]);
             }
         }
+        // Indexed by counter number (`CounterSnapshot::get`), not by position in `ALL`.
+        let all = vmatrace_common::Counter::ALL;
+        let mut values = vec![0; all.iter().map(|c| *c as usize + 1).max().unwrap_or(0)];
+        for c in all {
+            values[*c as usize] = self.stats.counter(*c);
+        }
         t.counters = CounterSnapshot {
-            values: vmatrace_common::Counter::ALL
-                .iter()
-                .map(|c| self.stats.counter(*c))
-                .collect(),
+            values,
+            ..Default::default()
         };
         t
     }

@@ -269,6 +269,7 @@ fn fixture() -> AppState {
         feed(SourceItem::Events(batch), &mut sink);
         let mut c = CounterSnapshot {
             values: vec![0; 16],
+            ..Default::default()
         };
         c.values[Counter::ReaderAcquireOk as usize] = 250_000 * (sec + 1) + sec * sec * 1000;
         c.values[Counter::ReaderAcquireFail as usize] = 40 * (sec + 1);
@@ -277,6 +278,15 @@ fn fixture() -> AppState {
         c.values[Counter::ReaderRelease as usize] = 900 * (sec + 1);
         c.values[Counter::WriterWake as usize] = 30 * (sec + 1);
         c.values[Counter::RingbufReserveFailed as usize] = if sec > 8 { 17 } else { 0 };
+        c.values[Counter::ReaderFailWriter as usize] = 30 * (sec + 1);
+        // Every writer-caused fallback, per process (the kernel's map, not sampled).
+        c.fallbacks = [(1201u32, 21u64), (3310, 9)]
+            .map(|(tgid, per_s)| crate::pipeline::ProcessFallbacks {
+                tgid,
+                count: per_s * (sec + 1),
+                comm: [0; 16],
+            })
+            .to_vec();
         feed(SourceItem::Counters(c), &mut sink);
         shared.lock().unwrap().live.stats.roll_rates(1000);
     }
@@ -808,6 +818,7 @@ fn header_says_validated_with_gaps_when_events_were_lost() {
     assert!(header(&st).contains("│ validated with gaps (2 resyncs) │"));
     let mut c = CounterSnapshot {
         values: vec![0; 16],
+        ..Default::default()
     };
     c.values[Counter::RingbufReserveFailed as usize] = 5;
     st.live.set_counters(&c);

@@ -427,6 +427,7 @@ pub fn run_summary(step: &str, j: &Value, race: bool, v: &mut Verdict) {
         v.info.push(format!("{step}: interrupted waits {n}"));
     }
     slow_waits(step, j, v);
+    writer_fallbacks(step, j, v);
     match j.get("stop_reason").and_then(Value::as_str) {
         Some("duration") => {}
         other => v
@@ -594,6 +595,45 @@ pub fn slow_waits(step: &str, j: &Value, v: &mut Verdict) {
     ));
 }
 
+/// Readers a writer sent to `mmap_lock`: counted in the kernel for every fault, and per
+/// process. The workload's readers fault on VMAs its writers lock, so the count is not
+/// zero, and the per-process counts of the ranked processes add up to at most the total.
+pub fn writer_fallbacks(step: &str, j: &Value, v: &mut Verdict) {
+    let Some(total) = at(j, "counters.reader_fail_writer").and_then(Value::as_u64) else {
+        v.failures.push(format!(
+            "{step}: summary has no `counters.reader_fail_writer`"
+        ));
+        return;
+    };
+    let per: Vec<(String, u64)> = at(j, "stats.top_processes")
+        .and_then(Value::as_array)
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| {
+                    let n = r.get("writer_fallbacks")?.as_u64()?;
+                    let who = format!("{}[{}]", r.get("comm")?.as_str()?, r.get("tgid")?.as_u64()?);
+                    Some((who, n))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        })
+        .unwrap_or_default();
+    let sum: u64 = per.iter().map(|(_, n)| n).sum();
+    if total == 0 || sum == 0 {
+        v.failures.push(format!(
+            "{step}: no reader fell back because of a writer (total {total}, per process {per:?}) under a workload whose readers fault on the VMAs its writers lock"
+        ));
+    } else if sum > total {
+        v.failures.push(format!(
+            "{step}: per-process fallbacks {sum} exceed the kernel's total {total}: {per:?}"
+        ));
+    } else {
+        v.info.push(format!(
+            "{step}: readers sent to mmap_lock by a writer {total}, per process {per:?}"
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -710,7 +750,13 @@ mod tests {
                 "write_lock_request": {"count": 5, "observed": "direct"},
                 "mark_detached_fast": {"count": 0, "observed": "unobservable"},
                 "mark_detached_slow": {"count": 0, "observed": "direct"}}},
-            "anomalies": {"total": 0}, "losses": {"total": 2, "kernel": {"unmatched_return": 2, "ringbuf_reserve_failed": 0}, "undecodable": 0}});
+            "anomalies": {"total": 0}, "losses": {"total": 2, "kernel": {"unmatched_return": 2, "ringbuf_reserve_failed": 0}, "undecodable": 0},
+            "filters": {"slow_wait_ns": 1_000_000},
+            "counters": {"reader_fail_writer": 4},
+            "stats": {
+                "slowest": [{"wait_ns": 2_000_000, "tid": 3, "syscall": "munmap",
+                             "stack": ["__vma_start_write+0x54", "__x64_sys_munmap+0x1f"]}],
+                "top_processes": [{"comm": "vmatrace", "tgid": 3, "writer_fallbacks": 4}]}});
         run_summary("run", &good, false, &mut v);
         assert!(v.failures.is_empty(), "{:?}", v.failures);
         assert!(
@@ -903,5 +949,23 @@ mod tests {
         let mut v = Verdict::default();
         slow_waits("run", &summary(vec![row(10, None, &[])]), &mut v);
         assert_eq!(v.failures.len(), 1);
+    }
+
+    #[test]
+    fn writer_fallbacks_must_be_seen_and_add_up() {
+        let j = |total: u64, a: u64| {
+            json!({"counters": {"reader_fail_writer": total},
+                   "stats": {"top_processes": [
+                       {"comm": "vmatrace", "tgid": 9, "writer_fallbacks": a},
+                       {"comm": "sh", "tgid": 2, "writer_fallbacks": 0}]}})
+        };
+        let mut v = Verdict::default();
+        writer_fallbacks("run", &j(10, 7), &mut v);
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        for bad in [j(0, 0), j(10, 0), j(5, 7)] {
+            let mut v = Verdict::default();
+            writer_fallbacks("run", &bad, &mut v);
+            assert_eq!(v.failures.len(), 1, "{bad}");
+        }
     }
 }

@@ -210,7 +210,10 @@ impl TaskCounters {
                 *v += s.load(Ordering::Relaxed);
             }
         }
-        CounterSnapshot { values }
+        CounterSnapshot {
+            values,
+            ..Default::default()
+        }
     }
 }
 

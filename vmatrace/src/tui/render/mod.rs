@@ -247,6 +247,10 @@ const HELP: &[(&str, &str)] = &[
         "sampled failed lock_vma_under_rcu (– not sampled)",
     ),
     (
+        "Top: fallbk",
+        "readers a writer sent to mmap_lock (every one)",
+    ),
+    (
         "Top: sldet",
         "slow-path detaches (readers still held the VMA)",
     ),

@@ -89,7 +89,12 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
     );
     let mut b = block(title);
     if area.height >= 8 {
-        b = b.title_bottom(Line::styled(LEGEND, dim()));
+        let legend = if usize::from(area.width) >= LEGEND.chars().count() + 2 {
+            LEGEND
+        } else {
+            LEGEND_SHORT
+        };
+        b = b.title_bottom(Line::styled(legend, dim()));
     }
     let t = Table::new(laid.rows, laid.widths)
         .header(laid.header)
@@ -98,7 +103,10 @@ fn render_table(frame: &mut Frame, area: Rect, state: &AppState, view: TopView) 
 }
 
 /// What the short headers mean (also in the help).
-pub const LEGEND: &str = " excl exclusions · rdfail sampled reader failures · sldet slow detaches ";
+pub const LEGEND: &str = " excl exclusions · rdfail sampled reader failures · fallbk readers a writer sent to mmap_lock (all) · sldet slow detaches ";
+/// The same for 80 columns (`?` explains every header).
+pub const LEGEND_SHORT: &str =
+    " rdfail sampled fails · fallbk writer sent to mmap_lock · sldet slow detach ";
 
 /// The Top table's columns. Numbers are never cut: on a narrow terminal the task name
 /// shrinks, then the rarest counts go (EINTR, slow detaches, reader failures).
@@ -149,6 +157,17 @@ fn columns(
             })
         })
         .with_header_style(sorted(SortKey::ReaderFailures)),
+    ]);
+    // Counted per process in the kernel; a VMA row has no such count.
+    if view == TopView::Processes {
+        c.push(
+            Column::number("fallbk", 5, |a: &Aggregate| {
+                Value::from(fmt::count(a.writer_fallbacks))
+            })
+            .with_header_style(sorted(SortKey::WriterFallbacks)),
+        );
+    }
+    c.extend([
         Column::number("sldet", 3, |a: &Aggregate| {
             Value::from(fmt::count(a.slow_detaches))
         })
