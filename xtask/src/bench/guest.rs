@@ -55,6 +55,9 @@ pub enum Tool {
     Vmatrace,
     /// `vmatrace run --attach fentry`: the cheaper mechanism that loses runs to preemption.
     VmatraceFentry,
+    /// `vmatrace run --slow-wait ARG`: what the slow-wait capture costs (`off`: never
+    /// compared; `1h`: compared on every return, never reached).
+    VmatraceSlowWait(&'static str),
     Bpftrace,
 }
 
@@ -82,12 +85,18 @@ pub fn phases(p: &Params) -> Vec<Phase> {
         ph("vmatrace_stats", Tool::Vmatrace, true),
         ph("bpftrace_stats", Tool::Bpftrace, true),
         ph("vmatrace_fentry_stats", Tool::VmatraceFentry, true),
+        ph("vmatrace_noslow_stats", Tool::VmatraceSlowWait("off"), true),
+        ph(
+            "vmatrace_slowunreached_stats",
+            Tool::VmatraceSlowWait("1h"),
+            true,
+        ),
         ph("base2", Tool::None, false),
     ]
     .into_iter()
     .filter(|x| match x.tool {
         Tool::None => true,
-        Tool::Vmatrace | Tool::VmatraceFentry => p.vmatrace,
+        Tool::Vmatrace | Tool::VmatraceFentry | Tool::VmatraceSlowWait(_) => p.vmatrace,
         Tool::Bpftrace => p.bpftrace,
     })
     .collect()
@@ -162,6 +171,10 @@ bt() {{
             Tool::VmatraceFentry => {
                 let _ = writeln!(s, "vmat {} --attach fentry", ph.name);
             }
+            Tool::VmatraceSlowWait(arg) => {
+                let stats = if ph.bpf_stats { " --bpf-stats" } else { "" };
+                let _ = writeln!(s, "vmat {} --slow-wait {arg}{stats}", ph.name);
+            }
             Tool::Bpftrace => {
                 let _ = writeln!(s, "bt {}", ph.name);
             }
@@ -205,6 +218,8 @@ mod tests {
                 "vmatrace_stats",
                 "bpftrace_stats",
                 "vmatrace_fentry_stats",
+                "vmatrace_noslow_stats",
+                "vmatrace_slowunreached_stats",
                 "base2"
             ]
         );
@@ -216,6 +231,8 @@ mod tests {
                 "vmatrace_fentry",
                 "vmatrace_stats",
                 "vmatrace_fentry_stats",
+                "vmatrace_noslow_stats",
+                "vmatrace_slowunreached_stats",
                 "base2"
             ]
         );
@@ -224,6 +241,8 @@ mod tests {
     #[test]
     fn init_runs_every_phase_with_its_stats_setting() {
         let s = init_script(&params(true));
+        assert!(s.contains("vmat vmatrace_noslow_stats --slow-wait off --bpf-stats\n"));
+        assert!(s.contains("vmat vmatrace_slowunreached_stats --slow-wait 1h --bpf-stats\n"));
         assert!(s.starts_with("#!/bin/busybox sh"));
         assert!(s.contains("vmatrace stress --duration 7 --readers 2 --writers 2 --forks --json"));
         assert!(s.contains("stats 1\nvmat vmatrace_fentry_stats --attach fentry --bpf-stats\n"));

@@ -281,24 +281,26 @@ fn phase_result(p: &guest::Phase, r: &vm::results::GuestResults) -> report::Phas
     }
     match p.tool {
         guest::Tool::None => {}
-        guest::Tool::Vmatrace | guest::Tool::VmatraceFentry => match body(p.name) {
-            Some((b, rc)) => {
-                match parse::json(&b) {
-                    Some(j) => out.vmatrace = Some(parse::VmatraceRun::from_json(&j)),
-                    None => out.problems.push("vmatrace printed no JSON summary".into()),
+        guest::Tool::Vmatrace | guest::Tool::VmatraceFentry | guest::Tool::VmatraceSlowWait(_) => {
+            match body(p.name) {
+                Some((b, rc)) => {
+                    match parse::json(&b) {
+                        Some(j) => out.vmatrace = Some(parse::VmatraceRun::from_json(&j)),
+                        None => out.problems.push("vmatrace printed no JSON summary".into()),
+                    }
+                    if rc != Some(0) {
+                        let err = body(&format!("{}.err", p.name))
+                            .map(|b| b.0)
+                            .unwrap_or_default();
+                        out.problems.push(format!(
+                            "vmatrace exit status {rc:?}: {}",
+                            err.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
+                        ));
+                    }
                 }
-                if rc != Some(0) {
-                    let err = body(&format!("{}.err", p.name))
-                        .map(|b| b.0)
-                        .unwrap_or_default();
-                    out.problems.push(format!(
-                        "vmatrace exit status {rc:?}: {}",
-                        err.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
-                    ));
-                }
+                None => out.problems.push("no vmatrace output".into()),
             }
-            None => out.problems.push("no vmatrace output".into()),
-        },
+        }
         guest::Tool::Bpftrace => match body(p.name) {
             Some((b, rc)) => {
                 let run = parse::bpftrace(&b);

@@ -337,6 +337,50 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
     }
     json.insert("per_call".into(), fn_rows.into());
 
+    // What the slow-wait capture (syscall and stack of waits >= --slow-wait) costs the
+    // writer-path returns: never compared (off), compared and never reached (1h), and
+    // the default 1 ms, which under TCG many waits reach.
+    let progs = |name: &str| {
+        get(name)
+            .and_then(|p| p.vmatrace.as_ref())
+            .map(|v| v.programs.clone())
+            .unwrap_or_default()
+    };
+    let (off, unreached) = (
+        progs("vmatrace_noslow_stats"),
+        progs("vmatrace_slowunreached_stats"),
+    );
+    if !off.is_empty() {
+        let _ = writeln!(
+            s,
+            "
+slow-wait capture, writer-path returns (ns/run): --slow-wait off / 1h (never reached) / 1ms (default):"
+        );
+        let mut rows = Vec::new();
+        for p in off.iter().filter(|p| is_writer_return(&p.name)) {
+            let per = |list: &[super::parse::ProgCost]| {
+                list.iter()
+                    .find(|q| q.name == p.name)
+                    .and_then(|q| (q.run_cnt > 0).then(|| q.run_time_ns as f64 / q.run_cnt as f64))
+            };
+            let (a, b, c) = (per(&off), per(&unreached), per(&ours));
+            let fmt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "—".into());
+            let _ = writeln!(
+                s,
+                "  {:<24} {:>8} {:>8} {:>8}   unreached/off {}",
+                p.name,
+                fmt(a),
+                fmt(b),
+                fmt(c),
+                a.zip(b)
+                    .map(|(a, b)| format!("{:.2}", b / a))
+                    .unwrap_or_else(|| "—".into())
+            );
+            rows.push(serde_json::json!({"program": p.name, "off_ns": a, "unreached_ns": b, "default_ns": c}));
+        }
+        json.insert("slow_wait_capture".into(), rows.into());
+    }
+
     // The correctness cross-check.
     for (vp, bp) in [
         ("vmatrace", "bpftrace"),
@@ -534,4 +578,12 @@ mod tests {
         assert_eq!(m["prog 9"], (1, 5));
         assert!((slowdown(100.0, 97.0) - 0.03).abs() < 1e-9);
     }
+}
+
+/// The writer-path return programs, which carry the slow-wait comparison.
+fn is_writer_return(name: &str) -> bool {
+    ["vsw_", "vser_", "vel_", "vmd_", "verd_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        && (name.ends_with("_fexit") || name.ends_with("_kretprobe"))
 }
