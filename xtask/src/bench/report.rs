@@ -490,6 +490,14 @@ slow-wait capture, writer-path returns (ns/run): --slow-wait off / 1h (never rea
     (s, serde_json::Value::Object(json))
 }
 
+/// The writer-path return programs, which carry the slow-wait comparison.
+fn is_writer_return(name: &str) -> bool {
+    ["vsw_", "vser_", "vel_", "vmd_", "verd_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        && (name.ends_with("_fexit") || name.ends_with("_kretprobe"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,12 +586,4 @@ mod tests {
         assert_eq!(m["prog 9"], (1, 5));
         assert!((slowdown(100.0, 97.0) - 0.03).abs() < 1e-9);
     }
-}
-
-/// The writer-path return programs, which carry the slow-wait comparison.
-fn is_writer_return(name: &str) -> bool {
-    ["vsw_", "vser_", "vel_", "vmd_", "verd_"]
-        .iter()
-        .any(|p| name.starts_with(p))
-        && (name.ends_with("_fexit") || name.ends_with("_kretprobe"))
 }
