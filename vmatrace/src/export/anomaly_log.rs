@@ -429,14 +429,15 @@ impl AnomalyLogSink {
                     syscall: e.arg,
                     stack: e.ret,
                 };
-                let (syscall, stack) = self.stacks.describe(&c);
+                let (origin, stack) = self.stacks.describe(&c);
                 json!({
                     "pid": e.tgid(),
                     "tid": e.tid(),
                     "comm": comm(e),
                     "function": e.probe().kernel_name(),
                     "wait_ns": e.wait_ns,
-                    "syscall": syscall,
+                    "origin": origin.key(),
+                    "syscall": origin.syscall(),
                     "stack": stack,
                 })
             })

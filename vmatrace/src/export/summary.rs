@@ -740,8 +740,17 @@ impl Summary {
                 w.vm_start,
                 size(w.vm_end.saturating_sub(w.vm_start)),
             );
-            if let Some(sc) = &w.syscall {
-                let _ = writeln!(s, "  in syscall {sc}");
+            match (&w.syscall, w.origin) {
+                (Some(sc), _) => {
+                    let _ = writeln!(s, "  in syscall {sc}");
+                }
+                (None, Some("page_fault")) => {
+                    let _ = writeln!(s, "  in a page fault");
+                }
+                (None, Some("kernel_thread")) => {
+                    let _ = writeln!(s, "  in a kernel thread");
+                }
+                _ => {}
             }
             for f in &w.stack {
                 let _ = writeln!(s, "    {f}");

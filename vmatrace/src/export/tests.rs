@@ -607,6 +607,8 @@ fn anomaly_lines_say_why_writers_were_slow() {
             "__vma_start_write+0x3c".into(),
             "mprotect_fixup+0x1d0".into(),
             "do_mprotect_pkey+0x2b4".into(),
+            "__x64_sys_mprotect+0x1f".into(),
+            "do_syscall_64+0x82".into(),
         ],
     });
     let mut slow = event(EventKind::SlowWait, 2_000_000_000);
@@ -630,6 +632,7 @@ fn anomaly_lines_say_why_writers_were_slow() {
     let s = v[0]["slow_waits"].as_array().expect("slow waits");
     assert_eq!(s.len(), 1);
     assert_eq!(s[0]["syscall"], "mprotect");
+    assert_eq!(s[0]["origin"], "syscall");
     assert_eq!(s[0]["wait_ns"], 3_000_000);
     assert_eq!(s[0]["function"], "__vma_start_write");
     assert_eq!(s[0]["stack"][1], "mprotect_fixup+0x1d0");

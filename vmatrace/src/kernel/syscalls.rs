@@ -1,6 +1,10 @@
-//! Names of the syscalls a writer of the per-VMA lock is usually inside (x86-64 numbers),
-//! for the `SlowWait` event's `orig_ax`. A number not listed here is named from the
-//! stack's `__x64_sys_*` / `__ia32_sys_*` frame when there is one, else shown as `#N`.
+//! Where a slow writer was when it waited: inside a syscall (named from the `SlowWait`
+//! event's `orig_ax`, x86-64 numbers), a page fault, or a kernel thread.
+//!
+//! `orig_ax` alone does not say it: it is -1 outside a syscall (a task killed in a page
+//! fault exits from the fault's return path), and a kernel thread's register frame is
+//! zeroes (syscall 0, `read`). So the number is trusted only when the stack reaches the
+//! syscall entry; otherwise the stack says where the writer came from.
 
 /// `(number, name)`: the x86-64 syscalls that map, unmap, change or fault memory, fork,
 /// exec and exit (every path that takes VMA write locks), plus a few that commonly
@@ -40,38 +44,142 @@ const X86_64: &[(u64, &str)] = &[
     (462, "mseal"),
 ];
 
-/// The syscall's name: from the number, else from the stack's syscall entry frame.
-/// `None` when the number could not be read (`u64::MAX`) and no frame names one (a
-/// kernel thread such as khugepaged has no syscall).
-pub fn name(nr: u64, frames: &[String]) -> Option<String> {
-    if let Some((_, n)) = X86_64.iter().find(|(k, _)| *k == nr) {
-        return Some((*n).to_string());
+/// Where the writer was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Inside this syscall.
+    Syscall(String),
+    /// In a page fault's path (e.g. exiting on a fatal signal taken at its return).
+    PageFault,
+    /// A kernel thread (khugepaged, kswapd, ...): no syscall.
+    KernelThread,
+    /// Neither the number nor the stack says (no stack kept, `orig_ax` unread).
+    Unknown,
+}
+
+impl Origin {
+    /// Short text for a table cell and the logs.
+    pub fn label(&self) -> &str {
+        match self {
+            Origin::Syscall(s) => s,
+            Origin::PageFault => "page fault",
+            Origin::KernelThread => "kernel thread",
+            Origin::Unknown => "?",
+        }
     }
-    let from_stack = frames.iter().find_map(|f| {
-        let f = f.split('+').next().unwrap_or(f);
+
+    /// The syscall's name, when the writer was in one.
+    pub fn syscall(&self) -> Option<&str> {
+        match self {
+            Origin::Syscall(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Stable key (JSON): `syscall`, `page_fault`, `kernel_thread`, `unknown`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Origin::Syscall(_) => "syscall",
+            Origin::PageFault => "page_fault",
+            Origin::KernelThread => "kernel_thread",
+            Origin::Unknown => "unknown",
+        }
+    }
+}
+
+fn function(frame: &str) -> &str {
+    frame.split('+').next().unwrap_or(frame)
+}
+
+/// The syscall named by a `__x64_sys_*`-style frame.
+fn syscall_frame(frames: &[String]) -> Option<&str> {
+    frames.iter().find_map(|f| {
+        let f = function(f);
         ["__x64_sys_", "__ia32_sys_", "__do_sys_", "__se_sys_"]
             .iter()
             .find_map(|p| f.strip_prefix(p))
-            .map(str::to_string)
-    });
-    from_stack.or_else(|| (nr != u64::MAX && nr < 1 << 16).then(|| format!("#{nr}")))
+    })
+}
+
+/// Whether the stack reaches the syscall entry.
+fn in_syscall(frames: &[String]) -> bool {
+    syscall_frame(frames).is_some()
+        || frames.iter().any(|f| {
+            matches!(
+                function(f),
+                "do_syscall_64" | "x64_sys_call" | "entry_SYSCALL_64_after_hwframe"
+            )
+        })
+}
+
+/// Where the writer with syscall number `nr` (`u64::MAX`: none or unread) and kernel
+/// stack `frames` (innermost first; empty when none was kept) was.
+pub fn origin(nr: u64, frames: &[String]) -> Origin {
+    let named = || {
+        X86_64
+            .iter()
+            .find(|(k, _)| *k == nr)
+            .map(|(_, n)| (*n).to_string())
+            .or_else(|| syscall_frame(frames).map(str::to_string))
+            .or_else(|| (nr < 1 << 16).then(|| format!("#{nr}")))
+    };
+    if frames.is_empty() {
+        // No stack to check the number against: a number is all there is.
+        return match nr {
+            u64::MAX => Origin::Unknown,
+            _ => named().map_or(Origin::Unknown, Origin::Syscall),
+        };
+    }
+    if in_syscall(frames) {
+        return named().map_or(Origin::Unknown, Origin::Syscall);
+    }
+    let has = |name: &str| frames.iter().any(|f| function(f) == name);
+    if has("kthread") || has("ret_from_fork") && !has("syscall_exit_to_user_mode") {
+        Origin::KernelThread
+    } else if has("asm_exc_page_fault") || has("exc_page_fault") {
+        Origin::PageFault
+    } else {
+        Origin::Unknown
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn frames(f: &[&str]) -> Vec<String> {
+        f.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
-    fn names_by_number_then_by_frame() {
-        assert_eq!(name(10, &[]).as_deref(), Some("mprotect"));
-        assert_eq!(name(231, &[]).as_deref(), Some("exit_group"));
-        let frames = vec![
-            "__vma_start_write+0x5a".to_string(),
-            "__x64_sys_userfaultfd+0x1c".to_string(),
-        ];
-        assert_eq!(name(323, &frames).as_deref(), Some("userfaultfd"));
-        assert_eq!(name(999, &[]).as_deref(), Some("#999"));
-        // Not read, no syscall frame: a kernel thread.
-        assert_eq!(name(u64::MAX, &["khugepaged+0x10".to_string()]), None);
+    fn the_number_counts_only_when_the_stack_reaches_the_syscall_entry() {
+        let mprotect = frames(&["mprotect_fixup+0xca", "__x64_sys_mprotect+0x1f"]);
+        assert_eq!(origin(10, &mprotect), Origin::Syscall("mprotect".into()));
+        // Unlisted number, named by its frame.
+        let uffd = frames(&["__vma_start_write+0x54", "__x64_sys_userfaultfd+0x1c"]);
+        assert_eq!(origin(323, &uffd).label(), "userfaultfd");
+        let entry = frames(&["do_mmap+0x5b8", "do_syscall_64+0xc2"]);
+        assert_eq!(origin(999, &entry).label(), "#999");
+        // Seen on 7.3.4: a task killed in a page fault exits from the fault's return.
+        let fault = frames(&[
+            "__vma_start_write+0x54",
+            "exit_mmap+0x1b6",
+            "do_exit+0x288",
+            "get_signal+0x8da",
+            "irqentry_exit+0x2df",
+            "asm_exc_page_fault+0x26",
+        ]);
+        assert_eq!(origin(u64::MAX, &fault), Origin::PageFault);
+        // khugepaged: its register frame is zeroes, which is not `read`.
+        let kthread = frames(&[
+            "collapse_huge_page+0x3c4",
+            "khugepaged+0x74c",
+            "kthread+0xe5",
+            "ret_from_fork+0x2bc",
+        ]);
+        assert_eq!(origin(0, &kthread), Origin::KernelThread);
+        // Without a stack, the number is all there is.
+        assert_eq!(origin(231, &[]), Origin::Syscall("exit_group".into()));
+        assert_eq!(origin(u64::MAX, &[]), Origin::Unknown);
     }
 }

@@ -38,10 +38,11 @@ impl StackTable {
             .and_then(|id| self.stacks.get(&id))
     }
 
-    /// The syscall's name and the frames of `c` (empty when unknown).
-    pub fn describe(&self, c: &SlowContext) -> (Option<String>, Vec<String>) {
+    /// Where the writer was (its syscall, a page fault, a kernel thread) and the frames
+    /// of `c` (empty when unknown).
+    pub fn describe(&self, c: &SlowContext) -> (syscalls::Origin, Vec<String>) {
         let frames: Vec<String> = self.frames(c.stack).map(|f| f.to_vec()).unwrap_or_default();
-        (syscalls::name(c.syscall, &frames), frames)
+        (syscalls::origin(c.syscall, &frames), frames)
     }
 }
 
@@ -76,8 +77,11 @@ pub struct WaitSampleRow {
     pub wait_ns: u64,
     pub detaching: bool,
     pub interrupted: bool,
-    /// The writer's syscall (waits of at least `--slow-wait`; absent for a kernel
-    /// thread, or when the wait was shorter).
+    /// Where the writer was, for waits of at least `--slow-wait`: `syscall`,
+    /// `page_fault`, `kernel_thread` or `unknown` (absent for shorter waits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<&'static str>,
+    /// The writer's syscall, when `origin` is `syscall`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscall: Option<String>,
     /// Its kernel stack, innermost frame first, symbolized (same condition).
@@ -87,7 +91,14 @@ pub struct WaitSampleRow {
 
 impl WaitSampleRow {
     pub fn new(w: &WaitSample, stacks: &StackTable) -> Self {
-        let (syscall, stack) = w.slow.map(|c| stacks.describe(&c)).unwrap_or_default();
+        let (origin, stack) = match w.slow.map(|c| stacks.describe(&c)) {
+            Some((o, frames)) => (Some(o), frames),
+            None => (None, Vec::new()),
+        };
+        let syscall = origin
+            .as_ref()
+            .and_then(|o| o.syscall().map(str::to_string));
+        let origin = origin.as_ref().map(syscalls::Origin::key);
         Self {
             ts_ns: w.ts_ns,
             tgid: w.tgid,
@@ -98,6 +109,7 @@ impl WaitSampleRow {
             wait_ns: w.wait_ns,
             detaching: w.detaching,
             interrupted: w.interrupted,
+            origin,
             syscall,
             stack,
         }

@@ -175,13 +175,10 @@ fn render_slow_stack(frame: &mut Frame, area: Rect, state: &AppState) {
         frame.render_widget(p.block(block("Why the slowest writer waited")), area);
         return;
     };
-    let (syscall, frames) = stats.stacks().describe(&c);
+    let (origin, frames) = stats.stacks().describe(&c);
     let who = fmt::process(w.tgid, &stats.process_comm(w.tgid, &w.comm));
     let mut lines = vec![Line::from(vec![
-        Span::styled(
-            syscall.unwrap_or_else(|| "no syscall".into()),
-            title_style(),
-        ),
+        Span::styled(origin.label().to_string(), title_style()),
         Span::raw(format!(" · {who} tid {} · {}", w.tid, fmt::ns(w.wait_ns))),
     ])];
     if frames.is_empty() {
@@ -227,7 +224,7 @@ fn slowest_columns(state: &AppState) -> Vec<Column<'_, WaitSample>> {
             }
         }),
         Column::code("syscall", 6, move |w: &WaitSample| match w.slow {
-            Some(c) => Value::from(stats.stacks().describe(&c).0.unwrap_or_else(|| "–".into())),
+            Some(c) => Value::from(stats.stacks().describe(&c).0.label().to_string()),
             None => Value::styled("–", dim()),
         }),
         Column::number("at", 5, move |w: &WaitSample| {
