@@ -113,13 +113,20 @@ fn check_all(json: bool, out: &mut impl Write) -> anyhow::Result<()> {
                 )?;
             }
         }
+        // With --json, stdout is the JSON document alone: counterexamples go to stderr.
+        let mut counterexamples = String::new();
         if let Some(cx) = &c.counterexample {
-            writeln!(out, "false anomaly:\n{cx}")?;
+            counterexamples.push_str(&format!("false anomaly:\n{cx}\n"));
         }
         for (bug, r) in &c.bugs {
             if let Some(m) = &r.missed {
-                writeln!(out, "missed {bug}:\n{m}")?;
+                counterexamples.push_str(&format!("missed {bug}:\n{m}\n"));
             }
+        }
+        if json {
+            eprint!("{counterexamples}");
+        } else {
+            out.write_all(counterexamples.as_bytes())?;
         }
         if !c.ok() {
             failed.push(format!(
