@@ -290,3 +290,31 @@ fn panic_restores_the_terminal_and_shows_the_message() {
         "the panic message must reach the restored terminal: {s}"
     );
 }
+
+/// A trace recorded on Debian's 7.3.4 kernel in QEMU (`cargo xtask vm-record
+/// --duration 1`): on a wide terminal the Writers screen says why the slowest writer
+/// waited (its syscall and kernel stack, as the kernel gave them), the Slowest waits name
+/// each slow writer's syscall, and Top counts the readers a writer sent to `mmap_lock`.
+#[test]
+fn a_real_kernels_slow_writer_shows_its_syscall_and_stack() {
+    let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/sample-7.3.4-cloud-slow-waits.vmatrace");
+    let cmd = session_command("", &format!("replay {} --tui", trace.display()));
+    let Some(t) = Tmux::start("slowwaits", 160, 45, &cmd) else {
+        return;
+    };
+    t.wait_for("ENDED");
+    t.keys(&["2"]);
+    let s = t.wait_for("Why the slowest writer waited");
+    // The slowest writers of that run were forks waiting in dup_mmap.
+    assert!(s.contains("clone · vmatrace["), "{s}");
+    for frame in ["__vma_start_write+0x", "dup_mmap+0x", "do_syscall_64+0x"] {
+        assert!(s.contains(frame), "no {frame} on the Writers screen:\n{s}");
+    }
+    assert!(s.contains("syscall") && s.contains("mprotect"), "{s}");
+    t.keys(&["3"]);
+    let s = t.wait_for("fallbk");
+    assert!(s.contains("vmatrace["), "{s}");
+    t.keys(&["q"]);
+    assert_clean(&t, "EXIT=0");
+}
