@@ -237,6 +237,37 @@ fn reader_while_excluded_arriving_after_the_window() {
 }
 
 #[test]
+fn reader_while_excluded_arriving_before_any_writer_event() {
+    // The reader's put is delivered first (its CPU's batch came before the writer's),
+    // on a VMA the validator has not seen yet: a reference held inside the window
+    // (found by the model's conformance check) must wait for the window, not be dropped.
+    let mut s = Stream::new();
+    s.mmap_write_lock();
+    s.push(EventKind::WriteLockEnter, WRITER, 1, 0);
+    ves(
+        s.push(EventKind::ExcludeEnter, WRITER, 1, 0),
+        false,
+        false,
+        false,
+    );
+    ves(
+        s.push(EventKind::ExcludeExit, WRITER, F + 1, 0),
+        false,
+        false,
+        true,
+    );
+    let mut reader = *s.push(EventKind::ReaderRelease, READER, F + 2, 0);
+    s.events.pop();
+    reader.flags &= !flags::RET;
+    let seq = s.seq;
+    s.push(EventKind::WriteLockExit, WRITER, 1, seq);
+    s.events.insert(0, reader);
+    let a = run(Generation::V7_0, &s.events);
+    assert_eq!(kinds(&a), ["reader_while_excluded"]);
+    assert_eq!(a[0].event, reader);
+}
+
+#[test]
 fn reader_while_write_locked() {
     let mut s = Stream::new();
     s.write_lock_7(0);

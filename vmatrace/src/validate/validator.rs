@@ -977,7 +977,9 @@ impl Validator {
     /// exclusion window, else kept until its window is known.
     fn window_check(&mut self, ev: &Event, out: &mut Vec<Anomaly>) {
         let ts = ev.ts_ns;
-        let Some(t) = self.vmas.get_mut(&ev.vma) else {
+        // A VMA first seen through this reader is tracked from here: its excluder's
+        // events may follow (flagged samples are rare, so this costs little memory).
+        let Some((t, _)) = self.track(ev, Sample::of(ev)) else {
             return;
         };
         if t.born_ts > ts || t.flag_stuck {
@@ -991,9 +993,9 @@ impl Validator {
             self.emit(out, ev, f);
             return;
         }
-        if t.excl().is_none() {
-            return;
-        }
+        // No exclusion known yet is no proof of innocence: the excluder's events may
+        // reach us after this reader's (another CPU's ring slot). A flagged sample means
+        // some exclusion was in progress; its window decides once it closes.
         let suspects = &mut t.rare().suspects;
         if suspects.len() == MAX_SUSPECTS {
             suspects.remove(0);
