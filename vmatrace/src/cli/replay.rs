@@ -30,7 +30,7 @@ use crate::{
         ReadOptions, ReplayOptions, ReplayOutcome, TraceError, TraceHeader, TraceReader,
         replay::{self, GrowingFile, Progress},
     },
-    tui::{DashboardContext, SharedState, SourceKind},
+    tui::{SharedState, SourceKind},
 };
 
 /// Replay a trace written by `vmatrace record` through the validator, the statistics and
@@ -92,36 +92,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     signals::install(&rt, &stop, on_hup.clone())?;
     let dashboard_wanted = !args.headless && std::io::stdout().is_terminal();
     let latest = args.out.telemetry.start(&rt, dashboard_wanted)?;
-    let (input, end_seen) = open_input(&args, &stop)?;
-    let opts = ReadOptions {
-        scan_for_magic: args.follow,
-        end_seen,
-    };
-    let reader = match find_start(input, opts, &stop) {
-        Start::Found(r) => *r,
-        Start::Stopped => {
-            // Nothing of a trace yet: say so, with a summary like any other stop.
-            let (header, outcome) = (unknown_header(), ReplayOutcome::default());
-            let pipeline = Pipeline::new(header.generation);
-            let report = Report::without_trace(&header, &pipeline, &outcome, stop.reason());
-            session::print_summary(&report.summary(), &args.out, false);
-            eprintln!(
-                "vmatrace: {}: stopped before the trace started",
-                printable(&args.input)
-            );
-            return Ok(());
-        }
-        Start::Failed(e) => {
-            let header = unknown_header();
-            let outcome = ReplayOutcome {
-                error: Some(e),
-                ..ReplayOutcome::default()
-            };
-            let pipeline = Pipeline::new(header.generation);
-            let report = Report::without_trace(&header, &pipeline, &outcome, None);
-            session::print_summary(&report.summary(), &args.out, false);
-            return Err(failure(&args.input, outcome.error.as_ref()));
-        }
+    let Some(reader) = start_reading(&args, &stop)? else {
+        return Ok(());
     };
     let header = reader.header().clone();
     let skipped = reader.skipped();
@@ -134,49 +106,16 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         session::Source::Replay,
     )?;
     let progress = Arc::new(Progress::default());
-    let make = {
-        let (header, progress) = (header.clone(), Arc::clone(&progress));
-        let handles = session::OutputHandles {
-            anomaly_log: handles.anomaly_log.clone(),
-            stats: handles.stats.clone(),
-        };
-        let started = Instant::now();
-        Box::new(move |v: &_, t: &_| {
-            let o = progress.outcome();
-            let wall_s = started.elapsed().as_secs_f64();
-            Summary::build(SummaryInput {
-                mode: "replay",
-                header: &header,
-                totals: t,
-                validator: v,
-                duration_ns: o.recorded_duration_ns(),
-                stop_reason: String::new(),
-                anomaly_log: handles.anomaly_log_stats(),
-                stats: handles.stats_snapshot(),
-                programs: Vec::new(),
-                startup_cpu_s: None,
-                stop_cpu_s: None,
-                recording: None,
-                replay: Some(replay_section(&o, wall_s, skipped)),
-            })
-        })
-    };
+    let make = snapshot_summary(&header, &progress, &handles, skipped);
     super::telemetry::add_snapshot_sink(&mut pipeline, latest.as_ref(), make);
     let dashboard = dashboard_wanted.then(|| {
-        let ctx = DashboardContext::new(
+        session::attach_dashboard(
+            &mut pipeline,
             SourceKind::Replay,
-            header.kernel_release.clone(),
-            header.generation,
+            &header,
+            args.input.clone(),
+            &handles,
         )
-        .with_detail(args.input.clone())
-        .with_plan(header.plan.clone());
-        let ctx = crate::tui::with_wall_clock(ctx, header.clock);
-        // The session's statistics sink is already attached: show its numbers rather
-        // than computing them twice.
-        match &handles.stats {
-            Some(stats) => crate::tui::attach_sharing_stats(&mut pipeline, ctx, stats.clone()),
-            None => crate::tui::attach_to(&mut pipeline, ctx),
-        }
     });
     let played = play(&rt, &stop, &args, reader, pipeline, dashboard, progress)?;
     let report = Report {
@@ -199,6 +138,76 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         }
         Some(e) => Err(failure(&args.input, Some(e))),
     }
+}
+
+/// Open the input and find the trace's start. `None`: stopped before a trace appeared
+/// (said, with a summary); an input that is no trace is an error, also with a summary.
+fn start_reading(args: &ReplayArgs, stop: &Stop) -> anyhow::Result<Option<TraceReader>> {
+    let (input, end_seen) = open_input(args, stop)?;
+    let opts = ReadOptions {
+        scan_for_magic: args.follow,
+        end_seen,
+    };
+    match find_start(input, opts, stop) {
+        Start::Found(r) => Ok(Some(*r)),
+        Start::Stopped => {
+            // Nothing of a trace yet: say so, with a summary like any other stop.
+            no_trace(args, ReplayOutcome::default(), stop.reason());
+            eprintln!(
+                "vmatrace: {}: stopped before the trace started",
+                printable(&args.input)
+            );
+            Ok(None)
+        }
+        Start::Failed(e) => {
+            let outcome = ReplayOutcome {
+                error: Some(e),
+                ..ReplayOutcome::default()
+            };
+            let err = failure(&args.input, outcome.error.as_ref());
+            no_trace(args, outcome, None);
+            Err(err)
+        }
+    }
+}
+
+/// The summary of a replay that found no trace to play (stopped, or the input is not a
+/// trace), printed like any other.
+fn no_trace(args: &ReplayArgs, outcome: ReplayOutcome, stop: Option<StopReason>) {
+    let header = unknown_header();
+    let pipeline = Pipeline::new(header.generation);
+    let report = Report::without_trace(&header, &pipeline, &outcome, stop);
+    session::print_summary(&report.summary(), &args.out, false);
+}
+
+/// The running summary (`--snapshot-every`, metrics) as the replay goes.
+fn snapshot_summary(
+    header: &TraceHeader,
+    progress: &Arc<Progress>,
+    handles: &session::OutputHandles,
+    skipped: u64,
+) -> crate::export::snapshots::MakeSummary {
+    let (header, progress, handles) = (header.clone(), Arc::clone(progress), handles.share());
+    let started = Instant::now();
+    Box::new(move |v: &_, t: &_| {
+        let o = progress.outcome();
+        let wall_s = started.elapsed().as_secs_f64();
+        Summary::build(SummaryInput {
+            mode: "replay",
+            header: &header,
+            totals: t,
+            validator: v,
+            duration_ns: o.recorded_duration_ns(),
+            stop_reason: String::new(),
+            anomaly_log: handles.anomaly_log_stats(),
+            stats: handles.stats_snapshot(),
+            programs: Vec::new(),
+            startup_cpu_s: None,
+            stop_cpu_s: None,
+            recording: None,
+            replay: Some(replay_section(&o, wall_s, skipped)),
+        })
+    })
 }
 
 /// A trace input, and for a followed file the flag that tells it the end record was

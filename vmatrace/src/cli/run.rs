@@ -37,7 +37,7 @@ use crate::{
     },
     pipeline::Pipeline,
     trace::{FilterInfo, HookRecord, Recorder, RecordingStatus, TraceHeader, TraceWriter},
-    tui::{DashboardContext, DashboardExit, ProgramCost, SharedState, SourceKind},
+    tui::{DashboardExit, ProgramCost, SharedState, SourceKind},
 };
 
 /// Options of every live session.
@@ -188,10 +188,9 @@ fn live(
     check_privileges()?;
     // Checked now, so a wrong path fails before anything is attached; nothing is created
     // until tracing starts.
-    let record = match record {
-        Some(r) => Some((TraceTarget::check(&r.output, r.force)?, r)),
-        None => None,
-    };
+    let record = record
+        .map(|r| TraceTarget::check(&r.output, r.force).map(|t| (t, r)))
+        .transpose()?;
     let stdout_busy = tui || matches!(record, Some((TraceTarget::Stdout, _)));
     let latest = out.telemetry.start(&rt, stdout_busy)?;
     let plan = plan_here(live.attach)?;
@@ -203,66 +202,24 @@ fn live(
         session::add_output_sinks(&mut pipeline, out, &header, &on_hup, session::Source::Live)?;
     let stdout_taken = matches!(record, Some((TraceTarget::Stdout, _)));
     let (recording, pending) = match record {
-        Some((target, rec)) => {
-            let (status, pending) = add_recorder(&mut pipeline, target, &rec, &header)?;
-            (Some(status), pending)
-        }
+        Some((target, rec)) => add_recorder(&mut pipeline, target, &rec, &header)?,
         None => (None, None),
     };
-    let dashboard = tui.then(|| {
-        let ctx = DashboardContext::new(
-            SourceKind::Live,
-            header.kernel_release.clone(),
-            header.generation,
-        )
-        .with_detail(format!(
-            "{}/{} hooks",
-            header.hooks.iter().filter(|h| h.attached).count(),
-            header.hooks.len()
-        ))
-        .with_plan(header.plan.clone());
-        let ctx = crate::tui::with_wall_clock(ctx, header.clock);
-        // The session's statistics sink is already attached: show its numbers rather
-        // than computing them twice.
-        match &handles.stats {
-            Some(stats) => crate::tui::attach_sharing_stats(&mut pipeline, ctx, stats.clone()),
-            None => crate::tui::attach_to(&mut pipeline, ctx),
-        }
-    });
+    let dashboard = tui.then(|| live_dashboard(&mut pipeline, &header, &handles));
     if dashboard.is_none() {
         announce(&header, out.duration);
     }
     // What loading, verifying and attaching cost, so the summary can tell it apart.
     let startup_cpu_s = Some(TracerSection::of_this_process().cpu_s());
     let programs = Arc::new(Mutex::new(Vec::<ProgramStat>::new()));
-    let make = {
-        let (mode, header, programs) = (mode.to_string(), header.clone(), Arc::clone(&programs));
-        let handles = session::OutputHandles {
-            anomaly_log: handles.anomaly_log.clone(),
-            stats: handles.stats.clone(),
-        };
-        let recording = recording.clone();
-        let started = Instant::now();
-        Box::new(move |v: &_, t: &_| {
-            Summary::build(SummaryInput {
-                mode: &mode,
-                header: &header,
-                totals: t,
-                validator: v,
-                duration_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                stop_reason: String::new(),
-                anomaly_log: handles.anomaly_log_stats(),
-                stats: handles.stats_snapshot(),
-                recording: recording
-                    .as_ref()
-                    .map(|r| r.lock().map(|g| g.clone()).unwrap_or_default()),
-                replay: None,
-                programs: programs.lock().map(|g| g.clone()).unwrap_or_default(),
-                startup_cpu_s,
-                stop_cpu_s: None,
-            })
-        })
-    };
+    let make = snapshot_summary(
+        mode,
+        &header,
+        &handles,
+        recording.clone(),
+        &programs,
+        startup_cpu_s,
+    );
     super::telemetry::add_snapshot_sink(&mut pipeline, latest.as_ref(), make);
     let streamed = stream(
         &rt,
@@ -274,25 +231,9 @@ fn live(
         programs,
     );
     let recording = recording.map(|r| r.lock().map(|g| g.clone()).unwrap_or_default());
-    let summary = Summary::build(SummaryInput {
-        mode,
-        header: &header,
-        totals: &streamed.pipeline.totals,
-        validator: &streamed.pipeline.validator,
-        duration_ns: u64::try_from(streamed.wall.as_nanos()).unwrap_or(u64::MAX),
-        stop_reason: stop
-            .reason()
-            .unwrap_or(StopReason::SourceEnded)
-            .key()
-            .into(),
-        anomaly_log: handles.anomaly_log_stats(),
-        stats: handles.stats_snapshot(),
-        recording: recording.clone(),
-        replay: None,
-        programs: streamed.programs,
-        startup_cpu_s,
-        stop_cpu_s: streamed.stop_cpu_s,
-    });
+    let stop_reason = stop.reason().unwrap_or(StopReason::SourceEnded);
+    let (ended, status) = ((stop_reason, startup_cpu_s), recording.clone());
+    let summary = final_summary(mode, &header, &streamed, ended, &handles, status);
     session::print_summary(&summary, out, stdout_taken);
     if let Some(p) = pending {
         finish_replacement(p, recording.as_ref())?;
@@ -301,6 +242,77 @@ fn live(
         Some(e) => Err(Failure::Unverified(format!("capture ended with an error: {e:#}")).into()),
         None => Ok(()),
     }
+}
+
+/// The session's summary once the source has ended.
+/// `(stop, startup_cpu_s)`: why the session ended, and its CPU before tracing began.
+fn final_summary(
+    mode: &str,
+    header: &TraceHeader,
+    streamed: &Streamed,
+    (stop, startup_cpu_s): (StopReason, Option<f64>),
+    handles: &session::OutputHandles,
+    recording: Option<RecordingStatus>,
+) -> Summary {
+    Summary::build(SummaryInput {
+        mode,
+        header,
+        totals: &streamed.pipeline.totals,
+        validator: &streamed.pipeline.validator,
+        duration_ns: u64::try_from(streamed.wall.as_nanos()).unwrap_or(u64::MAX),
+        stop_reason: stop.key().into(),
+        anomaly_log: handles.anomaly_log_stats(),
+        stats: handles.stats_snapshot(),
+        recording,
+        replay: None,
+        programs: streamed.programs.clone(),
+        startup_cpu_s,
+        stop_cpu_s: streamed.stop_cpu_s,
+    })
+}
+
+/// The dashboard of a live session, titled with how many hooks attached.
+fn live_dashboard(
+    pipeline: &mut Pipeline,
+    header: &TraceHeader,
+    handles: &session::OutputHandles,
+) -> SharedState {
+    let attached = header.hooks.iter().filter(|h| h.attached).count();
+    let hooks = format!("{attached}/{} hooks", header.hooks.len());
+    session::attach_dashboard(pipeline, SourceKind::Live, header, hooks, handles)
+}
+
+/// The running summary (`--snapshot-every`, metrics) while a live session traces.
+fn snapshot_summary(
+    mode: &str,
+    header: &TraceHeader,
+    handles: &session::OutputHandles,
+    recording: Option<Arc<Mutex<RecordingStatus>>>,
+    programs: &Arc<Mutex<Vec<ProgramStat>>>,
+    startup_cpu_s: Option<f64>,
+) -> crate::export::snapshots::MakeSummary {
+    let (mode, header, programs) = (mode.to_string(), header.clone(), Arc::clone(programs));
+    let handles = handles.share();
+    let started = Instant::now();
+    Box::new(move |v: &_, t: &_| {
+        Summary::build(SummaryInput {
+            mode: &mode,
+            header: &header,
+            totals: t,
+            validator: v,
+            duration_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            stop_reason: String::new(),
+            anomaly_log: handles.anomaly_log_stats(),
+            stats: handles.stats_snapshot(),
+            recording: recording
+                .as_ref()
+                .map(|r| r.lock().map(|g| g.clone()).unwrap_or_default()),
+            replay: None,
+            programs: programs.lock().map(|g| g.clone()).unwrap_or_default(),
+            startup_cpu_s,
+            stop_cpu_s: None,
+        })
+    })
 }
 
 /// Privileges first: without them every later step fails with a less clear EPERM.
@@ -453,19 +465,22 @@ fn header(plan: ProbePlan, session: &LiveSession, filter: &FilterArgs) -> TraceH
 
 /// Open the trace output (tracing has started: only now is a file created) and add the
 /// recorder to the pipeline.
+/// What the recorder reports while it records.
+type SharedRecording = Arc<Mutex<RecordingStatus>>;
+
 fn add_recorder(
     pipeline: &mut Pipeline,
     target: TraceTarget,
     rec: &Recording,
     header: &TraceHeader,
-) -> anyhow::Result<(Arc<Mutex<RecordingStatus>>, Option<Pending>)> {
+) -> anyhow::Result<(Option<SharedRecording>, Option<Pending>)> {
     let (w, pending) = target.open()?.into_parts();
     let w = TraceWriter::new(w, header, rec.compress)
         .with_context(|| format!("cannot start the trace {}", rec.output))?;
     let recorder = Recorder::new(w, &rec.output, rec.compress);
     let status = recorder.status();
     pipeline.add_sink(Box::new(recorder));
-    Ok((status, pending))
+    Ok((Some(status), pending))
 }
 
 /// `--force`: the new recording replaces the old file only if it is complete.

@@ -163,6 +163,35 @@ impl OutputHandles {
             .as_ref()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone())
     }
+
+    /// Another handle to the same sinks' reports (for the running snapshot's closure).
+    pub fn share(&self) -> OutputHandles {
+        OutputHandles {
+            anomaly_log: self.anomaly_log.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// Attach the dashboard for a session described by `header` (`detail`: what the header
+/// line names after the source). It shows the session's own statistics when the output
+/// sinks already keep them, rather than computing them twice.
+pub fn attach_dashboard(
+    pipeline: &mut crate::pipeline::Pipeline,
+    kind: crate::tui::SourceKind,
+    header: &crate::trace::TraceHeader,
+    detail: String,
+    handles: &OutputHandles,
+) -> crate::tui::SharedState {
+    let ctx =
+        crate::tui::DashboardContext::new(kind, header.kernel_release.clone(), header.generation)
+            .with_detail(detail)
+            .with_plan(header.plan.clone());
+    let ctx = crate::tui::with_wall_clock(ctx, header.clock);
+    match &handles.stats {
+        Some(stats) => crate::tui::attach_sharing_stats(pipeline, ctx, stats.clone()),
+        None => crate::tui::attach_to(pipeline, ctx),
+    }
 }
 
 /// Where a session's events come from.
