@@ -311,6 +311,7 @@ const READER_COUNTERS: &[Counter] = &[
     Counter::ReaderAcquireOk,
     Counter::ReaderAcquireFail,
     Counter::ReaderFailExcluded,
+    Counter::ReaderFailWriter,
     Counter::ReaderSampled,
     Counter::ReaderRelease,
     Counter::ReaderNextVma,
