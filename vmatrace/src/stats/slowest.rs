@@ -38,11 +38,16 @@ impl StackTable {
             .and_then(|id| self.stacks.get(&id))
     }
 
-    /// Where the writer was (its syscall, a page fault, a kernel thread) and the frames
-    /// of `c` (empty when unknown).
+    /// Where the writer was (its syscall, a page fault, a kernel thread), without
+    /// copying its frames (a table cell per row and frame).
+    pub fn origin(&self, c: &SlowContext) -> syscalls::Origin {
+        syscalls::origin(c.syscall, self.frames(c.stack).map_or(&[][..], |f| &f[..]))
+    }
+
+    /// [`StackTable::origin`] and the frames of `c` (empty when unknown).
     pub fn describe(&self, c: &SlowContext) -> (syscalls::Origin, Vec<String>) {
         let frames: Vec<String> = self.frames(c.stack).map(|f| f.to_vec()).unwrap_or_default();
-        (syscalls::origin(c.syscall, &frames), frames)
+        (self.origin(c), frames)
     }
 }
 

@@ -224,7 +224,7 @@ fn slowest_columns(state: &AppState) -> Vec<Column<'_, WaitSample>> {
             }
         }),
         Column::code("syscall", 6, move |w: &WaitSample| match w.slow {
-            Some(c) => Value::from(stats.stacks().describe(&c).0.label().to_string()),
+            Some(c) => Value::from(stats.stacks().origin(&c).label().to_string()),
             None => Value::styled("–", dim()),
         }),
         Column::number("at", 5, move |w: &WaitSample| {
