@@ -751,6 +751,9 @@ impl Summary {
                 (None, Some("kernel_thread")) => {
                     let _ = writeln!(s, "  in a kernel thread");
                 }
+                (None, Some("signal_exit")) => {
+                    let _ = writeln!(s, "  exiting on a fatal signal");
+                }
                 _ => {}
             }
             for f in &w.stack {

@@ -4,7 +4,9 @@
 //! `orig_ax` alone does not say it: it is -1 outside a syscall (a task killed in a page
 //! fault exits from the fault's return path), and a kernel thread's register frame is
 //! zeroes (syscall 0, `read`). So the number is trusted only when the stack reaches the
-//! syscall entry; otherwise the stack says where the writer came from.
+//! syscall entry; otherwise the stack says where the writer came from: a page fault, a
+//! kernel thread, or a task interrupted in user mode that exits on a fatal signal (its
+//! `exit_mmap` write-locks every VMA; seen on 7.3.4 from a timer interrupt's return).
 
 /// `(number, name)`: the x86-64 syscalls that map, unmap, change or fault memory, fork,
 /// exec and exit (every path that takes VMA write locks), plus a few that commonly
@@ -55,6 +57,9 @@ pub enum Origin {
     PageFault,
     /// A kernel thread (khugepaged, kswapd, ...): no syscall.
     KernelThread,
+    /// Exiting on a fatal signal delivered outside a syscall and a page fault (at an
+    /// interrupt's return to user mode).
+    SignalExit,
     /// Neither the number nor the stack says (no stack kept, `orig_ax` unread).
     Unknown,
 }
@@ -66,6 +71,7 @@ impl Origin {
             Origin::Syscall(s) => s,
             Origin::PageFault => "page fault",
             Origin::KernelThread => "kernel thread",
+            Origin::SignalExit => "exit on signal",
             Origin::Unknown => "?",
         }
     }
@@ -78,12 +84,14 @@ impl Origin {
         }
     }
 
-    /// Stable key (JSON): `syscall`, `page_fault`, `kernel_thread`, `unknown`.
+    /// Stable key (JSON): `syscall`, `page_fault`, `kernel_thread`, `signal_exit`,
+    /// `unknown`.
     pub fn key(&self) -> &'static str {
         match self {
             Origin::Syscall(_) => "syscall",
             Origin::PageFault => "page_fault",
             Origin::KernelThread => "kernel_thread",
+            Origin::SignalExit => "signal_exit",
             Origin::Unknown => "unknown",
         }
     }
@@ -140,6 +148,8 @@ pub fn origin(nr: u64, frames: &[String]) -> Origin {
         Origin::KernelThread
     } else if has("asm_exc_page_fault") || has("exc_page_fault") {
         Origin::PageFault
+    } else if has("get_signal") || has("do_exit") {
+        Origin::SignalExit
     } else {
         Origin::Unknown
     }
@@ -180,6 +190,22 @@ mod tests {
             "ret_from_fork+0x2bc",
         ]);
         assert_eq!(origin(0, &kthread), Origin::KernelThread);
+        // Seen on 7.3.4 (CI): killed while in user mode, exiting from a timer
+        // interrupt's return; no syscall, no page fault.
+        let signal = frames(&[
+            "__vma_start_write+0x56",
+            "free_pgtables+0x132",
+            "exit_mmap+0x1b6",
+            "mmput+0x4d",
+            "do_exit+0x28e",
+            "do_group_exit+0x33",
+            "get_signal+0x8f5",
+            "arch_do_signal_or_restart+0x3e",
+            "irqentry_exit+0x2df",
+            "asm_sysvec_apic_timer_interrupt+0x1a",
+        ]);
+        assert_eq!(origin(u64::MAX, &signal), Origin::SignalExit);
+        assert_eq!(origin(u64::MAX, &signal[..3]), Origin::Unknown);
         // Without a stack, the number is all there is.
         assert_eq!(origin(231, &[]), Origin::Syscall("exit_group".into()));
         assert_eq!(origin(u64::MAX, &[]), Origin::Unknown);

@@ -83,7 +83,7 @@ pub struct WaitSampleRow {
     pub detaching: bool,
     pub interrupted: bool,
     /// Where the writer was, for waits of at least `--slow-wait`: `syscall`,
-    /// `page_fault`, `kernel_thread` or `unknown` (absent for shorter waits).
+    /// `page_fault`, `kernel_thread`, `signal_exit` or `unknown` (absent for shorter waits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<&'static str>,
     /// The writer's syscall, when `origin` is `syscall`.

@@ -563,7 +563,7 @@ pub fn slow_waits(step: &str, j: &Value, v: &mut Verdict) {
             .any(|f| f.starts_with("__x64_sys_") || f.starts_with("do_syscall_64"));
         let ok = match (origin, syscall) {
             (Some("syscall"), Some(_)) => reaches_entry || (stack.is_empty() && failed > 0),
-            (Some("page_fault" | "kernel_thread"), None) => !stack.is_empty(),
+            (Some("page_fault" | "kernel_thread" | "signal_exit"), None) => !stack.is_empty(),
             (Some("unknown"), None) => stack.is_empty() && failed > 0,
             _ => false,
         };
@@ -946,13 +946,20 @@ mod tests {
             "{:?}",
             v.info
         );
-        // A writer killed in a page fault, and khugepaged: no syscall, a stack that says so.
+        // A writer killed in a page fault or in user mode, and khugepaged: no syscall, a
+        // stack that says so.
         let fault = json!({"wait_ns": 5_000_000, "tid": 8, "origin": "page_fault",
             "stack": ["__vma_start_write+0x54", "do_exit+0x288", "asm_exc_page_fault+0x26"]});
         let kthread = json!({"wait_ns": 5_000_000, "tid": 9, "origin": "kernel_thread",
             "stack": ["collapse_huge_page+0x3c4", "khugepaged+0x74c", "kthread+0xe5"]});
+        let signal = json!({"wait_ns": 5_000_000, "tid": 10, "origin": "signal_exit",
+            "stack": ["__vma_start_write+0x56", "do_exit+0x28e", "get_signal+0x8f5"]});
         let mut v = Verdict::default();
-        slow_waits("run", &summary(vec![good.clone(), fault, kthread]), &mut v);
+        slow_waits(
+            "run",
+            &summary(vec![good.clone(), fault, kthread, signal]),
+            &mut v,
+        );
         assert!(v.failures.is_empty(), "{:?}", v.failures);
         // A slow wait without its stack, or without a syscall, fails.
         for bad in [
