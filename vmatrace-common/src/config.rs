@@ -156,7 +156,7 @@ unsafe impl aya::Pod for Offsets {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ProgramConfig {}
 #[cfg(feature = "user")]
-// SAFETY: `repr(C)`, `Copy`, a `u64` and 16 bytes, no padding.
+// SAFETY: `repr(C)`, `Copy`, two `u32`s, a `u64` and 16 bytes, no padding.
 unsafe impl aya::Pod for crate::event::ReaderFallbacks {}
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)`, `Copy`, four `u32`s, no padding.

@@ -1,4 +1,5 @@
-//! Per-CPU counters kept by the eBPF programs (`COUNTERS`, a `PerCpuArray<u64>`).
+//! Per-CPU counters kept by the eBPF programs (`COUNTERS`: one row of
+//! [`COUNTER_SLOTS`] per CPU in an mmap-able array).
 //!
 //! Hot paths count instead of streaming; every loss is a counter, never silent.
 
@@ -78,6 +79,20 @@ counters! {
     SingleRunsSkipped = 18, "single_runs_skipped";
 }
 
-/// Slots of the in-kernel `COUNTERS` map (counters below this index are kept by the
-/// programs; the ones above by userspace from the kernel's own per-program accounting).
+/// Slots of one CPU's row of the in-kernel `COUNTERS` map (counters below this index are
+/// kept by the programs; the ones above by userspace from the kernel's own per-program
+/// accounting). 16 × 8 bytes: a row is two whole cache lines, so CPUs never share one.
 pub const COUNTER_SLOTS: u32 = 16;
+
+/// Slots of one CPU's row of `READER_FALLBACKS` (a power of two: indexed by tgid).
+pub const FALLBACK_SLOTS: u32 = 1024;
+
+/// Slots tried from a tgid's own before its fallback goes uncounted per process (it is
+/// still in `Counter::ReaderFailWriter`).
+pub const FALLBACK_PROBES: u32 = 4;
+
+/// `BPF_F_MMAPABLE`: userspace reads `COUNTERS` and `READER_FALLBACKS` through mmap.
+/// A `bpf()` lookup raises the CPU's `bpf_prog_active` with preemption enabled; a reader
+/// preempted there makes the kernel skip every kprobe program run on that CPU until it
+/// resumes (seen in the VM matrix: 1 350 runs in one oversubscribed run).
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;

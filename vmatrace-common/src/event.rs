@@ -172,13 +172,15 @@ impl ProbeId {
     }
 }
 
-/// One process's readers that fell back to `mmap_lock` because of a writer
-/// (`READER_FALLBACKS`, keyed by tgid): every one, not sampled.
+/// One slot of `READER_FALLBACKS`: on one CPU, one process's readers that fell back to
+/// `mmap_lock` because of a writer (every one, not sampled). `tgid` 0: a free slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReaderFallbacks {
+    pub tgid: u32,
+    pub pad: u32,
     pub count: u64,
-    /// The comm of the task whose fallback created the entry.
+    /// The comm of the task whose fallback took the slot.
     pub comm: [u8; 16],
 }
 

@@ -8,7 +8,9 @@ use aya_ebpf::{
     },
     programs::tracing::StackIdContext,
 };
-use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, event::flags};
+use vmatrace_common::{
+    Counter, Event, EventKind, counters::COUNTER_SLOTS, event::ProbeId, event::flags,
+};
 
 use crate::{
     globals::global,
@@ -16,12 +18,22 @@ use crate::{
     struct_reads::{Reads, present},
 };
 
-/// Add one to a per-CPU counter (no atomics needed: the slot is this CPU's, and BPF
+/// This CPU's slot of counter `c` in `COUNTERS` (out of the array, so uncounted, only
+/// if userspace sized it below the CPU's id).
+#[inline(always)]
+fn counter_slot(c: Counter) -> u32 {
+    // SAFETY: helper without arguments; stable while the program runs (migration is
+    // disabled for every program type).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    cpu.wrapping_mul(COUNTER_SLOTS).wrapping_add(c as u32)
+}
+
+/// Add one to this CPU's counter (no atomics needed: the row is this CPU's, and BPF
 /// programs do not nest on one CPU).
 #[inline(always)]
 pub fn count(c: Counter) {
-    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
-        // SAFETY: a valid per-CPU slot of the array.
+    if let Some(p) = COUNTERS.get_ptr_mut(counter_slot(c)) {
+        // SAFETY: a valid slot of the array.
         unsafe { *p += 1 }
     }
 }
@@ -29,7 +41,7 @@ pub fn count(c: Counter) {
 /// This CPU's value of a counter.
 #[inline(always)]
 pub fn counter_value(c: Counter) -> u64 {
-    COUNTERS.get(c as u32).copied().unwrap_or(0)
+    COUNTERS.get(counter_slot(c)).copied().unwrap_or(0)
 }
 
 #[inline(always)]

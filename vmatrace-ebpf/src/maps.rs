@@ -3,9 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use vmatrace_common::{Event, counters::COUNTER_SLOTS, event::ReaderFallbacks};
+use vmatrace_common::{
+    Event,
+    counters::{BPF_F_MMAPABLE, COUNTER_SLOTS, FALLBACK_SLOTS},
+    event::ReaderFallbacks,
+};
 
 /// Every streamed [`Event`]. Resized at load time (`map_max_entries`).
 #[map]
@@ -17,13 +21,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(1024, 0);
 
-/// tgid → readers of that process that fell back to `mmap_lock` because of a writer
-/// (`Counter::ReaderFailWriter`, per process). Per CPU, so a plain increment (as
-/// `COUNTERS`); userspace sums the CPUs. LRU: the processes of a long session come and
-/// go.
+/// Readers that fell back to `mmap_lock` because of a writer (`Counter::ReaderFailWriter`),
+/// per process: one row of `FALLBACK_SLOTS` per CPU (resized at load time), a slot per
+/// tgid found from `tgid % FALLBACK_SLOTS` by linear probing. A CPU writes only its row,
+/// so plain stores; userspace sums the rows through mmap (no `bpf()` lookup: see
+/// `BPF_F_MMAPABLE`) and frees the slots of processes that are gone.
 #[map]
-pub static READER_FALLBACKS: LruPerCpuHashMap<u32, ReaderFallbacks> =
-    LruPerCpuHashMap::with_max_entries(8192, 0);
+pub static READER_FALLBACKS: Array<ReaderFallbacks> =
+    Array::with_max_entries(FALLBACK_SLOTS, BPF_F_MMAPABLE);
 
 /// `[0]` = 1 while the session is armed: set by userspace once every hook is attached,
 /// cleared before the first is detached. Until then the task filter refuses everyone, so
@@ -37,9 +42,12 @@ pub static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static SINCE_WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// `vmatrace_common::Counter`-indexed per-CPU counters (plain increments, no atomics).
+/// `vmatrace_common::Counter`-indexed counters, one row of `COUNTER_SLOTS` per CPU
+/// (resized at load time to the possible CPUs): plain increments, a CPU writes only its
+/// row. Not a per-CPU map: userspace reads it through mmap, because a `bpf()` lookup
+/// would make the kernel skip kprobe runs (see `BPF_F_MMAPABLE`).
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+pub static COUNTERS: Array<u64> = Array::with_max_entries(COUNTER_SLOTS, BPF_F_MMAPABLE);
 
 /// Saved at a function's entry, consumed at its return (per thread, keyed by
 /// `pid_tgid`). A thread that sleeps in the rcuwait may return on another CPU, so these

@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use vmatrace_common::{
     Counter, EventKind,
-    event::{ProbeId, ReaderFallbacks, flags},
+    counters::{FALLBACK_PROBES, FALLBACK_SLOTS},
+    event::{ProbeId, flags},
 };
 
 use crate::{
@@ -62,24 +63,35 @@ fn mm_write_locked(mm: u64) -> bool {
     mm_seq(mm, &mut r).is_some_and(|seq| !r.failed && seq & 1 == 1)
 }
 
-/// One more writer-caused fallback for this process (every one: not sampled).
+/// One more writer-caused fallback for this process (every one: not sampled), in this
+/// CPU's row of `READER_FALLBACKS`: the tgid's slot, or the first free one of
+/// `FALLBACK_PROBES` from `tgid % FALLBACK_SLOTS`. With all of them taken by other
+/// processes it stays in `ReaderFailWriter` only (userspace shows the unattributed rest).
 #[inline(always)]
 fn count_fallback(pid_tgid: u64) {
     let tgid = (pid_tgid >> 32) as u32;
-    if let Some(p) = READER_FALLBACKS.get_ptr_mut(&tgid) {
-        // SAFETY: this CPU's value of the entry; programs do not nest on one CPU.
-        unsafe { (*p).count += 1 };
-        return;
+    // SAFETY: helper without arguments.
+    let row = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() }.wrapping_mul(FALLBACK_SLOTS);
+    for i in 0..FALLBACK_PROBES {
+        let slot = row.wrapping_add(tgid.wrapping_add(i) & (FALLBACK_SLOTS - 1));
+        let Some(p) = READER_FALLBACKS.get_ptr_mut(slot) else {
+            return;
+        };
+        // SAFETY: a valid slot of this CPU's row; programs do not nest on one CPU.
+        unsafe {
+            if (*p).tgid == tgid {
+                (*p).count += 1;
+                return;
+            }
+            if (*p).tgid == 0 {
+                (*p).comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
+                (*p).count = 1;
+                // Last: userspace takes a slot with a tgid as filled.
+                (*p).tgid = tgid;
+                return;
+            }
+        }
     }
-    let mut v = ReaderFallbacks {
-        count: 1,
-        comm: [0; 16],
-    };
-    if let Ok(c) = aya_ebpf::helpers::bpf_get_current_comm() {
-        v.comm = c;
-    }
-    // Creates the entry with this CPU's value (the others start at zero).
-    let _ = READER_FALLBACKS.insert(&tgid, &v, 0);
 }
 
 /// Return half of `lock_vma_under_rcu(mm, addr)`. `entry` carries the kretprobe's saved

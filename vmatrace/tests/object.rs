@@ -80,7 +80,6 @@ fn maps_exist_with_their_types() {
     const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
     const BPF_MAP_TYPE_RINGBUF: u32 = 27;
     assert_eq!(ty(names::EVENTS), BPF_MAP_TYPE_RINGBUF);
-    assert_eq!(ty(names::COUNTERS), BPF_MAP_TYPE_PERCPU_ARRAY);
     assert_eq!(ty(names::SINCE_WAKE), BPF_MAP_TYPE_PERCPU_ARRAY);
     for m in names::INFLIGHT_MAPS {
         assert_eq!(ty(m), BPF_MAP_TYPE_LRU_HASH, "{m}");
@@ -88,6 +87,17 @@ fn maps_exist_with_their_types() {
     assert_eq!(ty(names::EXCLUDERS), BPF_MAP_TYPE_LRU_HASH);
     const BPF_MAP_TYPE_ARRAY: u32 = 2;
     assert_eq!(ty(names::ARMED), BPF_MAP_TYPE_ARRAY);
+    // Read by userspace through mmap, never a bpf() lookup (which would make the kernel
+    // skip kprobe runs while the reader is preempted inside it).
+    for m in [names::COUNTERS, names::READER_FALLBACKS] {
+        assert_eq!(ty(m), BPF_MAP_TYPE_ARRAY, "{m}");
+        let flags = obj.maps.get(m).map(|m| m.map_flags()).unwrap_or(0);
+        assert_ne!(
+            flags & vmatrace_common::counters::BPF_F_MMAPABLE,
+            0,
+            "{m}: not mmap-able"
+        );
+    }
     // The globals live in .rodata (frozen before the programs load).
     assert!(obj.maps.contains_key(".rodata"), "no .rodata map");
 }

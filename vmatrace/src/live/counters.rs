@@ -1,14 +1,16 @@
-//! The per-CPU `COUNTERS` array, summed over CPUs into a [`CounterSnapshot`], plus the
+//! The `COUNTERS` array (a row per CPU, read through mmap), summed over CPUs into a
+//! [`CounterSnapshot`] with the per-process `READER_FALLBACKS`, plus the
 //! kernel's own per-program skip counts (`recursion_misses`, and for kprobe programs the
 //! hits their links missed: `link_misses`) as `Counter::EntryRunsSkipped` /
 //! `Counter::ReturnRunsSkipped` / `Counter::SingleRunsSkipped`.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use anyhow::Context;
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use std::{collections::BTreeMap, sync::Mutex};
+
 use vmatrace_common::{Counter, counters::COUNTER_SLOTS, event::ReaderFallbacks};
 
+use super::mapped::MappedArray;
 use crate::{
     kernel::{plan::AttachMode, programs::PROGRAMS},
     pipeline::{CounterSnapshot, ProcessFallbacks},
@@ -99,42 +101,116 @@ pub fn skipped_runs(fd: RawFd) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bound on the processes read from `READER_FALLBACKS` per snapshot (its size).
-const MAX_FALLBACK_ROWS: usize = 8192;
+/// Bound on the processes kept after they are gone (their slots freed); past it the
+/// smallest counts are dropped (they stay in `Counter::ReaderFailWriter`).
+const MAX_GONE_ROWS: usize = 8192;
 
-/// `READER_FALLBACKS` summed over CPUs, sorted by tgid. An entry that vanishes between
-/// the key walk and its lookup (LRU eviction) is skipped: the next snapshot has the rest.
-fn fallbacks(map: &PerCpuHashMap<MapData, u32, ReaderFallbacks>) -> Vec<ProcessFallbacks> {
-    let mut out: Vec<ProcessFallbacks> = map
-        .iter()
-        .filter_map(Result::ok)
-        .take(MAX_FALLBACK_ROWS)
-        .map(|(tgid, per_cpu)| {
-            let count = per_cpu.iter().fold(0u64, |a, v| a.saturating_add(v.count));
-            let comm = per_cpu
-                .iter()
-                .find(|v| v.comm[0] != 0)
-                .map_or([0; 16], |v| v.comm);
-            ProcessFallbacks { tgid, count, comm }
+/// `READER_FALLBACKS` read through mmap: per-CPU rows of slots summed per tgid, plus the
+/// counts of processes that are gone, whose slots were freed for new ones.
+pub(super) struct FallbackTable {
+    slots: MappedArray<ReaderFallbacks>,
+    gone: Mutex<BTreeMap<u32, ProcessFallbacks>>,
+}
+
+impl FallbackTable {
+    pub fn new(slots: MappedArray<ReaderFallbacks>) -> Self {
+        Self {
+            slots,
+            gone: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Every process's fallbacks so far, sorted by tgid. Slots of processes without a
+    /// `/proc/<tgid>` move to the gone table and are freed.
+    fn read(&self, alive: &mut dyn FnMut(u32) -> bool) -> Vec<ProcessFallbacks> {
+        let taken: Vec<(usize, ReaderFallbacks)> = (0..self.slots.len())
+            .filter_map(|i| self.slots.get(i).map(|s| (i, s)))
+            .filter(|(_, s)| s.tgid != 0)
+            .collect();
+        let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        let (rows, freed) = account(&taken, &mut gone, alive);
+        for i in freed {
+            self.slots.free(i);
+        }
+        rows
+    }
+}
+
+/// Sum the taken slots per tgid with the gone processes' counts. Slots of processes
+/// that `alive` says are gone join `gone` (bounded by [`MAX_GONE_ROWS`], the smallest
+/// dropped) and are returned to be freed.
+fn account(
+    taken: &[(usize, ReaderFallbacks)],
+    gone: &mut BTreeMap<u32, ProcessFallbacks>,
+    alive: &mut dyn FnMut(u32) -> bool,
+) -> (Vec<ProcessFallbacks>, Vec<usize>) {
+    let mut live = BTreeMap::<u32, ProcessFallbacks>::new();
+    let mut checked = std::collections::HashMap::<u32, bool>::new();
+    let mut freed = Vec::new();
+    for (i, slot) in taken {
+        if *checked.entry(slot.tgid).or_insert_with(|| alive(slot.tgid)) {
+            add(&mut live, slot);
+        } else {
+            add(gone, slot);
+            freed.push(*i);
+        }
+    }
+    if gone.len() > MAX_GONE_ROWS {
+        let mut by_count: Vec<(u64, u32)> = gone.values().map(|f| (f.count, f.tgid)).collect();
+        by_count.sort_unstable();
+        for (_, tgid) in &by_count[..gone.len() - MAX_GONE_ROWS] {
+            gone.remove(tgid);
+        }
+    }
+    for f in gone.values() {
+        let slot = ReaderFallbacks {
+            tgid: f.tgid,
+            pad: 0,
+            count: f.count,
+            comm: f.comm,
+        };
+        add(&mut live, &slot);
+    }
+    (live.into_values().collect(), freed)
+}
+
+fn add(into: &mut BTreeMap<u32, ProcessFallbacks>, slot: &ReaderFallbacks) {
+    let e = into.entry(slot.tgid).or_insert(ProcessFallbacks {
+        tgid: slot.tgid,
+        count: 0,
+        comm: slot.comm,
+    });
+    e.count = e.count.saturating_add(slot.count);
+    if e.comm[0] == 0 {
+        e.comm = slot.comm;
+    }
+}
+
+fn process_exists(tgid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{tgid}")).exists()
+}
+
+/// `COUNTERS` (one row of `COUNTER_SLOTS` per CPU) summed over the rows.
+fn kernel_counters(map: &MappedArray<u64>) -> Vec<u64> {
+    let slots = COUNTER_SLOTS as usize;
+    (0..slots)
+        .map(|c| {
+            let per_cpu: Vec<u64> = (c..map.len())
+                .step_by(slots)
+                .filter_map(|i| map.get(i))
+                .collect();
+            sum_per_cpu(&per_cpu)
         })
-        .collect();
-    out.sort_unstable_by_key(|f| f.tgid);
-    out
+        .collect()
 }
 
 pub(super) fn snapshot(
-    map: &PerCpuArray<MapData, u64>,
-    fallback_map: Option<&PerCpuHashMap<MapData, u32, ReaderFallbacks>>,
+    map: &MappedArray<u64>,
+    fallbacks: Option<&FallbackTable>,
     skips: &[SkipSource],
     seen: &super::link_misses::Seen,
-) -> anyhow::Result<CounterSnapshot> {
-    let mut values = Vec::with_capacity(Counter::ALL.len());
-    for i in 0..COUNTER_SLOTS {
-        let per_cpu = map
-            .get(&i, 0)
-            .with_context(|| format!("reading COUNTERS[{i}]"))?;
-        values.push(sum_per_cpu(&per_cpu));
-    }
+) -> CounterSnapshot {
+    let mut values = kernel_counters(map);
     let link_missed = seen.refresh(&kprobe_ids(skips));
     let skipped = |s: &SkipSource| {
         let linked = s
@@ -158,15 +234,63 @@ pub(super) fn snapshot(
         }
         values[i] = n;
     }
-    Ok(CounterSnapshot {
+    CounterSnapshot {
         values,
-        fallbacks: fallback_map.map(fallbacks).unwrap_or_default(),
-    })
+        fallbacks: fallbacks
+            .map(|t| t.read(&mut process_exists))
+            .unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn slot(tgid: u32, count: u64, comm: &str) -> ReaderFallbacks {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        ReaderFallbacks {
+            tgid,
+            pad: 0,
+            count,
+            comm: c,
+        }
+    }
+
+    #[test]
+    fn fallbacks_sum_cpus_and_keep_the_gone_processes_counts() {
+        let mut gone = BTreeMap::new();
+        // tgid 7 on two CPUs (rows at 0 and 1024), tgid 9 gone.
+        let taken = [
+            (3, slot(7, 2, "a")),
+            (1027, slot(7, 5, "a")),
+            (9, slot(9, 4, "b")),
+        ];
+        let (rows, freed) = account(&taken, &mut gone, &mut |t| t != 9);
+        let got: Vec<(u32, u64)> = rows.iter().map(|f| (f.tgid, f.count)).collect();
+        assert_eq!(got, [(7, 7), (9, 4)]);
+        assert_eq!(freed, [9]);
+        assert_eq!(&rows[1].comm[..1], b"b");
+        // Next read: 9's slot is free, its count stays; a new fallback of 9's reused
+        // slot by tgid 11 is 11's.
+        let taken = [(3, slot(7, 3, "a")), (9, slot(11, 1, "c"))];
+        let (rows, freed) = account(&taken, &mut gone, &mut |_| true);
+        let got: Vec<(u32, u64)> = rows.iter().map(|f| (f.tgid, f.count)).collect();
+        assert_eq!(got, [(7, 3), (9, 4), (11, 1)]);
+        assert!(freed.is_empty());
+    }
+
+    #[test]
+    fn gone_processes_are_bounded_dropping_the_smallest() {
+        let mut gone = BTreeMap::new();
+        let taken: Vec<(usize, ReaderFallbacks)> = (1..=MAX_GONE_ROWS as u32 + 2)
+            .map(|t| (t as usize, slot(t, u64::from(t), "x")))
+            .collect();
+        let (rows, freed) = account(&taken, &mut gone, &mut |_| false);
+        assert_eq!(freed.len(), MAX_GONE_ROWS + 2);
+        assert_eq!(rows.len(), MAX_GONE_ROWS);
+        assert_eq!(rows[0].tgid, 3, "tgids 1 and 2 had the smallest counts");
+    }
 
     #[test]
     fn sums_saturate() {

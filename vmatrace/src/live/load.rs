@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 use anyhow::{Context, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{MapData, RingBuf, StackTraceMap},
     programs::{FEntry, ProgramError},
 };
 use vmatrace_common::config::MmapLockTpOffsets;
@@ -13,6 +13,8 @@ use vmatrace_common::config::MmapLockTpOffsets;
 use super::{
     HookStatus, LiveOptions,
     attach::{OwnedLink, attach_point, error_chain},
+    counters::FallbackTable,
+    mapped::{MappedArray, cpu_rows},
     privileges, tracepoint_format,
 };
 use crate::kernel::plan::AttachMode;
@@ -34,14 +36,16 @@ pub(super) fn set_armed(ebpf: &mut aya::Ebpf, on: bool) -> anyhow::Result<()> {
 pub mod names {
     /// `RingBuf` of [`vmatrace_common::Event`] records.
     pub const EVENTS: &str = "EVENTS";
-    /// `PerCpuArray<u64>` indexed by [`vmatrace_common::Counter`].
+    /// `Array<u64>`, mmap-able: a row of `COUNTER_SLOTS` per CPU, indexed by
+    /// [`vmatrace_common::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// `Array<u32>` of one: 1 while the session is armed (every hook attached).
     pub const ARMED: &str = "ARMED";
     pub const SINCE_WAKE: &str = "SINCE_WAKE";
     /// `StackTrace`: kernel stacks of slow waits (`SlowWait` events' `ret`).
     pub const STACKS: &str = "STACKS";
-    /// `LruPerCpuHashMap<u32, ReaderFallbacks>`: writer-caused reader fallbacks by tgid.
+    /// `Array<ReaderFallbacks>`, mmap-able: a row of `FALLBACK_SLOTS` per CPU of
+    /// writer-caused reader fallbacks by tgid.
     pub const READER_FALLBACKS: &str = "READER_FALLBACKS";
     /// In-flight maps pairing entry and return per thread, one per function family so
     /// nested calls (`__vma_start_write` → start-exclude) and the hot reader path do not
@@ -70,12 +74,12 @@ pub mod names {
 pub(super) struct Loaded {
     pub links: Vec<OwnedLink>,
     pub ring: RingBuf<MapData>,
-    pub counters: PerCpuArray<MapData, u64>,
+    pub counters: MappedArray<u64>,
     /// `None` in objects without the map (it is always there; a missing one only
     /// costs the slow waits' stacks).
     pub stacks: Option<StackTraceMap<MapData>>,
     /// `None` likewise: only the per-process fallback counts are missing then.
-    pub fallbacks: Option<PerCpuHashMap<MapData, u32, vmatrace_common::event::ReaderFallbacks>>,
+    pub fallbacks: Option<FallbackTable>,
     pub ebpf: Ebpf,
     /// Loaded program names (object names, not the kernel's 15-char truncations).
     pub programs: Vec<String>,
@@ -132,14 +136,21 @@ fn loader<'a>(
     tp: &'a MmapLockTpOffsets,
     ring_bytes: u32,
     btf: Option<&'a Btf>,
+    cpu_rows: u32,
 ) -> EbpfLoader<'a> {
+    use vmatrace_common::counters::{COUNTER_SLOTS, FALLBACK_SLOTS};
     let mut l = EbpfLoader::new();
     l.btf(btf)
         .override_global(names::OFFSETS, offsets, true)
         .override_global(names::CONFIG, config, true)
         .override_global(names::GENERATION, generation, true)
         .override_global(names::MMAP_LOCK_TP, tp, true)
-        .map_max_entries(names::EVENTS, ring_bytes);
+        .map_max_entries(names::EVENTS, ring_bytes)
+        .map_max_entries(names::COUNTERS, cpu_rows.saturating_mul(COUNTER_SLOTS))
+        .map_max_entries(
+            names::READER_FALLBACKS,
+            cpu_rows.saturating_mul(FALLBACK_SLOTS),
+        );
     l
 }
 
@@ -180,6 +191,7 @@ pub(super) fn start(
     };
 
     let ring_bytes = ring_size(opts.stream.ring_buffer_bytes);
+    let rows = cpu_rows().context("sizing the per-CPU counter rows")?;
     let mut ebpf = loader(
         &plan.offsets,
         config,
@@ -187,6 +199,7 @@ pub(super) fn start(
         &tp,
         ring_bytes,
         btf.as_ref(),
+        rows,
     )
     .load(crate::EBPF_OBJECT)
     .map_err(anyhow::Error::new)
@@ -272,16 +285,22 @@ pub(super) fn start(
         ebpf.take_map(names::EVENTS)
             .context("the eBPF object has no EVENTS map")?,
     )?;
-    let counters = PerCpuArray::try_from(
+    let counters = MappedArray::new(
         ebpf.take_map(names::COUNTERS)
-            .context("the eBPF object has no COUNTERS map")?,
-    )?;
+            .context("the eBPF object has no COUNTERS map")
+            .and_then(array_data)?,
+    )
+    .context("mapping the COUNTERS array (BPF_F_MMAPABLE)")?;
     let stacks = ebpf
         .take_map(names::STACKS)
         .and_then(|m| StackTraceMap::try_from(m).ok());
-    let fallbacks = ebpf
-        .take_map(names::READER_FALLBACKS)
-        .and_then(|m| PerCpuHashMap::try_from(m).ok());
+    let fallbacks = match ebpf.take_map(names::READER_FALLBACKS) {
+        Some(m) => Some(FallbackTable::new(
+            MappedArray::new(array_data(m)?)
+                .context("mapping the READER_FALLBACKS array (BPF_F_MMAPABLE)")?,
+        )),
+        None => None,
+    };
     let programs = ebpf
         .programs()
         .filter(|(_, p)| p.fd().is_ok())
@@ -303,6 +322,14 @@ pub(super) fn start(
     ))
 }
 
+/// The data of an `Array` map (the mmap-able ones).
+fn array_data(map: aya::maps::Map) -> anyhow::Result<MapData> {
+    match map {
+        aya::maps::Map::Array(d) => Ok(d),
+        other => bail!("expected an array map, found {other:?}"),
+    }
+}
+
 /// BTF functions present in every refcount-era kernel, tried in order.
 const PROBE_TARGETS: &[&str] = &["vm_area_free", "lock_vma_under_rcu"];
 
@@ -318,7 +345,8 @@ pub(super) fn tracing_programs_supported() -> Result<bool, String> {
     let config = vmatrace_common::ProgramConfig::DEFAULT;
     let tp = MmapLockTpOffsets::DEFAULT;
     let generation = 0u32;
-    let mut l = loader(&offsets, &config, &generation, &tp, 4096, Some(&btf));
+    // Nothing runs: one CPU row is enough.
+    let mut l = loader(&offsets, &config, &generation, &tp, 4096, Some(&btf), 1);
     // Nothing runs: keep the probe's maps tiny.
     for m in names::INFLIGHT_MAPS.iter().chain([&names::EXCLUDERS]) {
         l.map_max_entries(m, 1);

@@ -12,6 +12,7 @@ mod attach;
 mod counters;
 mod link_misses;
 mod load;
+mod mapped;
 mod privileges;
 pub mod program_config;
 mod ring;
@@ -111,7 +112,7 @@ impl LiveSession {
     }
 
     /// The current kernel counters (per-CPU values summed).
-    pub fn counters(&self) -> anyhow::Result<crate::pipeline::CounterSnapshot> {
+    pub fn counters(&self) -> crate::pipeline::CounterSnapshot {
         counters::snapshot(
             &self.inner.counters,
             self.inner.fallbacks.as_ref(),

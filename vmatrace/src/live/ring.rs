@@ -168,7 +168,7 @@ pub(super) async fn stream(
                 }
             }
             _ = tick.tick() => {
-                let snap = counters::snapshot(&counter_map, fallbacks.as_ref(), &skips, &link_misses)?;
+                let snap = counters::snapshot(&counter_map, fallbacks.as_ref(), &skips, &link_misses);
                 if tx.send(SourceItem::Counters(snap)).await.is_err() {
                     return Ok(());
                 }
@@ -200,7 +200,7 @@ pub(super) async fn stream(
             }
         }
     }
-    let snap = counters::snapshot(&counter_map, fallbacks.as_ref(), &skips, &link_misses)?;
+    let snap = counters::snapshot(&counter_map, fallbacks.as_ref(), &skips, &link_misses);
     let _ = tx.send(SourceItem::Counters(snap)).await;
     drop(ebpf);
     Ok(())
