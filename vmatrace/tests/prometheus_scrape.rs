@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
+    io::{BufRead as _, Read, Write},
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
@@ -334,17 +334,28 @@ fn snapshots_are_json_lines_of_the_running_summary() {
         .spawn()
         .expect("vmatrace starts");
     let mut child = Reaped(child);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Stop once a running snapshot has every event of the partial trace (not after a
+    // fixed time: a loaded machine replays slower), then read the rest.
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().expect("stdout"));
+    let mut out = String::new();
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut line = String::new();
+        let n = stdout.read_line(&mut line).expect("read");
+        assert!(n > 0, "the replay ended before it was stopped: {out}");
+        out.push_str(&line);
+        let v: Value = serde_json::from_str(&line).expect("every line is one JSON object");
+        if v["events"]["total"] == 400 && out.lines().count() >= 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no snapshot with all 400 events within 60 s: {out}"
+        );
+    }
     // SAFETY: kill sends a signal to our own child.
     assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
-    let mut out = String::new();
-    child
-        .0
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
+    stdout.read_to_string(&mut out).expect("read");
     assert!(child.0.wait().expect("exit").success());
     let lines: Vec<Value> = out
         .lines()

@@ -6,6 +6,8 @@
 mod apt;
 mod checks;
 mod debver;
+mod faults;
+mod gdb;
 mod host_prometheus;
 pub mod initramfs;
 pub mod kernels;
@@ -52,6 +54,11 @@ pub struct VmTestArgs {
     /// Do not ask apt; use only kernels already in the cache.
     #[arg(long)]
     pub offline: bool,
+    /// Also break the VMA-lock protocol inside each guest kernel (through QEMU's
+    /// gdbstub) during a last traced step, and require every fault to be reported
+    /// (docs/vm-tests.md#faults).
+    #[arg(long)]
+    pub faults: bool,
 }
 
 impl Default for VmTestArgs {
@@ -63,6 +70,7 @@ impl Default for VmTestArgs {
             readers: 4,
             writers: 4,
             offline: false,
+            faults: false,
         }
     }
 }
@@ -386,7 +394,8 @@ fn boot_with_fallback(
     dir: &Path,
     steps: &[Step],
     metrics_port: Option<u16>,
-) -> anyhow::Result<(qemu::Outcome, Accel)> {
+) -> anyhow::Result<(qemu::Outcome, Accel, Option<faults::Report>)> {
+    let inject = steps.iter().any(|s| s.check == scenario::Check::Faults);
     let timeout =
         Duration::from_secs(90 + steps.iter().map(|s| u64::from(s.timeout_s)).sum::<u64>());
     // A step exporting a file (a recorded trace) sends it through its virtio port.
@@ -410,6 +419,17 @@ fn boot_with_fallback(
     let mut retries = 0;
     loop {
         let accel = choice.accel;
+        // With faults, QEMU's gdbstub listens and the injector waits for the faults step
+        // in its own thread while QEMU runs.
+        let gdb_port = if inject {
+            Some(faults::free_port()?)
+        } else {
+            None
+        };
+        let mut extra = extra.clone();
+        if let Some(port) = gdb_port {
+            extra.extend(["-gdb".to_string(), format!("tcp:127.0.0.1:{port}")]);
+        }
         let boot = qemu::Boot {
             kernel,
             initrd,
@@ -419,9 +439,24 @@ fn boot_with_fallback(
             boot_timeout: Duration::from_secs(if accel == Accel::Kvm { 20 } else { 90 }),
             memory_mb: 1024,
             cpus: 2,
-            extra: extra.clone(),
+            extra,
         };
-        let out = qemu::boot(&boot)?;
+        let qemu_gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let injector = gdb_port.map(|port| {
+            let d = dir.to_path_buf();
+            let deadline = Instant::now() + timeout;
+            let gone = qemu_gone.clone();
+            std::thread::spawn(move || faults::inject(port, &d, deadline, &gone))
+        });
+        let out = qemu::boot(&boot);
+        qemu_gone.store(true, std::sync::atomic::Ordering::Relaxed);
+        let out = out?;
+        let report = injector.map(|h| {
+            h.join().unwrap_or_else(|_| faults::Report {
+                error: Some("the injector thread panicked".into()),
+                ..Default::default()
+            })
+        });
         if accel == Accel::Kvm && !choice.tried_kvm {
             choice.tried_kvm = true;
             if out.boot_time.is_none() {
@@ -444,7 +479,7 @@ fn boot_with_fallback(
             println!("vm-test: {why}; booting it again");
             continue;
         }
-        return Ok((out, accel));
+        return Ok((out, accel, report));
     }
 }
 
@@ -503,6 +538,7 @@ pub fn matrix(args: &VmTestArgs) -> anyhow::Result<MatrixOutcome> {
         duration: args.duration,
         readers: args.readers,
         writers: args.writers,
+        faults: args.faults,
     };
     let steps = scenario::steps(features, &params);
     println!(
@@ -584,7 +620,7 @@ fn run_one(
     let mut attempt = 1;
     let (o, used, res, mut verdict) = loop {
         let _ = fs::remove_dir_all(dir);
-        let (o, used) = boot_with_fallback(
+        let (o, used, fault_report) = boot_with_fallback(
             accel,
             &kernel,
             initrd,
@@ -596,6 +632,14 @@ fn run_one(
         let raw = fs::read(&o.results).unwrap_or_default();
         let res = results::parse(&raw);
         let mut verdict = scenario::judge(steps, &res);
+        if let Some(report) = &fault_report {
+            let _ = fs::write(dir.join("faults.log"), report.log.join("\n"));
+            let log = res
+                .section(&format!("faults:{}", scenario::FAULTS_ANOMALY_LOG))
+                .map(|s| s.body.as_str())
+                .unwrap_or("");
+            faults::judge(report, log, &mut verdict.info, &mut verdict.failures);
+        }
         // Each recorded trace, replayed here, must give its step's live summary.
         for st in steps.iter().filter(|s| s.export.is_some()) {
             let Some(sec) = res.section(st.name) else {

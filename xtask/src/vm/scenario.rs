@@ -52,6 +52,9 @@ pub enum Check {
     /// `vmatrace run --headless --json` summary; `race`: the workload widened the detach
     /// race, so `mark_detached_slow` must have been seen.
     RunSummary { race: bool },
+    /// The traced run the host injected faults into: judged on the host against the
+    /// injector's record (`faults::judge`); here only its exit status.
+    Faults,
     /// Informational; only the exit status counts.
     Info,
 }
@@ -86,9 +89,14 @@ pub struct Params {
     pub duration: u32,
     pub readers: u32,
     pub writers: u32,
+    /// Add the `symbols` and `faults` steps: the host injects faults into the kernel
+    /// during the last one (`faults.rs`).
+    pub faults: bool,
 }
 
 pub const ANOMALY_LOG: &str = "/tmp/anomalies.jsonl";
+/// The `faults` step's anomaly log (raw addresses: the injector knows the VMAs by them).
+pub const FAULTS_ANOMALY_LOG: &str = "/tmp/faults-anomalies.jsonl";
 pub const RACE_ANOMALY_LOG: &str = "/tmp/race-anomalies.jsonl";
 /// The busy-wait `stress --widen-race-us` puts around a reader's refcount increment: long
 /// next to a TCG writer's write-lock-to-detach stretch (a few µs), short next to a tick.
@@ -184,6 +192,9 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
             &format!("{workload} --widen-race-us {RACE_DELAY_US} --json"),
             true,
         ));
+        if p.faults {
+            v.extend(fault_steps(p, &workload));
+        }
     } else if features.stress {
         v.push(Step {
             name: "stress",
@@ -197,6 +208,49 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
         });
     }
     v
+}
+
+/// The kernel functions the fault injector breaks at, whatever the generation calls
+/// them (`faults::layout` picks what the plan probes).
+const FAULT_SYMBOLS: &str =
+    "__vma_start_write|vm_area_free|__vma_start_exclude_readers|__vma_enter_locked";
+
+/// `symbols`: where the injector's functions are (`/proc/kallsyms`, read as root);
+/// `faults`: every task traced, raw addresses, the usual workload, while the host injects
+/// faults through QEMU's gdbstub.
+fn fault_steps(p: &Params, workload: &str) -> Vec<Step> {
+    let symbols = Step {
+        name: "symbols",
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("grep -E ' ({FAULT_SYMBOLS})$' /proc/kallsyms"),
+        ],
+        background: None,
+        timeout_s: 20,
+        files: vec![],
+        export: None,
+        scrape: None,
+        check: Check::Info,
+    };
+    let faults = Step {
+        name: "faults",
+        argv: words(&format!(
+            "vmatrace run --headless --raw-addresses --duration {} --json --anomaly-log {FAULTS_ANOMALY_LOG}",
+            p.duration + TRACER_MARGIN_S
+        )),
+        background: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("exec {workload} --forks --json"),
+        ]),
+        timeout_s: budget(p) + READY_TIMEOUT_S,
+        files: vec![FAULTS_ANOMALY_LOG],
+        export: None,
+        scrape: None,
+        check: Check::Faults,
+    };
+    vec![symbols, faults]
 }
 
 /// Seconds a workload step may take. Generous: TCG is slow and the guest has two vCPUs
@@ -467,6 +521,8 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
         }
         match st.check {
             Check::Info => v.info.push(format!("{}: {}", st.name, sec.body.trim())),
+            // Judged with the injector's record (`faults::judge`).
+            Check::Faults => {}
             Check::Plan => match json_of(st.name, &sec.body) {
                 Ok(j) => super::checks::plan(&j, &mut v),
                 Err(e) => v.failures.push(e),
@@ -586,6 +642,7 @@ mod tests {
             duration: 5,
             readers: 2,
             writers: 2,
+            faults: false,
         };
         let names = |c| steps(c, &p).iter().map(|s| s.name).collect::<Vec<_>>();
         let today = GuestFeatures {
@@ -596,6 +653,26 @@ mod tests {
         assert_eq!(names(today), ["kernel", "probes", "stress"]);
         let later = GuestFeatures { run: true, ..today };
         assert_eq!(names(later), ["kernel", "probes", "run", "race"]);
+        // With faults: where the injector's functions are, then the faulted run, whose
+        // tracer traces every task and writes raw addresses (the injector knows the
+        // faulted VMAs by them).
+        let fp = Params {
+            faults: true,
+            ..p.clone()
+        };
+        let with_faults: Vec<_> = steps(later, &fp).iter().map(|s| s.name).collect();
+        assert_eq!(
+            with_faults,
+            ["kernel", "probes", "run", "race", "symbols", "faults"]
+        );
+        let f = steps(later, &fp).pop().expect("faults step");
+        let argv = f.argv.join(" ");
+        assert!(
+            argv.contains("--raw-addresses") && !argv.contains("--cgroup"),
+            "{argv}"
+        );
+        assert_eq!(f.check, Check::Faults);
+        assert_eq!(f.files, [FAULTS_ANOMALY_LOG]);
         let run = steps(later, &p)
             .into_iter()
             .find(|s| s.name == "run")
@@ -636,6 +713,7 @@ mod tests {
             duration: 5,
             readers: 2,
             writers: 2,
+            faults: false,
         };
         let st = steps(
             GuestFeatures {
@@ -684,6 +762,7 @@ mod tests {
             duration: 5,
             readers: 2,
             writers: 2,
+            faults: false,
         };
         let st = steps(
             GuestFeatures {
