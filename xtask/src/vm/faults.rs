@@ -122,12 +122,30 @@ pub struct Layout {
     pub ves_vma: Option<u64>,
     pub start_write: Option<u64>,
     pub vm_area_free: Option<u64>,
-    /// The start-exclude function whose entry the plan probes, by name and address.
+    /// The function whose entry sample starts an exclusion (start-exclude, else
+    /// `__vma_start_write`), by name and address, and whether its argument is a `ves`.
     pub exclude_entry: Option<(String, u64)>,
+    pub exclude_takes_ves: bool,
+    /// The per-CPU `current_task` (added to the GS base) and `task_struct.comm`: faults
+    /// go only to the workload's tasks ([`WORKLOAD_COMM`]), which the tracer traces (it
+    /// does not trace itself).
+    pub current_task: Option<u64>,
+    pub task_comm: Option<u64>,
 }
 
-/// Programs whose entry samples `vm_refcnt` at the start of an exclusion.
-const EXCLUDE_ENTRY_PROGRAMS: &[&str] = &["vser_kprobe", "vser_fentry", "vel_kprobe"];
+/// The comm of the faults step's workload (`vmatrace` run through a symlink of this
+/// name, so its tasks differ from the tracer's).
+pub const WORKLOAD_COMM: &str = "faultload";
+
+/// Programs whose entry samples `vm_refcnt` at the start of an exclusion, preferred
+/// first (`__vma_start_write`'s entry where no start-exclude entry is probed: 6.18).
+const EXCLUDE_ENTRY_PROGRAMS: &[&str] = &[
+    "vser_kprobe",
+    "vser_fentry",
+    "vel_kprobe",
+    "vsw_kprobe",
+    "vsw_fentry",
+];
 
 /// The layout from the plan (`vmatrace probes --json`) and `/proc/kallsyms` lines.
 pub fn layout(plan: &Value, kallsyms: &str) -> anyhow::Result<Layout> {
@@ -151,12 +169,12 @@ pub fn layout(plan: &Value, kallsyms: &str) -> anyhow::Result<Layout> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let exclude_entry = points.iter().find_map(|p| {
-        let prog = p.get("program")?.as_str()?;
-        let target = p.get("target")?.as_str()?;
-        EXCLUDE_ENTRY_PROGRAMS
-            .contains(&prog)
-            .then(|| syms.get(target).map(|a| (target.to_string(), *a)))?
+    let exclude = EXCLUDE_ENTRY_PROGRAMS.iter().find_map(|want| {
+        points.iter().find_map(|p| {
+            let target = p.get("target")?.as_str()?;
+            (p.get("program")?.as_str()? == *want)
+                .then(|| syms.get(target).map(|a| ((target.to_string(), *a), *want)))?
+        })
     });
     Ok(Layout {
         vm_refcnt: need("vma_vm_refcnt")?,
@@ -166,7 +184,10 @@ pub fn layout(plan: &Value, kallsyms: &str) -> anyhow::Result<Layout> {
         ves_vma: off("ves_vma"),
         start_write: syms.get("__vma_start_write").copied(),
         vm_area_free: syms.get("vm_area_free").copied(),
-        exclude_entry,
+        exclude_takes_ves: exclude.as_ref().is_some_and(|(_, p)| p.starts_with("vser")),
+        exclude_entry: exclude.map(|(e, _)| e),
+        current_task: syms.get("current_task").copied(),
+        task_comm: off("task_comm"),
     })
 }
 
@@ -298,24 +319,25 @@ impl Injector<'_> {
             .copied()
             .filter(|c| self.count(*c) < PER_CLASS)
             .collect();
-        let rdi = stop.regs[reg::RDI];
-        let vma = if self
-            .layout
-            .exclude_entry
-            .as_ref()
-            .is_some_and(|(_, a)| *a == entry)
-        {
-            match self.layout.ves_vma {
-                Some(off) => self.gdb.read_u64(rdi + off)?,
-                None => rdi,
-            }
-        } else {
-            rdi
-        };
-        if due.is_empty() || vma == 0 || self.used.contains(&vma) {
+        if due.is_empty() || !self.in_workload(stop)? {
             return self.pass(stop);
         }
         let class = due[self.turn % due.len()];
+        let rdi = stop.regs[reg::RDI];
+        let exclude = self
+            .layout
+            .exclude_entry
+            .as_ref()
+            .is_some_and(|(_, a)| *a == entry);
+        let vma = match self.layout.ves_vma {
+            Some(off) if exclude && self.layout.exclude_takes_ves => {
+                self.gdb.read_u64(rdi + off)?
+            }
+            _ => rdi,
+        };
+        if vma == 0 || self.used.contains(&vma) {
+            return self.pass(stop);
+        }
         self.turn += 1;
         self.used.insert(vma);
         // One fault at a time: no entry breakpoint until it is repaired.
@@ -356,6 +378,17 @@ impl Injector<'_> {
             }
         }
         self.gdb.resume()
+    }
+
+    /// Whether the stopped vCPU runs a task of the workload (`current->comm`). Without
+    /// `current_task` or the comm offset every task qualifies.
+    fn in_workload(&mut self, stop: &Stop) -> anyhow::Result<bool> {
+        let (Some(cur), Some(comm)) = (self.layout.current_task, self.layout.task_comm) else {
+            return Ok(true);
+        };
+        let task = self.gdb.read_u64(stop.gs_base.wrapping_add(cur))?;
+        let name = self.gdb.read_mem(task + comm, 16)?;
+        Ok(name.starts_with(WORKLOAD_COMM.as_bytes()))
     }
 
     /// Let the vCPU that stopped go past the breakpoint, which stays, and resume.
@@ -601,7 +634,10 @@ pub fn inject(port: u16, dir: &Path, deadline: Instant, qemu_gone: &AtomicBool) 
         }
     }
     match &layout.exclude_entry {
-        Some((_, a)) => entries.push((*a, vec![FaultClass::ConcurrentExclusion])),
+        Some((_, a)) => match entries.iter_mut().find(|(e, _)| e == a) {
+            Some((_, cs)) => cs.push(FaultClass::ConcurrentExclusion),
+            None => entries.push((*a, vec![FaultClass::ConcurrentExclusion])),
+        },
         None => report.unavailable.push((
             FaultClass::ConcurrentExclusion,
             format!(

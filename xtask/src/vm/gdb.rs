@@ -32,6 +32,8 @@ pub struct Stop {
     pub thread: u32,
     /// rax … r15, rip (17 registers).
     pub regs: [u64; 17],
+    /// The GS base: in the kernel, this CPU's per-CPU offset (`%gs:current_task`).
+    pub gs_base: u64,
 }
 
 impl Stop {
@@ -61,14 +63,19 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
-/// The 17 registers of a `g` reply (little-endian, 8 bytes each).
-pub fn parse_regs(g: &str) -> anyhow::Result<[u64; 17]> {
-    let bytes = unhex(g.get(..17 * 16).context("short `g` reply")?)?;
+/// Byte offset of `gs_base` in QEMU's x86-64 `g` reply: 16 GPRs and rip (8 bytes each),
+/// eflags (4), six segment selectors (4 each), `fs_base` (8).
+const GS_BASE_AT: usize = 17 * 8 + 4 + 6 * 4 + 8;
+
+/// The 17 registers of a `g` reply (little-endian, 8 bytes each), and the GS base.
+pub fn parse_regs(g: &str) -> anyhow::Result<([u64; 17], u64)> {
+    let bytes = unhex(g.get(..(GS_BASE_AT + 8) * 2).context("short `g` reply")?)?;
     let mut regs = [0u64; 17];
     for (i, r) in regs.iter_mut().enumerate() {
         *r = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into()?);
     }
-    Ok(regs)
+    let gs = u64::from_le_bytes(bytes[GS_BASE_AT..GS_BASE_AT + 8].try_into()?);
+    Ok((regs, gs))
 }
 
 /// The thread of a stop reply (`T05thread:01;…`, or `S05`: thread 1).
@@ -224,8 +231,12 @@ impl Gdb {
         let thread = stop_thread(&reply)?.with_context(|| format!("odd stop reply {reply:?}"))?;
         // Registers of the vCPU that stopped.
         self.expect_ok(&format!("Hg{thread:x}"))?;
-        let regs = parse_regs(&self.request("g")?)?;
-        Ok(Some(Stop { thread, regs }))
+        let (regs, gs_base) = parse_regs(&self.request("g")?)?;
+        Ok(Some(Stop {
+            thread,
+            regs,
+            gs_base,
+        }))
     }
 
     pub fn insert_breakpoint(&mut self, addr: u64) -> anyhow::Result<()> {
@@ -297,7 +308,11 @@ mod tests {
             g.push_str(&hex(&(0xffff_ffff_8100_0000 + i).to_le_bytes()));
         }
         g.push_str("46020000");
-        let regs = parse_regs(&g).unwrap();
+        g.push_str(&"00000000".repeat(6));
+        g.push_str(&"00".repeat(8));
+        g.push_str(&hex(&0xff11_0000_1234_0000u64.to_le_bytes()));
+        let (regs, gs) = parse_regs(&g).unwrap();
+        assert_eq!(gs, 0xff11_0000_1234_0000);
         assert_eq!(regs[reg::RIP], 0xffff_ffff_8100_0010);
         assert_eq!(regs[0], 0xffff_ffff_8100_0000);
         assert!(parse_regs("00").is_err());

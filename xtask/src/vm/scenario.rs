@@ -213,7 +213,7 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
 /// The kernel functions the fault injector breaks at, whatever the generation calls
 /// them (`faults::layout` picks what the plan probes).
 const FAULT_SYMBOLS: &str =
-    "__vma_start_write|vm_area_free|__vma_start_exclude_readers|__vma_enter_locked";
+    "__vma_start_write|vm_area_free|__vma_start_exclude_readers|__vma_enter_locked|current_task";
 
 /// `symbols`: where the injector's functions are (`/proc/kallsyms`, read as root);
 /// `faults`: every task traced, raw addresses, the usual workload, while the host injects
@@ -239,10 +239,16 @@ fn fault_steps(p: &Params, workload: &str) -> Vec<Step> {
             "vmatrace run --headless --raw-addresses --duration {} --json --anomaly-log {FAULTS_ANOMALY_LOG}",
             p.duration + TRACER_MARGIN_S
         )),
+        // Run through a symlink so the workload's tasks have their own comm: the
+        // injector faults only them (the tracer does not trace itself).
         background: Some(vec![
             "sh".into(),
             "-c".into(),
-            format!("exec {workload} --forks --json"),
+            format!(
+                "ln -sf \"$(command -v vmatrace)\" /tmp/{comm} && exec /tmp/{comm}{} --forks --json",
+                workload.trim_start_matches("vmatrace"),
+                comm = super::faults::WORKLOAD_COMM
+            ),
         ]),
         timeout_s: budget(p) + READY_TIMEOUT_S,
         files: vec![FAULTS_ANOMALY_LOG],
