@@ -65,10 +65,13 @@ struct VmRecordArgs {
     duration: u32,
 }
 
-/// The VM matrix as part of `cargo xtask test`: each kernel is one test; a generation
-/// missing from the index is a skip.
+/// The VM matrix as part of `cargo xtask test`: each kernel is one test (faults injected
+/// and caught included); a generation missing from the index is a skip.
 fn vm_matrix(totals: &mut test::Totals) -> anyhow::Result<bool> {
-    let out = vm::matrix(&vm::VmTestArgs::default())?;
+    let out = vm::matrix(&vm::VmTestArgs {
+        faults: true,
+        ..Default::default()
+    })?;
     totals.passed += out.passed.len() as u64;
     totals.failed += out.failed.len() as u64;
     // `test` subtracts skips from the passed count (libtest counts them as passed), and

@@ -926,4 +926,22 @@ mod tests {
         judge(&few, &log_for(&few), &mut info, &mut failures);
         assert_eq!(failures.len(), FaultClass::ALL.len() + 1, "{failures:?}");
     }
+
+    #[test]
+    fn the_docs_name_every_fault_class_with_its_kind() {
+        let vm = include_str!("../../../docs/vm-tests.md");
+        let kinds = include_str!("../../../docs/anomaly-kinds.md");
+        for c in FaultClass::ALL {
+            let row = vm
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", c.key())))
+                .unwrap_or_else(|| panic!("docs/vm-tests.md has no row for {}", c.key()));
+            assert!(row.ends_with(&format!("| `{}` |", c.kind())), "{row}");
+            let row = kinds
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", c.kind())))
+                .unwrap_or_else(|| panic!("docs/anomaly-kinds.md has no row for {}", c.kind()));
+            assert!(row.ends_with(&format!("| `{}` |", c.key())), "{row}");
+        }
+    }
 }
