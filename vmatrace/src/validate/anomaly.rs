@@ -124,3 +124,39 @@ pub struct Anomaly {
     /// The last events of this VMA, oldest first, ending with the offending one.
     pub evidence: Vec<Event>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/anomaly-kinds.md`'s table lists exactly these kinds with their severity:
+    /// adding a kind without documenting it (or the reverse) fails here.
+    #[test]
+    fn the_documented_kinds_are_these() {
+        let doc = include_str!("../../../docs/anomaly-kinds.md");
+        let rows: Vec<(String, String)> = doc
+            .lines()
+            .take_while(|l| !l.starts_with("## Tolerated"))
+            .filter_map(|l| {
+                let mut cells = l.strip_prefix("| `")?.split(" | ");
+                let key = cells.next()?.strip_suffix('`')?.to_string();
+                Some((key, cells.next()?.to_string()))
+            })
+            .collect();
+        let ours: Vec<(String, String)> = AnomalyKind::ALL
+            .iter()
+            .map(|k| (k.key().to_string(), k.severity().key().to_string()))
+            .collect();
+        let mut sorted = ours.clone();
+        sorted.sort();
+        let mut doc_sorted = rows.clone();
+        doc_sorted.sort();
+        assert_eq!(
+            doc_sorted, sorted,
+            "docs/anomaly-kinds.md vs AnomalyKind::ALL"
+        );
+        for k in AnomalyKind::ALL {
+            assert_eq!(AnomalyKind::from_key(k.key()), Some(*k));
+        }
+    }
+}
