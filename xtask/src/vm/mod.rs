@@ -20,7 +20,6 @@ pub mod stream;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -29,7 +28,7 @@ use anyhow::{Context, bail};
 use crate::util::{cargo, workspace_root};
 use kernels::{Generation, KernelBuild, MATRIX};
 use qemu::Accel;
-use scenario::{GuestFeatures, Params, Step};
+use scenario::{Params, Step};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VmTestArgs {
@@ -286,11 +285,6 @@ pub fn build_initramfs(vmatrace: &Path, init: &str, path: &Path) -> anyhow::Resu
     fs::write(path, img).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn guest_features(vmatrace: &Path) -> anyhow::Result<GuestFeatures> {
-    let help = crate::util::output(Command::new(vmatrace).arg("--help"))?;
-    Ok(GuestFeatures::from_help(&help))
-}
-
 /// Decide once per run whether KVM works; nested KVM boots fail with an emulation error,
 /// which shows up as no "booted" report within a few seconds.
 struct AccelChoice {
@@ -533,21 +527,16 @@ pub fn matrix(args: &VmTestArgs) -> anyhow::Result<MatrixOutcome> {
         return Ok(out);
     }
     let vmatrace = build_static_vmatrace()?;
-    let features = guest_features(&vmatrace)?;
     let params = Params {
         duration: args.duration,
         readers: args.readers,
         writers: args.writers,
         faults: args.faults,
     };
-    let steps = scenario::steps(features, &params);
+    let steps = scenario::steps(&params);
     println!(
-        "vm-test: scenario {} (vmatrace offers: probes={} stress={} run={} record={})",
+        "vm-test: scenario {}",
         steps.iter().map(|s| s.name).collect::<Vec<_>>().join(" → "),
-        features.probes,
-        features.stress,
-        features.run,
-        features.record
     );
     let root = workspace_root();
     let initrd = root.join("target/vm/initrd.cpio");

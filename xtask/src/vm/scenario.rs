@@ -1,54 +1,16 @@
-//! The scenario run in each guest, as data: which `vmatrace` commands run (chosen from
-//! what the static binary offers), the `/init` script generated from them, and the
-//! assertions made on their output.
+//! The scenario run in each guest, as data: which `vmatrace` commands run (the guest's
+//! static binary is built from the same commit, so it has all of them), the `/init`
+//! script generated from them, and the assertions made on their output.
 
 use std::fmt::Write as _;
 
 use super::results::{GuestResults, MARK, MARK_END};
-
-/// What the guest's static `vmatrace` can do (read from its `--help`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GuestFeatures {
-    pub probes: bool,
-    pub stress: bool,
-    pub run: bool,
-    pub record: bool,
-}
-
-impl GuestFeatures {
-    /// Subcommands listed under "Commands:" in clap's help.
-    pub fn from_help(help: &str) -> Self {
-        let mut c = GuestFeatures::default();
-        let mut in_commands = false;
-        for line in help.lines() {
-            if line.starts_with("Commands:") {
-                in_commands = true;
-                continue;
-            }
-            if in_commands {
-                if !line.starts_with("  ") {
-                    break;
-                }
-                match line.split_whitespace().next() {
-                    Some("probes") => c.probes = true,
-                    Some("stress") => c.stress = true,
-                    Some("run") => c.run = true,
-                    Some("record") => c.record = true,
-                    _ => {}
-                }
-            }
-        }
-        c
-    }
-}
 
 /// How a step's output is judged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
     /// `vmatrace probes --json`.
     Plan,
-    /// `vmatrace stress --json`.
-    Stress { forks: bool },
     /// `vmatrace run --headless --json` summary; `race`: the workload widened the detach
     /// race, so `mark_detached_slow` must have been seen.
     RunSummary { race: bool },
@@ -134,14 +96,13 @@ fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_string).collect()
 }
 
-/// The steps for one kernel. `vmatrace run` under the workload once the binary has it;
-/// until then the plan and the workload on their own.
-pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
+/// The steps for one kernel: the plan, the traced runs, and with `p.faults` the
+/// faulted one.
+pub fn steps(p: &Params) -> Vec<Step> {
     let workload = format!(
         "vmatrace stress --duration {} --readers {} --writers {}",
         p.duration, p.readers, p.writers
     );
-    let stress = format!("{workload} --forks --json");
     // The traced run also counts its own calls with plain kprobes: the tracer's counts
     // must agree (`checks::kprobe_agreement`).
     let counted = format!("{workload} --forks --count-calls --json");
@@ -161,51 +122,28 @@ pub fn steps(features: GuestFeatures, p: &Params) -> Vec<Step> {
         scrape: None,
         check: Check::Info,
     }];
-    if features.probes {
-        v.push(Step {
-            name: "probes",
-            argv: words("vmatrace probes --json"),
-            background: None,
-            timeout_s: 60,
-            files: vec![],
-            export: None,
-            scrape: None,
-            check: Check::Plan,
-        });
-    }
-    if features.run {
-        v.push(traced(
-            "run",
-            features,
-            p,
-            (TRACE, ANOMALY_LOG),
-            &counted,
-            false,
-        ));
-        // The detach slow path needs a reader inside a few-instruction window (see
-        // `checks::RARE_EVENTS`); this run widens it and must see the kernel take it.
-        v.push(traced(
-            "race",
-            features,
-            p,
-            (RACE_TRACE, RACE_ANOMALY_LOG),
-            &format!("{workload} --widen-race-us {RACE_DELAY_US} --json"),
-            true,
-        ));
-        if p.faults {
-            v.extend(fault_steps(p, &workload));
-        }
-    } else if features.stress {
-        v.push(Step {
-            name: "stress",
-            argv: words(&stress),
-            background: None,
-            timeout_s: budget(p),
-            files: vec![],
-            export: None,
-            scrape: None,
-            check: Check::Stress { forks: true },
-        });
+    v.push(Step {
+        name: "probes",
+        argv: words("vmatrace probes --json"),
+        background: None,
+        timeout_s: 60,
+        files: vec![],
+        export: None,
+        scrape: None,
+        check: Check::Plan,
+    });
+    v.push(traced("run", p, (TRACE, ANOMALY_LOG), &counted, false));
+    // The detach slow path needs a reader inside a few-instruction window (see
+    // `checks::RARE_EVENTS`); this run widens it and must see the kernel take it.
+    v.push(traced(
+        "race",
+        p,
+        (RACE_TRACE, RACE_ANOMALY_LOG),
+        &format!("{workload} --widen-race-us {RACE_DELAY_US} --json"),
+        true,
+    ));
+    if p.faults {
+        v.extend(fault_steps(p, &workload));
     }
     v
 }
@@ -280,18 +218,13 @@ const RACE_TRACER_MARGIN_S: u32 = 12;
 /// arrive at the same summary. The tracer outlives the workload ([`TRACER_MARGIN_S`]).
 fn traced(
     name: &'static str,
-    features: GuestFeatures,
     p: &Params,
     files: (&'static str, &'static str),
     workload: &str,
     race: bool,
 ) -> Step {
     let (trace, anomaly_log) = files;
-    let (cmd, export) = if features.record {
-        (format!("record -o {trace} --force --compress"), Some(trace))
-    } else {
-        ("run --headless".to_string(), None)
-    };
+    let (cmd, export) = (format!("record -o {trace} --force --compress"), Some(trace));
     // The race step streams every entry as its own event (`--stream-entries`), the `run`
     // step folds them into their returns (the default): both forms of the writer path
     // run on every kernel of the matrix.
@@ -533,10 +466,6 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                 Ok(j) => super::checks::plan(&j, &mut v),
                 Err(e) => v.failures.push(e),
             },
-            Check::Stress { forks } => match json_of(st.name, &sec.body) {
-                Ok(j) => super::checks::stress(st.name, &j, forks, &mut v),
-                Err(e) => v.failures.push(e),
-            },
             Check::RunSummary { race } => {
                 let summary = json_of(st.name, &sec.body);
                 match &summary {
@@ -626,39 +555,16 @@ mod tests {
     use super::*;
     use crate::vm::results;
 
-    const HELP: &str = "vmatrace — x\n\nUsage: vmatrace <COMMAND>\n\nCommands:\n  probes  Print\n  model   Print\n  stress  Run\n  help    Print this\n\nOptions:\n  -h, --help  Print help\n  run  not a command\n";
-
     #[test]
-    fn guest_features_from_help() {
-        let c = GuestFeatures::from_help(HELP);
-        assert_eq!(
-            c,
-            GuestFeatures {
-                probes: true,
-                stress: true,
-                run: false,
-                record: false
-            }
-        );
-    }
-
-    #[test]
-    fn steps_follow_guest_features() {
+    fn steps_plan_trace_and_optionally_fault() {
         let p = Params {
             duration: 5,
             readers: 2,
             writers: 2,
             faults: false,
         };
-        let names = |c| steps(c, &p).iter().map(|s| s.name).collect::<Vec<_>>();
-        let today = GuestFeatures {
-            probes: true,
-            stress: true,
-            ..Default::default()
-        };
-        assert_eq!(names(today), ["kernel", "probes", "stress"]);
-        let later = GuestFeatures { run: true, ..today };
-        assert_eq!(names(later), ["kernel", "probes", "run", "race"]);
+        let names: Vec<_> = steps(&p).iter().map(|s| s.name).collect();
+        assert_eq!(names, ["kernel", "probes", "run", "race"]);
         // With faults: where the injector's functions are, then the faulted run, whose
         // tracer traces every task and writes raw addresses (the injector knows the
         // faulted VMAs by them).
@@ -666,12 +572,12 @@ mod tests {
             faults: true,
             ..p.clone()
         };
-        let with_faults: Vec<_> = steps(later, &fp).iter().map(|s| s.name).collect();
+        let with_faults: Vec<_> = steps(&fp).iter().map(|s| s.name).collect();
         assert_eq!(
             with_faults,
             ["kernel", "probes", "run", "race", "symbols", "faults"]
         );
-        let f = steps(later, &fp).pop().expect("faults step");
+        let f = steps(&fp).pop().expect("faults step");
         let argv = f.argv.join(" ");
         assert!(
             argv.contains("--raw-addresses") && !argv.contains("--cgroup"),
@@ -679,7 +585,7 @@ mod tests {
         );
         assert_eq!(f.check, Check::Faults);
         assert_eq!(f.files, [FAULTS_ANOMALY_LOG]);
-        let run = steps(later, &p)
+        let run = steps(&p)
             .into_iter()
             .find(|s| s.name == "run")
             .expect("run step");
@@ -702,7 +608,7 @@ mod tests {
             "{argv}"
         );
         assert_eq!(run.scrape, Some(METRICS_SCRAPE));
-        let race = steps(later, &p)
+        let race = steps(&p)
             .into_iter()
             .find(|s| s.name == "race")
             .expect("race step");
@@ -721,15 +627,7 @@ mod tests {
             writers: 2,
             faults: false,
         };
-        let st = steps(
-            GuestFeatures {
-                probes: true,
-                stress: true,
-                run: true,
-                record: false,
-            },
-            &p,
-        );
+        let st = steps(&p);
         let s = init_script(&st);
         for name in ["kernel", "probes", "run"] {
             assert!(s.contains(&format!("@@VMATRACE begin {name}@@")), "{name}");
@@ -739,7 +637,10 @@ mod tests {
             );
         }
         assert!(s.contains("mount -t bpf bpf /sys/fs/bpf"));
-        assert!(s.contains("'vmatrace' 'run' '--headless'"));
+        assert!(
+            s.contains("'vmatrace' 'record' '-o' '/tmp/trace.vmatrace'"),
+            "{s}"
+        );
         // The workload waits for the tracer to be attached, and the shell for the tracer.
         let ready = s
             .find("grep -q 'tracing kernel' /tmp/run.err")
@@ -770,21 +671,13 @@ mod tests {
             writers: 2,
             faults: false,
         };
-        let st = steps(
-            GuestFeatures {
-                probes: false,
-                stress: true,
-                run: false,
-                record: false,
-            },
-            &p,
-        );
+        let st = steps(&p);
         let raw = b"@@VMATRACE booted 7.3.4@@\n@@VMATRACE begin kernel@@\nLinux version 7.3.4\n@@VMATRACE end kernel rc=0@@\n\
-            @@VMATRACE begin stress@@\n{\"ops\":{\"reader_touch\":0}}\n@@VMATRACE end stress rc=1@@\n";
+            @@VMATRACE begin probes@@\n{\"plan\":{}}\n@@VMATRACE end probes rc=1@@\n";
         let v = judge(&st, &results::parse(raw));
         let all = v.failures.join("\n");
-        assert!(all.contains("stress: exit status 1"), "{all}");
-        assert!(all.contains("reader_touch"), "{all}");
+        assert!(all.contains("probes: exit status 1"), "{all}");
+        assert!(all.contains("run: no output"), "{all}");
         assert!(all.contains("did not run to the end"), "{all}");
         assert_eq!(v.info[0], "kernel: Linux version 7.3.4");
         let none = judge(&st, &results::parse(b""));

@@ -11,13 +11,11 @@
 //! is 128 bytes, so a UART would throttle `record` to under 1000 events/s. The guest falls
 //! back to ttyS1 if the port is missing (a kernel without `virtio_console`).
 //!
-//! While `record`/`replay --follow` are missing from vmatrace, the guest falls back to
-//! `run --headless --json`, or to the plan and the workload's report, and the host prints
-//! that text as it arrives.
+//! The guest's binary is built from the same commit as the host's, so both have every
+//! subcommand: no capability probing.
 
 use std::{
     fs,
-    io::{self, Read, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -28,7 +26,7 @@ use anyhow::{Context, bail};
 use super::{
     kernels::{self, KernelBuild},
     qemu::{self, Accel},
-    scenario::{self, GuestFeatures, READY, READY_TIMEOUT_S},
+    scenario::{self, READY, READY_TIMEOUT_S},
 };
 use crate::util::workspace_root;
 
@@ -83,39 +81,25 @@ pub fn duration_arg(args: &[String]) -> Option<u32> {
     None
 }
 
-/// What the guest runs: the workload in the background, and the producer of the stream
-/// on fd 3 (ttyS1).
-pub fn stream_init(features: GuestFeatures, duration: u32, compress: bool) -> String {
+/// What the guest runs: the tracer (`record -o -` on fd 3, ttyS1 or the virtio port),
+/// then the workload once the tracer is attached (seconds under TCG).
+pub fn stream_init(duration: u32, compress: bool) -> String {
     let mut s = String::from(scenario::GUEST_PRELUDE);
     s.push_str("EV=/dev/ttyS1\n");
     s.push_str(&find_port_sh("EV", PORT_NAME));
     s.push_str("echo \"vm: event stream on $EV\"\nexec 3>$EV\n");
     let stress = format!("vmatrace stress --duration {duration} --forks");
     let producer = duration + 4;
-    if features.record || features.run {
-        // The tracer first; the workload once it says it is attached (seconds under TCG).
-        if features.record {
-            let z = if compress { " --compress" } else { "" };
-            s.push_str(&format!(
-                "vmatrace record -o -{z} --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
-            ));
-        } else {
-            s.push_str(&format!(
-                "vmatrace run --headless --json --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
-            ));
-        }
-        s.push_str(&format!(
-            "i=0; while [ $i -lt {READY_TIMEOUT_S} ] && kill -0 $TP 2>/dev/null && ! grep -q '{READY}' /tmp/tracer.err; do sleep 1; i=$((i+1)); done\n"
-        ));
-        s.push_str("cat /tmp/tracer.err\n");
-        s.push_str(&format!("{stress} 2>&1\n"));
-        s.push_str("wait $TP\ncat /tmp/tracer.err\n");
-    } else {
-        if features.probes {
-            s.push_str("vmatrace probes >&3 2>&1\n");
-        }
-        s.push_str(&format!("{stress} >&3 2>&1\n"));
-    }
+    let z = if compress { " --compress" } else { "" };
+    s.push_str(&format!(
+        "vmatrace record -o -{z} --duration {producer} >&3 2>/tmp/tracer.err & TP=$!\n"
+    ));
+    s.push_str(&format!(
+        "i=0; while [ $i -lt {READY_TIMEOUT_S} ] && kill -0 $TP 2>/dev/null && ! grep -q '{READY}' /tmp/tracer.err; do sleep 1; i=$((i+1)); done\n"
+    ));
+    s.push_str("cat /tmp/tracer.err\n");
+    s.push_str(&format!("{stress} 2>&1\n"));
+    s.push_str("wait $TP\ncat /tmp/tracer.err\n");
     s.push_str("exec 3>&-\nsync\npoweroff -f\n");
     s
 }
@@ -127,16 +111,6 @@ fn newest_cloud(builds: &[KernelBuild]) -> Option<&KernelBuild> {
         .filter(|g| g.flavour == "cloud-amd64")
         .filter_map(|g| kernels::newest(builds, g))
         .max_by(|a, b| super::debver::compare(&a.version, &b.version))
-}
-
-fn host_follows(vmatrace: &Path) -> bool {
-    Command::new(vmatrace)
-        .args(["replay", "--help"])
-        .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--follow")
-        })
 }
 
 /// Where the guest's stream goes.
@@ -191,21 +165,16 @@ pub fn stream(kernel: Option<&str>, duration: u32, sink: Sink) -> anyhow::Result
     };
     let kernel = super::ensure_kernel(&cache, &build)?;
     let vmatrace = super::build_static_vmatrace()?;
-    let features = super::guest_features(&vmatrace)?;
-    if matches!(sink, Sink::File(_)) && !features.record {
-        bail!("this vmatrace has no `record` subcommand yet: nothing to write a trace with");
-    }
     let root = workspace_root();
     let initrd = root.join("target/vm/stream-initrd.cpio");
     super::build_initramfs(
         &vmatrace,
-        &stream_init(features, duration, matches!(sink, Sink::File(_))),
+        &stream_init(duration, matches!(sink, Sink::File(_))),
         &initrd,
     )?;
     let dir = root.join("target/vm-artifacts/run-vm");
     fs::create_dir_all(&dir)?;
     let console = dir.join("console.log");
-    let follow = matches!(sink, Sink::Follow(_)) && features.record && host_follows(&vmatrace);
     eprintln!(
         "xtask: Debian {} ({}) in QEMU for {duration}s; guest console: {}",
         build.name,
@@ -215,13 +184,13 @@ pub fn stream(kernel: Option<&str>, duration: u32, sink: Sink) -> anyhow::Result
     eprintln!(
         "xtask: {}",
         match &sink {
-            Sink::File(p) => format!("guest `vmatrace record -o -` → virtio port → {}", p.display()),
-            Sink::Follow(_) if follow =>
-                "guest `vmatrace record -o -` → virtio port → host `vmatrace replay --follow -`".into(),
-            Sink::Follow(_) if features.run =>
-                "guest `vmatrace run --headless --json` → virtio port → here (record/replay --follow not available yet)".into(),
+            Sink::File(p) => format!(
+                "guest `vmatrace record -o -` → virtio port → {}",
+                p.display()
+            ),
             Sink::Follow(_) =>
-                "guest plan + workload report → virtio port → here (vmatrace has no run/record yet)".into(),
+                "guest `vmatrace record -o -` → virtio port → host `vmatrace replay --follow -`"
+                    .into(),
         }
     );
     // KVM does not work nested on the CI machines; an env var opts in where it does.
@@ -259,17 +228,13 @@ pub fn stream(kernel: Option<&str>, duration: u32, sink: Sink) -> anyhow::Result
         .context("starting qemu-system-x86_64")?;
     let t0 = Instant::now();
     let consumer_ok = match (&sink, qemu.stdout.take()) {
-        (Sink::Follow(args), Some(stream)) if follow => Command::new(&vmatrace)
+        (Sink::Follow(args), Some(stream)) => Command::new(&vmatrace)
             .args(["replay", "--follow", "-"])
             .args(args)
             .stdin(Stdio::from(stream))
             .status()
             .context("starting vmatrace replay --follow -")?
             .success(),
-        (Sink::Follow(_), Some(stream)) => {
-            copy_text(stream)?;
-            true
-        }
         _ => true,
     };
     // The stream ends when the guest powers off; make sure QEMU is gone either way.
@@ -315,22 +280,6 @@ pub fn stream(kernel: Option<&str>, duration: u32, sink: Sink) -> anyhow::Result
     Ok(())
 }
 
-/// Print the guest's text stream as it arrives.
-fn copy_text(mut from: impl Read) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        // Raw mode on the guest side: no \r to strip, but be tolerant if stty failed.
-        let text: Vec<u8> = buf[..n].iter().copied().filter(|b| *b != b'\r').collect();
-        out.write_all(&text)?;
-        out.flush()?;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,14 +307,8 @@ mod tests {
     }
 
     #[test]
-    fn stream_init_picks_the_producer() {
-        let rec = GuestFeatures {
-            probes: true,
-            stress: true,
-            run: true,
-            record: true,
-        };
-        let s = stream_init(rec, 10, false);
+    fn stream_init_starts_the_workload_once_the_recorder_is_attached() {
+        let s = stream_init(10, false);
         assert!(
             s.contains("vmatrace record -o - --duration 14 >&3 2>/tmp/tracer.err & TP=$!"),
             "{s}"
@@ -375,32 +318,7 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("vmatrace stress --duration 10 --forks"));
-        assert!(stream_init(rec, 10, true).contains("record -o - --compress --duration 14"));
-        let run = stream_init(
-            GuestFeatures {
-                record: false,
-                ..rec
-            },
-            10,
-            false,
-        );
-        assert!(
-            run.contains("vmatrace run --headless --json --duration 14 >&3"),
-            "{run}"
-        );
-        let none = stream_init(
-            GuestFeatures {
-                probes: true,
-                stress: true,
-                ..Default::default()
-            },
-            5,
-            false,
-        );
-        assert!(
-            none.contains("vmatrace probes >&3") && none.contains("--duration 5 --forks >&3"),
-            "{none}"
-        );
-        assert!(none.ends_with("poweroff -f\n"));
+        assert!(stream_init(10, true).contains("record -o - --compress --duration 14"));
+        assert!(s.ends_with("poweroff -f\n"));
     }
 }
