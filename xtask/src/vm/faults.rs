@@ -72,6 +72,17 @@ impl FaultClass {
         }
     }
 
+    /// What an entry fault adds to `vm_refcnt` at the function's entry (`None`: the
+    /// class is made when the body returns).
+    pub fn entry_delta(self) -> Option<u32> {
+        match self {
+            FaultClass::FreeWithReference => Some(1),
+            FaultClass::RefcountCorrupted => Some(2 * F),
+            FaultClass::ConcurrentExclusion => Some(F),
+            FaultClass::StaleLockSeq | FaultClass::FlagLeftSet => None,
+        }
+    }
+
     /// The anomaly kind documented for it (`docs/anomaly-kinds.md`).
     pub fn kind(self) -> &'static str {
         match self {
@@ -344,39 +355,21 @@ impl Injector<'_> {
         self.arm_entries(false)?;
         let rsp0 = stop.rsp();
         let caller = self.gdb.read_u64(rsp0)?;
-        match class {
-            FaultClass::FreeWithReference
-            | FaultClass::RefcountCorrupted
-            | FaultClass::ConcurrentExclusion => {
-                let d = match class {
-                    FaultClass::FreeWithReference => 1,
-                    FaultClass::RefcountCorrupted => 2 * F,
-                    _ => F,
-                };
-                let body = self.body_of(entry)?;
-                let seen = self.add_refcnt(vma, d)?;
-                self.report.injections.push(Injection { class, vma, seen });
-                self.pending = Some(Pending::Body {
-                    class,
-                    entry,
-                    vma,
-                    rsp0,
-                    caller,
-                });
-                self.gdb.insert_breakpoint(body)?;
-            }
-            FaultClass::StaleLockSeq | FaultClass::FlagLeftSet => {
-                let body = self.body_of(entry)?;
-                self.pending = Some(Pending::Body {
-                    class,
-                    entry,
-                    vma,
-                    rsp0,
-                    caller,
-                });
-                self.gdb.insert_breakpoint(body)?;
-            }
+        // Entry faults are made now and taken back at the body; return faults are made
+        // when the body returns (`Pending::Body` finds where that is).
+        let body = self.body_of(entry)?;
+        if let Some(d) = class.entry_delta() {
+            let seen = self.add_refcnt(vma, d)?;
+            self.report.injections.push(Injection { class, vma, seen });
         }
+        self.pending = Some(Pending::Body {
+            class,
+            entry,
+            vma,
+            rsp0,
+            caller,
+        });
+        self.gdb.insert_breakpoint(body)?;
         self.gdb.resume()
     }
 
@@ -416,7 +409,7 @@ impl Injector<'_> {
                     return self.pass(stop);
                 }
                 self.gdb.remove_breakpoint(stop.rip())?;
-                if matches!(class, FaultClass::FlagLeftSet | FaultClass::StaleLockSeq) {
+                if class.entry_delta().is_none() {
                     let tramp = self.gdb.read_u64(stop.rsp())?;
                     if caller == tramp {
                         bail!(
@@ -435,11 +428,7 @@ impl Injector<'_> {
                     self.gdb.insert_breakpoint(tramp)?;
                 } else {
                     // The entry programs have run: take the fault back.
-                    let d = match class {
-                        FaultClass::FreeWithReference => 1,
-                        FaultClass::RefcountCorrupted => 2 * F,
-                        _ => F,
-                    };
+                    let d = class.entry_delta().unwrap_or(0);
                     self.add_refcnt(vma, d.wrapping_neg())?;
                     self.arm_entries(true)?;
                 }
