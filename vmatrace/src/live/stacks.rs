@@ -8,6 +8,12 @@
 //! fills: it is parsed on its own thread from the start of the session, and stacks seen
 //! before it is ready wait (as addresses, inside this process) until it is. Only names
 //! leave this module (`kernel::symbolize`).
+//!
+//! A stack map cannot be mmapped, so each first-seen id costs one `bpf()` lookup, which
+//! raises its CPU's `bpf_prog_active` with preemption enabled: preempted there, this
+//! thread would make the kernel skip every kprobe run on that CPU (see `mapped.rs`). The
+//! lookup therefore runs at real-time priority (`SCHED_FIFO` 99, for the one syscall),
+//! which no normal task and no threaded interrupt preempts.
 
 use std::{collections::HashSet, thread::JoinHandle};
 
@@ -83,7 +89,7 @@ impl StackResolver {
             if self.known.len() >= MAX_KNOWN || !self.known.insert(id) {
                 continue;
             }
-            let ips = match self.map.get(&id, 0) {
+            let ips = match at_realtime_priority(|| self.map.get(&id, 0)) {
                 Ok(st) => st.frames().iter().map(|f| f.ip).collect(),
                 Err(_) => Vec::new(),
             };
@@ -104,5 +110,38 @@ impl StackResolver {
                 frames: ips.iter().map(|ip| symbols.symbolize(*ip)).collect(),
             })
             .collect()
+    }
+}
+
+/// Run `f` with this thread at `SCHED_FIFO` 99, then restore its policy. Without the
+/// privilege (no `CAP_SYS_NICE`) `f` just runs.
+fn at_realtime_priority<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: 0 is the calling thread; `param` outlives each call.
+    unsafe {
+        let policy = libc::sched_getscheduler(0);
+        let mut old = libc::sched_param { sched_priority: 0 };
+        let saved = policy >= 0 && libc::sched_getparam(0, &mut old) == 0;
+        let rt = libc::sched_param { sched_priority: 99 };
+        let raised = saved && libc::sched_setscheduler(0, libc::SCHED_FIFO, &rt) == 0;
+        let out = f();
+        if raised {
+            libc::sched_setscheduler(0, policy, &old);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thread_gets_its_policy_back() {
+        // SAFETY: queries of the calling thread.
+        let before = unsafe { libc::sched_getscheduler(0) };
+        let inside = at_realtime_priority(|| unsafe { libc::sched_getscheduler(0) });
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, before);
+        // Raised where the privilege exists (root here), untouched otherwise.
+        assert!(inside == libc::SCHED_FIFO || inside == before, "{inside}");
     }
 }
