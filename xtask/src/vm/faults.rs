@@ -514,12 +514,21 @@ impl Injector<'_> {
         }
     }
 
-    fn run(&mut self, until: Instant, stop_when: &dyn Fn() -> bool) -> anyhow::Result<()> {
+    /// Inject until every class is done, or `until` / `stop_when` (the workload ended);
+    /// a fault in flight is healed first (its task may sleep in the wait for readers)
+    /// unless the guest's whole time, `hard`, is up.
+    fn run(
+        &mut self,
+        until: Instant,
+        hard: Instant,
+        stop_when: &dyn Fn() -> bool,
+    ) -> anyhow::Result<()> {
         self.arm_entries(true)?;
         self.gdb.resume()?;
         while !self.done() || self.pending.is_some() {
             let Some(stop) = self.gdb.wait_stop(Duration::from_millis(500))? else {
-                if Instant::now() > until || stop_when() {
+                let now = Instant::now();
+                if (now > until || stop_when()) && (self.pending.is_none() || now > hard) {
                     break;
                 }
                 continue;
@@ -660,7 +669,7 @@ pub fn inject(port: u16, dir: &Path, deadline: Instant, qemu_gone: &AtomicBool) 
     };
     let until = Instant::now() + INJECT_FOR;
     let stop_when = || console_has(&console, ended);
-    if let Err(e) = inj.run(until.min(deadline), &stop_when) {
+    if let Err(e) = inj.run(until.min(deadline), deadline, &stop_when) {
         inj.report.error = Some(format!("{e:#}"));
     }
     let Injector { gdb, report, .. } = inj;
