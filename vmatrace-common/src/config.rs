@@ -10,64 +10,82 @@
 /// 6.x). Programs never read a field whose offset is absent.
 pub const OFFSET_ABSENT: u32 = u32::MAX;
 
-/// Byte offsets of every kernel field the programs read. Names follow the kernel's.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Offsets {
+/// The [`Offsets`] struct, its all-absent value and its field table, from one list:
+/// `name => "struct.field"`.
+macro_rules! offsets {
+    ($($(#[$m:meta])* $name:ident => $kernel:literal,)*) => {
+        /// Byte offsets of every kernel field the programs read. Names follow the kernel's.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct Offsets {
+            $($(#[$m])* pub $name: u32,)*
+        }
+
+        impl Offsets {
+            /// Every field absent: a program reading with these offsets reads nothing.
+            pub const ABSENT: Self = Self { $($name: OFFSET_ABSENT,)* };
+
+            /// Every field in declaration order: its name here (the serde key) and the
+            /// kernel's `struct.field` it is the offset of.
+            pub const FIELDS: &'static [(&'static str, &'static str)] =
+                &[$((stringify!($name), $kernel),)*];
+
+            /// The field named `name` (a [`Offsets::FIELDS`] name).
+            pub fn get(&self, name: &str) -> Option<u32> {
+                match name {
+                    $(stringify!($name) => Some(self.$name),)*
+                    _ => None,
+                }
+            }
+
+            /// Set the field named `name`; false when there is none.
+            pub fn set(&mut self, name: &str, value: u32) -> bool {
+                match name {
+                    $(stringify!($name) => {
+                        self.$name = value;
+                        true
+                    })*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+offsets! {
     /// `vm_area_struct.vm_start`
-    pub vma_vm_start: u32,
+    vma_vm_start => "vm_area_struct.vm_start",
     /// `vm_area_struct.vm_end`
-    pub vma_vm_end: u32,
+    vma_vm_end => "vm_area_struct.vm_end",
     /// `vm_area_struct.vm_mm`
-    pub vma_vm_mm: u32,
+    vma_vm_mm => "vm_area_struct.vm_mm",
     /// `vm_area_struct.vm_flags`
-    pub vma_vm_flags: u32,
+    vma_vm_flags => "vm_area_struct.vm_flags",
     /// `vm_area_struct.vm_lock_seq`
-    pub vma_vm_lock_seq: u32,
+    vma_vm_lock_seq => "vm_area_struct.vm_lock_seq",
     /// `vm_area_struct.vm_refcnt` (`refcount_t` → `atomic_t` → `int counter`)
-    pub vma_vm_refcnt: u32,
+    vma_vm_refcnt => "vm_area_struct.vm_refcnt",
     /// `mm_struct.mm_lock_seq` (`seqcount_t`; `.sequence` is its first member)
-    pub mm_mm_lock_seq: u32,
+    mm_mm_lock_seq => "mm_struct.mm_lock_seq",
     /// `mm_struct.vma_writer_wait` (`struct rcuwait`; `.task` is its first member)
-    pub mm_vma_writer_wait: u32,
+    mm_vma_writer_wait => "mm_struct.vma_writer_wait",
     /// `vma_exclude_readers_state.vma` (7.0+)
-    pub ves_vma: u32,
+    ves_vma => "vma_exclude_readers_state.vma",
     /// `vma_exclude_readers_state.state` (7.0+)
-    pub ves_state: u32,
+    ves_state => "vma_exclude_readers_state.state",
     /// `vma_exclude_readers_state.detaching` (7.0+)
-    pub ves_detaching: u32,
+    ves_detaching => "vma_exclude_readers_state.detaching",
     /// `vma_exclude_readers_state.detached` (7.0+)
-    pub ves_detached: u32,
+    ves_detached => "vma_exclude_readers_state.detached",
     /// `vma_exclude_readers_state.exclusive` (7.0+)
-    pub ves_exclusive: u32,
+    ves_exclusive => "vma_exclude_readers_state.exclusive",
     /// `task_struct.comm` (`char[16]`): fentry/fexit programs read it with two loads
     /// through `bpf_get_current_task_btf()` instead of the `bpf_get_current_comm` helper.
     /// Absent: the helper.
-    pub task_comm: u32,
+    task_comm => "task_struct.comm",
     /// `pt_regs.orig_ax` (x86-64): the syscall number, read through `bpf_task_pt_regs`
     /// for slow waits. Absent: not read.
-    pub pt_regs_syscall: u32,
-}
-
-impl Offsets {
-    /// Every field absent: a program reading with these offsets reads nothing.
-    pub const ABSENT: Self = Self {
-        vma_vm_start: OFFSET_ABSENT,
-        vma_vm_end: OFFSET_ABSENT,
-        vma_vm_mm: OFFSET_ABSENT,
-        vma_vm_flags: OFFSET_ABSENT,
-        vma_vm_lock_seq: OFFSET_ABSENT,
-        vma_vm_refcnt: OFFSET_ABSENT,
-        mm_mm_lock_seq: OFFSET_ABSENT,
-        mm_vma_writer_wait: OFFSET_ABSENT,
-        ves_vma: OFFSET_ABSENT,
-        ves_state: OFFSET_ABSENT,
-        ves_detaching: OFFSET_ABSENT,
-        ves_detached: OFFSET_ABSENT,
-        ves_exclusive: OFFSET_ABSENT,
-        task_comm: OFFSET_ABSENT,
-        pt_regs_syscall: OFFSET_ABSENT,
-    };
+    pt_regs_syscall => "pt_regs.syscall",
 }
 
 /// Filters and knobs, also a load-time global.

@@ -34,77 +34,66 @@ pub mod generation {
 }
 
 pub mod offsets {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeMap};
     use vmatrace_common::{OFFSET_ABSENT, Offsets};
 
-    /// Offsets as a map of field name → byte offset, `null` when absent.
-    #[derive(Serialize, Deserialize)]
-    struct Named {
-        vma_vm_start: Option<u32>,
-        vma_vm_end: Option<u32>,
-        vma_vm_mm: Option<u32>,
-        vma_vm_flags: Option<u32>,
-        vma_vm_lock_seq: Option<u32>,
-        vma_vm_refcnt: Option<u32>,
-        mm_mm_lock_seq: Option<u32>,
-        mm_vma_writer_wait: Option<u32>,
-        ves_vma: Option<u32>,
-        ves_state: Option<u32>,
-        ves_detaching: Option<u32>,
-        ves_detached: Option<u32>,
-        ves_exclusive: Option<u32>,
-        /// Missing in traces written before it existed: absent.
-        #[serde(default)]
-        task_comm: Option<u32>,
-        #[serde(default)]
-        pt_regs_syscall: Option<u32>,
-    }
-
-    fn opt(v: u32) -> Option<u32> {
-        (v != OFFSET_ABSENT).then_some(v)
-    }
-    fn raw(v: Option<u32>) -> u32 {
-        v.unwrap_or(OFFSET_ABSENT)
-    }
-
+    /// Offsets as a map of field name → byte offset, `null` when absent, in
+    /// [`Offsets::FIELDS`] order. A field missing from the map (a trace written before
+    /// it existed) is absent; an unknown name is ignored.
     pub fn serialize<S: Serializer>(o: &Offsets, s: S) -> Result<S::Ok, S::Error> {
-        Named {
-            vma_vm_start: opt(o.vma_vm_start),
-            vma_vm_end: opt(o.vma_vm_end),
-            vma_vm_mm: opt(o.vma_vm_mm),
-            vma_vm_flags: opt(o.vma_vm_flags),
-            vma_vm_lock_seq: opt(o.vma_vm_lock_seq),
-            vma_vm_refcnt: opt(o.vma_vm_refcnt),
-            mm_mm_lock_seq: opt(o.mm_mm_lock_seq),
-            mm_vma_writer_wait: opt(o.mm_vma_writer_wait),
-            ves_vma: opt(o.ves_vma),
-            ves_state: opt(o.ves_state),
-            ves_detaching: opt(o.ves_detaching),
-            ves_detached: opt(o.ves_detached),
-            ves_exclusive: opt(o.ves_exclusive),
-            task_comm: opt(o.task_comm),
-            pt_regs_syscall: opt(o.pt_regs_syscall),
+        let mut m = s.serialize_map(Some(Offsets::FIELDS.len()))?;
+        for (name, _) in Offsets::FIELDS {
+            let v = o.get(name).filter(|v| *v != OFFSET_ABSENT);
+            m.serialize_entry(name, &v)?;
         }
-        .serialize(s)
+        m.end()
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Offsets, D::Error> {
-        let n = Named::deserialize(d)?;
-        Ok(Offsets {
-            vma_vm_start: raw(n.vma_vm_start),
-            vma_vm_end: raw(n.vma_vm_end),
-            vma_vm_mm: raw(n.vma_vm_mm),
-            vma_vm_flags: raw(n.vma_vm_flags),
-            vma_vm_lock_seq: raw(n.vma_vm_lock_seq),
-            vma_vm_refcnt: raw(n.vma_vm_refcnt),
-            mm_mm_lock_seq: raw(n.mm_mm_lock_seq),
-            mm_vma_writer_wait: raw(n.mm_vma_writer_wait),
-            ves_vma: raw(n.ves_vma),
-            ves_state: raw(n.ves_state),
-            ves_detaching: raw(n.ves_detaching),
-            ves_detached: raw(n.ves_detached),
-            ves_exclusive: raw(n.ves_exclusive),
-            task_comm: raw(n.task_comm),
-            pt_regs_syscall: raw(n.pt_regs_syscall),
-        })
+        let named = BTreeMap::<String, Option<u32>>::deserialize(d)?;
+        let mut o = Offsets::ABSENT;
+        for (name, v) in named {
+            o.set(&name, v.unwrap_or(OFFSET_ABSENT));
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vmatrace_common::{OFFSET_ABSENT, Offsets};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Holder(#[serde(with = "super::offsets")] Offsets);
+
+    /// One list names the fields (`Offsets::FIELDS`): every field round-trips under its
+    /// name, absent ones as `null`, and a trace from before a field existed reads it as
+    /// absent.
+    #[test]
+    fn offsets_round_trip_by_name() {
+        let mut o = Offsets::ABSENT;
+        for (i, (name, _)) in Offsets::FIELDS.iter().enumerate() {
+            if i % 3 != 0 {
+                assert!(o.set(name, i as u32 * 8), "{name}");
+            }
+        }
+        assert!(!o.set("no_such_field", 1));
+        let json = serde_json::to_value(Holder(o)).unwrap();
+        let map = json.as_object().unwrap();
+        assert_eq!(map.len(), Offsets::FIELDS.len());
+        assert!(map["vma_vm_start"].is_null());
+        assert_eq!(map["vma_vm_end"], 8);
+        let back: Holder = serde_json::from_value(json).unwrap();
+        assert_eq!(back.0, o);
+        let old: Holder =
+            serde_json::from_str(r#"{"vma_vm_start": 0, "vma_vm_refcnt": 128}"#).unwrap();
+        assert_eq!(old.0.vma_vm_refcnt, 128);
+        assert_eq!(old.0.pt_regs_syscall, OFFSET_ABSENT);
+        // Names are unique.
+        let mut names: Vec<_> = Offsets::FIELDS.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Offsets::FIELDS.len());
     }
 }

@@ -184,26 +184,12 @@ pub fn resolve(btf: &Btf, generation: Generation) -> Result<Offsets, OffsetError
     Ok(o)
 }
 
-/// `(name, offset)` pairs in declaration order, for display.
-pub fn named(o: &Offsets) -> [(&'static str, Option<u32>); 15] {
-    let v = |x: u32| (x != OFFSET_ABSENT).then_some(x);
-    [
-        ("vm_area_struct.vm_start", v(o.vma_vm_start)),
-        ("vm_area_struct.vm_end", v(o.vma_vm_end)),
-        ("vm_area_struct.vm_mm", v(o.vma_vm_mm)),
-        ("vm_area_struct.vm_flags", v(o.vma_vm_flags)),
-        ("vm_area_struct.vm_lock_seq", v(o.vma_vm_lock_seq)),
-        ("vm_area_struct.vm_refcnt", v(o.vma_vm_refcnt)),
-        ("mm_struct.mm_lock_seq", v(o.mm_mm_lock_seq)),
-        ("mm_struct.vma_writer_wait", v(o.mm_vma_writer_wait)),
-        ("vma_exclude_readers_state.vma", v(o.ves_vma)),
-        ("vma_exclude_readers_state.state", v(o.ves_state)),
-        ("vma_exclude_readers_state.detaching", v(o.ves_detaching)),
-        ("vma_exclude_readers_state.detached", v(o.ves_detached)),
-        ("vma_exclude_readers_state.exclusive", v(o.ves_exclusive)),
-        ("task_struct.comm", v(o.task_comm)),
-        ("pt_regs.syscall", v(o.pt_regs_syscall)),
-    ]
+/// `(struct.field, offset)` pairs in declaration order, for display.
+pub fn named(o: &Offsets) -> Vec<(&'static str, Option<u32>)> {
+    Offsets::FIELDS
+        .iter()
+        .map(|(name, kernel)| (*kernel, o.get(name).filter(|v| *v != OFFSET_ABSENT)))
+        .collect()
 }
 
 #[cfg(test)]
