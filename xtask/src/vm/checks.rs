@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::scenario::Verdict;
+use super::verdict::Verdict;
 
 /// Walk a dotted path (`plan.coverage`).
 fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {

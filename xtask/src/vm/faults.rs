@@ -593,7 +593,7 @@ pub fn inject(port: u16, dir: &Path, deadline: Instant, qemu_gone: &AtomicBool) 
     let res = super::results::parse(&std::fs::read(&results).unwrap_or_default());
     let plan = res
         .section("probes")
-        .and_then(|s| super::scenario::json_of("probes", &s.body).ok());
+        .and_then(|s| super::results::json_of("probes", &s.body).ok());
     let kallsyms = res.section("symbols").map(|s| s.body.clone());
     let (Some(plan), Some(kallsyms)) = (plan, kallsyms) else {
         report.error =

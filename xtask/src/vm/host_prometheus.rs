@@ -227,7 +227,7 @@ pub fn parse_vector(body: &str) -> Vec<(BTreeMap<String, String>, f64)> {
 /// `$RELAY` is set to the relay's pid when the port exists).
 pub fn relay_sh(addr: &str) -> String {
     let mut s = String::from("MP=\nRELAY=\n");
-    s.push_str(&super::stream::find_port_sh("MP", PORT_NAME));
+    s.push_str(&super::guest_shell::find_port_sh("MP", PORT_NAME));
     let _ = writeln!(
         s,
         "if [ -n \"$MP\" ]; then (exec 5<>$MP; while kill -0 $TP 2>/dev/null; do nc {} <&5 >&5 2>/dev/null; sleep 0.2; done) & RELAY=$!; fi",

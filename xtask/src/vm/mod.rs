@@ -8,6 +8,7 @@ mod checks;
 mod debver;
 mod faults;
 mod gdb;
+mod guest_shell;
 mod host_prometheus;
 pub mod initramfs;
 pub mod kernels;
@@ -16,6 +17,7 @@ pub mod results;
 pub mod scenario;
 mod scrape;
 pub mod stream;
+mod verdict;
 
 use std::{
     fs,
@@ -484,13 +486,13 @@ fn host_scrape(
     window: Duration,
     steps: &[Step],
     res: &results::GuestResults,
-    verdict: &mut scenario::Verdict,
+    verdict: &mut verdict::Verdict,
 ) {
     let (ok, tried) = p.scrapes(window);
     for st in steps.iter().filter(|s| s.scrape.is_some()) {
         let Some(summary) = res
             .section(st.name)
-            .and_then(|sec| scenario::json_of(st.name, &sec.body).ok())
+            .and_then(|sec| results::json_of(st.name, &sec.body).ok())
         else {
             continue; // judged already: no summary
         };
@@ -635,7 +637,7 @@ fn run_one(
                 continue; // judged already: no output
             };
             let trace = dir.join(scenario::export_on_host(st.name));
-            match scenario::json_of(st.name, &sec.body)
+            match results::json_of(st.name, &sec.body)
                 .and_then(|live| replay_on_host(vmatrace, &trace, &live))
             {
                 Ok(line) => verdict.info.push(format!("{}: {line}", st.name)),
@@ -759,7 +761,7 @@ fn replay_on_host(
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let replayed = scenario::json_of("replay", &String::from_utf8_lossy(&out.stdout))?;
+    let replayed = results::json_of("replay", &String::from_utf8_lossy(&out.stdout))?;
     checks::replay_matches(live, &replayed).map(|same| {
         format!(
             "replay on the host: {} of trace ({:.1} MB, {:.1}s), same {same} as live",

@@ -91,6 +91,17 @@ pub fn parse(raw: &[u8]) -> GuestResults {
     r
 }
 
+/// The JSON object a step printed (its output may start with log lines).
+pub fn json_of(step: &str, body: &str) -> Result<serde_json::Value, String> {
+    // Tolerate log lines before the JSON object: it starts at the first line opening '{'.
+    let start = body
+        .lines()
+        .position(|l| l.starts_with('{'))
+        .ok_or_else(|| format!("{step}: no JSON in the output ({} bytes)", body.len()))?;
+    let json: String = body.lines().skip(start).collect::<Vec<_>>().join("\n");
+    serde_json::from_str(&json).map_err(|e| format!("{step}: output is not valid JSON: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,10 @@
 
 use std::fmt::Write as _;
 
-use super::results::{GuestResults, MARK, MARK_END};
+use super::{
+    results::{GuestResults, MARK, MARK_END, json_of},
+    verdict::Verdict,
+};
 
 /// How a step's output is judged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -386,7 +389,7 @@ pub fn init_script(steps: &[Step]) -> String {
         }
         if let Some(f) = st.export {
             s.push_str("PORT=\n");
-            s.push_str(&super::stream::find_port_sh("PORT", &export_port(n)));
+            s.push_str(&super::guest_shell::find_port_sh("PORT", &export_port(n)));
             let _ = writeln!(s, "[ -n \"$PORT\" ] && cat {f} > $PORT");
         }
         say(&mut s, &format!("step {n} exited $RC"));
@@ -394,35 +397,6 @@ pub fn init_script(steps: &[Step]) -> String {
     s.push_str(&mark("done"));
     s.push_str("exec 3>&-\nsync\npoweroff -f\n");
     s
-}
-
-/// What one kernel's run showed: lines for the report, and failed assertions.
-#[derive(Clone, Debug, Default)]
-pub struct Verdict {
-    pub info: Vec<String>,
-    pub failures: Vec<String>,
-    /// Logical events the plan observes directly (from `probes`), for the run check.
-    pub direct_events: Vec<String>,
-    /// Failures that are a widened race the kernel did not take this boot (a rare event
-    /// never seen), not a wrong result: the scenario may run again.
-    pub races_missed: usize,
-}
-
-impl Verdict {
-    /// Every failure is a race not taken: worth another boot.
-    pub fn only_races_missed(&self) -> bool {
-        !self.failures.is_empty() && self.failures.len() == self.races_missed
-    }
-}
-
-pub fn json_of(step: &str, body: &str) -> Result<serde_json::Value, String> {
-    // Tolerate log lines before the JSON object: it starts at the first line opening '{'.
-    let start = body
-        .lines()
-        .position(|l| l.starts_with('{'))
-        .ok_or_else(|| format!("{step}: no JSON in the output ({} bytes)", body.len()))?;
-    let json: String = body.lines().skip(start).collect::<Vec<_>>().join("\n");
-    serde_json::from_str(&json).map_err(|e| format!("{step}: output is not valid JSON: {e}"))
 }
 
 /// Judge every step of a guest run.

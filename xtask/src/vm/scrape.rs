@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::scenario::Verdict;
+use super::verdict::Verdict;
 
 /// One sample: metric name, labels, value.
 #[derive(Clone, Debug, PartialEq)]

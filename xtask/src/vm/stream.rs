@@ -33,15 +33,6 @@ use crate::util::workspace_root;
 /// Name of the virtio serial port carrying the stream.
 pub const PORT_NAME: &str = "vmatrace.events";
 
-/// Guest shell that sets `$var` to the device node of the virtio port called `name` when
-/// the guest has it (no udev in the guest: the port is found by its name in sysfs); `$var`
-/// keeps its value otherwise.
-pub fn find_port_sh(var: &str, name: &str) -> String {
-    format!(
-        "for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = {name} ] && {var}=/dev/${{p##*/}}; done\n"
-    )
-}
-
 /// QEMU arguments for the event port, written to `path` on the host (`/dev/stdout` to pipe
 /// it on).
 pub fn event_port_args(path: &Path) -> Vec<String> {
@@ -86,7 +77,7 @@ pub fn duration_arg(args: &[String]) -> Option<u32> {
 pub fn stream_init(duration: u32, compress: bool) -> String {
     let mut s = String::from(scenario::GUEST_PRELUDE);
     s.push_str("EV=/dev/ttyS1\n");
-    s.push_str(&find_port_sh("EV", PORT_NAME));
+    s.push_str(&super::guest_shell::find_port_sh("EV", PORT_NAME));
     s.push_str("echo \"vm: event stream on $EV\"\nexec 3>$EV\n");
     let stress = format!("vmatrace stress --duration {duration} --forks");
     let producer = duration + 4;
