@@ -17,9 +17,64 @@ pub enum Generation {
     V7_0 = 3,
 }
 
+/// What a generation's code looks like to a tracer, as data: the consumers (planner,
+/// offsets, validator, statistics, summary) ask the profile, not the generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// `__vma_start_write` takes a task state and returns 0 or `-EINTR` (killable
+    /// writers, 6.19+); before, it takes the mm's sequence and returns nothing.
+    pub writer_takes_state: bool,
+    /// Start-exclude is a function of its own a probe can hook: `__vma_enter_locked`
+    /// (6.19, out of line), `__vma_start_exclude_readers` (7.0+). 6.15–6.18 inline it.
+    pub start_exclude_hookable: bool,
+    /// An exclusion's state is a `struct vma_exclude_readers_state` (7.0+), read at
+    /// start-exclude's entry and return through its pointer.
+    pub exclude_state_struct: bool,
+    /// Start-exclude returns 1 when it excluded readers, 0 when it found the VMA
+    /// detached (6.19 `__vma_enter_locked`); 7.0+ says so in the state struct.
+    pub exclude_returns_excluded: bool,
+    /// Every detach goes through an out-of-line `vma_mark_detached` (≤6.19). 7.0+:
+    /// `vma_mark_detached` is inline and only its slow path,
+    /// `__vma_exclude_readers_for_detach`, is a function.
+    pub every_detach_hookable: bool,
+}
+
+/// One row per generation, in [`Generation::ALL`] order.
+const PROFILES: [Profile; 3] = [
+    // 6.15–6.18
+    Profile {
+        writer_takes_state: false,
+        start_exclude_hookable: false,
+        exclude_state_struct: false,
+        exclude_returns_excluded: false,
+        every_detach_hookable: true,
+    },
+    // 6.19
+    Profile {
+        writer_takes_state: true,
+        start_exclude_hookable: true,
+        exclude_state_struct: false,
+        exclude_returns_excluded: true,
+        every_detach_hookable: true,
+    },
+    // 7.0+
+    Profile {
+        writer_takes_state: true,
+        start_exclude_hookable: true,
+        exclude_state_struct: true,
+        exclude_returns_excluded: false,
+        every_detach_hookable: false,
+    },
+];
+
 impl Generation {
     pub const ALL: &'static [Generation] =
         &[Generation::V6_15, Generation::V6_19, Generation::V7_0];
+
+    /// This generation's row of the profile table.
+    pub const fn profile(self) -> &'static Profile {
+        &PROFILES[self as usize - 1]
+    }
 
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
@@ -42,7 +97,7 @@ impl Generation {
 
     /// Whether write-locking can be interrupted by a fatal signal (`TASK_KILLABLE`).
     pub const fn has_killable_writers(self) -> bool {
-        !matches!(self, Generation::V6_15)
+        self.profile().writer_takes_state
     }
 
     pub const fn label(self) -> &'static str {
@@ -68,3 +123,24 @@ pub const TASK_UNINTERRUPTIBLE: u32 = 0x2;
 pub const TASK_KILLABLE: u32 = 0x102;
 /// `-EINTR`
 pub const EINTR: i64 = -4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table's rows are the generations' (a row out of place would give one
+    /// generation another's code).
+    #[test]
+    fn each_generation_has_its_row() {
+        let p = |g: Generation| *g.profile();
+        assert!(!p(Generation::V6_15).writer_takes_state);
+        assert!(!p(Generation::V6_15).start_exclude_hookable);
+        assert!(p(Generation::V6_19).exclude_returns_excluded);
+        assert!(!p(Generation::V6_19).exclude_state_struct);
+        assert!(p(Generation::V7_0).exclude_state_struct);
+        assert!(!p(Generation::V7_0).every_detach_hookable);
+        for g in Generation::ALL {
+            assert_eq!(g.has_killable_writers(), g.profile().writer_takes_state);
+        }
+    }
+}

@@ -385,34 +385,38 @@ pub fn logical_counts(
             L::MarkDetachedFast if is_proxy(le) => {
                 (ev(K::VmaFree), "vma_free events (proxy)".into())
             }
-            L::MarkDetachedFast => match (generation, slow_detaches) {
-                (Generation::V7_0, _) => (
-                    calls(ProbeId::VmaMarkDetached),
-                    "detach events at vma_mark_detached".into(),
-                ),
-                (_, Some(st)) => (
-                    calls(ProbeId::VmaMarkDetached).saturating_sub(st),
-                    "vma_mark_detached calls minus the slow ones (statistics)".into(),
-                ),
-                (_, None) => (
-                    calls(ProbeId::VmaMarkDetached),
-                    "vma_mark_detached calls, fast and slow (no statistics to tell them apart)"
-                        .into(),
-                ),
-            },
+            L::MarkDetachedFast => {
+                match (generation.profile().every_detach_hookable, slow_detaches) {
+                    (false, _) => (
+                        calls(ProbeId::VmaMarkDetached),
+                        "detach events at vma_mark_detached".into(),
+                    ),
+                    (_, Some(st)) => (
+                        calls(ProbeId::VmaMarkDetached).saturating_sub(st),
+                        "vma_mark_detached calls minus the slow ones (statistics)".into(),
+                    ),
+                    (_, None) => (
+                        calls(ProbeId::VmaMarkDetached),
+                        "vma_mark_detached calls, fast and slow (no statistics to tell them apart)"
+                            .into(),
+                    ),
+                }
+            }
             // ≤6.19 every detach goes through vma_mark_detached; the slow ones found readers
             // (refcount above 1 at entry), which the statistics count.
-            L::MarkDetachedSlow => match (generation, slow_detaches) {
-                (Generation::V7_0, _) => (
-                    calls(ProbeId::VmaExcludeReadersForDetach),
-                    "detach events at __vma_exclude_readers_for_detach".into(),
-                ),
-                (_, Some(st)) => (
-                    st,
-                    "vma_mark_detached calls that found readers (statistics)".into(),
-                ),
-                (_, None) => (0, "unknown without statistics".into()),
-            },
+            L::MarkDetachedSlow => {
+                match (generation.profile().every_detach_hookable, slow_detaches) {
+                    (false, _) => (
+                        calls(ProbeId::VmaExcludeReadersForDetach),
+                        "detach events at __vma_exclude_readers_for_detach".into(),
+                    ),
+                    (_, Some(st)) => (
+                        st,
+                        "vma_mark_detached calls that found readers (statistics)".into(),
+                    ),
+                    (_, None) => (0, "unknown without statistics".into()),
+                }
+            }
             L::ReaderAcquire => {
                 let counted =
                     ctr(Counter::ReaderAcquireOk).saturating_add(ctr(Counter::ReaderAcquireFail));

@@ -174,7 +174,7 @@ pub fn resolve(btf: &Btf, generation: Generation) -> Result<Offsets, OffsetError
     // Optional: without it a slow wait's syscall is not read (its stack still is).
     // x86-64's `orig_ax` (the programs read 8 bytes; other layouts are not read).
     o.pt_regs_syscall = required(btf, &f(PT_REGS, &["orig_ax"], Some(8))).unwrap_or(OFFSET_ABSENT);
-    if generation == Generation::V7_0 {
+    if generation.profile().exclude_state_struct {
         o.ves_vma = required(btf, &f(VES, &["vma"], Some(8)))?;
         o.ves_state = required(btf, &f(VES, &["state"], Some(4)))?;
         o.ves_detaching = required(btf, &f(VES, &["detaching"], Some(1)))?;

@@ -567,7 +567,7 @@ pub fn plan_with(
              maxactive instances are missed by the kernel (nmissed), not by vmatrace"
         ));
     }
-    if generation == Generation::V7_0 {
+    if generation.profile().exclude_state_struct {
         p.notes.push(
             "start-exclude reads struct vma_exclude_readers_state: vma, state, detaching at \
              entry; exclusive, detached at return (through the saved ves pointer)"
@@ -646,7 +646,7 @@ fn reader_release(p: &mut Planner<'_>) -> Observability {
 /// takes the entry start-exclude saved (`vmatrace-ebpf` `inflight::take_outer`). Where
 /// start-exclude's entry cannot be attached, `__vma_start_write`'s own is used.
 fn write_lock_request(p: &mut Planner<'_>) -> Observability {
-    if p.generation == Generation::V7_0
+    if p.generation.profile().exclude_state_struct
         && let Ok(points) = p.entry(ProbeId::VmaStartExcludeReaders)
     {
         p.entry_elsewhere.push(ProbeId::VmaStartWrite);

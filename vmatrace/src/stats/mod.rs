@@ -96,19 +96,19 @@ fn exclude_outcome(ev: &Event, generation: Generation) -> ExcludeOutcome {
     if ev.has(flags::RET) && ev.ret == EINTR {
         return ExcludeOutcome::Interrupted;
     }
-    match generation {
-        // 7.x: ret 0 either way; `ves->exclusive` / `ves->detached` say which.
-        Generation::V7_0 if ev.has(flags::VES) => {
-            if ev.ves_exclusive == 0 && ev.ves_detached != 0 {
-                ExcludeOutcome::FoundDetached
-            } else {
-                ExcludeOutcome::Excluded
-            }
+    let profile = generation.profile();
+    // 7.x: ret 0 either way; `ves->exclusive` / `ves->detached` say which.
+    if profile.exclude_state_struct && ev.has(flags::VES) {
+        if ev.ves_exclusive == 0 && ev.ves_detached != 0 {
+            return ExcludeOutcome::FoundDetached;
         }
-        // 6.19 `__vma_enter_locked`: 1 = excluded, 0 = detached.
-        Generation::V6_19 if ev.has(flags::RET) && ev.ret == 0 => ExcludeOutcome::FoundDetached,
-        _ => ExcludeOutcome::Excluded,
+        return ExcludeOutcome::Excluded;
     }
+    // 6.19 `__vma_enter_locked`: 1 = excluded, 0 = detached.
+    if profile.exclude_returns_excluded && ev.has(flags::RET) && ev.ret == 0 {
+        return ExcludeOutcome::FoundDetached;
+    }
+    ExcludeOutcome::Excluded
 }
 
 /// Reader outcomes, from the kernel's per-CPU counters (since start or the last reset).
@@ -214,9 +214,10 @@ impl Stats {
 
     pub fn with_caps(generation: Generation, max_processes: usize, max_vmas: usize) -> Self {
         // 6.15–6.18 never have a start-exclude function to hook.
-        let choice = match generation {
-            Generation::V6_15 => SourceChoice::Fixed,
-            Generation::V6_19 | Generation::V7_0 => SourceChoice::UntilExcludeExit,
+        let choice = if generation.profile().start_exclude_hookable {
+            SourceChoice::UntilExcludeExit
+        } else {
+            SourceChoice::Fixed
         };
         Self {
             generation,

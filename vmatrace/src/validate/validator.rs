@@ -548,10 +548,11 @@ impl Validator {
 
     fn on_write_lock_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         self.check_no_exclusion_yet(ev, sample, "__vma_start_write entry", out);
-        let state = match self.generation {
-            // 6.15–6.18 pass the mm sequence, not a task state.
-            Generation::V6_15 => 0,
-            _ => ev.arg as u32,
+        // 6.15–6.18 pass the mm sequence, not a task state.
+        let state = if self.generation.profile().writer_takes_state {
+            ev.arg as u32
+        } else {
+            0
         };
         let Some((t, _)) = self.track(ev, sample) else {
             return;
@@ -563,7 +564,7 @@ impl Validator {
         let stuck = self.stuck(ev.vma);
         // `__vma_start_write` is void before 6.19: returning is success.
         let ret = match ret_of(ev) {
-            None if self.generation == Generation::V6_15 => Some(0),
+            None if !self.generation.profile().writer_takes_state => Some(0),
             r => r,
         };
         if ret.is_none()
