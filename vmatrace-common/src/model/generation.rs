@@ -1,5 +1,7 @@
 //! Generations of the per-VMA lock code: which functions exist and what they mean.
 
+use crate::event::ProbeId;
+
 /// The refcount-era generations. Detected from BTF and symbols, never from the version
 /// string (distributions backport).
 #[repr(u8)]
@@ -24,9 +26,14 @@ pub struct Profile {
     /// `__vma_start_write` takes a task state and returns 0 or `-EINTR` (killable
     /// writers, 6.19+); before, it takes the mm's sequence and returns nothing.
     pub writer_takes_state: bool,
-    /// Start-exclude is a function of its own a probe can hook: `__vma_enter_locked`
+    /// Start-exclude as a function of its own a probe can hook: `__vma_enter_locked`
     /// (6.19, out of line), `__vma_start_exclude_readers` (7.0+). 6.15–6.18 inline it.
-    pub start_exclude_hookable: bool,
+    pub start_exclude: Option<ProbeId>,
+    /// The function that ends an exclusion (inlined everywhere so far).
+    pub end_exclude_function: &'static str,
+    /// Where a detach that found readers is seen: the global `vma_mark_detached`
+    /// (≤6.19), or its out-of-line slow path `__vma_exclude_readers_for_detach` (7.0+).
+    pub detach_probe: ProbeId,
     /// An exclusion's state is a `struct vma_exclude_readers_state` (7.0+), read at
     /// start-exclude's entry and return through its pointer.
     pub exclude_state_struct: bool,
@@ -44,7 +51,9 @@ const PROFILES: [Profile; 3] = [
     // 6.15–6.18
     Profile {
         writer_takes_state: false,
-        start_exclude_hookable: false,
+        start_exclude: None,
+        end_exclude_function: "__vma_exit_locked",
+        detach_probe: ProbeId::VmaMarkDetached,
         exclude_state_struct: false,
         exclude_returns_excluded: false,
         every_detach_hookable: true,
@@ -52,7 +61,9 @@ const PROFILES: [Profile; 3] = [
     // 6.19
     Profile {
         writer_takes_state: true,
-        start_exclude_hookable: true,
+        start_exclude: Some(ProbeId::VmaEnterLocked),
+        end_exclude_function: "__vma_exit_locked",
+        detach_probe: ProbeId::VmaMarkDetached,
         exclude_state_struct: false,
         exclude_returns_excluded: true,
         every_detach_hookable: true,
@@ -60,7 +71,9 @@ const PROFILES: [Profile; 3] = [
     // 7.0+
     Profile {
         writer_takes_state: true,
-        start_exclude_hookable: true,
+        start_exclude: Some(ProbeId::VmaStartExcludeReaders),
+        end_exclude_function: "__vma_end_exclude_readers",
+        detach_probe: ProbeId::VmaExcludeReadersForDetach,
         exclude_state_struct: true,
         exclude_returns_excluded: false,
         every_detach_hookable: false,
@@ -134,7 +147,11 @@ mod tests {
     fn each_generation_has_its_row() {
         let p = |g: Generation| *g.profile();
         assert!(!p(Generation::V6_15).writer_takes_state);
-        assert!(!p(Generation::V6_15).start_exclude_hookable);
+        assert_eq!(p(Generation::V6_15).start_exclude, None);
+        assert_eq!(
+            p(Generation::V7_0).detach_probe,
+            ProbeId::VmaExcludeReadersForDetach
+        );
         assert!(p(Generation::V6_19).exclude_returns_excluded);
         assert!(!p(Generation::V6_19).exclude_state_struct);
         assert!(p(Generation::V7_0).exclude_state_struct);

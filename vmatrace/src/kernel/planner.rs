@@ -662,60 +662,46 @@ fn write_lock_request(p: &mut Planner<'_>) -> Observability {
 }
 
 fn start_exclude(p: &mut Planner<'_>, entry: bool) -> Observability {
-    match p.generation {
-        Generation::V7_0 => {
-            let probe = ProbeId::VmaStartExcludeReaders;
-            direct(if entry { p.entry(probe) } else { p.exit(probe) })
+    let profile = p.generation.profile();
+    let Some(probe) = profile.start_exclude else {
+        let inlined = "__vma_enter_locked is static inline here: inlined into \
+                       __vma_start_write and vma_mark_detached";
+        if entry {
+            return Observability::Unobservable {
+                reason: inlined.into(),
+            };
         }
-        Generation::V6_19 => {
-            let probe = ProbeId::VmaEnterLocked;
-            let r = if entry { p.entry(probe) } else { p.exit(probe) };
-            match r {
-                Ok(points) => Observability::Direct { points },
-                Err(reason) if entry => Observability::Unobservable { reason },
-                Err(reason) => proxy(
-                    "the wait's outcome, at the return of __vma_start_write / \
-                     vma_mark_detached"
-                        .into(),
-                    any_of(vec![
-                        p.exit(ProbeId::VmaStartWrite),
-                        p.exit(ProbeId::VmaMarkDetached),
-                    ]),
-                    &reason,
-                ),
-            }
-        }
-        Generation::V6_15 => {
-            let inlined = "__vma_enter_locked is static inline here: inlined into \
-                           __vma_start_write and vma_mark_detached";
-            if entry {
-                Observability::Unobservable {
-                    reason: inlined.into(),
-                }
-            } else {
-                proxy(
-                    "the wait's outcome, at the return of __vma_start_write / \
-                     vma_mark_detached"
-                        .into(),
-                    any_of(vec![
-                        p.exit(ProbeId::VmaStartWrite),
-                        p.exit(ProbeId::VmaMarkDetached),
-                    ]),
-                    inlined,
-                )
-            }
-        }
+        return proxy(
+            "the wait's outcome, at the return of __vma_start_write / vma_mark_detached".into(),
+            any_of(vec![
+                p.exit(ProbeId::VmaStartWrite),
+                p.exit(ProbeId::VmaMarkDetached),
+            ]),
+            inlined,
+        );
+    };
+    let r = if entry { p.entry(probe) } else { p.exit(probe) };
+    // 7.0+: the outcome is in the state struct, read only at start-exclude's return.
+    if profile.exclude_state_struct {
+        return direct(r);
+    }
+    match r {
+        Ok(points) => Observability::Direct { points },
+        Err(reason) if entry => Observability::Unobservable { reason },
+        Err(reason) => proxy(
+            "the wait's outcome, at the return of __vma_start_write / vma_mark_detached".into(),
+            any_of(vec![
+                p.exit(ProbeId::VmaStartWrite),
+                p.exit(ProbeId::VmaMarkDetached),
+            ]),
+            &reason,
+        ),
     }
 }
 
 fn end_exclude(p: &mut Planner<'_>) -> Observability {
-    let (name, detach) = match p.generation {
-        Generation::V7_0 => (
-            "__vma_end_exclude_readers",
-            ProbeId::VmaExcludeReadersForDetach,
-        ),
-        _ => ("__vma_exit_locked", ProbeId::VmaMarkDetached),
-    };
+    let profile = p.generation.profile();
+    let (name, detach) = (profile.end_exclude_function, profile.detach_probe);
     let why = if matches!(p.info.kallsyms.resolve(name), Resolved::Absent) {
         format!("{name} is inlined")
     } else {
@@ -745,42 +731,36 @@ fn end_exclude(p: &mut Planner<'_>) -> Observability {
 }
 
 fn mark_detached(p: &mut Planner<'_>, fast: bool) -> Observability {
-    match p.generation {
-        // ≤6.19: the global vma_mark_detached sees every detach (fast = it finds R == 1).
-        Generation::V6_15 | Generation::V6_19 => {
-            let r = p.exit(ProbeId::VmaMarkDetached);
-            match r {
-                Ok(points) => Observability::Direct { points },
-                Err(reason) if fast => proxy(
-                    "vm_area_free entry (the refcount must be 0 when the VMA is freed)".into(),
-                    p.entry(ProbeId::VmAreaFree),
-                    &reason,
-                ),
-                Err(reason) => Observability::Unobservable { reason },
-            }
-        }
-        Generation::V7_0 => {
-            if fast {
-                let why = if matches!(
-                    p.info.kallsyms.resolve("vma_mark_detached"),
-                    Resolved::Absent
-                ) {
-                    "vma_mark_detached is inline: its fast path (1 → 0) has no probe point"
-                } else {
-                    "vma_mark_detached is out of line here but vmatrace hooks only its slow path"
-                };
-                proxy(
-                    format!(
-                        "vm_area_free entry (the refcount must be 0 when the VMA is freed); {why}"
-                    ),
-                    p.entry(ProbeId::VmAreaFree),
-                    why,
-                )
-            } else {
-                direct(p.exit(ProbeId::VmaExcludeReadersForDetach))
-            }
-        }
+    let detach = p.generation.profile().detach_probe;
+    // ≤6.19: the global vma_mark_detached sees every detach (fast = it finds R == 1).
+    if p.generation.profile().every_detach_hookable {
+        return match p.exit(detach) {
+            Ok(points) => Observability::Direct { points },
+            Err(reason) if fast => proxy(
+                "vm_area_free entry (the refcount must be 0 when the VMA is freed)".into(),
+                p.entry(ProbeId::VmAreaFree),
+                &reason,
+            ),
+            Err(reason) => Observability::Unobservable { reason },
+        };
     }
+    // 7.0+: only the slow path is a function.
+    if !fast {
+        return direct(p.exit(detach));
+    }
+    let why = if matches!(
+        p.info.kallsyms.resolve("vma_mark_detached"),
+        Resolved::Absent
+    ) {
+        "vma_mark_detached is inline: its fast path (1 → 0) has no probe point"
+    } else {
+        "vma_mark_detached is out of line here but vmatrace hooks only its slow path"
+    };
+    proxy(
+        format!("vm_area_free entry (the refcount must be 0 when the VMA is freed); {why}"),
+        p.entry(ProbeId::VmAreaFree),
+        why,
+    )
 }
 
 fn capability_notes(p: &mut Planner<'_>) {

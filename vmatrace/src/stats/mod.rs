@@ -214,7 +214,7 @@ impl Stats {
 
     pub fn with_caps(generation: Generation, max_processes: usize, max_vmas: usize) -> Self {
         // 6.15–6.18 never have a start-exclude function to hook.
-        let choice = if generation.profile().start_exclude_hookable {
+        let choice = if generation.profile().start_exclude.is_some() {
             SourceChoice::UntilExcludeExit
         } else {
             SourceChoice::Fixed
