@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
 use vmatrace_common::event::{ProbeId, flags};
-use vmatrace_common::model::Generation;
 use vmatrace_common::model::generation::TASK_UNINTERRUPTIBLE;
 use vmatrace_common::{Event, EventKind};
 
@@ -125,40 +124,37 @@ pub fn vma_mark_detached(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32) {
         return;
     }
     let v = k.vma(idx);
-    match k.generation {
-        Generation::V7_0 => {
-            // Inline fast path (`__vma_refcount_put_return() == 0`): invisible.
-            let old = v.vm_refcnt.fetch_sub(1, Ordering::AcqRel);
-            if old == 0 {
-                SimChecks::bump(&k.checks.refcount_underflow);
-                return;
-            }
-            if old - 1 != 0 {
-                exclude_readers_for_detach(k, t, mm, idx);
-            }
+    if !k.generation.profile().every_detach_hookable {
+        // Inline fast path (`__vma_refcount_put_return() == 0`): invisible.
+        let old = v.vm_refcnt.fetch_sub(1, Ordering::AcqRel);
+        if old == 0 {
+            SimChecks::bump(&k.checks.refcount_underflow);
+            return;
         }
-        Generation::V6_19 | Generation::V6_15 => {
-            let entry = detach_event(k, t, idx, EventKind::DetachEnter, None);
-            let old = v.vm_refcnt.fetch_sub(1, Ordering::AcqRel);
-            if old == 0 {
-                SimChecks::bump(&k.checks.refcount_underflow);
-            } else if old - 1 != 0 {
-                // A spurious (ephemeral) reader is still there: wait for it.
-                let mut ves = Ves {
-                    state: TASK_UNINTERRUPTIBLE,
-                    detaching: true,
-                    ..Ves::default()
-                };
-                if exclude_traced(k, t, mm, idx, &mut ves) == 1 {
-                    end_exclude_for_detach(k, idx, &mut ves);
-                }
-            }
-            if v.vm_refcnt.load(Ordering::Acquire) != 0 {
-                SimChecks::bump(&k.checks.detach_not_zero);
-            }
-            detach_event(k, t, idx, EventKind::DetachExit, Some(entry));
+        if old - 1 != 0 {
+            exclude_readers_for_detach(k, t, mm, idx);
+        }
+        return;
+    }
+    let entry = detach_event(k, t, idx, EventKind::DetachEnter, None);
+    let old = v.vm_refcnt.fetch_sub(1, Ordering::AcqRel);
+    if old == 0 {
+        SimChecks::bump(&k.checks.refcount_underflow);
+    } else if old - 1 != 0 {
+        // A spurious (ephemeral) reader is still there: wait for it.
+        let mut ves = Ves {
+            state: TASK_UNINTERRUPTIBLE,
+            detaching: true,
+            ..Ves::default()
+        };
+        if exclude_traced(k, t, mm, idx, &mut ves) == 1 {
+            end_exclude_for_detach(k, idx, &mut ves);
         }
     }
+    if v.vm_refcnt.load(Ordering::Acquire) != 0 {
+        SimChecks::bump(&k.checks.detach_not_zero);
+    }
+    detach_event(k, t, idx, EventKind::DetachExit, Some(entry));
 }
 
 /// 7.x `__vma_exclude_readers_for_detach(vma)`: the decrement already happened and left
@@ -197,10 +193,7 @@ fn detach_event(
     if t.quiet {
         return (0, 0);
     }
-    let probe = match k.generation {
-        Generation::V7_0 => ProbeId::VmaExcludeReadersForDetach,
-        _ => ProbeId::VmaMarkDetached,
-    };
+    let probe = k.generation.profile().detach_probe;
     k.ring.with(|w| {
         let mut ev: Event = k.event(t, kind, probe);
         k.read_vma(&mut ev, idx);

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use vmatrace_common::event::{ProbeId, flags};
-use vmatrace_common::model::Generation;
 use vmatrace_common::model::generation::{EINTR, TASK_KILLABLE};
 use vmatrace_common::{Event, EventKind};
 
@@ -145,22 +144,15 @@ fn rogue_exclusion(k: &SimKernel, t: &Task, idx: u32) {
     // Another task of the same process (e.g. a kworker acting without the mmap lock).
     let rogue_tid = t.tgid + super::mm::ROGUE_TID_OFFSET;
     let ts = k.ring.with(|w| {
-        let seven = k.generation == Generation::V7_0;
-        let (enter_kind, exit_kind, probe) = match k.generation {
-            Generation::V6_15 => (
+        let profile = k.generation.profile();
+        let seven = profile.exclude_state_struct;
+        // Seen at start-exclude where it is a function, else at `__vma_start_write`.
+        let (enter_kind, exit_kind, probe) = match profile.start_exclude {
+            Some(probe) => (EventKind::ExcludeEnter, EventKind::ExcludeExit, probe),
+            None => (
                 EventKind::WriteLockEnter,
                 EventKind::WriteLockExit,
                 ProbeId::VmaStartWrite,
-            ),
-            Generation::V6_19 => (
-                EventKind::ExcludeEnter,
-                EventKind::ExcludeExit,
-                ProbeId::VmaEnterLocked,
-            ),
-            Generation::V7_0 => (
-                EventKind::ExcludeEnter,
-                EventKind::ExcludeExit,
-                ProbeId::VmaStartExcludeReaders,
             ),
         };
         let mut enter = k.event(t, enter_kind, probe);
@@ -198,13 +190,9 @@ fn rogue_exclusion(k: &SimKernel, t: &Task, idx: u32) {
 /// nothing on 6.15 (inlined). Returns the function's own result: 7.x 0/-EINTR, 6.19
 /// 1/0/-EINTR, 6.15 1 (excluded) / 0 (detached).
 pub fn exclude_traced(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &mut Ves) -> i64 {
-    let probe = match k.generation {
-        Generation::V6_15 => {
-            let _ = start_exclude(k, t, mm, idx, ves);
-            return i64::from(ves.exclusive);
-        }
-        Generation::V6_19 => ProbeId::VmaEnterLocked,
-        Generation::V7_0 => ProbeId::VmaStartExcludeReaders,
+    let Some(probe) = k.generation.profile().start_exclude else {
+        let _ = start_exclude(k, t, mm, idx, ves);
+        return i64::from(ves.exclusive);
     };
     let mut entry_refcnt = 0;
     let entry_ts = k.emit(t, || {
@@ -217,8 +205,8 @@ pub fn exclude_traced(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32, ves: &m
         ev
     });
     let err = start_exclude(k, t, mm, idx, ves);
-    let ret = match k.generation {
-        Generation::V7_0 => err,
+    let ret = match k.generation.profile() {
+        p if p.exclude_state_struct => err,
         // __vma_enter_locked: an error that still left the VMA detached becomes 0.
         _ if err != 0 => {
             if ves.detached {
@@ -272,9 +260,10 @@ pub fn vma_start_write_slow(k: &SimKernel, t: &mut Task, mm: &SimMm, idx: u32, s
     let entry_ts = k.emit(t, || {
         let mut ev = k.event(t, EventKind::WriteLockEnter, ProbeId::VmaStartWrite);
         k.read_vma(&mut ev, idx);
-        ev.arg = match k.generation {
-            Generation::V6_15 => u64::from(seq),
-            _ => u64::from(state),
+        ev.arg = if k.generation.profile().writer_takes_state {
+            u64::from(state)
+        } else {
+            u64::from(seq)
         };
         entry_refcnt = ev.refcnt;
         ev
