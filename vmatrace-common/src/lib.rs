@@ -8,11 +8,11 @@
 #[cfg(feature = "std")]
 extern crate std;
 
-pub mod config;
 pub mod counters;
 pub mod event;
+pub mod globals;
 pub mod model;
 
-pub use config::{OFFSET_ABSENT, Offsets, ProgramConfig};
 pub use counters::Counter;
 pub use event::{Event, EventKind};
+pub use globals::{OFFSET_ABSENT, Offsets, ProgramConfig};

@@ -6,7 +6,7 @@
 //! load is a direct read of the frozen map value (a constant to the verifier) and the
 //! compiler cannot fold the built-in defaults.
 
-use vmatrace_common::{Offsets, ProgramConfig, config::MmapLockTpOffsets};
+use vmatrace_common::{Offsets, ProgramConfig, globals::MmapLockTpOffsets};
 
 #[unsafe(no_mangle)]
 pub static OFFSETS: Offsets = Offsets::ABSENT;

@@ -157,7 +157,7 @@ fn globals_exist_in_rodata_with_their_sizes() {
     assert_eq!(size_of(names::GENERATION), 4);
     assert_eq!(
         size_of(names::MMAP_LOCK_TP),
-        sz::<vmatrace_common::config::MmapLockTpOffsets>() as u64
+        sz::<vmatrace_common::globals::MmapLockTpOffsets>() as u64
     );
     assert_eq!(names::GLOBALS.len(), 4);
 }

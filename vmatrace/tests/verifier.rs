@@ -21,7 +21,7 @@ use vmatrace::{
     live::{check_privileges, names, raise_memlock_limit},
     testing::skip,
 };
-use vmatrace_common::{Offsets, ProgramConfig, config::MmapLockTpOffsets, model::Generation};
+use vmatrace_common::{Offsets, ProgramConfig, globals::MmapLockTpOffsets, model::Generation};
 
 /// Why bpf() cannot be used here, if so.
 fn bpf_unavailable() -> Option<String> {

@@ -8,7 +8,7 @@ use aya::{
     maps::{MapData, RingBuf, StackTraceMap},
     programs::{FEntry, ProgramError},
 };
-use vmatrace_common::config::MmapLockTpOffsets;
+use vmatrace_common::globals::MmapLockTpOffsets;
 
 use super::{
     HookStatus, LiveOptions,
@@ -64,7 +64,7 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     /// `Generation as u32`: selects argument positions and return conventions.
     pub const GENERATION: &str = "GENERATION";
-    /// [`vmatrace_common::config::MmapLockTpOffsets`].
+    /// [`vmatrace_common::globals::MmapLockTpOffsets`].
     pub const MMAP_LOCK_TP: &str = "MMAP_LOCK_TP";
     pub const GLOBALS: &[&str] = &[OFFSETS, CONFIG, GENERATION, MMAP_LOCK_TP];
 }

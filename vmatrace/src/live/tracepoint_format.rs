@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vmatrace_common::config::MmapLockTpOffsets;
+use vmatrace_common::globals::MmapLockTpOffsets;
 
 /// One `field:` line of a tracepoint format: name, offset, size.
 #[derive(Clone, Debug, PartialEq, Eq)]

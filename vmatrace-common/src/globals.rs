@@ -1,4 +1,4 @@
-//! Load-time configuration of the eBPF programs.
+//! The eBPF programs' load-time globals: the kernel's struct offsets and their configuration.
 //!
 //! Rust eBPF has no CO-RE, so every struct field offset the programs read comes from the
 //! running kernel's BTF and is written into these globals before load
