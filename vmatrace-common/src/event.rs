@@ -184,6 +184,16 @@ pub struct ReaderFallbacks {
     pub comm: [u8; 16],
 }
 
+/// `struct vma_exclude_readers_state` (7.0+) or 6.19's start-exclude arguments, as an
+/// event read them ([`Event::ves`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VesRead {
+    pub state: u32,
+    pub detaching: bool,
+    pub detached: bool,
+    pub exclusive: bool,
+}
+
 /// [`Event::flags`] bits: which groups of fields were read.
 pub mod flags {
     /// `vma`, `vm_start`, `vm_end`, `vm_flags`, `refcnt`, `vm_lock_seq` were read.
@@ -297,6 +307,59 @@ impl Event {
         self.flags & flag != 0
     }
 
+    // The typed view: each field group only where its flag says it was read, so a
+    // consumer never tests flags itself.
+
+    /// The function's return value, for a return that read it ([`flags::RET`]).
+    pub const fn returned(&self) -> Option<i64> {
+        if self.has(flags::RET) {
+            Some(self.ret)
+        } else {
+            None
+        }
+    }
+
+    /// The mm's `mm_lock_seq`, when read ([`flags::MM_SEQ`]).
+    pub const fn mm_seq(&self) -> Option<u32> {
+        if self.has(flags::MM_SEQ) {
+            Some(self.mm_lock_seq)
+        } else {
+            None
+        }
+    }
+
+    /// How long the call took, for a return paired with its entry ([`flags::PAIRED`]).
+    pub const fn waited_ns(&self) -> Option<u64> {
+        if self.has(flags::PAIRED) {
+            Some(self.wait_ns)
+        } else {
+            None
+        }
+    }
+
+    /// `vm_refcnt` at the entry, for a return paired with its entry ([`flags::PAIRED`]).
+    pub const fn entry_refcnt_read(&self) -> Option<u32> {
+        if self.has(flags::PAIRED) {
+            Some(self.entry_refcnt)
+        } else {
+            None
+        }
+    }
+
+    /// The exclusion's state as read ([`flags::VES`]).
+    pub const fn ves(&self) -> Option<VesRead> {
+        if self.has(flags::VES) {
+            Some(VesRead {
+                state: self.ves_state,
+                detaching: self.ves_detaching != 0,
+                detached: self.ves_detached != 0,
+                exclusive: self.ves_exclusive != 0,
+            })
+        } else {
+            None
+        }
+    }
+
     /// The entry event a [`flags::FOLDED`] return stands for, and the return as it would
     /// have been streamed next to it; `None` for any other event.
     ///
@@ -366,6 +429,29 @@ unsafe impl aya::Pod for Event {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each group of the typed view is there exactly when its flag is.
+    #[test]
+    fn the_typed_view_follows_the_flags() {
+        let mut e = Event::ZERO;
+        e.ret = -4;
+        e.mm_lock_seq = 7;
+        e.wait_ns = 9;
+        e.entry_refcnt = 3;
+        e.ves_state = 2;
+        e.ves_detaching = 1;
+        assert_eq!(
+            (e.returned(), e.mm_seq(), e.waited_ns(), e.entry_refcnt_read()),
+            (None, None, None, None)
+        );
+        assert_eq!(e.ves(), None);
+        e.flags = flags::RET | flags::MM_SEQ | flags::PAIRED | flags::VES;
+        assert_eq!(e.returned(), Some(-4));
+        assert_eq!(e.mm_seq(), Some(7));
+        assert_eq!((e.waited_ns(), e.entry_refcnt_read()), (Some(9), Some(3)));
+        let v = e.ves().unwrap();
+        assert!(v.detaching && !v.detached && !v.exclusive && v.state == 2);
+    }
 
     #[test]
     fn roundtrip_bytes() {

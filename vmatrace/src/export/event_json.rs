@@ -58,31 +58,32 @@ pub fn event_json(e: &Event, r: &Redactor) -> Value {
         m.insert("refcnt_hex".into(), json!(format!("{:#x}", e.refcnt)));
         m.insert("vm_lock_seq".into(), json!(e.vm_lock_seq));
     }
-    if e.has(flags::MM_SEQ) || e.mm != 0 {
+    let mm_seq = e.mm_seq();
+    if mm_seq.is_some() || e.mm != 0 {
         m.insert("mm".into(), r.pointer(e.mm));
     }
-    if e.has(flags::MM_SEQ) {
-        m.insert("mm_lock_seq".into(), json!(e.mm_lock_seq));
+    if let Some(seq) = mm_seq {
+        m.insert("mm_lock_seq".into(), json!(seq));
     }
-    if e.has(flags::VES) {
+    if let Some(v) = e.ves() {
         m.insert(
             "ves".into(),
             json!({
-                "state": e.ves_state,
-                "detaching": e.ves_detaching,
-                "detached": e.ves_detached,
-                "exclusive": e.ves_exclusive,
+                "state": v.state,
+                "detaching": u8::from(v.detaching),
+                "detached": u8::from(v.detached),
+                "exclusive": u8::from(v.exclusive),
             }),
         );
     }
     let kind = e.kind();
     m.insert("arg".into(), r.arg(e.arg, arg_role(kind)));
-    if e.has(flags::RET) {
-        m.insert("ret".into(), r.ret(e.ret, ret_role(kind)));
+    if let Some(ret) = e.returned() {
+        m.insert("ret".into(), r.ret(ret, ret_role(kind)));
     }
-    if e.has(flags::PAIRED) {
-        m.insert("wait_ns".into(), json!(e.wait_ns));
-        m.insert("entry_refcnt".into(), json!(e.entry_refcnt));
+    if let (Some(wait), Some(entry)) = (e.waited_ns(), e.entry_refcnt_read()) {
+        m.insert("wait_ns".into(), json!(wait));
+        m.insert("entry_refcnt".into(), json!(entry));
     }
     Value::Object(m)
 }

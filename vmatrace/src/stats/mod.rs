@@ -93,19 +93,21 @@ enum ExcludeOutcome {
 }
 
 fn exclude_outcome(ev: &Event, generation: Generation) -> ExcludeOutcome {
-    if ev.has(flags::RET) && ev.ret == EINTR {
+    if ev.returned() == Some(EINTR) {
         return ExcludeOutcome::Interrupted;
     }
     let profile = generation.profile();
     // 7.x: ret 0 either way; `ves->exclusive` / `ves->detached` say which.
-    if profile.exclude_state_struct && ev.has(flags::VES) {
-        if ev.ves_exclusive == 0 && ev.ves_detached != 0 {
+    if profile.exclude_state_struct
+        && let Some(ves) = ev.ves()
+    {
+        if !ves.exclusive && ves.detached {
             return ExcludeOutcome::FoundDetached;
         }
         return ExcludeOutcome::Excluded;
     }
     // 6.19 `__vma_enter_locked`: 1 = excluded, 0 = detached.
-    if profile.exclude_returns_excluded && ev.has(flags::RET) && ev.ret == 0 {
+    if profile.exclude_returns_excluded && ev.returned() == Some(0) {
         return ExcludeOutcome::FoundDetached;
     }
     ExcludeOutcome::Excluded
@@ -283,7 +285,7 @@ impl Stats {
                     v.slow_detaches += 1;
                 }
             }
-            EventKind::ReaderAcquire if ev.has(flags::RET) && ev.ret == 0 => {
+            EventKind::ReaderAcquire if ev.returned() == Some(0) => {
                 self.reader_failures += 1;
                 self.process_row(ev).reader_failures += 1;
                 if let Some(v) = self.vma_row(ev) {
@@ -295,9 +297,10 @@ impl Stats {
     }
 
     fn on_wait_exit(&mut self, ev: &Event, kind: EventKind) {
-        let paired = ev.has(flags::PAIRED);
-        if kind == EventKind::WriteLockExit && paired {
-            self.write_lock.record(ev.wait_ns);
+        if kind == EventKind::WriteLockExit
+            && let Some(wait) = ev.waited_ns()
+        {
+            self.write_lock.record(wait);
         }
         if kind == EventKind::ExcludeExit && self.choice == SourceChoice::UntilExcludeExit {
             self.switch_to_exclude_exit();
@@ -307,7 +310,7 @@ impl Stats {
         }
         let outcome = if kind == EventKind::ExcludeExit {
             exclude_outcome(ev, self.generation)
-        } else if ev.has(flags::RET) && ev.ret == EINTR {
+        } else if ev.returned() == Some(EINTR) {
             ExcludeOutcome::Interrupted
         } else {
             ExcludeOutcome::Excluded
@@ -317,8 +320,7 @@ impl Stats {
             return;
         }
         let interrupted = outcome == ExcludeOutcome::Interrupted;
-        let detaching =
-            kind == EventKind::ExcludeExit && ev.has(flags::VES) && ev.ves_detaching != 0;
+        let detaching = kind == EventKind::ExcludeExit && ev.ves().is_some_and(|v| v.detaching);
         self.record_exclusion(ev, interrupted, detaching);
     }
 
@@ -349,20 +351,18 @@ impl Stats {
     fn on_detach_exit(&mut self, ev: &Event) {
         if self.wait_source == WaitSource::WriteLockExit
             && ev.probe() == ProbeId::VmaMarkDetached
-            && ev.has(flags::PAIRED)
-            && ev.entry_refcnt > 1
+            && ev.entry_refcnt_read().is_some_and(|r| r > 1)
         {
             self.record_exclusion(ev, false, true);
         }
     }
 
     fn record_exclusion(&mut self, ev: &Event, interrupted: bool, detaching: bool) {
-        let paired = ev.has(flags::PAIRED);
         self.interrupted += u64::from(interrupted);
         self.detach_exclusions += u64::from(detaching);
         // Without the entry we do not know how long it waited: count the exclusion, keep
         // the wait out of the histogram (an unmatched return is a counted kernel-side loss).
-        let wait = paired.then_some(ev.wait_ns);
+        let wait = ev.waited_ns();
         if let Some(w) = wait {
             self.exclusion.record(w);
             if detaching {

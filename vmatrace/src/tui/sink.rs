@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmatrace_common::Event;
-use vmatrace_common::event::flags;
 
 use super::state::AppState;
 use crate::pipeline::{CounterSnapshot, Sink, Totals};
@@ -63,8 +62,10 @@ impl Sink for DashboardSink {
                 live.stats.observe(ev);
             }
             // The waits the statistics rank, per process and second.
-            if ev.kind == live.stats.wait_source().kind() as u16 && ev.has(flags::PAIRED) {
-                live.timelines.record(ev.tgid(), ev.ts_ns, ev.wait_ns);
+            if ev.kind == live.stats.wait_source().kind() as u16
+                && let Some(wait) = ev.waited_ns()
+            {
+                live.timelines.record(ev.tgid(), ev.ts_ns, wait);
             }
         }
         if let Some(t) = events.iter().map(|e| e.ts_ns).max() {

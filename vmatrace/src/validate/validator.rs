@@ -186,7 +186,7 @@ impl Sample {
         Some(Self {
             r: ev.refcnt,
             l: ev.vm_lock_seq,
-            s: ev.has(flags::MM_SEQ).then_some(ev.mm_lock_seq),
+            s: ev.mm_seq(),
         })
     }
 
@@ -470,7 +470,7 @@ impl Validator {
                 "event writer_wake not expected in state excluding: the stream ended with the \
                  excluder still waiting after tid {}'s rcuwait_wake_up ({}), vm_refcnt = {}",
                 w.tid(),
-                if w.has(flags::RET) && w.ret == 0 {
+                if w.returned() == Some(0) {
                     "nobody was registered"
                 } else {
                     "a task was registered"
@@ -668,11 +668,11 @@ impl Validator {
 
     fn on_exclude_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         self.check_no_exclusion_yet(ev, sample, "start-exclude entry", out);
-        let ves = ev.has(flags::VES);
+        let ves = ev.ves();
         let excl = Exclusion {
             tid: ev.tid(),
-            detaching: ves.then_some(ev.ves_detaching != 0),
-            state: if ves { ev.ves_state } else { 0 },
+            detaching: ves.map(|v| v.detaching),
+            state: ves.map_or(0, |v| v.state),
             exclusive_ts: None,
         };
         let Some((t, counts)) = self.track(ev, sample) else {
@@ -686,12 +686,11 @@ impl Validator {
     }
 
     fn on_exclude_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
-        let ves = ev.has(flags::VES);
         let result = match ret_of(ev) {
             Some(ret) => ExcludeResult::decode(
                 self.generation,
                 ret,
-                ves.then_some((ev.ves_detached != 0, ev.ves_exclusive != 0)),
+                ev.ves().map(|v| (v.detached, v.exclusive)),
             ),
             None => ExcludeResult::Unknown,
         };
@@ -701,15 +700,14 @@ impl Validator {
             .get(&ev.vma)
             .and_then(VmaTrack::excl)
             .filter(|x| x.tid == tid);
-        let detaching = if ves {
-            Some(ev.ves_detaching != 0)
-        } else {
-            mine.and_then(|x| x.detaching)
+        let ves = ev.ves();
+        let detaching = match ves {
+            Some(v) => Some(v.detaching),
+            None => mine.and_then(|x| x.detaching),
         };
-        let state = if ves && ev.ves_state != 0 {
-            ev.ves_state
-        } else {
-            mine.map_or(0, |x| x.state)
+        let state = match ves {
+            Some(v) if v.state != 0 => v.state,
+            _ => mine.map_or(0, |x| x.state),
         };
         let stuck = self.stuck(ev.vma);
         match (result, sample) {
@@ -1286,7 +1284,7 @@ fn call_key(tid: u32, kind: EventKind) -> u64 {
 
 /// The return value, when the probe read one (`flags::RET`).
 fn ret_of(ev: &Event) -> Option<i64> {
-    ev.has(flags::RET).then_some(ev.ret)
+    ev.returned()
 }
 
 /// `IS_ERR_VALUE`: the top 4095 values are errnos, not pointers.

@@ -199,6 +199,7 @@ fn render_events(
 /// write-locked) keeps every digit; the kernel function name goes first when narrow.
 fn event_columns(offending: &Event, g: Generation) -> Vec<Column<'_, Event>> {
     let or_dash = |ok: bool, s: String| Value::from(if ok { s } else { "-".into() });
+    let dash = || Value::from("-");
     vec![
         Column::number("Δt", 9, move |ev: &Event| {
             Value::from(signed_ns(ev.ts_ns as i128 - offending.ts_ns as i128))
@@ -214,19 +215,21 @@ fn event_columns(offending: &Event, g: Generation) -> Vec<Column<'_, Event>> {
             or_dash(ev.has(flags::VMA_FIELDS), fmt::refcnt(ev.refcnt, g))
         }),
         Column::number("entry", 6, move |ev: &Event| {
-            or_dash(ev.has(flags::PAIRED), fmt::refcnt(ev.entry_refcnt, g))
+            ev.entry_refcnt_read()
+                .map_or_else(dash, |r| Value::from(fmt::refcnt(r, g)))
         }),
-        Column::number("L/S seq", 9, move |ev: &Event| {
-            or_dash(
-                ev.has(flags::VMA_FIELDS) && ev.has(flags::MM_SEQ),
-                format!("{}/{}", ev.vm_lock_seq as i32, ev.mm_lock_seq as i32),
-            )
+        Column::number("L/S seq", 9, move |ev: &Event| match ev.mm_seq() {
+            Some(s) if ev.has(flags::VMA_FIELDS) => {
+                Value::from(format!("{}/{}", ev.vm_lock_seq as i32, s as i32))
+            }
+            _ => dash(),
         }),
         Column::number("ret", 5, move |ev: &Event| {
-            or_dash(ev.has(flags::RET), ret_str(ev.ret))
+            ev.returned().map_or_else(dash, |r| Value::from(ret_str(r)))
         }),
         Column::number("wait", 7, move |ev: &Event| {
-            or_dash(ev.has(flags::PAIRED), fmt::ns(ev.wait_ns))
+            ev.waited_ns()
+                .map_or_else(dash, |w| Value::from(fmt::ns(w)))
         }),
     ]
 }
