@@ -441,7 +441,12 @@ mod tests {
         e.ves_state = 2;
         e.ves_detaching = 1;
         assert_eq!(
-            (e.returned(), e.mm_seq(), e.waited_ns(), e.entry_refcnt_read()),
+            (
+                e.returned(),
+                e.mm_seq(),
+                e.waited_ns(),
+                e.entry_refcnt_read()
+            ),
             (None, None, None, None)
         );
         assert_eq!(e.ves(), None);
