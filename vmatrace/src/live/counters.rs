@@ -4,9 +4,11 @@
 //! hits their links missed: `link_misses`) as `Counter::EntryRunsSkipped` /
 //! `Counter::ReturnRunsSkipped` / `Counter::SingleRunsSkipped`.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    sync::Mutex,
+};
 
 use vmatrace_common::{Counter, counters::COUNTER_SLOTS, event::ReaderFallbacks};
 
@@ -17,8 +19,8 @@ use crate::{
 };
 
 /// Sum per-CPU values; saturating, so a wrapped counter never panics.
-pub fn sum_per_cpu(values: &[u64]) -> u64 {
-    values.iter().fold(0u64, |a, v| a.saturating_add(*v))
+pub fn sum_per_cpu(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0u64, u64::saturating_add)
 }
 
 /// A loaded program whose skipped runs are read from `/proc/self/fdinfo/<fd>`. The fd
@@ -149,9 +151,9 @@ fn account(
     let mut freed = Vec::new();
     for (i, slot) in taken {
         if *checked.entry(slot.tgid).or_insert_with(|| alive(slot.tgid)) {
-            add(&mut live, slot);
+            add(&mut live, slot.tgid, slot.count, slot.comm);
         } else {
-            add(gone, slot);
+            add(gone, slot.tgid, slot.count, slot.comm);
             freed.push(*i);
         }
     }
@@ -163,26 +165,21 @@ fn account(
         }
     }
     for f in gone.values() {
-        let slot = ReaderFallbacks {
-            tgid: f.tgid,
-            pad: 0,
-            count: f.count,
-            comm: f.comm,
-        };
-        add(&mut live, &slot);
+        add(&mut live, f.tgid, f.count, f.comm);
     }
     (live.into_values().collect(), freed)
 }
 
-fn add(into: &mut BTreeMap<u32, ProcessFallbacks>, slot: &ReaderFallbacks) {
-    let e = into.entry(slot.tgid).or_insert(ProcessFallbacks {
-        tgid: slot.tgid,
+/// `count` more fallbacks of `tgid`; the first non-empty comm names the process.
+fn add(into: &mut BTreeMap<u32, ProcessFallbacks>, tgid: u32, count: u64, comm: [u8; 16]) {
+    let e = into.entry(tgid).or_insert(ProcessFallbacks {
+        tgid,
         count: 0,
-        comm: slot.comm,
+        comm,
     });
-    e.count = e.count.saturating_add(slot.count);
+    e.count = e.count.saturating_add(count);
     if e.comm[0] == 0 {
-        e.comm = slot.comm;
+        e.comm = comm;
     }
 }
 
@@ -194,13 +191,7 @@ fn process_exists(tgid: u32) -> bool {
 fn kernel_counters(map: &MappedArray<u64>) -> Vec<u64> {
     let slots = COUNTER_SLOTS as usize;
     (0..slots)
-        .map(|c| {
-            let per_cpu: Vec<u64> = (c..map.len())
-                .step_by(slots)
-                .filter_map(|i| map.get(i))
-                .collect();
-            sum_per_cpu(&per_cpu)
-        })
+        .map(|c| sum_per_cpu((c..map.len()).step_by(slots).filter_map(|i| map.get(i))))
         .collect()
 }
 
@@ -294,9 +285,9 @@ mod tests {
 
     #[test]
     fn sums_saturate() {
-        assert_eq!(sum_per_cpu(&[1, 2, 3]), 6);
-        assert_eq!(sum_per_cpu(&[]), 0);
-        assert_eq!(sum_per_cpu(&[u64::MAX, 5]), u64::MAX);
+        assert_eq!(sum_per_cpu([1, 2, 3]), 6);
+        assert_eq!(sum_per_cpu([]), 0);
+        assert_eq!(sum_per_cpu([u64::MAX, 5]), u64::MAX);
     }
 
     #[test]

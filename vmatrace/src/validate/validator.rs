@@ -563,7 +563,7 @@ impl Validator {
     fn on_write_lock_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         let stuck = self.stuck(ev.vma);
         // `__vma_start_write` is void before 6.19: returning is success.
-        let ret = match ret_of(ev) {
+        let ret = match ev.returned() {
             None if !self.generation.profile().writer_takes_state => Some(0),
             r => r,
         };
@@ -686,7 +686,7 @@ impl Validator {
     }
 
     fn on_exclude_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
-        let result = match ret_of(ev) {
+        let result = match ev.returned() {
             Some(ret) => ExcludeResult::decode(
                 self.generation,
                 ret,
@@ -873,7 +873,7 @@ impl Validator {
 
     fn on_reader_acquire(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         // `lock_next_vma` may return ERR_PTR(-EINTR / -EAGAIN): no reference held.
-        let success = ret_of(ev).is_some_and(|r| r != 0 && !is_err_value(r));
+        let success = ev.returned().is_some_and(|r| r != 0 && !is_err_value(r));
         if success && let Some(s) = sample {
             if s.write_locked() == Some(true) && s.l != VM_LOCK_SEQ_INIT {
                 let state = self.state_of(ev.vma);
@@ -1280,11 +1280,6 @@ fn call_key(tid: u32, kind: EventKind) -> u64 {
         _ => 2,
     };
     (u64::from(tid) << 2) | family
-}
-
-/// The return value, when the probe read one (`flags::RET`).
-fn ret_of(ev: &Event) -> Option<i64> {
-    ev.returned()
 }
 
 /// `IS_ERR_VALUE`: the top 4095 values are errnos, not pointers.

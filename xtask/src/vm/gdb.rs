@@ -6,6 +6,7 @@
 //! read-modify-write of guest memory is atomic for the guest.
 
 use std::{
+    collections::VecDeque,
     io::{Read, Write},
     net::TcpStream,
     time::{Duration, Instant},
@@ -23,7 +24,8 @@ pub mod reg {
 
 pub struct Gdb {
     stream: TcpStream,
-    buf: Vec<u8>,
+    /// Bytes read but not consumed yet.
+    buf: VecDeque<u8>,
 }
 
 /// Where the guest stopped: the vCPU (gdb thread id, 1-based) and its registers.
@@ -105,7 +107,7 @@ impl Gdb {
                     stream.set_nodelay(true)?;
                     return Ok(Gdb {
                         stream,
-                        buf: Vec::new(),
+                        buf: VecDeque::new(),
                     });
                 }
                 Err(e) if t0.elapsed() > within => {
@@ -126,7 +128,7 @@ impl Gdb {
                 b'-' => continue,
                 other => {
                     // Not an ack: keep it for the reply reader.
-                    self.buf.insert(0, other);
+                    self.buf.push_front(other);
                     return Ok(());
                 }
             }
@@ -135,8 +137,8 @@ impl Gdb {
     }
 
     fn read_byte(&mut self, timeout: Duration) -> anyhow::Result<u8> {
-        if !self.buf.is_empty() {
-            return Ok(self.buf.remove(0));
+        if let Some(b) = self.buf.pop_front() {
+            return Ok(b);
         }
         self.stream.set_read_timeout(Some(timeout))?;
         let mut b = [0u8; 4096];
@@ -147,7 +149,7 @@ impl Gdb {
         if n == 0 {
             bail!("the gdbstub closed the connection (QEMU exited?)");
         }
-        self.buf.extend_from_slice(&b[1..n]);
+        self.buf.extend(&b[1..n]);
         Ok(b[0])
     }
 
