@@ -113,12 +113,35 @@ fn simulate_stops_cleanly_on_every_signal() {
         std::thread::sleep(Duration::from_millis(700));
         signal(&child, sig);
         let out = child.wait_with_output().expect("wait");
-        assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
         let s = summary(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}\nanomalies: {}, simulator checks: {}",
+            stderr(&out),
+            s["anomalies"],
+            s["sim_checks"]
+        );
         assert_eq!(s["stop_reason"], name);
         assert!(s["events_total"].as_u64().unwrap_or(0) > 0, "{s}");
         assert!(s["elapsed_s"].as_f64().unwrap_or(99.0) < 30.0, "{s}");
     }
+}
+
+/// `vmatrace … | head`: the reader of the summary went away. Ended as by SIGPIPE, not
+/// reported as an internal error.
+#[test]
+fn a_closed_stdout_is_not_a_bug() {
+    let mut child = bin()
+        .args(["simulate", "--threads", "2", "--ops", "2000", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("internal error"), "{}", stderr(&out));
 }
 
 /// A followed stream that never starts (a VM still booting): a signal ends it with a

@@ -38,6 +38,9 @@ pub const EXIT_USAGE: u8 = 2;
 /// `cargo xtask run` relies on it to fall back to a VM.
 pub const EXIT_CANNOT_ATTACH: u8 = 3;
 pub const EXIT_BAD_TRACE: u8 = 4;
+/// What a shell reports for a process killed by SIGPIPE (128 + 13): the reader of our
+/// standard output went away (`vmatrace … | head`).
+pub const EXIT_STDOUT_CLOSED: i32 = 141;
 
 impl Failure {
     pub fn code(&self) -> u8 {
@@ -97,10 +100,27 @@ static PANICKED: AtomicBool = AtomicBool::new(false);
 pub fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        // Rust ignores SIGPIPE, so `print!` to a closed pipe panics. Not a bug: end as
+        // a program killed by SIGPIPE would, without a report (files were closed before
+        // the summary is printed).
+        if stdout_closed(info) {
+            std::process::exit(EXIT_STDOUT_CLOSED);
+        }
         PANICKED.store(true, Ordering::SeqCst);
         eprintln!("vmatrace: internal error (a bug; please report it):");
         default(info);
     }));
+}
+
+/// Whether a panic is `print!`'s failure on a standard output whose reader has gone.
+fn stdout_closed(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let msg = info
+        .payload()
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| info.payload().downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
 }
 
 /// Whether any thread of this process panicked.
