@@ -44,6 +44,17 @@ pub struct Profile {
     /// `vma_mark_detached` is inline and only its slow path,
     /// `__vma_exclude_readers_for_detach`, is a function.
     pub every_detach_hookable: bool,
+    /// The wait for readers is in the hookable start-exclude function (7.0+), so its
+    /// calls are the excluders a reader's wake-up is for; before, the wait is inlined
+    /// into `__vma_start_write` and the detach (6.19: into the notrace
+    /// `__vma_enter_locked`), whose calls are.
+    pub waits_in_start_exclude: bool,
+    /// `/proc/PID/maps` readers take per-VMA read locks through `lock_next_vma`
+    /// (6.19+ as simulated; 6.15–6.18 read maps under the mmap lock).
+    pub maps_reader_takes_vma_locks: bool,
+    /// Short name (`--generation`, JSON) and the long label of this generation.
+    pub key: &'static str,
+    pub label: &'static str,
 }
 
 /// One row per generation, in [`Generation::ALL`] order.
@@ -57,6 +68,10 @@ const PROFILES: [Profile; 3] = [
         exclude_state_struct: false,
         exclude_returns_excluded: false,
         every_detach_hookable: true,
+        waits_in_start_exclude: false,
+        maps_reader_takes_vma_locks: false,
+        key: "6.15",
+        label: "6.15-6.18 (vm_refcnt, VMA_LOCK_OFFSET)",
     },
     // 6.19
     Profile {
@@ -67,6 +82,10 @@ const PROFILES: [Profile; 3] = [
         exclude_state_struct: false,
         exclude_returns_excluded: true,
         every_detach_hookable: true,
+        waits_in_start_exclude: false,
+        maps_reader_takes_vma_locks: true,
+        key: "6.19",
+        label: "6.19 (killable __vma_enter_locked)",
     },
     // 7.0+
     Profile {
@@ -77,6 +96,10 @@ const PROFILES: [Profile; 3] = [
         exclude_state_struct: true,
         exclude_returns_excluded: false,
         every_detach_hookable: false,
+        waits_in_start_exclude: true,
+        maps_reader_takes_vma_locks: true,
+        key: "7.0",
+        label: "7.0+ (vma_exclude_readers_state)",
     },
 ];
 
@@ -114,18 +137,22 @@ impl Generation {
     }
 
     pub const fn label(self) -> &'static str {
-        match self {
-            Generation::V6_15 => "6.15-6.18 (vm_refcnt, VMA_LOCK_OFFSET)",
-            Generation::V6_19 => "6.19 (killable __vma_enter_locked)",
-            Generation::V7_0 => "7.0+ (vma_exclude_readers_state)",
-        }
+        self.profile().label
     }
 
     pub const fn key(self) -> &'static str {
-        match self {
-            Generation::V6_15 => "6.15",
-            Generation::V6_19 => "6.19",
-            Generation::V7_0 => "7.0",
+        self.profile().key
+    }
+
+    /// The generation a kernel of this version would have, for choosing a simulated
+    /// one from `--generation 6.17` (a real kernel's generation comes from BTF and
+    /// symbols, never from its version).
+    pub fn of_version(major: u32, minor: u32) -> Option<Self> {
+        match (major, minor) {
+            (6, 15..=18) => Some(Generation::V6_15),
+            (6, 19) => Some(Generation::V6_19),
+            (m, _) if m >= 7 => Some(Generation::V7_0),
+            _ => None,
         }
     }
 }
@@ -158,6 +185,17 @@ mod tests {
         assert!(!p(Generation::V7_0).every_detach_hookable);
         for g in Generation::ALL {
             assert_eq!(g.has_killable_writers(), g.profile().writer_takes_state);
+            assert!(g.label().starts_with(g.key()), "{g:?}");
+            assert_eq!(
+                Generation::ALL
+                    .iter()
+                    .filter(|o| o.key() == g.key())
+                    .count(),
+                1
+            );
         }
+        assert!(p(Generation::V7_0).waits_in_start_exclude);
+        assert!(!p(Generation::V6_19).waits_in_start_exclude);
+        assert!(!p(Generation::V6_15).maps_reader_takes_vma_locks);
     }
 }

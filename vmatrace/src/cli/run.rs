@@ -537,6 +537,7 @@ fn stream(
     let started = Instant::now();
     let stop_cpu = Arc::new(Mutex::new(None::<f64>));
     let stats_handle = session.stats_handle();
+    let generation = pipeline.validator.generation();
     let (pipeline, error) = rt.block_on(async {
         let (tx, rx) = mpsc::channel(256);
         let stop_fut = {
@@ -572,7 +573,7 @@ fn stream(
         // The pipeline task panicked (the panic hook made the exit status 1): summarise
         // an empty pipeline rather than nothing.
         eprintln!("vmatrace: the pipeline task failed: {e}");
-        Pipeline::new(vmatrace_common::model::Generation::V7_0)
+        Pipeline::new(generation)
     });
     Streamed {
         pipeline,

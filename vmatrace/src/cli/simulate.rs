@@ -251,14 +251,9 @@ pub fn parse_generation(s: &str) -> Result<Generation, String> {
     let mut parts = s.trim().split('.');
     let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    match (major, minor) {
-        (6, 15..=18) => Ok(Generation::V6_15),
-        (6, 19) => Ok(Generation::V6_19),
-        (m, _) if m >= 7 => Ok(Generation::V7_0),
-        _ => Err(format!(
-            "no per-VMA refcount generation for `{s}` (6.15 or later: 6.15, 6.19, 7.0)"
-        )),
-    }
+    Generation::of_version(major, minor).ok_or_else(|| {
+        format!("no per-VMA refcount generation for `{s}` (6.15 or later: 6.15, 6.19, 7.0)")
+    })
 }
 
 #[cfg(test)]

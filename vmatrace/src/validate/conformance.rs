@@ -383,12 +383,13 @@ fn read_at(r: &Run, reads: Reads) -> (usize, usize, usize) {
 /// program)` world indices: start-exclude on 7.x, `__vma_start_write` and the detach
 /// before (their wait is inlined there). A call that never returns stays in flight.
 fn excluder_calls(g: Generation, runs: &[Run], reads: Reads) -> Vec<(usize, usize)> {
-    let pairs: &[(EventKind, EventKind)] = match g {
-        Generation::V7_0 => &[(EventKind::ExcludeEnter, EventKind::ExcludeExit)],
-        _ => &[
+    let pairs: &[(EventKind, EventKind)] = if g.profile().waits_in_start_exclude {
+        &[(EventKind::ExcludeEnter, EventKind::ExcludeExit)]
+    } else {
+        &[
             (EventKind::WriteLockEnter, EventKind::WriteLockExit),
             (EventKind::DetachEnter, EventKind::DetachExit),
-        ],
+        ]
     };
     let mut out = Vec::new();
     for (i, r) in runs.iter().enumerate() {
@@ -463,17 +464,9 @@ fn runs(g: Generation, x: &Execution) -> Vec<Run> {
             .map_or(0, |&j| j + 1);
         (prev, i)
     };
-    let v7 = g == Generation::V7_0;
-    let excl_probe = match g {
-        Generation::V7_0 => Some(ProbeId::VmaStartExcludeReaders),
-        Generation::V6_19 => Some(ProbeId::VmaEnterLocked),
-        Generation::V6_15 => None,
-    };
-    let detach_probe = if v7 {
-        ProbeId::VmaExcludeReadersForDetach
-    } else {
-        ProbeId::VmaMarkDetached
-    };
+    let profile = g.profile();
+    let excl_probe = profile.start_exclude;
+    let detach_probe = profile.detach_probe;
     let mut out = Vec::new();
     let mut push = |task: usize,
                     (lo, hi): (usize, usize),
@@ -580,9 +573,10 @@ fn runs(g: Generation, x: &Execution) -> Vec<Run> {
             }
             // ----- __vma_start_write
             (Pc::StartWrite, Op::StartWrite { already: false }) => {
-                let arg = match g {
-                    Generation::V6_15 => u64::from(w.mm_lock_seq),
-                    _ => u64::from(write_state),
+                let arg = if profile.writer_takes_state {
+                    u64::from(write_state)
+                } else {
+                    u64::from(w.mm_lock_seq)
                 };
                 // 7.x: no entry program; the entry is start-exclude's, its first callee.
                 push(
@@ -628,7 +622,7 @@ fn runs(g: Generation, x: &Execution) -> Vec<Run> {
                     } else {
                         write_state
                     };
-                    let ret = if v7 { 0 } else { 1 };
+                    let ret = i64::from(profile.exclude_returns_excluded);
                     let ves = Some((detaching, state, false, true));
                     push(t, after(t, i), EventKind::ExcludeExit, p, Some(ret), 0, ves);
                 }
@@ -664,7 +658,7 @@ fn runs(g: Generation, x: &Execution) -> Vec<Run> {
                 },
             ) => {
                 // Void before 6.19: no return value.
-                let ret = (g != Generation::V6_15).then_some(0);
+                let ret = profile.writer_takes_state.then_some(0);
                 push(
                     t,
                     after(t, i),
@@ -686,7 +680,7 @@ fn runs(g: Generation, x: &Execution) -> Vec<Run> {
             ),
             // ----- vma_mark_detached (6.x) / its slow path (7.x)
             (Pc::DetachDec, Op::DetachDec { zero }) => {
-                if v7 {
+                if !profile.every_detach_hookable {
                     if !zero {
                         push(
                             t,

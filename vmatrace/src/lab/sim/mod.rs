@@ -312,9 +312,12 @@ fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) 
         } else {
             Duration::from_millis(500)
         },
-        writer_wait_offset: match g {
-            Generation::V6_15 => 0xf0,
-            Generation::V6_19 | Generation::V7_0 => 0x1c8,
+        // Where the writer sleeps in its function, for the simulated slow-wait stacks:
+        // `__vma_start_write` itself, or the out-of-line start-exclude it calls.
+        writer_wait_offset: if g.profile().start_exclude.is_some() {
+            0x1c8
+        } else {
+            0xf0
         },
     }
 }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
-use vmatrace_common::model::Generation;
 use vmatrace_common::model::generation::{TASK_KILLABLE, TASK_UNINTERRUPTIBLE};
 
 use super::checks::SimChecks;
@@ -138,7 +137,7 @@ pub fn run_task(
         } else if r < MPROTECT_PERMILLE + MUNMAP_PERMILLE + FORK_PERMILLE {
             fork(k, t, mm, &mut st);
         } else if r < MPROTECT_PERMILLE + MUNMAP_PERMILLE + FORK_PERMILLE + MAPS_PERMILLE
-            && k.generation != Generation::V6_15
+            && k.generation.profile().maps_reader_takes_vma_locks
         {
             read_maps(k, t, mm, &mut st);
         } else {
