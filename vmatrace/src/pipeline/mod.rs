@@ -141,8 +141,8 @@ impl Pipeline {
     fn validate_and_deliver(&mut self, evs: &[Event]) {
         for ev in evs {
             self.totals.count_event(ev);
-            self.validator.observe(ev, &mut self.scratch);
         }
+        self.validator.observe_batch(evs, &mut self.scratch);
         for s in &mut self.sinks {
             s.events(evs);
         }

@@ -868,6 +868,37 @@ proptest! {
             prop_assert!(!a.evidence.is_empty());
         }
     }
+
+    /// The pipeline's batched path (lookups ahead) decides exactly as one event at a
+    /// time, whatever the stream (random ones give plenty of anomalies).
+    #[test]
+    fn a_batch_is_judged_as_its_events_one_by_one(
+        events in prop::collection::vec(arb_event(), 0..200),
+        gen_idx in 0usize..3,
+        split in any::<prop::sample::Index>(),
+    ) {
+        let g = Generation::ALL[gen_idx];
+        let events: Vec<Event> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut e)| {
+                e.ts_ns = i as u64;
+                e
+            })
+            .collect();
+        let one_by_one = run(g, &events);
+        let mut v = Validator::new(g);
+        let mut batched = Vec::new();
+        let (a, b) = events.split_at(split.index(events.len() + 1));
+        v.observe_batch(a, &mut batched);
+        v.observe_batch(b, &mut batched);
+        prop_assert_eq!(batched.len(), one_by_one.len());
+        for (x, y) in batched.iter().zip(&one_by_one) {
+            prop_assert_eq!(x.kind, y.kind);
+            prop_assert_eq!(&x.observed, &y.observed);
+            prop_assert_eq!(x.event.ts_ns, y.event.ts_ns);
+        }
+    }
 }
 
 #[test]
