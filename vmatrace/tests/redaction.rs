@@ -131,6 +131,7 @@ fn anomaly_lines(header: &TraceHeader, evs: &[Event], dir: &Path) -> String {
         let a = Anomaly {
             kind: AnomalyKind::FreeWhileReferenced,
             severity: Severity::Error,
+            rule: "free_unreferenced",
             event: *chunk.last().expect("non-empty chunk"),
             state: "s".into(),
             expected: "e".into(),
@@ -276,6 +277,7 @@ fn raw_addresses_show_the_5_level_pointers() {
     let a = Anomaly {
         kind: AnomalyKind::FreeWhileReferenced,
         severity: Severity::Error,
+        rule: "free_unreferenced",
         event: evs[0],
         state: "s".into(),
         expected: "e".into(),

@@ -392,6 +392,7 @@ impl AnomalyLogSink {
         }
         m.insert("vma".into(), vma);
         m.insert("event_kind".into(), json!(kind_key(e)));
+        m.insert("rule".into(), json!(a.rule));
         m.insert("state".into(), json!(a.state));
         m.insert("expected".into(), json!(a.expected));
         m.insert("observed".into(), json!(a.observed));

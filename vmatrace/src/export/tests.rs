@@ -41,6 +41,7 @@ fn anomaly() -> Anomaly {
     Anomaly {
         kind: AnomalyKind::ReaderWhileWriteLocked,
         severity: Severity::Error,
+        rule: "reader_not_write_locked",
         event: ev,
         state: "write-locked".into(),
         expected: "reader acquire fails".into(),

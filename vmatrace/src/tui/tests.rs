@@ -168,6 +168,7 @@ fn anomaly(ts_ms: u64, kind: AnomalyKind, sev: Severity, tgid: u32, name: &str) 
     Anomaly {
         kind,
         severity: sev,
+        rule: "exclude_reaches_target",
         event: offending,
         state: "excluding (F set by this task)".into(),
         expected: "vm_refcnt == F+1 when start-exclude returns with readers excluded".into(),

@@ -113,6 +113,8 @@ impl AnomalyKind {
 pub struct Anomaly {
     pub kind: AnomalyKind,
     pub severity: Severity,
+    /// The rule it breaks (`validate::rules`, docs/anomaly-kinds.md, "Rules").
+    pub rule: &'static str,
     /// The offending event.
     pub event: Event,
     /// The model's state of this VMA before the event (human-readable, stable wording).
@@ -136,7 +138,7 @@ mod tests {
         let doc = include_str!("../../../docs/anomaly-kinds.md");
         let rows: Vec<(String, String)> = doc
             .lines()
-            .take_while(|l| !l.starts_with("## Tolerated"))
+            .take_while(|l| !l.starts_with("## Rules"))
             .filter_map(|l| {
                 let mut cells = l.strip_prefix("| `")?.split(" | ");
                 let key = cells.next()?.strip_suffix('`')?.to_string();

@@ -34,7 +34,7 @@ use vmatrace_common::{
     },
 };
 
-use super::{Anomaly, AnomalyKind, Validator};
+use super::{Anomaly, AnomalyKind, Validator, rules::Rule};
 
 const VMA: u64 = 0xffff_8880_0bad_1000;
 const MM: u64 = 0xffff_8880_0bad_2000;
@@ -803,7 +803,15 @@ fn every_merge(
 
 /// Replay one delivery order through a fresh validator (a finite stream: it ends).
 pub fn replay(g: Generation, order: &[Event]) -> Vec<Anomaly> {
+    replay_without(g, order, None)
+}
+
+/// ... with one row of the rule table switched off.
+fn replay_without(g: Generation, order: &[Event], off: Option<&'static Rule>) -> Vec<Anomaly> {
     let mut v = Validator::with_limits(g, 64, 256);
+    if let Some(rule) = off {
+        v = v.without_rule(rule);
+    }
     let mut out = Vec::new();
     for ev in order {
         v.observe(ev, &mut out);
@@ -862,6 +870,12 @@ const ENTRIES: [Entries; 2] = [Entries::Streamed, Entries::Folded];
 
 /// Check generation `g`: the correct model, then each bug.
 pub fn check(g: Generation, budget: Budget) -> Conformance {
+    check_without(g, budget, None)
+}
+
+/// [`check`] with one row of the validator's rule table switched off (`off`): what
+/// breaking that row costs (`vmatrace model --check --without-rule NAME`).
+pub fn check_without(g: Generation, budget: Budget, off: Option<&'static Rule>) -> Conformance {
     let mut c = Conformance::default();
     for (name, roles) in scenarios(g) {
         let cfg = Config {
@@ -879,7 +893,7 @@ pub fn check(g: Generation, budget: Budget) -> Conformance {
                         let per_task = project(g, x, reads, entries);
                         for order in deliveries(&per_task, c.executions_replayed, budget.orders) {
                             c.delivery_orders += 1;
-                            let found = replay(g, &order);
+                            let found = replay_without(g, &order, off);
                             if !found.is_empty() {
                                 c.false_anomalies += 1;
                                 for a in &found {
@@ -900,7 +914,7 @@ pub fn check(g: Generation, budget: Budget) -> Conformance {
     let reference = reference(g, budget);
     c.states = states(g);
     for bug in Bug::ALL {
-        let r = check_bug(g, bug, budget, &reference, &mut c);
+        let r = check_bug(g, bug, budget, &reference, off, &mut c);
         c.bugs.insert(bug.key(), r);
     }
     c
@@ -1024,6 +1038,7 @@ fn check_bug(
     bug: Bug,
     budget: Budget,
     reference: &std::collections::HashSet<u64>,
+    off: Option<&'static Rule>,
     c: &mut Conformance,
 ) -> BugResult {
     let kinds = documented_kinds(bug);
@@ -1063,7 +1078,10 @@ fn check_bug(
                         if reads != Reads::Early {
                             r.skewed_projections += 1;
                             let order: Vec<Event> = deliveries(&per_task, 1, 1).remove(0);
-                            if replay(g, &order).iter().any(|a| kinds.contains(&a.kind)) {
+                            if replay_without(g, &order, off)
+                                .iter()
+                                .any(|a| kinds.contains(&a.kind))
+                            {
                                 r.skewed_detected += 1;
                             }
                             continue;
@@ -1071,7 +1089,7 @@ fn check_bug(
                         visible = true;
                         for order in deliveries(&per_task, r.executions + 1, budget.orders) {
                             c.delivery_orders += 1;
-                            let found = replay(g, &order);
+                            let found = replay_without(g, &order, off);
                             if !found.iter().any(|a| kinds.contains(&a.kind)) {
                                 every = false;
                                 if r.missed.is_none() {
@@ -1189,6 +1207,35 @@ mod tests {
                     r.missed.as_deref().unwrap_or("")
                 );
             }
+        }
+    }
+
+    /// Breaking a row of the rule table breaks the proof: the bug a row is there for
+    /// goes unreported in executions it was reported in. (In the model's finite runs a
+    /// put that never wakes is caught at the stream's end, by the excluder still
+    /// waiting; the same-task rule is what catches it in an endless live stream.)
+    #[test]
+    fn switching_off_a_rule_row_fails_the_check() {
+        use crate::validate::rules;
+        let g = Generation::V7_0;
+        let with = check(g, Budget::QUICK);
+        for (rule, bug) in [
+            (&rules::EXCLUDER_WAIT_ENDS, Bug::PutNeverWakes),
+            (&rules::READER_OUTSIDE_EXCLUSION, Bug::ReaderIgnoresFlag),
+        ] {
+            let before = &with.bugs[bug.key()];
+            assert!(before.detected > 0, "{}", bug.key());
+            let without = check_without(g, Budget::QUICK, Some(rule));
+            let after = &without.bugs[bug.key()];
+            assert!(
+                after.detected < before.detected,
+                "{} still detected in {} of {} executions without {}",
+                bug.key(),
+                after.detected,
+                after.executions,
+                rule.name
+            );
+            assert!(!without.ok());
         }
     }
 

@@ -6,6 +6,7 @@ pub mod conformance;
 mod evidence;
 pub(crate) mod hash;
 pub mod phase;
+pub mod rules;
 pub mod validator;
 
 pub use anomaly::{Anomaly, AnomalyKind, Severity};

@@ -12,7 +12,10 @@ use vmatrace_common::{
     },
 };
 
-use super::{Anomaly, AnomalyKind, Validator};
+use super::{
+    Anomaly, AnomalyKind, Validator,
+    rules::{self, Rule},
+};
 
 const VMA: u64 = 0xffff_8880_0123_4000;
 const VMA2: u64 = 0xffff_8880_0123_40c0;
@@ -119,7 +122,39 @@ fn ves(e: &mut Event, detaching: bool, detached: bool, exclusive: bool) {
 }
 
 fn run(generation: Generation, events: &[Event]) -> Vec<Anomaly> {
+    let out = run_without(generation, events, None);
+    // Every report comes from a row of the rule table, and that row is what makes it:
+    // switched off, its reports go (and nothing else needs to stand in for it).
+    let mut fired: Vec<&'static str> = out.iter().map(|a| a.rule).collect();
+    fired.sort_unstable();
+    fired.dedup();
+    for name in fired {
+        let rule = rules::by_name(name).expect("a row of the table");
+        assert_eq!(
+            out.iter()
+                .find(|a| a.rule == name)
+                .map(|a| (a.kind, a.expected.as_str())),
+            Some((rule.kind, rule.expected)),
+            "{name}: kind and expected come from the row"
+        );
+        let without = run_without(generation, events, Some(rule));
+        assert!(
+            without.iter().all(|a| a.rule != name),
+            "{name} still reported with its row switched off"
+        );
+    }
+    out
+}
+
+fn run_without(
+    generation: Generation,
+    events: &[Event],
+    off: Option<&'static Rule>,
+) -> Vec<Anomaly> {
     let mut v = Validator::new(generation);
+    if let Some(rule) = off {
+        v = v.without_rule(rule);
+    }
     let mut out = Vec::new();
     for e in events {
         v.observe(e, &mut out);

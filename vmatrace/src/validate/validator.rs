@@ -49,10 +49,11 @@ use vmatrace_common::{
 };
 
 use super::{
-    Anomaly, AnomalyKind,
+    Anomaly,
     evidence::Recent,
     hash::{AddrMap, TidMap},
     phase::Phase,
+    rules::{self, Rule},
 };
 
 /// Default cap on tracked VMAs (a busy host has a few hundred thousand live VMAs).
@@ -226,13 +227,14 @@ pub struct Validator {
     counts: [u64; Phase::ALL.len()],
     max_vmas: usize,
     evicted: u64,
+    /// A rule switched off ([`Validator::without_rule`]).
+    off: Option<&'static str>,
 }
 
 /// Everything an anomaly needs besides the evidence.
 struct Finding {
-    kind: AnomalyKind,
+    rule: &'static Rule,
     state: String,
-    expected: String,
     observed: String,
 }
 
@@ -265,7 +267,16 @@ impl Validator {
             counts: [0; Phase::ALL.len()],
             max_vmas: max_vmas.max(4),
             evicted: 0,
+            off: None,
         }
+    }
+
+    /// The same validator with one row of the rule table switched off: what the
+    /// conformance check and the tests use to show that a rule is needed (breaking a
+    /// row makes them fail).
+    pub fn without_rule(mut self, rule: &'static Rule) -> Self {
+        self.off = Some(rule.name);
+        self
     }
 
     pub fn generation(&self) -> Generation {
@@ -392,13 +403,12 @@ impl Validator {
         let Some(last) = evidence.last().copied() else {
             return;
         };
-        out.push(Anomaly {
-            kind: AnomalyKind::LostWakeup,
-            severity: AnomalyKind::LostWakeup.severity(),
-            event: last,
-            state: self.state_of(vma),
-            expected: "an excluder's wait for readers ends once they leave".into(),
-            observed: format!(
+        self.push(
+            out,
+            &rules::EXCLUDER_WAIT_ENDS,
+            last,
+            self.state_of(vma),
+            format!(
                 "the stream ended with {} still waiting for readers to leave (last vm_refcnt \
                  seen = {})",
                 if tid == 0 {
@@ -409,7 +419,7 @@ impl Validator {
                 refcnt::describe(last.refcnt)
             ),
             evidence,
-        });
+        );
     }
 
     /// Whether a writer-path return on `vma` happened strictly between `from` and `to`.
@@ -458,15 +468,12 @@ impl Validator {
         if evidence.is_empty() {
             evidence.push(*w);
         }
-        out.push(Anomaly {
-            kind: AnomalyKind::LostWakeup,
-            severity: AnomalyKind::LostWakeup.severity(),
-            event: *w,
+        self.push(
+            out,
+            &rules::WOKEN_EXCLUDER_RETURNS,
+            *w,
             state,
-            expected: "the excluder returns after rcuwait_wake_up (it re-checks its \
-                       condition once woken)"
-                .into(),
-            observed: format!(
+            format!(
                 "event writer_wake not expected in state excluding: the stream ended with the \
                  excluder still waiting after tid {}'s rcuwait_wake_up ({}), vm_refcnt = {}",
                 w.tid(),
@@ -478,7 +485,7 @@ impl Validator {
                 refcnt::describe(w.refcnt)
             ),
             evidence,
-        });
+        );
     }
 
     /// Check a batch of events in stream order, as [`Validator::observe`] one by one.
@@ -542,9 +549,8 @@ impl Validator {
                     out,
                     ev,
                     Finding {
-                        kind: AnomalyKind::RefcountOutOfRange,
+                        rule: &rules::REFCOUNT_IN_RANGE,
                         state,
-                        expected: "vm_refcnt < 2F (at most one exclusion at a time)".into(),
                         observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
                     },
                 );
@@ -570,7 +576,7 @@ impl Validator {
     // ----- per kind -------------------------------------------------------------------
 
     fn on_write_lock_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
-        self.check_no_exclusion_yet(ev, sample, "__vma_start_write entry", out);
+        self.check_no_exclusion_yet(ev, sample, out);
         // 6.15–6.18 pass the mm sequence, not a task state.
         let state = if self.generation.profile().writer_takes_state {
             ev.arg as u32
@@ -597,23 +603,20 @@ impl Validator {
             && !stuck
         {
             // Success or -EINTR, the flag is gone by the return either way.
-            self.report_flag_stuck(ev, s, "__vma_start_write return", out);
+            self.report_flag_stuck(ev, s, &rules::WRITE_LOCK_ENDS_EXCLUSION, out);
         }
         if ret == Some(0) {
             if let Some(s) = sample {
                 if refcnt::flag_set(s.r) && !refcnt::out_of_range(s.r) && !stuck {
-                    self.report_flag_stuck(ev, s, "__vma_start_write return", out);
+                    self.report_flag_stuck(ev, s, &rules::WRITE_LOCK_ENDS_EXCLUSION, out);
                 } else if s.write_locked() == Some(false) {
                     let state = self.state_of(ev.vma);
                     self.emit(
                         out,
                         ev,
                         Finding {
-                            kind: AnomalyKind::WriteLockNotTaken,
+                            rule: &rules::WRITE_LOCK_TAKEN,
                             state,
-                            expected: "vm_lock_seq == mm_lock_seq after __vma_start_write \
-                                       returned 0"
-                                .into(),
                             observed: format!(
                                 "vm_lock_seq = {}, mm_lock_seq = {}",
                                 s.l,
@@ -636,11 +639,8 @@ impl Validator {
                     out,
                     ev,
                     Finding {
-                        kind: AnomalyKind::UnexpectedEintr,
+                        rule: &rules::WRITE_LOCK_EINTR_ONLY_KILLABLE,
                         state,
-                        expected: "-EINTR only from vma_start_write_killable (TASK_KILLABLE, \
-                                   6.19+)"
-                            .into(),
                         observed: "__vma_start_write returned -EINTR".into(),
                     },
                 );
@@ -650,7 +650,7 @@ impl Validator {
                 && !refcnt::out_of_range(s.r)
                 && !stuck
             {
-                self.report_flag_stuck(ev, s, "__vma_start_write return (-EINTR)", out);
+                self.report_flag_stuck(ev, s, &rules::WRITE_LOCK_ENDS_EXCLUSION, out);
             }
         }
         let success = ret == Some(0);
@@ -690,7 +690,7 @@ impl Validator {
     }
 
     fn on_exclude_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
-        self.check_no_exclusion_yet(ev, sample, "start-exclude entry", out);
+        self.check_no_exclusion_yet(ev, sample, out);
         let ves = ev.ves();
         let excl = Exclusion {
             tid: ev.tid(),
@@ -740,21 +740,21 @@ impl Validator {
                     None => s.r == F || s.r == F + 1,
                 };
                 if !ok {
-                    let expected = match detaching {
-                        Some(true) => "vm_refcnt == F exactly (detach: readers excluded)",
-                        Some(false) => "vm_refcnt == F+1 exactly (write: readers excluded)",
-                        None => "vm_refcnt == F+1 (write) or F (detach) exactly",
+                    let target = match detaching {
+                        Some(true) => "F (detach)",
+                        Some(false) => "F+1 (write)",
+                        None => "F+1 (write) or F (detach)",
                     };
                     let st = self.state_of(ev.vma);
                     self.emit(
                         out,
                         ev,
                         Finding {
-                            kind: AnomalyKind::ExcludeTargetMismatch,
+                            rule: &rules::EXCLUDE_REACHES_TARGET,
                             state: st,
-                            expected: expected.into(),
                             observed: format!(
-                                "start-exclude returned exclusive with vm_refcnt = {}",
+                                "start-exclude returned exclusive with vm_refcnt = {}, target \
+                                 {target}",
                                 refcnt::describe(s.r)
                             ),
                         },
@@ -769,9 +769,8 @@ impl Validator {
                     out,
                     ev,
                     Finding {
-                        kind: AnomalyKind::ExcludeTargetMismatch,
+                        rule: &rules::EXCLUDE_DETACHED_AT_ZERO,
                         state: st,
-                        expected: "vm_refcnt == 0 when start-exclude reports detached".into(),
                         observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
                     },
                 );
@@ -786,11 +785,8 @@ impl Validator {
                         out,
                         ev,
                         Finding {
-                            kind: AnomalyKind::UnexpectedEintr,
+                            rule: &rules::EXCLUDE_EINTR_ONLY_KILLABLE,
                             state: st,
-                            expected: "-EINTR only from a TASK_KILLABLE write-lock wait \
-                                       (6.19+), never from a detach"
-                                .into(),
                             observed: format!(
                                 "start-exclude returned -EINTR (state {state:#x}, detaching \
                                  {detaching:?})"
@@ -803,7 +799,7 @@ impl Validator {
                     && !refcnt::out_of_range(s.r)
                     && !stuck
                 {
-                    self.report_flag_stuck(ev, s, "start-exclude return (-EINTR)", out);
+                    self.report_flag_stuck(ev, s, &rules::INTERRUPTED_EXCLUDE_ENDS_EXCLUSION, out);
                 }
             }
             _ => {}
@@ -850,7 +846,7 @@ impl Validator {
     }
 
     fn on_detach_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
-        self.check_no_exclusion_yet(ev, sample, "detach entry", out);
+        self.check_no_exclusion_yet(ev, sample, out);
         let _ = self.track(ev, sample);
     }
 
@@ -861,16 +857,15 @@ impl Validator {
             && !stuck
         {
             if refcnt::flag_set(s.r) {
-                self.report_flag_stuck(ev, s, "detach return", out);
+                self.report_flag_stuck(ev, s, &rules::DETACH_ENDS_EXCLUSION, out);
             } else if s.r != 0 {
                 let state = self.state_of(ev.vma);
                 self.emit(
                     out,
                     ev,
                     Finding {
-                        kind: AnomalyKind::DetachNotZero,
+                        rule: &rules::DETACH_AT_ZERO,
                         state,
-                        expected: "vm_refcnt == 0 when the detach returns".into(),
                         observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
                     },
                 );
@@ -904,10 +899,8 @@ impl Validator {
                     out,
                     ev,
                     Finding {
-                        kind: AnomalyKind::ReaderWhileWriteLocked,
+                        rule: &rules::READER_NOT_WRITE_LOCKED,
                         state,
-                        expected: "lock_vma_under_rcu fails while vm_lock_seq == mm_lock_seq"
-                            .into(),
                         observed: format!(
                             "reader got the VMA with vm_lock_seq = mm_lock_seq = {}",
                             s.l
@@ -922,11 +915,8 @@ impl Validator {
                     out,
                     ev,
                     Finding {
-                        kind: AnomalyKind::ReaderWithoutReference,
+                        rule: &rules::READER_HOLDS_REFERENCE,
                         state,
-                        expected: "vm_refcnt includes the reader's reference (2..F-1, or \
-                                   above F if an excluder raced in)"
-                            .into(),
                         observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
                     },
                 );
@@ -977,9 +967,8 @@ impl Validator {
                 out,
                 ev,
                 Finding {
-                    kind: AnomalyKind::ReaderWithoutReference,
+                    rule: &rules::PUT_HOLDS_REFERENCE,
                     state,
-                    expected: "vma_refcount_put on a count that holds a read reference".into(),
                     observed: format!("put with vm_refcnt = {}", refcnt::describe(s.r)),
                 },
             );
@@ -1069,9 +1058,8 @@ impl Validator {
                 out,
                 ev,
                 Finding {
-                    kind: AnomalyKind::FreeWhileReferenced,
+                    rule: &rules::FREE_UNREFERENCED,
                     state,
-                    expected: "vm_refcnt == 0 at vm_area_free".into(),
                     observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
                 },
             );
@@ -1089,7 +1077,6 @@ impl Validator {
         &mut self,
         ev: &Event,
         sample: Option<Sample>,
-        at: &str,
         out: &mut Vec<Anomaly>,
     ) {
         let Some(s) = sample else { return };
@@ -1099,24 +1086,28 @@ impl Validator {
                 out,
                 ev,
                 Finding {
-                    kind: AnomalyKind::ConcurrentExclusion,
+                    rule: &rules::ONE_EXCLUDER,
                     state,
-                    expected: format!("flag clear at {at} (mmap_lock admits one excluder per mm)"),
                     observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
                 },
             );
         }
     }
 
-    fn report_flag_stuck(&mut self, ev: &Event, s: Sample, at: &str, out: &mut Vec<Anomaly>) {
+    fn report_flag_stuck(
+        &mut self,
+        ev: &Event,
+        s: Sample,
+        rule: &'static Rule,
+        out: &mut Vec<Anomaly>,
+    ) {
         let state = self.state_of(ev.vma);
         self.emit(
             out,
             ev,
             Finding {
-                kind: AnomalyKind::ExclusionNotEnded,
+                rule,
                 state,
-                expected: format!("exclusion flag removed by {at}"),
                 observed: format!("vm_refcnt = {}", refcnt::describe(s.r)),
             },
         );
@@ -1170,19 +1161,22 @@ impl Validator {
             ),
             None => format!("the stream ended without tid {}'s rcuwait_wake_up", r.tid()),
         };
-        out.push(Anomaly {
-            kind: AnomalyKind::LostWakeup,
-            severity: AnomalyKind::LostWakeup.severity(),
-            event: *r,
+        let rule = if next.is_some() {
+            &rules::PUT_WAKES_EXCLUDER
+        } else {
+            &rules::OWED_WAKE_BY_THE_END
+        };
+        self.push(
+            out,
+            rule,
+            *r,
             state,
-            expected: format!(
-                "rcuwait_wake_up by tid {} after its put left vm_refcnt = {}",
-                r.tid(),
+            format!(
+                "{observed} (its put left vm_refcnt = {})",
                 refcnt::describe(r.refcnt.wrapping_sub(1))
             ),
-            observed,
             evidence,
-        });
+        );
     }
 
     fn report_suspects(
@@ -1201,6 +1195,9 @@ impl Validator {
     // ----- bookkeeping -------------------------------------------------------------------
 
     fn emit(&self, out: &mut Vec<Anomaly>, ev: &Event, f: Finding) {
+        if self.is_off(f.rule) {
+            return;
+        }
         let mm = self.vmas.get(&ev.vma).map_or(ev.mm, |t| t.mm);
         let mut evidence = self.recent.of_vma_until(ev.vma, mm, Some(ev));
         if evidence.last() != Some(ev) {
@@ -1208,8 +1205,9 @@ impl Validator {
         }
         let label = ev.kind().map_or("unknown", EventKind::key);
         out.push(Anomaly {
-            kind: f.kind,
-            severity: f.kind.severity(),
+            kind: f.rule.kind,
+            severity: f.rule.kind.severity(),
+            rule: f.rule.name,
             event: *ev,
             observed: format!(
                 "event {label} ({}) not expected in state {}: {}",
@@ -1218,9 +1216,39 @@ impl Validator {
                 f.observed
             ),
             state: f.state,
-            expected: f.expected,
+            expected: f.rule.expected.to_string(),
             evidence,
         });
+    }
+
+    /// Report a violation of `rule` found outside a per-event handler (stream end,
+    /// same-task settlement), with its own evidence.
+    fn push(
+        &self,
+        out: &mut Vec<Anomaly>,
+        rule: &'static Rule,
+        event: Event,
+        state: String,
+        observed: String,
+        evidence: Vec<Event>,
+    ) {
+        if self.is_off(rule) {
+            return;
+        }
+        out.push(Anomaly {
+            kind: rule.kind,
+            severity: rule.kind.severity(),
+            rule: rule.name,
+            event,
+            state,
+            expected: rule.expected.to_string(),
+            observed,
+            evidence,
+        });
+    }
+
+    fn is_off(&self, rule: &Rule) -> bool {
+        self.off == Some(rule.name)
     }
 
     fn state_of(&self, vma: u64) -> String {
@@ -1350,14 +1378,11 @@ fn close_exclusion(t: &mut VmaTrack, tid: u32, ts: u64) -> Vec<(Event, u64, u64)
 
 fn reader_excluded_finding(state: String, from: u64, to: u64) -> Finding {
     Finding {
-        kind: AnomalyKind::ReaderWhileExcluded,
+        rule: &rules::READER_OUTSIDE_EXCLUSION,
         state,
-        expected: format!(
-            "no reader holds the VMA between readers excluded (ts {from}) and the end of \
-             the exclusion (ts {to})"
+        observed: format!(
+            "a reader held the VMA with the exclusion flag set inside the window from \
+             readers excluded (ts {from}) to the end of the exclusion (ts {to})"
         ),
-        observed: "lock_vma_under_rcu returned the VMA with the exclusion flag set inside \
-                   that window"
-            .into(),
     }
 }
