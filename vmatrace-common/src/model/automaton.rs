@@ -47,11 +47,63 @@ pub struct Automaton {
     pub worlds: usize,
 }
 
+/// The abstract states of one VMA's lock: what `vm_refcnt` and the seqs say, with
+/// whether an exclusion is for a write or a detach. The validator tracks a coarser
+/// phase of each (`Phase::of_model` in the daemon).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VmaState {
+    Detached,
+    Attached,
+    ReadLocked,
+    WriteLocked,
+    WriteLockedEphemeralReaders,
+    WriteWaiting,
+    WriteExcluded,
+    DetachWaiting,
+    DetachExcluded,
+    OutOfRange,
+}
+
+impl VmaState {
+    pub const ALL: [VmaState; 10] = [
+        VmaState::Detached,
+        VmaState::Attached,
+        VmaState::ReadLocked,
+        VmaState::WriteLocked,
+        VmaState::WriteLockedEphemeralReaders,
+        VmaState::WriteWaiting,
+        VmaState::WriteExcluded,
+        VmaState::DetachWaiting,
+        VmaState::DetachExcluded,
+        VmaState::OutOfRange,
+    ];
+
+    /// The label the automaton's DOT and JSON use.
+    pub const fn label(self) -> &'static str {
+        match self {
+            VmaState::Detached => "detached (0)",
+            VmaState::Attached => "attached (1)",
+            VmaState::ReadLocked => "read-locked (1+n)",
+            VmaState::WriteLocked => "write-locked (1)",
+            VmaState::WriteLockedEphemeralReaders => "write-locked + ephemeral readers (1+n)",
+            VmaState::WriteWaiting => "write: waiting for readers (F+1+n)",
+            VmaState::WriteExcluded => "write: readers excluded (F+1)",
+            VmaState::DetachWaiting => "detach: waiting for readers (F+n)",
+            VmaState::DetachExcluded => "detach: readers excluded (F)",
+            VmaState::OutOfRange => "out of range (>= 2F)",
+        }
+    }
+
+    pub fn of_label(label: &str) -> Option<VmaState> {
+        VmaState::ALL.into_iter().find(|s| s.label() == label)
+    }
+}
+
 /// The abstract state of the VMA in a world.
-pub fn abstract_state(w: &World) -> &'static str {
+pub fn vma_state(w: &World) -> VmaState {
     let r = w.vm_refcnt;
     if refcnt::out_of_range(r) {
-        return "out of range (>= 2F)";
+        return VmaState::OutOfRange;
     }
     if refcnt::flag_set(r) {
         let detaching = w.tasks.iter().any(|t| {
@@ -64,19 +116,24 @@ pub fn abstract_state(w: &World) -> &'static str {
             )
         });
         return match (detaching, r) {
-            (true, r) if r == F => "detach: readers excluded (F)",
-            (true, _) => "detach: waiting for readers (F+n)",
-            (false, r) if r == F + 1 => "write: readers excluded (F+1)",
-            (false, _) => "write: waiting for readers (F+1+n)",
+            (true, r) if r == F => VmaState::DetachExcluded,
+            (true, _) => VmaState::DetachWaiting,
+            (false, r) if r == F + 1 => VmaState::WriteExcluded,
+            (false, _) => VmaState::WriteWaiting,
         };
     }
     match (r, w.write_locked()) {
-        (0, _) => "detached (0)",
-        (1, false) => "attached (1)",
-        (1, true) => "write-locked (1)",
-        (_, false) => "read-locked (1+n)",
-        (_, true) => "write-locked + ephemeral readers (1+n)",
+        (0, _) => VmaState::Detached,
+        (1, false) => VmaState::Attached,
+        (1, true) => VmaState::WriteLocked,
+        (_, false) => VmaState::ReadLocked,
+        (_, true) => VmaState::WriteLockedEphemeralReaders,
     }
+}
+
+/// The abstract state's label.
+pub fn abstract_state(w: &World) -> &'static str {
+    vma_state(w).label()
 }
 
 /// Build the automaton for `generation` by exhaustive exploration.
