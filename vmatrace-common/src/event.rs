@@ -407,6 +407,13 @@ impl Event {
         Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
     }
 
+    /// A whole record (what the ring buffer and the trace file hold).
+    pub fn from_array(bytes: &[u8; EVENT_SIZE]) -> Self {
+        // SAFETY: exactly EVENT_SIZE bytes; `Event` is `repr(C)` made only of integers,
+        // so every bit pattern is a valid value; `read_unaligned` has no alignment demand.
+        unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) }
+    }
+
     /// The record's bytes, as the kernel wrote them.
     pub fn as_bytes(&self) -> &[u8; EVENT_SIZE] {
         // SAFETY: `Event` has no padding (asserted by `const _` below) and is

@@ -420,10 +420,10 @@ impl TraceReader {
                         format!("events record of {len} bytes is not a multiple of {EVENT_SIZE}"),
                     ));
                 }
-                let events = payload
-                    .chunks_exact(EVENT_SIZE)
-                    .filter_map(Event::from_bytes)
-                    .collect();
+                // Whole records only (checked above): an exact-size collect, one
+                // allocation per record.
+                let (records, _) = payload.as_chunks::<EVENT_SIZE>();
+                let events = records.iter().map(Event::from_array).collect();
                 Record::Events { mono_ns, events }
             }
             RecordTag::Counters => {

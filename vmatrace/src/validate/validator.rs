@@ -196,6 +196,13 @@ impl Sample {
     }
 }
 
+/// A writer-path call entered and not yet returned: on which VMA, by which task.
+#[derive(Clone, Copy, Debug)]
+struct OpenCall {
+    vma: u64,
+    tid: u32,
+}
+
 /// An owed `rcuwait_wake_up`: the put that left readers excluded.
 struct PendingWake {
     release: Event,
@@ -220,7 +227,7 @@ pub struct Validator {
     /// Wake-ups streamed to an excluder whose return has not been seen since.
     unanswered: Vec<Event>,
     /// Writer-path calls entered and not yet returned, by task and function family.
-    open_calls: AddrMap<Event>,
+    open_calls: AddrMap<OpenCall>,
     /// [`Validator::finish`] judged the stream's end already.
     ended: bool,
     recent: Recent,
@@ -364,8 +371,8 @@ impl Validator {
         let mut waiting: Vec<(u64, u32)> = self
             .open_calls
             .values()
-            .filter(|e| e.vma != 0 && !reported.contains(&e.vma))
-            .map(|e| (e.vma, e.tid()))
+            .filter(|c| c.vma != 0 && !reported.contains(&c.vma))
+            .map(|c| (c.vma, c.tid))
             .collect();
         waiting.sort_unstable();
         waiting.dedup_by_key(|(vma, _)| *vma);
@@ -523,7 +530,13 @@ impl Validator {
             EventKind::WriteLockEnter | EventKind::ExcludeEnter | EventKind::DetachEnter
                 if self.open_calls.len() < MAX_PENDING_WAKES =>
             {
-                self.open_calls.insert(call_key(ev.tid(), kind), *ev);
+                self.open_calls.insert(
+                    call_key(ev.tid(), kind),
+                    OpenCall {
+                        vma: ev.vma,
+                        tid: ev.tid(),
+                    },
+                );
             }
             EventKind::WriteLockExit | EventKind::ExcludeExit | EventKind::DetachExit => {
                 self.open_calls.remove(&call_key(ev.tid(), kind));
