@@ -2,7 +2,8 @@
 //! model of the per-VMA lock.
 //!
 //! Everything here is `#![no_std]` so the eBPF crate can use it; userspace enables the
-//! `user` feature for `aya::Pod` impls and `std` for formatting helpers.
+//! `user` feature for `aya::Pod` impls, `std` for formatting helpers and `serde` for the
+//! serde forms of the types the trace header and the probe plan store.
 #![no_std]
 
 #[cfg(feature = "std")]
@@ -12,6 +13,8 @@ pub mod counters;
 pub mod event;
 pub mod globals;
 pub mod model;
+#[cfg(feature = "serde")]
+mod serde_forms;
 
 pub use counters::Counter;
 pub use event::{Event, EventKind};

@@ -14,7 +14,6 @@ pub mod live;
 pub mod logging;
 pub mod mapping;
 pub mod pipeline;
-pub mod serde_compat;
 pub mod stats;
 pub mod testing;
 pub mod trace;

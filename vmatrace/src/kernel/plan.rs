@@ -36,7 +36,6 @@ impl AttachMode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachPoint {
     /// What kernel function (or tracepoint) this is.
-    #[serde(with = "crate::serde_compat::probe_id")]
     pub probe: ProbeId,
     /// The exact name to attach to: a kallsyms/BTF function name (possibly with a
     /// `.isra.N`/`.constprop.N` suffix for kprobes) or `category:name` for tracepoints.
@@ -193,10 +192,8 @@ impl std::fmt::Display for AttachChoice {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbePlan {
     pub kernel: KernelId,
-    #[serde(with = "crate::serde_compat::generation")]
     pub generation: Generation,
     /// Field offsets for the programs (absent fields = `OFFSET_ABSENT`).
-    #[serde(with = "crate::serde_compat::offsets")]
     pub offsets: Offsets,
     pub points: Vec<AttachPoint>,
     /// Which mechanism was tried first per function, and why.

@@ -166,10 +166,8 @@ pub struct TraceHeader {
     pub host: String,
     /// `uname -r` of the traced kernel.
     pub kernel_release: String,
-    #[serde(with = "crate::serde_compat::generation")]
     pub generation: Generation,
     /// Field offsets the programs used (also in `plan`, kept here for plan-less traces).
-    #[serde(with = "crate::serde_compat::offsets")]
     pub offsets: Offsets,
     pub clock: ClockBase,
     #[serde(default)]

@@ -745,3 +745,54 @@ fn fallback_records_roundtrip_and_bad_lengths_are_errors() {
         "{e}"
     );
 }
+
+/// The shared types' serde forms (`vmatrace-common`, feature `serde`) as the header
+/// stores them.
+mod serde_forms {
+    use vmatrace_common::{OFFSET_ABSENT, Offsets, event::ProbeId, model::Generation};
+
+    /// One list names the fields (`Offsets::FIELDS`): every field round-trips under its
+    /// name, absent ones as `null`, and a trace from before a field existed reads it as
+    /// absent.
+    #[test]
+    fn offsets_round_trip_by_name() {
+        let mut o = Offsets::ABSENT;
+        for (i, (name, _)) in Offsets::FIELDS.iter().enumerate() {
+            if i % 3 != 0 {
+                assert!(o.set(name, i as u32 * 8), "{name}");
+            }
+        }
+        assert!(!o.set("no_such_field", 1));
+        let json = serde_json::to_value(o).unwrap();
+        let map = json.as_object().unwrap();
+        assert_eq!(map.len(), Offsets::FIELDS.len());
+        assert!(map["vma_vm_start"].is_null());
+        assert_eq!(map["vma_vm_end"], 8);
+        let back: Offsets = serde_json::from_value(json).unwrap();
+        assert_eq!(back, o);
+        let old: Offsets =
+            serde_json::from_str(r#"{"vma_vm_start": 0, "vma_vm_refcnt": 128}"#).unwrap();
+        assert_eq!(old.vma_vm_refcnt, 128);
+        assert_eq!(old.pt_regs_syscall, OFFSET_ABSENT);
+        // Names are unique.
+        let mut names: Vec<_> = Offsets::FIELDS.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Offsets::FIELDS.len());
+    }
+
+    #[test]
+    fn generations_and_probes_by_name() {
+        for g in Generation::ALL {
+            let json = serde_json::to_value(g).unwrap();
+            assert_eq!(json, g.key());
+            assert_eq!(serde_json::from_value::<Generation>(json).unwrap(), *g);
+        }
+        assert!(serde_json::from_str::<Generation>("\"5.4\"").is_err());
+        let p = ProbeId::VmaStartWrite;
+        let json = serde_json::to_value(p).unwrap();
+        assert_eq!(json, p.kernel_name());
+        assert_eq!(serde_json::from_value::<ProbeId>(json).unwrap(), p);
+        assert!(serde_json::from_str::<ProbeId>("\"no_such_function\"").is_err());
+    }
+}
