@@ -414,6 +414,66 @@ impl Event {
         unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) }
     }
 
+    /// An event built by hand (tests, benchmarks, the simulator): `kind` from `probe`,
+    /// every other field zero; the `with_*` methods fill the rest and set the flags
+    /// that say the fields were read, as a program does.
+    pub const fn new(kind: EventKind, probe: ProbeId) -> Self {
+        let mut e = Self::ZERO;
+        e.kind = kind as u16;
+        e.probe = probe as u8;
+        e
+    }
+
+    pub const fn at(mut self, ts_ns: u64) -> Self {
+        self.ts_ns = ts_ns;
+        self
+    }
+
+    /// The task: `tgid` (the process) and `tid`.
+    pub const fn with_task(mut self, tgid: u32, tid: u32) -> Self {
+        self.pid_tgid = ((tgid as u64) << 32) | tid as u64;
+        self
+    }
+
+    /// `comm`, cut to 15 bytes as the kernel's is.
+    pub fn with_comm(mut self, name: &str) -> Self {
+        self.comm = [0; 16];
+        let n = name.len().min(15);
+        self.comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+        self
+    }
+
+    /// The VMA, its mm and its user range (`vm_start..vm_end`).
+    pub const fn with_vma(mut self, vma: u64, mm: u64, vm_start: u64, vm_end: u64) -> Self {
+        self.vma = vma;
+        self.mm = mm;
+        self.vm_start = vm_start;
+        self.vm_end = vm_end;
+        self
+    }
+
+    /// A sample: `vm_refcnt`, `vm_lock_seq` and the mm's `mm_lock_seq` (sets
+    /// `VMA_FIELDS` and `MM_SEQ`).
+    pub const fn with_sample(mut self, refcnt: u32, vm_lock_seq: u32, mm_lock_seq: u32) -> Self {
+        self.refcnt = refcnt;
+        self.vm_lock_seq = vm_lock_seq;
+        self.mm_lock_seq = mm_lock_seq;
+        self.flags |= flags::VMA_FIELDS | flags::MM_SEQ;
+        self
+    }
+
+    /// The return value (sets `RET`).
+    pub const fn with_ret(mut self, ret: i64) -> Self {
+        self.ret = ret;
+        self.flags |= flags::RET;
+        self
+    }
+
+    pub const fn with_arg(mut self, arg: u64) -> Self {
+        self.arg = arg;
+        self
+    }
+
     /// The record's bytes, as the kernel wrote them.
     pub fn as_bytes(&self) -> &[u8; EVENT_SIZE] {
         // SAFETY: `Event` has no padding (asserted by `const _` below) and is

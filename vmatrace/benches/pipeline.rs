@@ -59,18 +59,14 @@ impl Gen {
     /// One event with the fields every probe fills; the caller adjusts the rest.
     fn ev(&mut self, kind: EventKind, probe: ProbeId, tid: u32, mm: u64, vma: u64) -> &mut Event {
         self.ts += 37;
-        let mut e = Event::ZERO;
-        e.ts_ns = self.ts;
-        e.pid_tgid = (u64::from(tid) << 32) | u64::from(tid);
-        e.kind = kind as u16;
-        e.probe = probe as u8;
-        e.vma = vma;
-        e.mm = MM_BASE + mm * 0x400;
-        e.vm_start = 0x7f00_0000_0000 + (vma - VMA_BASE) / 192 * 0x1000;
-        e.vm_end = e.vm_start + 0x1000;
-        e.mm_lock_seq = self.seqs[mm as usize];
-        e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::RET;
-        e.comm[..6].copy_from_slice(b"stress");
+        let start = 0x7f00_0000_0000 + (vma - VMA_BASE) / 192 * 0x1000;
+        let e = Event::new(kind, probe)
+            .at(self.ts)
+            .with_task(tid, tid)
+            .with_vma(vma, MM_BASE + mm * 0x400, start, start + 0x1000)
+            .with_sample(0, 0, self.seqs[mm as usize])
+            .with_ret(0)
+            .with_comm("stress");
         self.out.push(e);
         self.out.last_mut().expect("just pushed")
     }

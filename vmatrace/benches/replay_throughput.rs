@@ -14,21 +14,22 @@ use vmatrace::{
     pipeline::{CounterSnapshot, Pipeline, SourceItem},
     trace::{ClockBase, Record, TraceHeader, TraceReader, TraceWriter},
 };
-use vmatrace_common::{Counter, Event, EventKind, event::flags, model::Generation};
+use vmatrace_common::{
+    Counter, Event, EventKind,
+    event::{ProbeId, flags},
+    model::Generation,
+};
 
 const F: u32 = 1 << 30;
 
 fn base(vma: u64, mm: u64, ts: u64, tid: u32) -> Event {
-    let mut e = Event::ZERO;
-    e.ts_ns = ts;
-    e.pid_tgid = (u64::from(tid) << 32) | u64::from(tid);
-    e.vma = vma;
-    e.mm = mm;
-    e.vm_start = 0x7f00_0000_0000 + (vma & 0xffff) * 0x1000;
-    e.vm_end = e.vm_start + 0x1000;
-    e.flags = flags::VMA_FIELDS | flags::MM_SEQ;
-    e.comm[..6].copy_from_slice(b"stress");
-    e
+    let start = 0x7f00_0000_0000 + (vma & 0xffff) * 0x1000;
+    Event::new(EventKind::WriteLockEnter, ProbeId::Unknown)
+        .at(ts)
+        .with_task(tid, tid)
+        .with_vma(vma, mm, start, start + 0x1000)
+        .with_sample(0, 0, 0)
+        .with_comm("stress")
 }
 
 /// One write-lock slow path on a VMA with a plausible 7.x refcount story.

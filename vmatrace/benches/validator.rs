@@ -78,18 +78,12 @@ impl Gen {
         ret: i64,
     ) -> &mut Event {
         self.ts += 37;
-        let mut e = Event::ZERO;
-        e.ts_ns = self.ts;
-        e.pid_tgid = (u64::from(tid) << 32) | u64::from(tid);
-        e.kind = kind as u16;
-        e.probe = probe as u8;
-        e.vma = vma;
-        e.mm = Self::mm(mm);
-        e.refcnt = r;
-        e.vm_lock_seq = l;
-        e.mm_lock_seq = self.seqs[mm as usize];
-        e.ret = ret;
-        e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::RET;
+        let e = Event::new(kind, probe)
+            .at(self.ts)
+            .with_task(tid, tid)
+            .with_vma(vma, Self::mm(mm), 0, 0)
+            .with_sample(r, l, self.seqs[mm as usize])
+            .with_ret(ret);
         self.out.push(e);
         self.out.last_mut().expect("just pushed")
     }

@@ -3,7 +3,11 @@
 use std::{fs, os::unix::fs::PermissionsExt};
 
 use serde_json::Value;
-use vmatrace_common::{Event, EventKind, event::flags, model::Generation};
+use vmatrace_common::{
+    Event, EventKind,
+    event::{ProbeId, flags},
+    model::Generation,
+};
 
 use super::*;
 use crate::{
@@ -16,23 +20,15 @@ const VMA: u64 = 0xffff_8881_0abc_de00;
 const MM: u64 = 0xffff_8881_0fed_c000;
 
 fn event(kind: EventKind, ts: u64) -> Event {
-    let mut e = Event::ZERO;
-    e.ts_ns = ts;
-    e.kind = kind as u16;
-    e.probe = 6;
-    e.pid_tgid = (1234 << 32) | 1240;
-    e.vma = VMA;
-    e.mm = MM;
-    e.vm_start = 0x7f00_0000_0000;
-    e.vm_end = 0x7f00_0000_4000;
-    e.refcnt = 0x4000_0001;
-    e.vm_lock_seq = 7;
-    e.mm_lock_seq = 7;
-    e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::RET;
-    e.ret = VMA as i64;
-    e.arg = 0x7f00_0000_1000;
+    let mut e = Event::new(kind, ProbeId::LockVmaUnderRcu)
+        .at(ts)
+        .with_task(1234, 1240)
+        .with_vma(VMA, MM, 0x7f00_0000_0000, 0x7f00_0000_4000)
+        .with_sample(0x4000_0001, 7, 7)
+        .with_ret(VMA as i64)
+        .with_arg(0x7f00_0000_1000)
+        .with_comm("stress");
     e.cpu = 1;
-    e.comm[..6].copy_from_slice(b"stress");
     e
 }
 

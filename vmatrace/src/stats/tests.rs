@@ -12,16 +12,12 @@ fn comm(s: &str) -> [u8; 16] {
 }
 
 fn ev(kind: EventKind, tgid: u32, vma: u64) -> Event {
-    let mut e = Event::ZERO;
-    e.kind = kind as u16;
-    e.pid_tgid = (u64::from(tgid) << 32) | u64::from(tgid + 1);
-    e.vma = vma;
-    e.mm = 0xffff_8880_0000_1000;
-    e.vm_start = 0x7f00_0000_0000 + vma % 0x1000 * 0x1000;
-    e.vm_end = e.vm_start + 0x1000;
-    e.comm = comm("worker");
-    e.flags = flags::VMA_FIELDS | flags::MM_SEQ;
-    e
+    let start = 0x7f00_0000_0000 + vma % 0x1000 * 0x1000;
+    Event::new(kind, ProbeId::Unknown)
+        .with_task(tgid, tgid + 1)
+        .with_vma(vma, 0xffff_8880_0000_1000, start, start + 0x1000)
+        .with_sample(0, 0, 0)
+        .with_comm("worker")
 }
 
 fn exclude_exit(tgid: u32, vma: u64, wait_ns: u64) -> Event {

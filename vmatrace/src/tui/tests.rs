@@ -27,33 +27,26 @@ const T0: u64 = 1_000_000_000_000;
 const WALL_T0: u64 = 1_795_874_580_000_000_000;
 const F: u32 = 1 << 30;
 
-fn comm(s: &str) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[..s.len()].copy_from_slice(s.as_bytes());
-    c
-}
-
 fn ev(kind: EventKind, ts_ms: u64, tgid: u32, name: &str, vma_no: u64) -> Event {
-    let mut e = Event::ZERO;
-    e.ts_ns = T0 + ts_ms * 1_000_000;
-    e.kind = kind as u16;
-    e.pid_tgid = (u64::from(tgid) << 32) | u64::from(tgid + 3);
-    e.vma = 0xffff_8880_0100_0000 + vma_no * 0x100;
-    e.mm = 0xffff_8880_0200_0000 + u64::from(tgid) * 0x1000;
-    e.vm_start = 0x7f3a_0000_0000 + vma_no * 0x20_0000;
+    let start = 0x7f3a_0000_0000 + vma_no * 0x20_0000;
     // Mostly 2M; some 704K, a size whose digits once got cut to "70".
-    e.vm_end = e.vm_start
-        + if vma_no % 3 == 1 {
-            704 * 1024
-        } else {
-            0x20_0000
-        };
-    e.comm = comm(name);
-    e.flags = flags::VMA_FIELDS | flags::MM_SEQ;
+    let size = if vma_no % 3 == 1 {
+        704 * 1024
+    } else {
+        0x20_0000
+    };
+    let mut e = Event::new(kind, ProbeId::Unknown)
+        .at(T0 + ts_ms * 1_000_000)
+        .with_task(tgid, tgid + 3)
+        .with_vma(
+            0xffff_8880_0100_0000 + vma_no * 0x100,
+            0xffff_8880_0200_0000 + u64::from(tgid) * 0x1000,
+            start,
+            start + size,
+        )
+        .with_sample(1, 41, 42)
+        .with_comm(name);
     e.cpu = tgid % 4;
-    e.refcnt = 1;
-    e.vm_lock_seq = 41;
-    e.mm_lock_seq = 42;
     e
 }
 

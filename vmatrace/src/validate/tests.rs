@@ -43,17 +43,12 @@ impl Stream {
 
     fn push(&mut self, kind: EventKind, tid: u32, r: u32, l: u32) -> &mut Event {
         self.ts += 10;
-        let mut e = Event::ZERO;
-        e.ts_ns = self.ts;
-        e.pid_tgid = (u64::from(tid) << 32) | u64::from(tid);
-        e.kind = kind as u16;
-        e.probe = probe_of(kind) as u8;
-        e.vma = VMA;
-        e.mm = MM;
-        e.refcnt = r;
-        e.vm_lock_seq = l;
-        e.mm_lock_seq = self.seq;
-        e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::RET;
+        let e = Event::new(kind, probe_of(kind))
+            .at(self.ts)
+            .with_task(tid, tid)
+            .with_vma(VMA, MM, 0, 0)
+            .with_sample(r, l, self.seq)
+            .with_ret(0);
         self.events.push(e);
         self.events.last_mut().expect("just pushed")
     }
