@@ -4,15 +4,55 @@
 //! expected in state Y"; each row says which events it judges, which anomaly kind it
 //! reports, what the model expects there (the anomaly's `expected`, word for word), and
 //! what the rule needs to decide on a stream whose tasks' events arrive in any order and
-//! whose samples are read one field after another (its [`Basis`]). The validator's code
-//! keeps the per-VMA state and decides *when* a row is violated; *what* is violated,
-//! and how it is reported, is this table. `docs/anomaly-kinds.md` lists the same rows
-//! (a test fails when they differ), and `Validator::without_rule` switches one off to
-//! show that the checks depend on it.
+//! whose samples are read one field after another (its [`Basis`]), and for a sample
+//! rule the predicate on the sample that breaks it (`breaks`). The validator's code
+//! keeps the per-VMA state, decides where a row applies (which return value, whether
+//! the flag is already known stuck) and settles the same-task, window and stream-end
+//! rows; *what* is violated, and how it is reported, is this table.
+//! `docs/anomaly-kinds.md` lists the same rows (a test fails when they differ), and
+//! `Validator::without_rule` switches one off to show that the checks depend on it.
 
-use vmatrace_common::EventKind;
+use vmatrace_common::{
+    Event, EventKind,
+    event::flags,
+    model::refcnt::{self, F, VM_LOCK_SEQ_INIT},
+};
 
 use super::AnomalyKind;
+
+/// What one event's sample says: its fields as the program read them, one after
+/// another (docs/anomaly-kinds.md).
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// `vm_refcnt`
+    pub r: u32,
+    /// `vm_lock_seq`
+    pub l: u32,
+    /// `mm->mm_lock_seq.sequence`, when read.
+    pub s: Option<u32>,
+}
+
+impl Sample {
+    pub fn of(ev: &Event) -> Option<Self> {
+        if ev.vma == 0 || !ev.has(flags::VMA_FIELDS) || ev.has(flags::READ_FAILED) {
+            return None;
+        }
+        Some(Self {
+            r: ev.refcnt,
+            l: ev.vm_lock_seq,
+            s: ev.mm_seq(),
+        })
+    }
+
+    pub fn write_locked(&self) -> Option<bool> {
+        self.s.map(|s| refcnt::is_write_locked(self.l, s))
+    }
+
+    /// The exclusion flag set, in a count that is not out of range.
+    fn flagged(self) -> bool {
+        refcnt::flag_set(self.r) && !refcnt::out_of_range(self.r)
+    }
+}
 
 /// What a rule needs to judge an out-of-order, non-atomic stream
 /// (docs/anomaly-kinds.md, "How the rules stay free of false positives").
@@ -40,7 +80,7 @@ impl Basis {
 }
 
 /// One check of the monitor.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Rule {
     /// Stable name (the anomaly log's `rule`).
     pub name: &'static str,
@@ -50,6 +90,16 @@ pub struct Rule {
     pub basis: Basis,
     /// What the model allows there.
     pub expected: &'static str,
+    /// For a sample rule: whether a sample breaks it (where the row applies: which
+    /// events, and the return value the handler checks first).
+    pub breaks: Option<fn(Sample) -> bool>,
+}
+
+impl Rule {
+    /// Whether `s` breaks this sample rule.
+    pub fn broken_by(&self, s: Sample) -> bool {
+        self.breaks.is_some_and(|f| f(s))
+    }
 }
 
 use AnomalyKind as K;
@@ -62,6 +112,7 @@ pub const REFCOUNT_IN_RANGE: Rule = Rule {
     kind: K::RefcountOutOfRange,
     basis: B::Sample,
     expected: "vm_refcnt < 2F (at most one exclusion at a time)",
+    breaks: Some(|s| refcnt::out_of_range(s.r)),
 };
 pub const ONE_EXCLUDER: Rule = Rule {
     name: "one_excluder",
@@ -70,6 +121,7 @@ pub const ONE_EXCLUDER: Rule = Rule {
     basis: B::Sample,
     expected: "flag clear when a write lock, an exclusion or a detach starts (the mmap write \
                lock admits one excluder per mm)",
+    breaks: Some(|s| s.flagged()),
 };
 pub const WRITE_LOCK_TAKEN: Rule = Rule {
     name: "write_lock_taken",
@@ -77,6 +129,7 @@ pub const WRITE_LOCK_TAKEN: Rule = Rule {
     kind: K::WriteLockNotTaken,
     basis: B::Sample,
     expected: "vm_lock_seq == mm_lock_seq after __vma_start_write returned 0",
+    breaks: Some(|s| s.write_locked() == Some(false)),
 };
 pub const WRITE_LOCK_ENDS_EXCLUSION: Rule = Rule {
     name: "write_lock_ends_exclusion",
@@ -84,6 +137,7 @@ pub const WRITE_LOCK_ENDS_EXCLUSION: Rule = Rule {
     kind: K::ExclusionNotEnded,
     basis: B::Sample,
     expected: "exclusion flag removed by the time __vma_start_write returns (0 or -EINTR)",
+    breaks: Some(|s| s.flagged()),
 };
 pub const WRITE_LOCK_EINTR_ONLY_KILLABLE: Rule = Rule {
     name: "write_lock_eintr_only_killable",
@@ -91,6 +145,7 @@ pub const WRITE_LOCK_EINTR_ONLY_KILLABLE: Rule = Rule {
     kind: K::UnexpectedEintr,
     basis: B::SameTask,
     expected: "-EINTR only from vma_start_write_killable (TASK_KILLABLE, 6.19+)",
+    breaks: None,
 };
 pub const EXCLUDE_REACHES_TARGET: Rule = Rule {
     name: "exclude_reaches_target",
@@ -99,6 +154,7 @@ pub const EXCLUDE_REACHES_TARGET: Rule = Rule {
     basis: B::Sample,
     expected: "vm_refcnt == F+1 (write) or F (detach) exactly when start-exclude returns \
                with readers excluded",
+    breaks: None,
 };
 pub const EXCLUDE_DETACHED_AT_ZERO: Rule = Rule {
     name: "exclude_detached_at_zero",
@@ -106,6 +162,7 @@ pub const EXCLUDE_DETACHED_AT_ZERO: Rule = Rule {
     kind: K::ExcludeTargetMismatch,
     basis: B::Sample,
     expected: "vm_refcnt == 0 when start-exclude reports the VMA detached",
+    breaks: Some(|s| s.r != 0 && !refcnt::out_of_range(s.r)),
 };
 pub const EXCLUDE_EINTR_ONLY_KILLABLE: Rule = Rule {
     name: "exclude_eintr_only_killable",
@@ -113,6 +170,7 @@ pub const EXCLUDE_EINTR_ONLY_KILLABLE: Rule = Rule {
     kind: K::UnexpectedEintr,
     basis: B::SameTask,
     expected: "-EINTR only from a TASK_KILLABLE write-lock wait (6.19+), never from a detach",
+    breaks: None,
 };
 pub const INTERRUPTED_EXCLUDE_ENDS_EXCLUSION: Rule = Rule {
     name: "interrupted_exclude_ends_exclusion",
@@ -120,6 +178,7 @@ pub const INTERRUPTED_EXCLUDE_ENDS_EXCLUSION: Rule = Rule {
     kind: K::ExclusionNotEnded,
     basis: B::Sample,
     expected: "exclusion flag removed by the time an interrupted start-exclude returns",
+    breaks: Some(|s| s.flagged()),
 };
 pub const DETACH_AT_ZERO: Rule = Rule {
     name: "detach_at_zero",
@@ -127,6 +186,7 @@ pub const DETACH_AT_ZERO: Rule = Rule {
     kind: K::DetachNotZero,
     basis: B::Sample,
     expected: "vm_refcnt == 0 when the detach returns",
+    breaks: Some(|s| s.r != 0 && !refcnt::flag_set(s.r) && !refcnt::out_of_range(s.r)),
 };
 pub const DETACH_ENDS_EXCLUSION: Rule = Rule {
     name: "detach_ends_exclusion",
@@ -134,6 +194,7 @@ pub const DETACH_ENDS_EXCLUSION: Rule = Rule {
     kind: K::ExclusionNotEnded,
     basis: B::Sample,
     expected: "exclusion flag removed by the time the detach returns",
+    breaks: Some(|s| s.flagged()),
 };
 pub const READER_NOT_WRITE_LOCKED: Rule = Rule {
     name: "reader_not_write_locked",
@@ -141,6 +202,7 @@ pub const READER_NOT_WRITE_LOCKED: Rule = Rule {
     kind: K::ReaderWhileWriteLocked,
     basis: B::Sample,
     expected: "lock_vma_under_rcu fails while vm_lock_seq == mm_lock_seq",
+    breaks: Some(|s| s.write_locked() == Some(true) && s.l != VM_LOCK_SEQ_INIT),
 };
 pub const READER_HOLDS_REFERENCE: Rule = Rule {
     name: "reader_holds_reference",
@@ -149,6 +211,7 @@ pub const READER_HOLDS_REFERENCE: Rule = Rule {
     basis: B::Sample,
     expected: "vm_refcnt includes the reader's reference (2..F-1, or above F if an excluder \
                raced in)",
+    breaks: Some(|s| matches!(s.r, 0 | 1) || s.r == F),
 };
 pub const PUT_HOLDS_REFERENCE: Rule = Rule {
     name: "put_holds_reference",
@@ -156,6 +219,7 @@ pub const PUT_HOLDS_REFERENCE: Rule = Rule {
     kind: K::ReaderWithoutReference,
     basis: B::Sample,
     expected: "vma_refcount_put on a count that holds a read reference",
+    breaks: Some(|s| s.r == 0 || s.r == F),
 };
 pub const READER_OUTSIDE_EXCLUSION: Rule = Rule {
     name: "reader_outside_exclusion",
@@ -164,6 +228,7 @@ pub const READER_OUTSIDE_EXCLUSION: Rule = Rule {
     basis: B::Window,
     expected: "no reader holds the VMA between readers excluded (start-exclude's return) \
                and the end of the exclusion",
+    breaks: None,
 };
 pub const FREE_UNREFERENCED: Rule = Rule {
     name: "free_unreferenced",
@@ -171,6 +236,7 @@ pub const FREE_UNREFERENCED: Rule = Rule {
     kind: K::FreeWhileReferenced,
     basis: B::Sample,
     expected: "vm_refcnt == 0 at vm_area_free",
+    breaks: Some(|s| s.r != 0 && !refcnt::out_of_range(s.r)),
 };
 pub const PUT_WAKES_EXCLUDER: Rule = Rule {
     name: "put_wakes_excluder",
@@ -179,6 +245,7 @@ pub const PUT_WAKES_EXCLUDER: Rule = Rule {
     basis: B::SameTask,
     expected: "rcuwait_wake_up by the task whose put left F or F+1, before its next event \
                (unless the excluder returned in between)",
+    breaks: None,
 };
 pub const OWED_WAKE_BY_THE_END: Rule = Rule {
     name: "owed_wake_by_the_end",
@@ -187,6 +254,7 @@ pub const OWED_WAKE_BY_THE_END: Rule = Rule {
     basis: B::StreamEnd,
     expected: "rcuwait_wake_up by the task whose put left F or F+1 before the stream ends \
                (unless the excluder returned after the put)",
+    breaks: None,
 };
 pub const WOKEN_EXCLUDER_RETURNS: Rule = Rule {
     name: "woken_excluder_returns",
@@ -195,6 +263,7 @@ pub const WOKEN_EXCLUDER_RETURNS: Rule = Rule {
     basis: B::StreamEnd,
     expected: "the excluder returns after rcuwait_wake_up (it re-checks its condition once \
                woken)",
+    breaks: None,
 };
 pub const EXCLUDER_WAIT_ENDS: Rule = Rule {
     name: "excluder_wait_ends",
@@ -202,6 +271,7 @@ pub const EXCLUDER_WAIT_ENDS: Rule = Rule {
     kind: K::LostWakeup,
     basis: B::StreamEnd,
     expected: "an excluder's wait for readers ends once they leave (its call returns)",
+    breaks: None,
 };
 
 /// Every rule, in the order `docs/anomaly-kinds.md` lists them.
@@ -278,7 +348,21 @@ mod tests {
     #[test]
     fn names_are_unique_and_every_kind_has_a_rule() {
         for r in RULES {
-            assert_eq!(by_name(r.name), Some(*r), "{} twice", r.name);
+            assert_eq!(
+                RULES.iter().filter(|o| o.name == r.name).count(),
+                1,
+                "{} twice",
+                r.name
+            );
+            assert_eq!(by_name(r.name).map(|f| f.expected), Some(r.expected));
+            // A sample rule (but the exclusion target, which needs the excluder's own
+            // report of write or detach) says which samples break it.
+            assert_eq!(
+                r.breaks.is_some(),
+                r.basis == Basis::Sample && r.name != EXCLUDE_REACHES_TARGET.name,
+                "{}",
+                r.name
+            );
         }
         for k in AnomalyKind::ALL {
             assert!(

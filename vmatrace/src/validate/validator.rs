@@ -44,7 +44,7 @@ use vmatrace_common::{
     model::{
         ExcludeResult, Generation,
         generation::{EINTR, TASK_KILLABLE},
-        refcnt::{self, F, VM_LOCK_SEQ_INIT},
+        refcnt::{self, F},
     },
 };
 
@@ -53,7 +53,7 @@ use super::{
     evidence::Recent,
     hash::{AddrMap, TidMap},
     phase::Phase,
-    rules::{self, Rule},
+    rules::{self, Rule, Sample},
 };
 
 /// Default cap on tracked VMAs (a busy host has a few hundred thousand live VMAs).
@@ -165,34 +165,6 @@ impl VmaTrack {
             s.push_str(", flag stuck");
         }
         s
-    }
-}
-
-/// The fields of one event that describe the VMA, when they were read.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    /// `vm_refcnt`
-    r: u32,
-    /// `vm_lock_seq`
-    l: u32,
-    /// `mm->mm_lock_seq.sequence`
-    s: Option<u32>,
-}
-
-impl Sample {
-    fn of(ev: &Event) -> Option<Self> {
-        if ev.vma == 0 || !ev.has(flags::VMA_FIELDS) || ev.has(flags::READ_FAILED) {
-            return None;
-        }
-        Some(Self {
-            r: ev.refcnt,
-            l: ev.vm_lock_seq,
-            s: ev.mm_seq(),
-        })
-    }
-
-    fn write_locked(&self) -> Option<bool> {
-        self.s.map(|s| refcnt::is_write_locked(self.l, s))
     }
 }
 
@@ -553,7 +525,7 @@ impl Validator {
         }
         let sample = Sample::of(ev);
         if let Some(s) = sample
-            && refcnt::out_of_range(s.r)
+            && rules::REFCOUNT_IN_RANGE.broken_by(s)
         {
             let stuck = self.vmas.get(&ev.vma).is_some_and(|t| t.flag_stuck);
             if !stuck {
@@ -611,8 +583,7 @@ impl Validator {
         };
         if ret.is_none()
             && let Some(s) = sample
-            && refcnt::flag_set(s.r)
-            && !refcnt::out_of_range(s.r)
+            && rules::WRITE_LOCK_ENDS_EXCLUSION.broken_by(s)
             && !stuck
         {
             // Success or -EINTR, the flag is gone by the return either way.
@@ -620,9 +591,9 @@ impl Validator {
         }
         if ret == Some(0) {
             if let Some(s) = sample {
-                if refcnt::flag_set(s.r) && !refcnt::out_of_range(s.r) && !stuck {
+                if rules::WRITE_LOCK_ENDS_EXCLUSION.broken_by(s) && !stuck {
                     self.report_flag_stuck(ev, s, &rules::WRITE_LOCK_ENDS_EXCLUSION, out);
-                } else if s.write_locked() == Some(false) {
+                } else if rules::WRITE_LOCK_TAKEN.broken_by(s) {
                     let state = self.state_of(ev.vma);
                     self.emit(
                         out,
@@ -659,8 +630,7 @@ impl Validator {
                 );
             }
             if let Some(s) = sample
-                && refcnt::flag_set(s.r)
-                && !refcnt::out_of_range(s.r)
+                && rules::WRITE_LOCK_ENDS_EXCLUSION.broken_by(s)
                 && !stuck
             {
                 self.report_flag_stuck(ev, s, &rules::WRITE_LOCK_ENDS_EXCLUSION, out);
@@ -775,7 +745,7 @@ impl Validator {
                 }
             }
             (ExcludeResult::Detached, Some(s))
-                if s.r != 0 && !refcnt::out_of_range(s.r) && !stuck =>
+                if rules::EXCLUDE_DETACHED_AT_ZERO.broken_by(s) && !stuck =>
             {
                 let st = self.state_of(ev.vma);
                 self.emit(
@@ -808,8 +778,7 @@ impl Validator {
                     );
                 }
                 if let Some(s) = sample
-                    && refcnt::flag_set(s.r)
-                    && !refcnt::out_of_range(s.r)
+                    && rules::INTERRUPTED_EXCLUDE_ENDS_EXCLUSION.broken_by(s)
                     && !stuck
                 {
                     self.report_flag_stuck(ev, s, &rules::INTERRUPTED_EXCLUDE_ENDS_EXCLUSION, out);
@@ -866,12 +835,11 @@ impl Validator {
     fn on_detach_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         let stuck = self.stuck(ev.vma);
         if let Some(s) = sample
-            && !refcnt::out_of_range(s.r)
             && !stuck
         {
-            if refcnt::flag_set(s.r) {
+            if rules::DETACH_ENDS_EXCLUSION.broken_by(s) {
                 self.report_flag_stuck(ev, s, &rules::DETACH_ENDS_EXCLUSION, out);
-            } else if s.r != 0 {
+            } else if rules::DETACH_AT_ZERO.broken_by(s) {
                 let state = self.state_of(ev.vma);
                 self.emit(
                     out,
@@ -906,7 +874,7 @@ impl Validator {
         // `lock_next_vma` may return ERR_PTR(-EINTR / -EAGAIN): no reference held.
         let success = ev.returned().is_some_and(|r| r != 0 && !is_err_value(r));
         if success && let Some(s) = sample {
-            if s.write_locked() == Some(true) && s.l != VM_LOCK_SEQ_INIT {
+            if rules::READER_NOT_WRITE_LOCKED.broken_by(s) {
                 let state = self.state_of(ev.vma);
                 self.emit(
                     out,
@@ -920,7 +888,7 @@ impl Validator {
                         ),
                     },
                 );
-            } else if matches!(s.r, 0 | 1) || s.r == F {
+            } else if rules::READER_HOLDS_REFERENCE.broken_by(s) {
                 // F+1 is not here: a writer's F+1 leaves no room for this reader, but
                 // a detacher's F plus this reader is F+1 (then the window decides).
                 let state = self.state_of(ev.vma);
@@ -974,7 +942,7 @@ impl Validator {
         if refcnt::out_of_range(s.r) {
             return;
         }
-        if s.r == 0 || s.r == F {
+        if rules::PUT_HOLDS_REFERENCE.broken_by(s) {
             let state = self.state_of(ev.vma);
             self.emit(
                 out,
@@ -1062,8 +1030,7 @@ impl Validator {
 
     fn on_vma_free(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         if let Some(s) = sample
-            && s.r != 0
-            && !refcnt::out_of_range(s.r)
+            && rules::FREE_UNREFERENCED.broken_by(s)
             && !self.stuck(ev.vma)
         {
             let state = self.state_of(ev.vma);
@@ -1093,7 +1060,7 @@ impl Validator {
         out: &mut Vec<Anomaly>,
     ) {
         let Some(s) = sample else { return };
-        if refcnt::flag_set(s.r) && !refcnt::out_of_range(s.r) && !self.stuck(ev.vma) {
+        if rules::ONE_EXCLUDER.broken_by(s) && !self.stuck(ev.vma) {
             let state = self.state_of(ev.vma);
             self.emit(
                 out,
