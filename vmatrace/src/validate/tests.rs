@@ -237,6 +237,63 @@ fn reader_while_excluded_decided_when_the_window_closes() {
     assert_eq!(a[0].evidence.len(), 4);
 }
 
+/// Two write locks the mmap lock serialised, delivered interleaved (per-CPU rings): the
+/// second writer's whole exclusion arrives before the first one's. A reader inside the
+/// first window is still reported when that window's end arrives.
+#[test]
+fn reader_inside_an_exclusion_whose_end_arrives_after_the_next_one() {
+    const WRITER2: u32 = WRITER + 7;
+    let mut s = Stream::new();
+    s.mmap_write_lock();
+    s.push(EventKind::WriteLockEnter, WRITER, 1, 0);
+    ves(
+        s.push(EventKind::ExcludeEnter, WRITER, 1, 0),
+        false,
+        false,
+        false,
+    );
+    ves(
+        s.push(EventKind::ExcludeExit, WRITER, F + 1, 0),
+        false,
+        false,
+        true,
+    );
+    s.push(EventKind::ReaderAcquire, READER, F + 2, 0).ret = VMA as i64;
+    let seq = s.seq;
+    s.push(EventKind::WriteLockExit, WRITER, 1, seq);
+    s.mmap_write_unlock();
+    let first = s.events.len();
+    s.mmap_write_lock();
+    s.push(EventKind::WriteLockEnter, WRITER2, 1, seq);
+    ves(
+        s.push(EventKind::ExcludeEnter, WRITER2, 1, seq),
+        false,
+        false,
+        false,
+    );
+    ves(
+        s.push(EventKind::ExcludeExit, WRITER2, F + 1, seq),
+        false,
+        false,
+        true,
+    );
+    let seq2 = s.seq;
+    s.push(EventKind::WriteLockExit, WRITER2, 1, seq2);
+    // Delivered: the reader, the second writer, then the first writer and its unlock.
+    let (w1, w2) = s.events.split_at(first);
+    let reader = w1.iter().copied().filter(|e| e.tid() == READER);
+    let writer1 = w1.iter().copied().filter(|e| e.tid() != READER);
+    let order: Vec<Event> = reader.chain(w2.iter().copied()).chain(writer1).collect();
+    let a = run(Generation::V7_0, &order);
+    assert_eq!(kinds(&a), ["reader_while_excluded"], "{a:#?}");
+    assert_eq!(a[0].event.kind(), Some(EventKind::ReaderAcquire));
+    // In stream order there is nothing else to report.
+    assert_eq!(
+        kinds(&run(Generation::V7_0, &s.events)),
+        ["reader_while_excluded"]
+    );
+}
+
 #[test]
 fn reader_while_excluded_arriving_after_the_window() {
     // The reader's event is delivered late (another CPU's batch): timestamps decide.

@@ -102,6 +102,10 @@ struct VmaTrack {
 #[derive(Debug, Default)]
 struct Rare {
     excl: Option<Exclusion>,
+    /// Another task's exclusion whose end has not arrived yet when this one began: the
+    /// ring delivers tasks' events out of order, so two exclusions the mmap lock
+    /// serialised can overlap in the stream. Its window is still judged when it ends.
+    earlier: Option<Exclusion>,
     /// `state` argument of the last `__vma_start_write` entry and its task.
     start_write: Option<(u32, u32)>,
     /// Reader successes whose sample had the flag set, waiting for their window.
@@ -111,6 +115,27 @@ struct Rare {
 impl VmaTrack {
     fn excl(&self) -> Option<Exclusion> {
         self.rare.as_ref().and_then(|r| r.excl)
+    }
+
+    /// Task `tid`'s exclusion still open on this VMA, if any.
+    fn excl_of(&self, tid: u32) -> Option<Exclusion> {
+        let r = self.rare.as_ref()?;
+        [r.excl, r.earlier]
+            .into_iter()
+            .flatten()
+            .find(|x| x.tid == tid)
+    }
+
+    /// Record `x` as the exclusion in progress; another task's still open moves aside
+    /// (it ended, but its end is delivered later).
+    fn begin_exclusion(&mut self, x: Exclusion) {
+        let r = self.rare();
+        match r.excl {
+            Some(cur) if cur.tid == x.tid => {}
+            Some(cur) => r.earlier = Some(cur),
+            None => {}
+        }
+        r.excl = Some(x);
     }
 
     fn start_write(&self) -> Option<(u32, u32)> {
@@ -123,11 +148,12 @@ impl VmaTrack {
 
     /// Drop the boxed state once nothing is in it.
     fn tidy(&mut self) {
-        if self
-            .rare
-            .as_ref()
-            .is_some_and(|r| r.excl.is_none() && r.start_write.is_none() && r.suspects.is_empty())
-        {
+        if self.rare.as_ref().is_some_and(|r| {
+            r.excl.is_none()
+                && r.earlier.is_none()
+                && r.start_write.is_none()
+                && r.suspects.is_empty()
+        }) {
             self.rare = None;
         }
     }
@@ -687,7 +713,7 @@ impl Validator {
         if t.born_ts > ev.ts_ns {
             return;
         }
-        t.rare().excl = Some(excl);
+        t.begin_exclusion(excl);
         set_phase(counts, t, Phase::Excluding);
     }
 
@@ -701,11 +727,7 @@ impl Validator {
             None => ExcludeResult::Unknown,
         };
         let tid = ev.tid();
-        let mine = self
-            .vmas
-            .get(&ev.vma)
-            .and_then(VmaTrack::excl)
-            .filter(|x| x.tid == tid);
+        let mine = self.vmas.get(&ev.vma).and_then(|t| t.excl_of(tid));
         let ves = ev.ves();
         let detaching = match ves {
             Some(v) => Some(v.detaching),
@@ -795,18 +817,19 @@ impl Validator {
         }
         let suspects = match result {
             ExcludeResult::Exclusive => {
-                // Another task's exclusion still recorded means its end was never seen
-                // (tracing started mid-flight, or a gap): this one replaces it.
+                // Without this task's start (tracing started mid-flight, or a gap) the
+                // exclusion begins here.
                 match &mut t.rare().excl {
                     Some(x) if x.tid == tid => x.exclusive_ts = Some(ts),
-                    other => {
-                        *other = Some(Exclusion {
+                    _ => match &mut t.rare().earlier {
+                        Some(x) if x.tid == tid => x.exclusive_ts = Some(ts),
+                        _ => t.begin_exclusion(Exclusion {
                             tid,
                             detaching,
                             state,
                             exclusive_ts: Some(ts),
-                        })
-                    }
+                        }),
+                    },
                 }
                 set_phase(counts, t, Phase::Excluding);
                 Vec::new()
@@ -1327,26 +1350,26 @@ fn set_phase(counts: &mut [u64; Phase::ALL.len()], t: &mut VmaTrack, phase: Phas
 }
 
 /// The excluding task `tid` ended its exclusion at `ts`: close the window and return the
-/// suspect readers that fell inside it (the others were legal races and are dropped).
+/// suspect readers that fell inside it. The others stay (up to [`MAX_SUSPECTS`]): one
+/// before this window may sit inside another task's whose end is delivered later.
 fn close_exclusion(t: &mut VmaTrack, tid: u32, ts: u64) -> Vec<(Event, u64, u64)> {
-    let Some(x) = t.excl() else {
+    let Some(x) = t.excl_of(tid) else {
         return Vec::new();
     };
-    if x.tid != tid {
-        return Vec::new();
-    }
     let mut found = Vec::new();
     let window = x.exclusive_ts.map(|from| (from, ts));
     if let Some(r) = &mut t.rare {
-        r.excl = None;
+        if r.excl.is_some_and(|c| c.tid == tid) {
+            r.excl = r.earlier.take();
+        } else {
+            r.earlier = None;
+        }
         r.suspects.retain(|s| match window {
             Some((from, to)) if from < s.ts_ns && s.ts_ns < to => {
                 found.push((*s, from, to));
                 false
             }
-            // Before the readers were excluded: a legal race. After the end: it belongs
-            // to a later exclusion, keep it.
-            _ => s.ts_ns > ts,
+            _ => true,
         });
     }
     if window.is_some() {
