@@ -73,22 +73,28 @@ impl Stream {
     /// A complete 7.x `__vma_start_write` with no readers around.
     fn write_lock_7(&mut self, l_before: u32) {
         self.mmap_write_lock();
-        self.push(EventKind::WriteLockEnter, WRITER, 1, l_before)
-            .arg = u64::from(TASK_UNINTERRUPTIBLE);
+        self.exclude_readers_7(WRITER, l_before);
+        let seq = self.seq;
+        self.push(EventKind::WriteLockExit, WRITER, 1, seq);
+    }
+
+    /// A 7.x `__vma_start_write` by `tid` up to readers excluded: its entry,
+    /// start-exclude's entry, and start-exclude's return with `F+1`.
+    fn exclude_readers_7(&mut self, tid: u32, l_before: u32) {
+        self.push(EventKind::WriteLockEnter, tid, 1, l_before).arg =
+            u64::from(TASK_UNINTERRUPTIBLE);
         ves(
-            self.push(EventKind::ExcludeEnter, WRITER, 1, l_before),
+            self.push(EventKind::ExcludeEnter, tid, 1, l_before),
             false,
             false,
             false,
         );
         ves(
-            self.push(EventKind::ExcludeExit, WRITER, F + 1, l_before),
+            self.push(EventKind::ExcludeExit, tid, F + 1, l_before),
             false,
             false,
             true,
         );
-        let seq = self.seq;
-        self.push(EventKind::WriteLockExit, WRITER, 1, seq);
     }
 }
 
@@ -172,19 +178,7 @@ fn assert_clean(generation: Generation, s: &Stream) {
 fn exclusion_not_ended_at_write_lock_return() {
     let mut s = Stream::new();
     s.mmap_write_lock();
-    s.push(EventKind::WriteLockEnter, WRITER, 1, 0);
-    ves(
-        s.push(EventKind::ExcludeEnter, WRITER, 1, 0),
-        false,
-        false,
-        false,
-    );
-    ves(
-        s.push(EventKind::ExcludeExit, WRITER, F + 1, 0),
-        false,
-        false,
-        true,
-    );
+    s.exclude_readers_7(WRITER, 0);
     let seq = s.seq;
     s.push(EventKind::WriteLockExit, WRITER, F + 1, seq);
     let a = run(Generation::V7_0, &s.events);
@@ -209,26 +203,21 @@ fn exclusion_not_ended_at_detach_return() {
     );
 }
 
-#[test]
-fn reader_while_excluded_decided_when_the_window_closes() {
+/// A 7.x write lock with a reader admitted between readers excluded and the lock's
+/// return.
+fn reader_inside_a_write_lock() -> Stream {
     let mut s = Stream::new();
     s.mmap_write_lock();
-    s.push(EventKind::WriteLockEnter, WRITER, 1, 0);
-    ves(
-        s.push(EventKind::ExcludeEnter, WRITER, 1, 0),
-        false,
-        false,
-        false,
-    );
-    ves(
-        s.push(EventKind::ExcludeExit, WRITER, F + 1, 0),
-        false,
-        false,
-        true,
-    );
+    s.exclude_readers_7(WRITER, 0);
     s.push(EventKind::ReaderAcquire, READER, F + 2, 0).ret = VMA as i64;
     let seq = s.seq;
     s.push(EventKind::WriteLockExit, WRITER, 1, seq);
+    s
+}
+
+#[test]
+fn reader_while_excluded_decided_when_the_window_closes() {
+    let s = reader_inside_a_write_lock();
     let a = run(Generation::V7_0, &s.events);
     assert_eq!(kinds(&a), ["reader_while_excluded"]);
     assert_eq!(a[0].event.kind(), Some(EventKind::ReaderAcquire));
@@ -243,40 +232,12 @@ fn reader_while_excluded_decided_when_the_window_closes() {
 #[test]
 fn reader_inside_an_exclusion_whose_end_arrives_after_the_next_one() {
     const WRITER2: u32 = WRITER + 7;
-    let mut s = Stream::new();
-    s.mmap_write_lock();
-    s.push(EventKind::WriteLockEnter, WRITER, 1, 0);
-    ves(
-        s.push(EventKind::ExcludeEnter, WRITER, 1, 0),
-        false,
-        false,
-        false,
-    );
-    ves(
-        s.push(EventKind::ExcludeExit, WRITER, F + 1, 0),
-        false,
-        false,
-        true,
-    );
-    s.push(EventKind::ReaderAcquire, READER, F + 2, 0).ret = VMA as i64;
+    let mut s = reader_inside_a_write_lock();
     let seq = s.seq;
-    s.push(EventKind::WriteLockExit, WRITER, 1, seq);
     s.mmap_write_unlock();
     let first = s.events.len();
     s.mmap_write_lock();
-    s.push(EventKind::WriteLockEnter, WRITER2, 1, seq);
-    ves(
-        s.push(EventKind::ExcludeEnter, WRITER2, 1, seq),
-        false,
-        false,
-        false,
-    );
-    ves(
-        s.push(EventKind::ExcludeExit, WRITER2, F + 1, seq),
-        false,
-        false,
-        true,
-    );
+    s.exclude_readers_7(WRITER2, seq);
     let seq2 = s.seq;
     s.push(EventKind::WriteLockExit, WRITER2, 1, seq2);
     // Delivered: the reader, the second writer, then the first writer and its unlock.
@@ -330,19 +291,7 @@ fn reader_while_excluded_arriving_before_any_writer_event() {
     // (found by the model's conformance check) must wait for the window, not be dropped.
     let mut s = Stream::new();
     s.mmap_write_lock();
-    s.push(EventKind::WriteLockEnter, WRITER, 1, 0);
-    ves(
-        s.push(EventKind::ExcludeEnter, WRITER, 1, 0),
-        false,
-        false,
-        false,
-    );
-    ves(
-        s.push(EventKind::ExcludeExit, WRITER, F + 1, 0),
-        false,
-        false,
-        true,
-    );
+    s.exclude_readers_7(WRITER, 0);
     let mut reader = *s.push(EventKind::ReaderRelease, READER, F + 2, 0);
     s.events.pop();
     reader.flags &= !flags::RET;
