@@ -399,12 +399,7 @@ impl Event {
     /// Decode one record from a byte slice (ring-buffer item or trace file).
     /// Returns `None` if the slice is too short; never panics.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < EVENT_SIZE {
-            return None;
-        }
-        // SAFETY: length checked above; `Event` is `repr(C)` made only of integers, so
-        // every bit pattern is a valid value; `read_unaligned` has no alignment demand.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+        bytes.first_chunk::<EVENT_SIZE>().map(Self::from_array)
     }
 
     /// A whole record (what the ring buffer and the trace file hold).
