@@ -255,6 +255,24 @@ fn reader_inside_an_exclusion_whose_end_arrives_after_the_next_one() {
     );
 }
 
+/// The writer of a window also detaches the VMA, and the reader's event inside the
+/// window is delivered after all of it (found by the model's conformance check: the
+/// record was forgotten at the detach, and the late reader judged against nothing).
+#[test]
+fn reader_inside_a_window_delivered_after_the_vma_is_detached() {
+    let mut s = reader_inside_a_write_lock();
+    let seq = s.seq;
+    s.push(EventKind::DetachEnter, WRITER, 1, seq);
+    s.push(EventKind::DetachExit, WRITER, 0, seq);
+    s.mmap_write_unlock();
+    let (reader, writer): (Vec<Event>, Vec<Event>) =
+        s.events.iter().partition(|e| e.tid() == READER);
+    let order: Vec<Event> = writer.into_iter().chain(reader).collect();
+    let a = run(Generation::V7_0, &order);
+    assert_eq!(kinds(&a), ["reader_while_excluded"], "{a:#?}");
+    assert_eq!(a[0].event.kind(), Some(EventKind::ReaderAcquire));
+}
+
 #[test]
 fn reader_while_excluded_arriving_after_the_window() {
     // The reader's event is delivered late (another CPU's batch): timestamps decide.

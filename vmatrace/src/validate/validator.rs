@@ -67,6 +67,8 @@ const MAX_PENDING_WAKES: usize = 1 << 14;
 /// VMAs remembered per mm write-lock cycle (only used to end their write lock).
 const MAX_LOCKED_PER_MM: usize = 1 << 16;
 const MAX_MMS: usize = 1 << 16;
+/// Detached VMAs whose windows are remembered (see `Validator::detached_windows`).
+const MAX_DETACHED_WINDOWS: usize = 1 << 10;
 
 /// An exclusion in progress on one VMA, as its excluding task reported it.
 #[derive(Clone, Copy, Debug)]
@@ -92,11 +94,54 @@ struct VmaTrack {
     /// State that only exists around a write lock or exclusion, boxed so the record of
     /// the many idle VMAs stays small (one cache line).
     rare: Option<Box<Rare>>,
-    /// Last closed window `(readers excluded, exclusion ended)`.
-    window: Option<(u64, u64)>,
+    /// The last two closed windows `(readers excluded, exclusion ended)`, newest first.
+    windows: Windows,
     /// Timestamp of the `vm_area_alloc`/`vm_area_dup` return that started this life.
     born_ts: u64,
     last_touch: u64,
+}
+
+/// Closed exclusion windows of one VMA: the two latest in time (not in delivery: an
+/// earlier exclusion's end can be delivered after a later one's), because a reader's
+/// event can be delivered after the next exclusion on its VMA has closed too. Packed
+/// (start, length; length 0: none) so a VMA's record stays one cache line; a window
+/// longer than `u32::MAX` ns is cut short, which can only miss a reader, never accuse one.
+#[derive(Clone, Copy, Debug, Default)]
+struct Windows {
+    from: [u64; 2],
+    len: [u32; 2],
+}
+
+impl Windows {
+    fn get(&self, i: usize) -> Option<(u64, u64)> {
+        (self.len[i] != 0).then(|| (self.from[i], self.from[i] + u64::from(self.len[i])))
+    }
+
+    fn close(&mut self, (from, to): (u64, u64)) {
+        let len = u32::try_from(to.saturating_sub(from)).unwrap_or(u32::MAX);
+        if len == 0 {
+            return;
+        }
+        let end = |i: usize| self.get(i).map_or(0, |(_, to)| to);
+        if to >= end(0) {
+            self.from = [from, self.from[0]];
+            self.len = [len, self.len[0]];
+        } else if to >= end(1) {
+            self.from[1] = from;
+            self.len[1] = len;
+        }
+    }
+
+    /// The window that has `ts` strictly inside it.
+    fn containing(&self, ts: u64) -> Option<(u64, u64)> {
+        (0..2)
+            .filter_map(|i| self.get(i))
+            .find(|&(from, to)| from < ts && ts < to)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len[0] == 0
+    }
 }
 
 #[derive(Debug, Default)]
@@ -165,7 +210,7 @@ impl VmaTrack {
             write_locked: false,
             flag_stuck: false,
             rare: None,
-            window: None,
+            windows: Windows::default(),
             born_ts,
             last_touch: tick,
         }
@@ -226,6 +271,11 @@ pub struct Validator {
     unanswered: Vec<Event>,
     /// Writer-path calls entered and not yet returned, by task and function family.
     open_calls: AddrMap<OpenCall>,
+    /// Closed windows of VMAs forgotten at their detach, for their readers' events
+    /// that are delivered after it, and the order they came in (at most
+    /// [`MAX_DETACHED_WINDOWS`]: the oldest go first).
+    detached_windows: AddrMap<Windows>,
+    detached_order: std::collections::VecDeque<u64>,
     /// [`Validator::finish`] judged the stream's end already.
     ended: bool,
     recent: Recent,
@@ -267,6 +317,8 @@ impl Validator {
             recent_returns: std::collections::VecDeque::new(),
             unanswered: Vec::new(),
             open_calls: AddrMap::default(),
+            detached_windows: AddrMap::default(),
+            detached_order: std::collections::VecDeque::new(),
             ended: false,
             recent: Recent::new(recent_events),
             counts: [0; Phase::ALL.len()],
@@ -325,13 +377,15 @@ impl Validator {
             t.write_locked = false;
             t.flag_stuck = false;
             t.rare = None;
-            t.window = None;
+            t.windows = Windows::default();
         }
         self.mms.clear();
         self.pending_wakes.clear();
         self.unsettled.clear();
         self.unanswered.clear();
         self.open_calls.clear();
+        self.detached_windows.clear();
+        self.detached_order.clear();
     }
 
     /// The stream has ended (end of a simulation or of a trace file): report the
@@ -887,8 +941,21 @@ impl Validator {
             return;
         }
         let suspects = close_exclusion(t, tid, ts);
+        // Another task's exclusion whose end is delivered later, or readers waiting for
+        // their window: keep the record until they are decided.
+        let undecided = t.rare.is_some();
         self.report_suspects(ev, suspects, out);
-        if !self.stuck(ev.vma) {
+        if !self.stuck(ev.vma) && !undecided {
+            let windows = self.vmas.get(&ev.vma).map(|t| t.windows);
+            if let Some(w) = windows.filter(|w| !w.is_empty()) {
+                self.detached_windows.insert(ev.vma, w);
+                self.detached_order.push_back(ev.vma);
+                if self.detached_order.len() > MAX_DETACHED_WINDOWS
+                    && let Some(old) = self.detached_order.pop_front()
+                {
+                    self.detached_windows.remove(&old);
+                }
+            }
             self.forget(ev.vma);
         }
     }
@@ -935,10 +1002,7 @@ impl Validator {
             return;
         }
         if success && flagged && !t.flag_stuck {
-            if let Some((from, to)) = t.window
-                && from < ts
-                && ts < to
-            {
+            if let Some((from, to)) = t.windows.containing(ts) {
                 let state = t.describe();
                 let f = reader_excluded_finding(state, from, to);
                 self.emit(out, ev, f);
@@ -1000,10 +1064,7 @@ impl Validator {
         if t.born_ts > ts || t.flag_stuck {
             return;
         }
-        if let Some((from, to)) = t.window
-            && from < ts
-            && ts < to
-        {
+        if let Some((from, to)) = t.windows.containing(ts) {
             let f = reader_excluded_finding(t.describe(), from, to);
             self.emit(out, ev, f);
             return;
@@ -1278,6 +1339,7 @@ impl Validator {
         }
         let counts = &mut self.counts;
         let observed = self.observed;
+        let detached = &mut self.detached_windows;
         // One probe: the entry API finds or inserts.
         let t = self.vmas.entry(ev.vma).or_insert_with(|| {
             let phase = sample.map_or(Phase::Unknown, |s| Phase::of_refcnt(s.r));
@@ -1289,7 +1351,14 @@ impl Validator {
                 phase
             };
             counts[phase.index()] += 1;
-            VmaTrack::new(ev.mm, phase, 0, observed)
+            let mut t = VmaTrack::new(ev.mm, phase, 0, observed);
+            // A late event of a VMA detached since: its windows still judge it.
+            if !detached.is_empty()
+                && let Some(w) = detached.remove(&ev.vma)
+            {
+                t.windows = w;
+            }
+            t
         });
         t.last_touch = observed;
         if ev.mm != 0 {
@@ -1372,8 +1441,8 @@ fn close_exclusion(t: &mut VmaTrack, tid: u32, ts: u64) -> Vec<(Event, u64, u64)
             _ => true,
         });
     }
-    if window.is_some() {
-        t.window = window;
+    if let Some(w) = window {
+        t.windows.close(w);
     }
     t.tidy();
     found
@@ -1387,5 +1456,40 @@ fn reader_excluded_finding(state: String, from: u64, to: u64) -> Finding {
             "a reader held the VMA with the exclusion flag set inside the window from \
              readers excluded (ts {from}) to the end of the exclusion (ts {to})"
         ),
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    /// ≤ 160 bytes per tracked VMA (docs/performance.md) rests on this: the record of an
+    /// idle VMA is one cache line, the rest is the map's own.
+    #[test]
+    fn a_vma_record_is_one_cache_line() {
+        assert!(
+            std::mem::size_of::<VmaTrack>() <= 64,
+            "{}",
+            std::mem::size_of::<VmaTrack>()
+        );
+    }
+
+    /// The two latest windows in time are kept, whatever order their ends come in.
+    #[test]
+    fn windows_keep_the_two_latest_in_time() {
+        let mut w = Windows::default();
+        w.close((143, 193));
+        w.close((62, 82));
+        w.close((253, 263));
+        assert_eq!(w.containing(161), Some((143, 193)));
+        assert_eq!(w.containing(258), Some((253, 263)));
+        assert_eq!(w.containing(70), None, "the oldest in time went");
+        w.close((100, 120));
+        assert_eq!(w.containing(110), None, "older than both: not kept");
+        // A window longer than u32::MAX ns is cut short: it can only miss a reader.
+        let long = 2 * u64::from(u32::MAX);
+        w.close((1_000, 1_000 + long));
+        assert!(w.containing(2_000).is_some());
+        assert_eq!(w.containing(long), None);
     }
 }
