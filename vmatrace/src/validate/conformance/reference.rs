@@ -569,3 +569,4 @@ mod tests {
         assert!(!shown[0].shows(&t));
     }
 }
+
