@@ -125,8 +125,8 @@ fn check_all(
                 writeln!(
                     out,
                     "  bug {bug}: {} executions show it, {} reported as {} ({} look exactly \
-                     like correct ones)",
-                    r.executions, r.detected, r.kind, r.indistinguishable
+                     like correct ones, {} of them with an untraced reader)",
+                    r.executions, r.detected, r.kind, r.indistinguishable, r.untraced_explains
                 )?;
             }
         }

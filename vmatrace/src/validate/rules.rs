@@ -230,6 +230,17 @@ pub const READER_OUTSIDE_EXCLUSION: Rule = Rule {
                and the end of the exclusion",
     breaks: None,
 };
+pub const READERS_DRAINED_BEFORE_STORE: Rule = Rule {
+    name: "readers_drained_before_store",
+    events: &[E::ReaderRelease],
+    kind: K::ReaderWhileExcluded,
+    basis: B::Window,
+    expected: "no put reads the flag set and vm_lock_seq == mm_lock_seq between its time and \
+               its task's next event, both inside a __vma_start_write call on its VMA: that \
+               writer stores vm_lock_seq only after readers drained, and holds the mmap \
+               lock, so no detach can be waiting",
+    breaks: None,
+};
 pub const FREE_UNREFERENCED: Rule = Rule {
     name: "free_unreferenced",
     events: &[E::VmaFree],
@@ -291,6 +302,7 @@ pub const RULES: &[&Rule] = &[
     &READER_HOLDS_REFERENCE,
     &PUT_HOLDS_REFERENCE,
     &READER_OUTSIDE_EXCLUSION,
+    &READERS_DRAINED_BEFORE_STORE,
     &FREE_UNREFERENCED,
     &PUT_WAKES_EXCLUDER,
     &OWED_WAKE_BY_THE_END,

@@ -273,6 +273,61 @@ fn reader_inside_a_window_delivered_after_the_vma_is_detached() {
     assert_eq!(a[0].event.kind(), Some(EventKind::ReaderAcquire));
 }
 
+/// 6.15: a `__vma_start_write` whose wait is inlined (no start-exclude events), and a
+/// reader whose put reads the flag set and the VMA write-locked (the writer stored
+/// `vm_lock_seq`, so it is past its wait) and whose next event comes while the writer
+/// still holds its call: the reader held its reference through the writer's wait.
+fn locked_put_inside_a_write_call(next_after_the_call: bool) -> Stream {
+    let mut s = Stream::new();
+    s.mmap_write_lock();
+    let seq = s.seq;
+    let enter = s.push(EventKind::WriteLockEnter, WRITER, 1, 0);
+    enter.arg = u64::from(seq);
+    enter.flags &= !flags::RET;
+    let from = enter.ts_ns;
+    s.push(EventKind::ReaderRelease, READER, F + 2, seq).flags &= !flags::RET;
+    if !next_after_the_call {
+        s.push(EventKind::WriterWake, READER, F + 1, seq).ret = 1;
+    }
+    let exit = s.push(EventKind::WriteLockExit, WRITER, 2, seq);
+    exit.flags &= !flags::RET;
+    exit.flags |= flags::PAIRED;
+    exit.wait_ns = exit.ts_ns - from;
+    if next_after_the_call {
+        s.push(EventKind::WriterWake, READER, 1, seq).ret = 0;
+    }
+    s.mmap_write_unlock();
+    s
+}
+
+#[test]
+fn reader_holding_past_the_writers_wait_on_6_15() {
+    let s = locked_put_inside_a_write_call(false);
+    let a = run(Generation::V6_15, &s.events);
+    assert_eq!(kinds(&a), ["reader_while_excluded"], "{a:#?}");
+    assert_eq!(a[0].rule, rules::READERS_DRAINED_BEFORE_STORE.name);
+    assert_eq!(a[0].event.kind(), Some(EventKind::ReaderRelease));
+    // Delivered writer first: the call is remembered for the late reader.
+    let (reader, writer): (Vec<Event>, Vec<Event>) =
+        s.events.iter().partition(|e| e.tid() == READER);
+    let order: Vec<Event> = writer.into_iter().chain(reader).collect();
+    assert_eq!(
+        kinds(&run(Generation::V6_15, &order)),
+        ["reader_while_excluded"]
+    );
+}
+
+/// The same put, but its task's next event comes after the writer's call: its reads
+/// may have seen a detach's flag after the call (legal), so nothing is reported.
+#[test]
+fn a_locked_put_not_bounded_inside_the_call_is_not_judged() {
+    let s = locked_put_inside_a_write_call(true);
+    assert_eq!(
+        kinds(&run(Generation::V6_15, &s.events)),
+        Vec::<&str>::new()
+    );
+}
+
 #[test]
 fn reader_while_excluded_arriving_after_the_window() {
     // The reader's event is delivered late (another CPU's batch): timestamps decide.

@@ -155,6 +155,9 @@ struct Rare {
     start_write: Option<(u32, u32)>,
     /// Reader successes whose sample had the flag set, waiting for their window.
     suspects: Vec<Event>,
+    /// Puts that read the flag set on a write-locked VMA, with their task's next event's
+    /// time, waiting for a write call around both (`readers_drained_before_store`).
+    locked_puts: Vec<(Event, u64)>,
 }
 
 impl VmaTrack {
@@ -198,6 +201,7 @@ impl VmaTrack {
                 && r.earlier.is_none()
                 && r.start_write.is_none()
                 && r.suspects.is_empty()
+                && r.locked_puts.is_empty()
         }) {
             self.rare = None;
         }
@@ -267,6 +271,11 @@ pub struct Validator {
     unsettled: Vec<(PendingWake, Event)>,
     /// `(vma, ts)` of the latest writer-path returns (the excluder's call ended).
     recent_returns: std::collections::VecDeque<(u64, u64)>,
+    /// `(vma, entry ts, return ts)` of the latest `__vma_start_write` calls.
+    recent_write_calls: std::collections::VecDeque<(u64, u64, u64)>,
+    /// Puts that read the flag set on a write-locked VMA, by task, until the task's next
+    /// event bounds when their reads happened.
+    locked_puts: TidMap<Event>,
     /// Wake-ups streamed to an excluder whose return has not been seen since.
     unanswered: Vec<Event>,
     /// Writer-path calls entered and not yet returned, by task and function family.
@@ -315,6 +324,8 @@ impl Validator {
             pending_wakes: TidMap::default(),
             unsettled: Vec::new(),
             recent_returns: std::collections::VecDeque::new(),
+            recent_write_calls: std::collections::VecDeque::new(),
+            locked_puts: TidMap::default(),
             unanswered: Vec::new(),
             open_calls: AddrMap::default(),
             detached_windows: AddrMap::default(),
@@ -386,6 +397,8 @@ impl Validator {
         self.open_calls.clear();
         self.detached_windows.clear();
         self.detached_order.clear();
+        self.recent_write_calls.clear();
+        self.locked_puts.clear();
     }
 
     /// The stream has ended (end of a simulation or of a trace file): report the
@@ -578,6 +591,11 @@ impl Validator {
         if !self.pending_wakes.is_empty() {
             self.settle_wake(ev, kind);
         }
+        if !self.locked_puts.is_empty()
+            && let Some(put) = self.locked_puts.remove(&ev.tid())
+        {
+            self.locked_put(&put, ev.ts_ns, out);
+        }
         match kind {
             EventKind::WriteLockEnter | EventKind::ExcludeEnter | EventKind::DetachEnter
                 if self.open_calls.len() < MAX_PENDING_WAKES =>
@@ -750,6 +768,10 @@ impl Validator {
             }
         }
         self.report_suspects(ev, suspects, out);
+        // The call's entry travels with its return (folded, or paired by the pipeline).
+        if ev.has(flags::PAIRED) {
+            self.write_call_ended(ev, ev.ts_ns.saturating_sub(ev.wait_ns), out);
+        }
     }
 
     fn on_exclude_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
@@ -1049,6 +1071,67 @@ impl Validator {
         // inside the exclusion, which the window decides like a flagged acquire.
         if refcnt::flag_set(s.r) {
             self.window_check(ev, out);
+            if s.write_locked() == Some(true) && self.locked_puts.len() < MAX_PENDING_WAKES {
+                self.locked_puts.insert(ev.tid(), *ev);
+            }
+        }
+    }
+
+    /// A put that read the flag set and the VMA write-locked, its reads between its
+    /// time and `bound` (its task's next event). If both times fall inside a task's
+    /// `__vma_start_write` call on the VMA, no detach could have been waiting (the writer
+    /// held the mmap lock): the flag was that writer's, past its wait (it had stored
+    /// `vm_lock_seq`), with this reader still holding its reference.
+    fn locked_put(&mut self, put: &Event, bound: u64, out: &mut Vec<Anomaly>) {
+        let ts = put.ts_ns;
+        if let Some(&(_, from, to)) = self
+            .recent_write_calls
+            .iter()
+            .find(|&&(v, from, to)| v == put.vma && from < ts && bound < to)
+        {
+            let state = self.state_of(put.vma);
+            self.emit(out, put, locked_put_finding(state, from, to));
+            return;
+        }
+        let Some(t) = self.vmas.get_mut(&put.vma) else {
+            return;
+        };
+        if t.born_ts > ts || t.flag_stuck {
+            return;
+        }
+        let puts = &mut t.rare().locked_puts;
+        if puts.len() == MAX_SUSPECTS {
+            puts.remove(0);
+        }
+        puts.push((*put, bound));
+    }
+
+    /// A `__vma_start_write` call on `ev`'s VMA from `from` to `ev`'s time: judge the puts
+    /// waiting for it, and remember it for the puts delivered later.
+    fn write_call_ended(&mut self, ev: &Event, from: u64, out: &mut Vec<Anomaly>) {
+        let to = ev.ts_ns;
+        if self.recent_write_calls.len() == RECENT_RETURNS {
+            self.recent_write_calls.pop_front();
+        }
+        self.recent_write_calls.push_back((ev.vma, from, to));
+        let Some(t) = self.vmas.get_mut(&ev.vma) else {
+            return;
+        };
+        let Some(r) = &mut t.rare else {
+            return;
+        };
+        let mut found = Vec::new();
+        r.locked_puts.retain(|&(p, bound)| {
+            let inside = from < p.ts_ns && bound < to;
+            if inside {
+                found.push(p);
+            }
+            !inside
+        });
+        t.tidy();
+        for p in found {
+            let state = self.state_of(ev.vma);
+            self.emit(out, &p, locked_put_finding(state, from, to));
         }
     }
 
@@ -1446,6 +1529,18 @@ fn close_exclusion(t: &mut VmaTrack, tid: u32, ts: u64) -> Vec<(Event, u64, u64)
     }
     t.tidy();
     found
+}
+
+fn locked_put_finding(state: String, from: u64, to: u64) -> Finding {
+    Finding {
+        rule: &rules::READERS_DRAINED_BEFORE_STORE,
+        state,
+        observed: format!(
+            "a reader's put read the exclusion flag set and vm_lock_seq = mm_lock_seq, between \
+             its time and its task's next event, inside a __vma_start_write call (ts {from} \
+             to {to})"
+        ),
+    }
 }
 
 fn reader_excluded_finding(state: String, from: u64, to: u64) -> Finding {

@@ -41,7 +41,7 @@ use super::{Anomaly, AnomalyKind, Validator, rules::Rule};
 
 mod reference;
 
-use reference::{reference, shown_by_correct, signature};
+use reference::{reference, shown_by_correct, shown_with_untraced_reader, signature};
 
 const VMA: u64 = 0xffff_8880_0bad_1000;
 const MM: u64 = 0xffff_8880_0bad_2000;
@@ -58,6 +58,9 @@ pub struct Budget {
     /// Scenarios with more than [`MAX_EXECUTIONS`] executions (two readers and a
     /// writer: hundreds of thousands) are sampled with this many seeded random walks.
     pub sampled_executions: usize,
+    /// Correct executions with an untraced reader searched, per scenario, for one that
+    /// streams the events of an execution the validator missed (0: no search).
+    pub untraced_executions: usize,
 }
 
 impl Budget {
@@ -65,11 +68,13 @@ impl Budget {
     pub const FULL: Budget = Budget {
         orders: 24,
         sampled_executions: 4_000,
+        untraced_executions: 1_500_000,
     };
     /// The unit test (debug build).
     pub const QUICK: Budget = Budget {
         orders: 2,
         sampled_executions: 100,
+        untraced_executions: 0,
     };
 }
 
@@ -281,12 +286,22 @@ pub fn for_each_execution(
     initial: World,
     f: &mut impl FnMut(&Execution),
 ) -> (usize, bool) {
+    for_each_execution_up_to(cfg, initial, MAX_EXECUTIONS, f)
+}
+
+/// [`for_each_execution`] with another cap.
+pub fn for_each_execution_up_to(
+    cfg: &Config,
+    initial: World,
+    cap: usize,
+    f: &mut impl FnMut(&Execution),
+) -> (usize, bool) {
     let mut exec = Execution {
         initial,
         steps: Vec::new(),
     };
     let mut count = 0;
-    let truncated = dfs(cfg, initial, &mut exec, &mut count, f);
+    let truncated = dfs(cfg, initial, &mut exec, (&mut count, cap), f);
     (count, truncated)
 }
 
@@ -294,7 +309,7 @@ fn dfs(
     cfg: &Config,
     w: World,
     exec: &mut Execution,
-    count: &mut usize,
+    (count, cap): (&mut usize, usize),
     f: &mut impl FnMut(&Execution),
 ) -> bool {
     let mut next = Vec::new();
@@ -302,11 +317,11 @@ fn dfs(
     if next.is_empty() {
         f(exec);
         *count += 1;
-        return *count >= MAX_EXECUTIONS;
+        return *count >= cap;
     }
     for (s, n) in next {
         exec.steps.push((s, n));
-        let stop = dfs(cfg, n, exec, count, f);
+        let stop = dfs(cfg, n, exec, (&mut *count, cap), f);
         exec.steps.pop();
         if stop {
             return true;
@@ -895,6 +910,9 @@ pub struct BugResult {
     /// Executions in which the bug shows but whose events, in every projection, are
     /// exactly those of some correct execution: no monitor can see them.
     pub indistinguishable: u64,
+    /// ... of which a correct execution with an untraced reader streams the events
+    /// (searched only for executions the validator missed).
+    pub untraced_explains: u64,
     /// Projections with later or spread reads that differ from the reference, and how
     /// many of them were reported (timestamp order only; informative).
     pub skewed_projections: u64,
@@ -1031,6 +1049,7 @@ fn check_bug(
         ..BugResult::default()
     };
     // Bugs are judged where every task is traced: an untraced reader can hide them.
+    let mut missed: Vec<(Vec<Vec<Vec<Event>>>, String)> = Vec::new();
     for sc in scenarios(g).into_iter().filter(|s| s.untraced == 0) {
         let cfg = Config {
             generation: g,
@@ -1049,8 +1068,8 @@ fn check_bug(
                 if x.violation().is_none() {
                     return;
                 }
-                let mut visible = false;
-                let mut every = true;
+                let mut visible = Vec::new();
+                let mut first_miss = None;
                 // Judged with the programs reading right after the probed step. Later reads
                 // can mix a correct run's timings event by event, beyond what the reference
                 // holds, so they are reported apart (`skewed_*`), not judged.
@@ -1072,38 +1091,59 @@ fn check_bug(
                             }
                             continue;
                         }
-                        visible = true;
-                        for order in deliveries(&per_task, r.executions + 1, budget.orders) {
+                        let seed = r.executions + missed.len() as u64 + 1;
+                        for order in deliveries(&per_task, seed, budget.orders) {
                             c.delivery_orders += 1;
                             let found = replay_without(g, &order, off);
-                            if !found.iter().any(|a| kinds.contains(&a.kind)) {
-                                every = false;
-                                if r.missed.is_none() {
-                                    r.missed = Some(counterexample(
-                                        &sc.name,
-                                        Some(bug),
-                                        x,
-                                        reads,
-                                        entries,
-                                        &order,
-                                        &found,
-                                    ));
-                                }
+                            if first_miss.is_none()
+                                && !found.iter().any(|a| kinds.contains(&a.kind))
+                            {
+                                first_miss = Some(counterexample(
+                                    &sc.name,
+                                    Some(bug),
+                                    x,
+                                    reads,
+                                    entries,
+                                    &order,
+                                    &found,
+                                ));
                             }
                         }
+                        visible.push(per_task);
                     }
                 }
-                if !visible {
+                if visible.is_empty() {
                     r.indistinguishable += 1;
                     return;
                 }
                 c.executions_replayed += 1;
-                r.executions += 1;
-                if every {
-                    r.detected += 1;
+                match first_miss {
+                    None => {
+                        r.executions += 1;
+                        r.detected += 1;
+                    }
+                    Some(m) => missed.push((visible, m)),
                 }
             },
         );
+        // A missed execution whose every visible projection a correct execution with an
+        // untraced reader streams exactly is one no monitor can report either: a task
+        // outside the trace's filter, or a reader path without a probe, explains it.
+        let explained = if missed.is_empty() || budget.untraced_executions == 0 {
+            HashSet::new()
+        } else {
+            let targets: Vec<&Vec<Vec<Event>>> = missed.iter().flat_map(|(v, _)| v).collect();
+            shown_with_untraced_reader(g, &sc, &targets, budget.untraced_executions)
+        };
+        for (visible, m) in missed.drain(..) {
+            if visible.iter().all(|p| explained.contains(&signature(p))) {
+                r.indistinguishable += 1;
+                r.untraced_explains += 1;
+            } else {
+                r.executions += 1;
+                r.missed.get_or_insert(m);
+            }
+        }
     }
     r
 }

@@ -26,8 +26,8 @@ use vmatrace_common::{
 };
 
 use super::{
-    Budget, ENTRIES, Entries, Execution, READS, Reads, executions, for_each_execution, is_entry,
-    pair_entries, project, runs, sample, scenarios,
+    Budget, ENTRIES, Entries, Execution, READS, Reads, Scenario, executions, for_each_execution,
+    for_each_execution_up_to, is_entry, pair_entries, project, runs, sample, scenarios,
 };
 
 /// What the events of one projection say, without their timestamps: every event's
@@ -463,6 +463,54 @@ pub(super) fn shown_by_correct(
     shown
 }
 
+/// The signatures of `targets` (projections of executions of `sc`) that a correct
+/// execution of `sc` with one more reader, untraced, streams with its reads placed run
+/// by run. At most `cap` of those executions are searched (a match is a witness either
+/// way).
+pub(super) fn shown_with_untraced_reader(
+    g: Generation,
+    sc: &Scenario,
+    targets: &[&Vec<Vec<Event>>],
+    cap: usize,
+) -> HashSet<u64> {
+    let mut by_shape: HashMap<u64, Vec<(u64, Target)>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for per_task in targets {
+        let sig = signature(per_task);
+        if seen.insert(sig) {
+            let t = Target::of(per_task);
+            by_shape
+                .entry(t.shape(per_task.len()))
+                .or_default()
+                .push((sig, t));
+        }
+    }
+    let open = sc.with_untraced_reader();
+    if open.roles.len() > vmatrace_common::model::machine::MAX_TASKS {
+        return HashSet::new();
+    }
+    let correct = Config {
+        generation: g,
+        bug: None,
+    };
+    let mut shown = HashSet::new();
+    for_each_execution_up_to(&correct, World::new(&open.roles), cap, &mut |x| {
+        let wanted = |shape| by_shape.get(&shape).is_some_and(|t| !t.is_empty());
+        for s in Shown::of(g, x, open.untraced, wanted) {
+            if let Some(ts) = by_shape.get_mut(&s.shape) {
+                ts.retain(|(sig, t)| {
+                    let hit = s.shows(t);
+                    if hit {
+                        shown.insert(*sig);
+                    }
+                    !hit
+                });
+            }
+        }
+    });
+    shown
+}
+
 /// The projections of every bug's executions of `roles` that show a violation and that
 /// no signature of `reference` matches, by shape.
 fn bug_targets(
@@ -569,4 +617,3 @@ mod tests {
         assert!(!shown[0].shows(&t));
     }
 }
-
