@@ -460,18 +460,24 @@ fn read_at(r: &Run, reads: Reads) -> (usize, usize, usize) {
     }
 }
 
-/// The calls that register their task in `EXCLUDERS`, as `[entry program, return
-/// program)` world indices: start-exclude on 7.x, `__vma_start_write` and the detach
-/// before (their wait is inlined there). A call that never returns stays in flight.
-fn excluder_calls(g: Generation, runs: &[Run], reads: Reads) -> Vec<(usize, usize)> {
-    let pairs: &[(EventKind, EventKind)] = if g.profile().waits_in_start_exclude {
+/// The `(entry, return)` events of the calls that register their task in `EXCLUDERS` on
+/// `g`: start-exclude on 7.x, `__vma_start_write` and the detach before.
+fn excluder_pairs(g: Generation) -> &'static [(EventKind, EventKind)] {
+    if g.profile().waits_in_start_exclude {
         &[(EventKind::ExcludeEnter, EventKind::ExcludeExit)]
     } else {
         &[
             (EventKind::WriteLockEnter, EventKind::WriteLockExit),
             (EventKind::DetachEnter, EventKind::DetachExit),
         ]
-    };
+    }
+}
+
+/// The calls that register their task in `EXCLUDERS`, as `[entry program, return
+/// program)` world indices: start-exclude on 7.x, `__vma_start_write` and the detach
+/// before (their wait is inlined there). A call that never returns stays in flight.
+fn excluder_calls(g: Generation, runs: &[Run], reads: Reads) -> Vec<(usize, usize)> {
+    let pairs = excluder_pairs(g);
     let mut out = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let Some(&(_, exit)) = pairs.iter().find(|(enter, _)| *enter == r.kind) else {

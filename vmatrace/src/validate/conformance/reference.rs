@@ -26,8 +26,9 @@ use vmatrace_common::{
 };
 
 use super::{
-    Budget, ENTRIES, Entries, Execution, READS, Reads, Scenario, executions, for_each_execution,
-    for_each_execution_up_to, is_entry, pair_entries, project, runs, sample, scenarios,
+    Budget, ENTRIES, Entries, Execution, READS, Reads, Scenario, excluder_pairs, executions,
+    for_each_execution, for_each_execution_up_to, is_entry, pair_entries, project, runs, sample,
+    scenarios,
 };
 
 /// What the events of one projection say, without their timestamps: every event's
@@ -237,14 +238,7 @@ fn in_stream_order(
     tasks: &[Vec<(Sketch, EventKind)>],
     entries: Entries,
 ) -> (Vec<Vec<Sketch>>, Vec<Call>) {
-    let excluder: &[(EventKind, EventKind)] = if g.profile().waits_in_start_exclude {
-        &[(EventKind::ExcludeEnter, EventKind::ExcludeExit)]
-    } else {
-        &[
-            (EventKind::WriteLockEnter, EventKind::WriteLockExit),
-            (EventKind::DetachEnter, EventKind::DetachExit),
-        ]
-    };
+    let excluder = excluder_pairs(g);
     let mut calls = Vec::new();
     let mut ordered = Vec::with_capacity(tasks.len());
     for (t, runs) in tasks.iter().enumerate() {
@@ -445,22 +439,38 @@ pub(super) fn shown_by_correct(
             continue;
         }
         let mut targets = bug_targets(g, budget, &sc.roles, reference);
-        for_each_execution(&correct, World::new(&sc.roles), &mut |x| {
-            let wanted = |shape| targets.get(&shape).is_some_and(|t| !t.is_empty());
-            for s in Shown::of(g, x, sc.untraced, wanted) {
-                if let Some(ts) = targets.get_mut(&s.shape) {
-                    ts.retain(|(sig, t)| {
-                        let hit = s.shows(t);
-                        if hit {
-                            shown.insert(*sig);
-                        }
-                        !hit
-                    });
-                }
-            }
-        });
+        search(g, &sc, usize::MAX, &mut targets, &mut shown);
     }
     shown
+}
+
+/// Match `targets` (by shape) against up to `cap` correct executions of `sc`: each one
+/// a correct execution shows goes from `targets` into `shown`.
+fn search(
+    g: Generation,
+    sc: &Scenario,
+    cap: usize,
+    targets: &mut HashMap<u64, Vec<(u64, Target)>>,
+    shown: &mut HashSet<u64>,
+) {
+    let correct = Config {
+        generation: g,
+        bug: None,
+    };
+    for_each_execution_up_to(&correct, World::new(&sc.roles), cap, &mut |x| {
+        let wanted = |shape| targets.get(&shape).is_some_and(|t| !t.is_empty());
+        for s in Shown::of(g, x, sc.untraced, wanted) {
+            if let Some(ts) = targets.get_mut(&s.shape) {
+                ts.retain(|(sig, t)| {
+                    let hit = s.shows(t);
+                    if hit {
+                        shown.insert(*sig);
+                    }
+                    !hit
+                });
+            }
+        }
+    });
 }
 
 /// The signatures of `targets` (projections of executions of `sc`) that a correct
@@ -489,25 +499,8 @@ pub(super) fn shown_with_untraced_reader(
     if open.roles.len() > vmatrace_common::model::machine::MAX_TASKS {
         return HashSet::new();
     }
-    let correct = Config {
-        generation: g,
-        bug: None,
-    };
     let mut shown = HashSet::new();
-    for_each_execution_up_to(&correct, World::new(&open.roles), cap, &mut |x| {
-        let wanted = |shape| by_shape.get(&shape).is_some_and(|t| !t.is_empty());
-        for s in Shown::of(g, x, open.untraced, wanted) {
-            if let Some(ts) = by_shape.get_mut(&s.shape) {
-                ts.retain(|(sig, t)| {
-                    let hit = s.shows(t);
-                    if hit {
-                        shown.insert(*sig);
-                    }
-                    !hit
-                });
-            }
-        }
-    });
+    search(g, &open, cap, &mut by_shape, &mut shown);
     shown
 }
 
