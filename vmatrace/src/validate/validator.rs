@@ -27,6 +27,11 @@
 //!   (`docs/protocol.md#race-2`). It is a violation if its timestamp falls after the
 //!   excluder saw the readers excluded and before the exclusion ended: no reader can hold
 //!   a reference then. The decision waits until both ends of that window have been seen.
+//!   Where start-exclude is inlined (6.15-6.18) the window is a `__vma_start_write` call:
+//!   a put that read the flag set on a write-locked VMA, with its own time and its task's
+//!   next event both inside the call, held its reference past the writer's wait
+//!   (`readers_drained_before_store`). Each VMA keeps its two latest windows in time,
+//!   and keeps them past its detach, for readers' events delivered late.
 //!
 //! A reader admitted with the flag set *while the excluder still waits* cannot be told
 //! from that legal race by any sample; it is detected only once it is write-locked
@@ -94,7 +99,7 @@ struct VmaTrack {
     /// State that only exists around a write lock or exclusion, boxed so the record of
     /// the many idle VMAs stays small (one cache line).
     rare: Option<Box<Rare>>,
-    /// The last two closed windows `(readers excluded, exclusion ended)`, newest first.
+    /// The two latest closed windows `(readers excluded, exclusion ended)` in time.
     windows: Windows,
     /// Timestamp of the `vm_area_alloc`/`vm_area_dup` return that started this life.
     born_ts: u64,
