@@ -1002,10 +1002,11 @@ pub fn check_without(g: Generation, budget: Budget, off: Option<&'static Rule>) 
         );
     }
     let reference = reference(g, budget);
-    let shown = shown_by_correct(g, budget, &reference);
+    let judged = judged_scenarios(g);
+    let shown = shown_by_correct(g, budget, &reference, &judged);
     c.states = states(g);
     for bug in Bug::ALL {
-        let r = check_bug(g, bug, budget, (&reference, &shown), off, &mut c);
+        let r = check_bug(g, bug, budget, &judged, (&reference, &shown), off, &mut c);
         c.bugs.insert(bug.key(), r);
     }
     c
@@ -1041,10 +1042,26 @@ fn states(g: Generation) -> (usize, usize) {
     (x.states, x.transitions)
 }
 
+/// The scenarios bugs are judged in: every task traced (an untraced reader can hide a
+/// bug), and few enough correct executions to know every one of them.
+fn judged_scenarios(g: Generation) -> Vec<Scenario> {
+    let correct = Config {
+        generation: g,
+        bug: None,
+    };
+    scenarios(g)
+        .into_iter()
+        .filter(|s| {
+            s.untraced == 0 && !for_each_execution(&correct, World::new(&s.roles), &mut |_| {}).1
+        })
+        .collect()
+}
+
 fn check_bug(
     g: Generation,
     bug: Bug,
     budget: Budget,
+    judged: &[Scenario],
     (reference, shown): (&HashSet<u64>, &HashSet<u64>),
     off: Option<&'static Rule>,
     c: &mut Conformance,
@@ -1054,18 +1071,12 @@ fn check_bug(
         kind: kinds.iter().map(|k| k.key()).collect::<Vec<_>>().join("|"),
         ..BugResult::default()
     };
-    // Bugs are judged where every task is traced: an untraced reader can hide them.
     let mut missed: Vec<(Vec<Vec<Vec<Event>>>, String)> = Vec::new();
-    for sc in scenarios(g).into_iter().filter(|s| s.untraced == 0) {
-        let cfg = Config {
-            generation: g,
-            bug: Some(bug),
-        };
-        let correct = Config { bug: None, ..cfg };
-        if for_each_execution(&correct, World::new(&sc.roles), &mut |_| {}).1 {
-            // Too many correct executions to know every signature: not judged.
-            continue;
-        }
+    let cfg = Config {
+        generation: g,
+        bug: Some(bug),
+    };
+    for sc in judged {
         executions(
             &cfg,
             World::new(&sc.roles),
@@ -1139,7 +1150,7 @@ fn check_bug(
             HashSet::new()
         } else {
             let targets: Vec<&Vec<Vec<Event>>> = missed.iter().flat_map(|(v, _)| v).collect();
-            shown_with_untraced_reader(g, &sc, &targets, budget.untraced_executions)
+            shown_with_untraced_reader(g, sc, &targets, budget.untraced_executions)
         };
         for (visible, m) in missed.drain(..) {
             if visible.iter().all(|p| explained.contains(&signature(p))) {

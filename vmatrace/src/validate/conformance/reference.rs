@@ -27,8 +27,7 @@ use vmatrace_common::{
 
 use super::{
     Budget, ENTRIES, Entries, Execution, READS, Reads, Scenario, excluder_pairs, executions,
-    for_each_execution, for_each_execution_up_to, is_entry, pair_entries, project, runs, sample,
-    scenarios,
+    for_each_execution_up_to, is_entry, pair_entries, project, runs, sample, scenarios,
 };
 
 /// What the events of one projection say, without their timestamps: every event's
@@ -188,19 +187,15 @@ impl Target {
         Target { events }
     }
 
-    /// Each task's runs but wake-ups, in order: a correct execution can only show this
-    /// projection if its runs have the same shape.
+    /// A correct execution can only show this projection if its runs have the same
+    /// shape ([`shape_of`]).
     fn shape(&self, tasks: usize) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for t in 0..tasks {
-            for (task, fixed, _) in &self.events {
-                if *task == t && !fixed.is_wake() {
-                    fixed.hash(&mut h);
-                }
-            }
-            u8::MAX.hash(&mut h);
-        }
-        h.finish()
+        shape_of((0..tasks).map(|t| {
+            self.events
+                .iter()
+                .filter(move |(task, ..)| *task == t)
+                .map(|(_, fixed, _)| fixed)
+        }))
     }
 }
 
@@ -282,12 +277,14 @@ fn in_stream_order(
     (ordered, calls)
 }
 
-fn shape_of(tasks: &[Vec<Sketch>]) -> u64 {
+/// The shape of what each task streams: its events but wake-ups (which a correct run
+/// may or may not stream), in order, without what they read.
+fn shape_of<'a, T: IntoIterator<Item = &'a Fixed>>(tasks: impl IntoIterator<Item = T>) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for runs in tasks {
-        for s in runs {
-            if s.streamed && !s.fixed.is_wake() {
-                s.fixed.hash(&mut h);
+        for fixed in runs {
+            if !fixed.is_wake() {
+                fixed.hash(&mut h);
             }
         }
         u8::MAX.hash(&mut h);
@@ -320,7 +317,11 @@ impl Shown {
         let mut out = Vec::new();
         for entries in ENTRIES {
             let (ordered, calls) = in_stream_order(g, &tasks, entries);
-            let shape = shape_of(&ordered);
+            let shape = shape_of(
+                ordered
+                    .iter()
+                    .map(|runs| runs.iter().filter(|s| s.streamed).map(|s| &s.fixed)),
+            );
             if !wanted(shape) {
                 continue;
             }
@@ -428,18 +429,12 @@ pub(super) fn shown_by_correct(
     g: Generation,
     budget: Budget,
     reference: &HashSet<u64>,
+    judged: &[Scenario],
 ) -> HashSet<u64> {
     let mut shown = HashSet::new();
-    let correct = Config {
-        generation: g,
-        bug: None,
-    };
-    for sc in scenarios(g).into_iter().filter(|s| s.untraced == 0) {
-        if for_each_execution(&correct, World::new(&sc.roles), &mut |_| {}).1 {
-            continue;
-        }
+    for sc in judged {
         let mut targets = bug_targets(g, budget, &sc.roles, reference);
-        search(g, &sc, usize::MAX, &mut targets, &mut shown);
+        search(g, sc, usize::MAX, &mut targets, &mut shown);
     }
     shown
 }
@@ -550,26 +545,38 @@ fn bug_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::conformance::for_each_execution;
 
-    /// Every fixed placement of the reads (early, late, spread) is one of the
-    /// placements the search tries: each correct execution shows its own projections.
-    #[test]
-    fn a_correct_execution_shows_each_of_its_projections() {
+    /// Every correct execution of the scenario named `name` on 7.0.
+    fn correct_executions(name: &str, f: &mut impl FnMut(&Execution)) {
         let g = Generation::V7_0;
         let cfg = Config {
             generation: g,
             bug: None,
         };
-        let sc = &scenarios(g)[1];
-        assert_eq!(sc.name, "reader + detacher");
+        let sc = scenarios(g).into_iter().find(|s| s.name == name);
+        let sc = sc.expect("a scenario of that name");
+        for_each_execution(&cfg, World::new(&sc.roles), f);
+    }
+
+    /// A projection as a target, and `x` prepared to be matched against it.
+    fn target_and_shown(x: &Execution, per_task: &[Vec<Event>]) -> (Target, Vec<Shown>) {
+        let t = Target::of(per_task);
+        let shape = t.shape(per_task.len());
+        let shown = Shown::of(Generation::V7_0, x, 0, |s| s == shape);
+        (t, shown)
+    }
+
+    /// Every fixed placement of the reads (early, late, spread) is one of the
+    /// placements the search tries: each correct execution shows its own projections.
+    #[test]
+    fn a_correct_execution_shows_each_of_its_projections() {
         let mut checked = 0;
-        for_each_execution(&cfg, World::new(&sc.roles), &mut |x| {
+        correct_executions("reader + detacher", &mut |x| {
             for reads in READS {
                 for entries in ENTRIES {
-                    let per_task = project(g, x, (reads, entries), 0);
-                    let t = Target::of(&per_task);
-                    let shape = t.shape(per_task.len());
-                    let shown = Shown::of(g, x, 0, |s| s == shape);
+                    let per_task = project(Generation::V7_0, x, (reads, entries), 0);
+                    let (t, shown) = target_and_shown(x, &per_task);
                     assert!(
                         shown.iter().any(|s| s.shows(&t)),
                         "{reads:?} {entries:?}\n{}",
@@ -585,14 +592,8 @@ mod tests {
     /// A sample no world of the run's window holds is not shown.
     #[test]
     fn a_sample_outside_the_window_is_not_shown() {
-        let g = Generation::V7_0;
-        let cfg = Config {
-            generation: g,
-            bug: None,
-        };
-        let sc = &scenarios(g)[0];
         let mut x0 = None;
-        for_each_execution(&cfg, World::new(&sc.roles), &mut |x| {
+        correct_executions("reader + writer", &mut |x| {
             if x0.is_none() {
                 x0 = Some(Execution {
                     initial: x.initial,
@@ -601,10 +602,8 @@ mod tests {
             }
         });
         let x = x0.expect("an execution");
-        let per_task = project(g, &x, (Reads::Early, Entries::Streamed), 0);
-        let mut t = Target::of(&per_task);
-        let shape = t.shape(per_task.len());
-        let shown = Shown::of(g, &x, 0, |s| s == shape);
+        let per_task = project(Generation::V7_0, &x, (Reads::Early, Entries::Streamed), 0);
+        let (mut t, shown) = target_and_shown(&x, &per_task);
         assert!(shown[0].shows(&t));
         t.events[0].2.refcnt = 0x4000_0007;
         assert!(!shown[0].shows(&t));
