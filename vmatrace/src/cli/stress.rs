@@ -20,6 +20,12 @@ pub struct StressArgs {
     /// helper processes while they fork.
     #[arg(long)]
     pub forks: bool,
+    /// With --forks: kill each helper once its forking thread sleeps killably (`D`,
+    /// polled every 100 µs at real-time priority when allowed) instead of a few random
+    /// milliseconds in, so the SIGKILL lands inside `dup_mmap`'s wait for readers (with
+    /// --widen-race-us, which makes those waits last). Counted as `killed_in_wait`.
+    #[arg(long, requires = "forks")]
+    pub kill_asleep: bool,
     /// Test aid (root): busy-wait this many microseconds (1–1000) right before and right
     /// after the `vm_refcnt` increment in `vma_start_read` (kprobes inside
     /// `lock_vma_under_rcu`), for the tasks of this process's cgroup when it has one of its
@@ -42,6 +48,9 @@ pub struct StressArgs {
     /// Internal: be the helper process that `--forks` kills while it forks.
     #[arg(long, hide = true)]
     pub fork_victim: bool,
+    /// Internal: the VMAs a fork helper maps.
+    #[arg(long, hide = true, default_value_t = stress::fork::VICTIM_VMAS, value_parser = clap::value_parser!(u64).range(2..=4096))]
+    pub victim_vmas: u64,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -53,7 +62,7 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 
 pub fn run(args: StressArgs) -> anyhow::Result<()> {
     if args.fork_victim {
-        stress::fork::victim()?;
+        stress::fork::victim(args.victim_vmas as usize)?;
         return Ok(());
     }
     if args.readers == 0 && args.writers == 0 && !args.forks {
@@ -64,6 +73,7 @@ pub fn run(args: StressArgs) -> anyhow::Result<()> {
         readers: args.readers,
         writers: args.writers,
         forks: args.forks,
+        kill_asleep: args.kill_asleep,
         widen_race: args.widen_race_us.map(Duration::from_micros),
         count_calls: args.count_calls,
     };

@@ -169,6 +169,9 @@ pub struct PlanSection {
     pub coverage: BTreeMap<String, String>,
     pub hooks_attached: usize,
     pub hooks_failed: Vec<HookFailure>,
+    /// Whether a fatal signal can end a write lock's wait for readers (`-EINTR`, counted
+    /// in `stats.interrupted`): this kernel's profile, 6.19+.
+    pub killable_writers: bool,
     pub notes: Vec<String>,
 }
 
@@ -525,6 +528,7 @@ impl Summary {
                     error: k.error.clone().unwrap_or_default(),
                 })
                 .collect(),
+            killable_writers: p.generation.has_killable_writers(),
             notes: p.notes.clone(),
         });
         let mut wait_ns = BTreeMap::new();

@@ -162,6 +162,82 @@ pub fn stress(step: &str, j: &Value, forks: bool, v: &mut Verdict) {
     ));
 }
 
+/// The `killwait` step: fork victims killed while they slept in `dup_mmap`. Where the
+/// kernel's writers are killable (`plan.killable_writers`), the tracer must have counted
+/// interrupted waits (-EINTR), the workload must have caught victims asleep, and the
+/// session must end by its duration with no anomaly and no unexplained loss.
+pub fn kill_wait(step: &str, j: &Value, workload: &Value, v: &mut Verdict) {
+    let n = |v: &Value, k: &str| at(v, k).and_then(Value::as_u64);
+    let kills = n(workload, "ops.killed_during_fork");
+    let in_wait = n(workload, "ops.killed_in_wait");
+    let interrupted = n(j, "stats.interrupted");
+    let anomalies = n(j, "anomalies.total");
+    let widened = at(workload, "race_widener.probes")
+        .and_then(Value::as_array)
+        .is_some_and(|p| !p.is_empty());
+    v.info.push(format!(
+        "{step}: victims killed {}, of them asleep {}, interrupted waits {}, anomalies {}",
+        show(kills),
+        show(in_wait),
+        show(interrupted),
+        show(anomalies)
+    ));
+    if !widened {
+        v.failures.push(format!(
+            "{step}: the workload installed no fault-delaying probe"
+        ));
+    }
+    if kills.unwrap_or(0) == 0 {
+        v.failures
+            .push(format!("{step}: no fork victim was killed"));
+    }
+    if anomalies != Some(0) {
+        v.failures
+            .push(format!("{step}: anomalies {}", show(anomalies)));
+    }
+    if let Some(e) = n(workload, "ops.errors").filter(|e| *e > 0) {
+        v.failures
+            .push(format!("{step}: {e} workload operations failed"));
+    }
+    match j.get("stop_reason").and_then(Value::as_str) {
+        Some("duration") => {}
+        other => v
+            .failures
+            .push(format!("{step}: stopped by {other:?}, not by --duration")),
+    }
+    match judge_losses(j) {
+        Ok(line) => v.info.push(format!("{step}: {line}")),
+        Err(e) => v.failures.push(format!("{step}: {e}")),
+    }
+    match at(j, "plan.killable_writers").and_then(Value::as_bool) {
+        Some(true) => {
+            // Catching a victim inside a wait of about a millisecond is a race, retried
+            // like the detach race; anything else wrong is not.
+            if in_wait.unwrap_or(0) == 0 {
+                v.races_missed += 1;
+                v.failures.push(format!(
+                    "{step}: the killer never caught a fork victim asleep in dup_mmap"
+                ));
+            } else if interrupted.unwrap_or(0) == 0 {
+                v.races_missed += 1;
+                v.failures.push(format!(
+                    "{step}: no interrupted write-lock wait counted although victims were killed asleep"
+                ));
+            }
+        }
+        Some(false) => v.info.push(format!(
+            "{step}: this kernel's writers are not killable: no wait can be interrupted"
+        )),
+        None => v.failures.push(format!(
+            "{step}: `plan.killable_writers` missing from the summary"
+        )),
+    }
+}
+
+fn show(n: Option<u64>) -> String {
+    n.map_or_else(|| "?".into(), |n| n.to_string())
+}
+
 /// The race step's workload really installed its delay probes (`stress --widen-race-us`).
 pub fn race_widener(step: &str, j: &Value, v: &mut Verdict) {
     let probes = at(j, "race_widener.probes").and_then(Value::as_array);
@@ -643,6 +719,53 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn kill_wait_needs_interrupted_waits_where_writers_are_killable() {
+        let summary = |killable: bool, interrupted: u64| {
+            json!({"stop_reason": "duration", "plan": {"killable_writers": killable},
+                   "stats": {"interrupted": interrupted}, "anomalies": {"total": 0},
+                   "losses": {"total": 0}})
+        };
+        let workload = |in_wait: u64| {
+            json!({"ops": {"killed_during_fork": 12, "killed_in_wait": in_wait, "errors": 0},
+                   "race_widener": {"probes": ["lock_vma_under_rcu+0xb1"]}})
+        };
+        let judge = |s: &Value, w: &Value| {
+            let mut v = Verdict::default();
+            kill_wait("killwait", s, w, &mut v);
+            v.failures
+        };
+        assert!(judge(&summary(true, 3), &workload(5)).is_empty());
+        assert_eq!(
+            judge(&summary(true, 0), &workload(5)),
+            [
+                "killwait: no interrupted write-lock wait counted although victims were killed asleep"
+            ]
+        );
+        assert_eq!(
+            judge(&summary(true, 1), &workload(0)),
+            ["killwait: the killer never caught a fork victim asleep in dup_mmap"]
+        );
+        // Those two are races, retried; an anomaly is not.
+        let mut v = Verdict::default();
+        kill_wait("killwait", &summary(true, 0), &workload(5), &mut v);
+        assert!(v.only_races_missed());
+        // 6.15-6.18: nothing can be interrupted, so nothing is required.
+        assert!(judge(&summary(false, 0), &workload(0)).is_empty());
+        let mut bad = summary(true, 2);
+        bad["anomalies"]["total"] = json!(1);
+        assert_eq!(judge(&bad, &workload(2)), ["killwait: anomalies 1"]);
+        let mut v = Verdict::default();
+        kill_wait("killwait", &bad, &workload(2), &mut v);
+        assert!(!v.only_races_missed());
+        let mut unplanned = summary(true, 2);
+        unplanned["plan"] = json!({});
+        assert_eq!(
+            judge(&unplanned, &workload(2)),
+            ["killwait: `plan.killable_writers` missing from the summary"]
+        );
+    }
 
     #[test]
     fn plan_coverage_and_direct_events() {

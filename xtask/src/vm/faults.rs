@@ -525,10 +525,19 @@ impl Injector<'_> {
     ) -> anyhow::Result<()> {
         self.arm_entries(true)?;
         self.gdb.resume()?;
+        // Once the workload has exited no new fault starts: its exit frees VMAs
+        // (`vm_area_free`) up to the moment the tracer stops, and a fault whose events
+        // reach the ring buffer after the tracer stopped reading cannot be reported.
+        let mut ended = false;
+        let mut checked = Instant::now();
         while !self.done() || self.pending.is_some() {
+            if !ended && checked.elapsed() > Duration::from_millis(200) {
+                checked = Instant::now();
+                ended = stop_when();
+            }
             let Some(stop) = self.gdb.wait_stop(Duration::from_millis(500))? else {
                 let now = Instant::now();
-                if (now > until || stop_when()) && (self.pending.is_none() || now > hard) {
+                if (now > until || ended) && (self.pending.is_none() || now > hard) {
                     break;
                 }
                 continue;
@@ -548,6 +557,12 @@ impl Injector<'_> {
             if let Some(p) = self.pending.take() {
                 self.at_pending(&stop, p)?;
             } else if self.entries.iter().any(|(a, _)| *a == rip) {
+                if ended {
+                    // Removing the breakpoints lets this vCPU run the instruction.
+                    self.arm_entries(false)?;
+                    self.gdb.resume()?;
+                    break;
+                }
                 self.at_entry(&stop, rip)?;
             } else {
                 // Not ours (a stale hit): go on.

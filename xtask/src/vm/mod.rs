@@ -316,8 +316,9 @@ const GUEST_RETRIES: u32 = 3;
 /// (`Verdict::only_races_missed`). The race needs the guest's writers to detach VMAs while
 /// a delayed reader is inside: when the host is busy, TCG's vCPU threads starve the
 /// writers (measured on 6.19 with one host core busy: 4x fewer writer operations; with
-/// two, ~9x fewer and no slow detach in 8 s). Another boot is a new draw; a kernel or
-/// tracer that cannot show the event fails every one.
+/// two, ~9x fewer and no slow detach in 8 s). The `killwait` step's kill inside a wait of
+/// about a millisecond is such a race too. Another boot is a new draw; a kernel or tracer
+/// that cannot show the event fails every one.
 const RACE_ATTEMPTS: u32 = 2;
 
 /// The first `Oops: int3` of a console log with the instruction pointer it names.

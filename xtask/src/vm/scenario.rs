@@ -17,6 +17,9 @@ pub enum Check {
     /// `vmatrace run --headless --json` summary; `race`: the workload widened the detach
     /// race, so `mark_detached_slow` must have been seen.
     RunSummary { race: bool },
+    /// `vmatrace run --headless --json` over fork victims killed while they wait
+    /// (`checks::kill_wait`): interrupted waits counted, 0 anomalies.
+    KillWait,
     /// The traced run the host injected faults into: judged on the host against the
     /// injector's record (`faults::judge`); here only its exit status.
     Faults,
@@ -63,6 +66,15 @@ pub const ANOMALY_LOG: &str = "/tmp/anomalies.jsonl";
 /// The `faults` step's anomaly log (raw addresses: the injector knows the VMAs by them).
 pub const FAULTS_ANOMALY_LOG: &str = "/tmp/faults-anomalies.jsonl";
 pub const RACE_ANOMALY_LOG: &str = "/tmp/race-anomalies.jsonl";
+pub const KILLWAIT_ANOMALY_LOG: &str = "/tmp/killwait-anomalies.jsonl";
+/// The `killwait` step's delay on every fault of its cgroup: the fork victims' readers
+/// hold their VMA that long, so `dup_mmap`'s killable waits last long enough for the
+/// killer to see them (the widener's maximum).
+pub const KILLWAIT_DELAY_US: u32 = 1000;
+/// The `killwait` tracer's ring buffer: the delayed faults spin with interrupts off and
+/// the killer polls at real-time priority, so the tracer may not run for a while; the
+/// step is about interrupted waits, not about the ring's size.
+pub const KILLWAIT_RING_BYTES: u32 = 32 << 20;
 /// The busy-wait `stress --widen-race-us` puts around a reader's refcount increment: long
 /// next to a TCG writer's write-lock-to-detach stretch (a few µs), short next to a tick.
 pub const RACE_DELAY_US: u32 = 50;
@@ -145,10 +157,39 @@ pub fn steps(p: &Params) -> Vec<Step> {
         &format!("{workload} --widen-race-us {RACE_DELAY_US} --json"),
         true,
     ));
+    v.push(kill_wait(p));
     if p.faults {
-        v.extend(fault_steps(p, &workload));
+        v.extend(fault_steps(p));
     }
     v
+}
+
+/// `killwait`: only fork victims, killed while their `dup_mmap` sleeps in a killable
+/// wait for the victim's own reader, whose faults the widener holds inside their VMA
+/// ([`KILLWAIT_DELAY_US`]); the tracer traces the workload's cgroup. Where writers are
+/// killable (6.19+) the interrupted waits must be counted, and nothing is an anomaly.
+fn kill_wait(p: &Params) -> Step {
+    let workload = format!(
+        "vmatrace stress --duration {} --forks --kill-asleep --widen-race-us {KILLWAIT_DELAY_US} --json",
+        p.duration
+    );
+    Step {
+        name: "killwait",
+        argv: words(&format!(
+            "vmatrace run --headless --cgroup {WORKLOAD_CGROUP} --ring-buffer-bytes {KILLWAIT_RING_BYTES} --duration {} --json --anomaly-log {KILLWAIT_ANOMALY_LOG}",
+            p.duration + RACE_TRACER_MARGIN_S
+        )),
+        background: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo $$ > {WORKLOAD_CGROUP}/cgroup.procs && exec {workload}"),
+        ]),
+        timeout_s: budget(p) + READY_TIMEOUT_S,
+        files: vec![KILLWAIT_ANOMALY_LOG],
+        export: None,
+        scrape: None,
+        check: Check::KillWait,
+    }
 }
 
 /// The kernel functions the fault injector breaks at, whatever the generation calls
@@ -159,7 +200,14 @@ const FAULT_SYMBOLS: &str =
 /// `symbols`: where the injector's functions are (`/proc/kallsyms`, read as root);
 /// `faults`: every task traced, raw addresses, the usual workload, while the host injects
 /// faults through QEMU's gdbstub.
-fn fault_steps(p: &Params, workload: &str) -> Vec<Step> {
+fn fault_steps(p: &Params) -> Vec<Step> {
+    // Twice the usual duration: every fault must be made while the workload runs (the
+    // injector starts none after it exits), and under TCG each breakpoint stop is slow.
+    let duration = 2 * p.duration;
+    let workload = format!(
+        "vmatrace stress --duration {duration} --readers {} --writers {}",
+        p.readers, p.writers
+    );
     let symbols = Step {
         name: "symbols",
         argv: vec![
@@ -178,7 +226,7 @@ fn fault_steps(p: &Params, workload: &str) -> Vec<Step> {
         name: "faults",
         argv: words(&format!(
             "vmatrace run --headless --raw-addresses --duration {} --json --anomaly-log {FAULTS_ANOMALY_LOG}",
-            p.duration + TRACER_MARGIN_S
+            duration + TRACER_MARGIN_S
         )),
         // Run through a symlink so the workload's tasks have their own comm: the
         // injector faults only them (the tracer does not trace itself).
@@ -191,7 +239,7 @@ fn fault_steps(p: &Params, workload: &str) -> Vec<Step> {
                 comm = super::faults::WORKLOAD_COMM
             ),
         ]),
-        timeout_s: budget(p) + READY_TIMEOUT_S,
+        timeout_s: budget(p) + 4 * p.duration + READY_TIMEOUT_S,
         files: vec![FAULTS_ANOMALY_LOG],
         export: None,
         scrape: None,
@@ -440,6 +488,25 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                 Ok(j) => super::checks::plan(&j, &mut v),
                 Err(e) => v.failures.push(e),
             },
+            Check::KillWait => {
+                no_anomaly_lines(st, r, &mut v);
+                let workload = match r.section(&format!("{}.background", st.name)) {
+                    Some(b) if b.rc == Some(0) => json_of("workload", &b.body),
+                    Some(b) => Err(format!(
+                        "{} workload: exit status {:?}: {}",
+                        st.name,
+                        b.rc,
+                        b.body.trim()
+                    )),
+                    None => Err(format!("{} workload: no output", st.name)),
+                };
+                match (json_of(st.name, &sec.body), workload) {
+                    (Ok(summary), Ok(workload)) => {
+                        super::checks::kill_wait(st.name, &summary, &workload, &mut v)
+                    }
+                    (Err(e), _) | (_, Err(e)) => v.failures.push(e),
+                }
+            }
             Check::RunSummary { race } => {
                 let summary = json_of(st.name, &sec.body);
                 match &summary {
@@ -462,27 +529,7 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
                     }
                     Err(e) => v.failures.push(e.clone()),
                 }
-                for f in &st.files {
-                    let Some(log) = r.section(&format!("{}:{f}", st.name)) else {
-                        continue;
-                    };
-                    let anomalies: Vec<&str> = log
-                        .body
-                        .lines()
-                        .filter(|l| l.contains("\"type\":\"anomaly\""))
-                        .collect();
-                    v.info.push(format!(
-                        "{f}: {} lines, {} anomalies",
-                        log.body.lines().count(),
-                        anomalies.len()
-                    ));
-                    if let Some(first) = anomalies.first() {
-                        v.failures.push(format!(
-                            "anomaly log: {} anomalies, first: {first}",
-                            anomalies.len()
-                        ));
-                    }
-                }
+                no_anomaly_lines(st, r, &mut v);
                 let bg = r.section(&format!("{}.background", st.name));
                 match bg {
                     Some(b) if b.rc == Some(0) => match json_of("workload", &b.body) {
@@ -524,6 +571,31 @@ pub fn judge(steps: &[Step], r: &GuestResults) -> Verdict {
     v
 }
 
+/// A traced step's anomaly logs (its `files`, sent back) hold no anomaly line.
+fn no_anomaly_lines(st: &Step, r: &GuestResults, v: &mut Verdict) {
+    for f in &st.files {
+        let Some(log) = r.section(&format!("{}:{f}", st.name)) else {
+            continue;
+        };
+        let anomalies: Vec<&str> = log
+            .body
+            .lines()
+            .filter(|l| l.contains("\"type\":\"anomaly\""))
+            .collect();
+        v.info.push(format!(
+            "{f}: {} lines, {} anomalies",
+            log.body.lines().count(),
+            anomalies.len()
+        ));
+        if let Some(first) = anomalies.first() {
+            v.failures.push(format!(
+                "anomaly log: {} anomalies, first: {first}",
+                anomalies.len()
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,7 +610,7 @@ mod tests {
             faults: false,
         };
         let names: Vec<_> = steps(&p).iter().map(|s| s.name).collect();
-        assert_eq!(names, ["kernel", "probes", "run", "race"]);
+        assert_eq!(names, ["kernel", "probes", "run", "race", "killwait"]);
         // With faults: where the injector's functions are, then the faulted run, whose
         // tracer traces every task and writes raw addresses (the injector knows the
         // faulted VMAs by them).
@@ -549,7 +621,9 @@ mod tests {
         let with_faults: Vec<_> = steps(&fp).iter().map(|s| s.name).collect();
         assert_eq!(
             with_faults,
-            ["kernel", "probes", "run", "race", "symbols", "faults"]
+            [
+                "kernel", "probes", "run", "race", "killwait", "symbols", "faults"
+            ]
         );
         let f = steps(&fp).pop().expect("faults step");
         let argv = f.argv.join(" ");
@@ -591,6 +665,21 @@ mod tests {
             "the race step traces every task"
         );
         assert_eq!(race.scrape, None);
+        // The kill-during-wait step: fork victims only, their faults held long, in the
+        // traced cgroup.
+        let kill = steps(&p)
+            .into_iter()
+            .find(|s| s.name == "killwait")
+            .expect("killwait step");
+        let bg = kill.background.as_ref().expect("workload").join(" ");
+        assert!(
+            bg.contains("--forks")
+                && bg.contains(&format!("--widen-race-us {KILLWAIT_DELAY_US}"))
+                && !bg.contains("--readers"),
+            "{bg}"
+        );
+        assert_eq!(kill.check, Check::KillWait);
+        assert_eq!(kill.files, [KILLWAIT_ANOMALY_LOG]);
     }
 
     #[test]

@@ -51,7 +51,7 @@ const FORKING: &str = "forking";
 /// after it says it is forking: it then spends nearly all its time in `dup_mmap`, whose
 /// killable write locks wait for the victim's own faulting reader, so some kills land
 /// inside such a wait (-EINTR).
-pub fn killer(shared: &Shared, stop: &AtomicBool, seed: u64) {
+pub fn killer(shared: &Shared, stop: &AtomicBool, seed: u64, asleep: bool) {
     let mut rng = Rng::new(seed);
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -60,9 +60,31 @@ pub fn killer(shared: &Shared, stop: &AtomicBool, seed: u64) {
             return;
         }
     };
+    if asleep {
+        // The waits it looks for last about as long as one fault (a millisecond when
+        // the faults are delayed): at real-time priority a poll runs as soon as its sleep
+        // ends, where other busy tasks would otherwise hold the CPU past the wait. Best
+        // effort (it needs root); the polls sleep between reads, so this thread cannot
+        // hog a CPU.
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sets this thread's own policy; `param` is a valid sched_param.
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    }
     while !stop.load(Ordering::Relaxed) {
+        // Waited for asleep, a victim is better small: its forks are short, so the
+        // waits for its reader are a larger share of its time (and of its events).
+        let vmas = if asleep {
+            ASLEEP_VICTIM_VMAS
+        } else {
+            VICTIM_VMAS
+        };
         let child = Command::new(&exe)
-            .args(["stress", "--fork-victim"])
+            .args([
+                "stress",
+                "--fork-victim",
+                "--victim-vmas",
+                &vmas.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn();
@@ -79,30 +101,73 @@ pub fn killer(shared: &Shared, stop: &AtomicBool, seed: u64) {
             let mut line = String::new();
             let _ = BufReader::new(out).read_line(&mut line);
         }
-        std::thread::sleep(Duration::from_millis(1 + rng.below(20) as u64));
+        let in_wait = if asleep {
+            wait_for_sleep(child.id(), Instant::now() + ASLEEP_WITHIN)
+        } else {
+            std::thread::sleep(Duration::from_millis(1 + rng.below(20) as u64));
+            false
+        };
         let killed = child.kill().is_ok();
         let _ = child.wait();
         if killed {
             shared.ops.add(Op::KilledDuringFork, 1);
+            if in_wait {
+                shared.ops.add(Op::KilledInWait, 1);
+            }
         }
     }
 }
 
+/// Poll the victim's forking thread until it sleeps killably (`D` in `/proc/PID/stat`:
+/// `dup_mmap` waiting for a reader to leave a VMA, or for the mmap lock) or `deadline`
+/// passes. True when it was seen asleep: a SIGKILL now lands inside a killable wait, which
+/// the kernel ends with -EINTR. A random instant would rarely: the waits last as long
+/// as a reader's fault, the forks between them much longer.
+fn wait_for_sleep(pid: u32, deadline: Instant) -> bool {
+    let path = format!("/proc/{pid}/task/{pid}/stat");
+    let mut buf = [0u8; 512];
+    let Ok(f) = std::fs::File::open(&path) else {
+        return false;
+    };
+    while Instant::now() < deadline {
+        match std::os::unix::fs::FileExt::read_at(&f, &mut buf, 0) {
+            Ok(n) if stat_state(&buf[..n]) == Some(b'D') => return true,
+            Ok(_) => std::thread::sleep(POLL),
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Between two reads of the victim's state.
+const POLL: Duration = Duration::from_micros(100);
+
+/// The state letter of a `/proc/PID/stat` line: the field after the comm, which is in
+/// parentheses and may itself hold spaces and parentheses.
+fn stat_state(line: &[u8]) -> Option<u8> {
+    let close = line.iter().rposition(|b| *b == b')')?;
+    line.get(close + 2).copied()
+}
+
 /// VMAs the victim maps: many small ones, so each `dup_mmap` takes a while and a SIGKILL
 /// lands inside it more often than not.
-const VICTIM_VMAS: usize = 512;
+pub const VICTIM_VMAS: u64 = 512;
+/// The same for victims killed asleep (`--kill-asleep`).
+const ASLEEP_VICTIM_VMAS: u64 = 64;
+/// How long the killer waits for a victim to sleep before it kills it anyway.
+const ASLEEP_WITHIN: Duration = Duration::from_secs(3);
 /// The victim exits by itself after this long if nobody kills it.
 const VICTIM_LIFETIME: Duration = Duration::from_secs(30);
 
-/// `vmatrace stress --fork-victim`: map many VMAs, fault on them from a second thread, and
-/// fork in a loop until killed.
-pub fn victim() -> anyhow::Result<()> {
+/// `vmatrace stress --fork-victim`: map `n_vmas` VMAs, fault on them from a second thread,
+/// and fork in a loop until killed.
+pub fn victim(n_vmas: usize) -> anyhow::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on this task.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let page = sys::page_size();
-    let mut vmas = Vec::with_capacity(VICTIM_VMAS);
-    let base = sys::mmap_anon(0, VICTIM_VMAS * page, sys::RW, libc::MAP_NORESERVE)?;
-    for i in 0..VICTIM_VMAS {
+    let mut vmas = Vec::with_capacity(n_vmas);
+    let base = sys::mmap_anon(0, n_vmas * page, sys::RW, libc::MAP_NORESERVE)?;
+    for i in 0..n_vmas {
         let addr = base + i * page;
         // Alternate protections so neighbours cannot merge into one VMA.
         if i % 2 == 1 {
@@ -115,11 +180,11 @@ pub fn victim() -> anyhow::Result<()> {
         s.spawn(|| {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let addr = vmas[i % VICTIM_VMAS];
+                let addr = vmas[i % n_vmas];
                 // SAFETY: every page of the victim's range stays mapped RW or RWX.
                 unsafe { (addr as *mut u8).write_volatile(1) };
-                if i.is_multiple_of(VICTIM_VMAS) {
-                    let _ = sys::madvise_dontneed(base, VICTIM_VMAS * page);
+                if i.is_multiple_of(n_vmas) {
+                    let _ = sys::madvise_dontneed(base, n_vmas * page);
                 }
                 i += 1;
             }
@@ -136,4 +201,17 @@ pub fn victim() -> anyhow::Result<()> {
         stop.store(true, Ordering::Relaxed);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_follows_the_last_parenthesis() {
+        assert_eq!(stat_state(b"42 (stress) D 1 42 42 0"), Some(b'D'));
+        assert_eq!(stat_state(b"42 (a) b) (c) S 1 42"), Some(b'S'));
+        assert_eq!(stat_state(b"42 (stress"), None);
+        assert_eq!(stat_state(b"42 (x)"), None);
+    }
 }

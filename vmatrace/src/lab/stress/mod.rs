@@ -37,6 +37,9 @@ pub struct StressConfig {
     pub readers: usize,
     pub writers: usize,
     pub forks: bool,
+    /// With `forks`: kill each fork victim once it sleeps in a killable wait, rather
+    /// than a few random milliseconds into its fork loop (`fork::killer`).
+    pub kill_asleep: bool,
     /// Busy-wait this long around `vma_start_read`'s refcount increment (see `race`).
     pub widen_race: Option<Duration>,
     /// Count this cgroup's calls of the traced functions with plain kprobes (`calls`).
@@ -140,7 +143,8 @@ pub fn run(cfg: &StressConfig) -> anyhow::Result<Report> {
         if cfg.forks {
             let (shared, stop) = (&shared, &stop);
             handles.push(s.spawn(move || fork::forker(shared, stop)));
-            handles.push(s.spawn(move || fork::killer(shared, stop, 77)));
+            let asleep = cfg.kill_asleep;
+            handles.push(s.spawn(move || fork::killer(shared, stop, 77, asleep)));
         }
         std::thread::sleep(cfg.duration);
         stop.store(true, Ordering::Relaxed);
@@ -199,6 +203,7 @@ mod tests {
             readers: 1,
             writers: 1,
             forks: false,
+            kill_asleep: false,
             widen_race: None,
             count_calls: false,
         })

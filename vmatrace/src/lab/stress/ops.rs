@@ -41,6 +41,9 @@ pub enum Op {
     Fork,
     /// A helper process killed with SIGKILL while it was forking in a loop.
     KilledDuringFork,
+    /// Of those, the ones killed while their forking thread slept killably (`D`): the
+    /// kills that can end a `dup_mmap` write-lock wait with -EINTR.
+    KilledInWait,
     /// A system call that failed unexpectedly (the error is printed once per op kind).
     Error,
 }
@@ -60,6 +63,7 @@ impl Op {
         Op::SlotTaken,
         Op::Fork,
         Op::KilledDuringFork,
+        Op::KilledInWait,
         Op::Error,
     ];
 
@@ -78,6 +82,7 @@ impl Op {
             Op::SlotTaken => "slot_taken",
             Op::Fork => "fork",
             Op::KilledDuringFork => "killed_during_fork",
+            Op::KilledInWait => "killed_in_wait",
             Op::Error => "errors",
         }
     }
