@@ -201,7 +201,7 @@ impl TraceReader {
                 compressed: false,
             });
         }
-        let (json, crc) = hdr.split_at(header_len as usize);
+        let (json, crc) = hdr[..n].split_at(header_len as usize);
         if crc32fast::hash(json) != le_u32(crc, 0) {
             return Err(TraceError::Corrupt {
                 offset: hdr_at,
@@ -372,7 +372,7 @@ impl TraceReader {
                 compressed: self.compressed,
             });
         }
-        let (payload, crc) = buf.split_at(len as usize);
+        let (payload, crc) = buf[..n].split_at(len as usize);
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(h);
         hasher.update(payload);
@@ -533,23 +533,26 @@ impl TraceReader {
     }
 }
 
-/// Read up to `want` bytes into `buf` (cleared first) and return how many came. The
-/// buffer grows with the data that actually arrives, not with the length a (possibly
-/// corrupt) header declared: a short input never costs a 16 MiB allocation.
+/// Read up to `want` bytes into the start of `buf` and return how many came. The buffer
+/// grows with the data that actually arrives, not with the length a (possibly corrupt)
+/// header declared: a short input never costs a 16 MiB allocation. It keeps its length
+/// between calls (only `buf[..n]` is this call's data), so the bytes zeroed when it grew
+/// are not zeroed again for every record.
 fn fill_vec(r: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
-    buf.clear();
     const STEP: usize = 64 * 1024;
-    while buf.len() < want {
-        let at = buf.len();
-        let chunk = (want - at).min(STEP.max(at));
-        buf.resize(at + chunk, 0);
-        let n = fill(r, &mut buf[at..])?;
-        buf.truncate(at + n);
+    let mut got = 0;
+    while got < want {
+        let chunk = (want - got).min(STEP.max(got));
+        if buf.len() < got + chunk {
+            buf.resize(got + chunk, 0);
+        }
+        let n = fill(r, &mut buf[got..got + chunk])?;
+        got += n;
         if n < chunk {
             break;
         }
     }
-    Ok(buf.len())
+    Ok(got)
 }
 
 /// Read `r` to its end, counting bytes (a fixed buffer: never grows with the input).

@@ -26,7 +26,7 @@ impl Recent {
 
     #[inline]
     pub fn push(&mut self, ev: &Event) {
-        self.ring[self.next] = *ev;
+        self.ring[self.next..=self.next].copy_from_slice(std::slice::from_ref(ev));
         self.next += 1;
         if self.next == self.ring.len() {
             self.next = 0;

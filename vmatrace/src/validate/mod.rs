@@ -5,6 +5,7 @@ pub mod anomaly;
 pub mod conformance;
 mod evidence;
 pub(crate) mod hash;
+mod open_calls;
 pub mod phase;
 pub mod rules;
 pub mod validator;

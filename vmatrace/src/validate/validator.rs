@@ -57,12 +57,16 @@ use super::{
     Anomaly,
     evidence::Recent,
     hash::{AddrMap, TidMap},
+    open_calls::{OpenCall, OpenCalls},
     phase::Phase,
     rules::{self, Rule, Sample},
 };
 
 /// Default cap on tracked VMAs (a busy host has a few hundred thousand live VMAs).
 pub const DEFAULT_MAX_VMAS: usize = 1 << 20;
+/// Tracked VMAs from which [`Validator::observe_batch`] looks records up ahead: 64 Ki
+/// records (4 MiB, and the table's control bytes) no longer fit in a core's caches.
+const PREFETCH_FROM: usize = 1 << 16;
 /// Events kept for evidence (2 MiB).
 const RECENT_EVENTS: usize = 1 << 14;
 /// Reader successes with the flag set kept per VMA until their window is known.
@@ -165,6 +169,16 @@ struct Rare {
     locked_puts: Vec<(Event, u64)>,
 }
 
+/// Emptied [`Rare`] boxes, reused: every write lock needs one for the length of its call,
+/// and a `malloc` and `free` per call showed in the validator's profile. Per thread (each
+/// validator runs on one); only boxes whose vectors hold no allocation are kept.
+const SPARE_RARE_KEPT: usize = 64;
+thread_local! {
+    // The boxes are what is reused: `Rare` lives boxed in the record.
+    #[allow(clippy::vec_box)]
+    static SPARE_RARE: std::cell::RefCell<Vec<Box<Rare>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl VmaTrack {
     fn excl(&self) -> Option<Exclusion> {
         self.rare.as_ref().and_then(|r| r.excl)
@@ -196,10 +210,11 @@ impl VmaTrack {
     }
 
     fn rare(&mut self) -> &mut Rare {
-        self.rare.get_or_insert_with(Box::default)
+        self.rare
+            .get_or_insert_with(|| SPARE_RARE.with_borrow_mut(Vec::pop).unwrap_or_default())
     }
 
-    /// Drop the boxed state once nothing is in it.
+    /// Give the boxed state back once nothing is in it.
     fn tidy(&mut self) {
         if self.rare.as_ref().is_some_and(|r| {
             r.excl.is_none()
@@ -207,8 +222,15 @@ impl VmaTrack {
                 && r.start_write.is_none()
                 && r.suspects.is_empty()
                 && r.locked_puts.is_empty()
-        }) {
-            self.rare = None;
+        }) && let Some(spare) = self.rare.take()
+        {
+            SPARE_RARE.with_borrow_mut(|s| {
+                let unallocated =
+                    spare.suspects.capacity() == 0 && spare.locked_puts.capacity() == 0;
+                if s.len() < SPARE_RARE_KEPT && unallocated {
+                    s.push(spare);
+                }
+            });
         }
     }
 
@@ -248,13 +270,6 @@ impl VmaTrack {
     }
 }
 
-/// A writer-path call entered and not yet returned: on which VMA, by which task.
-#[derive(Clone, Copy, Debug)]
-struct OpenCall {
-    vma: u64,
-    tid: u32,
-}
-
 /// An owed `rcuwait_wake_up`: the put that left readers excluded.
 struct PendingWake {
     release: Event,
@@ -284,7 +299,7 @@ pub struct Validator {
     /// Wake-ups streamed to an excluder whose return has not been seen since.
     unanswered: Vec<Event>,
     /// Writer-path calls entered and not yet returned, by task and function family.
-    open_calls: AddrMap<OpenCall>,
+    open_calls: OpenCalls,
     /// Closed windows of VMAs forgotten at their detach, for their readers' events
     /// that are delivered after it, and the order they came in (at most
     /// [`MAX_DETACHED_WINDOWS`]: the oldest go first).
@@ -332,7 +347,7 @@ impl Validator {
             recent_write_calls: std::collections::VecDeque::new(),
             locked_puts: TidMap::default(),
             unanswered: Vec::new(),
-            open_calls: AddrMap::default(),
+            open_calls: OpenCalls::default(),
             detached_windows: AddrMap::default(),
             detached_order: std::collections::VecDeque::new(),
             ended: false,
@@ -572,8 +587,16 @@ impl Validator {
     /// next few events' records first, independently of each other, lets those misses
     /// overlap instead of being paid one after another; the checks then find them
     /// cached (docs/performance.md, "The validator's lookups").
+    /// While the records fit in the caches (fewer than [`PREFETCH_FROM`]) the early
+    /// lookups would only be paid twice, so they are skipped.
     pub fn observe_batch(&mut self, evs: &[Event], out: &mut Vec<Anomaly>) {
         const AHEAD: usize = 8;
+        if self.vmas.len() < PREFETCH_FROM {
+            for ev in evs {
+                self.observe(ev, out);
+            }
+            return;
+        }
         for chunk in evs.chunks(AHEAD) {
             let mut touched = 0u64;
             for ev in chunk {
@@ -614,7 +637,7 @@ impl Validator {
                 );
             }
             EventKind::WriteLockExit | EventKind::ExcludeExit | EventKind::DetachExit => {
-                self.open_calls.remove(&call_key(ev.tid(), kind));
+                self.open_calls.remove(call_key(ev.tid(), kind));
                 self.on_writer_return(ev, out);
             }
             EventKind::WriterWake
@@ -678,7 +701,6 @@ impl Validator {
     }
 
     fn on_write_lock_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
-        let stuck = self.stuck(ev.vma);
         // `__vma_start_write` is void before 6.19: returning is success.
         let ret = match ev.returned() {
             None if !self.generation.profile().writer_takes_state => Some(0),
@@ -687,14 +709,14 @@ impl Validator {
         if ret.is_none()
             && let Some(s) = sample
             && rules::WRITE_LOCK_ENDS_EXCLUSION.broken_by(s)
-            && !stuck
+            && !self.stuck(ev.vma)
         {
             // Success or -EINTR, the flag is gone by the return either way.
             self.report_flag_stuck(ev, s, &rules::WRITE_LOCK_ENDS_EXCLUSION, out);
         }
         if ret == Some(0) {
             if let Some(s) = sample {
-                if rules::WRITE_LOCK_ENDS_EXCLUSION.broken_by(s) && !stuck {
+                if rules::WRITE_LOCK_ENDS_EXCLUSION.broken_by(s) && !self.stuck(ev.vma) {
                     self.report_flag_stuck(ev, s, &rules::WRITE_LOCK_ENDS_EXCLUSION, out);
                 } else if rules::WRITE_LOCK_TAKEN.broken_by(s) {
                     let state = self.state_of(ev.vma);
@@ -734,7 +756,7 @@ impl Validator {
             }
             if let Some(s) = sample
                 && rules::WRITE_LOCK_ENDS_EXCLUSION.broken_by(s)
-                && !stuck
+                && !self.stuck(ev.vma)
             {
                 self.report_flag_stuck(ev, s, &rules::WRITE_LOCK_ENDS_EXCLUSION, out);
             }
@@ -808,7 +830,11 @@ impl Validator {
             None => ExcludeResult::Unknown,
         };
         let tid = ev.tid();
-        let mine = self.vmas.get(&ev.vma).and_then(|t| t.excl_of(tid));
+        // One lookup for both.
+        let (mine, stuck) = self
+            .vmas
+            .get(&ev.vma)
+            .map_or((None, false), |t| (t.excl_of(tid), t.flag_stuck));
         let ves = ev.ves();
         let detaching = match ves {
             Some(v) => Some(v.detaching),
@@ -818,7 +844,6 @@ impl Validator {
             Some(v) if v.state != 0 => v.state,
             _ => mine.map_or(0, |x| x.state),
         };
-        let stuck = self.stuck(ev.vma);
         match (result, sample) {
             (ExcludeResult::Exclusive, Some(s)) if !refcnt::out_of_range(s.r) && !stuck => {
                 let ok = match detaching {
