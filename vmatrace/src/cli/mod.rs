@@ -8,6 +8,7 @@ pub mod model;
 pub mod probes;
 pub mod replay;
 pub mod run;
+pub mod runner;
 pub mod session;
 pub mod signals;
 pub mod simulate;

@@ -11,12 +11,11 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::sync::mpsc;
 use vmatrace_common::model::Generation;
 
 use super::{
     exit::Failure,
-    run::run_dashboard,
+    runner::{self, Ended, Source},
     session::{self, FilterArgs, OutputArgs},
     signals::{self, Stop, StopReason},
 };
@@ -122,7 +121,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         header: &header,
         pipeline: &played.pipeline,
         outcome: &played.outcome,
-        stop: stop.reason(),
+        stop: Some(played.stop),
         handles: Some(&handles),
         wall: played.wall,
         skipped,
@@ -295,6 +294,7 @@ fn failure(input: &str, e: Option<&TraceError>) -> anyhow::Error {
 struct Played {
     pipeline: Pipeline,
     outcome: ReplayOutcome,
+    stop: StopReason,
     /// Until the source ended (throughput), not until the user closed the dashboard.
     wall: Duration,
 }
@@ -310,71 +310,32 @@ fn play(
     dashboard: Option<SharedState>,
     progress: Arc<Progress>,
 ) -> anyhow::Result<Played> {
-    let (tx, rx) = mpsc::channel(64);
-    let replay_opts = ReplayOptions {
+    let options = ReplayOptions {
         speed: args.speed,
         duration: args.out.duration,
         filter: (!args.filter.is_empty()).then(|| {
             let f = args.filter.clone();
             Arc::new(move |e: &vmatrace_common::Event| f.matches(e)) as replay::EventFilter
         }),
-        progress: Arc::clone(&progress),
+        progress,
     };
-    let started = Instant::now();
-    let thread = replay::spawn(reader, tx, replay_opts, stop.flag())
-        .context("cannot start the reader thread")?;
-    let (pipeline, wall) = rt
-        .block_on(async {
-            let ended = dashboard.clone();
-            let stop_fut = {
-                let stop = stop.clone();
-                async move { stop.requested().await }
-            };
-            let driver = tokio::spawn(async move {
-                let p = pipeline
-                    .drive_until(rx, Duration::from_millis(250), stop_fut)
-                    .await;
-                let wall = started.elapsed();
-                if let Some(shared) = &ended {
-                    crate::tui::mark_source_ended(shared);
-                }
-                (p, wall)
-            });
-            if let Some(shared) = dashboard {
-                // The user reads the final numbers and quits; --duration is the reader's.
-                run_dashboard(shared, stop, None).await;
-            }
-            driver.await
-        })
-        .context("the pipeline task failed")?;
+    // The user reads the final numbers and quits; --duration is the reader's.
+    let opts = runner::Options {
+        dashboard,
+        ..Default::default()
+    };
+    let outcome = runner::run(rt, stop, Source::Replay { reader, options }, pipeline, opts)?;
+    if let Some(e) = &outcome.dashboard_error {
+        eprintln!("vmatrace: dashboard: {e:#}");
+    }
+    let Ended::Replay(replayed) = outcome.ended else {
+        anyhow::bail!("a replay ended as another source");
+    };
     Ok(Played {
-        outcome: join_reader(thread, &progress),
-        pipeline,
-        wall,
-    })
-}
-
-/// The reader's outcome. A reader blocked on a read of stdin or a FIFO cannot be
-/// interrupted: give it a moment, then take what it published.
-fn join_reader(
-    thread: std::thread::JoinHandle<ReplayOutcome>,
-    progress: &Progress,
-) -> ReplayOutcome {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !thread.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if !thread.is_finished() {
-        return progress.outcome();
-    }
-    thread.join().unwrap_or_else(|_| {
-        // Panicked: the hook printed it and the exit status will be 1.
-        let mut o = progress.outcome();
-        o.error = Some(TraceError::Io {
-            offset: 0,
-            source: std::io::Error::other("the reader thread panicked (a bug in vmatrace)"),
-        });
-        o
+        outcome: replayed,
+        stop: outcome.stop,
+        pipeline: outcome.pipeline,
+        wall: outcome.wall,
     })
 }
 

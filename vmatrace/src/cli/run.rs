@@ -12,10 +12,10 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::sync::mpsc;
 
 use super::{
     exit::{Failure, Missing},
+    runner::{self, Ended, Source},
     session::{self, FilterArgs, OutputArgs},
     signals::{self, Stop, StopReason},
     trace_output::{Pending, TraceTarget},
@@ -37,7 +37,7 @@ use crate::{
     },
     pipeline::Pipeline,
     trace::{FilterInfo, HookRecord, Recorder, RecordingStatus, TraceHeader, TraceWriter},
-    tui::{DashboardExit, ProgramCost, SharedState, SourceKind},
+    tui::{ProgramCost, SharedState, SourceKind},
 };
 
 /// Options of every live session.
@@ -229,10 +229,9 @@ fn live(
         dashboard,
         out.duration,
         programs,
-    );
+    )?;
     let recording = recording.map(|r| r.lock().map(|g| g.clone()).unwrap_or_default());
-    let stop_reason = stop.reason().unwrap_or(StopReason::SourceEnded);
-    let (ended, status) = ((stop_reason, startup_cpu_s), recording.clone());
+    let (ended, status) = ((streamed.stop, startup_cpu_s), recording.clone());
     let summary = final_summary(mode, &header, &streamed, ended, &handles, status);
     session::print_summary(&summary, out, stdout_taken);
     if let Some(p) = pending {
@@ -515,6 +514,7 @@ fn announce(header: &TraceHeader, duration: Option<Duration>) {
 /// What streaming produced.
 struct Streamed {
     pipeline: Pipeline,
+    stop: StopReason,
     wall: Duration,
     error: Option<anyhow::Error>,
     programs: Vec<ProgramStat>,
@@ -533,77 +533,43 @@ fn stream(
     dashboard: Option<SharedState>,
     duration: Option<Duration>,
     programs: Arc<Mutex<Vec<ProgramStat>>>,
-) -> Streamed {
-    let started = Instant::now();
+) -> anyhow::Result<Streamed> {
     let stop_cpu = Arc::new(Mutex::new(None::<f64>));
-    let stats_handle = session.stats_handle();
-    let generation = pipeline.validator.generation();
-    let (pipeline, error) = rt.block_on(async {
-        let (tx, rx) = mpsc::channel(256);
-        let stop_fut = {
-            let (stop, stop_cpu) = (stop.clone(), Arc::clone(&stop_cpu));
-            async move {
-                tokio::select! {
-                    () = stop.requested() => {}
-                    () = signals::after(duration) => stop.request(StopReason::Duration),
-                }
-                if let Ok(mut c) = stop_cpu.lock() {
-                    *c = Some(TracerSection::of_this_process().cpu_s());
-                }
+    let sampler = rt.spawn(sample_program_stats(
+        session.stats_handle(),
+        dashboard.clone(),
+        Arc::clone(&programs),
+    ));
+    let on_stop = {
+        let stop_cpu = Arc::clone(&stop_cpu);
+        Box::new(move || {
+            if let Ok(mut c) = stop_cpu.lock() {
+                *c = Some(TracerSection::of_this_process().cpu_s());
             }
-        };
-        let capture = tokio::spawn(session.stream(tx, stop_fut));
-        let sampler = tokio::spawn(sample_program_stats(
-            stats_handle,
-            dashboard.clone(),
-            Arc::clone(&programs),
-        ));
-        let driver = tokio::spawn(pipeline.drive(rx, Duration::from_millis(250)));
-        if let Some(shared) = dashboard {
-            run_dashboard(shared, stop, duration).await;
-        }
-        let error = match capture.await {
-            Ok(r) => r.err(),
-            Err(e) => Some(anyhow::anyhow!("the capture task failed: {e}")),
-        };
-        sampler.abort();
-        (driver.await, error)
-    });
-    let pipeline = pipeline.unwrap_or_else(|e| {
-        // The pipeline task panicked (the panic hook made the exit status 1): summarise
-        // an empty pipeline rather than nothing.
-        eprintln!("vmatrace: the pipeline task failed: {e}");
-        Pipeline::new(generation)
-    });
-    Streamed {
-        pipeline,
-        wall: started.elapsed(),
+        })
+    };
+    let opts = runner::Options {
+        dashboard,
+        duration,
+        on_stop: Some(on_stop),
+    };
+    let outcome = runner::run(rt, stop, Source::Live(session), pipeline, opts);
+    sampler.abort();
+    let outcome = outcome?;
+    if let Some(e) = &outcome.dashboard_error {
+        eprintln!("vmatrace: dashboard: {e:#}");
+    }
+    let Ended::Live(error) = outcome.ended else {
+        anyhow::bail!("a live session ended as another source");
+    };
+    Ok(Streamed {
+        pipeline: outcome.pipeline,
+        stop: outcome.stop,
+        wall: outcome.wall,
         error,
         programs: programs.lock().map(|g| g.clone()).unwrap_or_default(),
         stop_cpu_s: stop_cpu.lock().ok().and_then(|c| *c),
-    }
-}
-
-/// The dashboard stops on its own keys and signals; either way the capture stops too.
-pub async fn run_dashboard(shared: SharedState, stop: &Stop, duration: Option<Duration>) {
-    let until = {
-        let stop = stop.clone();
-        async move {
-            tokio::select! {
-                () = stop.requested() => {}
-                () = signals::after(duration) => stop.request(StopReason::Duration),
-            }
-        }
-    };
-    match crate::tui::run(shared, until).await {
-        Ok(DashboardExit::UserQuit) => stop.request(StopReason::Quit),
-        Ok(DashboardExit::Signal) => stop.request(StopReason::Signal(signals::Signal::Int)),
-        Ok(DashboardExit::Stopped) => {}
-        Err(e) => {
-            eprintln!("vmatrace: dashboard: {e:#}");
-            stop.request(StopReason::Quit);
-        }
-    }
+    })
 }
 
 /// BPF run-time statistics, sampled while the programs exist (for the dashboard and the

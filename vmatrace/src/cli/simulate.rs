@@ -9,22 +9,22 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use vmatrace_common::model::Generation;
 
 use super::{
     exit::Failure,
+    runner::{self, Ended, Source},
     signals::{self, OnHangup, Stop, StopReason},
 };
 use crate::export::{
     snapshots::{LatestSummary, MakeSummary, SNAPSHOT_PERIOD, SnapshotSink},
     summary::{Summary, SummaryInput},
 };
-use crate::lab::sim::{self, Injection, ReleaseVisibility, SimConfig, SimOutcome, SimReport};
-use crate::pipeline::{SharedSink, Sink};
+use crate::lab::sim::{Injection, ReleaseVisibility, SimConfig, SimOutcome, SimReport};
+use crate::pipeline::{Pipeline, SharedSink, Sink};
 use crate::stats::Stats;
 use crate::trace::TraceHeader;
-use crate::tui::{self, AppState, DashboardContext, DashboardSink, SourceKind};
+use crate::tui::{AppState, DashboardContext, DashboardSink, SourceKind};
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
@@ -122,20 +122,9 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         seq_start: a.seq_start,
         stop: stop.flag(),
     };
-    let outcome = if a.tui {
-        run_with_dashboard(&rt, cfg, &stop, sinks)?
-    } else {
-        sim::run(cfg, sinks)?
-    };
+    let (outcome, stop_reason) = simulate(&rt, cfg, &stop, sinks, a.tui)?;
     let mut report = SimReport::new(&outcome);
-    report.stop_reason = stop.reason().map_or_else(
-        || match outcome.config.ops {
-            Some(n) if outcome.ops.ops >= n => StopReason::OpsDone.key(),
-            _ if a.duration.is_some() => StopReason::Duration.key(),
-            _ => StopReason::OpsDone.key(),
-        },
-        StopReason::key,
-    );
+    report.stop_reason = stop_reason.key();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -161,21 +150,26 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The simulation feeding the dashboard. The dashboard stays up after the run ends (the
-/// numbers are final then); quitting it early stops the simulated tasks.
-fn run_with_dashboard(
+/// Run the simulation through the session runner, with the dashboard when `tui`. The
+/// dashboard stays up after the run ends (the numbers are final then); quitting it early
+/// stops the simulated tasks.
+fn simulate(
     rt: &tokio::runtime::Runtime,
     cfg: SimConfig,
     stop: &Stop,
-    mut sinks: Vec<Box<dyn Sink>>,
-) -> anyhow::Result<SimOutcome> {
+    sinks: Vec<Box<dyn Sink>>,
+    tui: bool,
+) -> anyhow::Result<(SimOutcome, StopReason)> {
     // Fail before the simulation starts, not after (tui::run checks too).
     anyhow::ensure!(
-        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        !tui || std::io::IsTerminal::is_terminal(&std::io::stdout()),
         "--tui needs a terminal on stdout (run without --tui for the text or --json summary)"
     );
-    let stop = stop.clone();
-    rt.block_on(async move {
+    let mut pipeline = Pipeline::new(cfg.generation);
+    for s in sinks {
+        pipeline.add_sink(s);
+    }
+    let dashboard = tui.then(|| {
         let faults: Vec<&str> = cfg.injections.iter().map(|i| i.key()).collect();
         let ctx = DashboardContext::new(SourceKind::Simulate, "simulated", cfg.generation)
             .with_detail(format!(
@@ -189,23 +183,21 @@ fn run_with_dashboard(
                 }
             ));
         let shared = Arc::new(Mutex::new(AppState::new(ctx)));
-        sinks.push(Box::new(DashboardSink::new(shared.clone())));
-        let ended = shared.clone();
-        let run = tokio::spawn(async move {
-            let r = sim::run_async(cfg, sinks).await;
-            tui::mark_source_ended(&ended);
-            r
-        });
-        let until = {
-            let stop = stop.clone();
-            async move { stop.requested().await }
-        };
-        let exit = tui::run(shared, until).await;
-        stop.request(StopReason::Quit);
-        let outcome = run.await.context("simulation task failed")??;
-        exit?;
-        Ok(outcome)
-    })
+        pipeline.add_sink(Box::new(DashboardSink::new(shared.clone())));
+        shared
+    });
+    let opts = runner::Options {
+        dashboard,
+        ..Default::default()
+    };
+    let outcome = runner::run(rt, stop, Source::Simulated(cfg), pipeline, opts)?;
+    if let Some(e) = outcome.dashboard_error {
+        return Err(e);
+    }
+    let Ended::Simulated(finished) = outcome.ended else {
+        anyhow::bail!("a simulation ended as another source");
+    };
+    Ok((finished.outcome(outcome.pipeline), outcome.stop))
 }
 
 /// The statistics and the snapshot publisher behind `--metrics-listen`: the simulated

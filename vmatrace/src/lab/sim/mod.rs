@@ -218,64 +218,127 @@ pub fn run(cfg: SimConfig, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<SimOutco
 /// Run the simulation: tasks on OS threads feed the pipeline, which runs on the calling
 /// task until every event was consumed.
 pub async fn run_async(cfg: SimConfig, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<SimOutcome> {
-    anyhow::ensure!(
-        (1..=mm::MAX_TASKS).contains(&cfg.threads),
-        "--threads must be between 1 and {}",
-        mm::MAX_TASKS
-    );
-    anyhow::ensure!(
-        cfg.mms.is_none_or(|n| (1..=mm::MAX_TASKS).contains(&n)),
-        "--mms must be between 1 and {}",
-        mm::MAX_TASKS
-    );
-    anyhow::ensure!(
-        cfg.ops.is_some() || cfg.duration.is_some(),
-        "give --ops or --duration"
-    );
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&cfg.inject_rate),
-        "--inject-rate must be between 0 and 1"
-    );
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-    let collected = Arc::new(Mutex::new(Collected::default()));
     let mut pipeline = Pipeline::new(cfg.generation);
-    pipeline.add_sink(Box::new(Collector(collected.clone())));
+    let sim = Simulation::new(cfg, tx, &mut pipeline)?;
     for s in sinks {
         pipeline.add_sink(s);
     }
-    let kernel = Arc::new(build_kernel(&cfg, tx));
-    let producer_cfg = cfg.clone();
-    let producer_kernel = kernel.clone();
-    let producers = tokio::task::spawn_blocking(move || run_tasks(&producer_kernel, &producer_cfg));
-    // The pipeline ends when the last sender (inside the kernel's ring) is gone.
-    drop(kernel);
+    let producers = tokio::task::spawn_blocking(move || sim.run());
     let drive = pipeline.drive(rx, Duration::from_millis(100));
-    let (mut pipeline, produced) = tokio::join!(drive, producers);
-    let produced = produced.context("simulation tasks panicked")?;
-    // End of stream: what the validator could only judge now (wake-ups still owed).
-    // `Pipeline::finish` does not ask the validator for these (yet); doing it here is
-    // harmless if it ever does, as `Validator::finish` drains what it reports.
-    let mut tail = Vec::new();
-    pipeline.validator.finish(&mut tail);
-    for a in &tail {
-        pipeline.totals.count_anomaly(a);
-        Collector(collected.clone()).anomaly(a);
+    let (pipeline, finished) = tokio::join!(drive, producers);
+    Ok(finished
+        .context("simulation tasks panicked")?
+        .outcome(pipeline))
+}
+
+/// A simulation ready to run: the simulated kernel, whose tasks write into the channel
+/// it was made with, and what the pipeline reading that channel collects for the outcome.
+pub struct Simulation {
+    cfg: SimConfig,
+    kernel: Arc<SimKernel>,
+    collected: Arc<Mutex<Collected>>,
+}
+
+impl Simulation {
+    /// Events to queue between the tasks and the pipeline.
+    pub const CHANNEL_DEPTH: usize = CHANNEL_DEPTH;
+
+    /// Check `cfg` and build the kernel writing into `tx`; `pipeline` (the one that will
+    /// read the channel) gets the sink that collects the anomalies for the outcome.
+    pub fn new(
+        cfg: SimConfig,
+        tx: mpsc::Sender<crate::pipeline::SourceItem>,
+        pipeline: &mut Pipeline,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (1..=mm::MAX_TASKS).contains(&cfg.threads),
+            "--threads must be between 1 and {}",
+            mm::MAX_TASKS
+        );
+        anyhow::ensure!(
+            cfg.mms.is_none_or(|n| (1..=mm::MAX_TASKS).contains(&n)),
+            "--mms must be between 1 and {}",
+            mm::MAX_TASKS
+        );
+        anyhow::ensure!(
+            cfg.ops.is_some() || cfg.duration.is_some(),
+            "give --ops or --duration"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&cfg.inject_rate),
+            "--inject-rate must be between 0 and 1"
+        );
+        let collected = Arc::new(Mutex::new(Collected::default()));
+        pipeline.add_sink(Box::new(Collector(collected.clone())));
+        let kernel = Arc::new(build_kernel(&cfg, tx));
+        Ok(Self {
+            cfg,
+            kernel,
+            collected,
+        })
     }
-    let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|e| e.into_inner()));
-    Ok(SimOutcome {
-        elapsed: produced.elapsed,
-        ops: produced.ops,
-        validator_observed: pipeline.validator.observed(),
-        totals: pipeline.totals,
-        collected,
-        sites: produced.sites,
-        benign: produced.benign,
-        checks: produced.checks,
-        delivered: produced.delivered,
-        undelivered: produced.undelivered,
-        leaked_refs: produced.leaked_refs,
-        config: cfg,
-    })
+
+    /// Run every task to its end (blocking). The channel closes when this returns: the
+    /// kernel, which holds its sender, is gone.
+    pub fn run(self) -> Finished {
+        let produced = run_tasks(&self.kernel, &self.cfg);
+        Finished {
+            cfg: self.cfg,
+            produced,
+            collected: self.collected,
+        }
+    }
+}
+
+/// A simulation whose tasks have all ended.
+pub struct Finished {
+    cfg: SimConfig,
+    produced: Produced,
+    collected: Arc<Mutex<Collected>>,
+}
+
+impl Finished {
+    /// Why it ended on its own: the operations asked for ran, or its duration passed.
+    pub fn ended_by_duration(&self) -> bool {
+        match self.cfg.ops {
+            Some(n) => self.produced.ops.ops < n && self.cfg.duration.is_some(),
+            None => self.cfg.duration.is_some(),
+        }
+    }
+
+    /// The outcome, once `pipeline` has consumed every event.
+    pub fn outcome(self, mut pipeline: Pipeline) -> SimOutcome {
+        let Finished {
+            cfg,
+            produced,
+            collected,
+        } = self;
+        // End of stream: what the validator could only judge now (wake-ups still owed).
+        // `Pipeline::finish` does not ask the validator for these (yet); doing it here
+        // is harmless if it ever does, as `Validator::finish` drains what it reports.
+        let mut tail = Vec::new();
+        pipeline.validator.finish(&mut tail);
+        for a in &tail {
+            pipeline.totals.count_anomaly(a);
+            Collector(collected.clone()).anomaly(a);
+        }
+        let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|e| e.into_inner()));
+        SimOutcome {
+            elapsed: produced.elapsed,
+            ops: produced.ops,
+            validator_observed: pipeline.validator.observed(),
+            totals: pipeline.totals,
+            collected,
+            sites: produced.sites,
+            benign: produced.benign,
+            checks: produced.checks,
+            delivered: produced.delivered,
+            undelivered: produced.undelivered,
+            leaked_refs: produced.leaked_refs,
+            config: cfg,
+        }
+    }
 }
 
 fn build_kernel(cfg: &SimConfig, tx: mpsc::Sender<crate::pipeline::SourceItem>) -> SimKernel {
