@@ -27,7 +27,23 @@ fn summary(out: &std::process::Output) -> Value {
     })
 }
 
+/// Send `sig` once the child has a handler for it (`SigCgt` in `/proc/PID/status`, up to
+/// 10 s): on a loaded machine start-up can outlast any fixed sleep, and a signal that
+/// came before the handler would kill it the default way.
 fn signal(child: &Child, sig: i32) {
+    let status = format!("/proc/{}/status", child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let caught = std::fs::read_to_string(&status).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        });
+        if caught.is_some_and(|mask| mask & (1 << (sig - 1)) != 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // SAFETY: kill sends a signal to our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
