@@ -99,10 +99,7 @@ pub fn run(
         let stopped = {
             let stop = stop.clone();
             async move {
-                tokio::select! {
-                    () = stop.requested() => {}
-                    () = signals::after(duration) => stop.request(StopReason::Duration),
-                }
+                stop_or_after(&stop, duration).await;
                 if let Some(f) = on_stop {
                     f();
                 }
@@ -248,12 +245,7 @@ async fn run_dashboard(
 ) -> Option<anyhow::Error> {
     let until = {
         let stop = stop.clone();
-        async move {
-            tokio::select! {
-                () = stop.requested() => {}
-                () = signals::after(duration) => stop.request(StopReason::Duration),
-            }
-        }
+        async move { stop_or_after(&stop, duration).await }
     };
     match crate::tui::run(shared, until).await {
         Ok(DashboardExit::UserQuit) => stop.request(StopReason::Quit),
@@ -265,4 +257,12 @@ async fn run_dashboard(
         }
     }
     None
+}
+
+/// Until `stop` fires, or `duration` passes (which fires it, as `--duration`).
+async fn stop_or_after(stop: &Stop, duration: Option<Duration>) {
+    tokio::select! {
+        () = stop.requested() => {}
+        () = signals::after(duration) => stop.request(StopReason::Duration),
+    }
 }

@@ -199,16 +199,8 @@ pub fn kill_wait(step: &str, j: &Value, workload: &Value, v: &mut Verdict) {
         v.failures
             .push(format!("{step}: {e} workload operations failed"));
     }
-    match j.get("stop_reason").and_then(Value::as_str) {
-        Some("duration") => {}
-        other => v
-            .failures
-            .push(format!("{step}: stopped by {other:?}, not by --duration")),
-    }
-    match judge_losses(j) {
-        Ok(line) => v.info.push(format!("{step}: {line}")),
-        Err(e) => v.failures.push(format!("{step}: {e}")),
-    }
+    stopped_by_duration(step, j, v);
+    losses(step, j, v);
     match at(j, "plan.killable_writers").and_then(Value::as_bool) {
         Some(true) => {
             // Catching a victim inside a wait of about a millisecond is a race, retried
@@ -231,6 +223,24 @@ pub fn kill_wait(step: &str, j: &Value, workload: &Value, v: &mut Verdict) {
         None => v.failures.push(format!(
             "{step}: `plan.killable_writers` missing from the summary"
         )),
+    }
+}
+
+/// The session ended by its `--duration`, not by a signal or an error.
+fn stopped_by_duration(step: &str, j: &Value, v: &mut Verdict) {
+    match j.get("stop_reason").and_then(Value::as_str) {
+        Some("duration") => {}
+        other => v
+            .failures
+            .push(format!("{step}: stopped by {other:?}, not by --duration")),
+    }
+}
+
+/// The summary's losses, judged ([`judge_losses`]).
+fn losses(step: &str, j: &Value, v: &mut Verdict) {
+    match judge_losses(j) {
+        Ok(line) => v.info.push(format!("{step}: {line}")),
+        Err(e) => v.failures.push(format!("{step}: {e}")),
     }
 }
 
@@ -504,12 +514,7 @@ pub fn run_summary(step: &str, j: &Value, race: bool, v: &mut Verdict) {
     }
     slow_waits(step, j, v);
     writer_fallbacks(step, j, v);
-    match j.get("stop_reason").and_then(Value::as_str) {
-        Some("duration") => {}
-        other => v
-            .failures
-            .push(format!("{step}: stopped by {other:?}, not by --duration")),
-    }
+    stopped_by_duration(step, j, v);
     match at(j, "events.by_logical_event").and_then(Value::as_object) {
         Some(by) => {
             let mut line = Vec::new();
@@ -566,10 +571,7 @@ pub fn run_summary(step: &str, j: &Value, race: bool, v: &mut Verdict) {
             .failures
             .push(format!("{step}: summary has no `anomalies.total`")),
     }
-    match judge_losses(j) {
-        Ok(line) => v.info.push(format!("{step}: {line}")),
-        Err(e) => v.failures.push(format!("{step}: {e}")),
-    }
+    losses(step, j, v);
     // Which programs the kernel skipped, so a failure names them.
     if let Some(ps) = j.get("programs").and_then(Value::as_array) {
         let skipped: Vec<String> = ps
