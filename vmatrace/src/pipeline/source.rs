@@ -37,25 +37,10 @@ impl CounterSnapshot {
     }
 }
 
-/// Add a decoded event to `out` as the rest of vmatrace sees it: a folded return
-/// (`flags::FOLDED`, the default since entries are not streamed) becomes its entry and
-/// itself, so the validator, totals, statistics and every sink (the trace too) see the
-/// stream as if each entry had been sent, and a recorded trace replays to the same
-/// result. The ring reader and the trace reader call this as they decode: nothing after
-/// them unfolds.
-#[inline]
-pub fn push_unfolded(out: &mut Vec<Event>, ev: Event) {
-    match ev.unfold() {
-        Some((entry, exit)) => out.extend([entry, exit]),
-        None => out.push(ev),
-    }
-}
-
 /// One item from a source.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceItem {
-    /// Decoded events in the order the ring buffer delivered them, folded returns
-    /// unfolded ([`push_unfolded`]).
+    /// Decoded events in the order the ring buffer delivered them.
     Events(Vec<Event>),
     /// Cumulative kernel counters (replaces the previous snapshot).
     Counters(CounterSnapshot),
