@@ -65,10 +65,12 @@ pub fn killer(shared: &Shared, stop: &AtomicBool, seed: u64, asleep: bool) {
         // the faults are delayed): at real-time priority a poll runs as soon as its sleep
         // ends, where other busy tasks would otherwise hold the CPU past the wait. Best
         // effort (it needs root); the polls sleep between reads, so this thread cannot
-        // hog a CPU.
+        // hog a CPU. The victims it starts must not inherit the policy (their reader
+        // never sleeps): reset on fork.
         let param = libc::sched_param { sched_priority: 1 };
+        let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
         // SAFETY: sets this thread's own policy; `param` is a valid sched_param.
-        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+        let _ = unsafe { libc::sched_setscheduler(0, policy, &param) };
     }
     while !stop.load(Ordering::Relaxed) {
         // Waited for asleep, a victim is better small: its forks are short, so the
