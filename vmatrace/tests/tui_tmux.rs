@@ -278,6 +278,47 @@ fn sigterm_restores_the_terminal() {
     assert_clean(&t, "EXIT=0");
 }
 
+/// The terminal goes away under the dashboard (ssh dropped, tmux killed): the session
+/// ends within seconds, without spinning or panicking on the dead terminal. With an
+/// anomaly log, SIGHUP means "reopen the log", so the hang-up itself must end it. The
+/// pane's shell ignores SIGHUP to outlive the terminal and record the exit status.
+#[test]
+fn hang_up_ends_the_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("sample.vmatrace");
+    common::write_sample(&trace, false);
+    let (log, err, rc) = (
+        dir.path().join("anomalies.jsonl"),
+        dir.path().join("stderr"),
+        dir.path().join("rc"),
+    );
+    let cmd = format!(
+        "trap '' HUP; {BIN} replay {} --tui --anomaly-log {} 2>{}; echo $? > {}",
+        trace.display(),
+        log.display(),
+        err.display(),
+        rc.display()
+    );
+    let Some(t) = Tmux::start("hangup", 100, 30, &cmd) else {
+        return;
+    };
+    t.wait_for("ENDED");
+    drop(t); // kill-server: the pty's master closes
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rc.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    let status = std::fs::read_to_string(&rc).unwrap_or_default();
+    assert_eq!(
+        status.trim(),
+        "0",
+        "exit status after a hang-up (empty: still running 20 s later); stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(log.exists(), "the anomaly log was created");
+}
+
 #[test]
 fn panic_restores_the_terminal_and_shows_the_message() {
     let cmd = session_command("VMATRACE_TUI_TEST_PANIC=8", "simulate --tui --threads 2");

@@ -249,7 +249,7 @@ async fn run_dashboard(
     };
     match crate::tui::run(shared, until).await {
         Ok(DashboardExit::UserQuit) => stop.request(StopReason::Quit),
-        Ok(DashboardExit::Signal) => stop.request(StopReason::Signal(signals::Signal::Int)),
+        Ok(DashboardExit::HungUp) => stop.request(StopReason::Signal(signals::Signal::Hup)),
         Ok(DashboardExit::Stopped) => {}
         Err(e) => {
             stop.request(StopReason::Quit);

@@ -10,7 +10,7 @@
 //! ```ignore
 //! let shared = tui::attach_to(&mut pipeline, ctx);             // before driving
 //! let driver = tokio::spawn(pipeline.drive(rx, flush_every));
-//! let exit = tui::run(shared, stop_future).await?;             // user quit, stop, signal
+//! let exit = tui::run(shared, stop_future).await?;             // user quit, stop, hang-up
 //! stop_the_source();                                           // e.g. set its stop flag
 //! let pipeline = driver.await?;                                // drained, flushed
 //! ```
@@ -25,6 +25,7 @@ pub mod state;
 pub mod stderr_capture;
 pub mod terminal;
 pub mod timeline;
+pub mod tty;
 
 use std::sync::{Arc, Mutex};
 

@@ -1,6 +1,7 @@
 //! The dashboard loop: owns the terminal (raw mode, alternate screen), redraws about four
 //! times a second, applies keys, and restores the terminal on every way out: normal exit,
-//! error, panic (hook) and SIGTERM/SIGINT/SIGHUP (a flag the loop checks).
+//! error, panic (hook), the caller's stop (its signals: SIGTERM, SIGINT, SIGHUP without a
+//! log to reopen) and a hang-up of the terminal itself.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +14,13 @@ use crossterm::event::{self, Event as TermEvent};
 use super::render;
 use super::state::{Action, AppState};
 use super::stderr_capture::{Captured, StderrCapture};
+use super::tty::{self, Tty};
 
 pub const FRAME: Duration = Duration::from_millis(250);
+
+/// How long the drawing thread may take to notice a hang-up the watch below saw, before
+/// it is left behind (stuck in the terminal library: see [`tty`]).
+const HANG_UP_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the dashboard ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,18 +29,23 @@ pub enum DashboardExit {
     UserQuit,
     /// The caller's stop future resolved.
     Stopped,
-    /// SIGTERM, SIGINT or SIGHUP arrived.
-    Signal,
+    /// The terminal hung up (what SIGHUP means): the caller should stop the source.
+    /// Standard streams left on the dead terminal now point at `/dev/null`.
+    HungUp,
 }
 
-/// Run the dashboard until the user quits, `stop` resolves or a termination signal
-/// arrives. Needs a terminal on stdout (error otherwise, terminal untouched).
+/// Run the dashboard until the user quits, `stop` resolves or the terminal hangs up.
+/// Needs a terminal on stdout (error otherwise, terminal untouched).
+///
+/// The drawing loop runs on its own thread, not tokio's blocking pool: if it ever hangs
+/// in the terminal library after a hang-up, it is left behind and the session still ends
+/// (the runtime would wait for a pool thread forever).
 pub async fn run(
     shared: Arc<Mutex<AppState>>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<DashboardExit> {
+    let tty = Arc::new(Tty::open().context("cannot open the terminal")?);
     let stopped = Arc::new(AtomicBool::new(false));
-    let signalled = Arc::new(AtomicBool::new(false));
     let stop_task = {
         let f = stopped.clone();
         tokio::spawn(async move {
@@ -42,37 +53,33 @@ pub async fn run(
             f.store(true, Ordering::SeqCst);
         })
     };
-    let signal_task = {
-        let f = signalled.clone();
-        tokio::spawn(async move {
-            if wait_for_termination().await {
-                f.store(true, Ordering::SeqCst);
-            }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (loop_shared, loop_tty, s) = (shared.clone(), tty.clone(), stopped.clone());
+    std::thread::Builder::new()
+        .name("vmatrace-tui".into())
+        .spawn(move || {
+            // A panic drops `tx`: the receiver below reports it.
+            let _ = tx.send(run_blocking(&loop_shared, &loop_tty, &s));
         })
+        .context("cannot start the dashboard thread")?;
+    let result = tokio::select! {
+        r = rx => r.context("the dashboard thread panicked (message above)")?,
+        () = hung_up(&tty) => {
+            tty::detach_hung_up_streams();
+            Ok(DashboardExit::HungUp)
+        }
     };
-    let loop_shared = shared.clone();
-    let (s, g) = (stopped.clone(), signalled.clone());
-    let result = tokio::task::spawn_blocking(move || run_blocking(&loop_shared, &s, &g)).await;
     stop_task.abort();
-    signal_task.abort();
-    result.context("dashboard thread")?
+    result
 }
 
-/// Resolves on SIGTERM/SIGINT/SIGHUP; `false` if handlers cannot be installed.
-async fn wait_for_termination() -> bool {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return false;
-    };
-    tokio::select! {
-        _ = term.recv() => true,
-        _ = int.recv() => true,
-        _ = hup.recv() => true,
+/// Resolves [`HANG_UP_GRACE`] after the terminal is seen hung up.
+async fn hung_up(tty: &Tty) {
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    while !tty.hung_up() {
+        every.tick().await;
     }
+    tokio::time::sleep(HANG_UP_GRACE).await;
 }
 
 fn lock(shared: &Mutex<AppState>) -> std::sync::MutexGuard<'_, AppState> {
@@ -101,8 +108,8 @@ fn install_panic_hook() {
 
 fn run_blocking(
     shared: &Mutex<AppState>,
+    tty: &Tty,
     stopped: &AtomicBool,
-    signalled: &AtomicBool,
 ) -> anyhow::Result<DashboardExit> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() {
@@ -130,9 +137,6 @@ fn run_blocking(
             }
             if PANICKED.load(Ordering::SeqCst) {
                 anyhow::bail!("a thread panicked; the dashboard stopped (message above)");
-            }
-            if signalled.load(Ordering::SeqCst) {
-                return Ok(DashboardExit::Signal);
             }
             if stopped.load(Ordering::SeqCst) {
                 return Ok(DashboardExit::Stopped);
@@ -169,7 +173,18 @@ fn run_blocking(
             }
             let deadline = Instant::now() + FRAME;
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                if !event::poll(left).context("reading the terminal")? {
+                // crossterm's poll (its `use-dev-tty` source: poll(2), level-triggered)
+                // returns within `left` on a hung-up terminal too, reading end of file
+                // meanwhile; the hang-up itself is seen here.
+                if tty.hung_up() {
+                    return Ok(DashboardExit::HungUp);
+                }
+                let ready = match event::poll(left) {
+                    Ok(r) => r,
+                    Err(_) if tty.hung_up() => return Ok(DashboardExit::HungUp),
+                    Err(e) => return Err(e).context("reading the terminal"),
+                };
+                if !ready {
                     break;
                 }
                 match event::read().context("reading the terminal")? {
@@ -186,7 +201,12 @@ fn run_blocking(
         }
     })();
     drop(capture);
-    ratatui::restore();
+    if matches!(result, Ok(DashboardExit::HungUp)) {
+        // Nothing to restore on a terminal that is gone; nothing may write to it either.
+        tty::detach_hung_up_streams();
+    } else {
+        ratatui::restore();
+    }
     // What was logged while the screen was ours is still worth reading afterwards.
     let st = lock(shared);
     for l in &st.log {

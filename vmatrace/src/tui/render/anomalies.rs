@@ -158,14 +158,16 @@ fn render_evidence(frame: &mut Frame, area: Rect, state: &AppState, e: &AnomalyE
             Span::styled(fmt::text(&a.observed), warn()),
         ]),
     ];
-    let detail_h = (detail.len() as u16 + 2).min(area.height / 2);
+    let p = Paragraph::new(detail)
+        .wrap(Wrap { trim: false })
+        .block(block(format!("Evidence #{} (Esc back)", e.seq)));
+    // As tall as the wrapped text (a long "expected" takes several rows), up to half.
+    let detail_h = u16::try_from(p.line_count(area.width))
+        .unwrap_or(u16::MAX)
+        .min(area.height / 2);
     let [top, bottom] =
         Layout::vertical([Constraint::Length(detail_h), Constraint::Min(0)]).areas(area);
-    let p = Paragraph::new(detail).wrap(Wrap { trim: false });
-    frame.render_widget(
-        p.block(block(format!("Evidence #{} (Esc back)", e.seq))),
-        top,
-    );
+    frame.render_widget(p, top);
     render_events(frame, bottom, &a.evidence, ev, state.ctx.generation);
 }
 
