@@ -166,6 +166,35 @@ impl MmapLockTpOffsets {
     };
 }
 
+/// The lab's programs (`vmatrace stress`, not the tracer): whose page faults the race
+/// widener delays and for how long, and whose calls the reference counters count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabConfig {
+    /// [`LabConfig::SCOPE_PROCESS`]: the tasks of process `tgid`;
+    /// [`LabConfig::SCOPE_CGROUP`]: the tasks of cgroup v2 `cgroup_id`; 0: nobody.
+    pub scope: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    /// The widener's busy-wait per probe hit.
+    pub delay_ns: u64,
+}
+
+impl LabConfig {
+    pub const SCOPE_PROCESS: u32 = 1;
+    pub const SCOPE_CGROUP: u32 = 2;
+    /// Nobody in scope: the programs do nothing.
+    pub const DEFAULT: Self = Self {
+        scope: 0,
+        tgid: 0,
+        cgroup_id: 0,
+        delay_ns: 0,
+    };
+}
+
+/// Slots of the lab's call-count map (`LAB_CALLS`), one per counted function.
+pub const LAB_COUNTED_FUNCTIONS: u32 = 3;
+
 #[cfg(feature = "user")]
 // SAFETY: both are `repr(C)`, `Copy`, and contain only integers with no padding holes
 // that matter to the kernel (the layout is asserted in tests).
@@ -179,3 +208,6 @@ unsafe impl aya::Pod for crate::event::ReaderFallbacks {}
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)`, `Copy`, four `u32`s, no padding.
 unsafe impl aya::Pod for MmapLockTpOffsets {}
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)`, `Copy`, two `u32`s then two `u64`s, no padding.
+unsafe impl aya::Pod for LabConfig {}

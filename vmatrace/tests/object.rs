@@ -57,6 +57,8 @@ fn the_object_has_no_programs_outside_the_table() {
         .programs
         .keys()
         .filter(|n| !PROGRAMS.iter().any(|p| p.name == n.as_str()))
+        // The workload's programs (`live::lab`), never attached by the tracer.
+        .filter(|n| !vmatrace::live::lab::PROGRAMS.contains(&n.as_str()))
         .cloned()
         .collect();
     extra.sort();
@@ -64,6 +66,18 @@ fn the_object_has_no_programs_outside_the_table() {
         extra.is_empty(),
         "programs not in kernel::programs::PROGRAMS: {extra:?}"
     );
+}
+
+#[test]
+fn the_lab_programs_are_kprobes() {
+    let obj = parse();
+    for name in vmatrace::live::lab::PROGRAMS {
+        let p = obj
+            .programs
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(mode_of(&p.section), Some(AttachMode::KProbe), "{name}");
+    }
 }
 
 #[test]
@@ -81,6 +95,7 @@ fn maps_exist_with_their_types() {
     const BPF_MAP_TYPE_RINGBUF: u32 = 27;
     assert_eq!(ty(names::EVENTS), BPF_MAP_TYPE_RINGBUF);
     assert_eq!(ty(names::SINCE_WAKE), BPF_MAP_TYPE_PERCPU_ARRAY);
+    assert_eq!(ty(names::LAB_CALLS), BPF_MAP_TYPE_PERCPU_ARRAY);
     for m in names::INFLIGHT_MAPS {
         assert_eq!(ty(m), BPF_MAP_TYPE_LRU_HASH, "{m}");
     }
@@ -159,7 +174,11 @@ fn globals_exist_in_rodata_with_their_sizes() {
         size_of(names::MMAP_LOCK_TP),
         sz::<vmatrace_common::globals::MmapLockTpOffsets>() as u64
     );
-    assert_eq!(names::GLOBALS.len(), 4);
+    assert_eq!(
+        size_of(names::LAB),
+        sz::<vmatrace_common::globals::LabConfig>() as u64
+    );
+    assert_eq!(names::GLOBALS.len(), 5);
 }
 
 #[test]

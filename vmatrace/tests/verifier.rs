@@ -260,3 +260,39 @@ fn tracing_support_probe_answers() {
     println!("tracing_programs_supported() = {r:?}");
     assert!(r.is_ok(), "{r:?}");
 }
+
+/// The workload's programs (`live::lab`), loaded by the product's loader, in both scopes
+/// (a process, a cgroup): the race widener's bounded busy-wait and the counters.
+#[test]
+fn lab_programs_pass_the_verifier() {
+    if let Some(why) = bpf_unavailable() {
+        skip(
+            "lab_programs_pass_the_verifier",
+            &format!("bpf() not usable: {why}"),
+        );
+        return;
+    }
+    use vmatrace::live::lab::{LabProbes, PROGRAMS};
+    use vmatrace_common::globals::LabConfig;
+    for config in [
+        LabConfig {
+            scope: LabConfig::SCOPE_PROCESS,
+            tgid: std::process::id(),
+            delay_ns: 1_000_000,
+            ..LabConfig::DEFAULT
+        },
+        LabConfig {
+            scope: LabConfig::SCOPE_CGROUP,
+            cgroup_id: 0x1234,
+            delay_ns: 50_000,
+            ..LabConfig::DEFAULT
+        },
+    ] {
+        let mut lab = LabProbes::load(config).expect("loading the object for the lab");
+        for name in PROGRAMS {
+            if let Err(e) = lab.load_program(name) {
+                panic!("{name} with {config:?}: {e:#}");
+            }
+        }
+    }
+}

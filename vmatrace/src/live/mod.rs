@@ -10,6 +10,7 @@
 
 mod attach;
 mod counters;
+pub mod lab;
 mod link_misses;
 mod load;
 mod mapped;

@@ -11,7 +11,6 @@ pub mod calls;
 pub mod fork;
 pub mod ops;
 pub mod race;
-pub mod raw_bpf;
 mod readers;
 mod rng;
 pub mod sys;

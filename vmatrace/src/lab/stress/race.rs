@@ -20,17 +20,19 @@
 //! most `delay`.
 //!
 //! Kernel-facing and Linux-only: the function's text is read from `/proc/kcore` at the
-//! address `/proc/kallsyms` gives, the field offset comes from BTF, and the programs are
-//! loaded with the raw `bpf(2)` and `perf_event_open(2)` calls (aya loads ELF objects;
-//! this is 15 instructions assembled here). The instruction matcher is pure and tested.
+//! address `/proc/kallsyms` gives, the field offset comes from BTF, and the program
+//! (`lab_race_delay` in the product's eBPF object) is loaded and attached by
+//! `live::lab`, the product's loader. The instruction matcher is pure and tested.
 
-use std::{fs, io::Read as _, os::fd::OwnedFd, os::unix::fs::FileExt as _, time::Duration};
+use std::{fs, io::Read as _, os::unix::fs::FileExt as _, time::Duration};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::raw_bpf::{Insn, attach_kprobe, insn, load_program};
+use vmatrace_common::globals::LabConfig;
+
 use crate::kernel::{btf::Btf, input};
+use crate::live::lab::{LabProbes, RACE_DELAY};
 
 /// The function whose inlined `vma_start_read` the widener delays: the page-fault reader.
 pub const FUNCTION: &str = "lock_vma_under_rcu";
@@ -56,11 +58,11 @@ pub struct WidenerReport {
     pub scope: String,
 }
 
-/// Installed probes; dropping it detaches them (the fds are the only references) and then
+/// Installed probes; dropping it detaches them (field order is drop order) and then
 /// restores the kprobe optimisation setting.
 pub struct Widener {
     pub report: WidenerReport,
-    _fds: Vec<OwnedFd>,
+    _probes: LabProbes,
     _unoptimized: Unoptimized,
 }
 
@@ -214,14 +216,6 @@ fn lea_before(t: &[u8], at: usize, base: u8, field_offset: u32) -> bool {
     })
 }
 
-const BPF_FUNC_KTIME_GET_NS: i32 = 5;
-const BPF_FUNC_GET_CURRENT_PID_TGID: i32 = 14;
-const BPF_FUNC_GET_CURRENT_CGROUP_ID: i32 = 80;
-/// Loop bound the verifier can see; far more iterations than any accepted delay needs
-/// (each iteration reads the clock), and small enough to verify quickly (the verifier
-/// walks every iteration: ~8 instructions each, below its 1M-instruction budget).
-const MAX_SPINS: i32 = 100_000;
-
 /// Whose page faults the widener delays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -233,42 +227,25 @@ pub enum Scope {
     Cgroup(u64),
 }
 
-/// The delay program: if the current task is in `scope`, spin until `delay_ns` have
-/// passed (or [`MAX_SPINS`] clock reads). Each loop exit is the fall-through of its
-/// branch, so the verifier explores it first and never stacks more than one pending
-/// branch per iteration. The scope test ends in a jump 10 instructions past itself, to
-/// the final `r0 = 0; exit`, whatever its length.
-pub fn delay_program(scope: Scope, delay_ns: u32) -> Vec<Insn> {
-    let delay = delay_ns.min(i32::MAX as u32) as i32;
-    let mut v = match scope {
-        Scope::Process(tgid) => vec![
-            insn(0x85, 0, 0, 0, BPF_FUNC_GET_CURRENT_PID_TGID), // call get_current_pid_tgid
-            insn(0x77, 0, 0, 0, 32),                            // r0 >>= 32
-            // pid_max is at most 2^22
-            insn(0x55, 0, 0, 10, tgid as i32), // if r0 != tgid goto exit
-        ],
-        Scope::Cgroup(id) => {
-            let mut v = vec![insn(0x85, 0, 0, 0, BPF_FUNC_GET_CURRENT_CGROUP_ID)]; // call
-            v.extend(super::raw_bpf::ld_imm64(1, id)); // r1 = cgroup id
-            v.push(insn(0x5d, 0, 1, 10, 0)); // if r0 != r1 goto exit
-            v
+impl Scope {
+    /// The program's configuration for a busy-wait of `delay`.
+    pub fn config(self, delay: Duration) -> LabConfig {
+        let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        match self {
+            Scope::Process(tgid) => LabConfig {
+                scope: LabConfig::SCOPE_PROCESS,
+                tgid,
+                delay_ns,
+                ..LabConfig::DEFAULT
+            },
+            Scope::Cgroup(cgroup_id) => LabConfig {
+                scope: LabConfig::SCOPE_CGROUP,
+                cgroup_id,
+                delay_ns,
+                ..LabConfig::DEFAULT
+            },
         }
-    };
-    v.extend([
-        insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS), // 3: call ktime_get_ns
-        insn(0xbf, 6, 0, 0, 0),                     // 4: r6 = r0 (start)
-        insn(0xb7, 7, 0, 0, 0),                     // 5: r7 = 0 (spins)
-        insn(0x85, 0, 0, 0, BPF_FUNC_KTIME_GET_NS), // 6: call ktime_get_ns
-        insn(0x1f, 0, 6, 0, 0),                     // 7: r0 -= r6
-        insn(0xb5, 0, 0, 2, delay),                 // 8: if r0 <= delay goto 11
-        insn(0xb7, 0, 0, 0, 0),                     // 9: r0 = 0
-        insn(0x95, 0, 0, 0, 0),                     // 10: exit
-        insn(0x07, 7, 0, 0, 1),                     // 11: r7 += 1
-        insn(0xa5, 7, 0, -7, MAX_SPINS),            // 12: if r7 < max goto 6
-        insn(0xb7, 0, 0, 0, 0),                     // 13: r0 = 0
-        insn(0x95, 0, 0, 0, 0),                     // 14: exit
-    ]);
-    v
+    }
 }
 
 /// Install the widener for this process's cgroup or threads ([`Scope`]).
@@ -322,24 +299,17 @@ fn scope() -> Scope {
 
 fn install_at(delay: Duration, sites: Vec<Site>) -> anyhow::Result<Widener> {
     let scope = scope();
-    let prog = load_program(
-        &delay_program(scope, delay.as_nanos() as u32),
-        "vmatrace_race",
-    )?;
+    // Declared first, dropped last: on an error below the probes go before the setting.
     let unoptimized = Unoptimized::set()?;
-    let mut fds = Vec::new();
+    let mut lab = LabProbes::load(scope.config(delay))?;
     let mut probes = Vec::new();
     for s in &sites {
         for off in [s.cmpxchg, s.next] {
-            let name = format!("{FUNCTION}+{off:#x}");
-            fds.push(
-                attach_kprobe(FUNCTION, off as u64, &prog)
-                    .with_context(|| format!("attaching the race widener at {name}"))?,
-            );
-            probes.push(name);
+            lab.attach(RACE_DELAY, FUNCTION, off as u64)
+                .context("attaching the race widener")?;
+            probes.push(format!("{FUNCTION}+{off:#x}"));
         }
     }
-    fds.push(prog);
     Ok(Widener {
         report: WidenerReport {
             function: FUNCTION,
@@ -350,7 +320,7 @@ fn install_at(delay: Duration, sites: Vec<Site>) -> anyhow::Result<Widener> {
                 Scope::Cgroup(id) => format!("cgroup {id}"),
             },
         },
-        _fds: fds,
+        _probes: lab,
         _unoptimized: unoptimized,
     })
 }
@@ -497,37 +467,18 @@ mod tests {
     }
 
     #[test]
-    fn delay_program_branches_stay_inside_and_end_in_exit() {
-        let p = delay_program(Scope::Process(1234), 50_000);
-        for (i, ins) in p.iter().enumerate() {
-            let class = ins.code & 7;
-            if class == 5 && ins.code != 0x85 && ins.code != 0x95 {
-                let target = i as i64 + 1 + i64::from(ins.off);
-                assert!(
-                    (0..p.len() as i64).contains(&target),
-                    "jump at {i} leaves the program: {target}"
-                );
-            }
-        }
-        assert_eq!(p.last().map(|i| i.code), Some(0x95));
-        assert_eq!(p[2].imm, 1234);
-        assert_eq!(p[8].imm, 50_000);
-        // The loop goes back to the clock read.
-        assert_eq!(12 + 1 + i64::from(p[12].off), 6);
-        // The scope test jumps to the final `r0 = 0; exit` in both forms.
-        let c = delay_program(Scope::Cgroup(0x1_0000_0042), 50_000);
-        assert_eq!(c.len(), p.len() + 1);
-        for prog in [&p, &c] {
-            let at = prog
-                .iter()
-                .position(|i| i.code == 0x55 || i.code == 0x5d)
-                .unwrap();
-            assert_eq!(
-                at as i64 + 1 + i64::from(prog[at].off),
-                prog.len() as i64 - 2
-            );
-        }
-        assert_eq!((c[1].imm as u32, c[2].imm as u32), (0x42, 1));
+    fn scopes_configure_the_program() {
+        let d = Duration::from_micros(50);
+        let p = Scope::Process(1234).config(d);
+        assert_eq!(
+            (p.scope, p.tgid, p.cgroup_id, p.delay_ns),
+            (LabConfig::SCOPE_PROCESS, 1234, 0, 50_000)
+        );
+        let c = Scope::Cgroup(0x1_0000_0042).config(d);
+        assert_eq!(
+            (c.scope, c.tgid, c.cgroup_id),
+            (LabConfig::SCOPE_CGROUP, 0, 0x1_0000_0042)
+        );
     }
 
     #[test]
