@@ -198,11 +198,17 @@ fn run() -> anyhow::Result<()> {
             println!("cargo::warning=vmatrace-ebpf: {w}");
         }
     }
-    let obj = target_dir.join("bpfel-unknown-none/release/vmatrace");
-    let len = std::fs::metadata(&obj).map(|m| m.len()).unwrap_or(0);
-    if len == 0 {
-        anyhow::bail!("the eBPF build produced no object at {}", obj.display());
+    // The tracer's object and the lab's (vmatrace-ebpf's two binaries).
+    for (bin, var) in [
+        ("vmatrace", "VMATRACE_EBPF_OBJ"),
+        ("vmatrace-lab", "VMATRACE_LAB_OBJ"),
+    ] {
+        let obj = target_dir.join("bpfel-unknown-none/release").join(bin);
+        let len = std::fs::metadata(&obj).map(|m| m.len()).unwrap_or(0);
+        if len == 0 {
+            anyhow::bail!("the eBPF build produced no object at {}", obj.display());
+        }
+        println!("cargo::rustc-env={var}={}", obj.display());
     }
-    println!("cargo::rustc-env=VMATRACE_EBPF_OBJ={}", obj.display());
     Ok(())
 }

@@ -166,8 +166,8 @@ impl MmapLockTpOffsets {
     };
 }
 
-/// The lab's programs (`vmatrace stress`, not the tracer): whose page faults the race
-/// widener delays and for how long, and whose calls the reference counters count.
+/// The lab's program (`vmatrace stress`, not the tracer): whose page faults the race
+/// widener delays, and for how long.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LabConfig {
@@ -191,9 +191,6 @@ impl LabConfig {
         delay_ns: 0,
     };
 }
-
-/// Slots of the lab's call-count map (`LAB_CALLS`), one per counted function.
-pub const LAB_COUNTED_FUNCTIONS: u32 = 3;
 
 #[cfg(feature = "user")]
 // SAFETY: both are `repr(C)`, `Copy`, and contain only integers with no padding holes

@@ -6,10 +6,7 @@
 //! load is a direct read of the frozen map value (a constant to the verifier) and the
 //! compiler cannot fold the built-in defaults.
 
-use vmatrace_common::{
-    Offsets, ProgramConfig,
-    globals::{LabConfig, MmapLockTpOffsets},
-};
+use vmatrace_common::{Offsets, ProgramConfig, globals::MmapLockTpOffsets};
 
 #[unsafe(no_mangle)]
 pub static OFFSETS: Offsets = Offsets::ABSENT;
@@ -24,10 +21,6 @@ pub static GENERATION: u32 = 0;
 
 #[unsafe(no_mangle)]
 pub static MMAP_LOCK_TP: MmapLockTpOffsets = MmapLockTpOffsets::DEFAULT;
-
-/// The lab's programs only (`lab.rs`): nobody in scope unless the workload loads them.
-#[unsafe(no_mangle)]
-pub static LAB: LabConfig = LabConfig::DEFAULT;
 
 /// Generation numbers (`vmatrace_common::model::Generation`).
 pub const GEN_6_15: u32 = 1;

@@ -10,8 +10,8 @@
 //! Modules: `globals` (load-time configuration), `maps`, `struct_reads` (kernel struct
 //! fields at BTF offsets), `filter` (who is traced), `emit` (event records and counters),
 //! then one module per group of kernel functions: `write_lock` (write lock, reader
-//! exclusion, detach), `read_lock`, `wake`, `lifetime`, `mmap_lock`; and `lab`, the
-//! workload's race widener and reference counters (never attached by the tracer).
+//! exclusion, detach), `read_lock`, `wake`, `lifetime`, `mmap_lock`. The workload's
+//! programs are a separate object (`lab.rs`).
 #![no_std]
 #![no_main]
 
@@ -19,7 +19,6 @@ mod emit;
 mod filter;
 mod globals;
 mod inflight;
-mod lab;
 mod lifetime;
 mod maps;
 mod mmap_lock;

@@ -22,3 +22,7 @@ pub mod validate;
 
 /// The eBPF object built by build.rs from `vmatrace-ebpf`, embedded 8-byte aligned.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VMATRACE_EBPF_OBJ"));
+
+/// The lab's eBPF object (`vmatrace-ebpf/src/lab.rs`: the workload's race widener and
+/// reference counters), loaded by [`live::lab`].
+pub static LAB_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("VMATRACE_LAB_OBJ"));

@@ -66,11 +66,10 @@ pub mod names {
     pub const GENERATION: &str = "GENERATION";
     /// [`vmatrace_common::globals::MmapLockTpOffsets`].
     pub const MMAP_LOCK_TP: &str = "MMAP_LOCK_TP";
-    /// [`vmatrace_common::globals::LabConfig`]: the lab's programs only (`live::lab`).
+    pub const GLOBALS: &[&str] = &[OFFSETS, CONFIG, GENERATION, MMAP_LOCK_TP];
+    /// The lab object's ([`crate::LAB_OBJECT`]) global: a
+    /// [`vmatrace_common::globals::LabConfig`].
     pub const LAB: &str = "LAB";
-    pub const GLOBALS: &[&str] = &[OFFSETS, CONFIG, GENERATION, MMAP_LOCK_TP, LAB];
-    /// `PerCpuArray<u64>`: the lab's reference call counts, a slot per counted function.
-    pub const LAB_CALLS: &str = "LAB_CALLS";
 }
 
 /// Everything a running session owns. Field order is drop order: links first (detach),
@@ -133,7 +132,7 @@ fn ensure_tracefs() -> Result<std::path::PathBuf, String> {
         .ok_or_else(|| "tracefs mounted but has no events directory".to_string())
 }
 
-pub(super) fn loader<'a>(
+fn loader<'a>(
     offsets: &'a vmatrace_common::Offsets,
     config: &'a vmatrace_common::ProgramConfig,
     generation: &'a u32,

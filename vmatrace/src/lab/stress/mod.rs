@@ -11,6 +11,7 @@ pub mod calls;
 pub mod fork;
 pub mod ops;
 pub mod race;
+pub mod raw_bpf;
 mod readers;
 mod rng;
 pub mod sys;
