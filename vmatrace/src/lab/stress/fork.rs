@@ -120,25 +120,46 @@ pub fn killer(shared: &Shared, stop: &AtomicBool, seed: u64, asleep: bool) {
     }
 }
 
-/// Poll the victim's forking thread until it sleeps killably (`D` in `/proc/PID/stat`:
-/// `dup_mmap` waiting for a reader to leave a VMA, or for the mmap lock) or `deadline`
-/// passes. True when it was seen asleep: a SIGKILL now lands inside a killable wait, which
-/// the kernel ends with -EINTR. A random instant would rarely: the waits last as long
-/// as a reader's fault, the forks between them much longer.
+/// Poll the victim's forking thread until it sleeps killably in a VMA write-lock wait
+/// (`D` in `/proc/PID/stat`, a VMA-lock function in its `wchan`: `dup_mmap` waiting for
+/// a reader to leave a VMA) or `deadline` passes. True when it was seen there: a SIGKILL
+/// now lands inside the wait, which the kernel ends with -EINTR. A random instant would
+/// rarely: the waits last as long as a reader's fault, the forks between them much
+/// longer. A `D` elsewhere (the mmap lock's rwsem, a page allocation) is waited out: a
+/// kill there interrupts no VMA wait. Without a readable `wchan`, any `D` counts.
 fn wait_for_sleep(pid: u32, deadline: Instant) -> bool {
     let path = format!("/proc/{pid}/task/{pid}/stat");
     let mut buf = [0u8; 512];
+    let mut wchan = [0u8; 128];
     let Ok(f) = std::fs::File::open(&path) else {
         return false;
     };
+    let w = std::fs::File::open(format!("/proc/{pid}/task/{pid}/wchan")).ok();
     while Instant::now() < deadline {
         match std::os::unix::fs::FileExt::read_at(&f, &mut buf, 0) {
-            Ok(n) if stat_state(&buf[..n]) == Some(b'D') => return true,
+            Ok(n) if stat_state(&buf[..n]) == Some(b'D') => {
+                let at = w
+                    .as_ref()
+                    .and_then(|w| std::os::unix::fs::FileExt::read_at(w, &mut wchan, 0).ok());
+                if at.is_none_or(|n| in_vma_wait(&wchan[..n])) {
+                    return true;
+                }
+                std::thread::sleep(POLL);
+            }
             Ok(_) => std::thread::sleep(POLL),
             Err(_) => return false,
         }
     }
     false
+}
+
+/// Whether a `wchan` (the function a task sleeps in) is a VMA write-lock wait
+/// (`__vma_start_exclude_readers` on 7.x, `__vma_enter_locked` on 6.15–6.19, or a caller
+/// they were inlined into: every one has `vma` in its name), or unknown (empty, `0`:
+/// the kernel hides it).
+fn in_vma_wait(wchan: &[u8]) -> bool {
+    let w = wchan.trim_ascii();
+    w.is_empty() || w == b"0" || w.windows(3).any(|x| x == b"vma")
 }
 
 /// Between two reads of the victim's state.
@@ -215,5 +236,21 @@ mod tests {
         assert_eq!(stat_state(b"42 (a) b) (c) S 1 42"), Some(b'S'));
         assert_eq!(stat_state(b"42 (stress"), None);
         assert_eq!(stat_state(b"42 (x)"), None);
+    }
+
+    #[test]
+    fn only_vma_lock_waits_or_unknown_places_count() {
+        for w in [
+            &b"__vma_start_exclude_readers"[..],
+            b"__vma_enter_locked",
+            b"vma_start_write_killable",
+            b"",
+            b"0\n",
+        ] {
+            assert!(in_vma_wait(w), "{}", String::from_utf8_lossy(w));
+        }
+        for w in [&b"rwsem_down_write_slowpath"[..], b"folio_wait_bit_common"] {
+            assert!(!in_vma_wait(w), "{}", String::from_utf8_lossy(w));
+        }
     }
 }
