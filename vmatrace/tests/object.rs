@@ -80,21 +80,8 @@ fn the_lab_object_has_its_kprobes_and_global() {
         let section = &obj.programs[name].section;
         assert_eq!(mode_of(section), Some(AttachMode::KProbe), "{name}");
     }
-    let elf = object::File::parse(vmatrace::LAB_OBJECT).expect("ELF parses");
-    let lab = elf
-        .symbols()
-        .find(|s| s.name() == Ok(names::LAB))
-        .expect("global LAB");
-    let section = lab
-        .section_index()
-        .and_then(|i| elf.section_by_index(i).ok())
-        .and_then(|s| object::ObjectSection::name(&s).ok().map(str::to_string));
-    assert!(
-        section.as_deref().is_some_and(|s| s.starts_with(".rodata")),
-        "LAB is in {section:?}"
-    );
     assert_eq!(
-        lab.size(),
+        rodata_size(vmatrace::LAB_OBJECT, names::LAB),
         std::mem::size_of::<vmatrace_common::globals::LabConfig>() as u64
     );
 }
@@ -159,24 +146,27 @@ fn counters_map_has_a_slot_for_every_counter() {
     }
 }
 
+/// The size of global `name` in the object `elf`; fails unless it is in `.rodata`.
+fn rodata_size(elf: &[u8], name: &str) -> u64 {
+    let elf = object::File::parse(elf).expect("ELF parses");
+    let sym = elf
+        .symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap_or_else(|| panic!("global {name} missing"));
+    let section = sym
+        .section_index()
+        .and_then(|i| elf.section_by_index(i).ok())
+        .and_then(|s| object::ObjectSection::name(&s).ok().map(str::to_string));
+    assert!(
+        section.as_deref().is_some_and(|s| s.starts_with(".rodata")),
+        "{name} is in {section:?}, not .rodata: it would not be a verifier constant"
+    );
+    sym.size()
+}
+
 #[test]
 fn globals_exist_in_rodata_with_their_sizes() {
-    let elf = object::File::parse(EBPF_OBJECT).expect("ELF parses");
-    let size_of = |name: &str| -> u64 {
-        let sym = elf
-            .symbols()
-            .find(|s| s.name() == Ok(name))
-            .unwrap_or_else(|| panic!("global {name} missing"));
-        let section = sym
-            .section_index()
-            .and_then(|i| elf.section_by_index(i).ok())
-            .and_then(|s| object::ObjectSection::name(&s).ok().map(str::to_string));
-        assert!(
-            section.as_deref().is_some_and(|s| s.starts_with(".rodata")),
-            "{name} is in {section:?}, not .rodata: it would not be a verifier constant"
-        );
-        sym.size()
-    };
+    let size_of = |name: &str| rodata_size(EBPF_OBJECT, name);
     use std::mem::size_of as sz;
     assert_eq!(
         size_of(names::OFFSETS),
