@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let status = match vmatrace::cli::dispatch(cli) {
         Ok(()) => 0,
         Err(e) => {
+            vmatrace::tui::tty::detach_hung_up_streams();
             // An error can quote a trace (a header field, a plan note): spelled out,
             // keeping the message's own line breaks.
             eprintln!(

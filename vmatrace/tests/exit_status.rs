@@ -160,6 +160,39 @@ fn a_closed_stdout_is_not_a_bug() {
     assert!(!stderr(&out).contains("internal error"), "{}", stderr(&out));
 }
 
+/// The terminal went away while a headless session ran (an ssh connection dropped
+/// without a SIGHUP reaching it): the summary has nowhere to go, which is not a bug:
+/// exit status 0, not a panic on EIO.
+#[test]
+fn a_terminal_gone_before_the_summary_is_not_a_bug() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain libc calls on descriptors this test owns. Close-on-exec: a master
+    // inherited by the child would keep the terminal up.
+    let (master, slave) = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        assert!(s >= 0, "open {name:?}: {}", std::io::Error::last_os_error());
+        (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s))
+    };
+    let mut child = bin()
+        .args(["simulate", "--threads", "2", "--duration", "2", "--json"])
+        .stdin(Stdio::null())
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave)
+        .spawn()
+        .expect("spawn");
+    drop(master); // the terminal hangs up while the simulation runs
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
 /// A followed stream that never starts (a VM still booting): a signal ends it with a
 /// summary, not silence.
 #[test]

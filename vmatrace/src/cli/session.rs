@@ -246,6 +246,9 @@ pub fn add_output_sinks(
 /// Print the summary: JSON or text, on stdout unless stdout carries a trace. When stdout
 /// carries `--snapshot-every` lines, the summary is one JSON line like them.
 pub fn print_summary(summary: &Summary, out: &OutputArgs, stdout_taken: bool) {
+    // A terminal that went away (ssh dropped) would fail the print with EIO, and the
+    // message about it too (a panic in `eprintln!`): drop both instead.
+    crate::tui::tty::detach_hung_up_streams();
     let text = if out.telemetry.snapshots_on_stdout() && !stdout_taken {
         let mut s = serde_json::to_string(summary)
             .unwrap_or_else(|e| format!("{{\"error\":\"cannot serialise the summary: {e}\"}}"));

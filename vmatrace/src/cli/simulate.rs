@@ -125,6 +125,8 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     let (outcome, stop_reason) = simulate(&rt, cfg, &stop, sinks, a.tui)?;
     let mut report = SimReport::new(&outcome);
     report.stop_reason = stop_reason.key();
+    // As `session::print_summary`: nothing to print to a terminal that went away.
+    crate::tui::tty::detach_hung_up_streams();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

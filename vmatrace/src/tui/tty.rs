@@ -82,7 +82,9 @@ fn poll(fd: RawFd, events: i16, timeout_ms: i32) -> io::Result<i16> {
 /// Point each standard stream (stdin, stdout, stderr) whose terminal hung up at
 /// `/dev/null`: what the session prints after a hang-up (the summary, a last warning)
 /// has nowhere to go, and writing it to the dead terminal fails with EIO, which Rust's
-/// `println!`/`eprintln!` turn into a panic. Streams on files and pipes are left alone.
+/// `println!`/`eprintln!` turn into a panic. Streams on files and pipes are left alone
+/// (a pipe whose reader left reports POLLERR, not POLLHUP: its EPIPE keeps its meaning,
+/// see `cli::exit`). Called by the dashboard and before every final print.
 pub fn detach_hung_up_streams() {
     let Ok(null) = File::options().read(true).write(true).open("/dev/null") else {
         return;
