@@ -1,4 +1,4 @@
-//! The terminal device under the dashboard, watched with our own poll(2) so that a
+//! The terminal device under the dashboard, checked with our own poll(2) so that a
 //! hang-up (the ssh connection dropped, the terminal window closed, the tmux server
 //! killed) ends the dashboard. crossterm 0.29's default reader (mio) reads again forever
 //! when a hung-up terminal returns end of file, at 100 % CPU; its `use-dev-tty` reader,
@@ -7,17 +7,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
-
-/// What the terminal had for us within a wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Input {
-    /// Bytes to read (a key, a resize report...): crossterm may read them now.
-    Ready,
-    Timeout,
-    /// The terminal went away: reading would only return end of file.
-    HungUp,
-}
 
 /// The device crossterm reads: stdin when it is a terminal, `/dev/tty` otherwise.
 pub struct Tty {
@@ -42,32 +31,23 @@ impl Tty {
         })
     }
 
-    /// Wait up to `timeout` for input. A signal interrupting the wait counts as a
-    /// timeout: the caller's loop checks its flags and comes back.
-    pub fn wait(&self, timeout: Duration) -> io::Result<Input> {
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        match poll(self.fd, libc::POLLIN, ms)? {
-            0 => Ok(Input::Timeout),
-            r if r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 => Ok(Input::HungUp),
-            _ => Ok(Input::Ready),
-        }
-    }
-
-    /// Whether the terminal has hung up, without waiting.
+    /// Whether the terminal has hung up (POLLHUP, or POLLERR/POLLNVAL: gone either way),
+    /// without waiting.
     pub fn hung_up(&self) -> bool {
-        matches!(self.wait(Duration::ZERO), Ok(Input::HungUp))
+        matches!(poll(self.fd, 0), Ok(r) if r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
     }
 }
 
-/// `poll(2)` on one descriptor: its `revents`, 0 on timeout or EINTR.
-fn poll(fd: RawFd, events: i16, timeout_ms: i32) -> io::Result<i16> {
+/// `poll(2)` on one descriptor, without waiting: its `revents` (POLLHUP, POLLERR and
+/// POLLNVAL are reported whatever `events` asks), 0 on EINTR.
+fn poll(fd: RawFd, events: i16) -> io::Result<i16> {
     let mut p = libc::pollfd {
         fd,
         events,
         revents: 0,
     };
     // SAFETY: `p` is one valid pollfd for the duration of the call.
-    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
     if r < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted {
@@ -90,8 +70,7 @@ pub fn detach_hung_up_streams() {
         return;
     };
     for fd in 0..=2 {
-        // events 0: POLLHUP and POLLERR are reported whatever is asked.
-        let hung_up = matches!(poll(fd, 0, 0), Ok(r) if r & libc::POLLHUP != 0);
+        let hung_up = matches!(poll(fd, 0), Ok(r) if r & libc::POLLHUP != 0);
         if hung_up {
             // SAFETY: both descriptors are open; dup2 atomically replaces `fd`.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -127,12 +106,10 @@ mod tests {
             fd: slave.as_raw_fd(),
             _opened: None,
         };
-        assert_eq!(tty.wait(Duration::from_millis(10)).unwrap(), Input::Timeout);
         assert!(!tty.hung_up());
-        master.write_all(b"q\n").unwrap(); // canonical mode: a line
-        assert_eq!(tty.wait(Duration::from_secs(5)).unwrap(), Input::Ready);
+        master.write_all(b"q\n").unwrap(); // input pending is no hang-up
+        assert!(!tty.hung_up());
         drop(master);
-        assert_eq!(tty.wait(Duration::from_secs(5)).unwrap(), Input::HungUp);
         assert!(tty.hung_up());
     }
 }
