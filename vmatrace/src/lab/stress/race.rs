@@ -21,8 +21,8 @@
 //!
 //! Kernel-facing and Linux-only: the function's text is read from `/proc/kcore` at the
 //! address `/proc/kallsyms` gives, the field offset comes from BTF, and the program
-//! (`lab_race_delay` in the product's eBPF object) is loaded and attached by
-//! `live::lab`, the product's loader. The instruction matcher is pure and tested.
+//! (`lab_race_delay`, the lab's own eBPF object `vmatrace-ebpf/src/lab.rs`) is loaded
+//! and attached by `live::lab` with the product's loader. The instruction matcher is pure and tested.
 
 use std::{fs, io::Read as _, os::unix::fs::FileExt as _, time::Duration};
 
