@@ -78,6 +78,13 @@ pub const KILLWAIT_RING_BYTES: u32 = 32 << 20;
 /// The busy-wait `stress --widen-race-us` puts around a reader's refcount increment: long
 /// next to a TCG writer's write-lock-to-detach stretch (a few µs), short next to a tick.
 pub const RACE_DELAY_US: u32 = 50;
+/// The `race` step's workload: one reader and two writers, not the oversubscribed shape
+/// of the `run` step. The widener spins inside the reader's fault with preemption off, so
+/// a writer detaches inside that window only while the other vCPU is free for it; more
+/// spinning readers hold both vCPUs. Slow detaches on 7.3.4 rt in 8 s, readers/writers:
+/// 4/4 gave 4 (and 0 in both boots of a clean-clone CI run), 2/2 gave 23, 1/2 gave 115.
+pub const RACE_READERS: u32 = 1;
+pub const RACE_WRITERS: u32 = 2;
 /// The guest's recordings of the traced runs.
 pub const TRACE: &str = "/tmp/trace.vmatrace";
 pub const RACE_TRACE: &str = "/tmp/race.vmatrace";
@@ -154,7 +161,10 @@ pub fn steps(p: &Params) -> Vec<Step> {
         "race",
         p,
         (RACE_TRACE, RACE_ANOMALY_LOG),
-        &format!("{workload} --widen-race-us {RACE_DELAY_US} --json"),
+        &format!(
+            "vmatrace stress --duration {} --readers {RACE_READERS} --writers {RACE_WRITERS} --widen-race-us {RACE_DELAY_US} --json",
+            p.duration
+        ),
         true,
     ));
     v.push(kill_wait(p));
@@ -169,22 +179,26 @@ pub fn steps(p: &Params) -> Vec<Step> {
 /// ([`KILLWAIT_DELAY_US`]); the tracer traces the workload's cgroup. Where writers are
 /// killable (6.19+) the interrupted waits must be counted, and nothing is an anomaly.
 fn kill_wait(p: &Params) -> Step {
+    // Twice the other steps' duration: a victim costs an exec and a wait for its sleep
+    // (~5 victims in 8 s under TCG) and about half of those killed asleep end a wait with
+    // -EINTR (the rest are woken first), so 8 s gave 1–3 interrupted waits, a thin margin
+    // above the required one.
+    let duration = 2 * p.duration;
     let workload = format!(
-        "vmatrace stress --duration {} --forks --kill-asleep --widen-race-us {KILLWAIT_DELAY_US} --json",
-        p.duration
+        "vmatrace stress --duration {duration} --forks --kill-asleep --widen-race-us {KILLWAIT_DELAY_US} --json"
     );
     Step {
         name: "killwait",
         argv: words(&format!(
             "vmatrace run --headless --cgroup {WORKLOAD_CGROUP} --ring-buffer-bytes {KILLWAIT_RING_BYTES} --duration {} --json --anomaly-log {KILLWAIT_ANOMALY_LOG}",
-            p.duration + RACE_TRACER_MARGIN_S
+            duration + RACE_TRACER_MARGIN_S
         )),
         background: Some(vec![
             "sh".into(),
             "-c".into(),
             format!("echo $$ > {WORKLOAD_CGROUP}/cgroup.procs && exec {workload}"),
         ]),
-        timeout_s: budget(p) + READY_TIMEOUT_S,
+        timeout_s: budget(p) + p.duration + READY_TIMEOUT_S,
         files: vec![KILLWAIT_ANOMALY_LOG],
         export: None,
         scrape: None,
