@@ -83,6 +83,10 @@ pub struct ProgCost {
     pub function: String,
     pub run_cnt: u64,
     pub run_time_ns: u64,
+    /// Runs the kernel skipped (the program's `recursion_misses`: another BPF program was
+    /// running on the CPU, or this one was still active there). Counted with statistics
+    /// off too.
+    pub skipped_runs: u64,
 }
 
 /// Which kernel function a vmatrace program hooks, from the prefix of its name
@@ -117,6 +121,9 @@ pub struct VmatraceRun {
     pub events_total: u64,
     pub anomalies: u64,
     pub losses: u64,
+    /// Program runs the kernel skipped (`losses.kernel.*_runs_skipped`), counted whether
+    /// BPF statistics are on or not.
+    pub skipped_runs: u64,
     pub hooks_attached: u64,
     /// CPU seconds of the vmatrace process itself (`tracer` in the summary), and the part
     /// spent before tracing began (BTF, load, verification, attach).
@@ -143,6 +150,10 @@ impl VmatraceRun {
                             function: vmatrace_function(&name).to_string(),
                             run_cnt: p.get("run_cnt")?.as_u64()?,
                             run_time_ns: p.get("run_time_ns")?.as_u64()?,
+                            skipped_runs: p
+                                .get("skipped_runs")
+                                .and_then(Value::as_u64)
+                                .unwrap_or(0),
                             name,
                         })
                     })
@@ -180,6 +191,10 @@ impl VmatraceRun {
             events_total: u("/events/total"),
             anomalies: u("/anomalies/total"),
             losses: u("/losses/total"),
+            skipped_runs: ["entry", "return", "single"]
+                .iter()
+                .map(|k| u(&format!("/losses/kernel/{k}_runs_skipped")))
+                .sum(),
             hooks_attached: u("/plan/hooks_attached"),
             tracer_cpu_s: f("/tracer/cpu_user_s") + f("/tracer/cpu_system_s"),
             tracer_startup_s: f("/tracer/startup_cpu_s"),
@@ -273,22 +288,34 @@ pub fn bpftrace(out: &str) -> BpftraceRun {
     r
 }
 
-/// `/proc/<pid>/fdinfo/*` of the program fds (`fd N` header, then `key:\tvalue` lines):
-/// `(prog_id, run_cnt, run_time_ns)`.
-pub fn fdinfo(text: &str) -> Vec<(u32, u64, u64)> {
-    let mut out = Vec::new();
-    let mut cur: Option<(Option<u32>, u64, u64)> = None;
-    let flush = |c: Option<(Option<u32>, u64, u64)>, out: &mut Vec<(u32, u64, u64)>| {
-        if let Some((Some(id), cnt, ns)) = c
-            && !out.iter().any(|(i, _, _)| *i == id)
+/// One BPF program as `/proc/<pid>/fdinfo/<fd>` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdProg {
+    pub id: u32,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+    /// `recursion_misses`: runs the kernel skipped (kprobes: `bpf_prog_active` held on the
+    /// CPU; trampolines: the program already active there).
+    pub recursion_misses: u64,
+}
+
+/// `/proc/<pid>/fdinfo/*` of the program fds (`fd N` header, then `key:\tvalue` lines),
+/// one entry per program id. A link's fd also names its program (`prog_id`) but has no run
+/// counts: only program fds (`prog_type`) count.
+pub fn fdinfo(text: &str) -> Vec<FdProg> {
+    let mut out: Vec<FdProg> = Vec::new();
+    let mut cur: Option<(Option<u32>, bool, FdProg)> = None;
+    let flush = |c: Option<(Option<u32>, bool, FdProg)>, out: &mut Vec<FdProg>| {
+        if let Some((Some(id), true, p)) = c
+            && !out.iter().any(|q| q.id == id)
         {
-            out.push((id, cnt, ns));
+            out.push(FdProg { id, ..p });
         }
     };
     for line in text.lines() {
         if line.starts_with("fd ") {
             flush(cur.take(), &mut out);
-            cur = Some((None, 0, 0));
+            cur = Some((None, false, FdProg::default()));
             continue;
         }
         let Some((k, v)) = line.split_once(':') else {
@@ -296,10 +323,13 @@ pub fn fdinfo(text: &str) -> Vec<(u32, u64, u64)> {
         };
         let Some(c) = cur.as_mut() else { continue };
         let v = v.trim();
+        let n = || v.parse().unwrap_or(0);
         match k.trim() {
             "prog_id" => c.0 = v.parse().ok(),
-            "run_cnt" => c.1 = v.parse().unwrap_or(0),
-            "run_time_ns" => c.2 = v.parse().unwrap_or(0),
+            "prog_type" => c.1 = true,
+            "run_cnt" => c.2.run_cnt = n(),
+            "run_time_ns" => c.2.run_time_ns = n(),
+            "recursion_misses" => c.2.recursion_misses = n(),
             _ => {}
         }
     }
@@ -308,14 +338,14 @@ pub fn fdinfo(text: &str) -> Vec<(u32, u64, u64)> {
 }
 
 /// bpftrace's programs with their costs: fdinfo joined with the `-v` ids.
-pub fn bpftrace_costs(run: &BpftraceRun, fds: &[(u32, u64, u64)]) -> Vec<ProgCost> {
+pub fn bpftrace_costs(run: &BpftraceRun, fds: &[FdProg]) -> Vec<ProgCost> {
     fds.iter()
-        .map(|&(id, run_cnt, run_time_ns)| {
+        .map(|fd| {
             let name = run
                 .prog_ids
-                .get(&id)
+                .get(&fd.id)
                 .cloned()
-                .unwrap_or_else(|| format!("prog {id}"));
+                .unwrap_or_else(|| format!("prog {}", fd.id));
             let function = name
                 .split_once(':')
                 .map(|(_, f)| f.to_string())
@@ -323,8 +353,9 @@ pub fn bpftrace_costs(run: &BpftraceRun, fds: &[(u32, u64, u64)]) -> Vec<ProgCos
             ProgCost {
                 name,
                 function,
-                run_cnt,
-                run_time_ns,
+                run_cnt: fd.run_cnt,
+                run_time_ns: fd.run_time_ns,
+                skipped_runs: fd.recursion_misses,
             }
         })
         .collect()
@@ -375,13 +406,22 @@ mod tests {
 
     #[test]
     fn fdinfo_joins_with_ids() {
-        let text = "fd 7\npos:\t0\nflags:\t02000002\nprog_type:\t2\nprog_id:\t41\nrun_time_ns:\t5000\nrun_cnt:\t10\n\
-fd 9\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 10\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 11\nrun_cnt:\t3\n";
+        // A link's fd (fd 8) names the program too, without run counts: not a program.
+        let text = "fd 7\npos:\t0\nflags:\t02000002\nprog_type:\t2\nprog_id:\t41\nrun_time_ns:\t5000\nrun_cnt:\t10\nrecursion_misses:\t4\n\
+fd 8\nlink_type:\tperf\nlink_id:\t3\nprog_id:\t42\n\
+fd 9\nprog_type:\t2\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 10\nprog_type:\t2\nprog_id:\t42\nrun_time_ns:\t900\nrun_cnt:\t3\nfd 11\nrun_cnt:\t3\n";
         let fds = fdinfo(text);
-        assert_eq!(fds, [(41, 10, 5000), (42, 3, 900)]);
-        let costs = bpftrace_costs(&bpftrace(BT), &[(41, 10, 5000), (77, 1, 1)]);
+        let p = |id, run_cnt, run_time_ns, recursion_misses| FdProg {
+            id,
+            run_cnt,
+            run_time_ns,
+            recursion_misses,
+        };
+        assert_eq!(fds, [p(41, 10, 5000, 4), p(42, 3, 900, 0)]);
+        let costs = bpftrace_costs(&bpftrace(BT), &[p(41, 10, 5000, 4), p(77, 1, 1, 0)]);
         assert_eq!(costs[0].function, "__vma_start_exclude_readers");
         assert_eq!(costs[0].name, "kprobe:__vma_start_exclude_readers");
+        assert_eq!(costs[0].skipped_runs, 4);
         assert_eq!(costs[1].name, "prog 77");
         assert_eq!(costs[1].function, "");
     }

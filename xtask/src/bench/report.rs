@@ -298,6 +298,7 @@ pub fn render(phases: &[PhaseResult]) -> (String, serde_json::Value) {
         }
     }
     json.insert("programs".into(), prog_rows.into());
+    skipped_runs(phases, &mut s, &mut json);
     let (fo, ft, ff) = (
         per_function(&ours),
         per_function(&theirs),
@@ -490,6 +491,60 @@ slow-wait capture, writer-path returns (ns/run): --slow-wait off / 1h (never rea
     (s, serde_json::Value::Object(json))
 }
 
+/// Program runs the kernel skipped, per traced phase and tool: vmatrace's from its
+/// summary (`losses.kernel.*_runs_skipped`), bpftrace's from its programs'
+/// `recursion_misses` (fdinfo). Both are counted with statistics off too; the runs they
+/// are a share of only with statistics on (bpftrace) or as events (vmatrace). Misses of
+/// the kprobe layer itself (a kprobe hit inside another kprobe's handler, a kretprobe out
+/// of instances) are in neither count for bpftrace, whose perf-event kprobes show no
+/// link; vmatrace reads them from its links.
+fn skipped_runs(
+    phases: &[PhaseResult],
+    s: &mut String,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let _ = writeln!(
+        s,
+        "\nprogram runs the kernel skipped (lost events):\n  {:<24} {:<10} {:>10} {:>14} {:>8}",
+        "phase", "tool", "skipped", "of runs/events", "share"
+    );
+    let mut rows = Vec::new();
+    for p in phases {
+        let counts = if let Some(v) = &p.vmatrace {
+            Some(("vmatrace", v.skipped_runs, v.events_total))
+        } else if p.bpftrace.is_some() {
+            let c = &p.bpftrace_costs;
+            Some((
+                "bpftrace",
+                c.iter().map(|c| c.skipped_runs).sum(),
+                c.iter().map(|c| c.run_cnt).sum(),
+            ))
+        } else {
+            None
+        };
+        let Some((tool, skipped, of)) = counts else {
+            continue;
+        };
+        let share = (of > 0).then(|| skipped as f64 / (skipped + of) as f64);
+        let _ = writeln!(
+            s,
+            "  {:<24} {:<10} {:>10} {:>14} {:>8}",
+            p.name,
+            tool,
+            skipped,
+            if of > 0 { of.to_string() } else { "—".into() },
+            share
+                .map(|v| format!("{:.3}%", v * 100.0))
+                .unwrap_or_else(|| "—".into())
+        );
+        rows.push(
+            serde_json::json!({"phase": p.name, "tool": tool, "skipped_runs": skipped,
+            "of": of, "share": share}),
+        );
+    }
+    json.insert("skipped_runs".into(), rows.into());
+}
+
 /// The writer-path return programs, which carry the slow-wait comparison.
 fn is_writer_return(name: &str) -> bool {
     ["vsw_", "vser_", "vel_", "vmd_", "verd_"]
@@ -576,6 +631,7 @@ mod tests {
             function: f.into(),
             run_cnt: c,
             run_time_ns: ns,
+            skipped_runs: 0,
         };
         let m = per_function(&[
             p("vsw_fentry", "__vma_start_write", 10, 100),
@@ -585,5 +641,57 @@ mod tests {
         assert_eq!(m["__vma_start_write"], (10, 400));
         assert_eq!(m["prog 9"], (1, 5));
         assert!((slowdown(100.0, 97.0) - 0.03).abs() < 1e-9);
+    }
+
+    #[test]
+    fn skipped_runs_of_each_tool() {
+        let prog = |skipped_runs| ProgCost {
+            name: "kprobe:__vma_start_write".into(),
+            function: "__vma_start_write".into(),
+            run_cnt: 995,
+            run_time_ns: 1,
+            skipped_runs,
+        };
+        let phases = [
+            PhaseResult {
+                name: "base1".into(),
+                ..Default::default()
+            },
+            PhaseResult {
+                name: "vmatrace".into(),
+                vmatrace: Some(VmatraceRun {
+                    skipped_runs: 3,
+                    events_total: 1000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            PhaseResult {
+                name: "bpftrace".into(),
+                bpftrace: Some(BpftraceRun::default()),
+                bpftrace_costs: vec![prog(5), prog(0)],
+                ..Default::default()
+            },
+        ];
+        let (text, json) = render(&phases);
+        let rows = json["skipped_runs"].as_array().expect("rows");
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(
+            (
+                rows[0]["tool"].as_str(),
+                rows[0]["skipped_runs"].as_u64(),
+                rows[0]["of"].as_u64()
+            ),
+            (Some("vmatrace"), Some(3), Some(1000))
+        );
+        assert_eq!(
+            (
+                rows[1]["tool"].as_str(),
+                rows[1]["skipped_runs"].as_u64(),
+                rows[1]["of"].as_u64()
+            ),
+            (Some("bpftrace"), Some(5), Some(1990))
+        );
+        assert!(text.contains("0.251%"), "{text}");
     }
 }
