@@ -17,7 +17,7 @@ use std::{
 
 use vmatrace::{
     lab::sim::{self, Injection, SimConfig},
-    pipeline::{Pipeline, Sink},
+    pipeline::{Pipeline, Sink, push_unfolded},
     validate::Anomaly,
 };
 use vmatrace_common::{Event, EventKind, event::flags, model::Generation};
@@ -146,7 +146,12 @@ fn validate(generation: Generation, evs: &[Event]) -> Outcome {
     let mut p = Pipeline::new(generation);
     p.add_sink(Box::new(seen.clone()));
     for batch in evs.chunks(1000) {
-        p.handle_events(batch);
+        // As the ring reader and the trace reader decode: folded returns unfolded.
+        let mut decoded = Vec::with_capacity(batch.len());
+        for ev in batch {
+            push_unfolded(&mut decoded, *ev);
+        }
+        p.handle_events(&decoded);
     }
     p.finish();
     let mut anomalies = seen.0.lock().unwrap().clone();

@@ -11,7 +11,7 @@ use tokio::{
 use vmatrace_common::{Event, event::EVENT_SIZE};
 
 use super::{counters, load::Loaded, stacks::StackResolver};
-use crate::pipeline::SourceItem;
+use crate::pipeline::{SourceItem, push_unfolded};
 
 /// Events per `SourceItem::Events` batch: large enough to amortise channel wake-ups,
 /// small enough that the pipeline sees a steady flow.
@@ -62,7 +62,7 @@ fn drain(ring: &mut RingBuf<MapData>) -> Batch {
             break;
         };
         match decode(&item) {
-            Some(e) => b.events.push(e),
+            Some(e) => push_unfolded(&mut b.events, e),
             None => b.undecodable += 1,
         }
     }

@@ -13,10 +13,12 @@ pub mod totals;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use vmatrace_common::{Event, event::flags, model::Generation};
+use vmatrace_common::{Event, model::Generation};
 
 pub use shared::SharedSink;
-pub use source::{CounterSnapshot, KernelStack, ProcessFallbacks, SourceItem};
+pub use source::{
+    CounterSnapshot, KernelStack, ProcessFallbacks, SourceItem, push_unfolded, unfolded,
+};
 pub use totals::Totals;
 
 use crate::{
@@ -49,8 +51,6 @@ pub struct Pipeline {
     pub totals: Totals,
     sinks: Vec<Box<dyn Sink>>,
     scratch: Vec<Anomaly>,
-    /// Reused buffer for batches with folded returns.
-    unfolded: Vec<Event>,
     last_losses: u64,
     finished: bool,
 }
@@ -62,7 +62,6 @@ impl Pipeline {
             totals: Totals::default(),
             sinks: Vec::new(),
             scratch: Vec::new(),
-            unfolded: Vec::new(),
             last_losses: 0,
             finished: false,
         }
@@ -116,26 +115,10 @@ impl Pipeline {
         }
     }
 
+    /// Events as the sources decode them (folded returns already unfolded:
+    /// [`source::push_unfolded`]).
     pub fn handle_events(&mut self, evs: &[Event]) {
-        // A folded return (`flags::FOLDED`, the default since entries are not streamed)
-        // becomes its entry and itself here, before anything looks at it: the validator,
-        // totals, statistics and every sink (the trace too) see the stream as if each entry
-        // had been sent, so a recorded trace replays to the same result.
-        let mut unfolded = std::mem::take(&mut self.unfolded);
-        let evs = if evs.iter().any(|e| e.has(flags::FOLDED)) {
-            unfolded.clear();
-            for ev in evs {
-                match ev.unfold() {
-                    Some((entry, exit)) => unfolded.extend([entry, exit]),
-                    None => unfolded.push(*ev),
-                }
-            }
-            &unfolded[..]
-        } else {
-            evs
-        };
         self.validate_and_deliver(evs);
-        self.unfolded = unfolded;
     }
 
     fn validate_and_deliver(&mut self, evs: &[Event]) {

@@ -14,6 +14,8 @@ use std::{
 
 use vmatrace_common::{Event, event::EVENT_SIZE};
 
+use crate::pipeline::unfolded;
+
 use super::{
     format::{
         CRC_LEN, FALLBACK_LEN, FLAG_ZSTD, FORMAT_VERSION, KNOWN_FLAGS, MAGIC, MAX_COUNTER_SLOTS,
@@ -263,6 +265,8 @@ impl TraceReader {
         self.records
     }
 
+    /// Events read so far as the trace holds them (a folded return counts once, though
+    /// it is decoded as its entry and itself).
     pub fn events_read(&self) -> u64 {
         self.events
     }
@@ -389,13 +393,17 @@ impl TraceReader {
             return Ok(None);
         }
         let rec = self.decode(tag, mono_ns, seq, payload, at);
+        // Events as written (a folded return is one), which the end record counts too.
+        let written = if tag == RecordTag::Events {
+            (payload.len() / EVENT_SIZE) as u64
+        } else {
+            0
+        };
         self.buf = buf;
         let rec = rec?;
         self.offset = payload_at + total as u64;
         self.records = self.records.saturating_add(1);
-        if let Record::Events { events, .. } = &rec {
-            self.events = self.events.saturating_add(events.len() as u64);
-        }
+        self.events = self.events.saturating_add(written);
         if matches!(rec, Record::End { .. }) {
             self.finished = true;
             self.after_end = self.check_trailing().err();
@@ -421,9 +429,9 @@ impl TraceReader {
                     ));
                 }
                 // Whole records only (checked above): an exact-size collect, one
-                // allocation per record.
+                // allocation per record (another only if it holds folded returns).
                 let (records, _) = payload.as_chunks::<EVENT_SIZE>();
-                let events = records.iter().map(Event::from_array).collect();
+                let events = unfolded(records.iter().map(Event::from_array).collect());
                 Record::Events { mono_ns, events }
             }
             RecordTag::Counters => {

@@ -115,6 +115,34 @@ fn roundtrip_plain_and_compressed() {
     }
 }
 
+/// A folded return read from a trace comes out as its entry and itself: the reader
+/// decodes as the ring reader does, and nothing after them unfolds.
+#[test]
+fn folded_returns_are_unfolded_when_read() {
+    use vmatrace_common::event::flags;
+    let mut folded = ev(1, EventKind::ExcludeExit);
+    folded.flags = flags::VMA_FIELDS | flags::RET | flags::PAIRED | flags::FOLDED;
+    folded.wait_ns = 400;
+    folded.entry_refcnt = 2;
+    let plain = ev(2, EventKind::ReaderAcquire);
+    let shared = SharedBuf::default();
+    let mut w = TraceWriter::new(shared.clone(), &header(), false).expect("writer");
+    w.write_events(1, &[folded, plain]).expect("write");
+    w.finish(2).expect("finish");
+    let (_, recs) = read_all(shared.take(), ReadOptions::default()).expect("valid");
+    let events: Vec<Event> = recs
+        .into_iter()
+        .flat_map(|r| match r {
+            Record::Events { events, .. } => events,
+            _ => Vec::new(),
+        })
+        .collect();
+    let (entry, exit) = folded.unfold().expect("a folded return");
+    assert_eq!(events, [entry, exit, plain]);
+    assert_eq!(events[0].kind(), Some(EventKind::ExcludeEnter));
+    assert!(!events[1].has(flags::FOLDED));
+}
+
 #[test]
 fn large_batches_are_split_into_records() {
     let shared = SharedBuf::default();
