@@ -505,6 +505,15 @@ impl AppState {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             return Action::Quit;
         }
+        // A terminal sends Alt+x as ESC x, and so arrives an Esc followed quickly by x
+        // (both read at once): the dashboard binds no Alt key, so it is the Esc, then x.
+        // Without this the Esc was lost (a filter stayed set after Esc, 4 under load).
+        if key.modifiers.contains(KeyModifiers::ALT) {
+            if self.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)) == Action::Quit {
+                return Action::Quit;
+            }
+            return self.on_key(KeyEvent::new(key.code, key.modifiers - KeyModifiers::ALT));
+        }
         if self.ui.editing_filter {
             self.edit_filter(key.code);
             return Action::None;

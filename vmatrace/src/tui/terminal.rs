@@ -167,9 +167,14 @@ fn run_blocking(
                         st.push_log(l);
                     }
                 }
-                terminal
-                    .draw(|f| render::render(f, &st))
-                    .context("drawing")?;
+                if let Err(e) = terminal.draw(|f| render::render(f, &st)) {
+                    // The terminal can hang up in the middle of a frame (EIO): that is a
+                    // hang-up like any other, not a drawing failure to restore from.
+                    if tty.hung_up() {
+                        return Ok(DashboardExit::HungUp);
+                    }
+                    return Err(e).context("drawing");
+                }
             }
             let deadline = Instant::now() + FRAME;
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {

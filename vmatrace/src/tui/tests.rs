@@ -429,6 +429,29 @@ fn keys_switch_screens_and_quit() {
     );
 }
 
+/// Esc then a key, read together, arrive as Alt+key (ESC x is how terminals send Alt): the
+/// Esc still clears the filter and the key still acts.
+#[test]
+fn esc_read_together_with_the_next_key_is_both() {
+    let mut st = fixture();
+    press(&mut st, &[KeyCode::Char('3'), KeyCode::Char('/')]);
+    press(&mut st, &[KeyCode::Char('z'), KeyCode::Enter]);
+    assert_eq!(st.ui.filter, "z");
+    st.on_key(KeyEvent::new(KeyCode::Char('4'), KeyModifiers::ALT));
+    assert_eq!(st.ui.filter, "", "the Esc cleared the filter");
+    assert_eq!(st.ui.screen, Screen::Anomalies, "the 4 switched screens");
+    // While editing a filter, the Esc ends the editing first.
+    press(&mut st, &[KeyCode::Char('/'), KeyCode::Char('y')]);
+    assert!(st.ui.editing_filter);
+    st.on_key(KeyEvent::new(KeyCode::Char('1'), KeyModifiers::ALT));
+    assert!(!st.ui.editing_filter);
+    assert_eq!(st.ui.screen, Screen::Overview);
+    assert_eq!(
+        st.on_key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::ALT)),
+        Action::Quit
+    );
+}
+
 #[test]
 fn pause_freezes_the_view_while_data_flows() {
     let mut st = fixture();
