@@ -90,7 +90,22 @@ impl Tmux {
                 return screen;
             }
             if Instant::now() > deadline {
-                panic!("{needle:?} never appeared; screen:\n{screen}");
+                // What runs in the pane and on which screen: a hung process and a lost
+                // key look alike on the screen alone.
+                let state = self.display(
+                    "command #{pane_current_command}, alternate screen #{alternate_on}, \
+                     cursor #{cursor_flag}, #{pane_width}x#{pane_height}",
+                );
+                let ps = Command::new("ps")
+                    .args(["-eo", "pid,ppid,stat,wchan:24,etime,args"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let ours: Vec<&str> = ps.lines().filter(|l| l.contains("vmatrace")).collect();
+                panic!(
+                    "{needle:?} never appeared ({state}); screen:\n{screen}\nprocesses:\n{}",
+                    ours.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

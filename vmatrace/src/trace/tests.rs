@@ -115,6 +115,16 @@ fn roundtrip_plain_and_compressed() {
     }
 }
 
+/// The events of every events record, in order.
+fn events_of(recs: Vec<Record>) -> Vec<Event> {
+    recs.into_iter()
+        .flat_map(|r| match r {
+            Record::Events { events, .. } => events,
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 /// A folded return read from a trace comes out as its entry and itself: the reader
 /// decodes as the ring reader does, and nothing after them unfolds.
 #[test]
@@ -130,13 +140,7 @@ fn folded_returns_are_unfolded_when_read() {
     w.write_events(1, &[folded, plain]).expect("write");
     w.finish(2).expect("finish");
     let (_, recs) = read_all(shared.take(), ReadOptions::default()).expect("valid");
-    let events: Vec<Event> = recs
-        .into_iter()
-        .flat_map(|r| match r {
-            Record::Events { events, .. } => events,
-            _ => Vec::new(),
-        })
-        .collect();
+    let events = events_of(recs);
     let (entry, exit) = folded.unfold().expect("a folded return");
     assert_eq!(events, [entry, exit, plain]);
     assert_eq!(events[0].kind(), Some(EventKind::ExcludeEnter));
@@ -155,13 +159,7 @@ fn large_batches_are_split_into_records() {
     assert_eq!(w.records(), 3);
     w.finish(2).expect("finish");
     let (_, recs) = read_all(shared.take(), ReadOptions::default()).expect("valid");
-    let events: Vec<Event> = recs
-        .into_iter()
-        .flat_map(|r| match r {
-            Record::Events { events, .. } => events,
-            _ => Vec::new(),
-        })
-        .collect();
+    let events = events_of(recs);
     assert_eq!(events, batch);
 }
 

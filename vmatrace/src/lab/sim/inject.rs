@@ -194,24 +194,49 @@ pub struct ReportedAnomaly {
 /// Match every injection site to a distinct anomaly of an accepted kind, on the same VMA
 /// (or, when the anomaly names no VMA, the same mm), reported at or after the site.
 /// Returns the sites nobody reported.
+///
+/// Greedy in time: each site, oldest first, takes the oldest free anomaly it can. The
+/// anomalies are indexed by (VMA, kind) and, for those naming no VMA, (mm, kind), in time
+/// order, so a site's candidates are a binary search away: scanning every anomaly for
+/// every site took 17 s after a dashboard quit (`simulate --inject-rate 0.05`: ~280 000
+/// anomalies).
 pub fn unmatched_sites(
     sites: &[InjectionSite],
     anomalies: &[ReportedAnomaly],
 ) -> Vec<InjectionSite> {
+    use std::collections::HashMap;
     let mut sites: Vec<InjectionSite> = sites.to_vec();
     sites.sort_by_key(|s| s.ts_ns);
     let mut order: Vec<usize> = (0..anomalies.len()).collect();
     order.sort_by_key(|i| anomalies[*i].ts_ns);
+    let mut by_vma: HashMap<(u64, &str), Vec<usize>> = HashMap::new();
+    let mut by_mm: HashMap<(u64, &str), Vec<usize>> = HashMap::new();
+    for &i in &order {
+        let a = &anomalies[i];
+        by_vma.entry((a.vma, a.key)).or_default().push(i);
+        if a.vma == 0 {
+            by_mm.entry((a.mm, a.key)).or_default().push(i);
+        }
+    }
     let mut used = vec![false; anomalies.len()];
     let mut missed = Vec::new();
     for s in sites {
-        let hit = order.iter().copied().find(|&i| {
-            let a = &anomalies[i];
-            !used[i]
-                && a.ts_ns >= s.ts_ns
-                && s.kind.detected_by().contains(&a.key)
-                && (a.vma == s.vma || (a.vma == 0 && a.mm == s.mm))
-        });
+        // The oldest free candidate of each list; the oldest of those (ties: the first
+        // reported), as one scan of all anomalies in time order would find.
+        let mut hit: Option<usize> = None;
+        for key in s.kind.detected_by() {
+            for list in [by_vma.get(&(s.vma, *key)), by_mm.get(&(s.mm, *key))]
+                .into_iter()
+                .flatten()
+            {
+                let from = list.partition_point(|&i| anomalies[i].ts_ns < s.ts_ns);
+                if let Some(i) = list[from..].iter().copied().find(|&i| !used[i])
+                    && hit.is_none_or(|h| (anomalies[i].ts_ns, i) < (anomalies[h].ts_ns, h))
+                {
+                    hit = Some(i);
+                }
+            }
+        }
         match hit {
             Some(i) => used[i] = true,
             None => missed.push(s),
@@ -251,6 +276,79 @@ mod tests {
             ts_ns: ts,
             vma,
             mm: 1,
+        }
+    }
+
+    /// The definition: every site, oldest first, scans all anomalies in time order.
+    fn unmatched_by_scanning(
+        sites: &[InjectionSite],
+        anomalies: &[ReportedAnomaly],
+    ) -> Vec<InjectionSite> {
+        let mut sites: Vec<InjectionSite> = sites.to_vec();
+        sites.sort_by_key(|s| s.ts_ns);
+        let mut order: Vec<usize> = (0..anomalies.len()).collect();
+        order.sort_by_key(|i| anomalies[*i].ts_ns);
+        let mut used = vec![false; anomalies.len()];
+        let mut missed = Vec::new();
+        for s in sites {
+            let hit = order.iter().copied().find(|&i| {
+                let a = &anomalies[i];
+                !used[i]
+                    && a.ts_ns >= s.ts_ns
+                    && s.kind.detected_by().contains(&a.key)
+                    && (a.vma == s.vma || (a.vma == 0 && a.mm == s.mm))
+            });
+            match hit {
+                Some(i) => used[i] = true,
+                None => missed.push(s),
+            }
+        }
+        missed
+    }
+
+    #[test]
+    fn the_index_matches_as_the_scan_does() {
+        let keys = [
+            "detach_not_zero",
+            "free_while_referenced",
+            "exclusion_not_ended",
+            "reader_while_excluded",
+        ];
+        let kinds = [
+            Injection::DetachLeavesRefcount,
+            Injection::EndExcludeSkipped,
+            Injection::ReaderIgnoresFlag,
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..200 {
+            let sites: Vec<InjectionSite> = (0..next(12))
+                .map(|_| InjectionSite {
+                    kind: kinds[next(3) as usize],
+                    ts_ns: next(20),
+                    vma: next(3),
+                    mm: 1 + next(2),
+                    ..site(0, 0)
+                })
+                .collect();
+            let anomalies: Vec<ReportedAnomaly> = (0..next(16))
+                .map(|_| ReportedAnomaly {
+                    key: keys[next(4) as usize],
+                    ts_ns: next(24),
+                    vma: next(3),
+                    mm: 1 + next(2),
+                })
+                .collect();
+            assert_eq!(
+                unmatched_sites(&sites, &anomalies),
+                unmatched_by_scanning(&sites, &anomalies),
+                "sites {sites:?}, anomalies {anomalies:?}"
+            );
         }
     }
 
