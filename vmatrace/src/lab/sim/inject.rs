@@ -195,32 +195,25 @@ pub struct ReportedAnomaly {
 /// (or, when the anomaly names no VMA, the same mm), reported at or after the site.
 /// Returns the sites nobody reported.
 ///
-/// Greedy in time: each site, oldest first, takes the oldest free anomaly it can. The
-/// anomalies are indexed by (VMA, kind) and, for those naming no VMA, (mm, kind), in time
-/// order, so a site's candidates are a binary search away: scanning every anomaly for
-/// every site took 17 s after a dashboard quit (`simulate --inject-rate 0.05`: ~280 000
-/// anomalies).
+/// The anomalies are indexed by (VMA, kind) and, for those naming no VMA, (mm, kind), in
+/// time order, so a site's candidates are a binary search away: scanning every anomaly
+/// for every site took 17 s after a dashboard quit (`simulate --inject-rate 0.05`:
+/// ~280 000 anomalies).
 pub fn unmatched_sites(
     sites: &[InjectionSite],
     anomalies: &[ReportedAnomaly],
 ) -> Vec<InjectionSite> {
     use std::collections::HashMap;
-    let mut sites: Vec<InjectionSite> = sites.to_vec();
-    sites.sort_by_key(|s| s.ts_ns);
-    let mut order: Vec<usize> = (0..anomalies.len()).collect();
-    order.sort_by_key(|i| anomalies[*i].ts_ns);
     let mut by_vma: HashMap<(u64, &str), Vec<usize>> = HashMap::new();
     let mut by_mm: HashMap<(u64, &str), Vec<usize>> = HashMap::new();
-    for &i in &order {
+    for i in in_time_order(anomalies) {
         let a = &anomalies[i];
         by_vma.entry((a.vma, a.key)).or_default().push(i);
         if a.vma == 0 {
             by_mm.entry((a.mm, a.key)).or_default().push(i);
         }
     }
-    let mut used = vec![false; anomalies.len()];
-    let mut missed = Vec::new();
-    for s in sites {
+    match_greedily(sites, anomalies, |s, used| {
         // The oldest free candidate of each list; the oldest of those (ties: the first
         // reported), as one scan of all anomalies in time order would find.
         let mut hit: Option<usize> = None;
@@ -237,7 +230,30 @@ pub fn unmatched_sites(
                 }
             }
         }
-        match hit {
+        hit
+    })
+}
+
+/// Anomaly indexes by report time (stable: ties keep the report order).
+fn in_time_order(anomalies: &[ReportedAnomaly]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..anomalies.len()).collect();
+    order.sort_by_key(|i| anomalies[*i].ts_ns);
+    order
+}
+
+/// Greedy in time: each site, oldest first, takes the anomaly `find` picks among the free
+/// ones (`used` marks those taken); the sites left without one are returned.
+fn match_greedily(
+    sites: &[InjectionSite],
+    anomalies: &[ReportedAnomaly],
+    mut find: impl FnMut(&InjectionSite, &[bool]) -> Option<usize>,
+) -> Vec<InjectionSite> {
+    let mut sites: Vec<InjectionSite> = sites.to_vec();
+    sites.sort_by_key(|s| s.ts_ns);
+    let mut used = vec![false; anomalies.len()];
+    let mut missed = Vec::new();
+    for s in sites {
+        match find(&s, &used) {
             Some(i) => used[i] = true,
             None => missed.push(s),
         }
@@ -284,26 +300,16 @@ mod tests {
         sites: &[InjectionSite],
         anomalies: &[ReportedAnomaly],
     ) -> Vec<InjectionSite> {
-        let mut sites: Vec<InjectionSite> = sites.to_vec();
-        sites.sort_by_key(|s| s.ts_ns);
-        let mut order: Vec<usize> = (0..anomalies.len()).collect();
-        order.sort_by_key(|i| anomalies[*i].ts_ns);
-        let mut used = vec![false; anomalies.len()];
-        let mut missed = Vec::new();
-        for s in sites {
-            let hit = order.iter().copied().find(|&i| {
+        let order = in_time_order(anomalies);
+        match_greedily(sites, anomalies, |s, used| {
+            order.iter().copied().find(|&i| {
                 let a = &anomalies[i];
                 !used[i]
                     && a.ts_ns >= s.ts_ns
                     && s.kind.detected_by().contains(&a.key)
                     && (a.vma == s.vma || (a.vma == 0 && a.mm == s.mm))
-            });
-            match hit {
-                Some(i) => used[i] = true,
-                None => missed.push(s),
-            }
-        }
-        missed
+            })
+        })
     }
 
     #[test]
@@ -327,21 +333,28 @@ mod tests {
             x % n
         };
         for _ in 0..200 {
-            let sites: Vec<InjectionSite> = (0..next(12))
-                .map(|_| InjectionSite {
-                    kind: kinds[next(3) as usize],
-                    ts_ns: next(20),
-                    vma: next(3),
-                    mm: 1 + next(2),
+            // Small ranges of time, VMA (0: none) and mm, so that sites and anomalies meet.
+            let mut draw = |kinds: usize, until: u64| {
+                let k = next(kinds as u64) as usize;
+                (k, next(until), next(3), 1 + next(2))
+            };
+            let sites: Vec<InjectionSite> = (0..12)
+                .map(|_| draw(kinds.len(), 20))
+                .map(|(k, ts_ns, vma, mm)| InjectionSite {
+                    kind: kinds[k],
+                    ts_ns,
+                    vma,
+                    mm,
                     ..site(0, 0)
                 })
                 .collect();
-            let anomalies: Vec<ReportedAnomaly> = (0..next(16))
-                .map(|_| ReportedAnomaly {
-                    key: keys[next(4) as usize],
-                    ts_ns: next(24),
-                    vma: next(3),
-                    mm: 1 + next(2),
+            let anomalies: Vec<ReportedAnomaly> = (0..16)
+                .map(|_| draw(keys.len(), 24))
+                .map(|(k, ts_ns, vma, mm)| ReportedAnomaly {
+                    key: keys[k],
+                    ts_ns,
+                    vma,
+                    mm,
                 })
                 .collect();
             assert_eq!(
