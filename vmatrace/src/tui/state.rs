@@ -505,9 +505,9 @@ impl AppState {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             return Action::Quit;
         }
-        // A terminal sends Alt+x as ESC x, and so arrives an Esc followed quickly by x
-        // (both read at once): the dashboard binds no Alt key, so it is the Esc, then x.
-        // Without this the Esc was lost (a filter stayed set after Esc, 4 under load).
+        // A terminal sends Alt+x as ESC x, and an Esc read together with the next key x
+        // arrives the same way: the dashboard binds no Alt key, so it is the Esc, then x
+        // (otherwise the Esc is lost, and with it, say, the clearing of a filter).
         if key.modifiers.contains(KeyModifiers::ALT) {
             if self.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)) == Action::Quit {
                 return Action::Quit;
