@@ -96,20 +96,25 @@ impl Tmux {
                     "command #{pane_current_command}, alternate screen #{alternate_on}, \
                      cursor #{cursor_flag}, #{pane_width}x#{pane_height}",
                 );
-                let ps = Command::new("ps")
-                    .args(["-eo", "pid,ppid,stat,wchan:24,etime,args"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                let ours: Vec<&str> = ps.lines().filter(|l| l.contains("vmatrace")).collect();
                 panic!(
                     "{needle:?} never appeared ({state}); screen:\n{screen}\nprocesses:\n{}",
-                    ours.join("\n")
+                    vmatrace_processes()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// `ps` lines of the vmatrace processes (state, wait channel), for a failure message.
+fn vmatrace_processes() -> String {
+    let ps = Command::new("ps")
+        .args(["-eo", "pid,ppid,stat,wchan:24,etime,args"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ours: Vec<&str> = ps.lines().filter(|l| l.contains("vmatrace")).collect();
+    ours.join("\n")
 }
 
 impl Drop for Tmux {
@@ -328,7 +333,9 @@ fn hang_up_ends_the_session() {
     assert_eq!(
         status.trim(),
         "0",
-        "exit status after a hang-up (empty: still running 20 s later); stderr: {stderr}"
+        "exit status after a hang-up (empty: still running 20 s later); stderr: {stderr}\n\
+         processes:\n{}",
+        vmatrace_processes()
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(log.exists(), "the anomaly log was created");
