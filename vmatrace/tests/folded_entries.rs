@@ -17,7 +17,7 @@ use std::{
 
 use vmatrace::{
     lab::sim::{self, Injection, SimConfig},
-    pipeline::{Pipeline, Sink, push_unfolded},
+    pipeline::{Pipeline, Sink, unfolded},
     validate::Anomaly,
 };
 use vmatrace_common::{Event, EventKind, event::flags, model::Generation};
@@ -147,11 +147,7 @@ fn validate(generation: Generation, evs: &[Event]) -> Outcome {
     p.add_sink(Box::new(seen.clone()));
     for batch in evs.chunks(1000) {
         // As the ring reader and the trace reader decode: folded returns unfolded.
-        let mut decoded = Vec::with_capacity(batch.len());
-        for ev in batch {
-            push_unfolded(&mut decoded, *ev);
-        }
-        p.handle_events(&decoded);
+        p.handle_events(&unfolded(batch.to_vec()));
     }
     p.finish();
     let mut anomalies = seen.0.lock().unwrap().clone();

@@ -34,16 +34,16 @@ impl Tty {
     /// Whether the terminal has hung up (POLLHUP, or POLLERR/POLLNVAL: gone either way),
     /// without waiting.
     pub fn hung_up(&self) -> bool {
-        matches!(poll(self.fd, 0), Ok(r) if r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+        matches!(revents(self.fd), Ok(r) if r & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
     }
 }
 
-/// `poll(2)` on one descriptor, without waiting: its `revents` (POLLHUP, POLLERR and
-/// POLLNVAL are reported whatever `events` asks), 0 on EINTR.
-fn poll(fd: RawFd, events: i16) -> io::Result<i16> {
+/// `poll(2)` on one descriptor for no event, without waiting: what it reports anyway
+/// (POLLHUP, POLLERR, POLLNVAL), 0 on EINTR.
+fn revents(fd: RawFd) -> io::Result<i16> {
     let mut p = libc::pollfd {
         fd,
-        events,
+        events: 0,
         revents: 0,
     };
     // SAFETY: `p` is one valid pollfd for the duration of the call.
@@ -70,7 +70,7 @@ pub fn detach_hung_up_streams() {
         return;
     };
     for fd in 0..=2 {
-        let hung_up = matches!(poll(fd, 0), Ok(r) if r & libc::POLLHUP != 0);
+        let hung_up = matches!(revents(fd), Ok(r) if r & libc::POLLHUP != 0);
         if hung_up {
             // SAFETY: both descriptors are open; dup2 atomically replaces `fd`.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
