@@ -97,6 +97,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let header = reader.header().clone();
     let skipped = reader.skipped();
     let mut pipeline = Pipeline::new(header.generation);
+    if !header.sees_every_detach() {
+        pipeline.validator.detaches_unseen();
+    }
     let handles = session::add_output_sinks(
         &mut pipeline,
         &args.out,

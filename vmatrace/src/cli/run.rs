@@ -198,6 +198,9 @@ fn live(
     let header = header(plan, &session, filter);
 
     let mut pipeline = Pipeline::new(header.generation);
+    if !header.sees_every_detach() {
+        pipeline.validator.detaches_unseen();
+    }
     let handles =
         session::add_output_sinks(&mut pipeline, out, &header, &on_hup, session::Source::Live)?;
     let stdout_taken = matches!(record, Some((TraceTarget::Stdout, _)));

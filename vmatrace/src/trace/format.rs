@@ -194,6 +194,32 @@ impl TraceHeader {
             filters: FilterInfo::default(),
         }
     }
+
+    /// Whether every detach of the traced kernel reached the stream: the plan sees both
+    /// detach paths at their own function, and each hook it needs for them attached. A
+    /// header without a plan (simulator, tests) streams what its model does, all of it.
+    pub fn sees_every_detach(&self) -> bool {
+        use crate::kernel::plan::{LogicalEvent, Observability};
+        let Some(plan) = &self.plan else {
+            return true;
+        };
+        [
+            LogicalEvent::MarkDetachedFast,
+            LogicalEvent::MarkDetachedSlow,
+        ]
+        .into_iter()
+        .all(|e| match plan.status(e) {
+            Some(Observability::Direct { points }) => points.iter().all(|&i| {
+                plan.points.get(i).is_some_and(|p| {
+                    self.hooks
+                        .iter()
+                        .filter(|h| h.target == p.target)
+                        .all(|h| h.attached)
+                })
+            }),
+            _ => false,
+        })
+    }
 }
 
 /// One decoded record.

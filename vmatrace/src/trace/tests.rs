@@ -822,3 +822,59 @@ mod serde_forms {
         assert!(serde_json::from_str::<ProbeId>("\"no_such_function\"").is_err());
     }
 }
+
+/// The validator judges 6.15's write-lock holds only when every detach reached the
+/// stream: a plan that sees both detach paths at `vma_mark_detached`, with its hooks
+/// attached.
+#[test]
+fn a_header_says_whether_every_detach_was_seen() {
+    use crate::kernel::plan::{
+        AttachMode, AttachPoint, EventCoverage, KernelId, LogicalEvent, Observability, ProbePlan,
+    };
+    use vmatrace_common::event::ProbeId;
+    let point = AttachPoint {
+        probe: ProbeId::VmaMarkDetached,
+        target: "vma_mark_detached".into(),
+        mode: AttachMode::KRetProbe,
+        program: "vmd_kretprobe".into(),
+    };
+    let seen = |e| EventCoverage {
+        event: e,
+        status: Observability::Direct { points: vec![0] },
+    };
+    let mut h = TraceHeader::synthetic(Generation::V6_15);
+    assert!(
+        h.sees_every_detach(),
+        "no plan: a synthetic stream has them all"
+    );
+    h.plan = Some(ProbePlan {
+        kernel: KernelId::default(),
+        generation: Generation::V6_15,
+        offsets: vmatrace_common::Offsets::ABSENT,
+        points: vec![point],
+        attach: Default::default(),
+        coverage: vec![
+            seen(LogicalEvent::MarkDetachedFast),
+            seen(LogicalEvent::MarkDetachedSlow),
+        ],
+        notes: Vec::new(),
+    });
+    let hook = |attached| HookRecord {
+        target: "vma_mark_detached".into(),
+        program: "vmd_kretprobe".into(),
+        mode: "kretprobe".into(),
+        attached,
+        error: None,
+    };
+    h.hooks = vec![hook(true)];
+    assert!(h.sees_every_detach());
+    h.hooks = vec![hook(false)];
+    assert!(!h.sees_every_detach(), "the hook did not attach");
+    h.hooks = vec![hook(true)];
+    if let Some(p) = &mut h.plan {
+        p.coverage[0].status = Observability::Unobservable {
+            reason: "inline".into(),
+        };
+    }
+    assert!(!h.sees_every_detach(), "the fast path has no probe point");
+}

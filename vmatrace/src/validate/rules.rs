@@ -236,9 +236,12 @@ pub const READERS_DRAINED_BEFORE_STORE: Rule = Rule {
     kind: K::ReaderWhileExcluded,
     basis: B::Window,
     expected: "no put reads the flag set and vm_lock_seq == mm_lock_seq between its time and \
-               its task's next event, both inside a __vma_start_write call on its VMA: that \
-               writer stores vm_lock_seq only after readers drained, and holds the mmap \
-               lock, so no detach can be waiting",
+               its task's next event, both inside a __vma_start_write call on its VMA, nor \
+               at a time after that call's entry and before the writer's last event ahead \
+               of its mmap write-unlock, when the writer did not detach the VMA in between \
+               (where every detach is seen): the writer stores vm_lock_seq only after \
+               readers drained and holds the mmap lock, so only its own detach could be \
+               waiting",
     breaks: None,
 };
 pub const FREE_UNREFERENCED: Rule = Rule {

@@ -318,14 +318,72 @@ fn reader_holding_past_the_writers_wait_on_6_15() {
 }
 
 /// The same put, but its task's next event comes after the writer's call: its reads
-/// may have seen a detach's flag after the call (legal), so nothing is reported.
+/// may fall after the call, where only a detach's flag would make them legal. Until the
+/// writer's unlock says whether it detached the VMA, nothing is decided.
 #[test]
-fn a_locked_put_not_bounded_inside_the_call_is_not_judged() {
-    let s = locked_put_inside_a_write_call(true);
+fn a_locked_put_not_bounded_inside_the_call_waits_for_the_writers_unlock() {
+    let mut s = locked_put_inside_a_write_call(true);
+    assert_eq!(
+        s.events.pop().map(|e| e.kind()),
+        Some(Some(EventKind::MmWriteUnlock))
+    );
     assert_eq!(
         kinds(&run(Generation::V6_15, &s.events)),
         Vec::<&str>::new()
     );
+}
+
+/// ... and the writer unlocked the mm without detaching the VMA: from its call to its
+/// unlock only it could have detached it, so no excluder but the writer past its wait
+/// set the flag the put read, whatever the order the events arrive in.
+#[test]
+fn a_locked_put_inside_the_writers_hold_without_a_detach() {
+    let s = locked_put_inside_a_write_call(true);
+    let a = run(Generation::V6_15, &s.events);
+    assert_eq!(kinds(&a), ["reader_while_excluded"], "{a:#?}");
+    assert_eq!(a[0].rule, rules::READERS_DRAINED_BEFORE_STORE.name);
+    assert_eq!(a[0].event.kind(), Some(EventKind::ReaderRelease));
+    let (reader, writer): (Vec<Event>, Vec<Event>) =
+        s.events.iter().partition(|e| e.tid() == READER);
+    let late_reader: Vec<Event> = writer.into_iter().chain(reader).collect();
+    assert_eq!(
+        kinds(&run(Generation::V6_15, &late_reader)),
+        ["reader_while_excluded"]
+    );
+    // 6.19+ judge readers by their start-exclude windows instead.
+    assert_eq!(
+        kinds(&run(Generation::V6_19, &s.events)),
+        Vec::<&str>::new()
+    );
+}
+
+/// ... but the writer detached the VMA before its unlock: the put may have read the
+/// detach's flag (legal), so nothing is reported; nor when the session cannot see every
+/// detach (its hook did not attach).
+#[test]
+fn a_locked_put_is_not_judged_by_a_hold_with_a_detach_or_without_detach_events() {
+    let mut s = locked_put_inside_a_write_call(true);
+    let unlock = s.events.pop().expect("the unlock");
+    let seq = s.seq - 1;
+    s.push(EventKind::DetachEnter, WRITER, 1, seq);
+    s.push(EventKind::DetachExit, WRITER, 0, seq);
+    s.events.push(Event {
+        ts_ns: s.ts + 10,
+        ..unlock
+    });
+    assert_eq!(
+        kinds(&run(Generation::V6_15, &s.events)),
+        Vec::<&str>::new()
+    );
+
+    let s = locked_put_inside_a_write_call(true);
+    let mut v = Validator::new(Generation::V6_15);
+    v.detaches_unseen();
+    let mut a = Vec::new();
+    for e in &s.events {
+        v.observe(e, &mut a);
+    }
+    assert_eq!(kinds(&a), Vec::<&str>::new());
 }
 
 #[test]

@@ -30,7 +30,8 @@
 //!   Where start-exclude is inlined (6.15-6.18) the window is a `__vma_start_write` call:
 //!   a put that read the flag set on a write-locked VMA, with its own time and its task's
 //!   next event both inside the call, held its reference past the writer's wait
-//!   (`readers_drained_before_store`). Each VMA keeps its two latest windows in time,
+//!   (`readers_drained_before_store`); so did one stamped inside the writer's hold (from
+//!   the call to its last event before its mmap unlock) if the writer detached nothing. Each VMA keeps its two latest windows in time,
 //!   and keeps them past its detach, for readers' events delivered late.
 //!
 //! A reader admitted with the flag set *while the excluder still waits* cannot be told
@@ -278,6 +279,28 @@ struct PendingWake {
 /// Writer-path returns remembered to settle owed wake-ups delivered out of order.
 const RECENT_RETURNS: usize = 256;
 
+/// One mm write-lock cycle of task `tid` (its mmap write-lock holder), where every
+/// detach is seen and no start-exclude is (6.15–6.18): the VMAs it write-locked. Until
+/// the task's unlock only it can detach them, so a put that read the flag set on one it
+/// did not detach, at a time inside its hold, read a writer's flag past that writer's
+/// wait (`readers_drained_before_store`).
+#[derive(Debug, Default)]
+struct HoldCycle {
+    tid: u32,
+    /// The latest time of this task's writer events in the cycle. The unlock's own time
+    /// is no bound (its event may be stamped after the release); this one is earlier.
+    last: u64,
+    holds: Vec<Hold>,
+}
+
+/// A VMA write-locked from `from` (its `__vma_start_write` call's entry) on.
+#[derive(Clone, Copy, Debug)]
+struct Hold {
+    vma: u64,
+    from: u64,
+    detached: bool,
+}
+
 pub struct Validator {
     generation: Generation,
     observed: u64,
@@ -296,6 +319,11 @@ pub struct Validator {
     /// Puts that read the flag set on a write-locked VMA, by task, until the task's next
     /// event bounds when their reads happened.
     locked_puts: TidMap<Event>,
+    /// Where every detach is seen and no start-exclude is (6.15–6.18): mm → its
+    /// write-lock holder's cycle ([`HoldCycle`]), until its write-unlock.
+    holds: Option<AddrMap<HoldCycle>>,
+    /// `(vma, from, to)` of the latest holds closed without a detach.
+    recent_holds: std::collections::VecDeque<(u64, u64, u64)>,
     /// Wake-ups streamed to an excluder whose return has not been seen since.
     unanswered: Vec<Event>,
     /// Writer-path calls entered and not yet returned, by task and function family.
@@ -346,6 +374,8 @@ impl Validator {
             recent_returns: std::collections::VecDeque::new(),
             recent_write_calls: std::collections::VecDeque::new(),
             locked_puts: TidMap::default(),
+            holds: judges_holds(generation).then(AddrMap::default),
+            recent_holds: std::collections::VecDeque::new(),
             unanswered: Vec::new(),
             open_calls: OpenCalls::default(),
             detached_windows: AddrMap::default(),
@@ -365,6 +395,12 @@ impl Validator {
     pub fn without_rule(mut self, rule: &'static Rule) -> Self {
         self.off = Some(rule.name);
         self
+    }
+
+    /// The session cannot see every detach (its hook did not attach): a put's flag
+    /// may then be an unseen detach's, so write-lock holds no longer judge puts.
+    pub fn detaches_unseen(&mut self) {
+        self.holds = None;
     }
 
     pub fn generation(&self) -> Generation {
@@ -419,6 +455,10 @@ impl Validator {
         self.detached_order.clear();
         self.recent_write_calls.clear();
         self.locked_puts.clear();
+        if let Some(h) = &mut self.holds {
+            h.clear();
+        }
+        self.recent_holds.clear();
     }
 
     /// The stream has ended (end of a simulation or of a trace file): report the
@@ -678,7 +718,7 @@ impl Validator {
             EventKind::ReaderRelease => self.on_reader_release(ev, sample, out),
             // What the writer was doing, not a transition of the lock.
             EventKind::WriterWake | EventKind::SlowWait => {}
-            EventKind::MmWriteUnlock => self.on_mm_write_unlock(ev),
+            EventKind::MmWriteUnlock => self.on_mm_write_unlock(ev, out),
             EventKind::VmaAlloc => self.on_vma_alloc(ev),
             EventKind::VmaFree => self.on_vma_free(ev, sample, out),
         }
@@ -688,6 +728,7 @@ impl Validator {
 
     fn on_write_lock_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         self.check_no_exclusion_yet(ev, sample, out);
+        self.holder_went_on(ev);
         // 6.15–6.18 pass the mm sequence, not a task state.
         let state = if self.generation.profile().writer_takes_state {
             ev.arg as u32
@@ -793,7 +834,31 @@ impl Validator {
             if locked.len() < MAX_LOCKED_PER_MM {
                 locked.push(vma);
             }
+            if let Some(holds) = &mut self.holds {
+                let cycle = holds.entry(mm).or_default();
+                if cycle.tid != tid {
+                    // A new holder: the last one's unlock was not seen.
+                    *cycle = HoldCycle {
+                        tid,
+                        ..HoldCycle::default()
+                    };
+                }
+                if cycle.holds.len() < MAX_LOCKED_PER_MM {
+                    // The call's entry when it travelled with the return, else the return.
+                    let from = if ev.has(flags::PAIRED) {
+                        ts.saturating_sub(ev.wait_ns)
+                    } else {
+                        ts
+                    };
+                    cycle.holds.push(Hold {
+                        vma,
+                        from,
+                        detached: false,
+                    });
+                }
+            }
         }
+        self.holder_went_on(ev);
         self.report_suspects(ev, suspects, out);
         // The call's entry travels with its return (folded, or paired by the pipeline).
         if ev.has(flags::PAIRED) {
@@ -958,10 +1023,23 @@ impl Validator {
 
     fn on_detach_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         self.check_no_exclusion_yet(ev, sample, out);
+        if let Some(holds) = &mut self.holds {
+            // An unknown mm (a failed read) could be any: every hold of the VMA ends.
+            for held in holds
+                .iter_mut()
+                .filter(|(mm, _)| ev.mm == 0 || **mm == ev.mm)
+                .flat_map(|(_, c)| c.holds.iter_mut())
+                .filter(|h| h.vma == ev.vma)
+            {
+                held.detached = true;
+            }
+        }
+        self.holder_went_on(ev);
         let _ = self.track(ev, sample);
     }
 
     fn on_detach_exit(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
+        self.holder_went_on(ev);
         let stuck = self.stuck(ev.vma);
         if let Some(s) = sample
             && !stuck
@@ -1101,8 +1179,13 @@ impl Validator {
         // inside the exclusion, which the window decides like a flagged acquire.
         if refcnt::flag_set(s.r) {
             self.window_check(ev, out);
-            if s.write_locked() == Some(true) && self.locked_puts.len() < MAX_PENDING_WAKES {
-                self.locked_puts.insert(ev.tid(), *ev);
+            if s.write_locked() == Some(true) {
+                if let Some((from, to)) = self.hold_around(ev) {
+                    let state = self.state_of(ev.vma);
+                    self.emit(out, ev, held_put_finding(state, ev.ts_ns, from, to));
+                } else if self.locked_puts.len() < MAX_PENDING_WAKES {
+                    self.locked_puts.insert(ev.tid(), *ev);
+                }
             }
         }
     }
@@ -1123,6 +1206,11 @@ impl Validator {
             self.emit(out, put, locked_put_finding(state, from, to));
             return;
         }
+        if let Some((from, to)) = self.hold_around(put) {
+            let state = self.state_of(put.vma);
+            self.emit(out, put, held_put_finding(state, ts, from, to));
+            return;
+        }
         let Some(t) = self.vmas.get_mut(&put.vma) else {
             return;
         };
@@ -1134,6 +1222,72 @@ impl Validator {
             puts.remove(0);
         }
         puts.push((*put, bound));
+    }
+
+    /// The mm's write-lock holder unlocked it (`ev`): each VMA it write-locked in this
+    /// cycle and did not detach becomes a closed hold; judge the puts waiting inside it
+    /// and remember it for the puts delivered later. An unlock by another task closes
+    /// the holds unjudged (the holder's detaches may not have been delivered yet).
+    fn close_holds(&mut self, ev: &Event, out: &mut Vec<Anomaly>) {
+        let Some(cycle) = self.holds.as_mut().and_then(|h| h.remove(&ev.mm)) else {
+            return;
+        };
+        if cycle.tid != ev.tid() {
+            return;
+        }
+        let to = cycle.last;
+        for h in cycle.holds {
+            if h.detached || to <= h.from {
+                continue;
+            }
+            if self.recent_holds.len() == RECENT_RETURNS {
+                self.recent_holds.pop_front();
+            }
+            self.recent_holds.push_back((h.vma, h.from, to));
+            let inside = |p: &Event| p.vma == h.vma && h.from < p.ts_ns && p.ts_ns < to;
+            let mut found: Vec<Event> = Vec::new();
+            self.locked_puts.retain(|_, p| {
+                let hit = inside(p);
+                if hit {
+                    found.push(*p);
+                }
+                !hit
+            });
+            if let Some(t) = self.vmas.get_mut(&h.vma)
+                && let Some(r) = &mut t.rare
+            {
+                r.locked_puts.retain(|(p, _)| {
+                    let hit = inside(p);
+                    if hit {
+                        found.push(*p);
+                    }
+                    !hit
+                });
+                t.tidy();
+            }
+            for p in found {
+                let state = self.state_of(h.vma);
+                self.emit(out, &p, held_put_finding(state, p.ts_ns, h.from, to));
+            }
+        }
+    }
+
+    /// A writer event of `ev`'s task: if it holds its mm's write lock in a cycle, the
+    /// lock was still held at `ev`'s time.
+    fn holder_went_on(&mut self, ev: &Event) {
+        if let Some(c) = self.holds.as_mut().and_then(|h| h.get_mut(&ev.mm))
+            && c.tid == ev.tid()
+        {
+            c.last = c.last.max(ev.ts_ns);
+        }
+    }
+
+    /// A closed hold of `put`'s VMA around its time, if one is remembered.
+    fn hold_around(&self, put: &Event) -> Option<(u64, u64)> {
+        self.recent_holds
+            .iter()
+            .find(|&&(v, from, to)| v == put.vma && from < put.ts_ns && put.ts_ns < to)
+            .map(|&(_, from, to)| (from, to))
     }
 
     /// A `__vma_start_write` call on `ev`'s VMA from `from` to `ev`'s time: judge the puts
@@ -1192,7 +1346,8 @@ impl Validator {
         suspects.push(*ev);
     }
 
-    fn on_mm_write_unlock(&mut self, ev: &Event) {
+    fn on_mm_write_unlock(&mut self, ev: &Event, out: &mut Vec<Anomaly>) {
+        self.close_holds(ev, out);
         let Some(locked) = self.mms.remove(&ev.mm) else {
             return;
         };
@@ -1518,6 +1673,13 @@ fn call_key(tid: u32, kind: EventKind) -> u64 {
     (u64::from(tid) << 2) | family
 }
 
+/// Whether write-lock holds judge puts ([`Hold`]): every detach is seen (so a hold
+/// without one had none), and there is no start-exclude event to judge readers by.
+fn judges_holds(g: Generation) -> bool {
+    let p = g.profile();
+    p.every_detach_hookable && p.start_exclude.is_none()
+}
+
 /// `IS_ERR_VALUE`: the top 4095 values are errnos, not pointers.
 const fn is_err_value(ret: i64) -> bool {
     ret < 0 && ret >= -4095
@@ -1569,6 +1731,19 @@ fn locked_put_finding(state: String, from: u64, to: u64) -> Finding {
             "a reader's put read the exclusion flag set and vm_lock_seq = mm_lock_seq, between \
              its time and its task's next event, inside a __vma_start_write call (ts {from} \
              to {to})"
+        ),
+    }
+}
+
+fn held_put_finding(state: String, ts: u64, from: u64, to: u64) -> Finding {
+    Finding {
+        rule: &rules::READERS_DRAINED_BEFORE_STORE,
+        state,
+        observed: format!(
+            "a reader's put (ts {ts}) read the exclusion flag set and vm_lock_seq = \
+             mm_lock_seq while one writer held the mmap write lock, from its \
+             __vma_start_write on this VMA (ts {from}) to its last event before its \
+             unlock (ts {to}), without detaching the VMA"
         ),
     }
 }
