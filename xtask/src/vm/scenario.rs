@@ -179,11 +179,11 @@ pub fn steps(p: &Params) -> Vec<Step> {
 /// ([`KILLWAIT_DELAY_US`]); the tracer traces the workload's cgroup. Where writers are
 /// killable (6.19+) the interrupted waits must be counted, and nothing is an anomaly.
 fn kill_wait(p: &Params) -> Step {
-    // Twice the other steps' duration: a victim costs an exec and a wait for its sleep
-    // (~5 victims in 8 s under TCG) and about half of those killed asleep end a wait with
-    // -EINTR (the rest are woken first), so 8 s gave 1–3 interrupted waits, a thin margin
-    // above the required one.
-    let duration = 2 * p.duration;
+    // Three times the other steps' duration: a victim costs an exec and a wait for its
+    // sleep (~5 victims in 8 s under TCG) and 0–60 % of those killed asleep end a wait
+    // with -EINTR (the rest are woken first): 8 s gave 1–3 interrupted waits, 16 s 0–4
+    // (0 of 7 once, on 7.3.4 cloud: the boot was retried).
+    let duration = 3 * p.duration;
     let workload = format!(
         "vmatrace stress --duration {duration} --forks --kill-asleep --widen-race-us {KILLWAIT_DELAY_US} --json"
     );
@@ -198,7 +198,7 @@ fn kill_wait(p: &Params) -> Step {
             "-c".into(),
             format!("echo $$ > {WORKLOAD_CGROUP}/cgroup.procs && exec {workload}"),
         ]),
-        timeout_s: budget(p) + p.duration + READY_TIMEOUT_S,
+        timeout_s: budget(p) + 2 * p.duration + READY_TIMEOUT_S,
         files: vec![KILLWAIT_ANOMALY_LOG],
         export: None,
         scrape: None,
