@@ -469,6 +469,33 @@ impl Event {
         self
     }
 
+    /// The exclusion's inputs, as start-exclude's entry reads them: `ves->state` and
+    /// `ves->detaching` (sets `VES`).
+    pub const fn with_ves(mut self, state: u32, detaching: bool) -> Self {
+        self.ves_state = state;
+        self.ves_detaching = detaching as u8;
+        self.flags |= flags::VES;
+        self
+    }
+
+    /// The exclusion's outcome, as start-exclude's return reads it: `ves->detached` and
+    /// `ves->exclusive` (sets `VES`).
+    pub const fn with_ves_outcome(mut self, detached: bool, exclusive: bool) -> Self {
+        self.ves_detached = detached as u8;
+        self.ves_exclusive = exclusive as u8;
+        self.flags |= flags::VES;
+        self
+    }
+
+    /// A return paired with its entry in the kernel: the call took `wait_ns` and its
+    /// entry read `vm_refcnt` = `entry_refcnt` (sets `PAIRED`).
+    pub const fn paired(mut self, wait_ns: u64, entry_refcnt: u32) -> Self {
+        self.wait_ns = wait_ns;
+        self.entry_refcnt = entry_refcnt;
+        self.flags |= flags::PAIRED;
+        self
+    }
+
     /// The record's bytes, as the kernel wrote them.
     pub fn as_bytes(&self) -> &[u8; EVENT_SIZE] {
         // SAFETY: `Event` has no padding (asserted by `const _` below) and is
@@ -518,6 +545,36 @@ mod tests {
         assert_eq!((e.waited_ns(), e.entry_refcnt_read()), (Some(9), Some(3)));
         let v = e.ves().unwrap();
         assert!(v.detaching && !v.detached && !v.exclusive && v.state == 2);
+    }
+
+    /// The builder sets each field group with the flag that says it was read, so the
+    /// typed view sees exactly what was built.
+    #[test]
+    fn the_builder_sets_fields_with_their_flags() {
+        let e = Event::new(EventKind::ExcludeExit, ProbeId::VmaStartExcludeReaders)
+            .at(500)
+            .with_task(7, 9)
+            .with_sample(0x4000_0001, 3, 5)
+            .with_ret(0)
+            .with_ves(2, true)
+            .with_ves_outcome(false, true)
+            .paired(120, 2);
+        assert_eq!((e.ts_ns, e.tgid(), e.tid()), (500, 7, 9));
+        assert_eq!((e.returned(), e.mm_seq()), (Some(0), Some(5)));
+        assert_eq!((e.waited_ns(), e.entry_refcnt_read()), (Some(120), Some(2)));
+        assert_eq!(
+            e.ves(),
+            Some(VesRead {
+                state: 2,
+                detaching: true,
+                detached: false,
+                exclusive: true
+            })
+        );
+        assert!(e.has(flags::VMA_FIELDS) && !e.has(flags::FOLDED));
+        let bare = Event::new(EventKind::ExcludeEnter, ProbeId::VmaStartExcludeReaders);
+        assert_eq!(bare.flags, 0);
+        assert_eq!(bare.ves(), None);
     }
 
     #[test]

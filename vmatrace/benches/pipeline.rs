@@ -56,108 +56,77 @@ impl Gen {
         VMA_BASE + (mm * VMAS_PER_MM + i) * 192
     }
 
-    /// One event with the fields every probe fills; the caller adjusts the rest.
-    fn ev(&mut self, kind: EventKind, probe: ProbeId, tid: u32, mm: u64, vma: u64) -> &mut Event {
+    /// One event with the fields every probe fills, at the next time; the caller adds
+    /// what its program reads besides.
+    fn ev(&mut self, kind: EventKind, probe: ProbeId, tid: u32, mm: u64, vma: u64) -> Event {
         self.ts += 37;
-        let start = 0x7f00_0000_0000 + (vma - VMA_BASE) / 192 * 0x1000;
-        let e = Event::new(kind, probe)
+        let start = 0x7f00_0000_0000 + vma.saturating_sub(VMA_BASE) / 192 * 0x1000;
+        let (start, end) = if vma == 0 {
+            (0, 0)
+        } else {
+            (start, start + 0x1000)
+        };
+        Event::new(kind, probe)
             .at(self.ts)
             .with_task(tid, tid)
-            .with_vma(vma, MM_BASE + mm * 0x400, start, start + 0x1000)
-            .with_sample(0, 0, self.seqs[mm as usize])
-            .with_ret(0)
-            .with_comm("stress");
-        self.out.push(e);
-        self.out.last_mut().expect("just pushed")
+            .with_vma(vma, MM_BASE + mm * 0x400, start, end)
+            .with_comm("stress")
     }
 
     fn populate(&mut self, mm: u64, i: u64) {
         let vma = Self::vma(mm, i);
+        let seq = self.seqs[mm as usize];
         let e = self.ev(EventKind::VmaAlloc, ProbeId::VmAreaAlloc, 1, mm, vma);
-        e.vm_lock_seq = u32::MAX;
-        e.ret = vma as i64;
+        self.out
+            .push(e.with_sample(0, u32::MAX, seq).with_ret(vma as i64));
     }
 
     /// Steady traffic: mostly page faults, some write-lock slow paths ended by
     /// `mmap_write_unlock`.
     fn step(&mut self) {
+        use EventKind as K;
+        use ProbeId::{VmaStartExcludeReaders as Exclude, VmaStartWrite as Write};
         let x = self.next();
         let mm = x % MMS;
         let vma = Self::vma(mm, (x >> 16) % VMAS_PER_MM);
         let tid = 1000 + (mm as u32) * 4 + ((x >> 40) as u32 & 3);
         let seq = self.seqs[mm as usize];
         if x >> 56 < 200 {
-            let e = self.ev(
-                EventKind::ReaderAcquire,
-                ProbeId::LockVmaUnderRcu,
-                tid,
-                mm,
-                vma,
-            );
-            e.refcnt = 2;
-            e.vm_lock_seq = seq.wrapping_sub(3);
-            e.ret = vma as i64;
+            let e = self.ev(K::ReaderAcquire, ProbeId::LockVmaUnderRcu, tid, mm, vma);
+            let e = e
+                .with_sample(2, seq.wrapping_sub(3), seq)
+                .with_ret(vma as i64);
+            self.out.push(e);
             return;
         }
         let writer = 900_000 + mm as u32;
         self.seqs[mm as usize] += 1;
         let s = self.seqs[mm as usize];
-        let e = self.ev(
-            EventKind::WriteLockEnter,
-            ProbeId::VmaStartWrite,
-            writer,
-            mm,
-            vma,
-        );
-        e.refcnt = 1;
-        e.vm_lock_seq = 7;
-        e.arg = u64::from(TASK_UNINTERRUPTIBLE);
-        let e = self.ev(
-            EventKind::ExcludeEnter,
-            ProbeId::VmaStartExcludeReaders,
-            writer,
-            mm,
-            vma,
-        );
-        e.refcnt = 1;
-        e.vm_lock_seq = 7;
-        e.flags |= flags::VES;
-        e.ves_state = TASK_UNINTERRUPTIBLE;
+        let state = TASK_UNINTERRUPTIBLE;
         let wait = 300 + (x >> 20) % 5000;
-        let e = self.ev(
-            EventKind::ExcludeExit,
-            ProbeId::VmaStartExcludeReaders,
-            writer,
-            mm,
-            vma,
-        );
-        e.refcnt = F + 1;
-        e.vm_lock_seq = 7;
-        e.flags |= flags::VES | flags::PAIRED;
-        e.ves_state = TASK_UNINTERRUPTIBLE;
-        e.ves_exclusive = 1;
-        e.wait_ns = wait;
-        let e = self.ev(
-            EventKind::WriteLockExit,
-            ProbeId::VmaStartWrite,
-            writer,
-            mm,
-            vma,
-        );
-        e.refcnt = 1;
-        e.vm_lock_seq = s;
-        e.flags |= flags::PAIRED;
-        e.wait_ns = wait + 100;
+        let e = self.ev(K::WriteLockEnter, Write, writer, mm, vma);
+        let e = e
+            .with_sample(1, 7, s)
+            .with_ret(0)
+            .with_arg(u64::from(state));
+        self.out.push(e);
+        let e = self.ev(K::ExcludeEnter, Exclude, writer, mm, vma);
+        self.out
+            .push(e.with_sample(1, 7, s).with_ret(0).with_ves(state, false));
+        let e = self.ev(K::ExcludeExit, Exclude, writer, mm, vma);
+        let e = e.with_sample(F + 1, 7, s).with_ret(0);
+        let e = e.with_ves(state, false).with_ves_outcome(false, true);
+        self.out.push(e.paired(wait, 0));
+        let e = self.ev(K::WriteLockExit, Write, writer, mm, vma);
+        self.out
+            .push(e.with_sample(1, s, s).with_ret(0).paired(wait + 100, 0));
         self.seqs[mm as usize] += 1;
-        let e = self.ev(
-            EventKind::MmWriteUnlock,
-            ProbeId::MmapLockReleased,
-            writer,
-            mm,
-            0,
-        );
-        e.flags = flags::MM_SEQ;
-        e.arg = 1;
+        let e = self.ev(K::MmWriteUnlock, ProbeId::MmapLockReleased, writer, mm, 0);
+        self.out.push(Event {
+            mm_lock_seq: s + 1,
+            flags: flags::MM_SEQ,
+            ..e.with_arg(1)
+        });
     }
 }
 

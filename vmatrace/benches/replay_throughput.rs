@@ -15,56 +15,79 @@ use vmatrace::{
     pipeline::{CounterSnapshot, Pipeline, SourceItem},
     trace::{ClockBase, Record, TraceHeader, TraceReader, TraceWriter},
 };
-use vmatrace_common::{
-    Counter, Event, EventKind,
-    event::{ProbeId, flags},
-    model::Generation,
-};
+use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, model::Generation};
 
 const F: u32 = 1 << 30;
 
-fn base(vma: u64, mm: u64, ts: u64, tid: u32) -> Event {
+/// An event of `tid` on `vma` of `mm` at `ts`, as a program streams it: the VMA's range,
+/// its lock state (`vm_refcnt`, `vm_lock_seq`, `mm_lock_seq`) and the task's comm.
+fn event(
+    kind: EventKind,
+    probe: ProbeId,
+    at: (u64, u32),
+    vma: u64,
+    mm: u64,
+    lock: (u32, u32, u32),
+) -> Event {
+    let (ts, tid) = at;
     let start = 0x7f00_0000_0000 + (vma & 0xffff) * 0x1000;
-    Event::new(EventKind::WriteLockEnter, ProbeId::Unknown)
+    Event::new(kind, probe)
         .at(ts)
         .with_task(tid, tid)
         .with_vma(vma, mm, start, start + 0x1000)
-        .with_sample(0, 0, 0)
+        .with_sample(lock.0, lock.1, lock.2)
         .with_comm("stress")
 }
 
 /// One write-lock slow path on a VMA with a plausible 7.x refcount story.
 fn write_lock(out: &mut Vec<Event>, vma: u64, mm: u64, ts: u64, seq: u32, tid: u32) {
-    let mut e = base(vma, mm, ts, tid);
-    e.kind = EventKind::WriteLockEnter as u16;
-    e.probe = 1;
-    e.refcnt = 1;
-    e.mm_lock_seq = seq;
-    e.vm_lock_seq = seq.wrapping_sub(2);
-    e.arg = 2;
-    out.push(e);
-    e.kind = EventKind::ExcludeEnter as u16;
-    e.probe = 2;
-    e.flags |= flags::VES;
-    e.ves_state = 2;
-    e.ts_ns += 50;
-    out.push(e);
-    e.kind = EventKind::ExcludeExit as u16;
-    e.flags |= flags::RET | flags::PAIRED;
-    e.ves_exclusive = 1;
-    e.refcnt = F + 1;
-    e.wait_ns = 300 + (ts % 700);
-    e.entry_refcnt = 1;
-    e.ts_ns += 400;
-    out.push(e);
-    e.kind = EventKind::WriteLockExit as u16;
-    e.probe = 1;
-    e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::RET | flags::PAIRED;
-    e.refcnt = 1;
-    e.vm_lock_seq = seq;
-    e.wait_ns += 100;
-    e.ts_ns += 100;
-    out.push(e);
+    use EventKind as K;
+    use ProbeId::{VmaStartExcludeReaders as Exclude, VmaStartWrite as Write};
+    let wait = 300 + (ts % 700);
+    let before = seq.wrapping_sub(2);
+    out.extend([
+        event(
+            K::WriteLockEnter,
+            Write,
+            (ts, tid),
+            vma,
+            mm,
+            (1, before, seq),
+        )
+        .with_arg(2),
+        event(
+            K::ExcludeEnter,
+            Exclude,
+            (ts + 50, tid),
+            vma,
+            mm,
+            (1, before, seq),
+        )
+        .with_arg(2)
+        .with_ves(2, false),
+        event(
+            K::ExcludeExit,
+            Exclude,
+            (ts + 450, tid),
+            vma,
+            mm,
+            (F + 1, before, seq),
+        )
+        .with_ret(0)
+        .with_ves(2, false)
+        .with_ves_outcome(false, true)
+        .paired(wait, 1),
+        event(
+            K::WriteLockExit,
+            Write,
+            (ts + 550, tid),
+            vma,
+            mm,
+            (1, seq, seq),
+        )
+        .with_ret(0)
+        .paired(wait + 100, 1),
+    ]);
 }
 
 fn make_trace(path: &std::path::Path, n_events: usize, compress: bool) -> u64 {
@@ -86,11 +109,13 @@ fn make_trace(path: &std::path::Path, n_events: usize, compress: bool) -> u64 {
             write_lock(&mut batch, vma, mm, ts, seq, 1000 + (i % 8) as u32);
             ts += 1_000;
             if i % 8 == 7 {
-                let mut u = base(0, mm, ts, 1000);
-                u.kind = EventKind::MmWriteUnlock as u16;
-                u.probe = 10;
-                u.flags = 0;
-                batch.push(u);
+                batch.push(
+                    Event::new(EventKind::MmWriteUnlock, ProbeId::MmapLockReleased)
+                        .at(ts)
+                        .with_task(1000, 1000)
+                        .with_vma(0, mm, 0, 0)
+                        .with_comm("stress"),
+                );
                 seq = seq.wrapping_add(2);
             }
         }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use vmatrace::pipeline::Sink;
 use vmatrace::stats::Stats;
 use vmatrace::tui::{AppState, DashboardContext, DashboardSink, SourceKind};
-use vmatrace_common::event::{ProbeId, flags};
+use vmatrace_common::event::ProbeId;
 use vmatrace_common::model::Generation;
 use vmatrace_common::{Event, EventKind};
 
@@ -20,7 +20,6 @@ fn events(n: usize, procs: u32, vmas: u64) -> Vec<Event> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let mut e = Event::ZERO;
             let kind = match i % 8 {
                 0 | 1 => EventKind::ExcludeExit,
                 2 => EventKind::WriteLockExit,
@@ -30,25 +29,25 @@ fn events(n: usize, procs: u32, vmas: u64) -> Vec<Event> {
                 6 => EventKind::WriteLockEnter,
                 _ => EventKind::MmWriteUnlock,
             };
-            e.kind = kind as u16;
-            e.ts_ns = i as u64 * 1000;
             let tgid = (x % u64::from(procs)) as u32 + 1;
-            e.pid_tgid = (u64::from(tgid) << 32) | u64::from(tgid);
-            e.vma = 0xffff_8880_0000_0000 + (x >> 8) % vmas * 0x100;
-            e.mm = 0xffff_8881_0000_0000 + u64::from(tgid) * 0x1000;
-            e.vm_start = 0x7f00_0000_0000 + (x >> 8) % vmas * 0x1000;
-            e.vm_end = e.vm_start + 0x1000;
-            e.flags = flags::VMA_FIELDS | flags::MM_SEQ | flags::RET | flags::PAIRED | flags::VES;
-            e.wait_ns = (x >> 20) % 100_000;
-            e.ves_exclusive = 1;
-            e.ret = if kind == EventKind::ReaderAcquire && x.is_multiple_of(5) {
-                0
-            } else {
-                1
-            };
-            e.probe = ProbeId::VmaExcludeReadersForDetach as u8;
-            e.comm[..6].copy_from_slice(b"worker");
-            e
+            let slot = (x >> 8) % vmas;
+            let start = 0x7f00_0000_0000 + slot * 0x1000;
+            let mm = 0xffff_8881_0000_0000 + u64::from(tgid) * 0x1000;
+            let failed = kind == EventKind::ReaderAcquire && x.is_multiple_of(5);
+            Event::new(kind, ProbeId::VmaExcludeReadersForDetach)
+                .at(i as u64 * 1000)
+                .with_task(tgid, tgid)
+                .with_vma(
+                    0xffff_8880_0000_0000 + slot * 0x100,
+                    mm,
+                    start,
+                    start + 0x1000,
+                )
+                .with_sample(0, 0, 0)
+                .with_ret(if failed { 0 } else { 1 })
+                .with_ves_outcome(false, true)
+                .paired((x >> 20) % 100_000, 0)
+                .with_comm("worker")
         })
         .collect()
 }

@@ -153,7 +153,7 @@ impl Gen {
                     let s = self.seqs[mm as usize];
                     for k in 0..1 + (x & 1) {
                         let v = Self::vma(mm, (i + k) % VMAS_PER_MM);
-                        self.ev(
+                        let e = self.ev(
                             EventKind::WriteLockEnter,
                             ProbeId::VmaStartWrite,
                             writer,
@@ -162,8 +162,8 @@ impl Gen {
                             1,
                             7,
                             0,
-                        )
-                        .arg = u64::from(TASK_UNINTERRUPTIBLE);
+                        );
+                        *e = e.with_arg(u64::from(TASK_UNINTERRUPTIBLE));
                         let e = self.ev(
                             EventKind::ExcludeEnter,
                             ProbeId::VmaStartExcludeReaders,
@@ -174,8 +174,7 @@ impl Gen {
                             7,
                             0,
                         );
-                        e.flags |= flags::VES;
-                        e.ves_state = TASK_UNINTERRUPTIBLE;
+                        *e = e.with_ves(TASK_UNINTERRUPTIBLE, false);
                         let e = self.ev(
                             EventKind::ExcludeExit,
                             ProbeId::VmaStartExcludeReaders,
@@ -186,9 +185,9 @@ impl Gen {
                             7,
                             0,
                         );
-                        e.flags |= flags::VES;
-                        e.ves_state = TASK_UNINTERRUPTIBLE;
-                        e.ves_exclusive = 1;
+                        *e = e
+                            .with_ves(TASK_UNINTERRUPTIBLE, false)
+                            .with_ves_outcome(false, true);
                         self.ev(
                             EventKind::WriteLockExit,
                             ProbeId::VmaStartWrite,
@@ -223,15 +222,17 @@ impl Gen {
                         0,
                         0,
                     );
-                    e.flags = flags::MM_SEQ;
-                    e.arg = 1;
+                    *e = Event {
+                        flags: flags::MM_SEQ,
+                        ..e.with_arg(1)
+                    };
                 }
                 // munmap-like: write-lock, slow-path detach (a spurious reader), free, and
                 // the object comes back as a new VMA.
                 _ => {
                     self.seqs[mm as usize] += 1;
                     let s = self.seqs[mm as usize];
-                    self.ev(
+                    let e = self.ev(
                         EventKind::WriteLockEnter,
                         ProbeId::VmaStartWrite,
                         writer,
@@ -240,8 +241,8 @@ impl Gen {
                         1,
                         7,
                         0,
-                    )
-                    .arg = u64::from(TASK_UNINTERRUPTIBLE);
+                    );
+                    *e = e.with_arg(u64::from(TASK_UNINTERRUPTIBLE));
                     self.ev(
                         EventKind::WriteLockExit,
                         ProbeId::VmaStartWrite,
@@ -272,9 +273,7 @@ impl Gen {
                         s,
                         0,
                     );
-                    e.flags |= flags::VES;
-                    e.ves_detaching = 1;
-                    e.ves_state = TASK_UNINTERRUPTIBLE;
+                    *e = e.with_ves(TASK_UNINTERRUPTIBLE, true);
                     self.ev(
                         EventKind::ReaderRelease,
                         ProbeId::VmaRefcountPut,
@@ -306,10 +305,9 @@ impl Gen {
                         s,
                         0,
                     );
-                    e.flags |= flags::VES;
-                    e.ves_detaching = 1;
-                    e.ves_exclusive = 1;
-                    e.ves_state = TASK_UNINTERRUPTIBLE;
+                    *e = e
+                        .with_ves(TASK_UNINTERRUPTIBLE, true)
+                        .with_ves_outcome(false, true);
                     self.ev(
                         EventKind::DetachExit,
                         ProbeId::VmaExcludeReadersForDetach,
@@ -351,8 +349,10 @@ impl Gen {
                         0,
                         0,
                     );
-                    e.flags = flags::MM_SEQ;
-                    e.arg = 1;
+                    *e = Event {
+                        flags: flags::MM_SEQ,
+                        ..e.with_arg(1)
+                    };
                 }
             }
         }
