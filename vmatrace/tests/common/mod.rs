@@ -8,7 +8,7 @@ use std::{
 };
 
 use vmatrace::trace::{ClockBase, TraceHeader, TraceWriter};
-use vmatrace_common::{Counter, Event, EventKind, event::flags, model::Generation};
+use vmatrace_common::{Counter, Event, EventKind, event::ProbeId, model::Generation};
 
 pub mod plans;
 
@@ -33,33 +33,31 @@ pub fn header() -> TraceHeader {
 
 /// A write-lock slow path on one VMA: enter, exclude enter/exit (waited `wait` ns), exit.
 pub fn write_lock_events(tgid: u32, comm: &[u8], ts: u64, wait: u64) -> Vec<Event> {
-    let mut base = Event::ZERO;
-    base.pid_tgid = (u64::from(tgid) << 32) | u64::from(tgid);
-    base.comm[..comm.len()].copy_from_slice(comm);
-    base.vma = 0xffff_8881_0000_0100;
-    base.mm = 0xffff_8881_0000_8000;
-    base.vm_start = 0x7f00_0000_0000;
-    base.vm_end = 0x7f00_0001_0000;
-    base.flags = flags::VMA_FIELDS | flags::MM_SEQ;
-    let mk = |kind: EventKind, probe: u8, dt: u64| {
-        let mut e = base;
-        e.kind = kind as u16;
-        e.probe = probe;
-        e.ts_ns = ts + dt;
-        e
+    use ProbeId::{VmaStartExcludeReaders as Exclude, VmaStartWrite as Write};
+    let comm = std::str::from_utf8(comm).expect("a test's comm is text");
+    let mk = |kind: EventKind, probe: ProbeId, dt: u64, refcnt: u32| {
+        Event::new(kind, probe)
+            .at(ts + dt)
+            .with_task(tgid, tgid)
+            .with_comm(comm)
+            .with_vma(
+                0xffff_8881_0000_0100,
+                0xffff_8881_0000_8000,
+                0x7f00_0000_0000,
+                0x7f00_0001_0000,
+            )
+            .with_sample(refcnt, 0, 0)
     };
-    let mut x = mk(EventKind::ExcludeExit, 2, 2);
-    x.flags |= flags::PAIRED | flags::RET | flags::VES;
-    x.wait_ns = wait;
-    x.refcnt = 0x4000_0001;
-    let mut w = mk(EventKind::WriteLockExit, 1, 3);
-    w.flags |= flags::PAIRED | flags::RET;
-    w.wait_ns = wait + 100;
     vec![
-        mk(EventKind::WriteLockEnter, 1, 0),
-        mk(EventKind::ExcludeEnter, 2, 1),
-        x,
-        w,
+        mk(EventKind::WriteLockEnter, Write, 0, 0),
+        mk(EventKind::ExcludeEnter, Exclude, 1, 0),
+        mk(EventKind::ExcludeExit, Exclude, 2, 0x4000_0001)
+            .with_ret(0)
+            .with_ves(0, false)
+            .paired(wait, 0),
+        mk(EventKind::WriteLockExit, Write, 3, 0)
+            .with_ret(0)
+            .paired(wait + 100, 0),
     ]
 }
 
