@@ -43,50 +43,22 @@ fn event(
 fn write_lock(out: &mut Vec<Event>, vma: u64, mm: u64, ts: u64, seq: u32, tid: u32) {
     use EventKind as K;
     use ProbeId::{VmaStartExcludeReaders as Exclude, VmaStartWrite as Write};
+    let at = |kind, probe, dt, lock| event(kind, probe, (ts + dt, tid), vma, mm, lock);
     let wait = 300 + (ts % 700);
     let before = seq.wrapping_sub(2);
     out.extend([
-        event(
-            K::WriteLockEnter,
-            Write,
-            (ts, tid),
-            vma,
-            mm,
-            (1, before, seq),
-        )
-        .with_arg(2),
-        event(
-            K::ExcludeEnter,
-            Exclude,
-            (ts + 50, tid),
-            vma,
-            mm,
-            (1, before, seq),
-        )
-        .with_arg(2)
-        .with_ves(2, false),
-        event(
-            K::ExcludeExit,
-            Exclude,
-            (ts + 450, tid),
-            vma,
-            mm,
-            (F + 1, before, seq),
-        )
-        .with_ret(0)
-        .with_ves(2, false)
-        .with_ves_outcome(false, true)
-        .paired(wait, 1),
-        event(
-            K::WriteLockExit,
-            Write,
-            (ts + 550, tid),
-            vma,
-            mm,
-            (1, seq, seq),
-        )
-        .with_ret(0)
-        .paired(wait + 100, 1),
+        at(K::WriteLockEnter, Write, 0, (1, before, seq)).with_arg(2),
+        at(K::ExcludeEnter, Exclude, 50, (1, before, seq))
+            .with_arg(2)
+            .with_ves(2, false),
+        at(K::ExcludeExit, Exclude, 450, (F + 1, before, seq))
+            .with_ret(0)
+            .with_ves(2, false)
+            .with_ves_outcome(false, true)
+            .paired(wait, 1),
+        at(K::WriteLockExit, Write, 550, (1, seq, seq))
+            .with_ret(0)
+            .paired(wait + 100, 1),
     ]);
 }
 

@@ -163,6 +163,13 @@ fn run_without(
     out
 }
 
+/// `events` delivered with every writer event first, then the reader's (each task's
+/// own order kept): the late reader a ring buffer can produce.
+fn writer_first(events: &[Event]) -> Vec<Event> {
+    let (reader, writer): (Vec<Event>, Vec<Event>) = events.iter().partition(|e| e.tid() == READER);
+    writer.into_iter().chain(reader).collect()
+}
+
 fn kinds(a: &[Anomaly]) -> Vec<&'static str> {
     a.iter().map(|a| a.kind.key()).collect()
 }
@@ -265,9 +272,7 @@ fn reader_inside_a_window_delivered_after_the_vma_is_detached() {
     s.push(EventKind::DetachEnter, WRITER, 1, seq);
     s.push(EventKind::DetachExit, WRITER, 0, seq);
     s.mmap_write_unlock();
-    let (reader, writer): (Vec<Event>, Vec<Event>) =
-        s.events.iter().partition(|e| e.tid() == READER);
-    let order: Vec<Event> = writer.into_iter().chain(reader).collect();
+    let order = writer_first(&s.events);
     let a = run(Generation::V7_0, &order);
     assert_eq!(kinds(&a), ["reader_while_excluded"], "{a:#?}");
     assert_eq!(a[0].event.kind(), Some(EventKind::ReaderAcquire));
@@ -308,9 +313,7 @@ fn reader_holding_past_the_writers_wait_on_6_15() {
     assert_eq!(a[0].rule, rules::READERS_DRAINED_BEFORE_STORE.name);
     assert_eq!(a[0].event.kind(), Some(EventKind::ReaderRelease));
     // Delivered writer first: the call is remembered for the late reader.
-    let (reader, writer): (Vec<Event>, Vec<Event>) =
-        s.events.iter().partition(|e| e.tid() == READER);
-    let order: Vec<Event> = writer.into_iter().chain(reader).collect();
+    let order = writer_first(&s.events);
     assert_eq!(
         kinds(&run(Generation::V6_15, &order)),
         ["reader_while_excluded"]
@@ -343,9 +346,7 @@ fn a_locked_put_inside_the_writers_hold_without_a_detach() {
     assert_eq!(kinds(&a), ["reader_while_excluded"], "{a:#?}");
     assert_eq!(a[0].rule, rules::READERS_DRAINED_BEFORE_STORE.name);
     assert_eq!(a[0].event.kind(), Some(EventKind::ReaderRelease));
-    let (reader, writer): (Vec<Event>, Vec<Event>) =
-        s.events.iter().partition(|e| e.tid() == READER);
-    let late_reader: Vec<Event> = writer.into_iter().chain(reader).collect();
+    let late_reader = writer_first(&s.events);
     assert_eq!(
         kinds(&run(Generation::V6_15, &late_reader)),
         ["reader_while_excluded"]
