@@ -81,6 +81,10 @@ impl Pipeline {
                 let losses = Totals::kernel_losses(&c);
                 if losses > self.last_losses {
                     self.validator.note_loss();
+                } else {
+                    // Judgments that waited for the counters to rule out a lost event.
+                    self.validator.no_new_losses(&mut self.scratch);
+                    self.deliver_anomalies();
                 }
                 self.last_losses = losses;
                 for s in &mut self.sinks {
@@ -129,6 +133,10 @@ impl Pipeline {
         for s in &mut self.sinks {
             s.events(evs);
         }
+        self.deliver_anomalies();
+    }
+
+    fn deliver_anomalies(&mut self) {
         for a in self.scratch.drain(..) {
             self.totals.count_anomaly(&a);
             for s in &mut self.sinks {

@@ -31,8 +31,9 @@
 //!   a put that read the flag set on a write-locked VMA, with its own time and its task's
 //!   next event both inside the call, held its reference past the writer's wait
 //!   (`readers_drained_before_store`); so did one stamped inside the writer's hold (from
-//!   the call to its last event before its mmap unlock) if the writer detached nothing. Each VMA keeps its two latest windows in time,
-//!   and keeps them past its detach, for readers' events delivered late.
+//!   the call to its last event before its mmap unlock) if the writer detached nothing.
+//!   Each VMA keeps its two latest windows in time, and keeps them past its detach, for
+//!   readers' events delivered late.
 //!
 //! A reader admitted with the flag set *while the excluder still waits* cannot be told
 //! from that legal race by any sample; it is detected only once it is write-locked
@@ -322,7 +323,12 @@ pub struct Validator {
     /// Where every detach is seen and no start-exclude is (6.15–6.18): mm → its
     /// write-lock holder's cycle ([`HoldCycle`]), until its write-unlock.
     holds: Option<AddrMap<HoldCycle>>,
-    /// `(vma, from, to)` of the latest holds closed without a detach.
+    /// `(vma, from, to)` of holds closed without a detach, until the kernel's loss
+    /// counters say no event went missing meanwhile ([`Validator::no_new_losses`]): a
+    /// detach whose program run was lost (a kretprobe out of instances) would leave a
+    /// put inside its hold unexplained, and the counters arrive after the events.
+    unconfirmed_holds: Vec<(u64, u64, u64)>,
+    /// `(vma, from, to)` of the latest confirmed holds, for puts delivered later.
     recent_holds: std::collections::VecDeque<(u64, u64, u64)>,
     /// Wake-ups streamed to an excluder whose return has not been seen since.
     unanswered: Vec<Event>,
@@ -375,6 +381,7 @@ impl Validator {
             recent_write_calls: std::collections::VecDeque::new(),
             locked_puts: TidMap::default(),
             holds: judges_holds(generation).then(AddrMap::default),
+            unconfirmed_holds: Vec::new(),
             recent_holds: std::collections::VecDeque::new(),
             unanswered: Vec::new(),
             open_calls: OpenCalls::default(),
@@ -401,6 +408,14 @@ impl Validator {
     /// may then be an unseen detach's, so write-lock holds no longer judge puts.
     pub fn detaches_unseen(&mut self) {
         self.holds = None;
+    }
+
+    /// The kernel's loss counters, read after the events so far, show no new loss:
+    /// the holds closed meanwhile lost no detach, and judge their puts now.
+    pub fn no_new_losses(&mut self, out: &mut Vec<Anomaly>) {
+        for (vma, from, to) in std::mem::take(&mut self.unconfirmed_holds) {
+            self.judge_hold(vma, from, to, out);
+        }
     }
 
     pub fn generation(&self) -> Generation {
@@ -458,6 +473,7 @@ impl Validator {
         if let Some(h) = &mut self.holds {
             h.clear();
         }
+        self.unconfirmed_holds.clear();
         self.recent_holds.clear();
     }
 
@@ -466,6 +482,8 @@ impl Validator {
     /// `rcuwait_wake_up` right after it; once nothing more will arrive, the missing call
     /// is a lost wake-up. Not for a live capture cut at an arbitrary point.
     pub fn finish(&mut self, out: &mut Vec<Anomaly>) {
+        // Every loss of a finished stream has been noted (which dropped these).
+        self.no_new_losses(out);
         let before = out.len();
         let mut owed: Vec<PendingWake> = self.pending_wakes.drain().map(|(_, p)| p).collect();
         owed.sort_by_key(|p| p.release.ts_ns);
@@ -718,7 +736,7 @@ impl Validator {
             EventKind::ReaderRelease => self.on_reader_release(ev, sample, out),
             // What the writer was doing, not a transition of the lock.
             EventKind::WriterWake | EventKind::SlowWait => {}
-            EventKind::MmWriteUnlock => self.on_mm_write_unlock(ev, out),
+            EventKind::MmWriteUnlock => self.on_mm_write_unlock(ev),
             EventKind::VmaAlloc => self.on_vma_alloc(ev),
             EventKind::VmaFree => self.on_vma_free(ev, sample, out),
         }
@@ -1225,10 +1243,10 @@ impl Validator {
     }
 
     /// The mm's write-lock holder unlocked it (`ev`): each VMA it write-locked in this
-    /// cycle and did not detach becomes a closed hold; judge the puts waiting inside it
-    /// and remember it for the puts delivered later. An unlock by another task closes
-    /// the holds unjudged (the holder's detaches may not have been delivered yet).
-    fn close_holds(&mut self, ev: &Event, out: &mut Vec<Anomaly>) {
+    /// cycle and did not detach becomes a closed hold, judged once the loss counters
+    /// confirm it. An unlock by another task closes the holds unjudged (the holder's
+    /// detaches may not have been delivered yet).
+    fn close_holds(&mut self, ev: &Event) {
         let Some(cycle) = self.holds.as_mut().and_then(|h| h.remove(&ev.mm)) else {
             return;
         };
@@ -1237,38 +1255,43 @@ impl Validator {
         }
         let to = cycle.last;
         for h in cycle.holds {
-            if h.detached || to <= h.from {
-                continue;
+            if !h.detached && h.from < to && self.unconfirmed_holds.len() < MAX_PENDING_WAKES {
+                self.unconfirmed_holds.push((h.vma, h.from, to));
             }
-            if self.recent_holds.len() == RECENT_RETURNS {
-                self.recent_holds.pop_front();
+        }
+    }
+
+    /// A confirmed hold of `vma` from `from` to `to`: report the puts waiting inside it,
+    /// and remember it for the puts delivered later.
+    fn judge_hold(&mut self, vma: u64, from: u64, to: u64, out: &mut Vec<Anomaly>) {
+        if self.recent_holds.len() == RECENT_RETURNS {
+            self.recent_holds.pop_front();
+        }
+        self.recent_holds.push_back((vma, from, to));
+        let inside = |p: &Event| p.vma == vma && from < p.ts_ns && p.ts_ns < to;
+        let mut found: Vec<Event> = Vec::new();
+        self.locked_puts.retain(|_, p| {
+            let hit = inside(p);
+            if hit {
+                found.push(*p);
             }
-            self.recent_holds.push_back((h.vma, h.from, to));
-            let inside = |p: &Event| p.vma == h.vma && h.from < p.ts_ns && p.ts_ns < to;
-            let mut found: Vec<Event> = Vec::new();
-            self.locked_puts.retain(|_, p| {
+            !hit
+        });
+        if let Some(t) = self.vmas.get_mut(&vma)
+            && let Some(r) = &mut t.rare
+        {
+            r.locked_puts.retain(|(p, _)| {
                 let hit = inside(p);
                 if hit {
                     found.push(*p);
                 }
                 !hit
             });
-            if let Some(t) = self.vmas.get_mut(&h.vma)
-                && let Some(r) = &mut t.rare
-            {
-                r.locked_puts.retain(|(p, _)| {
-                    let hit = inside(p);
-                    if hit {
-                        found.push(*p);
-                    }
-                    !hit
-                });
-                t.tidy();
-            }
-            for p in found {
-                let state = self.state_of(h.vma);
-                self.emit(out, &p, held_put_finding(state, p.ts_ns, h.from, to));
-            }
+            t.tidy();
+        }
+        for p in found {
+            let state = self.state_of(vma);
+            self.emit(out, &p, held_put_finding(state, p.ts_ns, from, to));
         }
     }
 
@@ -1346,8 +1369,8 @@ impl Validator {
         suspects.push(*ev);
     }
 
-    fn on_mm_write_unlock(&mut self, ev: &Event, out: &mut Vec<Anomaly>) {
-        self.close_holds(ev, out);
+    fn on_mm_write_unlock(&mut self, ev: &Event) {
+        self.close_holds(ev);
         let Some(locked) = self.mms.remove(&ev.mm) else {
             return;
         };
