@@ -1042,14 +1042,17 @@ impl Validator {
     fn on_detach_enter(&mut self, ev: &Event, sample: Option<Sample>, out: &mut Vec<Anomaly>) {
         self.check_no_exclusion_yet(ev, sample, out);
         if let Some(holds) = &mut self.holds {
-            // An unknown mm (a failed read) could be any: every hold of the VMA ends.
-            for held in holds
-                .iter_mut()
-                .filter(|(mm, _)| ev.mm == 0 || **mm == ev.mm)
-                .flat_map(|(_, c)| c.holds.iter_mut())
-                .filter(|h| h.vma == ev.vma)
-            {
-                held.detached = true;
+            // Its mm's cycle; an unknown mm (a failed read) could be any, so every hold of
+            // the VMA ends then.
+            let cycles: Vec<&mut HoldCycle> = match holds.get_mut(&ev.mm) {
+                Some(c) => vec![c],
+                None if ev.mm == 0 => holds.values_mut().collect(),
+                None => Vec::new(),
+            };
+            for c in cycles {
+                for held in c.holds.iter_mut().filter(|h| h.vma == ev.vma) {
+                    held.detached = true;
+                }
             }
         }
         self.holder_went_on(ev);
@@ -1270,6 +1273,7 @@ impl Validator {
         self.recent_holds.push_back((vma, from, to));
         let inside = |p: &Event| p.vma == vma && from < p.ts_ns && p.ts_ns < to;
         let mut found: Vec<Event> = Vec::new();
+        // Those still waiting for their task's next event, then those waiting for a call.
         self.locked_puts.retain(|_, p| {
             let hit = inside(p);
             if hit {
@@ -1277,22 +1281,32 @@ impl Validator {
             }
             !hit
         });
-        if let Some(t) = self.vmas.get_mut(&vma)
-            && let Some(r) = &mut t.rare
-        {
-            r.locked_puts.retain(|(p, _)| {
-                let hit = inside(p);
-                if hit {
-                    found.push(*p);
-                }
-                !hit
-            });
-            t.tidy();
-        }
+        found.extend(self.take_waiting_puts(vma, |p, _| inside(p)));
         for p in found {
             let state = self.state_of(vma);
             self.emit(out, &p, held_put_finding(state, p.ts_ns, from, to));
         }
+    }
+
+    /// The puts kept on `vma`'s record (bounded by their task's next event) that `hit`
+    /// picks, taken off the record.
+    fn take_waiting_puts(&mut self, vma: u64, hit: impl Fn(&Event, u64) -> bool) -> Vec<Event> {
+        let Some(t) = self.vmas.get_mut(&vma) else {
+            return Vec::new();
+        };
+        let Some(r) = &mut t.rare else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        r.locked_puts.retain(|&(p, bound)| {
+            let h = hit(&p, bound);
+            if h {
+                found.push(p);
+            }
+            !h
+        });
+        t.tidy();
+        found
     }
 
     /// A writer event of `ev`'s task: if it holds its mm's write lock in a cycle, the
@@ -1321,21 +1335,7 @@ impl Validator {
             self.recent_write_calls.pop_front();
         }
         self.recent_write_calls.push_back((ev.vma, from, to));
-        let Some(t) = self.vmas.get_mut(&ev.vma) else {
-            return;
-        };
-        let Some(r) = &mut t.rare else {
-            return;
-        };
-        let mut found = Vec::new();
-        r.locked_puts.retain(|&(p, bound)| {
-            let inside = from < p.ts_ns && bound < to;
-            if inside {
-                found.push(p);
-            }
-            !inside
-        });
-        t.tidy();
+        let found = self.take_waiting_puts(ev.vma, |p, bound| from < p.ts_ns && bound < to);
         for p in found {
             let state = self.state_of(ev.vma);
             self.emit(out, &p, locked_put_finding(state, from, to));
